@@ -1,0 +1,70 @@
+"""The canonical rows every dataset format is converted into.
+
+Messages are plain dicts ``{"role": "system"|"user"|"assistant", "content": str}`` so they can be fed
+straight to a tokenizer's chat template.
+
+Example (a preference pair)::
+
+    PreferenceRow(
+        prompt=[{"role": "user", "content": "What is 2+3?"}],
+        chosen=[{"role": "assistant", "content": "5"}],
+        rejected=[{"role": "assistant", "content": "6"}],
+    )
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where a row came from, so errors can name it: a file (or built-in set name) and a 1-based row number."""
+
+    file: str
+    row: int
+
+
+@dataclass
+class ConversationRow:
+    """SFT: a whole conversation; assistant turns are trained."""
+
+    messages: list[Message]
+    source: RowSource | None = None
+
+
+@dataclass
+class PreferenceRow:
+    """DPO/CPO/ORPO/SimPO/RM: a prompt (conversation ending in a user turn) and two answers."""
+
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    margin: float | None = None
+    source: RowSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UnpairedRow:
+    """KTO: a prompt, one answer and whether it is desirable."""
+
+    prompt: list[Message]
+    completion: list[Message]
+    label: bool
+    source: RowSource | None = None
+
+
+@dataclass
+class PromptRow:
+    """Online methods (PPO/GRPO) and evaluation: a prompt only, plus columns for reward functions."""
+
+    prompt: list[Message]
+    extras: dict[str, Any] = field(default_factory=dict)
+    source: RowSource | None = None
+
+
+Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow
