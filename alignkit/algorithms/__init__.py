@@ -1,0 +1,1 @@
+"""Algorithms for the offline loop: each supplies ``loss(model, batch) -> (loss, metrics)``."""

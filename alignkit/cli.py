@@ -1,0 +1,185 @@
+"""The ``alignkit`` command: ms-swift's sub-commands and flag names, built from the typed configs.
+
+    alignkit sft   --model M --dataset D ...
+    alignkit rlhf  --rlhf_type dpo --model M --dataset D --beta 0.1 ...
+    alignkit dpo   ...                     (ms-swift 2.x spelling of `rlhf --rlhf_type dpo`)
+    alignkit infer / eval / demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+TRAIN_COMMANDS = {
+    "sft": "Supervised fine-tuning on conversations.",
+    "rlhf": "Preference training (--rlhf_type dpo).",
+    "dpo": "ms-swift 2.x spelling of `rlhf --rlhf_type dpo`.",
+}
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "y", "on"):
+        return True
+    if value in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _choice(choices: tuple[str, ...]):
+    """Case-insensitive choices, so ms-swift's `--dtype AUTO` and `--sft_type LORA` work."""
+
+    def convert(text: str) -> str:
+        value = text.lower()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(choices)})")
+        return value
+
+    return convert
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argparse option per dataclass field: ``--name`` plus the field's aliases, with its help."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flags = [f"--{f.name}", *meta.get("aliases", ())]
+        kind = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta.get("help", ""), "default": argparse.SUPPRESS}
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+        if kind.startswith("bool"):
+            kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
+        elif meta.get("choices"):
+            kwargs.update(type=_choice(tuple(meta["choices"])), metavar="{" + ",".join(meta["choices"]) + "}")
+        elif "int" in kind:
+            kwargs["type"] = int
+        elif "float" in kind:
+            kwargs["type"] = float
+        if meta.get("choices") and meta.get("nargs"):
+            kwargs["type"] = str
+        parser.add_argument(*flags, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from alignkit.config import DemoArguments, EvalArguments, InferArguments, RunArguments
+
+    parser = argparse.ArgumentParser(
+        prog="alignkit", description="Align language models with human preferences.", allow_abbrev=False
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in TRAIN_COMMANDS.items():
+        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), RunArguments)
+    for name, cls, help_text in (
+        ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
+        ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),
+        ("demo", DemoArguments, "The main job: DPO on the built-in model and data, with before/after numbers."),
+    ):
+        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
+    return parser
+
+
+def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    subparser = parser._subparsers._group_actions[0].choices[command]  # argparse keeps them here
+    known = [s for action in subparser._actions for s in action.option_strings]
+    for token in unknown:
+        if token.startswith("-"):
+            flag = token.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; see `alignkit {command} --help`"
+            raise AlignkitError(f"unknown flag {flag} for `alignkit {command}`{hint}")
+    raise AlignkitError(f"unexpected argument {unknown[0]!r} for `alignkit {command}`")
+
+
+def resolve_legacy_model_flags(values: dict) -> None:
+    """ms-swift 2.x named models by registry key (--model_type llama3-8b-instruct); alignkit has no
+    registry, so a path there is taken as the model and a name needs --model alongside."""
+    for type_key, model_key in (("model_type", "model"), ("ref_model_type", "ref_model")):
+        name = values.get(type_key)
+        if name is None:
+            continue
+        from alignkit.builtin_model import BUILTIN_MODEL_NAME
+
+        if values.get(model_key) is not None:
+            logger.info("--%s %s is ignored: --%s %s names the model", type_key, name, model_key, values[model_key])
+        elif Path(name).expanduser().exists() or name.lower() == BUILTIN_MODEL_NAME:
+            values[model_key] = name
+        else:
+            raise AlignkitError(
+                f"--{type_key} {name} is an ms-swift model registry name, which alignkit does not have. "
+                f"Pass --{model_key} with a local model directory or a hub id (for example "
+                f"--{model_key} /path/to/{name}); --{type_key} may stay and is then ignored."
+            )
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[alignkit] %(message)s")
+    for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        namespace, unknown = parser.parse_known_args(argv)
+        if namespace.command is None:
+            parser.print_help()
+            return 2
+        if unknown:
+            reject_unknown(parser, namespace.command, unknown)
+        setup_logging()
+        return dispatch(namespace.command, vars(namespace))
+    except AlignkitError as error:
+        if debug:
+            raise
+        print(f"alignkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def dispatch(command: str, values: dict) -> int:
+    values.pop("command")
+    if command in TRAIN_COMMANDS:
+        from alignkit.config import RunArguments
+        from alignkit.train import run_training
+
+        resolve_legacy_model_flags(values)
+        if command == "dpo":
+            values["rlhf_type"] = "dpo"
+        args = RunArguments(**values)
+        checkpoint = run_training(args, task="sft" if command == "sft" else "rlhf")
+        print(f"last checkpoint: {checkpoint}")
+        return 0
+    if command == "infer":
+        from alignkit.config import InferArguments
+        from alignkit.infer import run_infer
+
+        return run_infer(InferArguments(**values))
+    if command == "eval":
+        from alignkit.config import EvalArguments
+        from alignkit.evaluate import run_eval
+
+        return run_eval(EvalArguments(**values))
+    if command == "demo":
+        from alignkit.config import DemoArguments
+        from alignkit.demo import run_demo
+
+        return run_demo(DemoArguments(**values))
+    raise AlignkitError(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

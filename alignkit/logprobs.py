@@ -1,0 +1,51 @@
+"""The one place that turns a model forward into per-sequence log-probabilities of the labelled tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.data.collate import Batch
+from alignkit.data.template import IGNORE_INDEX
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits).gather(-1, index)`` without materialising the (N, T, V) log-softmax.
+
+    logits (N, T, V), index (N, T) → (N, T) in fp32. Computed row by row to bound peak memory.
+    """
+    rows = []
+    for row_logits, row_index in zip(logits, index):  # (T, V), (T,)
+        row_logits = row_logits.float()
+        picked = row_logits.gather(-1, row_index.unsqueeze(-1)).squeeze(-1)  # (T,)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(rows)
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, *, average: bool = False):
+    """Sum (or mean) of log p(label_t | tokens_<t) over labelled positions.
+
+    logits (N, T, V) predict the *next* token, labels (N, T) with -100 where untrained.
+    Returns (logps (N,), token counts (N,)). Equivalent to the naive
+    ``(log_softmax(logits[:, :-1]).gather(-1, labels[:, 1:]) * mask).sum(-1)``.
+    """
+    logits, labels = logits[:, :-1], labels[:, 1:]  # (N, T-1, V), (N, T-1)
+    mask = labels != IGNORE_INDEX
+    token_logps = selective_log_softmax(logits, labels.masked_fill(~mask, 0)) * mask  # (N, T-1)
+    counts = mask.sum(-1)
+    total = token_logps.sum(-1)
+    return (total / counts.clamp(min=1) if average else total), counts
+
+
+def forward_logps(model, batch: Batch, *, average: bool = False):
+    """Run the model and return (logps (N,), token counts (N,)).
+
+    Only the positions that predict a labelled token need the LM head: with prompts much longer than
+    answers this skips most of the (N, T, V) logits. ``logits_to_keep`` keeps the last k positions.
+    """
+    trained = batch.labels != IGNORE_INDEX  # (N, T)
+    first = int(trained.float().argmax(-1).min()) if trained.any() else 1
+    keep = batch.input_ids.shape[1] - max(first - 1, 0)
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False
+    ).logits  # (N, keep, V)
+    return sequence_logps(logits, batch.labels[:, -keep:], average=average)

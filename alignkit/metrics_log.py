@@ -1,0 +1,55 @@
+"""Metrics to the console (through the progress bar), to ``logging.jsonl`` and to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, *, tensorboard: bool, write_console):
+        self.path = run_dir / "logging.jsonl"
+        self.write_console = write_console
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "runs"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: round(v, 8) if isinstance(v, float) else v for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+        self.write_console(" ".join(f"{k}={_short(v)}" for k, v in record.items()))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class RunningMean:
+    """Averages each metric over the steps since the last log."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return means
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,120 @@
+"""Load tokenizers and causal LMs (built-in, local directory or hub id) and attach LoRA adapters."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from alignkit.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+# ms-swift's `--lora_target_modules DEFAULT` means the attention projections q/k/v.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj"]
+
+
+def resolve_model_path(model: str | None) -> str:
+    """Map the user's --model to something ``from_pretrained`` takes: a local directory or a hub id."""
+    if model is None or model.lower() == BUILTIN_MODEL_NAME:
+        return str(builtin_model_dir())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise AlignkitError(f"--model {model}: the directory has no config.json, so it is not a HF model")
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise AlignkitError(f"--model {model}: no such directory")
+    return model  # a hub id
+
+
+def _hub_error(model: str, error: Exception) -> AlignkitError:
+    return AlignkitError(
+        f"could not load '{model}' from the model hub ({type(error).__name__}: {error}). "
+        "If this machine is offline, download the model elsewhere and pass its local directory with --model."
+    )
+
+
+def load_tokenizer(model_path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+    except OSError as error:
+        raise _hub_error(model_path, error) from error
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype)
+    except OSError as error:
+        raise _hub_error(model_path, error) from error
+
+
+def lora_targets(names: list[str]) -> str | list[str]:
+    upper = [name.upper() for name in names]
+    if upper in (["ALL"], ["ALL-LINEAR"]):
+        return "all-linear"
+    if upper == ["DEFAULT"]:
+        return list(DEFAULT_LORA_TARGETS)
+    return list(names)
+
+
+def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: list[str]):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_targets(target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapters(model, adapters: list[str], *, trainable: bool):
+    """Load one or more saved LoRA adapters; the first becomes active (and trainable when asked)."""
+    from peft import PeftModel
+
+    for index, adapter in enumerate(adapters):
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise AlignkitError(f"--adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
+        if index == 0:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        else:
+            model.load_adapter(adapter, adapter_name=f"adapter_{index}")
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def resolve_dtype(name: str) -> str:
+    """Map --dtype to one of fp32 / bf16 / fp16, resolving 'auto' for the hardware at hand."""
+    name = name.lower()
+    aliases = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    name = aliases.get(name, name)
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"  # on CPU fp32 is exact and the safe default; ask for bf16 explicitly
+    if name == "bf16" and not torch.cuda.is_available() and not cpu_supports_bf16():
+        logger.warning("This CPU has no native bf16 support; bf16 autocast will be slow. Consider --dtype fp32.")
+    return name
+
+
+def cpu_supports_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
