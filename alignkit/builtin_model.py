@@ -54,6 +54,8 @@ def builtin_model_dir() -> Path:
     # weights are plain fp32 after dequantisation: rebuild a clean model from the config and copy them in.
     config = gguf_model.config
     config.dtype = torch.float32
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: no quantizer must run on load
+        del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config

@@ -109,6 +109,10 @@ def resolve_legacy_model_flags(values: dict) -> None:
             continue
         from alignkit.builtin_model import BUILTIN_MODEL_NAME
 
+        if type_key == "ref_model_type" and name == values.get("model_type"):
+            # The seeds name the policy's own model as reference: that is the default reference anyway.
+            logger.info("--ref_model_type %s: the reference is the policy's starting weights", name)
+            continue
         if values.get(model_key) is not None:
             logger.info("--%s %s is ignored: --%s %s names the model", type_key, name, model_key, values[model_key])
         elif Path(name).expanduser().exists() or name.lower() == BUILTIN_MODEL_NAME:

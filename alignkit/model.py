@@ -118,3 +118,33 @@ def resolve_dtype(name: str) -> str:
 
 def cpu_supports_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, list[str]]:
+    """--ckpt_dir (ms-swift) names a run's checkpoint: an adapter (base model read from its config) or a
+    full model directory. Returns (model, adapters)."""
+    if ckpt_dir is None:
+        return model, list(adapters)
+    path = Path(ckpt_dir)
+    if (path / "adapter_config.json").is_file():
+        import json
+
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return model or base, [str(path), *adapters]
+    if (path / "config.json").is_file():
+        return str(path), list(adapters)
+    raise AlignkitError(f"--ckpt_dir {ckpt_dir}: neither a LoRA adapter nor a model directory")
+
+
+def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str):
+    """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer)."""
+    model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
+    model_path = resolve_model_path(model)
+    tokenizer = load_tokenizer(model_path)
+    precision = resolve_dtype(dtype)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    lm = load_causal_lm(model_path, dtype=torch_dtype)
+    if adapters:
+        lm = load_adapters(lm, adapters, trainable=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return lm.to(device).eval(), tokenizer

@@ -1,0 +1,122 @@
+"""`alignkit eval`: held-out preference accuracy and margins, and the built-in task's answer accuracy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from alignkit.config import EvalArguments
+from alignkit.data.builtin import is_correct
+from alignkit.data.collate import PairCollator
+from alignkit.data.loading import load_dataset_spec
+from alignkit.data.rows import PreferenceRow, PromptRow
+from alignkit.data.template import ChatEncoder, Truncated
+from alignkit.errors import AlignkitError
+from alignkit.generation import generate_answers
+from alignkit.logprobs import forward_logps
+from alignkit.model import load_causal_lm, load_for_inference, resolve_model_path
+from alignkit.reference import Reference
+
+logger = logging.getLogger("alignkit")
+
+
+@torch.no_grad()
+def preference_scores(
+    model, encoder: ChatEncoder, rows: list[PreferenceRow], *, beta: float, batch_size: int,
+    reference: Reference | None,
+) -> dict[str, float]:
+    """How often the model prefers the chosen answer.
+
+    ``preference_accuracy``: log π(chosen) > log π(rejected) (sums over answer tokens), the model's own
+    preference; ``logp_margin`` its mean gap. With a reference: ``reward_accuracy`` / ``reward_margin``
+    of the implicit DPO reward β·(log π − log π_ref), as ``rewards/accuracies`` in training.
+    """
+    pairs = []
+    for index, row in enumerate(rows):
+        try:
+            pairs.append((index, encoder.encode_pair(row)))
+        except Truncated:
+            pass
+    if not pairs:
+        raise AlignkitError("no preference rows fit --max_length")
+    collate = PairCollator(encoder.tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    logp_gaps, reward_gaps = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="preference eval", leave=False):
+        batch = collate(pairs[start : start + batch_size]).to(device)
+        n = len(batch.row_ids)
+        logps, _ = forward_logps(model, batch)  # (2n,)
+        logp_gaps.append(logps[:n] - logps[n:])
+        if reference is not None:
+            ref, _ = reference.logps(model, batch)
+            reward_gaps.append(beta * ((logps[:n] - ref[:n]) - (logps[n:] - ref[n:])))
+    gap = torch.cat(logp_gaps).float()
+    scores = {
+        "pairs": len(pairs),
+        "preference_accuracy": (gap > 0).float().mean().item(),
+        "logp_margin": gap.mean().item(),
+    }
+    if reward_gaps:
+        reward_gap = torch.cat(reward_gaps).float()
+        scores["reward_accuracy"] = (reward_gap > 0).float().mean().item()
+        scores["reward_margin"] = reward_gap.mean().item()
+    return scores
+
+
+def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_size: int, max_new_tokens: int) -> dict:
+    """Greedy answers to the built-in task's prompts, graded by its checker."""
+    correct, samples = 0, []
+    for start in tqdm(range(0, len(rows), batch_size), desc="task eval", leave=False):
+        chunk = rows[start : start + batch_size]
+        answers = generate_answers(model, encoder, [r.prompt for r in chunk], max_new_tokens=max_new_tokens)
+        for row, answer in zip(chunk, answers):
+            ok = is_correct(answer, row.extras["solution"])
+            correct += ok
+            if len(samples) < 5:
+                samples.append({"prompt": row.prompt[-1]["content"], "answer": answer, "correct": ok})
+    return {"prompts": len(rows), "task_accuracy": correct / max(len(rows), 1), "samples": samples}
+
+
+def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: str | None, beta: float,
+                   reference: Reference | None, batch_size: int, max_length: int, max_new_tokens: int,
+                   limit: int | None, system: str | None, seed: int = 42) -> dict:
+    encoder = ChatEncoder(tokenizer, max_length=max_length, system=system)
+    report: dict = {}
+    for spec in preference_sets:
+        rows = load_dataset_spec(spec, "preference", seed=seed)[:limit]
+        report[spec] = preference_scores(model, encoder, rows, beta=beta, batch_size=batch_size, reference=reference)
+    if task_set:
+        rows = load_dataset_spec(task_set, "prompt", seed=seed)[:limit]
+        if not all("solution" in r.extras for r in rows):
+            raise AlignkitError(f"--task_dataset {task_set}: rows need a 'solution' column to be graded")
+        report[task_set] = task_accuracy(model, encoder, rows, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return report
+
+
+def run_eval(args: EvalArguments) -> int:
+    if args.report_path and Path(args.report_path).exists():
+        raise AlignkitError(f"--report_path {args.report_path} exists; alignkit never overwrites results")
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
+    reference = None
+    if args.ref_model:
+        reference = Reference(load_causal_lm(resolve_model_path(args.ref_model)).to(next(model.parameters()).device))
+    elif hasattr(model, "disable_adapter"):
+        reference = Reference()  # the base model under the adapter
+    preference_sets = [] if args.dataset == ["none"] else args.dataset
+    task_set = None if (args.task_dataset or "none") == "none" else args.task_dataset
+    report = evaluate_model(
+        model, tokenizer, preference_sets=preference_sets, task_set=task_set, beta=args.beta, reference=reference,
+        batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        limit=args.limit, system=args.system,
+    )
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report_path:
+        path = Path(args.report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
