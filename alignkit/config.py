@@ -50,7 +50,7 @@ class RunArguments:
     adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
     dtype: str = option(
         "auto",
-        "Compute precision: auto (bf16 on GPUs that support it, else fp32), fp32, bf16 (autocast), fp16.",
+        "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16.",
         aliases=("--torch_dtype",),
         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
     )

@@ -108,9 +108,13 @@ def resolve_dtype(name: str) -> str:
     aliases = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
     name = aliases.get(name, name)
     if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"  # on CPU fp32 is exact and the safe default; ask for bf16 explicitly
+        if torch.cuda.is_available():
+            chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            # CPUs with native bf16 (AVX512-BF16, AMX) run bf16 autocast about 1.7x faster than fp32.
+            chosen = "bf16" if cpu_supports_bf16() else "fp32"
+        logger.info("--dtype auto: using %s", chosen)
+        return chosen
     if name == "bf16" and not torch.cuda.is_available() and not cpu_supports_bf16():
         logger.warning("This CPU has no native bf16 support; bf16 autocast will be slow. Consider --dtype fp32.")
     return name
@@ -141,7 +145,8 @@ def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | N
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
     model_path = resolve_model_path(model)
     tokenizer = load_tokenizer(model_path)
-    precision = resolve_dtype(dtype)
+    # Scores and generations should not depend on autocast: on CPU, "auto" keeps exact fp32 weights.
+    precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     lm = load_causal_lm(model_path, dtype=torch_dtype)
     if adapters:
