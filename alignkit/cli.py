@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ def resolve_legacy_model_flags(values: dict) -> None:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[alignkit] %(message)s")
+    # Library deprecation notices are for us, not for someone running a training job.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -214,10 +214,11 @@ class EvalArguments:
 @dataclass
 class DemoArguments:
     output_dir: str = option("output/demo", "Where the run, the report and the chart go.")
-    max_steps: int = option(60, "DPO optimizer steps.")
+    max_steps: int = option(50, "DPO optimizer steps.")
+    rpo_alpha: float = option(0.5, "Weight of the NLL on chosen answers mixed into DPO (as ms-swift's --rpo_alpha).")
     learning_rate: float = option(5e-4, "Peak learning rate (LoRA).")
     per_device_train_batch_size: int = option(4, "Pairs per step.", aliases=("--batch_size",))
-    eval_limit: int = option(200, "Held-out rows used for the before/after numbers.")
+    eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     debug: bool = option(False, "Show full tracebacks for errors.")

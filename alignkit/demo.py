@@ -43,6 +43,7 @@ def run_demo(args: DemoArguments) -> int:
         rlhf_type="dpo", train_type="lora", dataset=["arith-pref"], val_dataset=["arith-pref:test#64"],
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_ratio=0.05, beta=0.1,
+        rpo_alpha=args.rpo_alpha,
         logging_steps=5, save_steps=10**9, max_length=256, dtype=args.dtype, lora_rank=8, lora_alpha=32,
     )
     checkpoint = run_training(train_args, task="rlhf")
@@ -68,7 +69,7 @@ def print_table(rows, before: dict, after: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="DPO on SmolLM2-135M-Instruct, built-in arithmetic task (held-out)")
+    table = Table(title="DPO (LoRA) on SmolLM2-135M-Instruct, built-in arithmetic task, held-out rows")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

@@ -106,6 +106,11 @@ def train(
     from accelerate import Accelerator
     from transformers import get_scheduler
 
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
+    # Python API, the demo, tests) may ask for another precision, so start from a clean state.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     model = model.to(accelerator.device)
