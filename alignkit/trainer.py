@@ -104,9 +104,8 @@ def train(
 ) -> Path:
     """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded)."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
-
     from accelerate.state import AcceleratorState
+    from transformers import get_scheduler
 
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, the demo, tests) may ask for another precision, so start from a clean state.
@@ -118,7 +117,9 @@ def train(
     batches_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     steps = total_steps(batches_per_epoch, config)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * steps)
-    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    # transformers' "constant" ignores warm-up; users who ask for warm-up with it mean this one.
+    schedule = "constant_with_warmup" if config.lr_scheduler_type == "constant" and warmup else config.lr_scheduler_type
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState()
