@@ -146,7 +146,7 @@ def setup_logging() -> None:
     # Library deprecation notices are for us, not for someone running a training job.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub"):
+    for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
