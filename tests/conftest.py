@@ -41,15 +41,15 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(tokenizer, seed: int = 0, init_std: float = 0.02):
+def build_tiny_model(tokenizer, seed: int = 0, init_std: float = 0.02, hidden_size: int = 32):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
