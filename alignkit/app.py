@@ -38,24 +38,34 @@ def chat_messages(message: str, history: list[dict], system: str) -> list[dict]:
     return [*messages, {"role": "user", "content": message}]
 
 
+def answer_stream(engine: BatchEngine, encoder: ChatEncoder, message: str, history: list[dict], system: str,
+                  params: SamplingParams):
+    """The growing answer, one yield per streamed piece (what the chat page shows as it arrives)."""
+    job = engine.submit(encoder.encode_prompt(chat_messages(message, history, system)), params)
+    answer = ""
+    try:
+        for event in job.events():
+            if isinstance(event, Delta):
+                answer += event.text
+                yield answer
+            elif event.reason == "error":
+                raise RuntimeError(f"generation failed: {event.error}")
+        if not answer:  # the model ended its turn at once
+            yield answer
+    finally:
+        job.cancelled = True  # the user pressed stop or left: free the row
+
+
 def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, title: str):
     import gradio as gr
 
     def respond(message: str, history: list[dict], system: str, max_new_tokens: float, temperature: float,
                 top_p: float):
         params = SamplingParams(max_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
-        job = engine.submit(encoder.encode_prompt(chat_messages(message, history, system)), params)
-        answer = ""
         try:
-            for event in job.events():
-                if isinstance(event, Delta):
-                    answer += event.text
-                    yield answer
-                elif event.reason == "error":
-                    raise gr.Error(f"generation failed: {event.error}")
-        finally:
-            job.cancelled = True  # the user pressed stop or left: free the row
-        yield answer
+            yield from answer_stream(engine, encoder, message, history, system, params)
+        except RuntimeError as error:
+            raise gr.Error(str(error)) from error
 
     return gr.ChatInterface(
         respond,

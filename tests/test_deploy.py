@@ -5,13 +5,7 @@ concurrent clients are answered in batches with the same answers as one at a tim
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -20,36 +14,10 @@ pytest.importorskip("fastapi", reason="deploy needs the serve extra: pip install
 httpx = pytest.importorskip("httpx")
 
 from conftest import save_random_lora  # noqa: E402
+from servers import free_port, start_server  # noqa: E402
 
 API_KEY = "sk-alignkit-test"
 QUESTION = [{"role": "user", "content": "What is 12 + 30?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: list[str], log_path: Path, url: str, probe_headers: dict) -> subprocess.Popen:
-    """`python -m alignkit ...` from the repository root, waiting until ``url`` answers."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = log_path.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "alignkit", *args], cwd=root, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url, headers=probe_headers, timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"the server did not start in 120 s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="module")
