@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -98,8 +99,11 @@ def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: st
 
 
 def run_eval(args: EvalArguments) -> int:
-    if args.report_path and Path(args.report_path).exists():
-        raise AlignkitError(f"--report_path {args.report_path} exists; alignkit never overwrites results")
+    report_path = Path(args.report_path or f"eval_result/{time.strftime('%Y%m%d-%H%M%S')}.json")
+    chart_path = report_path.with_suffix(".png")
+    for path in (report_path, chart_path):
+        if path.exists():
+            raise AlignkitError(f"{path} exists; alignkit never overwrites results (pass another --report_path)")
     model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     reference = None
     if args.ref_model:
@@ -115,8 +119,38 @@ def run_eval(args: EvalArguments) -> int:
     )
     text = json.dumps(report, indent=2)
     print(text)
-    if args.report_path:
-        path = Path(args.report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(text)
+    plot_report(report, chart_path, title=f"alignkit eval: {args.ckpt_dir or (args.adapters or [args.model])[0]}")
+    print(f"report: {report_path}\nchart:  {chart_path}")
     return 0
+
+
+def plot_report(report: dict, path: Path, title: str) -> None:
+    """Accuracies (left) and margins (right) of every evaluated set, as bars labelled with their values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = {"accuracy": [], "margin": []}
+    for name, scores in report.items():
+        for key, value in scores.items():
+            if key.endswith("accuracy"):
+                bars["accuracy"].append((f"{name}\n{key}", value))
+            elif key.endswith("margin"):
+                bars["margin"].append((f"{name}\n{key}", value))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (kind, items) in zip(axes, bars.items()):
+        labels, values = [label for label, _ in items], [value for _, value in items]
+        drawn = ax.bar(range(len(values)), values, color="tab:blue" if kind == "accuracy" else "tab:orange")
+        ax.bar_label(drawn, fmt="%.3f")
+        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_title(kind)
+        if kind == "accuracy":
+            ax.set_ylim(0, 1.1)
+        ax.axhline(0, color="black", linewidth=0.5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

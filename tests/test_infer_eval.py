@@ -1,0 +1,94 @@
+"""`alignkit infer --load_dataset_config` answers exactly a run's held-out rows with its system prompt;
+`alignkit eval` writes its JSON report and a PNG chart, never over an existing one."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from alignkit.cli import main
+
+ROWS = [
+    {"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": f"Answer: {a + b}"}],
+     "rejected_response": f"Answer: {a + b + 1}"}
+    for a, b in [(12, 30), (1, 2), (5, 6), (7, 8), (10, 11), (3, 4), (9, 9), (2, 20)]
+]
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    assert main(["rlhf", "--model", tiny_model_dir, "--dataset", str(data), "--split_dataset_ratio", "0.25",
+                 "--system", "Be brief.", "--max_steps", "1", "--output_dir", str(root / "out"), "--report_to", "none",
+                 "--dtype", "fp32"]) == 0
+    (checkpoint,) = (root / "out").glob("v0-*/checkpoint-1")
+    return checkpoint, data
+
+
+def test_load_dataset_config_answers_the_runs_held_out_rows_with_its_system_prompt(run_checkpoint, tmp_path, caplog):
+    from alignkit.data.loading import split_rows
+    from alignkit.data.template import ChatEncoder
+    from alignkit.generation import generate_answers
+    from alignkit.model import load_for_inference
+
+    checkpoint, data = run_checkpoint
+    result = tmp_path / "answers.jsonl"
+    with caplog.at_level("INFO", logger="alignkit"):
+        assert main(["infer", "--ckpt_dir", str(checkpoint), "--load_dataset_config", "true", "--max_new_tokens", "6",
+                     "--result_path", str(result), "--dtype", "fp32"]) == 0
+    lines = [json.loads(line) for line in result.read_text().splitlines()]
+
+    # The same 2 of 8 rows training held out (ceil(0.25 * 8)), with the split's own seed.
+    _, held_out = split_rows(ROWS, 0.25, random.Random(f"42:split:{data}"))
+    assert [line["messages"][-1]["content"] for line in lines] == [r["messages"][0]["content"] for r in held_out]
+    assert [line["labels"] for line in lines] == [r["messages"][1]["content"] for r in held_out]
+
+    model, tokenizer = load_for_inference(None, [], str(checkpoint), "fp32")
+    encoder = ChatEncoder(tokenizer, max_length=1024, system="Be brief.")
+    expected = generate_answers(model, encoder, [line["messages"] for line in lines], max_new_tokens=6)
+    assert [line["response"] for line in lines] == expected
+    assert any("answers/s" in r.getMessage() and "tokens/s" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("--load_dataset_config: system, max_length, held-out rows from")
+               for r in caplog.records)
+
+
+def test_load_dataset_config_needs_a_run_checkpoint(tiny_model_dir, capsys):
+    assert main(["infer", "--model", tiny_model_dir, "--load_dataset_config", "true"]) == 2
+    assert "needs --ckpt_dir" in capsys.readouterr().err
+
+
+def test_vllm_backend_says_what_it_needs(run_checkpoint, tmp_path, capsys):
+    checkpoint, _ = run_checkpoint
+    code = main(["infer", "--ckpt_dir", str(checkpoint), "--infer_backend", "vllm", "--val_dataset", "arith-prompts:test#2",
+                 "--result_path", str(tmp_path / "a.jsonl")])
+    err = capsys.readouterr().err
+    try:
+        import torch
+        import vllm  # noqa: F401
+
+        if torch.cuda.is_available():
+            pytest.skip("vLLM and a GPU are here: the backend runs instead of refusing")
+    except ModuleNotFoundError:
+        pass
+    assert code == 2 and ("needs the vllm package" in err or "needs a CUDA GPU" in err)
+
+
+def test_eval_writes_a_json_report_and_a_png_chart_and_never_overwrites(run_checkpoint, tmp_path, capsys):
+    checkpoint, data = run_checkpoint
+    report_path = tmp_path / "report.json"
+    argv = ["eval", "--ckpt_dir", str(checkpoint), "--dataset", str(data), "--task_dataset", "arith-prompts:test",
+            "--limit", "4", "--max_new_tokens", "4", "--report_path", str(report_path), "--dtype", "fp32"]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    scores = report[str(data)]
+    assert scores["pairs"] == 4 and 0 <= scores["preference_accuracy"] <= 1 and "reward_margin" in scores
+    assert report["arith-prompts:test"]["prompts"] == 4
+    chart = report_path.with_suffix(".png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5_000
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "never overwrites" in capsys.readouterr().err
