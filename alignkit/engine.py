@@ -73,7 +73,8 @@ class Job:
 
     def _emit(self, event) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+            if not self.loop.is_closed():  # a server shutting down has no one left to tell
+                self.loop.call_soon_threadsafe(self._events.put_nowait, event)
         else:
             self._events.put(event)
 
