@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from alignkit.config import AppArguments
 from alignkit.data.template import ChatEncoder
@@ -84,8 +85,6 @@ def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, tit
 
 
 def run_app(args: AppArguments) -> int:
-    from pathlib import Path
-
     from alignkit.model import load_for_inference
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

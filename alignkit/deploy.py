@@ -12,6 +12,7 @@ traceback; the server logs the traceback of any internal error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -167,15 +168,14 @@ def usage(finished: Finished) -> dict:
 
 
 async def collect(job) -> tuple[str, Finished]:
-    pieces = []
-    async for event in job.aevents():
+    """The whole answer of a job and its closing event."""
+    pieces, event = [], None
+    async for event in job.aevents():  # the last event is the Finished one
         if isinstance(event, Delta):
             pieces.append(event.text)
-        elif event.reason == "error":
-            raise RequestError(500, f"generation failed: {event.error}", type="server_error")
-        else:
-            return "".join(pieces), event
-    raise RuntimeError("unreachable")
+    if event.reason == "error":
+        raise RequestError(500, f"generation failed: {event.error}", type="server_error")
+    return "".join(pieces), event
 
 
 def sse(payload: dict | str) -> str:
@@ -184,8 +184,6 @@ def sse(payload: dict | str) -> str:
 
 
 def create_app(server: Server, *, api_key: str | None) -> FastAPI:
-    import asyncio
-
     app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from alignkit.generation import sampling_kwargs
 
@@ -130,7 +131,7 @@ class Job:
             self._sent = end
 
 
-class RowTracker:
+class RowTracker(StoppingCriteria):
     """A stopping criterion that feeds each row's newest token to its job and reports the finished rows.
 
     transformers calls it once per decoding step with the sequences so far, (B, T + t)."""
@@ -222,8 +223,6 @@ class BatchEngine:
         device = next(self.model.parameters()).device
         self.batch_sizes.append(len(jobs))
         logger.info("Generating a batch of %d request(s)", len(jobs))
-        from transformers import StoppingCriteriaList
-
         try:
             with torch.no_grad():
                 self.model.generate(

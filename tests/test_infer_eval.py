@@ -92,3 +92,26 @@ def test_eval_writes_a_json_report_and_a_png_chart_and_never_overwrites(run_chec
     capsys.readouterr()
     assert main(argv) == 2
     assert "never overwrites" in capsys.readouterr().err
+
+
+def test_interactive_chat_streams_multi_turn_answers_with_the_system_prompt(tiny_chat_model_dir, monkeypatch, capsys):
+    from alignkit.data.template import ChatEncoder
+    from alignkit.generation import generate_answers
+    from alignkit.model import load_for_inference
+
+    typed = iter(["What is 12 + 30?", "And 5 + 6?", "clear", "And 5 + 6?", "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert main(["infer", "--model", tiny_chat_model_dir, "--system", "Be brief.", "--max_new_tokens", "6",
+                 "--dtype", "fp32"]) == 0
+    printed = capsys.readouterr().out
+    answers = [piece.removesuffix("\n") for piece in printed.split(">>> ")[1:]]  # input() is patched: no "<<< "
+
+    model, tokenizer = load_for_inference(tiny_chat_model_dir, [], None, "fp32")
+    encoder = ChatEncoder(tokenizer, max_length=1024, system="Be brief.")
+    first = generate_answers(model, encoder, [[{"role": "user", "content": "What is 12 + 30?"}]], max_new_tokens=6)[0]
+    second = generate_answers(model, encoder, [[
+        {"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": first},
+        {"role": "user", "content": "And 5 + 6?"}]], max_new_tokens=6)[0]
+    fresh = generate_answers(model, encoder, [[{"role": "user", "content": "And 5 + 6?"}]], max_new_tokens=6)[0]
+    assert second != fresh  # the history matters, and `clear` forgets it
+    assert answers == [first, second, fresh]
