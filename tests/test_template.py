@@ -55,8 +55,10 @@ def test_multi_turn_sft_trains_every_assistant_turn_and_nothing_else(tokenizer):
     assert encoded.input_ids == p1 + a1 + p2 + a2
     assert encoded.labels == [IGNORE_INDEX] * len(p1) + a1 + [IGNORE_INDEX] * len(p2) + a2
 
-    last_only = encoder.encode_conversation(row, all_turns=False)
+    last_only = ChatEncoder(tokenizer, max_length=512, loss_scale="last_round").encode_conversation(row)
     assert last_only.labels == [IGNORE_INDEX] * len(p1 + a1 + p2) + a2
+    every_token = ChatEncoder(tokenizer, max_length=512, loss_scale="all").encode_conversation(row)
+    assert every_token.labels == every_token.input_ids == p1 + a1 + p2 + a2
 
 
 def test_multi_turn_pair_trains_only_the_final_diverging_turn(tokenizer):
