@@ -352,6 +352,19 @@ def detect_format(columns: list[str], kind: str | None, file: str, records: list
     return fmt
 
 
+def natural_kind(fmt: Format, record: dict[str, Any], source: RowSource) -> str:
+    """The kind of row a record holds by itself: a pair, a labelled answer, a conversation or a prompt."""
+    try:
+        parsed = fmt.parse(record, source)
+    except DataError:
+        return fmt.kinds[0]  # the record's own error is reported when it is converted
+    if parsed.rejected is not None:
+        return "preference"
+    if parsed.label is not None:
+        return "unpaired"
+    return "sft" if parsed.chosen is not None else "prompt"
+
+
 def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     """Build the canonical rows of ``kind`` from a parsed record.
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.data.builtin import BUILTIN_DATASETS
-from alignkit.data.formats import KINDS, Format, auto_columns, convert, detect_format
+from alignkit.data.fields import IMAGE_COLUMNS, has
+from alignkit.data.formats import KINDS, Format, auto_columns, convert, detect_format, natural_kind
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, Row, RowSource, UnpairedRow
 from alignkit.data.validate import log_kto_balance, warn_identical_pairs
 from alignkit.errors import AlignkitError, DataError
@@ -208,7 +209,10 @@ def rows_from_records(records: list[Record], file: str, options: LoadOptions,
             raise records[0][1]
         raise DataError("the file holds no rows", file=file)
     fmt, mapping = _choose_format(records, options.kind, file)
-    kind = options.kind or fmt.kinds[0]
+    kind = options.kind
+    if kind is None:
+        number, first = next((n, r) for n, r in records if isinstance(r, dict))
+        kind = natural_kind(fmt, {mapping.get(k, k): v for k, v in first.items()}, RowSource(file, number))
     rows: list[Row] = []
     invalid: list[DataError] = []
     for number, record in records:
@@ -227,6 +231,10 @@ def rows_from_records(records: list[Record], file: str, options: LoadOptions,
     if not rows:
         raise DataError("no valid rows", file=file)
     identical = warn_identical_pairs(rows, file) if kind == "preference" else 0
+    with_images = sum(1 for _, r in records if isinstance(r, dict) and any(has(r, c) for c in IMAGE_COLUMNS))
+    if with_images:
+        logger.warning("%s: %d rows name images; their paths were checked, but alignkit trains text-only models "
+                       "and does not feed images to the model", file, with_images)
     if report is not None:
         report.append(FileReport(file, fmt.name, kind, len(records), len(rows), len(invalid), mapping, identical))
     return rows
@@ -238,9 +246,9 @@ def _handle_invalid(invalid: list[DataError], total: int, file: str, strategy: s
     if strategy not in DISCARD:
         if len(invalid) == 1:
             raise first
-        more = f"{len(invalid) - 1} more invalid rows in this file (rows {rows}); --check_dataset_strategy discard drops them"
+        more = f"{len(invalid)} invalid rows in this file: {rows}; --check_dataset_strategy discard drops them"
         raise DataError(f"{first.message} ({more})", file=first.file, row=first.row, field=first.field)
-    logger.warning("%s: dropped %d of %d invalid rows (--check_dataset_strategy %s; rows %s). First: %s",
+    logger.warning("%s: dropped %d of %d rows as invalid (--check_dataset_strategy %s): rows %s. First: %s",
                    file, len(invalid), total, strategy, rows, first)
 
 
