@@ -191,8 +191,16 @@ class ChatEncoder:
         return self._encode_answer(self.system_applied(row.prompt), row.completion, row.source)
 
     def encode_prompt_row(self, row: PromptRow) -> Encoded:
-        """A prompt ready for generation; nothing is trained."""
+        """A prompt ready for generation; nothing is trained. A prompt over --max_length is cut from the left
+        (``left``), stops the run (``raise``) or is dropped (otherwise)."""
         ids = self.encode_prompt(row.prompt)
+        if len(ids) > self.max_length:
+            what = f"the prompt's {len(ids)} tokens exceed --max_length {self.max_length}"
+            if self.truncation_strategy == "raise":
+                raise DataError(what, **_where(row.source))
+            if self.truncation_strategy != "left":
+                raise Truncated(what)
+            ids = ids[-self.max_length :]
         return Encoded(ids, [IGNORE_INDEX] * len(ids))
 
     def _encode_answer(self, prompt: list[Message], answer: list[Message], source: RowSource | None) -> Encoded:
