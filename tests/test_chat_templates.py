@@ -204,8 +204,10 @@ def test_a_tokenizer_that_merges_across_the_join_is_refused():
     # GPT-2's pre-tokenizer keeps "\n\n" whole at the end of a prompt but splits it before "Answer", and this
     # vocabulary merges "\n\n": the prompt's tokens are then no prefix of the conversation's.
     tokenizer = build_tokenizer(LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>", template=LLAMA3_TEMPLATE)
-    with pytest.raises(AlignkitError, match="does not render a conversation's beginning as a prefix"):
+    with pytest.raises(AlignkitError) as info:
         ChatEncoder(tokenizer, max_length=512).encode_pair(PAIR)
+    assert "renders it as a text prefix, but this tokenizer tokenizes the text at the join differently " in str(info.value)
+    assert "(it ends with 'eader_id|>\\n\\n')" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------- built-in templates
@@ -319,3 +321,19 @@ def test_end_of_assistant_missing_from_the_turn_is_an_error(smollm2, tmp_path):
 def test_loss_scale_all_is_refused_for_pairs(smollm2):
     with pytest.raises(AlignkitError, match="--loss_scale all trains prompt tokens"):
         ChatEncoder(smollm2, max_length=512, loss_scale="all").encode_pair(PAIR)
+
+
+def test_training_with_a_named_template_saves_it_in_the_checkpoint(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from alignkit.cli import main
+
+    fixture = str(Path(__file__).parent / "fixtures" / "data" / "trl_preference.jsonl")
+    for flags, expected in ((["--template", "default"], BUILTIN_TEMPLATES["default"]),
+                            (["--template_config", str(TEMPLATES / "colossal_chatml.json")],
+                             json.loads((TEMPLATES / "colossal_chatml.json").read_text())["chat_template"])):
+        out = tmp_path / flags[0].strip("-")
+        assert main(["rlhf", "--model", tiny_model_dir, "--dataset", fixture, "--max_steps", "1", "--report_to",
+                     "none", "--output_dir", str(out), *flags]) == 0
+        (checkpoint,) = out.glob("v*/checkpoint-1")
+        assert AutoTokenizer.from_pretrained(checkpoint).chat_template == expected

@@ -92,8 +92,9 @@ def test_template_that_breaks_the_prefix_property_raises_a_clear_error(tokenizer
     )
     encoder = ChatEncoder(tokenizer, max_length=512)
     row = ConversationRow(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
-    with pytest.raises(AlignkitError, match="does not render a conversation's beginning as a prefix"):
+    with pytest.raises(AlignkitError, match="beginning does not tokenize as a prefix of the whole conversation") as info:
         encoder.encode_conversation(row)
+    assert "renders earlier turns differently once later turns follow" in str(info.value)
 
 
 def test_prompt_longer_than_max_length_is_dropped_or_raises_per_strategy(tokenizer):

@@ -101,13 +101,14 @@ class ChatEncoder:
                *, every_token: bool = False) -> Encoded:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels
         (``every_token``: all tokens do, for ``--loss_scale all``)."""
-        full_ids = self.tokens(self.render(messages, generation_prompt=False))
+        full_text = self.render(messages, generation_prompt=False)
+        full_ids = self.tokens(full_text)
         labels = list(full_ids) if every_token else [IGNORE_INDEX] * len(full_ids)
         for index in sorted(train_turns):
             if messages[index]["role"] != "assistant":
                 raise DataError("only assistant turns can be trained", **_where(source), field="messages")
-            start = self._checked_prefix(messages[:index], full_ids, generation_prompt=True)
-            end = self._checked_prefix(messages[: index + 1], full_ids, generation_prompt=False)
+            start = self._checked_prefix(messages[:index], full_text, full_ids, generation_prompt=True)
+            end = self._checked_prefix(messages[: index + 1], full_text, full_ids, generation_prompt=False)
             end = self._end_of_assistant(full_ids, start, end)
             labels[start:end] = full_ids[start:end]
         if train_turns and all(label == IGNORE_INDEX for label in labels):
@@ -128,14 +129,21 @@ class ChatEncoder:
             f"rendered assistant turn {self.tokenizer.decode(full_ids[start:end])!r}; fix the template config"
         )
 
-    def _checked_prefix(self, messages: list[Message], full_ids: list[int], *, generation_prompt: bool) -> int:
-        prefix = self.tokens(self.render(messages, generation_prompt=generation_prompt))
+    def _checked_prefix(self, messages: list[Message], full_text: str, full_ids: list[int], *,
+                        generation_prompt: bool) -> int:
+        text = self.render(messages, generation_prompt=generation_prompt)
+        prefix = self.tokens(text)
         if full_ids[: len(prefix)] != prefix:
             which = (f"the chat template of {self.tokenizer.name_or_path!r}" if self.template.name == "tokenizer"
                      else f"the chat template '{self.template.name}'")
+            if full_text.startswith(text):
+                cause = (f"{which} renders it as a text prefix, but this tokenizer tokenizes the text at the join "
+                         f"differently (it ends with {text[-12:]!r})")
+            else:
+                cause = f"{which} renders earlier turns differently once later turns follow"
             raise AlignkitError(
-                f"{which} does not render a conversation's beginning as a prefix of the whole conversation, so "
-                "the trained tokens cannot be located exactly. Pass a template that renders turns independently "
+                f"a conversation's beginning does not tokenize as a prefix of the whole conversation, so the trained "
+                f"tokens cannot be located exactly: {cause}. Pass a template that suits this tokenizer "
                 "(--template or --template_config)."
             )
         return len(prefix)
