@@ -17,6 +17,7 @@ from alignkit.data.encode import encode_rows
 from alignkit.data.loading import FileReport, load_dataset_spec, parse_columns
 from alignkit.data.rows import PreferenceRow, Row
 from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded
+from alignkit.data.validate import kto_balance
 from alignkit.errors import AlignkitError
 from alignkit.model import load_tokenizer, resolve_model_path
 
@@ -48,6 +49,9 @@ def run_data(args: DataArguments) -> int:
             print(format_report(file))
         if not report:
             print(f"  {len(rows)} {type(rows[0]).__name__}s (built-in)")
+        desirable, undesirable = kto_balance(rows)
+        if desirable + undesirable:
+            print(f"  KTO labels: {desirable} desirable, {undesirable} undesirable")
         items, dropped = encode_rows(encoder, rows)
         print(f"  tokenised: {len(items)} rows, {dropped} dropped as longer than --max_length {args.max_length} "
               f"(--truncation_strategy {args.truncation_strategy})")

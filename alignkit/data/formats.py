@@ -324,8 +324,13 @@ def auto_columns(columns: list[str]) -> dict[str, str]:
     return mapping
 
 
-def _matches(fmt: Format, columns: set[str], sample: dict[str, Any] | None) -> bool:
-    return set(fmt.columns) <= columns and (fmt.sniff is None or (sample is not None and fmt.sniff(sample)))
+def _matches(fmt: Format, columns: set[str], records: list[dict[str, Any]]) -> bool:
+    if not set(fmt.columns) <= columns:
+        return False
+    if fmt.sniff is None:
+        return True
+    sample = next((r for r in records if all(f.has(r, c) for c in fmt.columns)), None)
+    return sample is not None and fmt.sniff(sample)
 
 
 def detect_format(columns: list[str], kind: str | None, file: str, records: list[dict[str, Any]] = ()) -> Format:
@@ -333,8 +338,7 @@ def detect_format(columns: list[str], kind: str | None, file: str, records: list
     holding them; it must be able to give ``kind`` rows (any kind when ``kind`` is None)."""
     present = set(columns)
     for fmt in FORMATS:
-        sample = next((r for r in records if all(f.has(r, c) for c in fmt.columns)), None)
-        if _matches(fmt, present, sample):
+        if _matches(fmt, present, records):
             break
     else:
         known = "; ".join(dict.fromkeys(f"{x.name} ({', '.join(x.columns)})" for x in FORMATS))
