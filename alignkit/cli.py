@@ -4,6 +4,7 @@
     alignkit rlhf  --rlhf_type dpo --model M --dataset D --beta 0.1 ...
     alignkit dpo   ...                     (ms-swift 2.x spelling of `rlhf --rlhf_type dpo`)
     alignkit infer / eval / demo
+    alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
     alignkit export --ckpt_dir CKPT --merge_lora true
     alignkit deploy / app                  (OpenAI-compatible server / Gradio chat page)
 """
@@ -78,6 +79,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from alignkit.config import (
         AppArguments,
+        DataArguments,
         DemoArguments,
         DeployArguments,
         EvalArguments,
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
         ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),
         ("demo", DemoArguments, "The main job: DPO on the built-in model and data, with before/after numbers."),
+        ("data", DataArguments, "Inspect datasets: format, counts, token lengths, rows with their trained tokens."),
         ("export", ExportArguments, "Merge a LoRA adapter into its base and/or quantise: a plain HF model directory."),
         ("deploy", DeployArguments, "Serve a model and its adapters over an OpenAI-compatible HTTP API."),
         ("app", AppArguments, "A chat web page (Gradio) for a model or adapter."),
