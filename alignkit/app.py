@@ -90,7 +90,7 @@ def run_app(args: AppArguments) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     lm, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     encoder = ChatEncoder(tokenizer, max_length=getattr(lm.config, "max_position_embeddings", None) or 4096)
-    engine = BatchEngine(lm, tokenizer).start()
+    engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids).start()
     source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"
     demo = build_app(engine, encoder, args, title=f"alignkit chat: {Path(source).name}")
     logger.info("Chat page on http://%s:%d%s", args.server_name, args.server_port,

@@ -204,6 +204,11 @@ def dispatch(command: str, values: dict) -> int:
         from alignkit.demo import run_demo
 
         return run_demo(DemoArguments(**values))
+    if command == "data":
+        from alignkit.config import DataArguments
+        from alignkit.inspect_data import run_data
+
+        return run_data(DataArguments(**values))
     if command == "export":
         from alignkit.config import ExportArguments
         from alignkit.export import run_export

@@ -114,11 +114,10 @@ def describe_validation(errors: list[dict]) -> str:
 class Server:
     """Turns requests into engine jobs and jobs into OpenAI responses."""
 
-    def __init__(self, engine: BatchEngine, tokenizer, *, models: dict[str, str | None], max_length: int,
+    def __init__(self, engine: BatchEngine, encoder: ChatEncoder, *, models: dict[str, str | None], max_length: int,
                  defaults: DeployArguments):
-        self.engine, self.tokenizer, self.models = engine, tokenizer, models
+        self.engine, self.encoder, self.tokenizer, self.models = engine, encoder, encoder.tokenizer, models
         self.max_length, self.defaults = max_length, defaults
-        self.encoder = ChatEncoder(tokenizer, max_length=max_length) if getattr(tokenizer, "chat_template", None) else None
         self.created = int(time.time())
 
     def adapter_for(self, name: str) -> str | None:
@@ -152,8 +151,6 @@ class Server:
         return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop)
 
     def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        if self.encoder is None:
-            raise RequestError(400, "this model's tokenizer has no chat template; use /v1/completions")
         messages = [
             {"role": "system" if m.role == "developer" else m.role,
              "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
@@ -340,9 +337,10 @@ def run_deploy(args: DeployArguments) -> int:
     import uvicorn
 
     lm, tokenizer, models = load_served_model(args)
-    engine = BatchEngine(lm, tokenizer, max_batch_size=args.max_batch_size).start()
     max_length = getattr(lm.config, "max_position_embeddings", None) or 4096
-    server = Server(engine, tokenizer, models=models, max_length=max_length, defaults=args)
+    encoder = ChatEncoder(tokenizer, max_length=max_length)
+    engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids, max_batch_size=args.max_batch_size).start()
+    server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
     app = create_app(server, api_key=args.api_key)
     logger.info("Serving %s on http://%s:%d/v1%s", ", ".join(models), args.host, args.port,
                 " (API key required)" if args.api_key else "")

@@ -5,7 +5,7 @@ Requests from many clients go into one queue; a worker thread takes whatever is 
 call, streaming each row's text back to its own request as tokens come. Requests for different LoRA
 adapters share a batch (peft's ``adapter_names``). Example::
 
-    engine = BatchEngine(model, tokenizer, max_batch_size=8).start()
+    engine = BatchEngine(model, tokenizer, stop_ids=encoder.stop_ids).start()
     job = engine.submit(prompt_ids, SamplingParams(max_tokens=32))
     text = "".join(event.text for event in job.events() if isinstance(event, Delta))
 
@@ -148,11 +148,13 @@ class RowTracker(StoppingCriteria):
 
 
 class BatchEngine:
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, batch_wait_s: float = 0.01):
+    def __init__(self, model, tokenizer, *, stop_ids: list[int], max_batch_size: int = 8, batch_wait_s: float = 0.01):
+        """``stop_ids``: the chat template's end-of-turn ids (ChatEncoder.stop_ids); the model's own EOS ids
+        end answers too."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s  # how long the first request waits for company
-        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.eos_ids = set(stop_ids) | eos_token_ids(model, tokenizer)
         self.uses_adapters = hasattr(model, "peft_config")
         self.batch_sizes: list[int] = []
         self._queue: queue.Queue[Job | None] = queue.Queue()

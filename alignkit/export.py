@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config import ExportArguments
+from alignkit.data.chat_templates import resolve_template
 from alignkit.errors import AlignkitError
 from alignkit.model import load_causal_lm, resolve_checkpoint, resolve_model_path
 
@@ -83,9 +84,10 @@ def write_merged(model_path: str, adapter: str | None, directory: Path, dtype: s
     # The checkpoint's tokenizer is the one training used; the base's when the adapter has none.
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    template = resolve_template(tokenizer)
     if not getattr(tokenizer, "chat_template", None):
-        logger.warning("%s has no chat template; the export has none either", tokenizer_source)
-    lm.generation_config = generation_config_for(lm, tokenizer)
+        tokenizer.chat_template = template.source  # the built-in template alignkit renders with, made explicit
+    lm.generation_config = generation_config_for(lm, template.stop_ids)
     lm.to(saved_dtype).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
 
@@ -99,18 +101,19 @@ def saved_precision(lm, dtype: str) -> torch.dtype:
     return stored if isinstance(stored, torch.dtype) else torch.float32
 
 
-def generation_config_for(lm, tokenizer):
-    """The model's generation config, stopping at the tokenizer's EOS (the chat template's end-of-turn)."""
+def generation_config_for(lm, stop_ids: tuple[int, ...]):
+    """The model's generation config, also stopping at the chat template's end-of-turn ids."""
     from transformers import GenerationConfig
 
     config = lm.generation_config or GenerationConfig.from_model_config(lm.config)
     eos = config.eos_token_id
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(tokenizer.eos_token_id)
+    eos += [i for i in stop_ids if i not in eos]
+    if not eos:
+        return config
     config.eos_token_id = eos[0] if len(eos) == 1 else eos
     if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        config.pad_token_id = eos[0]
     return config
 
 

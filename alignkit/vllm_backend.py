@@ -49,6 +49,7 @@ class VllmGenerator:
         self.params = vllm.SamplingParams(
             max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k if args.top_k > 0 else -1, repetition_penalty=args.repetition_penalty,
+            stop_token_ids=self.encoder.stop_ids,  # the chat template's end of turn, as the transformers backend
         )
         logger.info("vLLM %s on %s%s", vllm.__version__, model_path, f" with adapter {adapters[0]}" if adapters else "")
 
