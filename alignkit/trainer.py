@@ -104,9 +104,8 @@ def train(
 ) -> Path:
     """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded)."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
-
     from accelerate.state import AcceleratorState
+    from transformers import get_scheduler
 
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, the demo, tests) may ask for another precision, so start from a clean state.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignkit.data.rows import ConversationRow, Message, PreferenceRow, RowSource
+from alignkit.data.rows import ConversationRow, Message, PreferenceRow, RowSource, UnpairedRow
 from alignkit.errors import AlignkitError, DataError
 
 IGNORE_INDEX = -100
@@ -141,6 +141,10 @@ class ChatEncoder:
         prompt = with_system(row.prompt, self.system)
         return (self._encode_answer(prompt, row.chosen, row.source),
                 self._encode_answer(prompt, row.rejected, row.source))
+
+    def encode_unpaired(self, row: UnpairedRow) -> Encoded:
+        """KTO: the prompt and its one completion; the completion's assistant turns are trained."""
+        return self._encode_answer(with_system(row.prompt, self.system), row.completion, row.source)
 
     def _encode_answer(self, prompt: list[Message], answer: list[Message], source: RowSource | None) -> Encoded:
         messages = prompt + answer
