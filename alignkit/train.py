@@ -18,7 +18,7 @@ import torch
 
 from alignkit.algorithms.cpo import CPO, SimPO
 from alignkit.algorithms.dpo import DPO
-from alignkit.algorithms.kto import KTO, check_kto_batches, check_kto_data
+from alignkit.algorithms.kto import KTO, check_kto_rows
 from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
@@ -87,14 +87,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if not train_rows:
         raise AlignkitError("no training rows are left after truncation; raise --max_length")
     if isinstance(algorithm, KTO):
-        check_kto_data([row.desirable for _, row in train_rows], desirable_weight=args.desirable_weight,
-                       undesirable_weight=args.undesirable_weight)
-        if algorithm.needs_kl:
-            train_rows = check_kto_batches(train_rows, args.per_device_train_batch_size, "training",
-                                           "--per_device_train_batch_size")
-            if val_rows:
-                val_rows = check_kto_batches(val_rows, args.per_device_eval_batch_size, "held-out",
-                                             "--per_device_eval_batch_size")
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
+                                              args.per_device_eval_batch_size)
 
     model = load_causal_lm(model_path, args.model_revision)
     if args.gradient_checkpointing:
@@ -125,7 +119,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     if isinstance(algorithm, SFT):
         collate = SequenceCollator(tokenizer.pad_token_id)
-    elif isinstance(algorithm, KTO):
+    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
         collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
     else:
         collate = PairCollator(tokenizer.pad_token_id)

@@ -105,3 +105,15 @@ def check_kto_batches(rows: list, batch_size: int, split: str, flag: str) -> lis
                        len(rows), split, batch_size)
         return rows[:-1]
     return rows
+
+
+def check_kto_rows(algorithm: KTO, train_rows: list, val_rows: list, batch_size: int,
+                   eval_batch_size: int) -> tuple[list, list]:
+    """Before the model loads: the label balance warning and, with a KL term, the micro-batch sizes."""
+    check_kto_data([row.desirable for _, row in train_rows], desirable_weight=algorithm.desirable_weight,
+                   undesirable_weight=algorithm.undesirable_weight)
+    if algorithm.needs_kl:
+        train_rows = check_kto_batches(train_rows, batch_size, "training", "--per_device_train_batch_size")
+        if val_rows:
+            val_rows = check_kto_batches(val_rows, eval_batch_size, "held-out", "--per_device_eval_batch_size")
+    return train_rows, val_rows
