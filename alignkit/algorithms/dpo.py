@@ -35,6 +35,8 @@ class DPO:
     bco_mean: RunningRewardMean = field(default_factory=lambda: RunningRewardMean(), init=False, repr=False)
 
     def __post_init__(self):
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ValueError(f"ld_alpha must be in [0, 1] (1 is plain DPO), got {self.ld_alpha}")
         # The loss functions check every flag combination; one call on a dummy pair surfaces their
         # errors before any data or model is loaded.
         zero = torch.zeros(1)
