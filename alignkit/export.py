@@ -8,6 +8,11 @@ config whose end-of-sequence ids include the template's end-of-turn token, so th
 ``AutoModelForCausalLM.from_pretrained(dir)`` + ``generate`` stops where alignkit's generation does;
 alignkit is not needed to load it. Quantised exports (bitsandbytes NF4 / LLM.int8, on CPU or GPU) load
 with transformers and bitsandbytes installed.
+
+A reward-model checkpoint (``alignkit rlhf --rlhf_type rm``) exports as the merged LM plus its
+``value_head.safetensors`` (one (1, d_model) ``weight``: reward = weight · the final hidden state at the
+last token), which ``alignkit.reward_model.load_reward_model(dir)`` and ``alignkit infer --reward_model``
+load; its scores equal the checkpoint's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def run_export(args: ExportArguments) -> int:
     shutil.rmtree(partial, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_merged(model_path, adapters[0] if adapters else None, partial, args.dtype)
+    value_head = value_head_of(adapters[0] if adapters else args.ckpt_dir)
+    if value_head is not None and args.quant_bits is not None:
+        raise AlignkitError("a reward model (with value_head.safetensors) is exported merged, not quantised")
+    if value_head is not None:
+        shutil.copy2(value_head, partial / value_head.name)
+        logger.info("Reward model: %s copied beside the merged weights", value_head.name)
     if args.quant_bits is not None:
         quantised = output.with_name(output.name + ".quant.tmp")
         shutil.rmtree(quantised, ignore_errors=True)
@@ -57,6 +68,14 @@ def run_export(args: ExportArguments) -> int:
     logger.info("Exported %s", output)
     print(f"exported: {output}")
     return 0
+
+
+def value_head_of(checkpoint: str | None) -> Path | None:
+    """A reward-model checkpoint keeps its scalar head beside the LM weights (alignkit.reward_model)."""
+    from alignkit.reward_model import VALUE_HEAD_FILE
+
+    path = Path(checkpoint) / VALUE_HEAD_FILE if checkpoint else None
+    return path if path is not None and path.is_file() else None
 
 
 def default_output(args: ExportArguments, adapters: list[str], model_path: str) -> Path:

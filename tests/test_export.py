@@ -148,3 +148,23 @@ def test_bnb_quantised_export_stores_low_bit_weights_close_to_the_originals(mode
     reference, approximate = logits_of(original), logits_of(quantised)
     assert (approximate - reference).abs().mean() / reference.abs().mean() < 1.5 * tolerance
     assert (approximate.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+
+
+def test_reward_model_exports_merged_with_its_value_head_and_scores_the_same(tiny_model_dir, tmp_path):
+    from alignkit.reward_model import VALUE_HEAD_FILE, load_reward_model
+
+    out = tmp_path / "out"
+    assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",
+                 "--val_dataset", "arith-pref:test#2", "--max_steps", "2", "--batch_size", "2",
+                 "--learning_rate", "1e-2", "--output_dir", str(out), "--report_to", "none", "--dtype", "fp32"]) == 0
+    (checkpoint,) = out.glob("v0-*/checkpoint-2")
+    assert main(["export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true"]) == 0
+    merged = checkpoint.with_name("checkpoint-2-merged")
+    assert (merged / VALUE_HEAD_FILE).is_file() and not (merged / "adapter_config.json").exists()
+
+    prompt = [{"role": "user", "content": "What is 12 + 30?"}]
+    conversations = [prompt + [{"role": "assistant", "content": f"Answer: {n}"}] for n in (42, 41, 7)]
+    before = load_reward_model(str(checkpoint), dtype="fp32").score(conversations)
+    after = load_reward_model(str(merged), dtype="fp32").score(conversations)
+    assert after == pytest.approx(before, abs=1e-5)
+    assert max(before) - min(before) > 1e-4  # the scores tell the answers apart
