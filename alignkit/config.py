@@ -299,6 +299,11 @@ class EvalArguments:
     batch_size: int = option(8, "Rows per forward / generation batch.")
     limit: int | None = option(None, "Evaluate at most this many rows of each set.")
     system: str | None = option(None, "System prompt.")
+    reward_model: str | None = option(
+        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
+    )
+    reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")
     report_path: str | None = option(
         None, "The JSON report (never overwritten; default eval_result/<time>.json); the chart goes beside it (.png)."
     )

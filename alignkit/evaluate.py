@@ -82,6 +82,33 @@ def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_s
     return {"prompts": len(rows), "task_accuracy": correct / max(len(rows), 1), "samples": samples}
 
 
+@torch.no_grad()
+def reward_win_rate(model, baseline, encoder: ChatEncoder, scorer, rows: list[PromptRow], *, batch_size: int,
+                    max_new_tokens: int) -> dict:
+    """How often the reward model prefers the model's greedy answer to the baseline's (ties count half).
+
+    ``baseline`` is a second model, or None for ``model`` with its adapter switched off."""
+    ours, theirs = [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc="reward-model eval", leave=False):
+        prompts = [r.prompt for r in rows[start : start + batch_size]]
+        answers = generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
+        if baseline is None:
+            with model.disable_adapter():
+                base_answers = generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
+        else:
+            base_answers = generate_answers(baseline, encoder, prompts, max_new_tokens=max_new_tokens)
+        for target, given in ((ours, answers), (theirs, base_answers)):
+            target += scorer.score([p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, given)])
+    mine, base = torch.tensor(ours), torch.tensor(theirs)  # (N,) rewards
+    return {
+        "prompts": len(rows),
+        "win_rate": ((mine > base).float() + 0.5 * (mine == base).float()).mean().item(),
+        "reward_mean": mine.mean().item(),
+        "baseline_reward_mean": base.mean().item(),
+        "reward_margin": (mine - base).mean().item(),
+    }
+
+
 def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: str | None, beta: float,
                    reference: Reference | None, batch_size: int, max_length: int, max_new_tokens: int,
                    limit: int | None, system: str | None, seed: int = 42) -> dict:
@@ -117,6 +144,20 @@ def run_eval(args: EvalArguments) -> int:
         batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
         limit=args.limit, system=args.system,
     )
+    if args.reward_model:
+        baseline = reference.frozen_model if reference is not None else None
+        if baseline is None and not hasattr(model, "disable_adapter"):
+            raise AlignkitError("--reward_model compares two models' answers: pass an adapter (--adapters/--ckpt_dir, "
+                                "compared with its base) or --ref_model")
+        from alignkit.reward_model import load_reward_model
+
+        scorer = load_reward_model(args.reward_model, dtype=args.dtype, max_length=args.max_length, system=args.system,
+                                   batch_size=args.batch_size)
+        rows = load_dataset_spec(args.reward_prompts, "prompt", seed=42)[: args.limit]
+        report[f"{args.reward_prompts} (reward model)"] = reward_win_rate(
+            model, baseline, ChatEncoder(tokenizer, max_length=args.max_length, system=args.system), scorer, rows,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        )
     text = json.dumps(report, indent=2)
     print(text)
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +177,7 @@ def plot_report(report: dict, path: Path, title: str) -> None:
     bars = {"accuracy": [], "margin": []}
     for name, scores in report.items():
         for key, value in scores.items():
-            if key.endswith("accuracy"):
+            if key.endswith(("accuracy", "win_rate")):
                 bars["accuracy"].append((f"{name}\n{key}", value))
             elif key.endswith("margin"):
                 bars["margin"].append((f"{name}\n{key}", value))

@@ -115,3 +115,39 @@ def test_interactive_chat_streams_multi_turn_answers_with_the_system_prompt(tiny
     fresh = generate_answers(model, encoder, [[{"role": "user", "content": "And 5 + 6?"}]], max_new_tokens=6)[0]
     assert second != fresh  # the history matters, and `clear` forgets it
     assert answers == [first, second, fresh]
+
+
+def test_eval_reward_model_win_rate_of_an_adapter_against_its_base(tiny_model_dir, tiny_chat_model_dir, tmp_path):
+    from conftest import save_random_lora
+
+    from alignkit.data.loading import load_dataset_spec
+    from alignkit.data.template import ChatEncoder
+    from alignkit.generation import generate_answers
+    from alignkit.model import load_for_inference
+    from alignkit.reward_model import load_reward_model
+
+    out = tmp_path / "rm"
+    assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",
+                 "--val_dataset", "arith-pref:test#2", "--max_steps", "2", "--batch_size", "2", "--learning_rate", "1e-2",
+                 "--output_dir", str(out), "--report_to", "none", "--dtype", "fp32"]) == 0
+    (reward_model,) = out.glob("v0-*/checkpoint-2")
+    adapter = save_random_lora(tiny_chat_model_dir, tmp_path / "adapter")
+    report_path = tmp_path / "report.json"
+    assert main(["eval", "--model", tiny_chat_model_dir, "--adapters", adapter, "--reward_model", str(reward_model),
+                 "--dataset", "none", "--task_dataset", "none", "--limit", "6", "--max_new_tokens", "5",
+                 "--report_path", str(report_path), "--dtype", "fp32"]) == 0
+    scores = json.loads(report_path.read_text())["arith-prompts:test (reward model)"]
+
+    # The same numbers by hand: both models' greedy answers, scored one by one.
+    prompts = [r.prompt for r in load_dataset_spec("arith-prompts:test", "prompt", seed=42)[:6]]
+    scorer = load_reward_model(str(reward_model), dtype="fp32")
+    rewards = {}
+    for name, adapters in (("model", [adapter]), ("base", [])):
+        model, tokenizer = load_for_inference(tiny_chat_model_dir, adapters, None, "fp32")
+        answers = generate_answers(model, ChatEncoder(tokenizer, max_length=1024), prompts, max_new_tokens=5)
+        rewards[name] = scorer.score([p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)])
+    wins = sum((m > b) + 0.5 * (m == b) for m, b in zip(rewards["model"], rewards["base"]))
+    assert scores["prompts"] == 6 and scores["win_rate"] == pytest.approx(wins / 6)
+    assert scores["reward_margin"] == pytest.approx(
+        sum(m - b for m, b in zip(rewards["model"], rewards["base"])) / 6, abs=1e-5)
+    assert report_path.with_suffix(".png").is_file()
