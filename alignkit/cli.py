@@ -224,6 +224,8 @@ def dispatch(command: str, values: dict) -> int:
         from alignkit.config import AppArguments
 
         with serve_extra(command):
+            import gradio  # noqa: F401  (alignkit.app imports it late; check before the model loads)
+
             from alignkit.app import run_app
         return run_app(AppArguments(**values))
     raise AlignkitError(f"unknown command {command}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import time
 
 import pytest
@@ -145,3 +146,13 @@ def test_chat_page_streams_the_models_answer_and_keeps_the_history(app_url, brow
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+def test_serving_commands_without_their_packages_say_what_to_install(monkeypatch, capsys):
+    from alignkit.cli import main
+
+    for command, package in (("deploy", "fastapi"), ("app", "gradio")):
+        monkeypatch.setitem(sys.modules, package, None)  # as if not installed
+        monkeypatch.delitem(sys.modules, f"alignkit.{command}", raising=False)
+        assert main([command]) == 2
+        assert f"`alignkit {command}` needs {package}: pip install 'alignkit[serve]'" in capsys.readouterr().err
