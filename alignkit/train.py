@@ -3,6 +3,7 @@
 This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
     from alignkit.config import RunArguments
+from alignkit.config_checks import check_run_arguments
     from alignkit.train import run_training
     checkpoint = run_training(RunArguments(rlhf_type="dpo", max_steps=10), task="rlhf")
 """
@@ -10,6 +11,7 @@ This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,6 +22,7 @@ from alignkit.algorithms.dpo import DPO
 from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import new_run_dir
 from alignkit.config import RunArguments
+from alignkit.config_checks import check_run_arguments
 from alignkit.data.collate import PairCollator, SequenceCollator
 from alignkit.data.loading import load_datasets
 from alignkit.data.rows import ConversationRow, PreferenceRow
@@ -36,6 +39,7 @@ from alignkit.model import (
     resolve_model_path,
 )
 from alignkit.reference import Reference
+from alignkit.resume import check_resume_args, data_fingerprint, find_checkpoint, resume_run_dir
 from alignkit.trainer import LoopConfig, train
 
 logger = logging.getLogger("alignkit")
@@ -46,6 +50,8 @@ DEFAULT_DATASET = {"sft": "arith-sft", "dpo": "arith-pref"}
 def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
+    check_run_arguments(args)
+    resume = find_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     torch.manual_seed(args.seed)
     precision = resolve_dtype(args.dtype)
     if precision == "fp16" and not torch.cuda.is_available():
@@ -69,7 +75,14 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     train_rows = encode_rows(encoder, train_data, "training")
     val_rows = encode_rows(encoder, val_data, "held-out")
     if not train_rows:
-        raise AlignkitError("no training rows are left after truncation; raise --max_length")
+        raise AlignkitError(
+            f"no training rows are left: all {len(train_data)} rows of {', '.join(datasets)} are longer than "
+            f"--max_length {args.max_length}; raise it or choose another --truncation_strategy"
+        )
+    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
+                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows)}
+    if resume is not None:
+        check_resume_args(resume, resolved, allow=args.ignore_args_mismatch)
 
     model = load_causal_lm(model_path, args.model_revision)
     if args.gradient_checkpointing:
@@ -107,9 +120,11 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         )
         collate = PairCollator(tokenizer.pad_token_id)
 
-    run_dir = new_run_dir(args.output_dir)
-    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision}
-    (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
+    if resume is None:
+        run_dir = new_run_dir(args.output_dir)
+        (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
+    else:
+        run_dir = resume_run_dir(resume, args.output_dir, resolved)
     logger.info("Run directory: %s", run_dir)
     return train(
         model=model,
@@ -118,9 +133,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         train_rows=train_rows,
         val_rows=val_rows,
         collate=collate,
-        config=loop_config(args, precision),
+        config=dataclasses.replace(loop_config(args, precision), resume_from_checkpoint=str(resume) if resume else None),
         run_dir=run_dir,
         args_for_checkpoint=resolved,
+        row_sources=[row.source for row in train_data],
     )
 
 
@@ -167,4 +183,5 @@ def loop_config(args: RunArguments, precision: str) -> LoopConfig:
         mixed_precision={"fp32": "no"}.get(precision, precision),
         tensorboard="tensorboard" in args.report_to,
         resume_from_checkpoint=args.resume_from_checkpoint,
+        max_nonfinite_steps=args.max_nonfinite_steps,
     )

@@ -1,0 +1,202 @@
+"""Kill a run (SIGKILL at a chosen or a random point, SIGTERM, Ctrl-C), resume it, and get the
+uninterrupted run's weights and logs bit for bit; refuse resumes that would not continue the same run.
+
+Killed runs are separate processes. Most are forked from a server that has already imported torch and
+alignkit (multiprocessing's forkserver: the fork happens before any tensor work, so it is safe), which
+saves the import time of a fresh interpreter; one test kills a real `python -m alignkit` from outside at
+an unpredictable moment. The kill points inside the loop come from ``alignkit.faults`` (test-only).
+"""
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.checkpoint import verify_checkpoint
+from alignkit.cli import main
+from alignkit.faults import ENV as FAULT_ENV
+
+PAIRS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"Answer: {a + b}"},
+        ],
+        "rejected_response": f"Answer: {a + b + 1}",
+    }
+    for a, b in [(12, 30), (1, 2), (5, 6), (7, 8), (10, 11), (3, 4), (9, 9), (2, 20)]
+]
+# 8 pairs in micro-batches of 2: 4 micro-batches per epoch.
+LORA_RUN = ["--train_type", "lora", "--num_train_epochs", "2"]  # 8 steps, 4 per epoch
+FULL_ACCUMULATION_RUN = ["--train_type", "full", "--gradient_accumulation_steps", "2", "--num_train_epochs", "3"]  # 6 steps
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    return str(path)
+
+
+def rlhf(model, data, out, *extra) -> list[str]:
+    return ["rlhf", "--model", model, "--dataset", data, "--output_dir", str(out), "--dtype", "fp32",
+            "--report_to", "none", "--learning_rate", "1e-2", "--batch_size", "2", "--logging_steps", "1",
+            "--lora_dropout", "0.1", *extra]
+
+
+def _cli_child(argv: list[str], env: dict, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(env)
+    sys.exit(main(argv))
+
+
+def run_child(argv: list[str], log: Path, fault: str | None = None) -> int:
+    """Run the CLI in a forked child process (see the module docstring); return its exit code (-9: SIGKILL)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["alignkit.cli", "alignkit.train"])
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", FAULT_ENV: fault or ""}
+    child = context.Process(target=_cli_child, args=(argv, env, str(log)))
+    child.start()
+    child.join(timeout=300)
+    return child.exitcode
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted((p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint-")),
+                  key=lambda n: int(n.split("-")[1].split(".")[0]))
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    (path,) = [p for p in checkpoint.glob("*.safetensors") if p.name.startswith(("adapter_model", "model"))]
+    return load_file(path)
+
+
+def assert_bit_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def log_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def baselines(tiny_model_dir, pairs_file, tmp_path_factory):
+    """Uninterrupted runs, computed once: {name: run directory}."""
+    runs = {}
+    for name, extra in (("lora", LORA_RUN), ("full", FULL_ACCUMULATION_RUN)):
+        out = tmp_path_factory.mktemp(f"baseline-{name}")
+        assert main(rlhf(tiny_model_dir, pairs_file, out, *extra, "--save_steps", "100")) == 0
+        runs[name] = only_run_dir(out)
+    return runs
+
+
+def resume_and_compare(argv: list[str], out: Path, baseline: Path, steps: int, spec: str = "last") -> Path:
+    assert main([*argv, "--resume_from_checkpoint", spec]) == 0
+    run_dir = only_run_dir(out)
+    assert_bit_identical(baseline / f"checkpoint-{steps}", run_dir / f"checkpoint-{steps}")
+    # Same losses, gradient norms and learning rates at every step: the data order and the accumulation
+    # position were restored, not just the final weights.
+    assert log_records(run_dir) == log_records(baseline)
+    return run_dir
+
+
+def test_sigkill_in_the_second_epoch_during_gradient_accumulation_resumes_bit_identically(
+    tiny_model_dir, pairs_file, baselines, tmp_path
+):
+    out = tmp_path / "out"
+    argv = rlhf(tiny_model_dir, pairs_file, out, *FULL_ACCUMULATION_RUN, "--save_steps", "1")
+    # Step 4 is the second epoch's second step; the kill comes after its first of two micro-batches.
+    assert run_child(argv, tmp_path / "child.log", "KILL@micro_batch:4") == -signal.SIGKILL
+    run_dir = only_run_dir(out)
+    assert checkpoint_names(run_dir) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    state = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"], state["batches_done_in_epoch"]) == (3, 1, 2)
+    resumed = resume_and_compare(argv, out, baselines["full"], steps=6)
+    assert resumed == run_dir  # the run goes on in its own directory
+    assert checkpoint_names(run_dir) == [f"checkpoint-{i}" for i in range(1, 7)]
+
+
+def test_lora_sigkill_at_a_random_step_resumes_bit_identically(tiny_model_dir, pairs_file, baselines, tmp_path):
+    kill_step = random.Random(os.getpid()).randint(2, 8)
+    out = tmp_path / "out"
+    argv = rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, "--save_steps", "1")
+    assert run_child(argv, tmp_path / "child.log", f"KILL@micro_batch:{kill_step}") == -signal.SIGKILL
+    assert checkpoint_names(only_run_dir(out))[-1] == f"checkpoint-{kill_step - 1}", f"killed at step {kill_step}"
+    resume_and_compare(argv, out, baselines["lora"], steps=8)
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_which_resume_picks(
+    tiny_model_dir, pairs_file, baselines, tmp_path
+):
+    out = tmp_path / "out"
+    argv = rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, "--save_steps", "2", "--save_total_limit", "1")
+    # Killed after checkpoint-6's adapter is written, before its optimizer and state files.
+    assert run_child(argv, tmp_path / "child.log", "KILL@checkpoint:6") == -signal.SIGKILL
+    run_dir = only_run_dir(out)
+    assert checkpoint_names(run_dir) == ["checkpoint-4", "checkpoint-6.tmp"]
+    assert verify_checkpoint(run_dir / "checkpoint-4") is None
+    assert "incomplete" in verify_checkpoint(run_dir / "checkpoint-6.tmp")
+
+    # Named directly, the partial checkpoint is refused, and the message points at the good one.
+    assert main([*argv, "--resume_from_checkpoint", str(run_dir / "checkpoint-6.tmp")]) == 2
+    resume_and_compare(argv, out, baselines["lora"], steps=8)
+    assert checkpoint_names(run_dir) == ["checkpoint-8"]  # the .tmp was cleared, rotation kept the newest
+
+
+@pytest.mark.parametrize("signal_name", ["TERM", "INT"])
+def test_sigterm_and_ctrl_c_finish_the_step_save_and_exit_cleanly(
+    tiny_model_dir, pairs_file, baselines, tmp_path, signal_name
+):
+    out = tmp_path / "out"
+    argv = rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, "--save_steps", "100")
+    log = tmp_path / "child.log"
+    # The signal arrives in the middle of step 3; the step is finished, saved, and the run exits.
+    code = run_child(argv, log, f"{signal_name}@micro_batch:3")
+    signum = getattr(signal, f"SIG{signal_name}")
+    assert code == 128 + signum
+    run_dir = only_run_dir(out)
+    assert checkpoint_names(run_dir) == ["checkpoint-3"]
+    text = log.read_text()
+    assert f"stopped by SIG{signal_name}; saved {run_dir / 'checkpoint-3'}" in text
+    assert "Traceback" not in text
+    resume_and_compare(argv, out, baselines["lora"], steps=8, spec=str(run_dir / "checkpoint-3"))
+
+
+def test_real_cli_killed_from_outside_at_an_unpredictable_moment_resumes_bit_identically(
+    tiny_model_dir, pairs_file, baselines, tmp_path
+):
+    """`python -m alignkit` gets SIGKILL as soon as its second checkpoint appears: wherever it is by then
+    (mid-step, mid-checkpoint), `--resume_from_checkpoint last` finds a complete checkpoint and gets there."""
+    out = tmp_path / "out"
+    argv = rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, "--save_steps", "1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop(FAULT_ENV, None)
+    with open(tmp_path / "child.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "alignkit", *argv], stdout=log, stderr=log, env=env,
+                                   cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/checkpoint-2")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    resume_and_compare(argv, out, baselines["lora"], steps=8)
