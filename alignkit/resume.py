@@ -17,6 +17,7 @@ must match the checkpoint's ``args.json``; the tokenised training data must hash
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from alignkit.checkpoint import (
     run_dirs,
     verify_checkpoint,
 )
+from alignkit.config import RunArguments
 from alignkit.data.template import Encoded
 from alignkit.errors import AlignkitError
 
@@ -109,8 +111,9 @@ def check_resume_args(checkpoint: Path, current: dict, *, allow: bool) -> None:
     except (OSError, ValueError) as exc:
         raise AlignkitError(f"--resume_from_checkpoint {checkpoint}: args.json is unreadable ({exc})") from exc
     current = json.loads(json.dumps(current, default=str))  # tuples → lists, as they were saved
+    flags = {f.name for f in dataclasses.fields(RunArguments)}
     differences = [
-        f"  --{key}: {_short(saved[key])} in the checkpoint, {_short(current[key])} now"
+        f"  {'--' if key in flags else ''}{key}: {_short(saved[key])} in the checkpoint, {_short(current[key])} now"
         for key in sorted(saved.keys() & current.keys())
         if key not in MAY_DIFFER and saved[key] != current[key]
     ]

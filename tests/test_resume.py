@@ -200,3 +200,102 @@ def test_real_cli_killed_from_outside_at_an_unpredictable_moment_resumes_bit_ide
     process.kill()
     assert process.wait() == -signal.SIGKILL
     resume_and_compare(argv, out, baselines["lora"], steps=8)
+
+
+# ------------------------------------------------------------------ checkpoints that cannot continue the run
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_model_dir, pairs_file, tmp_path_factory):
+    """A finished 4-step LoRA run with checkpoint-2 and checkpoint-4, copied by each test that damages it."""
+    out = tmp_path_factory.mktemp("short")
+    assert main(rlhf(tiny_model_dir, pairs_file, out, "--max_steps", "4", "--save_steps", "2")) == 0
+    return only_run_dir(out)
+
+
+@pytest.fixture
+def copied_run(short_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(short_run, out / short_run.name)
+    return out, out / short_run.name
+
+
+def test_a_truncated_checkpoint_is_named_and_last_falls_back_to_the_previous_one(
+    tiny_model_dir, pairs_file, copied_run, capsys
+):
+    out, run_dir = copied_run
+    argv = rlhf(tiny_model_dir, pairs_file, out, "--max_steps", "4", "--save_steps", "2")
+    good = {k: v.clone() for k, v in weights(run_dir / "checkpoint-4").items()}  # before the file is cut
+    adapter = run_dir / "checkpoint-4" / "adapter_model.safetensors"
+    size = adapter.stat().st_size
+    adapter.write_bytes(adapter.read_bytes()[: size // 2])
+
+    assert main([*argv, "--resume_from_checkpoint", str(run_dir / "checkpoint-4")]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume_from_checkpoint {run_dir / 'checkpoint-4'}: adapter_model.safetensors has {size // 2} bytes, " \
+           f"but {size} were written; the newest complete checkpoint there is {run_dir / 'checkpoint-2'}" in err
+
+    assert main([*argv, "--resume_from_checkpoint", "last"]) == 0
+    # The damaged checkpoint-4 is left alone: the resumed run goes to a new run directory.
+    new_run = [p for p in out.iterdir() if p != run_dir]
+    assert len(new_run) == 1 and new_run[0].name.startswith("v1-")
+    assert json.loads((new_run[0] / "args.json").read_text())["resumed_from"] == str(run_dir / "checkpoint-2")
+    resumed = weights(new_run[0] / "checkpoint-4")
+    assert all(torch.equal(good[k], resumed[k]) for k in good)
+    assert [r["step"] for r in log_records(new_run[0])] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_file_that_does_not_parse_is_named(tiny_model_dir, pairs_file, copied_run, capsys):
+    out, run_dir = copied_run
+    optimizer = run_dir / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(b"\x00" * optimizer.stat().st_size)  # same size: only loading it finds out
+    argv = rlhf(tiny_model_dir, pairs_file, out, "--max_steps", "4", "--save_steps", "2")
+    assert main([*argv, "--resume_from_checkpoint", str(run_dir / "checkpoint-2")]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume_from_checkpoint {run_dir / 'checkpoint-2'}: optimizer.pt cannot be loaded" in err
+    assert "Traceback" not in err
+
+
+def test_resuming_with_settings_or_data_that_change_the_run_is_refused_unless_allowed(
+    tiny_model_dir, pairs_file, copied_run, tmp_path, capsys
+):
+    out, run_dir = copied_run
+    checkpoint = str(run_dir / "checkpoint-2")
+    argv = rlhf(tiny_model_dir, pairs_file, out, "--max_steps", "4", "--save_steps", "2",
+                "--resume_from_checkpoint", checkpoint)
+    assert main([*argv, "--learning_rate", "1e-3", "--seed", "7", "--logging_steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "this run's settings differ from the checkpoint's" in err
+    assert "--learning_rate: 0.01 in the checkpoint, 0.001 now" in err
+    assert "--seed: 42 in the checkpoint, 7 now" in err
+    assert "logging_steps" not in err  # only how often it logs: may differ
+    assert "--ignore_args_mismatch true" in err
+
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:7]))
+    assert main([*rlhf(tiny_model_dir, str(fewer), out, "--max_steps", "4", "--save_steps", "2"),
+                 "--resume_from_checkpoint", checkpoint]) == 2
+    err = capsys.readouterr().err
+    assert "train_rows: 8 in the checkpoint, 7 now" in err and "train_data_sha256: " in err
+
+    assert main([*argv, "--learning_rate", "1e-3", "--ignore_args_mismatch", "true"]) == 0
+
+
+def test_last_without_a_checkpoint_says_so(tiny_model_dir, pairs_file, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    argv = rlhf(tiny_model_dir, pairs_file, tmp_path / "out", "--max_steps", "2", "--resume_from_checkpoint", "last")
+    assert main(argv) == 2
+    assert f"--resume_from_checkpoint last: no complete checkpoint under {tmp_path / 'out'}" in capsys.readouterr().err
+    assert main(rlhf(tiny_model_dir, pairs_file, tmp_path / "none", "--resume_from_checkpoint", "last")) == 2
+    assert f"--output_dir {tmp_path / 'none'}: no such directory" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_rewrites_nothing(tiny_model_dir, pairs_file, copied_run):
+    out, run_dir = copied_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    argv = rlhf(tiny_model_dir, pairs_file, out, "--max_steps", "4", "--save_steps", "2")
+    assert main([*argv, "--resume_from_checkpoint", "last"]) == 0
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before

@@ -214,15 +214,18 @@ def parse_swift_messages(record: dict[str, Any], source: RowSource) -> Parsed:
         )
     if _has(record, "rejected_response"):
         prompt, chosen = _split_last_answer(messages, "messages", source)
+        chosen = _answer(chosen, "messages", source, len(prompt) + offset)
         rejected = _answer(
             _turns(record, "rejected_response", source, "assistant"), "rejected_response", source
         )
         return Parsed(prompt, "messages", chosen, rejected, margin=_margin(record, source), extras=extras)
     if _has(record, "label"):
         prompt, chosen = _split_last_answer(messages, "messages", source)
+        chosen = _answer(chosen, "messages", source, len(prompt) + offset)
         return Parsed(prompt, "messages", chosen, label=_label(record, source), extras=extras)
     if messages[-1]["role"] == "assistant":
-        return Parsed(messages[:-1], "messages", messages[-1:], extras=extras)
+        answer = _answer(messages[-1:], "messages", source, len(messages) - 1 + offset)
+        return Parsed(messages[:-1], "messages", answer, extras=extras)
     return Parsed(messages, "messages", extras=extras)
 
 
@@ -353,6 +356,8 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     A preference record gives two unpaired rows for KTO (chosen → True, rejected → False), as TRL does;
     every other case gives one row.
     """
+    if not parsed.prompt:
+        raise _error(source, parsed.prompt_field, "no prompt: expected a user turn before the answer")
     if kind == "sft":
         if parsed.chosen is None:
             raise _error(source, parsed.prompt_field, "expected the last message to be an assistant turn")
