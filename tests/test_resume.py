@@ -10,7 +10,6 @@ an unpredictable moment. The kill points inside the loop come from ``alignkit.fa
 import json
 import multiprocessing
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -135,15 +134,6 @@ def test_sigkill_in_the_second_epoch_during_gradient_accumulation_resumes_bit_id
     assert checkpoint_names(run_dir) == [f"checkpoint-{i}" for i in range(1, 7)]
 
 
-def test_lora_sigkill_at_a_random_step_resumes_bit_identically(tiny_model_dir, pairs_file, baselines, tmp_path):
-    kill_step = random.Random(os.getpid()).randint(2, 8)
-    out = tmp_path / "out"
-    argv = rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, "--save_steps", "1")
-    assert run_child(argv, tmp_path / "child.log", f"KILL@micro_batch:{kill_step}") == -signal.SIGKILL
-    assert checkpoint_names(only_run_dir(out))[-1] == f"checkpoint-{kill_step - 1}", f"killed at step {kill_step}"
-    resume_and_compare(argv, out, baselines["lora"], steps=8)
-
-
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_which_resume_picks(
     tiny_model_dir, pairs_file, baselines, tmp_path
 ):
@@ -176,9 +166,10 @@ def test_sigterm_and_ctrl_c_finish_the_step_save_and_exit_cleanly(
     run_dir = only_run_dir(out)
     assert checkpoint_names(run_dir) == ["checkpoint-3"]
     text = log.read_text()
-    assert f"stopped by SIG{signal_name}; saved {run_dir / 'checkpoint-3'}" in text
+    assert f"stopped by SIG{signal_name}; saved {run_dir / 'checkpoint-3'}. Continue with --resume_from_checkpoint" in text
     assert "Traceback" not in text
-    resume_and_compare(argv, out, baselines["lora"], steps=8, spec=str(run_dir / "checkpoint-3"))
+    if signal_name == "TERM":  # the checkpoint is the same kind either way: resuming one is enough
+        resume_and_compare(argv, out, baselines["lora"], steps=8, spec=str(run_dir / "checkpoint-3"))
 
 
 def test_real_cli_killed_from_outside_at_an_unpredictable_moment_resumes_bit_identically(
