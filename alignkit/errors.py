@@ -24,11 +24,11 @@ class DataError(AlignkitError):
         super().__init__(f"{where}: {_clip(message)}" if where else _clip(message))
 
 
-def _clip(message: str, limit: int = 1000) -> str:
+def _clip(message: str, limit: int = 2000) -> str:
     """Messages quote the user's values; a megabyte-long value must not become a megabyte-long message."""
     if len(message) <= limit:
         return message
-    return f"{message[: limit - 250]} ... [{len(message) - limit + 50} characters cut] ... {message[-200:]}"
+    return f"{message[: limit - 350]} ... [{len(message) - limit + 50} characters cut] ... {message[-300:]}"
 
 
 class TrainingInterrupted(Exception):

@@ -91,7 +91,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     frozen_reference = None
     if algorithm_name != "sft" and (args.train_type == "full" or args.ref_model):
         frozen_reference = (
-            load_causal_lm(resolve_model_path(args.ref_model), None) if args.ref_model else copy.deepcopy(model)
+            load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model else copy.deepcopy(model)
         )
     if args.train_type == "lora":
         if args.adapters:

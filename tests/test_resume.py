@@ -134,6 +134,19 @@ def test_sigkill_in_the_second_epoch_during_gradient_accumulation_resumes_bit_id
     assert checkpoint_names(run_dir) == [f"checkpoint-{i}" for i in range(1, 7)]
 
 
+def test_sft_resumed_in_the_second_epoch_between_accumulation_groups_matches(tiny_model_dir, tmp_path):
+    argv = ["sft", "--model", tiny_model_dir, "--dataset", "arith-sft#6", "--train_type", "lora", "--dtype", "fp32",
+            "--report_to", "none", "--batch_size", "1", "--gradient_accumulation_steps", "2", "--num_train_epochs", "2",
+            "--learning_rate", "1e-2", "--logging_steps", "1", "--lora_dropout", "0.1"]  # 3 steps per epoch
+    assert main([*argv, "--output_dir", str(tmp_path / "a"), "--save_steps", "1"]) == 0
+    baseline = only_run_dir(tmp_path / "a")
+    assert main([*argv, "--output_dir", str(tmp_path / "b"),
+                 "--resume_from_checkpoint", str(baseline / "checkpoint-4")]) == 0
+    resumed = only_run_dir(tmp_path / "b")  # a new run directory: the baseline's has later checkpoints
+    assert_bit_identical(baseline / "checkpoint-6", resumed / "checkpoint-6")
+    assert log_records(resumed) == log_records(baseline)
+
+
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_which_resume_picks(
     tiny_model_dir, pairs_file, baselines, tmp_path
 ):
