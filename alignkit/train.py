@@ -3,7 +3,6 @@
 This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
     from alignkit.config import RunArguments
-from alignkit.config_checks import check_run_arguments
     from alignkit.train import run_training
     checkpoint = run_training(RunArguments(rlhf_type="dpo", max_steps=10), task="rlhf")
 """
