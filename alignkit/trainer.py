@@ -119,7 +119,9 @@ def train(
     batches_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     steps = total_steps(batches_per_epoch, config)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * steps)
-    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    # transformers' "constant" ignores warm-up; users who ask for warm-up with it mean this one.
+    schedule = "constant_with_warmup" if config.lr_scheduler_type == "constant" and warmup else config.lr_scheduler_type
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState()

@@ -94,7 +94,7 @@ def cases() -> list[Case]:
         out.append(Case(f"swift-message-{i}", with_row(message_list(message, ANSWER)), row=2))
     for i, value in enumerate([5, [], {}, ["a"], [1], True, "", [{"role": "user", "content": "x"}], 2.5]):
         out.append(Case(f"swift-rejected-{i}", with_row({**swift(), "rejected_response": value}), row=2))
-    for i, value in enumerate([5, [], {"content": "s"}, ""]):
+    for i, value in enumerate([5, [], {"content": "s"}]):
         out.append(Case(f"swift-system-{i}", with_row({**swift(), "system": value}), row=2))
     for i, value in enumerate(["big", [1], {"m": 1}, True]):
         out.append(Case(f"swift-margin-{i}", with_row({**swift(), "margin": value}), row=2))
