@@ -154,6 +154,7 @@ def rotate(run_dir: Path, save_total_limit: int | None) -> None:
     for old in checkpoints[: -save_total_limit]:  # the newest is always among the kept ones
         # Renamed first, so a kill during the removal never leaves a half-deleted checkpoint-N.
         doomed = old.with_name(old.name + ".deleting")
+        shutil.rmtree(doomed, ignore_errors=True)  # left by a run killed while removing it
         old.rename(doomed)
         shutil.rmtree(doomed)
 

@@ -208,12 +208,13 @@ def train(
                     log.close()
                     raise TrainingInterrupted(stop.requested, last_checkpoint)
 
-    bar.close()
-    if val_rows:
-        log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
-    if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
-        last_checkpoint = save()
-    log.close()
+        # A signal from here on lets the run finish: the final evaluation and checkpoint are all that is left.
+        bar.close()
+        if val_rows:
+            log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
+        if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
+            last_checkpoint = save()
+        log.close()
     logger.info("last checkpoint: %s", last_checkpoint)
     return last_checkpoint
 
