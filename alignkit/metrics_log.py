@@ -9,7 +9,8 @@ from pathlib import Path
 
 class MetricsLog:
     def __init__(self, run_dir: Path, *, tensorboard: bool, write_console, purge_step: int | None = None):
-        """``purge_step``: on resume, the first step to be logged again (TensorBoard hides older events from it on)."""
+        """``purge_step``: on resume, the first step logged again; TensorBoard hides the stopped run's events
+        from that step on, which the resumed run writes anew."""
         self.path = run_dir / "logging.jsonl"
         self.write_console = write_console
         self.writer = None
