@@ -68,6 +68,10 @@ def run_child(argv: list[str], log: Path, fault: str | None = None) -> int:
     child = context.Process(target=_cli_child, args=(argv, env, str(log)))
     child.start()
     child.join(timeout=300)
+    if child.is_alive():  # hung: do not leave it behind
+        child.kill()
+        child.join()
+        pytest.fail(f"the child run did not finish in 300 s; its log: {log}")
     return child.exitcode
 
 
@@ -200,7 +204,9 @@ def test_real_cli_killed_from_outside_at_an_unpredictable_moment_resumes_bit_ide
     deadline = time.monotonic() + 300
     while not list(out.glob("*/checkpoint-2")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert process.poll() is None, "the run ended before it could be killed"
+    if process.poll() is not None or time.monotonic() >= deadline:
+        process.kill()
+        pytest.fail("the run ended (or never wrote checkpoint-2) before it could be killed")
     process.kill()
     assert process.wait() == -signal.SIGKILL
     resume_and_compare(argv, out, baselines["lora"], steps=8)
