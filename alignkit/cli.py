@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, TrainingInterrupted
 
 logger = logging.getLogger("alignkit")
 
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"alignkit: error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"alignkit: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130

@@ -142,7 +142,22 @@ class RunArguments:
     save_total_limit: int | None = option(
         None, "Keep at most this many checkpoints (the newest is always kept)."
     )
-    resume_from_checkpoint: str | None = option(None, "Checkpoint directory to resume from.")
+    resume_from_checkpoint: str | None = option(
+        None,
+        "Continue a run exactly: a checkpoint directory, a run directory (its newest complete checkpoint) or "
+        "'last' (the newest complete checkpoint under --output_dir). The run goes on in the checkpoint's run "
+        "directory.",
+    )
+    ignore_args_mismatch: bool = option(
+        False,
+        "Resume even though flags that change the run (data, model, learning rate, batch sizes, seed, ...) "
+        "differ from the checkpoint's; the differences are logged.",
+    )
+    max_nonfinite_steps: int = option(
+        10,
+        "Stop after this many optimizer steps in a row with a NaN/inf loss or gradient (each such update is "
+        "skipped, counted and logged with its rows).",
+    )
     seed: int = option(42, "Seed for initialisation, dropout and data order.")
     report_to: list[str] = option(
         ["tensorboard"],

@@ -10,6 +10,7 @@ This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,7 @@ from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import new_run_dir
 from alignkit.config import RunArguments
+from alignkit.config_checks import check_run_arguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import (
@@ -48,6 +50,7 @@ from alignkit.model import (
     resolve_model_path,
 )
 from alignkit.reference import Reference
+from alignkit.resume import check_resume_args, data_fingerprint, find_checkpoint, resume_run_dir
 from alignkit.reward_model import RewardModel
 from alignkit.trainer import LoopConfig, train
 
@@ -63,6 +66,8 @@ DEFAULT_DATASET = {
 def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
+    check_run_arguments(args)
+    resume = find_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     torch.manual_seed(args.seed)
     precision = resolve_dtype(args.dtype)
     if precision == "fp16" and not torch.cuda.is_available():
@@ -92,10 +97,17 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
     val_rows = with_row_fields(encode_dataset(encoder, val_data, "held-out", **encode), val_data)
     if not train_rows:
-        raise AlignkitError("no training rows are left after truncation; raise --max_length")
+        raise AlignkitError(
+            f"no training rows are left after truncation: all {len(train_data)} rows of {', '.join(datasets)} are longer than "
+            f"--max_length {args.max_length}; raise it or choose another --truncation_strategy"
+        )
     if isinstance(algorithm, KTO):
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
                                               args.per_device_eval_batch_size)
+    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
+                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows)}
+    if resume is not None:
+        check_resume_args(resume, resolved, allow=args.ignore_args_mismatch)
 
     model = load_causal_lm(model_path, args.model_revision)
     if args.gradient_checkpointing:
@@ -106,7 +118,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
         algorithm.reference = Reference(
-            load_causal_lm(resolve_model_path(args.ref_model), None) if args.ref_model else copy.deepcopy(model)
+            load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
+            else copy.deepcopy(model)
         )
     if args.train_type == "lora":
         if args.adapters:
@@ -131,9 +144,11 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     else:
         collate = PairCollator(tokenizer.pad_token_id)
 
-    run_dir = new_run_dir(args.output_dir)
-    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision}
-    (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
+    if resume is None:
+        run_dir = new_run_dir(args.output_dir)
+        (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
+    else:
+        run_dir = resume_run_dir(resume, args.output_dir, resolved)
     logger.info("Run directory: %s", run_dir)
     return train(
         model=model,
@@ -142,9 +157,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         train_rows=train_rows,
         val_rows=val_rows,
         collate=collate,
-        config=loop_config(args, precision),
+        config=dataclasses.replace(loop_config(args, precision), resume_from_checkpoint=str(resume) if resume else None),
         run_dir=run_dir,
         args_for_checkpoint=resolved,
+        row_sources=[row.source for row in train_data],
     )
 
 
@@ -234,4 +250,5 @@ def loop_config(args: RunArguments, precision: str) -> LoopConfig:
         mixed_precision={"fp32": "no"}.get(precision, precision),
         tensorboard="tensorboard" in args.report_to,
         resume_from_checkpoint=args.resume_from_checkpoint,
+        max_nonfinite_steps=args.max_nonfinite_steps,
     )

@@ -2,13 +2,15 @@
 
 An algorithm supplies ``loss(model, batch) -> (loss, metrics)``; this file owns everything else:
 data order, gradient accumulation, clipping, the optimiser and schedule, logging, evaluation,
-checkpoints and resume. Read it top to bottom: ``train()`` is the whole story.
+checkpoints and resume, skipping non-finite steps, stopping cleanly on SIGINT/SIGTERM. Read it top to
+bottom: ``train()`` is the whole story.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,14 +18,11 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.checkpoint import (
-    TrainerState,
-    load_model_weights,
-    read_trainer_state,
-    restore_rng_state,
-    save_checkpoint,
-)
+from alignkit.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from alignkit.data.collate import Batch
+from alignkit.errors import AlignkitError, TrainingInterrupted
+from alignkit.faults import fault_point
+from alignkit.interrupts import StopRequests
 from alignkit.metrics_log import MetricsLog, RunningMean
 
 logger = logging.getLogger("alignkit")
@@ -57,6 +56,7 @@ class LoopConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     tensorboard: bool = True
     resume_from_checkpoint: str | None = None
+    max_nonfinite_steps: int = 10
 
 
 def epoch_batches(num_rows: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
@@ -101,8 +101,10 @@ def train(
     config: LoopConfig,
     run_dir: Path,
     args_for_checkpoint: dict,
+    row_sources: list | None = None,
 ) -> Path:
-    """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded)."""
+    """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded);
+    ``row_sources[row_id]`` (file and row) names rows in messages about non-finite steps."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from transformers import get_scheduler
@@ -123,21 +125,22 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState()
+    last_checkpoint: Path | None = None
     if config.resume_from_checkpoint:
         checkpoint = Path(config.resume_from_checkpoint)
-        state = read_trainer_state(checkpoint)
-        load_model_weights(accelerator.unwrap_model(model), checkpoint)
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-        restore_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))
-        logger.info("Resumed from %s at step %d (epoch %d)", checkpoint, state.global_step, state.epoch)
+        state = load_checkpoint(checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
+        if checkpoint.parent.resolve() == run_dir.resolve():
+            last_checkpoint = checkpoint  # never written again
+        logger.info("Resumed from %s at step %d (epoch %d, micro-batch %d)", checkpoint, state.global_step,
+                    state.epoch, state.batches_done_in_epoch)
 
-    log = MetricsLog(run_dir, tensorboard=config.tensorboard, write_console=tqdm.write)
-    running = RunningMean()
+    log = MetricsLog(run_dir, tensorboard=config.tensorboard, write_console=tqdm.write,
+                     purge_step=state.global_step + 1 if config.resume_from_checkpoint else None)
+    running = RunningMean.from_json(state.running_metrics)
     bar = tqdm(total=steps, initial=state.global_step, desc="train", dynamic_ncols=True)
-    last_checkpoint: Path | None = None
 
     def save() -> Path:
+        state.running_metrics = running.to_json()
         return save_checkpoint(
             run_dir,
             state,
@@ -150,50 +153,116 @@ def train(
         )
 
     model.train()
-    while state.global_step < steps:
-        batches = epoch_batches(len(train_rows), config.batch_size, seed=config.seed, epoch=state.epoch, shuffle=config.shuffle)
-        while state.batches_done_in_epoch < len(batches) and state.global_step < steps:
-            group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
-            step_metrics = RunningMean()
-            for indices in group:
-                batch = collate([train_rows[i] for i in indices]).to(accelerator.device)
-                with accelerator.autocast():
-                    loss, metrics = algorithm.loss(model, batch)
-                # Each micro-batch's mean loss weighs equally in the step, whatever the group's size.
-                accelerator.backward(loss / len(group))
-                step_metrics.add(metrics)
-            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    with StopRequests() as stop:
+        while state.global_step < steps:
+            epoch = state.epoch
+            batches = epoch_batches(len(train_rows), config.batch_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+            # Each epoch has its own order: leave this loop at the epoch's end so the next one is drawn.
+            while state.epoch == epoch and state.global_step < steps:
+                group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
+                step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, accelerator,
+                                                             step=state.global_step + 1)
+                grad_norm = None
+                if problem is None:
+                    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                    # fp16's gradient scaler skips overflowing steps itself (and lowers its scale).
+                    if not torch.isfinite(grad_norm) and accelerator.scaler is None:
+                        problem = (f"non-finite gradient norm ({float(grad_norm)})", [i for b in group for i in b])
+                learning_rate = scheduler.get_last_lr()[0]
+                if problem is None:
+                    optimizer.step()
+                    state.nonfinite_in_a_row = 0
+                with warnings.catch_warnings():
+                    # The schedule follows the step count even when the first update was skipped.
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            state.global_step += 1
-            state.batches_done_in_epoch += len(group)
-            if state.batches_done_in_epoch >= len(batches):
-                state.epoch += 1
-                state.batches_done_in_epoch = 0
-            running.add({**step_metrics.pop(), "grad_norm": float(grad_norm), "learning_rate": learning_rate})
-            bar.update(1)
+                state.global_step += 1
+                state.batches_done_in_epoch += len(group)
+                if state.batches_done_in_epoch >= len(batches):
+                    state.epoch += 1
+                    state.batches_done_in_epoch = 0
+                if problem is None:
+                    running.add({**step_metrics.pop(), "grad_norm": float(grad_norm), "learning_rate": learning_rate})
+                else:
+                    skip_nonfinite_step(state, problem, log, row_sources, config.max_nonfinite_steps, last_checkpoint)
+                bar.update(1)
 
-            if state.global_step % config.logging_steps == 0 or state.global_step == steps:
-                metrics = running.pop()
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                log.log(state.global_step, {**metrics, "epoch": state.epoch + state.batches_done_in_epoch / len(batches)})
-            if config.eval_steps and state.global_step % config.eval_steps == 0 and val_rows:
-                log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
-            if state.global_step % config.save_steps == 0 and state.global_step < steps:
-                last_checkpoint = save()
+                if state.global_step % config.logging_steps == 0 or state.global_step == steps:
+                    metrics = running.pop()
+                    if "loss" in metrics:
+                        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                    if state.nonfinite_steps:
+                        metrics["nonfinite_steps"] = state.nonfinite_steps
+                    log.log(state.global_step, {**metrics, "epoch": state.epoch + state.batches_done_in_epoch / len(batches)})
+                if config.eval_steps and state.global_step % config.eval_steps == 0 and val_rows:
+                    log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
+                if state.global_step % config.save_steps == 0 and state.global_step < steps:
+                    last_checkpoint = save()
+                if stop.requested:
+                    if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
+                        last_checkpoint = save()
+                    bar.close()
+                    log.close()
+                    raise TrainingInterrupted(stop.requested, last_checkpoint)
 
-    bar.close()
-    if val_rows:
-        log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
-    if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
-        last_checkpoint = save()
-    log.close()
+        # A signal from here on lets the run finish: the final evaluation and checkpoint are all that is left.
+        bar.close()
+        if val_rows:
+            log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
+        if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
+            last_checkpoint = save()
+        log.close()
     logger.info("last checkpoint: %s", last_checkpoint)
     return last_checkpoint
+
+
+def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], rows: list, collate, accelerator, *,
+                         step: int) -> tuple[RunningMean, tuple[str, list[int]] | None]:
+    """Forward and backward over the micro-batches of one optimizer step, gradients summed in place.
+
+    Returns the step's metrics and, if a loss was NaN/inf, (what, row ids): the remaining micro-batches
+    are not run, since the update will be skipped.
+    """
+    step_metrics = RunningMean()
+    for position, indices in enumerate(group):
+        batch = collate([rows[i] for i in indices]).to(accelerator.device)
+        with accelerator.autocast():
+            loss, metrics = algorithm.loss(model, batch)
+        if not torch.isfinite(loss.detach()):
+            return step_metrics, (f"non-finite loss ({loss.item()})", batch.row_ids)
+        # Each micro-batch's mean loss weighs equally in the step, whatever the group's size.
+        accelerator.backward(loss / len(group))
+        step_metrics.add(metrics)
+        if position == 0:
+            fault_point("micro_batch", step)
+    return step_metrics, None
+
+
+def skip_nonfinite_step(state: TrainerState, problem: tuple[str, list[int]], log: MetricsLog, row_sources: list | None,
+                        max_in_a_row: int, last_checkpoint: Path | None) -> None:
+    """Count and log a step whose update was skipped; stop the run after ``max_in_a_row`` in a row.
+
+    One bad row (an overflow, an empty answer in a custom loss) should cost one step, not the run; a model
+    that produces NaN every step should stop the run with a message rather than burn the budget.
+    """
+    what, row_ids = problem
+    state.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    names = [f"{i} ({row_sources[i].file} row {row_sources[i].row})" if row_sources and row_sources[i] else str(i)
+             for i in row_ids]
+    logger.warning("step %d: %s; update skipped (%d in a row, %d in total). Rows: %s", state.global_step, what,
+                   state.nonfinite_in_a_row, state.nonfinite_steps, ", ".join(names))
+    log.log(state.global_step, {"nonfinite": what, "row_ids": list(row_ids), "nonfinite_steps": state.nonfinite_steps})
+    if state.nonfinite_in_a_row >= max_in_a_row:
+        log.close()
+        raise AlignkitError(
+            f"stopped at step {state.global_step}: {state.nonfinite_in_a_row} optimizer steps in a row had a non-finite "
+            f"loss or gradient (--max_nonfinite_steps {max_in_a_row}); their updates were skipped, so the weights stay "
+            f"finite. Last checkpoint: {last_checkpoint or 'none'}. Lower --learning_rate or check the rows named above."
+        )
 
 
 @torch.no_grad()

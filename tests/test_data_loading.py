@@ -543,7 +543,7 @@ def test_not_utf8(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset_spec(str(path), "prompt", seed=0)
     assert str(info.value) == (
-        f"{path}: not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 in position 15: invalid continuation byte"
+        f"{path}, row 1: not UTF-8 text: byte 0xe9 (invalid continuation byte)"
     )
 
 

@@ -179,7 +179,7 @@ def test_kto_step_one_loss_is_half_and_kl_zero(tiny_model_dir, tmp_path):
         ("dpo", ["--loss_type", "nca_pair", "--f_divergence_type", "js_divergence"], "only defined for loss types"),
         ("dpo", ["--loss_type", "exo_pair", "--loss_convention", "trl1"], "exo_pair needs label_smoothing > 0"),
         ("dpo", ["--loss_type", "sigmoid", "hinge", "--loss_weights", "1"], "one weight per loss_type"),
-        ("dpo", ["--loss_type", "dpo"], "Unknown DPO loss_type 'dpo'"),
+        ("dpo", ["--loss_type", "dpo"], "--loss_type dpo: unknown DPO loss"),
         ("dpo", ["--ld_alpha", "1.5"], "ld_alpha must be in [0, 1]"),
         ("simpo", ["--loss_type", "sigmoid"], "--rlhf_type simpo has a single loss and takes no --loss_type"),
         ("cpo", ["--loss_type", "nca_pair"], "Unknown CPO loss_type 'nca_pair'"),

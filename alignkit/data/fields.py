@@ -76,7 +76,7 @@ def message(value: Any, where: str, source: RowSource) -> Message:
     if missing(value.get(content_key)):
         raise error(source, where, "message has no 'content' (or 'value')")
     role, content = value[role_key], value[content_key]
-    role = ROLE_ALIASES.get(role, role)
+    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is no key
     if role not in ROLES:
         raise error(source, f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if not isinstance(content, str):

@@ -85,13 +85,16 @@ def parse_swift_messages(record: dict[str, Any], source: RowSource) -> Parsed:
         return Parsed(system + prompt, "messages", chosen, rejected, margin=f.margin(record, source), extras=extras)
     if f.has(record, "rejected_response"):
         prompt, chosen = f.split_last_answer(messages, "messages", source)
+        chosen = f.answer(chosen, "messages", source, len(written) - 1)
         rejected = f.answer(f.turns(record, "rejected_response", source, "assistant"), "rejected_response", source)
         return Parsed(prompt, "messages", chosen, rejected, margin=f.margin(record, source), extras=extras)
     if f.has(record, "label"):
         prompt, chosen = f.split_last_answer(messages, "messages", source)
+        chosen = f.answer(chosen, "messages", source, len(written) - 1)
         return Parsed(prompt, "messages", chosen, label=f.label(record, "label", source), extras=extras)
     if messages[-1]["role"] == "assistant":
-        return Parsed(messages[:-1], "messages", messages[-1:], extras=extras)
+        answer = f.answer(messages[-1:], "messages", source, len(written) - 1)
+        return Parsed(messages[:-1], "messages", answer, extras=extras)
     return Parsed(messages, "messages", extras=extras)
 
 
@@ -376,6 +379,8 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     every other case gives one row.
     """
     if kind == "sft":
+        if not parsed.prompt:
+            raise f.error(source, parsed.prompt_field, "no prompt: expected a user turn before the answer")
         if parsed.chosen is None:
             raise f.error(source, parsed.prompt_field, "expected the last message to be an assistant turn")
         return [ConversationRow(messages=parsed.prompt + parsed.chosen, source=source)]

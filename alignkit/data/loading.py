@@ -21,11 +21,13 @@ and logs how many.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,14 +89,13 @@ def read_records(path: Path, file: str) -> list[Record]:
 
         try:
             return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-        except OSError as exc:
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for files that are not Parquet
             raise DataError(f"cannot read the Parquet file: {exc}", file=file) from exc
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text: {exc}", file=file) from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read the file: {exc.strerror or exc}", file=file) from exc
+    text = _decode(data, file, line_is_row=suffix not in (".csv", ".json"))
     if suffix == ".csv":
         return _read_csv(text, file)
     if suffix == ".json" and text.lstrip().startswith("["):
@@ -103,24 +104,76 @@ def read_records(path: Path, file: str) -> list[Record]:
     return _read_json_lines(text, file)
 
 
+def _decode(data: bytes, file: str, *, line_is_row: bool) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); otherwise an error naming the line of the first bad byte."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        where = "" if line_is_row else f" at line {line}"
+        hint = ""
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            hint = "; the file starts with a UTF-16/UTF-32 byte-order mark: save it as UTF-8"
+        raise DataError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x}{where} ({exc.reason}){hint}",
+            file=file, row=line if line_is_row else None,
+        ) from exc
+
+
+def _parse_json(text: str, file: str, row: int | None) -> Any:
+    """The parsed value, or the DataError saying why ``text`` is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"column {exc.colno}" if row is not None else f"line {exc.lineno}, column {exc.colno}"
+        return DataError(f"invalid JSON: {exc.msg} ({where})", file=file, row=row)
+    except RecursionError:
+        return DataError("invalid JSON: nested too deeply", file=file, row=row)
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return DataError(f"invalid JSON: {exc}", file=file, row=row)
+
+
+# A JSON escape of a UTF-16 surrogate: valid JSON, but alone it is no character and cannot be encoded.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _checked_text(record: dict[str, Any] | DataError, file: str, row: int) -> dict[str, Any] | DataError:
+    """The record, or a DataError if one of its strings holds half of a surrogate pair (``"\\ud800"``)."""
+    if isinstance(record, dict):
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return DataError(
+                f"invalid text: the escape \\u{ord(exc.object[exc.start]):04x} is half of a UTF-16 surrogate pair",
+                file=file, row=row,
+            )
+    return record
+
+
 def _read_json_lines(text: str, file: str) -> list[Record]:
     records: list[Record] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 or U+0085, which splitlines() breaks at.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            records.append((number, _object(json.loads(line), file, number)))
-        except json.JSONDecodeError as exc:
-            records.append((number, DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=file, row=number)))
+        value = _parse_json(line, file, number)
+        record = value if isinstance(value, DataError) else _object(value, file, number)
+        if _SURROGATE_ESCAPE.search(line):
+            record = _checked_text(record, file, number)
+        records.append((number, record))
     return records
 
 
 def _read_json_array(text: str, file: str) -> list[Record]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=file) from exc
-    return [(number, _object(record, file, number)) for number, record in enumerate(data, start=1)]
+    data = _parse_json(text, file, None)
+    if isinstance(data, DataError):
+        raise data
+    records = [(number, _object(record, file, number)) for number, record in enumerate(data, start=1)]
+    if _SURROGATE_ESCAPE.search(text):
+        records = [(number, _checked_text(record, file, number)) for number, record in records]
+    return records
 
 
 def _object(record: Any, file: str, number: int) -> dict[str, Any] | DataError:
