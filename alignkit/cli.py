@@ -23,7 +23,7 @@ logger = logging.getLogger("alignkit")
 
 TRAIN_COMMANDS = {
     "sft": "Supervised fine-tuning on conversations.",
-    "rlhf": "Preference training (--rlhf_type dpo).",
+    "rlhf": "Preference training (--rlhf_type dpo) and online RL (--rlhf_type ppo, grpo).",
     "dpo": "ms-swift 2.x spelling of `rlhf --rlhf_type dpo`.",
 }
 

@@ -46,6 +46,10 @@ DEFAULT_DATASET = {"sft": "arith-sft", "dpo": "arith-pref"}
 def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
+    if algorithm_name in ("ppo", "grpo"):
+        from alignkit.online.run import run_online
+
+        return run_online(args)
     torch.manual_seed(args.seed)
     precision = resolve_dtype(args.dtype)
     if precision == "fp16" and not torch.cuda.is_available():
@@ -102,7 +106,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             beta = DEFAULT_BETA[algorithm_name]
             logger.info("--beta not set: using %s's default %s", algorithm_name, beta)
         algorithm = DPO(
-            reference=Reference(frozen_reference), beta=beta, loss_type=args.loss_type[0],
+            reference=Reference(frozen_reference), beta=beta, loss_type=(args.loss_type or ["sigmoid"])[0],
             label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha,
         )
         collate = PairCollator(tokenizer.pad_token_id)
