@@ -4,6 +4,7 @@
     alignkit rlhf  --rlhf_type dpo --model M --dataset D --beta 0.1 ...
     alignkit dpo   ...                     (ms-swift 2.x spelling of `rlhf --rlhf_type dpo`)
     alignkit infer / eval / demo
+    alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignkit.config import DemoArguments, EvalArguments, InferArguments, RunArguments
+    from alignkit.config import DataArguments, DemoArguments, EvalArguments, InferArguments, RunArguments
 
     parser = argparse.ArgumentParser(
         prog="alignkit", description="Align language models with human preferences.", allow_abbrev=False
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
         ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),
         ("demo", DemoArguments, "The main job: DPO on the built-in model and data, with before/after numbers."),
+        ("data", DataArguments, "Inspect datasets: format, counts, token lengths, rows with their trained tokens."),
     ):
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
     return parser
@@ -186,6 +188,11 @@ def dispatch(command: str, values: dict) -> int:
         from alignkit.demo import run_demo
 
         return run_demo(DemoArguments(**values))
+    if command == "data":
+        from alignkit.config import DataArguments
+        from alignkit.inspect_data import run_data
+
+        return run_data(DataArguments(**values))
     raise AlignkitError(f"unknown command {command}")
 
 

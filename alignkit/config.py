@@ -82,9 +82,36 @@ class RunArguments:
     system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
     check_dataset_strategy: str = option(
         "none",
-        "ms-swift compatibility. Invalid rows: none/error stop with an error naming the row; "
-        "discard/warning drop them and report the count.",
+        "Invalid rows: none/error stop with an error naming the file, row and field (and how many more "
+        "rows are invalid); discard/warning drop them and report the count.",
         choices=("none", "error", "discard", "warning"),
+    )
+    columns: str | None = option(
+        None,
+        "Rename dataset columns before the format is detected, as a JSON object: "
+        "'{\"question\": \"query\", \"kto_tag\": \"label\"}'.",
+    )
+    template: str | None = option(
+        None,
+        "Built-in chat template instead of the tokenizer's own: chatml, llama3, qwen or default. A tokenizer "
+        "without a template (a base model) gets chatml.",
+        choices=("chatml", "llama3", "qwen", "default"),
+    )
+    template_config: str | None = option(
+        None,
+        "ColossalChat-style template config JSON (chat_template, system_message, end_of_assistant, stop_ids).",
+        aliases=("--conversation_template_config",),
+    )
+    loss_scale: str = option(
+        "default",
+        "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
+        "last_round (only the final assistant turn), all (SFT only: every token, prompts included).",
+        choices=("default", "last_round", "all"),
+    )
+    dataset_num_proc: int = option(1, "Processes that tokenise the data.")
+    load_from_cache_file: bool = option(
+        True, "Reuse tokenised data cached under $ALIGNKIT_CACHE/tokenized (keyed by data, tokenizer, template "
+        "and length settings)."
     )
 
     # --- training loop ---
@@ -291,4 +318,36 @@ class DemoArguments:
     eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DataArguments:
+    dataset: list[str] = option([], "Datasets to inspect (same forms as for training).", nargs="+")
+    model: str | None = option(
+        None, "Model whose tokenizer and chat template render the rows (default: the built-in model).",
+        aliases=("--model_id_or_path",),
+    )
+    kind: str = option(
+        "auto",
+        "Rows to build: auto (each file's own: preference for pairs, unpaired for KTO, ...), preference, sft, "
+        "unpaired or prompt.",
+        choices=("auto", "preference", "sft", "unpaired", "prompt"),
+    )
+    num_examples: int = option(2, "Rows shown rendered, with their trained tokens highlighted.")
+    columns: str | None = option(None, "Rename columns first, as a JSON object '{\"src\": \"dst\"}'.")
+    template: str | None = option(None, "Built-in chat template (chatml, llama3, qwen, default).",
+                                  choices=("chatml", "llama3", "qwen", "default"))
+    template_config: str | None = option(None, "ColossalChat-style template config JSON.",
+                                         aliases=("--conversation_template_config",))
+    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all).",
+                             choices=("default", "last_round", "all"))
+    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
+    truncation_strategy: str = option("delete", "Rows that do not fit: delete, left, right or raise.",
+                                      choices=("delete", "left", "right", "raise"))
+    check_dataset_strategy: str = option("none", "Invalid rows: none/error stop; discard/warning drop and count.",
+                                         choices=("none", "error", "discard", "warning"))
+    data_seed: int = option(42, "Seed for #N sampling and built-in data.")
     debug: bool = option(False, "Show full tracebacks for errors.")

@@ -11,7 +11,7 @@ class DataError(AlignkitError):
     """A dataset row that cannot be used. The message names the file, the row and the field."""
 
     def __init__(self, message: str, *, file: str | None = None, row: int | None = None, field: str | None = None):
-        self.file, self.row, self.field = file, row, field
+        self.message, self.file, self.row, self.field = message, file, row, field
         where = ", ".join(
             part
             for part in (

@@ -86,6 +86,7 @@ def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = sampling_kwargs(tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                  args.repetition_penalty)
+        kwargs["eos_token_id"] = encoder.stop_ids
         thread = threading.Thread(
             target=model.generate,
             kwargs={"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "streamer": streamer, **kwargs},

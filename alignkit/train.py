@@ -20,10 +20,11 @@ from alignkit.algorithms.dpo import DPO
 from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import new_run_dir
 from alignkit.config import RunArguments
+from alignkit.data.cache import encode_dataset
+from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import PairCollator, SequenceCollator
-from alignkit.data.loading import load_datasets
-from alignkit.data.rows import ConversationRow, PreferenceRow
-from alignkit.data.template import ChatEncoder, Truncated
+from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
 from alignkit.losses import DEFAULT_BETA
 from alignkit.model import (
@@ -60,18 +61,23 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     datasets = args.dataset or [DEFAULT_DATASET[algorithm_name]]
     train_data, val_data = load_datasets(
         datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
-        shuffle=args.dataset_shuffle,
+        shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
+        check_dataset_strategy=args.check_dataset_strategy,
     )
     logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data), ", ".join(datasets))
 
     model_path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_path, args.model_revision)
+    template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
+    tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-        truncation_strategy=args.truncation_strategy, system=args.system,
+        truncation_strategy=args.truncation_strategy, system=args.system, template=template,
+        loss_scale=args.loss_scale,
     )
-    train_rows = encode_rows(encoder, train_data, "training")
-    val_rows = encode_rows(encoder, val_data, "held-out")
+    encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
+    train_rows = encode_dataset(encoder, train_data, "training", **encode)
+    val_rows = encode_dataset(encoder, val_data, "held-out", **encode)
     if not train_rows:
         raise AlignkitError("no training rows are left after truncation; raise --max_length")
 
@@ -126,25 +132,6 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=run_dir,
         args_for_checkpoint=resolved,
     )
-
-
-def encode_rows(encoder: ChatEncoder, rows: list, split: str) -> list:
-    """Tokenise canonical rows into (row_id, encoded) pairs, dropping and counting rows that do not fit."""
-    encoded, dropped = [], 0
-    for index, row in enumerate(rows):
-        try:
-            if isinstance(row, PreferenceRow):
-                encoded.append((index, encoder.encode_pair(row)))
-            elif isinstance(row, ConversationRow):
-                encoded.append((index, encoder.encode_conversation(row)))
-            else:
-                raise AlignkitError(f"rows of type {type(row).__name__} cannot be trained by this algorithm")
-        except Truncated:
-            dropped += 1
-    if dropped:
-        logger.warning("Dropped %d of %d %s rows longer than --max_length (--truncation_strategy delete)",
-                       dropped, len(rows), split)
-    return encoded
 
 
 def loop_config(args: RunArguments, precision: str) -> LoopConfig:
