@@ -33,7 +33,8 @@ class Rollout:
 
 
 def stop_token_ids(encoder: ChatEncoder) -> list[int]:
-    """The template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ...) and the tokenizer's EOS.
+    """The template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ...), the tokenizer's EOS and the
+    template config's stop ids (``encoder.stop_ids``).
 
     The end-of-turn token is the first token the template renders after an assistant answer.
     """
@@ -44,6 +45,7 @@ def stop_token_ids(encoder: ChatEncoder) -> list[int]:
     answer_only = encoder.tokens("ok")
     after = answer[len(prompt) + len(answer_only) :]
     stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stops += [i for i in encoder.stop_ids if i is not None and i not in stops]
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     if answer[: len(prompt)] == prompt and after and after[0] in special and after[0] not in stops:
         stops.append(after[0])

@@ -11,9 +11,11 @@ import torch
 
 from alignkit.checkpoint import new_run_dir
 from alignkit.config import RunArguments
-from alignkit.data.loading import load_dataset_spec, load_datasets
+from alignkit.data.cache import encode_dataset
+from alignkit.data.chat_templates import resolve_template
+from alignkit.data.loading import load_dataset_spec, load_datasets, parse_columns
 from alignkit.data.rows import PromptRow
-from alignkit.data.template import ChatEncoder, with_system
+from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.losses import DEFAULT_BETA
 from alignkit.model import (
@@ -37,7 +39,7 @@ SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none", "true": "gr
 
 def run_online(args: RunArguments) -> Path:
     """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint."""
-    from alignkit.train import encode_rows, loop_config
+    from alignkit.train import loop_config
 
     name = args.rlhf_type
     torch.manual_seed(args.seed)
@@ -54,11 +56,16 @@ def run_online(args: RunArguments) -> Path:
         check_vllm_available()
     datasets = args.dataset or [DEFAULT_PROMPT_DATASET]
     train_rows, val_rows = load_datasets(datasets, args.val_dataset, "prompt", split_dataset_ratio=args.split_dataset_ratio,
-                                         seed=args.data_seed, shuffle=args.dataset_shuffle)
+                                         seed=args.data_seed, shuffle=args.dataset_shuffle,
+                                         columns=parse_columns(args.columns),
+                                         check_dataset_strategy=args.check_dataset_strategy)
     model_path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_path, args.model_revision)
+    template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
+    tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                          truncation_strategy=args.truncation_strategy, system=args.system)
+                          truncation_strategy=args.truncation_strategy, system=args.system, template=template,
+                          loss_scale=args.loss_scale)
     prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
     prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
@@ -118,7 +125,7 @@ def run_online(args: RunArguments) -> Path:
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
                          needs_old_logprobs=schedule.optimizer_steps_per_step > 1)
     else:
-        algorithm = _build_ppo(args, common, tokenizer, encoder, encode_rows)
+        algorithm = _build_ppo(args, common, tokenizer, encoder)
 
     run_dir = new_run_dir(args.output_dir)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": name, "dtype": precision,
@@ -135,7 +142,7 @@ def encode_prompts(encoder: ChatEncoder, rows: list[PromptRow], limit: int, stra
     --truncation_strategy (delete: dropped and counted; left/right: their beginning is cut; raise)."""
     encoded, dropped = [], 0
     for row in rows:
-        messages = with_system(row.prompt, encoder.system)
+        messages = encoder.system_applied(row.prompt)
         ids = encoder.encode_prompt(row.prompt)
         if len(ids) > limit:
             if strategy == "raise":
@@ -212,7 +219,7 @@ def _reward_model_funcs(args: RunArguments) -> list:
     return funcs
 
 
-def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder, encode_rows):
+def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder):
     from alignkit.data.collate import SequenceCollator
     from alignkit.online.ppo import PPO, PretrainBatches
     from alignkit.online.scalar_model import load_scalar_model, value_model_from
@@ -231,8 +238,11 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                                  system=args.system)
     pretrain = None
     if args.pretrain_dataset:
-        rows = [row for spec in args.pretrain_dataset for row in load_dataset_spec(spec, "sft", seed=args.data_seed)]
-        encoded = encode_rows(encoder, rows, "pretrain")
+        rows = [row for spec in args.pretrain_dataset
+                for row in load_dataset_spec(spec, "sft", seed=args.data_seed, columns=parse_columns(args.columns),
+                                             check_dataset_strategy=args.check_dataset_strategy)]
+        encoded = encode_dataset(encoder, rows, "pretrain", num_proc=args.dataset_num_proc,
+                                 use_cache=args.load_from_cache_file)
         if not encoded:
             raise AlignkitError("no --pretrain_dataset rows fit --max_length")
         pretrain = PretrainBatches(encoded, SequenceCollator(tokenizer.pad_token_id), args.per_device_train_batch_size,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from alignkit.data.collate import SequenceCollator
-from alignkit.data.rows import ConversationRow, Message
+from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
 
@@ -132,7 +132,8 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
     encoded = []
     for index, messages in enumerate(conversations):
         try:
-            encoded.append((index, encoder.encode_conversation(ConversationRow(messages), all_turns=False)))
+            messages = encoder.system_applied(messages)
+            encoded.append((index, encoder.encode(messages, {len(messages) - 1})))
         except Truncated as error:
             raise AlignkitError(f"the answer of completion {index} alone is too long for the reward model ({error})") from error
     collate = SequenceCollator(encoder.tokenizer.pad_token_id)
