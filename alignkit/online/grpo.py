@@ -48,6 +48,15 @@ class GRPO:
     def trainable_modules(self) -> list:
         return []
 
+    def frozen_modules(self) -> list:
+        return [self.frozen_reference] if self.frozen_reference is not None else []
+
+    def checkpoint_model(self, policy):
+        return policy
+
+    def load_trained(self, checkpoint) -> None:
+        """Nothing beyond the policy is trained."""
+
     def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool):
         prompts = [p for p in prompts for _ in range(copies)]  # the G completions of a prompt are adjacent
         ids = [p.ids for p in prompts]

@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -117,6 +118,24 @@ def select(experience: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str
     return batch
 
 
+class OnlineAlgorithm(Protocol):
+    generator: object  # prompt ids → raw completion ids; ``sync_weights()`` after each update
+
+    def trainable_modules(self) -> list[torch.nn.Module]: ...  # trained besides the policy (PPO's value model)
+
+    def frozen_modules(self) -> list[torch.nn.Module]: ...  # reward models, frozen reference
+
+    def experience(self, policy, prompts: list[EncodedPrompt]) -> tuple[dict[str, torch.Tensor], dict, list[dict]]: ...
+
+    def loss(self, policy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self, policy, prompts: list[EncodedPrompt]) -> dict[str, float]: ...
+
+    def checkpoint_model(self, policy): ...  # what save_checkpoint saves (has save_pretrained)
+
+    def load_trained(self, checkpoint: Path) -> None: ...  # resume what trainable_modules() hold
+
+
 def disable_dropout(model) -> None:
     """Rollout log-probs and training log-probs must come from the same function, or the ratio π/π_old is
     noise even before any update (TRL does the same)."""
@@ -125,7 +144,7 @@ def disable_dropout(model) -> None:
             module.p = 0.0
 
 
-def train_online(*, policy, tokenizer, algorithm, prompts: list[EncodedPrompt], val_prompts: list[EncodedPrompt],
+def train_online(*, policy, tokenizer, algorithm: OnlineAlgorithm, prompts: list[EncodedPrompt], val_prompts: list[EncodedPrompt],
                  schedule: Schedule, config: LoopConfig, run_dir: Path, args_for_checkpoint: dict) -> Path:
     """Train and return the final checkpoint's directory."""
     from accelerate import Accelerator
@@ -136,9 +155,8 @@ def train_online(*, policy, tokenizer, algorithm, prompts: list[EncodedPrompt], 
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     policy.to(accelerator.device)
-    for module in (algorithm.trainable_modules() + [getattr(algorithm, "reward_model", None), algorithm.frozen_reference]):
-        if module is not None:
-            module.to(accelerator.device)
+    for module in algorithm.trainable_modules() + algorithm.frozen_modules():
+        module.to(accelerator.device)
     trained = torch.nn.ModuleList([policy, *algorithm.trainable_modules()])
     optimizer = accelerator.prepare(make_optimizer(trained, config))
     optimizer_steps = schedule.steps * schedule.optimizer_steps_per_step
@@ -155,8 +173,7 @@ def train_online(*, policy, tokenizer, algorithm, prompts: list[EncodedPrompt], 
         checkpoint = Path(config.resume_from_checkpoint)
         state = read_trainer_state(checkpoint)
         load_model_weights(policy, checkpoint)
-        if hasattr(algorithm, "load_trained"):
-            algorithm.load_trained(checkpoint)
+        algorithm.load_trained(checkpoint)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
         restore_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))
@@ -167,7 +184,7 @@ def train_online(*, policy, tokenizer, algorithm, prompts: list[EncodedPrompt], 
     running = RunningMean()
     bar = tqdm(total=schedule.steps, initial=state.global_step, desc=args_for_checkpoint["algorithm"], dynamic_ncols=True)
     last_checkpoint: Path | None = None
-    saved = algorithm.save_pretrained_with(policy) if hasattr(algorithm, "save_pretrained_with") else policy
+    saved = algorithm.checkpoint_model(policy)
 
     def save() -> Path:
         return save_checkpoint(run_dir, state, model=saved, tokenizer=tokenizer, optimizer=optimizer,

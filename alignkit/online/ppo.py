@@ -86,6 +86,9 @@ class PPO:
     def trainable_modules(self) -> list:
         return [self.value_model]
 
+    def frozen_modules(self) -> list:
+        return [self.reward_model] + ([self.frozen_reference] if self.frozen_reference is not None else [])
+
     def _sample(self, prompts: list[EncodedPrompt], *, greedy: bool):
         ids = [p.ids for p in prompts]
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy), pad_id=self.tokenizer.pad_token_id,
@@ -171,7 +174,7 @@ class PPO:
         rollout, _, scores = self._sample(prompts, greedy=True)
         return {"eval_score": scores.mean().item(), **{f"eval_{k}": v for k, v in rollout_metrics(rollout).items()}}
 
-    def save_pretrained_with(self, policy):
+    def checkpoint_model(self, policy):
         """What a checkpoint saves: the policy, and the value model in ``value_model/`` (needed to resume)."""
         return PolicyAndValue(policy, self.value_model)
 
