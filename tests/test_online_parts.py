@@ -76,6 +76,25 @@ def test_rollout_logprobs_equal_generation_scores_with_left_padding(tiny):
             assert entropy[row, t].item() == pytest.approx(-(probs * probs.log()).sum().item(), abs=1e-4)
 
 
+def test_sampling_draws_from_the_whole_tempered_distribution(tiny):
+    """No top-k / top-p filtering sneaks in from transformers' defaults: every token keeps a finite score."""
+    model, tokenizer, encoder = tiny
+    seen = []
+
+    class Spy:
+        def parameters(self):
+            return model.parameters()
+
+        def generate(self, **kwargs):
+            out = model.generate(**kwargs, output_scores=True, return_dict_in_generate=True)
+            seen.extend(out.scores)
+            return out.sequences
+
+    generator = HFGenerator(Spy(), tokenizer.pad_token_id, stop_token_ids(encoder), 4, temperature=0.9, batch_size=2)
+    generator([encoder.encode_prompt([{"role": "user", "content": "hi"}])])
+    assert seen and all(torch.isfinite(scores).all() for scores in seen)
+
+
 def test_select_trims_padding_columns():
     experience = {
         "prompt_ids": torch.tensor([[0, 0, 5], [0, 7, 8]]),

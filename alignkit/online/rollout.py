@@ -109,7 +109,9 @@ class HFGenerator:
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False) -> list[list[int]]:
         """Raw completion ids per prompt (the stop token and any padding after it included)."""
         device = next(self.model.parameters()).device
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None}
+        # top_k=0 / top_p=1 spelled out, whatever a model's generation config says: the tokens must come from
+        # the plain tempered softmax whose log-probs the loss uses.
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         if greedy or self.temperature <= 0:
             sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         completions = []
