@@ -129,6 +129,13 @@ def load_model_weights(model, checkpoint: Path) -> None:
     """Load a checkpoint's trainable weights (LoRA adapter or full model) into the live model."""
     from safetensors.torch import load_file
 
+    from alignkit.reward_model import VALUE_HEAD_FILE, RewardModel, load_value_head
+
+    if isinstance(model, RewardModel):  # the scalar head sits beside the adapter or model files
+        if not (checkpoint / VALUE_HEAD_FILE).is_file():
+            raise AlignkitError(f"{checkpoint}: no {VALUE_HEAD_FILE} to resume the reward model's head from")
+        model.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
+        model = model.lm
     adapter = checkpoint / "adapter_model.safetensors"
     if adapter.is_file():
         from peft import set_peft_model_state_dict

@@ -1,7 +1,7 @@
 """The ``alignkit`` command: ms-swift's sub-commands and flag names, built from the typed configs.
 
     alignkit sft   --model M --dataset D ...
-    alignkit rlhf  --rlhf_type dpo --model M --dataset D --beta 0.1 ...
+    alignkit rlhf  --rlhf_type dpo|cpo|simpo|orpo|kto|rm --model M --dataset D --beta 0.1 ...
     alignkit dpo   ...                     (ms-swift 2.x spelling of `rlhf --rlhf_type dpo`)
     alignkit infer / eval / demo
     alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
@@ -24,7 +24,8 @@ logger = logging.getLogger("alignkit")
 
 TRAIN_COMMANDS = {
     "sft": "Supervised fine-tuning on conversations.",
-    "rlhf": "Preference training (--rlhf_type dpo) and online RL (--rlhf_type ppo, grpo).",
+    "rlhf": "Preference training (--rlhf_type dpo, cpo, simpo, orpo, kto), a reward model (--rlhf_type rm) "
+               "or online RL (--rlhf_type ppo, grpo).",
     "dpo": "ms-swift 2.x spelling of `rlhf --rlhf_type dpo`.",
 }
 

@@ -172,21 +172,72 @@ class RunArguments:
         "peft", "ms-swift compatibility: LoRA always runs on peft.", choices=("peft", "swift")
     )
 
-    # --- preference objectives ---
+    # --- preference objectives (docs/objectives.md gives every formula) ---
     rlhf_type: str = option(
-        "dpo", "Algorithm: dpo (offline, preference pairs); ppo or grpo (online RL on prompts, docs/online.md).",
-        choices=("dpo", "ppo", "grpo"),
+        "dpo",
+        "Algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label), rm (reward model: a scalar head "
+        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md).",
+        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"),
     )
     beta: float | None = option(
-        None, "KL strength beta (unset: the algorithm's default from the losses table)."
+        None,
+        "Strength beta (ORPO: the paper's lambda). Unset: the algorithm's default from the table DEFAULT_BETA in "
+        "alignkit/losses.py (0.1; simpo 2.0; grpo 0.04), logged when applied. Not used by rm, nor by ppo "
+        "(its KL weight is --kl_coef).",
     )
     loss_type: list[str] = option(
-        [], "Loss variant(s). dpo: sigmoid (default), ...; grpo: grpo (default), bnpo or dr_grpo.", nargs="+"
+        [],
+        "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
+        "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
+        "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
+        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
+        "and orpo take none.",
+        nargs="+",
+    )
+    loss_weights: list[float] = option(
+        [], "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.", nargs="+"
+    )
+    loss_convention: str = option(
+        "swift",
+        "Where ms-swift (TRL 0.x) and TRL 1.x disagree. swift (default, so ms-swift command lines keep their "
+        "meaning): sigmoid with --label_smoothing is cDPO, exo_pair with label_smoothing 0 uses 1e-3, bco_pair "
+        "shifts by a running mean of the rewards, --f_alpha_divergence_coef is the f-DPO paper's alpha. trl1: "
+        "TRL 1.x (smoothing ignored by sigmoid, exo_pair needs it, no bco shift, coef means 1 - alpha).",
+        choices=("swift", "trl1"),
     )
     rpo_alpha: float | None = option(
-        None, "Weight of the NLL (SFT) loss on chosen answers added to DPO (RPO)."
+        None, "dpo: weight of the NLL (SFT) loss on chosen answers added to DPO (RPO). Unset: off."
     )
-    label_smoothing: float = option(0.0, "Conservative DPO: assumed probability that a label is flipped.")
+    label_smoothing: float = option(
+        0.0,
+        "epsilon, the assumed probability that a pair's label is flipped: dpo sigmoid (cDPO), robust, exo_pair, "
+        "aot, aot_unpaired; cpo sigmoid; simpo.",
+    )
+    reference_free: bool = option(False, "dpo: compare against a uniform reference (log-probs 0), no reference model.")
+    ld_alpha: float | None = option(
+        None,
+        "dpo: LD-DPO, weight in [0, 1] of the tokens beyond the shorter answer of each pair in the sequence "
+        "log-probs (policy and reference). Unset: off (1.0 is plain DPO).",
+    )
+    discopop_tau: float = option(0.05, "dpo discopop: temperature tau of the logistic/exponential mixing.")
+    f_divergence_type: str = option(
+        "reverse_kl",
+        "dpo: the divergence regularising the policy (f-DPO); not reverse_kl only with sigmoid, sigmoid_norm, "
+        "hinge, ipo, exo_pair, robust, discopop, sft.",
+        choices=("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
+    )
+    f_alpha_divergence_coef: float = option(
+        1.0, "dpo: alpha of --f_divergence_type alpha_divergence (meaning per --loss_convention)."
+    )
+    cpo_alpha: float = option(
+        1.0, "cpo, simpo: weight of the NLL on chosen answers (0 for pure SimPO, as in the SimPO paper)."
+    )
+    simpo_gamma: float = option(1.0, "simpo: target reward margin gamma (ms-swift's default 1.0).")
+    desirable_weight: float = option(1.0, "kto: lambda_D, weight of the losses of desirable rows.")
+    undesirable_weight: float = option(1.0, "kto: lambda_U, weight of the losses of undesirable rows.")
+    center_rewards_coefficient: float | None = option(
+        None, "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off."
+    )
 
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
@@ -276,6 +327,11 @@ class InferArguments:
     stream: bool = option(True, "Print tokens as they are generated (interactive chat).")
     val_dataset: list[str] = option([], "Answer every prompt of these datasets and write JSONL.", nargs="+")
     result_path: str | None = option(None, "JSONL output of batch inference (never overwritten).")
+    reward_model: str | None = option(
+        None,
+        "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): score the conversations of --val_dataset "
+        "instead of generating; preference rows get both answers scored and the pair accuracy is reported.",
+    )
     max_batch_size: int = option(8, "Prompts generated together in batch inference.")
     max_length: int = option(1024, "Longest prompt in tokens; longer prompts are skipped and counted.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),

@@ -16,8 +16,9 @@ import torch
 
 from alignkit.config import InferArguments
 from alignkit.data.loading import load_dataset_spec
+from alignkit.data.rows import PreferenceRow
 from alignkit.data.template import ChatEncoder
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, DataError
 from alignkit.generation import generate_answers, sampling_kwargs
 from alignkit.model import load_for_inference
 
@@ -30,6 +31,10 @@ def run_infer(args: InferArguments) -> int:
         result_path = Path(args.result_path or f"infer_result/{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         if result_path.exists():
             raise AlignkitError(f"--result_path {result_path} exists; alignkit never overwrites results")
+    if args.reward_model:
+        if result_path is None:
+            raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
+        return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
@@ -62,6 +67,45 @@ def batch_infer(model, encoder: ChatEncoder, args: InferArguments, result_path: 
                 len(kept) / seconds, new_tokens / seconds)
     print(f"results: {result_path}")
     return 0
+
+
+def score_datasets(args: InferArguments, result_path: Path) -> int:
+    """Reward-model scores for every row of --val_dataset, as JSONL. Preference rows get both answers scored
+    (``chosen_reward``, ``rejected_reward``) and the pair accuracy is reported; conversations get ``reward``."""
+    from alignkit.reward_model import load_reward_model
+
+    scorer = load_reward_model(args.reward_model, model=args.model, dtype=args.dtype, max_length=args.max_length,
+                               system=args.system, batch_size=args.max_batch_size)
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    correct = pairs = 0
+    with result_path.open("x") as out:
+        for spec in args.val_dataset:
+            rows = reward_rows(spec, args.seed)
+            if isinstance(rows[0], PreferenceRow):
+                chosen = scorer.score([row.prompt + row.chosen for row in rows])
+                rejected = scorer.score([row.prompt + row.rejected for row in rows])
+                for row, good, bad in zip(rows, chosen, rejected):
+                    out.write(json.dumps({"messages": row.prompt, "chosen": row.chosen, "rejected": row.rejected,
+                                          "chosen_reward": good, "rejected_reward": bad}) + "\n")
+                correct += sum(good > bad for good, bad in zip(chosen, rejected))
+                pairs += len(rows)
+            else:
+                for row, reward in zip(rows, scorer.score([row.messages for row in rows])):
+                    out.write(json.dumps({"messages": row.messages, "reward": reward}) + "\n")
+    if pairs:
+        print(f"pair accuracy (reward of chosen > rejected): {correct / pairs:.4f} over {pairs} pairs")
+    print(f"results: {result_path}")
+    return 0
+
+
+def reward_rows(spec: str, seed: int) -> list:
+    """A dataset's rows as preference pairs when its format has them, otherwise as conversations."""
+    try:
+        return load_dataset_spec(spec, "preference", seed=seed)
+    except AlignkitError as error:
+        if isinstance(error, DataError) and error.row is not None:
+            raise  # a bad row, not a format without pairs
+        return load_dataset_spec(spec, "sft", seed=seed)
 
 
 def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:

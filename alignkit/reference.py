@@ -1,4 +1,4 @@
-"""The frozen reference policy of KL-regularised objectives (DPO and friends)."""
+"""The frozen reference policy of KL-regularised objectives (DPO, KTO)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class Reference:
             frozen_model.eval().requires_grad_(False)
 
     @torch.no_grad()
-    def logps(self, policy, batch: Batch, *, average: bool = False):
+    def logps(self, policy, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
         if self.frozen_model is not None:
-            return forward_logps(self.frozen_model, batch, average=average)
+            return forward_logps(self.frozen_model, batch, average=average, ld_alpha=ld_alpha)
         with policy.disable_adapter():
-            return forward_logps(policy, batch, average=average)
+            return forward_logps(policy, batch, average=average, ld_alpha=ld_alpha)

@@ -16,17 +16,28 @@ from pathlib import Path
 
 import torch
 
+from alignkit.algorithms.cpo import CPO, SimPO
 from alignkit.algorithms.dpo import DPO
+from alignkit.algorithms.kto import KTO, check_kto_rows
+from alignkit.algorithms.orpo import ORPO
+from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import new_run_dir
 from alignkit.config import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
-from alignkit.data.collate import PairCollator, SequenceCollator
+from alignkit.data.collate import (
+    EncodedPair,
+    EncodedUnpaired,
+    PairCollator,
+    SequenceCollator,
+    UnpairedCollator,
+)
 from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.rows import PreferenceRow, UnpairedRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
-from alignkit.losses import DEFAULT_BETA
+from alignkit.losses import DEFAULT_BETA, DEFAULT_LOSS_TYPE
 from alignkit.model import (
     add_lora,
     count_parameters,
@@ -37,11 +48,16 @@ from alignkit.model import (
     resolve_model_path,
 )
 from alignkit.reference import Reference
+from alignkit.reward_model import RewardModel
 from alignkit.trainer import LoopConfig, train
 
 logger = logging.getLogger("alignkit")
 
-DEFAULT_DATASET = {"sft": "arith-sft", "dpo": "arith-pref"}
+# Built-in training data when --dataset is not given.
+DEFAULT_DATASET = {
+    "sft": "arith-sft", "dpo": "arith-pref", "cpo": "arith-pref", "simpo": "arith-pref", "orpo": "arith-pref",
+    "kto": "arith-kto", "rm": "arith-pref",
+}
 
 
 def run_training(args: RunArguments, *, task: str) -> Path:
@@ -55,9 +71,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     precision = resolve_dtype(args.dtype)
     if precision == "fp16" and not torch.cuda.is_available():
         raise AlignkitError("--dtype fp16 needs a GPU; on CPU use fp32 or bf16")
+    # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
+    algorithm = build_algorithm(args, algorithm_name)
 
-    # Data first: a bad row should stop the run before minutes are spent loading a model.
-    kind = "sft" if algorithm_name == "sft" else "preference"
+    kind = {"sft": "sft", "kto": "unpaired"}.get(algorithm_name, "preference")
     datasets = args.dataset or [DEFAULT_DATASET[algorithm_name]]
     train_data, val_data = load_datasets(
         datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
@@ -76,18 +93,23 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         loss_scale=args.loss_scale,
     )
     encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
-    train_rows = encode_dataset(encoder, train_data, "training", **encode)
-    val_rows = encode_dataset(encoder, val_data, "held-out", **encode)
+    train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
+    val_rows = with_row_fields(encode_dataset(encoder, val_data, "held-out", **encode), val_data)
     if not train_rows:
         raise AlignkitError("no training rows are left after truncation; raise --max_length")
+    if isinstance(algorithm, KTO):
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
+                                              args.per_device_eval_batch_size)
 
     model = load_causal_lm(model_path, args.model_revision)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    frozen_reference = None
-    if algorithm_name != "sft" and (args.train_type == "full" or args.ref_model):
-        frozen_reference = (
+    # With LoRA the adapter-disabled policy is the reference (the default Reference()); full fine-tuning
+    # needs a frozen copy of the starting weights, or the user's --ref_model.
+    uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
+    if uses_reference and (args.train_type == "full" or args.ref_model):
+        algorithm.reference = Reference(
             load_causal_lm(resolve_model_path(args.ref_model), None) if args.ref_model else copy.deepcopy(model)
         )
     if args.train_type == "lora":
@@ -100,21 +122,17 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             )
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
+    if isinstance(algorithm, RewardModeling):
+        model = RewardModel(model)  # the scalar head is trained in full, LoRA or not
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
 
-    if algorithm_name == "sft":
-        algorithm, collate = SFT(), SequenceCollator(tokenizer.pad_token_id)
+    if isinstance(algorithm, SFT):
+        collate = SequenceCollator(tokenizer.pad_token_id)
+    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
+        collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
     else:
-        beta = args.beta
-        if beta is None:
-            beta = DEFAULT_BETA[algorithm_name]
-            logger.info("--beta not set: using %s's default %s", algorithm_name, beta)
-        algorithm = DPO(
-            reference=Reference(frozen_reference), beta=beta, loss_type=(args.loss_type or ["sigmoid"])[0],
-            label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha,
-        )
         collate = PairCollator(tokenizer.pad_token_id)
 
     run_dir = new_run_dir(args.output_dir)
@@ -132,6 +150,68 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=run_dir,
         args_for_checkpoint=resolved,
     )
+
+
+def build_algorithm(args: RunArguments, name: str):
+    """The algorithm object for ``name`` ("sft" or an --rlhf_type), with defaults applied from the tables in
+    alignkit/losses.py (logged) and every flag combination checked by the loss functions."""
+    if name == "sft":
+        return SFT()
+    if name == "rm" and args.beta is not None:
+        logger.warning("--beta has no effect on --rlhf_type rm")
+    if name in ("simpo", "orpo") and args.loss_type:
+        raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
+                            f"(got {' '.join(args.loss_type)})")
+    loss_types = list(args.loss_type)
+    if not loss_types and name in DEFAULT_LOSS_TYPE:
+        loss_types = [DEFAULT_LOSS_TYPE[name]]
+    if name != "dpo" and len(loss_types) > 1:
+        raise AlignkitError(f"--rlhf_type {name} takes one --loss_type, got {' '.join(loss_types)}; "
+                            "several are mixed by --rlhf_type dpo only")
+    if args.loss_weights and name != "dpo":
+        raise AlignkitError("--loss_weights mixes --rlhf_type dpo loss types; it has no effect here")
+    beta = args.beta
+    if beta is None and name in DEFAULT_BETA:
+        beta = DEFAULT_BETA[name]
+        logger.info("--beta not set: using %s's default %s (DEFAULT_BETA in alignkit/losses.py)", name, beta)
+    try:
+        if name == "dpo":
+            return DPO(
+                beta=beta, loss_types=tuple(loss_types), loss_weights=tuple(args.loss_weights) or None,
+                label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha, reference_free=args.reference_free,
+                ld_alpha=args.ld_alpha, discopop_tau=args.discopop_tau, f_divergence_type=args.f_divergence_type,
+                f_alpha_divergence_coef=args.f_alpha_divergence_coef, convention=args.loss_convention,
+            )
+        if name == "simpo" or loss_types == ["simpo"]:  # `--rlhf_type cpo --loss_type simpo` is TRL's spelling
+            return SimPO(beta=beta, gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
+                         cpo_alpha=args.cpo_alpha)
+        if name == "cpo":
+            return CPO(beta=beta, loss_type=loss_types[0], label_smoothing=args.label_smoothing,
+                       cpo_alpha=args.cpo_alpha)
+        if name == "orpo":
+            return ORPO(beta=beta)
+        if name == "kto":
+            return KTO(beta=beta, desirable_weight=args.desirable_weight, undesirable_weight=args.undesirable_weight,
+                       loss_type=loss_types[0])
+        if name == "rm":
+            return RewardModeling(loss_type=loss_types[0], center_rewards_coefficient=args.center_rewards_coefficient)
+    except ValueError as error:
+        raise AlignkitError(f"--rlhf_type {name}: {error}") from error
+    raise AlignkitError(f"unknown --rlhf_type {name}")
+
+
+
+def with_row_fields(items: list, rows: list) -> list:
+    """Attach what the losses need besides tokens: a pair's RM margin, a KTO row's label."""
+    out = []
+    for index, encoded in items:
+        row = rows[index]
+        if isinstance(row, PreferenceRow):
+            encoded = EncodedPair(encoded[0], encoded[1], margin=row.margin)
+        elif isinstance(row, UnpairedRow):
+            encoded = EncodedUnpaired(encoded, row.label)
+        out.append((index, encoded))
+    return out
 
 
 def loop_config(args: RunArguments, precision: str) -> LoopConfig:

@@ -172,3 +172,29 @@ def test_use_vllm_without_gpu_is_a_clear_error(tiny_model_dir, capsys):
                  "--use_vllm"]) == 2
     err = capsys.readouterr().err
     assert "--use_vllm needs" in err and ("vllm package" in err or "CUDA GPU" in err)
+
+
+def test_ppo_on_an_rm_run_checkpoint_scores_like_its_scorer(tiny_model_dir, tmp_path):
+    """SFT → RM → PPO on the tiny model: the reward model is an `alignkit rlhf --rlhf_type rm` LoRA checkpoint."""
+    from alignkit.online.scalar_model import load_scalar_model, score_conversations
+    from alignkit.reward_model import load_reward_model
+
+    assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#8",
+                 "--val_dataset", "arith-pref:test#2", "--max_steps", "2", "--batch_size", "2", "--report_to", "none",
+                 "--dtype", "fp32", "--learning_rate", "1e-2", "--output_dir", str(tmp_path / "rm")]) == 0
+    rm_checkpoint = run_dir_of(tmp_path / "rm") / "checkpoint-2"
+    assert (rm_checkpoint / "value_head.safetensors").is_file() and (rm_checkpoint / "adapter_config.json").is_file()
+
+    conversations = [[{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": a}]
+                     for a in ("Answer: 42", "Answer: 41 or so")]
+    model, tokenizer = load_scalar_model(str(rm_checkpoint), adapters=[])
+    ours = score_conversations(model, ChatEncoder(tokenizer, max_length=256, truncation_strategy="left"),
+                               conversations, batch_size=2)
+    theirs = load_reward_model(str(rm_checkpoint), dtype="fp32").score(conversations)
+    torch.testing.assert_close(ours, torch.tensor(theirs), atol=1e-5, rtol=1e-5)
+
+    out = tmp_path / "ppo"
+    assert main(["rlhf", "--rlhf_type", "ppo", "--model", tiny_model_dir, "--reward_model", str(rm_checkpoint),
+                 *COMMON, "--batch_size", "2", "--num_ppo_epochs", "1", "--max_steps", "1", "--output_dir", str(out)]) == 0
+    (record,) = [r for r in records(run_dir_of(out)) if "loss" in r]
+    assert math.isfinite(record["loss"]) and math.isfinite(record["objective/scores"])

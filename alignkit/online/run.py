@@ -17,7 +17,7 @@ from alignkit.data.loading import load_dataset_spec, load_datasets, parse_column
 from alignkit.data.rows import PromptRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
-from alignkit.losses import DEFAULT_BETA
+from alignkit.losses import DEFAULT_BETA, DEFAULT_LOSS_TYPE
 from alignkit.model import (
     add_lora,
     count_parameters,
@@ -172,7 +172,7 @@ def _grpo_settings(args: RunArguments) -> dict:
     if len(weights) != count:
         raise AlignkitError(f"--reward_weights has {len(weights)} values for {count} rewards "
                             f"(--reward_funcs, then --reward_model)")
-    loss_type = args.loss_type[0] if args.loss_type else "grpo"
+    loss_type = args.loss_type[0] if args.loss_type else DEFAULT_LOSS_TYPE["grpo"]
     if len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES:
         raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
                             f"got {' '.join(args.loss_type)}")

@@ -23,10 +23,9 @@ from alignkit.data.collate import SequenceCollator
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
+from alignkit.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
 
 logger = logging.getLogger("alignkit")
-
-VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 class ScalarModel(nn.Module):
@@ -44,22 +43,16 @@ class ScalarModel(nn.Module):
 
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         """The backbone (adapter or weights) and the head, in the layout of an ``rm`` checkpoint."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
         self.backbone.save_pretrained(directory, safe_serialization=safe_serialization)
-        weight = self.head.weight.detach().float().cpu().contiguous()  # (1, D)
-        save_file({"weight": weight}, str(directory / VALUE_HEAD_FILE), metadata={"hidden_size": str(weight.shape[1])})
+        save_value_head(self.head, Path(directory))
 
     def load_trained(self, directory: Path) -> None:
         """Load what ``save_pretrained`` wrote into this (identically built) model: resume."""
-        from safetensors.torch import load_file
-
         from alignkit.checkpoint import load_model_weights
 
         load_model_weights(self.backbone, directory)
         with torch.no_grad():
-            self.head.weight.copy_(load_file(str(directory / VALUE_HEAD_FILE))["weight"])
+            self.head.weight.copy_(load_value_head(directory).weight)
 
 
 def load_scalar_model(path: str, *, adapters: list[str], base_model: str | None = None) -> tuple[ScalarModel, object]:
@@ -77,12 +70,7 @@ def load_scalar_model(path: str, *, adapters: list[str], base_model: str | None 
             lm = _merged(load_causal_lm(resolve_model_path(base)), [str(directory), *adapters])
         else:
             lm = _merged(load_causal_lm(str(directory)), adapters)
-        from safetensors.torch import load_file
-
-        weight = load_file(str(directory / VALUE_HEAD_FILE))["weight"]  # (1, D)
-        head = nn.Linear(weight.shape[1], 1, bias=False)
-        with torch.no_grad():
-            head.weight.copy_(weight)
+        head = load_value_head(directory)
     else:
         lm = _merged(_load_sequence_classifier(path), adapters)
         head = lm.score
