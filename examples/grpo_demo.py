@@ -48,6 +48,10 @@ def main() -> None:
     parser.add_argument("--sft_steps", type=int, default=12)
     parser.add_argument("--grpo_steps", type=int, default=30)
     parser.add_argument("--eval_limit", type=int, default=100)
+    parser.add_argument("--num_generations", type=int, default=8)
+    parser.add_argument("--prompts_per_step", type=int, default=4)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--sft_checkpoint", default=None, help="start GRPO from this adapter instead of a new SFT")
     parser.add_argument("--skip_base_eval", action="store_true", help="the base model's accuracy is 0.0")
     options = parser.parse_args()
     setup_logging()
@@ -59,16 +63,21 @@ def main() -> None:
                        learning_rate=5e-4, lr_scheduler_type="constant", max_length=128, logging_steps=4,
                        output_dir=str(out / "sft"), report_to=["none"], val_dataset=["arith-sft:test#8"])
     grpo = RunArguments(
-        rlhf_type="grpo", dataset=["arith-prompts"], val_dataset=["arith-prompts:test#25"],
-        reward_funcs=["accuracy", "format"], num_generations=8, per_device_train_batch_size=16,
-        gradient_accumulation_steps=2, max_completion_length=16, temperature=1.0, beta=0.0,
-        learning_rate=5e-4, lr_scheduler_type="constant", max_steps=options.grpo_steps, logging_steps=2,
+        rlhf_type="grpo", dataset=["arith-prompts"], val_dataset=["arith-prompts:test#8"],
+        reward_funcs=["accuracy", "format"], num_generations=options.num_generations,
+        # One optimizer step per rollout of prompts_per_step prompts, in two micro-batches.
+        per_device_train_batch_size=options.prompts_per_step * options.num_generations // 2,
+        gradient_accumulation_steps=2, max_completion_length=12, temperature=1.0, beta=0.0,
+        learning_rate=options.learning_rate, lr_scheduler_type="constant", max_steps=options.grpo_steps, logging_steps=1,
         save_steps=10, output_dir=str(out / "grpo"), report_to=["none"], max_length=256,
     )
     report["commands"] = {"sft": _changed(sft), "grpo": _changed(grpo)}
     if not options.skip_base_eval:
         report["base"] = timed("eval base", times, held_out_accuracy, None, options.eval_limit)
-    sft_checkpoint = timed("sft", times, run_training, sft, "sft") if options.sft_steps else None
+    if options.sft_checkpoint:
+        sft_checkpoint = Path(options.sft_checkpoint)
+    else:
+        sft_checkpoint = timed("sft", times, run_training, sft, "sft") if options.sft_steps else None
     report["after_sft"] = timed("eval after sft", times, held_out_accuracy, sft_checkpoint, options.eval_limit)
     grpo.adapters = [str(sft_checkpoint)] if sft_checkpoint else []
     grpo_checkpoint = timed("grpo", times, lambda: run_training(grpo, task="rlhf"))

@@ -178,3 +178,28 @@ def test_schedule_follows_trl_and_colossalchat_flags():
         make_schedule(**{**common, "num_generations": 3})
     with pytest.raises(AlignkitError, match="--max_steps 5 and --num_episodes 3"):
         make_schedule(**{**common, "num_generations": 1, "max_steps": 5, "num_episodes": 3})
+
+
+def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
+    """PPO's value model (LoRA backbone + full head) saves in the rm layout and loads back exactly (resume)."""
+    from transformers import AutoModel
+
+    from alignkit.online.scalar_model import ScalarModel, value_model_from
+
+    def build():
+        torch.manual_seed(0)
+        return value_model_from(ScalarModel(AutoModel.from_pretrained(tiny_model_dir), torch.nn.Linear(32, 1, bias=False)),
+                                lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]})
+
+    trained = build()
+    with torch.no_grad():
+        for param in trained.parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
+    trained.save_pretrained(tmp_path)
+    assert (tmp_path / "value_head.safetensors").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
+    restored = build()
+    restored.load_trained(tmp_path)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(restored(ids, torch.ones_like(ids)), trained(ids, torch.ones_like(ids)), rtol=0, atol=0)
+    assert not torch.equal(build()(ids, torch.ones_like(ids)), trained(ids, torch.ones_like(ids)))
