@@ -82,27 +82,7 @@ def run_online(args: RunArguments) -> Path:
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
 
-    policy = load_causal_lm(model_path, args.model_revision)
-    if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    frozen_reference = None
-    needs_reference = name == "ppo" or grpo["beta"] != 0
-    if needs_reference and (args.train_type == "full" or args.ref_model):
-        frozen_reference = load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
-        frozen_reference.eval().requires_grad_(False)
-    if args.train_type == "lora":
-        if args.adapters:
-            policy = load_adapters(policy, args.adapters, trainable=True)
-        else:
-            policy = add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                              target_modules=args.lora_target_modules)
-        if args.gradient_checkpointing:
-            policy.enable_input_require_grads()
-    disable_dropout(policy)
-    trainable, total = count_parameters(policy)
-    logger.info("Policy %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
-                trainable, total, 100 * trainable / total)
-
+    policy, frozen_reference = load_policy(args, model_path, needs_reference=name == "ppo" or grpo["beta"] != 0)
     forward_batch = args.local_rollout_forward_batch_size
     if args.use_vllm:
         from alignkit.online.vllm_generation import VLLMGenerator
@@ -135,6 +115,31 @@ def run_online(args: RunArguments) -> Path:
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=loop_config(args, precision),
                         run_dir=run_dir, args_for_checkpoint=resolved)
+
+
+def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
+    """The trained policy (LoRA or full, dropout off) and, when the reference cannot be the adapter-disabled
+    policy (full fine-tuning, or --ref_model), a frozen reference model. Returns (policy, reference or None)."""
+    policy = load_causal_lm(model_path, args.model_revision)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    frozen_reference = None
+    if needs_reference and (args.train_type == "full" or args.ref_model):
+        frozen_reference = load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
+        frozen_reference.eval().requires_grad_(False)
+    if args.train_type == "lora":
+        if args.adapters:
+            policy = load_adapters(policy, args.adapters, trainable=True)
+        else:
+            policy = add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                              target_modules=args.lora_target_modules)
+        if args.gradient_checkpointing:
+            policy.enable_input_require_grads()
+    disable_dropout(policy)
+    trainable, total = count_parameters(policy)
+    logger.info("Policy %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
+                trainable, total, 100 * trainable / total)
+    return policy, frozen_reference
 
 
 def encode_prompts(encoder: ChatEncoder, rows: list[PromptRow], limit: int, strategy: str, split: str) -> list[EncodedPrompt]:
