@@ -79,7 +79,7 @@ def main() -> None:
     if options.sft_checkpoint:
         sft_checkpoint = Path(options.sft_checkpoint)
     else:
-        sft_checkpoint = timed("sft", times, run_training, sft, "sft") if options.sft_steps else None
+        sft_checkpoint = timed("sft", times, lambda: run_training(sft, task="sft")) if options.sft_steps else None
     report["after_sft"] = timed("eval after sft", times, held_out_accuracy, sft_checkpoint, options.eval_limit)
     grpo.adapters = [str(sft_checkpoint)] if sft_checkpoint else []
     grpo_checkpoint = timed("grpo", times, lambda: run_training(grpo, task="rlhf"))

@@ -203,3 +203,21 @@ def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(restored(ids, torch.ones_like(ids)), trained(ids, torch.ones_like(ids)), rtol=0, atol=0)
     assert not torch.equal(build()(ids, torch.ones_like(ids)), trained(ids, torch.ones_like(ids)))
+
+
+def test_prompts_over_the_limit_follow_truncation_strategy(tiny):
+    from alignkit.data.rows import PromptRow, RowSource
+    from alignkit.errors import DataError
+    from alignkit.online.run import encode_prompts
+
+    _, _, encoder = tiny
+    short = PromptRow([{"role": "user", "content": "hi"}], extras={"solution": "1"})
+    long = PromptRow([{"role": "user", "content": "hello world " * 20}], source=RowSource("data.jsonl", 2))
+    limit = len(encoder.encode_prompt(short.prompt))
+    kept = encode_prompts(encoder, [short, long], limit, "delete", "training")
+    assert [p.extras for p in kept] == [{"solution": "1"}]
+    assert kept[0].ids == encoder.encode_prompt(short.prompt) and kept[0].messages[-1]["content"] == "hi"
+    cut = encode_prompts(encoder, [long], limit, "left", "training")
+    assert cut[0].ids == encoder.encode_prompt(long.prompt)[-limit:]
+    with pytest.raises(DataError, match="data.jsonl.*2"):
+        encode_prompts(encoder, [long], limit, "raise", "training")
