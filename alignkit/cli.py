@@ -27,7 +27,8 @@ logger = logging.getLogger("alignkit")
 
 TRAIN_COMMANDS = {
     "sft": "Supervised fine-tuning on conversations.",
-    "rlhf": "Preference training (--rlhf_type dpo, cpo, simpo, orpo, kto) or a reward model (--rlhf_type rm).",
+    "rlhf": "Preference training (--rlhf_type dpo, cpo, simpo, orpo, kto), a reward model (--rlhf_type rm) "
+               "or online RL (--rlhf_type ppo, grpo).",
     "dpo": "ms-swift 2.x spelling of `rlhf --rlhf_type dpo`.",
 }
 

@@ -190,21 +190,23 @@ class RunArguments:
     # --- preference objectives (docs/objectives.md gives every formula) ---
     rlhf_type: str = option(
         "dpo",
-        "Preference algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label) or rm (reward model: "
-        "a scalar head trained on pairs).",
-        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm"),
+        "Algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label), rm (reward model: a scalar head "
+        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md).",
+        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"),
     )
     beta: float | None = option(
         None,
         "Strength beta (ORPO: the paper's lambda). Unset: the algorithm's default from the table DEFAULT_BETA in "
-        "alignkit/losses.py (0.1; simpo 2.0), logged when applied. Not used by rm.",
+        "alignkit/losses.py (0.1; simpo 2.0; grpo 0.04), logged when applied. Not used by rm, nor by ppo "
+        "(its KL weight is --kl_coef).",
     )
     loss_type: list[str] = option(
         [],
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
-        "hinge. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm). simpo and orpo take none.",
+        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
+        "and orpo take none.",
         nargs="+",
     )
     loss_weights: list[float] = option(
@@ -256,6 +258,71 @@ class RunArguments:
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs)."
     )
+
+    # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
+    reward_model: list[str] = option(
+        [],
+        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
+        "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
+        nargs="+",
+    )
+    reward_adapters: list[str] = option([], "LoRA adapters merged into --reward_model.", nargs="*")
+    max_completion_length: int = option(512, "ppo, grpo: most tokens sampled per completion.")
+    temperature: float = option(
+        0.9, "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature)."
+    )
+    missing_eos_penalty: float | None = option(
+        None, "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length."
+    )
+    local_rollout_forward_batch_size: int = option(
+        64, "ppo, grpo: sequences per generation and per no-grad forward in rollouts."
+    )
+    num_mini_batches: int = option(1, "ppo, grpo: optimizer steps per pass over a rollout.")
+    experience_batch_size: int | None = option(
+        None,
+        "ppo, grpo (ColossalChat): prompts per collect step. Unset: --per_device_train_batch_size x "
+        "--gradient_accumulation_steps x --num_mini_batches completions (TRL), divided by --num_generations.",
+    )
+    num_collect_steps: int = option(1, "ppo, grpo (ColossalChat): rollouts of --experience_batch_size prompts per step.")
+    train_batch_size: int | None = option(
+        None, "ppo, grpo (ColossalChat): completions per optimizer step (overrides --num_mini_batches)."
+    )
+    num_episodes: int | None = option(
+        None, "ppo, grpo (ColossalChat): number of steps (rollout + updates); the same as --max_steps."
+    )
+    use_vllm: bool = option(False, "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.")
+    vllm_gpu_memory_utilization: float = option(0.9, "Share of GPU memory vLLM may take with --use_vllm.")
+    num_ppo_epochs: int = option(4, "ppo: passes over each rollout.")
+    kl_coef: float = option(0.05, "ppo: weight of the per-token KL penalty in the reward.")
+    cliprange: float = option(0.2, "ppo: clip range of the policy ratio.")
+    vf_coef: float = option(0.1, "ppo: weight of the value loss.")
+    cliprange_value: float = option(0.2, "ppo: clip range of the value update.")
+    gamma: float = option(1.0, "ppo: discount factor.")
+    lam: float = option(0.95, "ppo: GAE lambda.")
+    whiten_rewards: bool = option(False, "ppo: whiten the per-token rewards (scale only) before GAE.")
+    pretrain_dataset: list[str] = option(
+        [], "ppo (ColossalChat ptx): SFT data whose LM loss is mixed into the policy loss.", nargs="+"
+    )
+    ptx_coef: float = option(0.0, "ppo: p in the policy loss (1 - p)*PPO + p*LM loss on --pretrain_dataset.")
+    num_generations: int = option(8, "grpo: completions sampled per prompt (a group).")
+    num_iterations: int = option(1, "grpo: passes over each rollout.")
+    scale_rewards: str = option(
+        "group",
+        "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, false = none.",
+        choices=("group", "batch", "none", "true", "false"),
+    )
+    epsilon: float = option(0.2, "grpo: clip range of the policy ratio.")
+    epsilon_high: float | None = option(None, "grpo: upper clip range (DAPO's clip-higher). Unset: --epsilon.")
+    reward_funcs: list[str] = option(
+        [],
+        "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
+        "or file.py:function.",
+        nargs="+",
+    )
+    reward_weights: list[float] = option(
+        [], "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.", nargs="+"
+    )
+    external_plugins: list[str] = option([], "grpo: Python files whose functions --reward_funcs may name.", nargs="+")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

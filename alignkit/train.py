@@ -67,6 +67,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
     check_run_arguments(args)
+    if algorithm_name in ("ppo", "grpo"):
+        from alignkit.online.run import run_online
+
+        return run_online(args)
     resume = find_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     torch.manual_seed(args.seed)
     precision = resolve_dtype(args.dtype)
