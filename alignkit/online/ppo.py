@@ -186,6 +186,12 @@ class PolicyAndValue:
     def __init__(self, policy, value_model: ScalarModel):
         self.policy, self.value_model = policy, value_model
 
+    def named_parameters(self):
+        """Both models' parameters, so checkpointing can check them all for NaN/inf before saving."""
+        for prefix, module in (("policy", self.policy), ("value_model", self.value_model)):
+            for name, param in module.named_parameters():
+                yield f"{prefix}.{name}", param
+
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         self.policy.save_pretrained(directory, safe_serialization=safe_serialization)
         (Path(directory) / "value_model").mkdir(exist_ok=True)
