@@ -39,7 +39,7 @@ from alignkit.data.collate import (
 from alignkit.data.loading import load_datasets, parse_columns
 from alignkit.data.rows import PreferenceRow, UnpairedRow
 from alignkit.data.template import ChatEncoder
-from alignkit.distributed import on_main
+from alignkit.distributed import on_main, process_state
 from alignkit.engines import check_available, resolve_engine
 from alignkit.errors import AlignkitError
 from alignkit.losses import DEFAULT_BETA, DEFAULT_LOSS_TYPE
@@ -129,9 +129,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # needs a frozen copy of the starting weights, or the user's --ref_model.
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
+        # A full copy on every process's own device (DDP and ZeRO-1/2 alike); it is frozen, so never sharded.
         algorithm.reference = Reference(
-            load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
-            else copy.deepcopy(model)
+            (load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
+             else copy.deepcopy(model)).to(process_state().device)
         )
     if args.train_type == "lora":
         if args.adapters:
