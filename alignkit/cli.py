@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -146,7 +147,9 @@ def resolve_legacy_model_flags(values: dict) -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[alignkit] %(message)s")
+    # In a distributed run only the first process reports progress; the others speak up for problems.
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="[alignkit] %(message)s")
     # Library deprecation notices are for us, not for someone running a training job.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -166,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             reject_unknown(parser, namespace.command, unknown)
         setup_logging()
+        if namespace.command in TRAIN_COMMANDS:
+            from alignkit.launch import relaunch, torchrun_command
+
+            command = torchrun_command(argv, dict(os.environ))
+            if command is not None:
+                return relaunch(command)
         return dispatch(namespace.command, vars(namespace))
     except AlignkitError as error:
         if debug:
@@ -191,7 +200,8 @@ def dispatch(command: str, values: dict) -> int:
             values["rlhf_type"] = "dpo"
         args = RunArguments(**values)
         checkpoint = run_training(args, task="sft" if command == "sft" else "rlhf")
-        print(f"last checkpoint: {checkpoint}")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"last checkpoint: {checkpoint}")
         return 0
     if command == "infer":
         from alignkit.config import InferArguments

@@ -166,6 +166,21 @@ class RunArguments:
     )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
+    # --- distribution (see docs/distributed.md); processes come from torchrun, accelerate or NPROC_PER_NODE ---
+    deepspeed: str | None = option(
+        None, "DeepSpeed ZeRO through accelerate: zero0, zero1, zero2, zero3, zero2_offload, zero3_offload (configs "
+        "shipped in alignkit/ds_configs) or a path to a DeepSpeed JSON config. Needs deepspeed and a GPU."
+    )
+    fsdp: bool = option(False, "PyTorch FSDP2 through accelerate, wrapping each transformer decoder layer. Needs GPUs.")
+    plugin: str | None = option(
+        None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
+        "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
+        choices=("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"),
+    )
+    tp: int = option(1, "ColossalChat's tensor-parallel size; only 1 is supported (no equivalent engine).")
+    pp: int = option(1, "ColossalChat's pipeline-parallel size; only 1 is supported (no equivalent engine).")
+    sp: int = option(1, "ColossalChat's sequence-parallel size; only 1 is supported (no equivalent engine).")
+
     # --- LoRA / full ---
     train_type: str = option(
         "lora",

@@ -24,5 +24,8 @@ class Reference:
     def logps(self, policy, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
         if self.frozen_model is not None:
             return forward_logps(self.frozen_model, batch, average=average, ld_alpha=ld_alpha)
+        from accelerate.utils import extract_model_from_parallel
+
+        policy = extract_model_from_parallel(policy)  # DDP's wrapper has no disable_adapter
         with policy.disable_adapter():
             return forward_logps(policy, batch, average=average, ld_alpha=ld_alpha)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ from alignkit.data.collate import (
 from alignkit.data.loading import load_datasets, parse_columns
 from alignkit.data.rows import PreferenceRow, UnpairedRow
 from alignkit.data.template import ChatEncoder
+from alignkit.distributed import on_main, process_state
+from alignkit.engines import check_available, resolve_engine
 from alignkit.errors import AlignkitError
 from alignkit.losses import DEFAULT_BETA, DEFAULT_LOSS_TYPE
 from alignkit.model import (
@@ -76,6 +79,13 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     precision = resolve_dtype(args.dtype)
     if precision == "fp16" and not torch.cuda.is_available():
         raise AlignkitError("--dtype fp16 needs a GPU; on CPU use fp32 or bf16")
+    engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
+                            sp=args.sp, batch_size=args.per_device_train_batch_size,
+                            gradient_accumulation_steps=args.gradient_accumulation_steps,
+                            max_grad_norm=args.max_grad_norm, precision=precision)
+    if engine is not None:
+        check_available(engine)
+        logger.info("Engine: %s (%s)", engine.kind, engine.source)
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     algorithm = build_algorithm(args, algorithm_name)
 
@@ -109,7 +119,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
                                               args.per_device_eval_batch_size)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
-                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows)}
+                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows),
+                # The data order follows the global batch (per-device batch × processes): resume with the same.
+                "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if resume is not None:
         check_resume_args(resume, resolved, allow=args.ignore_args_mismatch)
 
@@ -121,9 +133,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # needs a frozen copy of the starting weights, or the user's --ref_model.
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
+        # A full copy on every process's own device (DDP and ZeRO-1/2 alike); it is frozen, so never sharded.
         algorithm.reference = Reference(
-            load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
-            else copy.deepcopy(model)
+            (load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
+             else copy.deepcopy(model)).to(process_state().device)
         )
     if args.train_type == "lora":
         if args.adapters:
@@ -148,11 +161,14 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     else:
         collate = PairCollator(tokenizer.pad_token_id)
 
-    if resume is None:
-        run_dir = new_run_dir(args.output_dir)
-        (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
-    else:
-        run_dir = resume_run_dir(resume, args.output_dir, resolved)
+    def make_run_dir() -> Path:
+        if resume is None:
+            run_dir = new_run_dir(args.output_dir)
+            (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
+            return run_dir
+        return resume_run_dir(resume, args.output_dir, resolved)
+
+    run_dir = on_main(make_run_dir)  # one directory for all processes of a distributed run
     logger.info("Run directory: %s", run_dir)
     return train(
         model=model,
@@ -161,7 +177,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         train_rows=train_rows,
         val_rows=val_rows,
         collate=collate,
-        config=dataclasses.replace(loop_config(args, precision), resume_from_checkpoint=str(resume) if resume else None),
+        config=dataclasses.replace(loop_config(args, precision), resume_from_checkpoint=str(resume) if resume else None,
+                                   engine=engine.accelerator_kwargs() if engine else None),
         run_dir=run_dir,
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],

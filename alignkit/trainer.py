@@ -8,8 +8,10 @@ bottom: ``train()`` is the whole story.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from alignkit.data.collate import Batch
 from alignkit.errors import AlignkitError, TrainingInterrupted
@@ -57,6 +60,7 @@ class LoopConfig:
     tensorboard: bool = True
     resume_from_checkpoint: str | None = None
     max_nonfinite_steps: int = 10
+    engine: dict | None = None  # Accelerator keyword arguments from alignkit.engines (DeepSpeed / FSDP plugins)
 
 
 def epoch_batches(num_rows: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
@@ -112,11 +116,16 @@ def train(
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, the demo, tests) may ask for another precision, so start from a clean state.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                              **(config.engine or {}))
+    main = accelerator.is_main_process
     torch.manual_seed(config.seed)
     model = model.to(accelerator.device)
     optimizer = make_optimizer(model, config)
-    batches_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
+    # its slice, so N processes × B rows follow the same data order as 1 process × N·B rows.
+    global_batch = config.batch_size * accelerator.num_processes
+    batches_per_epoch = math.ceil(len(train_rows) / global_batch)
     steps = total_steps(batches_per_epoch, config)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * steps)
     # transformers' "constant" ignores warm-up; users who ask for warm-up with it mean this one.
@@ -134,34 +143,40 @@ def train(
         logger.info("Resumed from %s at step %d (epoch %d, micro-batch %d)", checkpoint, state.global_step,
                     state.epoch, state.batches_done_in_epoch)
 
-    log = MetricsLog(run_dir, tensorboard=config.tensorboard, write_console=tqdm.write,
-                     purge_step=state.global_step + 1 if config.resume_from_checkpoint else None)
+    # Only the main process logs, shows progress and writes checkpoints; every process loaded the checkpoint.
+    log = MetricsLog(run_dir, tensorboard=config.tensorboard and main, write_console=tqdm.write,
+                     purge_step=state.global_step + 1 if config.resume_from_checkpoint else None, enabled=main)
     running = RunningMean.from_json(state.running_metrics)
-    bar = tqdm(total=steps, initial=state.global_step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=state.global_step, desc="train", dynamic_ncols=True, disable=not main)
 
     def save() -> Path:
         state.running_metrics = running.to_json()
-        return save_checkpoint(
-            run_dir,
-            state,
-            model=accelerator.unwrap_model(model),
-            tokenizer=tokenizer,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            args=args_for_checkpoint,
-            save_total_limit=config.save_total_limit,
-        )
+        accelerator.wait_for_everyone()
+        path = run_dir / f"checkpoint-{state.global_step}"
+        if main:
+            path = save_checkpoint(
+                run_dir,
+                state,
+                model=accelerator.unwrap_model(model),
+                tokenizer=tokenizer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                args=args_for_checkpoint,
+                save_total_limit=config.save_total_limit,
+            )
+        accelerator.wait_for_everyone()
+        return path
 
     model.train()
     with StopRequests() as stop:
         while state.global_step < steps:
             epoch = state.epoch
-            batches = epoch_batches(len(train_rows), config.batch_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+            batches = epoch_batches(len(train_rows), global_batch, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
             # Each epoch has its own order: leave this loop at the epoch's end so the next one is drawn.
             while state.epoch == epoch and state.global_step < steps:
                 group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, accelerator,
-                                                             step=state.global_step + 1)
+                                                             step=state.global_step + 1, batch_size=config.batch_size)
                 grad_norm = None
                 if problem is None:
                     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
@@ -185,7 +200,7 @@ def train(
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
                 if problem is None:
-                    running.add({**step_metrics.pop(), "grad_norm": float(grad_norm), "learning_rate": learning_rate})
+                    running.add({**step_metrics, "grad_norm": float(grad_norm), "learning_rate": learning_rate})
                 else:
                     skip_nonfinite_step(state, problem, log, row_sources, config.max_nonfinite_steps, last_checkpoint)
                 bar.update(1)
@@ -201,12 +216,13 @@ def train(
                     log.log(state.global_step, evaluate(model, algorithm, val_rows, collate, config, accelerator))
                 if state.global_step % config.save_steps == 0 and state.global_step < steps:
                     last_checkpoint = save()
-                if stop.requested:
+                if any_process(bool(stop.requested), accelerator):
                     if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{state.global_step}":
                         last_checkpoint = save()
                     bar.close()
                     log.close()
-                    raise TrainingInterrupted(stop.requested, last_checkpoint)
+                    # Another process was signalled (a launcher forwards signals to all, but not always at once).
+                    raise TrainingInterrupted(stop.requested or int(signal.SIGTERM), last_checkpoint)
 
         # A signal from here on lets the run finish: the final evaluation and checkpoint are all that is left.
         bar.close()
@@ -220,25 +236,63 @@ def train(
 
 
 def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], rows: list, collate, accelerator, *,
-                         step: int) -> tuple[RunningMean, tuple[str, list[int]] | None]:
+                         step: int, batch_size: int) -> tuple[dict[str, float], tuple[str, list[int]] | None]:
     """Forward and backward over the micro-batches of one optimizer step, gradients summed in place.
 
-    Returns the step's metrics and, if a loss was NaN/inf, (what, row ids): the remaining micro-batches
-    are not run, since the update will be skipped.
+    ``group`` holds global micro-batches; this process takes its slice of each. Every micro-batch's loss is
+    weighed by its share of the step's loss units (examples, or trained tokens for SFT) counted over all
+    micro-batches and processes, so the step's loss and gradient are the mean over the whole step's rows
+    however they are split: 1 process × 4 rows, 2 processes × 2 and 4 accumulated micro-batches × 1 agree.
+
+    Returns the step's metrics (the same weighted mean, over all processes) and, if a loss was NaN/inf on
+    any process, (what, row ids): the remaining micro-batches are not run, since the update will be skipped.
     """
-    step_metrics = RunningMean()
-    for position, indices in enumerate(group):
-        batch = collate([rows[i] for i in indices]).to(accelerator.device)
-        with accelerator.autocast():
-            loss, metrics = algorithm.loss(model, batch)
-        if not torch.isfinite(loss.detach()):
-            return step_metrics, (f"non-finite loss ({loss.item()})", batch.row_ids)
-        # Each micro-batch's mean loss weighs equally in the step, whatever the group's size.
-        accelerator.backward(loss / len(group))
-        step_metrics.add(metrics)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    shards = [global_batch[rank * batch_size : (rank + 1) * batch_size] for global_batch in group]
+    # A process left without rows (the epoch's last, short batch) still runs one, weighted 0: DDP needs every
+    # process in every gradient all-reduce.
+    batches = [collate([rows[i] for i in (shard or global_batch[:1])]) for shard, global_batch in zip(shards, group)]
+    units = [loss_units(algorithm, batch) if shard else 0 for batch, shard in zip(batches, shards)]
+    total = max(sum_over_processes(torch.tensor([float(sum(units))]), accelerator).item(), 1.0)
+    step_metrics: dict[str, float] = {}
+    for position, (batch, count) in enumerate(zip(batches, units)):
+        batch = batch.to(accelerator.device)
+        weight = count / total
+        # Gradients are all-reduced once per step, on its last micro-batch.
+        last = position == len(batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss, metrics = algorithm.loss(model, batch)
+            if any_process(not torch.isfinite(loss.detach()).item(), accelerator):
+                return step_metrics, (f"non-finite loss ({loss.item()})", batch.row_ids)
+            # DDP averages gradients over processes; the weights already sum to 1 over all of them.
+            accelerator.backward(loss * (weight * world))
+        for key, value in metrics.items():
+            step_metrics[key] = step_metrics.get(key, 0.0) + value * weight
         if position == 0:
             fault_point("micro_batch", step)
-    return step_metrics, None
+    keys = sorted(step_metrics)
+    summed = sum_over_processes(torch.tensor([step_metrics[k] for k in keys], dtype=torch.float64), accelerator)
+    return dict(zip(keys, summed.tolist())), None
+
+
+def loss_units(algorithm: Algorithm, batch: Batch) -> int:
+    """What the algorithm's micro-batch loss is a mean over: trained tokens for SFT's token-level
+    cross-entropy (labels shifted by one, as in alignkit.logprobs), examples for everything else."""
+    if isinstance(algorithm, SFT):
+        return int((batch.labels[:, 1:] != -100).sum())
+    return len(batch.row_ids)
+
+
+def sum_over_processes(values: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator.num_processes == 1:
+        return values
+    return accelerator.reduce(values.to(accelerator.device), reduction="sum").cpu()
+
+
+def any_process(flag: bool, accelerator) -> bool:
+    """True on every process when ``flag`` is true on one, so all take the same branch (or they hang)."""
+    return bool(sum_over_processes(torch.tensor([float(flag)]), accelerator).item() > 0)
 
 
 def skip_nonfinite_step(state: TrainerState, problem: tuple[str, list[int]], log: MetricsLog, row_sources: list | None,
@@ -267,13 +321,19 @@ def skip_nonfinite_step(state: TrainerState, problem: tuple[str, list[int]], log
 
 @torch.no_grad()
 def evaluate(model, algorithm: Algorithm, rows: list, collate, config: LoopConfig, accelerator) -> dict[str, float]:
-    """The algorithm's own metrics over the held-out rows, prefixed ``eval_`` as TRL names them."""
-    model.eval()
+    """The algorithm's own metrics over the held-out rows, prefixed ``eval_`` as TRL names them.
+
+    The main process evaluates alone, on the unwrapped model (a DDP forward would wait for the others);
+    the others wait and get an empty dict, which they never log."""
     means = RunningMean()
-    for start in range(0, len(rows), config.eval_batch_size):
-        batch = collate(rows[start : start + config.eval_batch_size]).to(accelerator.device)
-        with accelerator.autocast():
-            _, metrics = algorithm.loss(model, batch)
-        means.add(metrics)
-    model.train()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        for start in range(0, len(rows), config.eval_batch_size):
+            batch = collate(rows[start : start + config.eval_batch_size]).to(accelerator.device)
+            with accelerator.autocast():
+                _, metrics = algorithm.loss(unwrapped, batch)
+            means.add(metrics)
+        unwrapped.train()
+    accelerator.wait_for_everyone()
     return {f"eval_{key}": value for key, value in means.pop().items()}
