@@ -139,7 +139,8 @@ class VisionEncoder:
             return
         what = (f"{length} tokens (prompt {prompt_length}, of which {image_tokens} image tokens) exceed --max_length "
                 f"{self.max_length}" + (f" / --max_prompt_length {self.max_prompt_length}" if over_prompt else "")
-                + "; rows with images are never truncated, since a cut inside an image's tokens breaks the model")
+                + "; a vision-language model's rows are never truncated, since a cut inside an image's tokens "
+                "breaks the model")
         if self.truncation_strategy == "raise":
             raise DataError(what, **_where(source))
         logger.warning("%s: dropped: %s", _name(source), what)

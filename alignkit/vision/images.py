@@ -24,6 +24,8 @@ from alignkit.data.rows import RowSource
 from alignkit.errors import DataError
 
 URL_TIMEOUT_S = 20
+# Leading bytes of PNG, JPEG, GIF, WebP (RIFF), BMP: enough to tell inline base64 images from mistyped paths.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")
 
 
 def _where(source: RowSource | None, field: str) -> dict:
@@ -63,10 +65,17 @@ def _read_string(text: str, source: RowSource | None, field: str) -> bytes:
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
         return _b64(payload, source, field)
-    # A long string without a path separator that decodes as base64 is inline image data, as ms-swift accepts.
-    if len(text) > 256 and "/" not in text[:64] and "." not in text[-8:]:
-        return _b64(text, source, field)
-    return _read_path(text, source, field)
+    try:
+        return _read_path(text, source, field)
+    except DataError:
+        # Not a file: a string that decodes as base64 into an image's bytes is inline data, as ms-swift accepts.
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        if data[:8] in IMAGE_MAGIC or any(data.startswith(m) for m in IMAGE_MAGIC):
+            return data
+        raise
 
 
 def _b64(payload: str, source: RowSource | None, field: str) -> bytes:

@@ -25,8 +25,13 @@ ALIGNER_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector")
 
 
 def is_vision_model(model_path: str) -> bool:
+    """True when the directory's config.json has a ``vision_config``. An unreadable config is left to the
+    model loader, whose error names the file."""
     config = Path(model_path) / "config.json"
-    return config.is_file() and "vision_config" in json.loads(config.read_text())
+    try:
+        return config.is_file() and "vision_config" in json.loads(config.read_text())
+    except (ValueError, OSError):
+        return False
 
 
 def load_vision_model(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
