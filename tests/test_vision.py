@@ -232,3 +232,31 @@ def test_missing_image_in_the_data_names_the_row(vlm_dirs, images, tmp_path, cap
                  "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert code == 2
     assert "row 2, field 'images[0]': image file 'gone.png' not found" in capsys.readouterr().err
+
+
+def test_trl_conversational_rows_with_image_parts_train(vlm_dirs, images, tmp_path):
+    # TRL's vision format: content parts with {"type": "image"}, the image in the `images` column.
+    (tmp_path / "a.png").write_bytes(Path(images[0]).read_bytes())
+    row = {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
+           "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+           "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+           "images": ["a.png"]}
+    data = tmp_path / "trl.jsonl"
+    data.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    from alignkit.data.loading import load_dataset_spec
+
+    (loaded, _) = load_dataset_spec(str(data), "preference", seed=0)
+    assert loaded.prompt == [{"role": "user", "content": "<image>Colour?"}] and loaded.extras["images"] == ["a.png"]
+    encoder, _ = encoder_for(vlm_dirs["llava"])
+    chosen, _ = encoder.encode_pair(loaded)
+    assert chosen.image_tokens == IMAGE_TOKENS["llava"]
+
+
+def test_freeze_flags_choose_what_full_training_changes(vlm_dirs, images, tmp_path):
+    from safetensors.torch import load_file
+
+    _, run_dir = run_rlhf(vlm_dirs["llava"], tmp_path, images, "dpo", "--train_type", "full", "--freeze_vit", "false",
+                          "--freeze_llm", "true")
+    trained = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    initial = load_file(Path(vlm_dirs["llava"]) / "model.safetensors")
+    assert {part_of(k) for k in initial if not torch.equal(initial[k], trained[k])} == {"vit"}
