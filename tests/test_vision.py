@@ -260,3 +260,24 @@ def test_freeze_flags_choose_what_full_training_changes(vlm_dirs, images, tmp_pa
     trained = load_file(run_dir / "checkpoint-2" / "model.safetensors")
     initial = load_file(Path(vlm_dirs["llava"]) / "model.safetensors")
     assert {part_of(k) for k in initial if not torch.equal(initial[k], trained[k])} == {"vit"}
+
+
+def test_resume_of_a_vlm_run_equals_the_uninterrupted_run(vlm_dirs, images, tmp_path):
+    import shutil
+
+    data = write_dataset(tmp_path, images)
+    flags = ["rlhf", "--model", vlm_dirs["llava"], "--dataset", data, "--max_steps", "3", "--batch_size", "1",
+             "--logging_steps", "1", "--learning_rate", "1e-2", "--dtype", "fp32", "--report_to", "none",
+             "--save_steps", "1", "--output_dir", str(tmp_path / "out")]
+    assert main(flags) == 0
+    (run_dir,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+
+    def losses():
+        lines = (run_dir / "logging.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+    uninterrupted = losses()
+    shutil.rmtree(run_dir / "checkpoint-3")
+    shutil.rmtree(run_dir / "checkpoint-2")
+    assert main([*flags, "--resume_from_checkpoint", str(run_dir / "checkpoint-1")]) == 0
+    assert losses() == uninterrupted and len(uninterrupted) == 3
