@@ -292,6 +292,14 @@ class InferArguments:
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     seed: int = option(42, "Sampling seed.")
+    infer_backend: str = option(
+        "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
+        choices=("transformers", "vllm"),
+    )
+    load_dataset_config: bool = option(
+        False, "Take --val_dataset (or the run's held-out split), --system and --max_length from the args.json "
+        "of the --ckpt_dir run, for flags not given.",
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -313,7 +321,14 @@ class EvalArguments:
     batch_size: int = option(8, "Rows per forward / generation batch.")
     limit: int | None = option(None, "Evaluate at most this many rows of each set.")
     system: str | None = option(None, "System prompt.")
-    report_path: str | None = option(None, "Write the JSON report here (never overwritten).")
+    reward_model: str | None = option(
+        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
+    )
+    reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")
+    report_path: str | None = option(
+        None, "The JSON report (never overwritten; default eval_result/<time>.json); the chart goes beside it (.png)."
+    )
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     debug: bool = option(False, "Show full tracebacks for errors.")
@@ -327,6 +342,69 @@ class DemoArguments:
     learning_rate: float = option(5e-4, "Peak learning rate (LoRA).")
     per_device_train_batch_size: int = option(4, "Pairs per step.", aliases=("--batch_size",))
     eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
+    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class ExportArguments:
+    model: str | None = option(None, "Base model (default: the built-in model, or the adapter's base).",
+                               aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "The LoRA adapter directory to merge.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    merge_lora: bool = option(False, "Merge the adapter into the base weights and write a plain HF model.")
+    quant_bits: int | None = option(
+        None, "Quantise the (merged) model to 4 or 8 bits with --quant_method. Runs on CPU and GPU.", choices=(4, 8)
+    )
+    quant_method: str = option(
+        "bnb", "bnb: bitsandbytes NF4 (4 bits) / LLM.int8 (8 bits), CPU or GPU; the result loads with "
+        "transformers + bitsandbytes. (ms-swift's gptq/awq need a CUDA GPU and are not available.)",
+        choices=("bnb",),
+    )
+    output_dir: str | None = option(
+        None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
+    )
+    dtype: str = option("auto", "Saved precision: auto (the base model's), fp32, bf16, fp16.", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DeployArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option(
+        [], "LoRA adapters: NAME=DIR serves DIR as model NAME (several allowed); a bare DIR becomes the default "
+        "model, served as --served_model_name.", nargs="*",
+    )
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model), the default model.")
+    served_model_name: str | None = option(
+        None, "Name of the default model in /v1/models and requests (default: the model or checkpoint directory's name)."
+    )
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    port: int = option(8000, "Port to listen on.")
+    api_key: str | None = option(None, "Require `Authorization: Bearer KEY` on every request.")
+    max_new_tokens: int = option(512, "Most tokens per answer when a request gives no max_tokens.")
+    temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
+    top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
+    max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class AppArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "LoRA adapter directories to apply.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    system: str | None = option(None, "Initial system prompt (editable in the page).")
+    max_new_tokens: int = option(256, "Initial most tokens per answer (editable in the page).")
+    temperature: float = option(0.0, "Initial sampling temperature; 0 decodes greedily (editable in the page).")
+    top_p: float = option(1.0, "Initial nucleus sampling mass (editable in the page).")
+    server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the page to the network).")
+    server_port: int = option(7860, "Port to listen on.")
+    share: bool = option(False, "Also publish the page through a public Gradio share link.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     debug: bool = option(False, "Show full tracebacks for errors.")

@@ -16,7 +16,7 @@ import torch
 
 from alignkit.config import InferArguments
 from alignkit.data.loading import load_dataset_spec
-from alignkit.data.rows import PreferenceRow
+from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation import generate_answers, sampling_kwargs
@@ -26,8 +26,11 @@ logger = logging.getLogger("alignkit")
 
 
 def run_infer(args: InferArguments) -> int:
+    held_out = None
+    if args.load_dataset_config:
+        args, held_out = with_run_data_config(args)
     result_path = None
-    if args.val_dataset:
+    if args.val_dataset or held_out is not None:
         result_path = Path(args.result_path or f"infer_result/{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         if result_path.exists():
             raise AlignkitError(f"--result_path {result_path} exists; alignkit never overwrites results")
@@ -36,15 +39,70 @@ def run_infer(args: InferArguments) -> int:
             raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
+    if args.infer_backend == "vllm":
+        if result_path is None:
+            raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
+        from alignkit.vllm_backend import VllmGenerator
+
+        generator = VllmGenerator(args)
+        encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
+        return batch_infer(generator.generate, encoder, args, result_path, held_out)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
     if result_path is not None:
-        return batch_infer(model, encoder, args, result_path)
+        def generate(prompts):
+            return generate_answers(model, encoder, prompts, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                    repetition_penalty=args.repetition_penalty)
+
+        return batch_infer(generate, encoder, args, result_path, held_out)
     return chat(model, encoder, args)
 
 
-def batch_infer(model, encoder: ChatEncoder, args: InferArguments, result_path: Path) -> int:
-    rows = [row for spec in args.val_dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
+def with_run_data_config(args: InferArguments) -> tuple[InferArguments, list[PromptRow] | None]:
+    """ms-swift's --load_dataset_config: the run's --system and --max_length, and its held-out rows (its
+    --val_dataset, or the part of --dataset it split off), for flags left at their defaults.
+    Returns the arguments and the held-out rows (None when --val_dataset is given)."""
+    import dataclasses
+
+    from alignkit.data.loading import load_datasets
+    from alignkit.train import DEFAULT_DATASET
+
+    if args.ckpt_dir is None or not (Path(args.ckpt_dir) / "args.json").is_file():
+        raise AlignkitError("--load_dataset_config true needs --ckpt_dir, a checkpoint of an alignkit run (with args.json)")
+    run = json.loads((Path(args.ckpt_dir) / "args.json").read_text())
+    defaults = InferArguments()
+    changes = {key: run[key] for key in ("system", "max_length")
+               if getattr(args, key) == getattr(defaults, key) and run.get(key) is not None}
+    args, rows = dataclasses.replace(args, **changes), None
+    if not args.val_dataset:
+        algorithm = run.get("algorithm", "sft")
+        kind = "sft" if algorithm == "sft" else "preference"
+        _, held_out = load_datasets(
+            run.get("dataset") or [DEFAULT_DATASET[algorithm]], run.get("val_dataset") or [], kind,
+            split_dataset_ratio=run.get("split_dataset_ratio", 0.0), seed=run.get("data_seed", 42), shuffle=False,
+        )
+        if not held_out:
+            raise AlignkitError(f"{args.ckpt_dir}/args.json: the run had no held-out rows; pass --val_dataset")
+        rows = [as_prompt(row) for row in held_out]
+    logger.info("--load_dataset_config: %s from %s/args.json", ", ".join(
+        [*changes, *(["held-out rows"] if rows else [])]) or "nothing", args.ckpt_dir)
+    return args, rows
+
+
+def as_prompt(row: ConversationRow | PreferenceRow) -> PromptRow:
+    """A held-out training row as a prompt, its reference answer (the chosen one) kept as ``labels``."""
+    if isinstance(row, PreferenceRow):
+        return PromptRow(row.prompt, {**row.extras, "labels": row.chosen[-1]["content"]}, row.source)
+    last = max(i for i, m in enumerate(row.messages) if m["role"] == "assistant")
+    return PromptRow(row.messages[:last], {"labels": row.messages[last]["content"]}, row.source)
+
+
+def batch_infer(generate, encoder: ChatEncoder, args: InferArguments, result_path: Path,
+                rows: list[PromptRow] | None = None) -> int:
+    """Answer every prompt with ``generate(prompts) -> answers`` in chunks of --max_batch_size, writing JSONL."""
+    if rows is None:
+        rows = [row for spec in args.val_dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
     kept = [r for r in rows if len(encoder.encode_prompt(r.prompt)) <= args.max_length]
     if len(kept) < len(rows):
         logger.warning("Skipped %d prompts longer than --max_length %d", len(rows) - len(kept), args.max_length)
@@ -53,11 +111,7 @@ def batch_infer(model, encoder: ChatEncoder, args: InferArguments, result_path: 
     with result_path.open("x") as out:
         for i in range(0, len(kept), args.max_batch_size):
             chunk = kept[i : i + args.max_batch_size]
-            answers = generate_answers(
-                model, encoder, [r.prompt for r in chunk], max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                repetition_penalty=args.repetition_penalty,
-            )
+            answers = generate([r.prompt for r in chunk])
             for row, answer in zip(chunk, answers):
                 new_tokens += len(encoder.tokenizer(answer, add_special_tokens=False)["input_ids"])
                 out.write(json.dumps({"messages": row.prompt, "response": answer, **row.extras}) + "\n")
