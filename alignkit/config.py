@@ -201,6 +201,13 @@ class RunArguments:
     tuner_backend: str = option(
         "peft", "ms-swift compatibility: LoRA always runs on peft.", choices=("peft", "swift")
     )
+    # --- vision-language models (docs/vision.md) ---
+    freeze_vit: bool = option(True, "Vision-language models: keep the vision encoder frozen (full training and "
+                              "LoRA ALL/all-linear targets).")
+    freeze_aligner: bool = option(True, "Vision-language models: keep the aligner (projector between vision "
+                                  "encoder and language model) frozen (full training and LoRA ALL targets).")
+    freeze_llm: bool = option(False, "Vision-language models: keep the language model frozen (full training and "
+                              "LoRA targets).")
 
     # --- preference objectives (docs/objectives.md gives every formula) ---
     rlhf_type: str = option(

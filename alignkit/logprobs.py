@@ -68,6 +68,7 @@ def forward_logps(model, batch: Batch, *, average: bool = False, ld_alpha: float
     first = int(trained.float().argmax(-1).min()) if trained.any() else 1
     keep = batch.input_ids.shape[1] - max(first - 1, 0)
     logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False,
+        **(batch.model_inputs or {}),
     ).logits  # (N, keep, V)
     return sequence_logps(logits, batch.labels[:, -keep:], average=average, ld_alpha=ld_alpha)

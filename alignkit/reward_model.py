@@ -44,11 +44,12 @@ class RewardModel(nn.Module):
         hidden_size = lm.get_input_embeddings().embedding_dim
         self.value_head = value_head if value_head is not None else new_value_head(hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask (N, T), right-padded → rewards (N,) in fp32."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **model_inputs) -> torch.Tensor:
+        """input_ids, attention_mask (N, T), right-padded → rewards (N,) in fp32. ``model_inputs``: a
+        vision-language model's pixel inputs."""
         # logits_to_keep=1: the LM head's (N, T, V) logits are not needed, only the hidden states.
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      logits_to_keep=1, use_cache=False)
+                      logits_to_keep=1, use_cache=False, **model_inputs)
         hidden = out.hidden_states[-1]  # (N, T, D), after the final norm
         last = attention_mask.sum(-1) - 1  # (N,) index of the last real token
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, D)

@@ -56,6 +56,7 @@ from alignkit.reference import Reference
 from alignkit.resume import check_resume_args, data_fingerprint, find_checkpoint, resume_run_dir
 from alignkit.reward_model import RewardModel
 from alignkit.trainer import LoopConfig, train
+from alignkit.vision.model import is_vision_model
 
 logger = logging.getLogger("alignkit")
 
@@ -99,6 +100,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data), ", ".join(datasets))
 
     model_path = resolve_model_path(args.model)
+    if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
+        from alignkit.vision.train import run_vision_training
+
+        return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, resume, precision)
     tokenizer = load_tokenizer(model_path, args.model_revision)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them

@@ -115,7 +115,7 @@ def test_existing_image_paths_pass_and_are_reported(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="alignkit"):
         rows = load_dataset_spec(path, "preference", seed=0)
     assert rows[0].extras == {"images": ["img/pixel.png"]}
-    assert "1 rows name images; their paths were checked, but alignkit trains text-only models" in caplog.text
+    assert "1 rows name images; their paths were checked. Images reach the model only when it is a vision" in caplog.text
 
 
 def test_cli_stops_on_a_broken_row_before_loading_a_model(tmp_path, capsys):

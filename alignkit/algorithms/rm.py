@@ -24,7 +24,7 @@ class RewardModeling:
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)
-        rewards = model(batch.input_ids, batch.attention_mask)  # (2B,) chosen then rejected
+        rewards = model(batch.input_ids, batch.attention_mask, **(batch.model_inputs or {}))  # (2B,) chosen, rejected
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         out = reward_model_loss(
             chosen, rejected, loss_type=self.loss_type, margin=batch.margins,

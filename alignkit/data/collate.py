@@ -34,11 +34,14 @@ class Batch:
     labels: torch.Tensor  # (N, T), -100 where no loss is taken
     row_ids: list[int]  # dataset row index of each example (each pair, for preference batches)
     margins: torch.Tensor | None = None  # (B,) per-pair reward margins, when the data has them
+    # Extra model inputs, passed to every forward as keywords: a vision-language model's pixel_values etc.
+    model_inputs: dict[str, torch.Tensor] | None = None
 
     def to(self, device) -> Batch:
         margins = None if self.margins is None else self.margins.to(device)
+        extra = None if self.model_inputs is None else {k: v.to(device) for k, v in self.model_inputs.items()}
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.row_ids,
-                     margins)
+                     margins, extra)
 
 
 def pad(sequences: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

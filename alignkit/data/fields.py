@@ -79,9 +79,27 @@ def message(value: Any, where: str, source: RowSource) -> Message:
     role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is no key
     if role not in ROLES:
         raise error(source, f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if isinstance(content, list):
+        content = content_parts(content, f"{where}.{content_key}", source)
     if not isinstance(content, str):
         raise error(source, f"{where}.{content_key}", f"expected a string, got {type(content).__name__}")
     return {"role": role, "content": content}
+
+
+def content_parts(parts: list, where: str, source: RowSource) -> str:
+    """TRL/OpenAI content parts → text with ms-swift's ``<image>`` placeholders, the images being in the row's
+    ``images`` column: [{"type": "image"}, {"type": "text", "text": "What?"}] → "<image>What?"."""
+    out = []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(part["text"])
+        elif kind == "image" and all(part.get(k) is None for k in ("image", "url", "path")):
+            out.append("<image>")
+        else:
+            raise error(source, f"{where}[{i}]", f"expected a content part {{'type': 'text', 'text': ...}} or "
+                        f"{{'type': 'image'}} (the image itself in the 'images' column), got {part!r:.80}")
+    return "".join(out)
 
 
 def messages(value: Any, name: str, source: RowSource) -> list[Message]:

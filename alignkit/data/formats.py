@@ -393,10 +393,10 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
         return [PreferenceRow(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin, source, parsed.extras)]
     if kind == "unpaired":
         if parsed.label is not None:
-            return [UnpairedRow(parsed.prompt, parsed.chosen, parsed.label, source)]
+            return [UnpairedRow(parsed.prompt, parsed.chosen, parsed.label, source, parsed.extras)]
         return [
-            UnpairedRow(parsed.prompt, parsed.chosen, True, source),
-            UnpairedRow(parsed.prompt, parsed.rejected, False, source),
+            UnpairedRow(parsed.prompt, parsed.chosen, True, source, parsed.extras),
+            UnpairedRow(parsed.prompt, parsed.rejected, False, source, parsed.extras),
         ]
     return [PromptRow(prompt=parsed.prompt, extras=parsed.extras, source=source)]
 

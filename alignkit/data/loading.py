@@ -286,8 +286,8 @@ def rows_from_records(records: list[Record], file: str, options: LoadOptions,
     identical = warn_identical_pairs(rows, file) if kind == "preference" else 0
     with_images = sum(1 for _, r in records if isinstance(r, dict) and any(has(r, c) for c in IMAGE_COLUMNS))
     if with_images:
-        logger.warning("%s: %d rows name images; their paths were checked, but alignkit trains text-only models "
-                       "and does not feed images to the model", file, with_images)
+        logger.warning("%s: %d rows name images; their paths were checked. Images reach the model only when it is "
+                       "a vision-language model (docs/vision.md); a text model ignores them", file, with_images)
     if report is not None:
         report.append(FileReport(file, fmt.name, kind, len(records), len(rows), len(invalid), mapping, identical))
     return rows
