@@ -88,7 +88,8 @@ def run_app(args: AppArguments) -> int:
     from alignkit.model import load_for_inference
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    lm, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
+    lm, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
+                                       args.device_max_memory)
     encoder = ChatEncoder(tokenizer, max_length=getattr(lm.config, "max_position_embeddings", None) or 4096)
     engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids).start()
     source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"

@@ -180,6 +180,17 @@ class RunArguments:
     tp: int = option(1, "ColossalChat's tensor-parallel size; only 1 is supported (no equivalent engine).")
     pp: int = option(1, "ColossalChat's pipeline-parallel size; only 1 is supported (no equivalent engine).")
     sp: int = option(1, "ColossalChat's sequence-parallel size; only 1 is supported (no equivalent engine).")
+    device_map: str | None = option(
+        None, "Split the model's layers across this process's GPUs (ms-swift's MP): auto, balanced, balanced_low_0, "
+        "sequential, cpu, cuda:N, a JSON object {module: device} or a JSON file. Default: auto when one process (no "
+        "launcher) sees several GPUs. Not with data parallelism, --deepspeed or --fsdp.",
+        aliases=("--device_map_config",),
+    )
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per visible GPU (20GB 24GB) or a JSON object "
+        "'{\"0\": \"20GB\", \"cpu\": \"64GB\"}'. Training needs every layer on a GPU; inference may offload.",
+        aliases=("--max_memory",), nargs="+",
+    )
 
     # --- LoRA / full ---
     train_type: str = option(
@@ -373,6 +384,14 @@ class InferArguments:
     max_length: int = option(1024, "Longest prompt in tokens; longer prompts are skipped and counted.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    device_map: str | None = option(
+        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
+        aliases=("--device_map_config",),
+    )
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
+        aliases=("--max_memory",), nargs="+",
+    )
     seed: int = option(42, "Sampling seed.")
     infer_backend: str = option(
         "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
@@ -413,6 +432,14 @@ class EvalArguments:
     )
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    device_map: str | None = option(
+        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
+        aliases=("--device_map_config",),
+    )
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
+        aliases=("--max_memory",), nargs="+",
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -472,6 +499,14 @@ class DeployArguments:
     max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    device_map: str | None = option(
+        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
+        aliases=("--device_map_config",),
+    )
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
+        aliases=("--max_memory",), nargs="+",
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -489,6 +524,14 @@ class AppArguments:
     share: bool = option(False, "Also publish the page through a public Gradio share link.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    device_map: str | None = option(
+        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
+        aliases=("--device_map_config",),
+    )
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
+        aliases=("--max_memory",), nargs="+",
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 

@@ -50,6 +50,9 @@ def check_run_arguments(args: RunArguments) -> None:
             raise AlignkitError(f"--{name} {value}: expected a finite number")
     if args.max_steps <= 0 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
         raise AlignkitError(f"--num_train_epochs {args.num_train_epochs}: expected a positive number (or set --max_steps)")
+    if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
+        raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
+                            "(NPROC_PER_NODE) instead")
     if args.rlhf_type == "dpo":
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:

@@ -308,11 +308,12 @@ def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | Non
 
 def load_served_model(args: DeployArguments):
     """(model, tokenizer, {served name: peft adapter name or None for the base})."""
+    from alignkit.device_map import check_adapter_placement
     from alignkit.model import load_for_inference, resolve_checkpoint
 
     default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
     model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
-    lm, tokenizer = load_for_inference(model, [], None, args.dtype)
+    lm, tokenizer = load_for_inference(model, [], None, args.dtype, args.device_map, args.device_max_memory)
     served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
     adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
     for name in named:
@@ -321,6 +322,8 @@ def load_served_model(args: DeployArguments):
     models: dict[str, str | None] = {served_name: "default" if default_adapters else None, **{n: n for n in named}}
     if adapters:
         from peft import PeftModel
+
+        check_adapter_placement(lm)
 
         for index, (name, path) in enumerate(adapters.items()):
             if not (Path(path) / "adapter_config.json").is_file():

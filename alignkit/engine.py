@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from alignkit.device_map import input_device
 from alignkit.generation import sampling_kwargs
 
 logger = logging.getLogger("alignkit")
@@ -222,7 +223,7 @@ class BatchEngine:
         kwargs["eos_token_id"] = sorted(self.eos_ids)
         if self.uses_adapters:
             kwargs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         self.batch_sizes.append(len(jobs))
         logger.info("Generating a batch of %d request(s)", len(jobs))
         try:

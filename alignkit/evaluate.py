@@ -16,6 +16,7 @@ from alignkit.data.collate import PairCollator
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder, Truncated
+from alignkit.device_map import input_device, split_map
 from alignkit.errors import AlignkitError
 from alignkit.generation import generate_answers
 from alignkit.logprobs import forward_logps
@@ -45,7 +46,7 @@ def preference_scores(
     if not pairs:
         raise AlignkitError("no preference rows fit --max_length")
     collate = PairCollator(encoder.tokenizer.pad_token_id)
-    device = next(model.parameters()).device
+    device = input_device(model)
     logp_gaps, reward_gaps = [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc="preference eval", leave=False):
         batch = collate(pairs[start : start + batch_size]).to(device)
@@ -131,10 +132,13 @@ def run_eval(args: EvalArguments) -> int:
     for path in (report_path, chart_path):
         if path.exists():
             raise AlignkitError(f"{path} exists; alignkit never overwrites results (pass another --report_path)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
+                                          args.device_max_memory)
     reference = None
     if args.ref_model:
-        reference = Reference(load_causal_lm(resolve_model_path(args.ref_model)).to(next(model.parameters()).device))
+        # A split model's reference is split the same way; otherwise it sits beside the model.
+        ref_lm = load_causal_lm(resolve_model_path(args.ref_model), device_map=split_map(model))
+        reference = Reference(ref_lm if split_map(model) else ref_lm.to(input_device(model)))
     elif hasattr(model, "disable_adapter"):
         reference = Reference()  # the base model under the adapter
     preference_sets = [] if args.dataset == ["none"] else args.dataset

@@ -6,6 +6,7 @@ import torch
 
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder
+from alignkit.device_map import input_device
 
 
 def generate_answers(
@@ -28,7 +29,7 @@ def generate_answers(
     for i, ids in enumerate(encoded):
         input_ids[i, length - len(ids) :] = torch.tensor(ids)
         attention_mask[i, length - len(ids) :] = 1
-    device = next(model.parameters()).device
+    device = input_device(model)
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),

@@ -18,6 +18,7 @@ from alignkit.config import InferArguments
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder
+from alignkit.device_map import input_device
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation import generate_answers, sampling_kwargs
 from alignkit.model import load_for_inference
@@ -40,6 +41,8 @@ def run_infer(args: InferArguments) -> int:
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
     if args.infer_backend == "vllm":
+        if args.device_map or args.device_max_memory:
+            raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
         if result_path is None:
             raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
         from alignkit.vllm_backend import VllmGenerator
@@ -47,7 +50,8 @@ def run_infer(args: InferArguments) -> int:
         generator = VllmGenerator(args)
         encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
         return batch_infer(generator.generate, encoder, args, result_path, held_out)
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
+                                          args.device_max_memory)
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
     if result_path is not None:
         def generate(prompts):
@@ -129,7 +133,8 @@ def score_datasets(args: InferArguments, result_path: Path) -> int:
     from alignkit.reward_model import load_reward_model
 
     scorer = load_reward_model(args.reward_model, model=args.model, dtype=args.dtype, max_length=args.max_length,
-                               system=args.system, batch_size=args.max_batch_size)
+                               system=args.system, batch_size=args.max_batch_size, device_map=args.device_map,
+                               max_memory=args.device_max_memory)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     correct = pairs = 0
     with result_path.open("x") as out:
@@ -180,7 +185,7 @@ def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:
             history = []
             continue
         history.append({"role": "user", "content": text})
-        input_ids = torch.tensor([encoder.encode_prompt(history)], device=next(model.parameters()).device)
+        input_ids = torch.tensor([encoder.encode_prompt(history)], device=input_device(model))
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = sampling_kwargs(tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                  args.repetition_penalty)

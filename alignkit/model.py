@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from alignkit.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
+from alignkit.device_map import check_adapter_placement, describe, offload_folder, resolve_flags, split_map
 from alignkit.errors import AlignkitError
 
 logger = logging.getLogger("alignkit")
@@ -56,13 +57,21 @@ def load_tokenizer(model_path: str, revision: str | None = None):
     return tokenizer
 
 
-def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
+def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
+                   device_map=None, max_memory: dict | None = None):
+    """``device_map``/``max_memory``: transformers' own (see alignkit/device_map.py); None loads on the CPU."""
     from transformers import AutoModelForCausalLM
 
+    placement = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder()}
     try:
-        return AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype, **placement)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
+    if split_map(model) is not None:
+        logger.info("Model layers by device (--device_map): %s", describe(split_map(model)))
+    return model
 
 
 def lora_targets(names: list[str]) -> str | list[str]:
@@ -156,16 +165,21 @@ def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | N
     raise AlignkitError(f"--ckpt_dir {ckpt_dir}: neither a LoRA adapter nor a model directory")
 
 
-def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str):
-    """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer)."""
+def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,
+                       device_map: str | None = None, max_memory: list[str] = ()):
+    """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer).
+    ``device_map``/``max_memory``: the --device_map/--device_max_memory flags (alignkit/device_map.py)."""
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
     model_path = resolve_model_path(model)
+    placement, memory = resolve_flags(device_map, list(max_memory))
     tokenizer = load_tokenizer(model_path)
     # Scores and generations should not depend on autocast: on CPU, "auto" keeps exact fp32 weights.
     precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    lm = load_causal_lm(model_path, dtype=torch_dtype)
+    lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory)
     if adapters:
+        check_adapter_placement(lm)
         lm = load_adapters(lm, adapters, trainable=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return lm.to(device).eval(), tokenizer
+    if placement is None:
+        lm = lm.to("cuda" if torch.cuda.is_available() else "cpu")
+    return lm.eval(), tokenizer

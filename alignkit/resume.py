@@ -49,7 +49,7 @@ MAY_DIFFER = frozenset({
     "output_dir", "resume_from_checkpoint", "ignore_args_mismatch", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "report_to", "debug", "per_device_eval_batch_size", "val_dataset", "max_nonfinite_steps",
     "check_model_is_latest", "gradient_checkpointing", "model_type", "ref_model_type", "tuner_backend",
-    "dataset_num_proc", "load_from_cache_file",
+    "dataset_num_proc", "load_from_cache_file", "device_map", "device_max_memory",
 })
 
 

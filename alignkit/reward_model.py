@@ -108,16 +108,18 @@ class RewardScorer:
 
 
 def load_reward_model(checkpoint: str, *, model: str | None = None, dtype: str = "auto", max_length: int = 1024,
-                      system: str | None = None, batch_size: int = 8) -> RewardScorer:
+                      system: str | None = None, batch_size: int = 8, device_map: str | None = None,
+                      max_memory: list[str] = ()) -> RewardScorer:
     """A scorer for a reward-model checkpoint: a LoRA adapter (base model from its config, or ``model``) or a
     full model, with ``value_head.safetensors`` beside it. Conversations longer than ``max_length`` lose
-    their beginning, never the judged answer."""
+    their beginning, never the judged answer. ``device_map``/``max_memory``: --device_map/--device_max_memory."""
+    from alignkit.device_map import input_device
     from alignkit.model import load_for_inference
 
     head = load_value_head(Path(checkpoint))
-    lm, tokenizer = load_for_inference(model, [], checkpoint, dtype)
-    weight = next(lm.parameters())
-    reward_model = RewardModel(lm, head.to(weight.device, weight.dtype)).eval()
+    lm, tokenizer = load_for_inference(model, [], checkpoint, dtype, device_map, max_memory)
+    # The head sits where the model's inputs go: a split model's outputs come back there.
+    reward_model = RewardModel(lm, head.to(input_device(lm), next(lm.parameters()).dtype)).eval()
     # Only the judged (last) answer counts as "trained", so left truncation may cut the history, never it.
     encoder = ChatEncoder(tokenizer, max_length=max_length, truncation_strategy="left", system=system,
                           loss_scale="last_round")

@@ -39,6 +39,7 @@ from alignkit.data.collate import (
 from alignkit.data.loading import load_datasets, parse_columns
 from alignkit.data.rows import PreferenceRow, UnpairedRow
 from alignkit.data.template import ChatEncoder
+from alignkit.device_map import check_trainable, place, resolve_flags, split_map
 from alignkit.distributed import on_main, process_state
 from alignkit.engines import check_available, resolve_engine
 from alignkit.errors import AlignkitError
@@ -87,6 +88,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if engine is not None:
         check_available(engine)
         logger.info("Engine: %s (%s)", engine.kind, engine.source)
+    # Vision-language models train on one device per process: no split unless asked for (which stops below).
+    device_map, max_memory = resolve_flags(args.device_map, args.device_max_memory,
+                                           engine=engine.source if engine else None,
+                                           allow_default=not is_vision_model(resolve_model_path(args.model)))
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     algorithm = build_algorithm(args, algorithm_name)
 
@@ -101,6 +106,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     model_path = resolve_model_path(args.model)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
+        if device_map is not None:
+            raise AlignkitError("--device_map is not supported for vision-language models; run one process per GPU "
+                                "(NPROC_PER_NODE) or --deepspeed zero3 for a model larger than one GPU")
         from alignkit.vision.train import run_vision_training
 
         return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, resume, precision)
@@ -130,7 +138,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if resume is not None:
         check_resume_args(resume, resolved, allow=args.ignore_args_mismatch)
 
-    model = load_causal_lm(model_path, args.model_revision)
+    model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)
+    check_trainable(model)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -138,11 +147,17 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # needs a frozen copy of the starting weights, or the user's --ref_model.
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
+        if args.ref_model:
+            frozen = load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None, device_map=device_map,
+                                    max_memory=max_memory)
+        elif device_map is not None:  # loaded again: a deep copy would carry accelerate hooks bound to the policy
+            frozen = load_causal_lm(model_path, args.model_revision, device_map=split_map(model) or device_map,
+                                    max_memory=max_memory)
+        else:
+            frozen = copy.deepcopy(model)
         # A full copy on every process's own device (DDP and ZeRO-1/2 alike); it is frozen, so never sharded.
-        algorithm.reference = Reference(
-            (load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None) if args.ref_model
-             else copy.deepcopy(model)).to(process_state().device)
-        )
+        # A split policy's copy is split by the same map.
+        algorithm.reference = Reference(place(frozen, process_state().device))
     if args.train_type == "lora":
         if args.adapters:
             model = load_adapters(model, args.adapters, trainable=True)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from alignkit.algorithms.sft import SFT
 from alignkit.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from alignkit.data.collate import Batch
+from alignkit.device_map import place
 from alignkit.errors import AlignkitError, TrainingInterrupted
 from alignkit.faults import fault_point
 from alignkit.interrupts import StopRequests
@@ -120,7 +121,7 @@ def train(
                               **(config.engine or {}))
     main = accelerator.is_main_process
     torch.manual_seed(config.seed)
-    model = model.to(accelerator.device)
+    model = place(model, accelerator.device)  # a model split by --device_map stays split
     optimizer = make_optimizer(model, config)
     # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
     # its slice, so N processes × B rows follow the same data order as 1 process × N·B rows.
