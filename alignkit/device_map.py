@@ -137,11 +137,12 @@ def choose_device_map(device_map: str | dict | int | None, max_memory: dict | No
 
 
 def split_map(model) -> dict | None:
-    """The ``hf_device_map`` of a model that accelerate dispatched across several devices (or offloaded), else
-    None. accelerate's ``prepare`` leaves such a model where it is (``Accelerator.verify_device_map``)."""
+    """The ``hf_device_map`` of a model that accelerate dispatched with its hooks (across several devices, or
+    offloaded to disk), else None. accelerate's ``prepare`` never moves a model whose map has several entries
+    (``Accelerator.verify_device_map``); one offloaded to disk whole cannot be moved at all."""
     for module in model.modules():
         mapping = getattr(module, "hf_device_map", None)
-        if mapping and len(mapping) > 1:
+        if mapping and (len(mapping) > 1 or "disk" in mapping.values()):
             return mapping
     return None
 
@@ -173,11 +174,14 @@ def input_device(model) -> torch.device:
 def check_trainable(model) -> None:
     """Stop when the map offloaded weights (to the CPU beside GPUs, or to disk): accelerate keeps them on
     "meta" and loads a copy for each forward, so they cannot be trained."""
-    names = sorted({name.rsplit(".", 1)[0] for name, param in model.named_parameters() if param.device.type == "meta"})
-    if names:
+    meta = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if meta:
+        mapping = split_map(model) or {}
+        names = sorted({key or "the whole model" for key in mapping for name in meta
+                        if key == "" or name.startswith(key + ".")})
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         raise AlignkitError(
-            f"--device_map offloaded {shown} to cpu/disk ({describe(split_map(model) or {})}); offloaded weights "
+            f"--device_map offloaded {shown} to cpu/disk ({describe(mapping)}); offloaded weights "
             "cannot be trained. Give the GPUs more room (--device_max_memory), use more GPUs, or shard with "
             "NPROC_PER_NODE=N --deepspeed zero3_offload"
         )

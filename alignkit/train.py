@@ -85,13 +85,13 @@ def run_training(args: RunArguments, *, task: str) -> Path:
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
                             max_grad_norm=args.max_grad_norm, precision=precision)
-    if engine is not None:
-        check_available(engine)
-        logger.info("Engine: %s (%s)", engine.kind, engine.source)
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
     device_map, max_memory = resolve_flags(args.device_map, args.device_max_memory,
                                            engine=engine.source if engine else None,
                                            allow_default=not is_vision_model(resolve_model_path(args.model)))
+    if engine is not None:
+        check_available(engine)
+        logger.info("Engine: %s (%s)", engine.kind, engine.source)
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     algorithm = build_algorithm(args, algorithm_name)
 
