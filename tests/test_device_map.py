@@ -123,7 +123,7 @@ def test_describe_collapses_runs_of_layers():
 
 # --- errors through the CLI ------------------------------------------------------------------------------------
 
-def test_cli_refuses_device_map_with_an_engine_launcher_ppo_or_vllm(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_device_map_with_an_engine_launcher_ppo_vllm_or_a_vision_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
     base = ["--model", tiny_model_dir, "--output_dir", str(tmp_path), "--report_to", "none"]
     assert main(["rlhf", *base, "--device_map", "auto", "--deepspeed", "zero2"]) == 2
     assert "--device_map and --deepspeed zero2 both decide where the weights live" in capsys.readouterr().err
@@ -132,6 +132,12 @@ def test_cli_refuses_device_map_with_an_engine_launcher_ppo_or_vllm(tiny_model_d
     assert main(["infer", "--model", tiny_model_dir, "--infer_backend", "vllm", "--device_map", "auto",
                  "--val_dataset", "arith-prompts:test#1", "--result_path", str(tmp_path / "a.jsonl")]) == 2
     assert "vLLM places the model itself" in capsys.readouterr().err
+    vlm = tmp_path / "fake-vlm"  # only its config is read before the refusal
+    vlm.mkdir()
+    (vlm / "config.json").write_text(json.dumps({"model_type": "llava", "vision_config": {}}))
+    assert main(["rlhf", "--model", str(vlm), "--output_dir", str(tmp_path), "--report_to", "none",
+                 "--device_map", "auto"]) == 2
+    assert "--device_map is not supported for vision-language models" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it in each process
     assert main(["sft", *base, "--max_memory", '{"0": "10GB"}']) == 2
     assert "this is one of 2 data-parallel processes" in capsys.readouterr().err
