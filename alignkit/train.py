@@ -88,7 +88,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
     device_map, max_memory = resolve_flags(args.device_map, args.device_max_memory,
                                            engine=engine.source if engine else None,
-                                           allow_default=not is_vision_model(resolve_model_path(args.model)))
+                                           allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))))
     if engine is not None:
         check_available(engine)
         logger.info("Engine: %s (%s)", engine.kind, engine.source)
