@@ -156,6 +156,23 @@ class RunArguments:
     )
     label_smoothing: float = option(0.0, "Conservative DPO: assumed probability that a label is flipped.")
 
+    # --- speed-ups (exact: the same numbers as the plain padded path; see docs/performance.md) ---
+    padding_free: bool = option(
+        True,
+        "Preference batches run without padding: sequences packed into rows, position ids restarting per "
+        "sequence, no attention across sequences. Needs sdpa or eager attention (else the padded path runs).",
+    )
+    prefix_sharing: bool = option(
+        True,
+        "With --padding_free: chosen and rejected answers share their common prompt prefix in one sequence, "
+        "a mask keeping the rejected answer from seeing the chosen one.",
+    )
+    precompute_ref_log_probs: bool = option(
+        True,
+        "Compute the reference log-probs of all rows once before training, cached on disk under a key of the "
+        "reference weights, data, template, --max_length and precision; the reference model is then not kept.",
+    )
+
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs)."

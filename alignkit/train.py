@@ -9,7 +9,6 @@ This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -35,7 +34,8 @@ from alignkit.model import (
     resolve_dtype,
     resolve_model_path,
 )
-from alignkit.reference import Reference
+from alignkit.packing import supports_packing
+from alignkit.reference import make_reference
 from alignkit.trainer import LoopConfig, train
 
 logger = logging.getLogger("alignkit")
@@ -75,11 +75,20 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    frozen_reference = None
-    if algorithm_name != "sft" and (args.train_type == "full" or args.ref_model):
-        frozen_reference = (
-            load_causal_lm(resolve_model_path(args.ref_model), None) if args.ref_model else copy.deepcopy(model)
+    reference = None
+    if algorithm_name != "sft":
+        padding_free = args.padding_free and supports_packing(model)
+        if args.padding_free and not padding_free:
+            logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
+                           model.config._attn_implementation)
+        layout = {"padding_free": padding_free, "prefix_sharing": padding_free and args.prefix_sharing}
+        reference = make_reference(
+            model, ref_model=args.ref_model, full=args.train_type == "full", precompute=args.precompute_ref_log_probs,
+            rows=train_rows + val_rows, collate=PairCollator(tokenizer.pad_token_id), template=tokenizer.chat_template,
+            max_length=args.max_length, precision=precision, **layout,
         )
+        log_speedups(layout, precompute=args.precompute_ref_log_probs, precision=precision,
+                     gradient_checkpointing=args.gradient_checkpointing)
     if args.train_type == "lora":
         if args.adapters:
             model = load_adapters(model, args.adapters, trainable=True)
@@ -102,8 +111,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             beta = DEFAULT_BETA[algorithm_name]
             logger.info("--beta not set: using %s's default %s", algorithm_name, beta)
         algorithm = DPO(
-            reference=Reference(frozen_reference), beta=beta, loss_type=args.loss_type[0],
-            label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha,
+            reference=reference, beta=beta, loss_type=args.loss_type[0],
+            label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha, **layout,
         )
         collate = PairCollator(tokenizer.pad_token_id)
 
@@ -122,6 +131,20 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=run_dir,
         args_for_checkpoint=resolved,
     )
+
+
+def log_speedups(layout: dict, *, precompute: bool, precision: str, gradient_checkpointing: bool) -> None:
+    """One line saying which speed-ups this run has on and off (docs/performance.md measures each)."""
+    speedups = {
+        "padding-free packing": layout["padding_free"],
+        "prompt-prefix sharing": layout["prefix_sharing"],
+        "precomputed reference log-probs": precompute,
+        "bf16 autocast": precision == "bf16",
+        "LM head on labelled positions only": True,
+        "gradient checkpointing": gradient_checkpointing,
+    }
+    logger.info("Speed-ups on: %s; off: %s", ", ".join(k for k, v in speedups.items() if v) or "none",
+                ", ".join(k for k, v in speedups.items() if not v) or "none")
 
 
 def encode_rows(encoder: ChatEncoder, rows: list, split: str) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -153,6 +154,7 @@ def train(
         while state.batches_done_in_epoch < len(batches) and state.global_step < steps:
             group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
             step_metrics = RunningMean()
+            step_started = time.perf_counter()
             for indices in group:
                 batch = collate([train_rows[i] for i in indices]).to(accelerator.device)
                 with accelerator.autocast():
@@ -172,7 +174,8 @@ def train(
             if state.batches_done_in_epoch >= len(batches):
                 state.epoch += 1
                 state.batches_done_in_epoch = 0
-            running.add({**step_metrics.pop(), "grad_norm": float(grad_norm), "learning_rate": learning_rate})
+            running.add({**step_metrics.pop(), "grad_norm": float(grad_norm), "learning_rate": learning_rate,
+                         "step_seconds": time.perf_counter() - step_started})
             bar.update(1)
 
             if state.global_step % config.logging_steps == 0 or state.global_step == steps:

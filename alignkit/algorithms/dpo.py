@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps
 from alignkit.losses import dpo_loss
+from alignkit.packing import preference_logps
 from alignkit.reference import Reference
 
 
@@ -23,9 +23,13 @@ class DPO:
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
     rpo_alpha: float | None = None
+    padding_free: bool = False  # see alignkit.packing: the same log-probs from fewer tokens
+    prefix_sharing: bool = False
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, counts = forward_logps(model, batch)  # (2B,) chosen then rejected
+        logps, counts = preference_logps(  # (2B,) chosen then rejected
+            model, batch, padding_free=self.padding_free, prefix_sharing=self.prefix_sharing
+        )
         ref_logps, _ = self.reference.logps(model, batch)  # (2B,)
         pairs = len(batch.row_ids)
         chosen, rejected = logps[:pairs], logps[pairs:]

@@ -1,0 +1,85 @@
+"""Precomputed reference log-probs equal the live reference; a cache that does not match is never used."""
+
+import pytest
+import torch
+
+from alignkit.data.collate import PairCollator
+from alignkit.data.template import IGNORE_INDEX, Encoded
+from alignkit.errors import AlignkitError
+from alignkit.reference import Reference
+from alignkit.reference_cache import precompute_reference
+
+
+def rows(seed=0, n=6):
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        prompt = torch.randint(3, 300, (5 + i % 3,), generator=generator).tolist()
+        chosen = torch.randint(3, 300, (2 + i % 2,), generator=generator).tolist()
+        rejected = torch.randint(3, 300, (3,), generator=generator).tolist()
+        out.append((i, tuple(Encoded(prompt + a, [IGNORE_INDEX] * len(prompt) + a) for a in (chosen, rejected))))
+    return out
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def cached(model, items, tmp_path, **overrides):
+    kwargs = {"template": "chatml", "max_length": 64, "precision": "fp32", "batch_size": 4, "cache_dir": tmp_path}
+    return precompute_reference(model, items, PairCollator(0), **{**kwargs, **overrides})
+
+
+def test_cached_equals_live_reference_and_is_reused(model, tmp_path):
+    items = rows()
+    reference = cached(model, items, tmp_path)
+    live = Reference(model)
+    for start in (0, 3):  # other batch compositions than the precompute's
+        batch = PairCollator(0)(items[start : start + 3])
+        got, got_counts = reference.logps(None, batch)
+        want, want_counts = live.logps(None, batch)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert got_counts.tolist() == want_counts.tolist()
+        got_mean, _ = reference.logps(None, batch, average=True)
+        torch.testing.assert_close(got_mean, want / want_counts, rtol=1e-5, atol=1e-5)
+
+    # The second run reads the file: the model is not run at all.
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    model.forward = no_forward
+    again = cached(model, items, tmp_path)
+    assert again.path == reference.path and again.table == reference.table
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_a_different_model_data_template_length_or_precision_gets_its_own_cache(model, tmp_path):
+    items = rows()
+    first = cached(model, items, tmp_path).path
+    assert cached(model, items, tmp_path, max_length=65).path != first
+    assert cached(model, items, tmp_path, template="other").path != first
+    assert cached(model, items, tmp_path, precision="bf16").path != first
+    assert cached(model, rows(seed=1), tmp_path).path != first
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)
+    changed = cached(model, items, tmp_path)
+    assert changed.path != first
+    batch = PairCollator(0)(items[:2])
+    # The new weights' numbers, not the stale file's.
+    torch.testing.assert_close(changed.logps(None, batch)[0], Reference(model).logps(None, batch)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_file_and_unknown_sequences_raise(model, tmp_path):
+    items = rows()
+    reference = cached(model, items, tmp_path)
+    stored = torch.load(reference.path, weights_only=True)
+    stored["key"]["max_length"] = 999
+    torch.save(stored, reference.path)
+    with pytest.raises(AlignkitError, match="written for another key"):
+        cached(model, items, tmp_path)
+    with pytest.raises(AlignkitError, match="no precomputed reference log-prob"):
+        reference.logps(None, PairCollator(0)(rows(seed=2)[:1]))
