@@ -1,19 +1,19 @@
-"""Padding-free packing and prompt-prefix sharing: the same sequence log-probs as ``forward_logps`` from
+"""Padding-free packing and prefix sharing: the same sequence log-probs as ``forward_logps`` from
 fewer tokens.
 
-A padded batch of N sequences is re-laid out as a few rows without padding. With ``pairs=True`` (a
-preference batch: chosen[0:B], rejected[B:2B]) each chosen/rejected pair becomes one *unit* that holds
-their common prefix once::
+A padded batch of N sequences is re-laid out as a few rows without padding. With prefix sharing, the
+sequences of a row form a trie: a token sequence that several of them begin with is held once, and each
+token attends only to its ancestors. A preference pair holds its prompt once (arXiv 2410.20305), and
+pairs that share a system prompt hold that once too::
 
-    chosen   = [s0 s1 s2 s3 c4 c5]          unit ids       = [s0 s1 s2 s3 c4 c5 r4 r5 r6]
-    rejected = [s0 s1 s2 s3 r4 r5 r6]       position ids   = [ 0  1  2  3  4  5  4  5  6]
+    chosen   = [s0 s1 s2 s3 c4 c5]          row ids       = [s0 s1 s2 s3 c4 c5 r4 r5 r6]
+    rejected = [s0 s1 s2 s3 r4 r5 r6]       position ids  = [ 0  1  2  3  4  5  4  5  6]
 
-and a mask lets every token see its own sequence only: r4..r6 attend to s0..s3 and to each other,
-never to c4, c5 (the idea of arXiv 2410.20305). Hidden states depend only on the ids before them, so
-each token's log-prob is the one the padded batch gives; the prediction of r4 comes from s3, shared
-with c4's. Units are then packed first-fit into rows no longer than the longest unit, so attention never
-costs more than in the padded batch, and the LM head runs only on the positions that predict a labelled
-token (``logits_to_keep`` as a boolean mask).
+r4..r6 see s0..s3 and each other, never c4, c5. Hidden states depend only on the ids before them, so
+each token's log-prob is the one the padded batch gives; the prediction of r4 comes from s3, as c4's
+does. Without sharing, sequences are packed first-fit into rows no longer than the longest one. Either
+way the LM head runs only on positions that predict a labelled token (``logits_to_keep`` as a boolean
+mask).
 
 This needs an attention implementation that takes a 4-D mask (sdpa or eager): see ``supports_packing``.
 """
@@ -30,6 +30,9 @@ from alignkit.logprobs import forward_logps
 
 # Rows of logits turned into log-softmax at once: bounds the fp32 copy to CHUNK × vocab.
 CHUNK = 1024
+# With prefix sharing, rows grow to this many tokens (or the longest sequence): attention over a row is
+# computed densely under the mask, which stays cheap next to the linear layers at this length.
+ROW_TOKENS = 512
 
 
 @dataclass
@@ -58,6 +61,39 @@ def _lengths(batch: Batch) -> list[int]:
     return lengths
 
 
+def _rows_first_fit(lengths: list[int]) -> list[list[int]]:
+    """Sequence indices per row: first-fit decreasing into rows of the longest sequence's length."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for s in sorted(range(len(lengths)), key=lambda s: -lengths[s]):
+        row = next((r for r in range(len(rows)) if fill[r] + lengths[s] <= capacity), None)
+        if row is None:
+            rows.append([])
+            fill.append(0)
+            row = len(rows) - 1
+        rows[row].append(s)
+        fill[row] += lengths[s]
+    return rows
+
+
+def _rows_by_prefix(seqs: list[list[int]], capacity: int) -> list[list[int]]:
+    """Sequence indices per row: in lexicographic order (so sequences with a common prefix are
+    neighbours), a row is closed when the trie of its sequences would outgrow ``capacity`` nodes."""
+    rows: list[list[int]] = []
+    nodes, previous = 0, None
+    for s in sorted(range(len(seqs)), key=lambda s: seqs[s]):
+        # In sorted order the longest prefix shared with the row is the one shared with its last sequence.
+        shared = _common_prefix(seqs[previous], seqs[s]) if previous is not None else 0
+        if previous is None or nodes + len(seqs[s]) - shared > capacity:
+            rows.append([])
+            nodes, shared = 0, 0
+        rows[-1].append(s)
+        nodes += len(seqs[s]) - shared
+        previous = s
+    return rows
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -67,93 +103,69 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def pack(batch: Batch, *, pairs: bool) -> Packed:
+def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int = ROW_TOKENS) -> Packed:
     """Lay the batch out as packed rows; see the module docstring for the layout."""
     ids = batch.input_ids.tolist()
     labels = batch.labels.tolist()
     lengths = _lengths(batch)
-    n_seq = len(ids)
-    # A unit: (ids, position ids, segment of each position, sources) where segment 0 is shared and k > 0
-    # belongs to the unit's k-th sequence; ``sources`` maps (sequence, source position) for each target.
-    units = []
-    if pairs:
-        half = n_seq // 2
-        groups = [(i, i + half) for i in range(half)]
+    seqs = [ids[s][: lengths[s]] for s in range(len(ids))]
+    if share_prefixes:
+        rows = _rows_by_prefix(seqs, max(row_tokens, *lengths))
     else:
-        groups = [(i,) for i in range(n_seq)]
-    for group in groups:
-        seqs = [ids[s][: lengths[s]] for s in group]
-        shared = _common_prefix(*seqs) if len(seqs) == 2 else 0
-        unit_ids, positions, segments = list(seqs[0][:shared]), list(range(shared)), [0] * shared
-        offsets = []
-        for k, seq in enumerate(seqs, start=1):
-            offsets.append(len(unit_ids) - shared)  # where this sequence's own tokens start, minus `shared`
-            unit_ids += seq[shared:]
-            positions += range(shared, len(seq))
-            segments += [k] * (len(seq) - shared)
-        targets = []  # (unit position that predicts the token, token id, sequence)
-        for k, s in enumerate(group):
-            for t in range(1, lengths[s]):
-                if labels[s][t] != IGNORE_INDEX:
-                    source = t - 1 if t - 1 < shared else t - 1 + offsets[k]
-                    targets.append((source, labels[s][t], s))
-        units.append((unit_ids, positions, segments, targets))
+        rows = _rows_first_fit(lengths)
 
-    # First-fit decreasing into rows of the longest unit's length.
-    capacity = max(len(u[0]) for u in units)
-    rows: list[list[int]] = []  # unit indices per row
-    fill: list[int] = []
-    for u in sorted(range(len(units)), key=lambda u: -len(units[u][0])):
-        size = len(units[u][0])
-        row = next((r for r in range(len(rows)) if fill[r] + size <= capacity), None)
-        if row is None:
-            rows.append([])
-            fill.append(0)
-            row = len(rows) - 1
-        rows[row].append(u)
-        fill[row] += size
+    row_ids, row_parents, paths = [], [], {}  # per row: node tokens, parent node; per sequence: (row, nodes)
+    for r, members in enumerate(rows):
+        tokens, parents, children = [], [], [{}]  # children[node + 1]: token → node (index 0 is the root)
+        for s in members:
+            node, path = -1, []
+            for token in seqs[s]:
+                child = children[node + 1].get(token) if share_prefixes else None
+                if child is None:
+                    child = len(tokens)
+                    tokens.append(token)
+                    parents.append(node)
+                    children.append({})
+                    children[node + 1][token] = child
+                node = child
+                path.append(node)
+            paths[s] = (r, path)
+        row_ids.append(tokens)
+        row_parents.append(parents)
 
-    n_rows, length = len(rows), capacity
+    n_rows, length = len(rows), max(len(t) for t in row_ids)
     input_ids = torch.zeros(n_rows, length, dtype=torch.long)  # (R, L)
     position_ids = torch.zeros(n_rows, length, dtype=torch.long)  # (R, L)
     # Padding positions see themselves only: a query row with no key at all would give NaN.
     mask = torch.eye(length, dtype=torch.bool).repeat(n_rows, 1, 1)  # (R, L, L)
+    for r, (tokens, parents) in enumerate(zip(row_ids, row_parents)):
+        input_ids[r, : len(tokens)] = torch.tensor(tokens)
+        # A node sees its ancestors and itself; parents come before children, so this is causal.
+        for node, parent in enumerate(parents):
+            if parent >= 0:
+                mask[r, node] |= mask[r, parent]
+                position_ids[r, node] = position_ids[r, parent] + 1
+
     keep = torch.zeros(n_rows, length, dtype=torch.bool)  # (R, L)
-    placed = []  # (row, start, targets)
-    for r, members in enumerate(rows):
-        start = 0
-        for u in members:
-            unit_ids, positions, segments, targets = units[u]
-            n = len(unit_ids)
-            input_ids[r, start : start + n] = torch.tensor(unit_ids)
-            position_ids[r, start : start + n] = torch.tensor(positions)
-            seg = torch.tensor(segments)
-            # Causal within the unit; a sequence's own tokens see the shared prefix and themselves.
-            visible = (seg[None, :] == 0) | (seg[:, None] == seg[None, :])
-            mask[r, start : start + n, start : start + n] = torch.tril(visible)
-            placed.append((r, start, targets))
-            for source, _, _ in targets:
-                keep[r, start + source] = True
-            start += n
+    targets = []  # (row, node that predicts the token, token id, sequence)
+    for s, (r, path) in sorted(paths.items()):
+        for t in range(1, lengths[s]):
+            if labels[s][t] != IGNORE_INDEX:
+                targets.append((r, path[t - 1], labels[s][t], s))
+                keep[r, path[t - 1]] = True
     # Index of each kept position among the kept logits, which come out in row-major order.
     kept_index = (keep.flatten().cumsum(0) - 1).view(n_rows, length)
-    target_rows, target_ids, target_seqs = [], [], []
-    for r, start, targets in placed:
-        for source, token, s in targets:
-            target_rows.append(int(kept_index[r, start + source]))
-            target_ids.append(token)
-            target_seqs.append(s)
     device = batch.input_ids.device
     return Packed(
         input_ids=input_ids.to(device),
         position_ids=position_ids.to(device),
         attention_mask=mask.unsqueeze(1).to(device),
         keep=keep.to(device),
-        target_rows=torch.tensor(target_rows, dtype=torch.long, device=device),
-        target_ids=torch.tensor(target_ids, dtype=torch.long, device=device),
-        target_seqs=torch.tensor(target_seqs, dtype=torch.long, device=device),
-        num_sequences=n_seq,
-        num_tokens=sum(fill),
+        target_rows=torch.tensor([int(kept_index[r, n]) for r, n, _, _ in targets], dtype=torch.long, device=device),
+        target_ids=torch.tensor([t for _, _, t, _ in targets], dtype=torch.long, device=device),
+        target_seqs=torch.tensor([s for _, _, _, s in targets], dtype=torch.long, device=device),
+        num_sequences=len(seqs),
+        num_tokens=sum(len(t) for t in row_ids),
     )
 
 
@@ -167,9 +179,9 @@ def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> 
     return logits[rows, ids].float() - lse[rows]
 
 
-def packed_forward_logps(model, batch: Batch, *, pairs: bool, average: bool = False):
+def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: bool = False):
     """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order."""
-    packed = pack(batch, pairs=pairs)
+    packed = pack(batch, share_prefixes=share_prefixes)
     mask = packed.attention_mask
     if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
@@ -187,8 +199,8 @@ def packed_forward_logps(model, batch: Batch, *, pairs: bool, average: bool = Fa
 
 
 def preference_logps(model, batch: Batch, *, padding_free: bool, prefix_sharing: bool, average: bool = False):
-    """Log-probs of a preference batch (chosen[0:B], rejected[B:2B]) along the chosen path: padded
-    (``forward_logps``), packed, or packed with each pair's common prefix held once. Same numbers."""
+    """Log-probs of a preference batch along the chosen path: padded (``forward_logps``), packed, or packed
+    with common prefixes held once. Same numbers."""
     if padding_free:
-        return packed_forward_logps(model, batch, pairs=prefix_sharing, average=average)
+        return packed_forward_logps(model, batch, share_prefixes=prefix_sharing, average=average)
     return forward_logps(model, batch, average=average)

@@ -124,7 +124,7 @@ def precompute_reference(
         for batch in batches:
             batch = batch.to(device)
             if packing:
-                values, lengths = packed_forward_logps(model, batch, pairs=True)
+                values, lengths = packed_forward_logps(model, batch, share_prefixes=True)
             else:
                 values, lengths = forward_logps(model, batch)
             logps.append(values.float().cpu())

@@ -8,7 +8,8 @@ One command, from the repository root, with alignkit's own environment active:
 
 It sets up the peers' virtual environments (bench/.venvs, see venvs.py), exports the built-in preference
 data to each one's format, runs every framework on the same rows and settings one after another (4 pairs
-per step, max_length 128, LoRA r 8 on all linear layers, beta 0.1, sigmoid), and prints JSON: s/step
+per step, max_length 128, LoRA r 8 on all linear layers without dropout (TRL's default disable_dropout
+turns it off anyway), beta 0.1, sigmoid), and prints JSON: s/step
 (median of steps 3..N), pairs/s, tokens/s, peak RSS, first/last loss, held-out reward accuracy, and the
 ratios alignkit/peer. alignkit's one-off reference pass is reported apart (``ref_precompute_s``) and in
 ``pairs_per_s_incl_precompute``. Peak RSS is the run's process tree maximum (wait4's ru_maxrss).
@@ -80,7 +81,7 @@ def alignkit_cmd(setting: str, steps: int, data: dict, out: Path, plain: bool) -
         "--dataset", str(data["dir"] / "train_trl.jsonl"), "--val_dataset", str(data["dir"] / "eval_trl.jsonl"),
         "--train_type", train_type, "--dtype", dtype, "--max_steps", str(steps), "--batch_size", str(PAIRS_PER_STEP),
         "--eval_batch_size", "4", "--max_length", str(MAX_LENGTH), "--lora_rank", "8", "--lora_alpha", "32",
-        "--lora_dropout", "0.05", "--lora_target_modules", "all-linear", "--beta", "0.1", "--loss_type", "sigmoid",
+        "--lora_dropout", "0", "--lora_target_modules", "all-linear", "--beta", "0.1", "--loss_type", "sigmoid",
         "--learning_rate", str(LEARNING_RATE[train_type]), "--lr_scheduler_type", "cosine", "--logging_steps", "1",
         "--save_steps", "100000", "--report_to", "none", "--output_dir", str(out), *(PLAIN if plain else []),
     ]
@@ -120,7 +121,7 @@ def swift_cmd(setting: str, steps: int, data: dict, out: Path, result: Path) -> 
         "--tuner_type", train_type, "--torch_dtype", "float32", "--use_cpu", "true", "--fp16", "false",
         "--bf16", "true" if dtype == "bf16" else "false", "--max_steps", str(steps),
         "--per_device_train_batch_size", str(PAIRS_PER_STEP), "--per_device_eval_batch_size", "4",
-        "--max_length", str(MAX_LENGTH), "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05",
+        "--max_length", str(MAX_LENGTH), "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0",
         "--target_modules", "all-linear", "--beta", "0.1", "--loss_type", "sigmoid",
         "--learning_rate", str(LEARNING_RATE[train_type]), "--lr_scheduler_type", "cosine", "--warmup_ratio", "0",
         "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", str(steps), "--save_strategy", "no",
@@ -208,7 +209,7 @@ def main() -> None:
                     "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
         "workload": {"model": "SmolLM2-135M-Instruct", "pairs_per_step": PAIRS_PER_STEP, "max_length": MAX_LENGTH,
-                     "tokens_per_step": round(data["tokens_per_step"], 1), "lora": "r 8, alpha 32, all linear",
+                     "tokens_per_step": round(data["tokens_per_step"], 1), "lora": "r 8, alpha 32, dropout 0, all linear",
                      "beta": 0.1, "loss_type": "sigmoid", "steps": args.steps, "learning_rate": LEARNING_RATE},
         "results": results,
         "ratios_pairs_per_s": ratios,

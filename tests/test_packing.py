@@ -36,46 +36,64 @@ def grads_of(model):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("pairs", [True, False])
-def test_packed_logps_and_grads_match_padded(tiny_model_dir, attn, pairs):
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_packed_logps_and_grads_match_padded(tiny_model_dir, attn, pairs, share_prefixes):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn)
     items = pair_items()
     if pairs:
         batch = PairCollator(0)(items)
-    else:
-        sequences = [(i, e) for i, pair in items for e in pair]
+    else:  # an SFT-like batch: sequences in any order
+        sequences = [(i, e) for i, pair in reversed(items) for e in pair]
         batch = SequenceCollator(0)(sequences)
 
     padded, padded_counts = forward_logps(model, batch)
     (padded * torch.linspace(1, 2, len(padded))).sum().backward()
     padded_grads = grads_of(model)
     model.zero_grad()
-    packed, packed_counts = packed_forward_logps(model, batch, pairs=pairs)
+    packed, packed_counts = packed_forward_logps(model, batch, share_prefixes=share_prefixes)
     (packed * torch.linspace(1, 2, len(packed))).sum().backward()
 
     assert packed_counts.tolist() == padded_counts.tolist()
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
     for a, p in zip(padded_grads, model.parameters()):
         torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-5)
-    mean, _ = packed_forward_logps(model, batch, pairs=pairs, average=True)
+    mean, _ = packed_forward_logps(model, batch, share_prefixes=share_prefixes, average=True)
     torch.testing.assert_close(mean, padded.detach() / padded_counts, rtol=1e-5, atol=1e-5)
 
 
-def test_prefix_sharing_layout_and_token_savings():
-    items = pair_items()
-    batch = PairCollator(0)(items)
-    packed = pack(batch, pairs=True)
-    padded_tokens = int(batch.attention_mask.sum())
-    # Shared prefixes: 9, 11, 6 and 2 tokens are held once instead of twice.
-    assert packed.num_tokens == padded_tokens - (9 + 11 + 6 + 2)
-    assert packed.input_ids.shape[1] == 9 + 4 + 3 - 2  # the longest unit: pair 1 (11 shared + 2 + 1)
-    # Pair 0's unit: the rejected answer (positions 12, 13) never sees the chosen answer (9, 10, 11).
-    row = next(r for r in range(packed.input_ids.shape[0]) if packed.input_ids[r, 9] == 10)
-    mask = packed.attention_mask[row, 0]
-    assert packed.position_ids[row, :14].tolist() == list(range(12)) + [9, 10]
-    assert not mask[12, 9:12].any() and mask[12, :9].all() and mask[13, 12]
-    assert mask[11, :12].all() and not mask[11, 12:].any()
+def sequences_of(batch):
+    return [ids[: int(m.sum())].tolist() for ids, m in zip(batch.input_ids, batch.attention_mask)]
+
+
+def test_prefix_sharing_holds_each_common_prefix_once_and_masks_to_ancestors():
+    batch = PairCollator(0)(pair_items())
+    seqs = sequences_of(batch)
+    packed = pack(batch, share_prefixes=True)
+    distinct_prefixes = {tuple(s[:k]) for s in seqs for k in range(1, len(s) + 1)}
+    assert packed.input_ids.shape[0] == 1 and packed.num_tokens == len(distinct_prefixes)
+    assert packed.num_tokens < int(batch.attention_mask.sum()) - 25  # pairs 0-2 share 9, 11, 6 tokens and more
+    # Every token sees exactly one sequence's beginning, ending with itself, at its own position.
+    for node in range(packed.num_tokens):
+        visible = packed.attention_mask[0, 0, node].nonzero().flatten()
+        prefix = packed.input_ids[0, visible].tolist()
+        assert tuple(prefix) in distinct_prefixes
+        assert visible[-1] == node and packed.position_ids[0, node] == len(prefix) - 1
+    # The rejected answer of pair 0 never sees the chosen one: no visible set holds both 10 and 20.
+    assert not any({10, 20} <= set(packed.input_ids[0, packed.attention_mask[0, 0, n]].tolist())
+                   for n in range(packed.num_tokens))
+
+
+def test_rows_are_split_at_the_token_budget_and_plain_packing_keeps_every_token():
+    batch = PairCollator(0)(pair_items())
+    seqs = sequences_of(batch)
+    small = pack(batch, share_prefixes=True, row_tokens=16)
+    assert small.input_ids.shape[1] <= 16 and small.input_ids.shape[0] > 1
+    plain = pack(batch, share_prefixes=False)
+    assert plain.num_tokens == sum(map(len, seqs))
+    assert plain.input_ids.shape[1] == max(map(len, seqs))  # first-fit into rows of the longest sequence
+    assert plain.input_ids.shape[0] < len(seqs)
 
 
 def test_token_logps_matches_log_softmax_gather_with_chunks(monkeypatch):

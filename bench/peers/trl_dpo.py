@@ -33,7 +33,7 @@ def main() -> None:
         max_length=128, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         bf16=args.dtype == "bf16", dataloader_num_workers=0, seed=42,
     )
-    peft_config = (LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_config = (LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
                    if args.train_type == "lora" else None)
     timer = StepTimer()
     trainer = DPOTrainer(model=model, args=config, train_dataset=data["train"], eval_dataset=data["eval"],
