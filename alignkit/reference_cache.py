@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -73,6 +74,24 @@ class CachedReference:
         logps = torch.tensor([v[0] for v in values], dtype=torch.float32, device=device)  # (N,)
         counts = torch.tensor([v[1] for v in values], dtype=torch.long, device=device)  # (N,)
         return (logps / counts.clamp(min=1) if average else logps), counts
+
+
+def visited_rows(num_rows: int, config) -> list[int]:
+    """Indices of the training rows a run with this LoopConfig will see, in the loop's own data order
+    (``trainer.epoch_batches``): a run of 50 steps over 2000 rows precomputes 50 batches, not 2000 rows."""
+    from alignkit.trainer import epoch_batches, total_steps
+
+    per_epoch = math.ceil(num_rows / config.batch_size)
+    steps, step, epoch, seen = total_steps(per_epoch, config), 0, 0, set()
+    while step < steps and len(seen) < num_rows:
+        batches = epoch_batches(num_rows, config.batch_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+        for start in range(0, len(batches), config.gradient_accumulation_steps):
+            if step == steps:
+                break
+            seen.update(i for batch in batches[start : start + config.gradient_accumulation_steps] for i in batch)
+            step += 1
+        epoch += 1
+    return sorted(seen)
 
 
 def cache_key(*, model: str, sequences: list[bytes], template: str, max_length: int, precision: str) -> dict:

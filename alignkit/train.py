@@ -36,6 +36,7 @@ from alignkit.model import (
 )
 from alignkit.packing import supports_packing
 from alignkit.reference import make_reference
+from alignkit.reference_cache import visited_rows
 from alignkit.trainer import LoopConfig, train
 
 logger = logging.getLogger("alignkit")
@@ -84,7 +85,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         layout = {"padding_free": padding_free, "prefix_sharing": padding_free and args.prefix_sharing}
         reference = make_reference(
             model, ref_model=args.ref_model, full=args.train_type == "full", precompute=args.precompute_ref_log_probs,
-            rows=train_rows + val_rows, collate=PairCollator(tokenizer.pad_token_id), template=tokenizer.chat_template,
+            rows=[train_rows[i] for i in visited_rows(len(train_rows), loop_config(args, precision))] + val_rows,
+            collate=PairCollator(tokenizer.pad_token_id), template=tokenizer.chat_template,
             max_length=args.max_length, precision=precision, **layout,
         )
         log_speedups(layout, precompute=args.precompute_ref_log_probs, precision=precision,

@@ -83,3 +83,16 @@ def test_mismatched_file_and_unknown_sequences_raise(model, tmp_path):
         cached(model, items, tmp_path)
     with pytest.raises(AlignkitError, match="no precomputed reference log-prob"):
         reference.logps(None, PairCollator(0)(rows(seed=2)[:1]))
+
+
+def test_visited_rows_follow_the_loops_data_order():
+    from alignkit.reference_cache import visited_rows
+    from alignkit.trainer import LoopConfig, epoch_batches
+
+    first_epoch = epoch_batches(10, 3, seed=42, epoch=0, shuffle=True)
+    assert visited_rows(10, LoopConfig(batch_size=3, max_steps=2)) == sorted(first_epoch[0] + first_epoch[1])
+    config = LoopConfig(batch_size=3, max_steps=1, gradient_accumulation_steps=2)
+    assert visited_rows(10, config) == sorted(first_epoch[0] + first_epoch[1])
+    assert visited_rows(10, LoopConfig(batch_size=3, max_steps=4)) == list(range(10))
+    assert visited_rows(10, LoopConfig(batch_size=4, num_train_epochs=0.5)) == sorted(epoch_batches(
+        10, 4, seed=42, epoch=0, shuffle=True)[0] + epoch_batches(10, 4, seed=42, epoch=0, shuffle=True)[1])
