@@ -164,13 +164,13 @@ class RunArguments:
     )
     prefix_sharing: bool = option(
         True,
-        "With --padding_free: chosen and rejected answers share their common prompt prefix in one sequence, "
-        "a mask keeping the rejected answer from seeing the chosen one.",
+        "With --padding_free: sequences that begin alike (a pair's prompt, a shared system prompt) run their "
+        "common prefix once, a mask keeping each answer from seeing the others.",
     )
     precompute_ref_log_probs: bool = option(
         True,
-        "Compute the reference log-probs of all rows once before training, cached on disk under a key of the "
-        "reference weights, data, template, --max_length and precision; the reference model is then not kept.",
+        "Compute the reference log-probs of the rows the run will see once before training, cached on disk under "
+        "a key of the reference weights, data, template, --max_length and precision; no reference model is kept.",
     )
 
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
