@@ -34,11 +34,11 @@ class Reference:
             return preference_logps(policy, batch, average=average, **self.layout)
 
 
-def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool, rows: list, collate,
+def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool, batches: list[list], collate,
                    padding_free: bool, prefix_sharing: bool, template: str, max_length: int, precision: str):
     """The run's reference, built from ``model`` before any adapter is attached (its starting weights).
 
-    ``precompute``: one no-grad pass over ``rows`` (training and held-out pairs) into the disk cache of
+    ``precompute``: one no-grad pass over ``batches`` (of training and held-out pairs) into the disk cache of
     alignkit.reference_cache, and no reference model is kept. Otherwise a live ``Reference``: a frozen copy
     for full fine-tuning or the --ref_model, the adapter-disabled policy for LoRA.
     """
@@ -52,7 +52,7 @@ def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool
         return Reference(frozen, padding_free=padding_free, prefix_sharing=prefix_sharing)
     if torch.cuda.is_available():  # the pass runs where training will
         model.to("cuda")
-    reference = precompute_reference(frozen if frozen is not None else model, rows, collate, template=template,
+    reference = precompute_reference(frozen if frozen is not None else model, batches, collate, template=template,
                                      max_length=max_length, precision=precision)
     del frozen  # the --ref_model is not needed any more
     return reference

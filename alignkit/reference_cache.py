@@ -76,22 +76,28 @@ class CachedReference:
         return (logps / counts.clamp(min=1) if average else logps), counts
 
 
-def visited_rows(num_rows: int, config) -> list[int]:
-    """Indices of the training rows a run with this LoopConfig will see, in the loop's own data order
-    (``trainer.epoch_batches``): a run of 50 steps over 2000 rows precomputes 50 batches, not 2000 rows."""
+def visited_batches(num_rows: int, config) -> list[list[int]]:
+    """The training micro-batches a run with this LoopConfig will see, in the loop's own data order
+    (``trainer.epoch_batches``), each row in the first batch that holds it: a run of 50 steps over 2000
+    rows precomputes 50 batches, not 2000 rows. Precomputing in the loop's own batches keeps bf16
+    rounding alike for policy and reference, so the first step's loss is exactly ln 2 as on the plain path."""
     from alignkit.trainer import epoch_batches, total_steps
 
     per_epoch = math.ceil(num_rows / config.batch_size)
-    steps, step, epoch, seen = total_steps(per_epoch, config), 0, 0, set()
+    steps, step, epoch, seen, out = total_steps(per_epoch, config), 0, 0, set(), []
     while step < steps and len(seen) < num_rows:
         batches = epoch_batches(num_rows, config.batch_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
         for start in range(0, len(batches), config.gradient_accumulation_steps):
             if step == steps:
                 break
-            seen.update(i for batch in batches[start : start + config.gradient_accumulation_steps] for i in batch)
+            for batch in batches[start : start + config.gradient_accumulation_steps]:
+                new = [i for i in batch if i not in seen]
+                if new:
+                    out.append(new)
+                    seen.update(new)
             step += 1
         epoch += 1
-    return sorted(seen)
+    return out
 
 
 def cache_key(*, model: str, sequences: list[bytes], template: str, max_length: int, precision: str) -> dict:
@@ -103,18 +109,17 @@ def cache_key(*, model: str, sequences: list[bytes], template: str, max_length: 
 
 def precompute_reference(
     model,
-    rows: list,
+    batches: list[list],
     collate,
     *,
     template: str,
     max_length: int,
     precision: str,
-    batch_size: int = 16,
     cache_dir: Path | None = None,
 ) -> CachedReference:
-    """Reference log-probs of every pair in ``rows`` ((row_id, (chosen, rejected)) items), from the disk
+    """Reference log-probs of every pair in ``batches`` (lists of (row_id, (chosen, rejected)) items), from the disk
     cache when its key matches, else computed with ``model`` (the reference) and saved."""
-    batches = [collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    batches = [collate(items) for items in batches]
     digests = [d for batch in batches for d in sequence_digests(batch)]
     started = time.perf_counter()
     key = cache_key(model=model_fingerprint(model), sequences=digests, template=template,

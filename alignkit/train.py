@@ -36,7 +36,7 @@ from alignkit.model import (
 )
 from alignkit.packing import supports_packing
 from alignkit.reference import make_reference
-from alignkit.reference_cache import visited_rows
+from alignkit.reference_cache import visited_batches
 from alignkit.trainer import LoopConfig, train
 
 logger = logging.getLogger("alignkit")
@@ -85,7 +85,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         layout = {"padding_free": padding_free, "prefix_sharing": padding_free and args.prefix_sharing}
         reference = make_reference(
             model, ref_model=args.ref_model, full=args.train_type == "full", precompute=args.precompute_ref_log_probs,
-            rows=[train_rows[i] for i in visited_rows(len(train_rows), loop_config(args, precision))] + val_rows,
+            batches=reference_batches(train_rows, val_rows, loop_config(args, precision)),
             collate=PairCollator(tokenizer.pad_token_id), template=tokenizer.chat_template,
             max_length=args.max_length, precision=precision, **layout,
         )
@@ -133,6 +133,13 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=run_dir,
         args_for_checkpoint=resolved,
     )
+
+
+def reference_batches(train_rows: list, val_rows: list, config: LoopConfig) -> list[list]:
+    """The micro-batches the loop and its evaluation will form, for the one-off reference pass."""
+    train = [[train_rows[i] for i in batch] for batch in visited_batches(len(train_rows), config)]
+    size = config.eval_batch_size
+    return train + [val_rows[i : i + size] for i in range(0, len(val_rows), size)]
 
 
 def log_speedups(layout: dict, *, precompute: bool, precision: str, gradient_checkpointing: bool) -> None:

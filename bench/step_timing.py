@@ -50,7 +50,7 @@ def main() -> None:
 
     model = load_causal_lm(path)
     t0 = time.perf_counter()
-    cached = precompute_reference(model, rows, collate, template=tokenizer.chat_template, max_length=128,
+    cached = precompute_reference(model, [rows[i : i + 4] for i in range(0, len(rows), 4)], collate, template=tokenizer.chat_template, max_length=128,
                                   precision=args.dtype)
     precompute_s = time.perf_counter() - t0
     frozen = copy.deepcopy(model) if args.train_type == "full" and any(

@@ -29,8 +29,9 @@ def model(tiny_model_dir):
 
 
 def cached(model, items, tmp_path, **overrides):
-    kwargs = {"template": "chatml", "max_length": 64, "precision": "fp32", "batch_size": 4, "cache_dir": tmp_path}
-    return precompute_reference(model, items, PairCollator(0), **{**kwargs, **overrides})
+    kwargs = {"template": "chatml", "max_length": 64, "precision": "fp32", "cache_dir": tmp_path}
+    batches = [items[i : i + 4] for i in range(0, len(items), 4)]
+    return precompute_reference(model, batches, PairCollator(0), **{**kwargs, **overrides})
 
 
 def test_cached_equals_live_reference_and_is_reused(model, tmp_path):
@@ -85,14 +86,13 @@ def test_mismatched_file_and_unknown_sequences_raise(model, tmp_path):
         reference.logps(None, PairCollator(0)(rows(seed=2)[:1]))
 
 
-def test_visited_rows_follow_the_loops_data_order():
-    from alignkit.reference_cache import visited_rows
+def test_visited_batches_follow_the_loops_data_order():
+    from alignkit.reference_cache import visited_batches
     from alignkit.trainer import LoopConfig, epoch_batches
 
-    first_epoch = epoch_batches(10, 3, seed=42, epoch=0, shuffle=True)
-    assert visited_rows(10, LoopConfig(batch_size=3, max_steps=2)) == sorted(first_epoch[0] + first_epoch[1])
-    config = LoopConfig(batch_size=3, max_steps=1, gradient_accumulation_steps=2)
-    assert visited_rows(10, config) == sorted(first_epoch[0] + first_epoch[1])
-    assert visited_rows(10, LoopConfig(batch_size=3, max_steps=4)) == list(range(10))
-    assert visited_rows(10, LoopConfig(batch_size=4, num_train_epochs=0.5)) == sorted(epoch_batches(
-        10, 4, seed=42, epoch=0, shuffle=True)[0] + epoch_batches(10, 4, seed=42, epoch=0, shuffle=True)[1])
+    first = epoch_batches(10, 3, seed=42, epoch=0, shuffle=True)
+    assert visited_batches(10, LoopConfig(batch_size=3, max_steps=2)) == first[:2]
+    assert visited_batches(10, LoopConfig(batch_size=3, max_steps=1, gradient_accumulation_steps=2)) == first[:2]
+    assert visited_batches(10, LoopConfig(batch_size=3, max_steps=4)) == first  # one epoch covers all rows
+    first4 = epoch_batches(10, 4, seed=42, epoch=0, shuffle=True)
+    assert visited_batches(10, LoopConfig(batch_size=4, num_train_epochs=0.5)) == first4[:2]
