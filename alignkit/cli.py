@@ -1,29 +1,35 @@
 """The ``alignkit`` command: ms-swift's sub-commands and flag names, built from the typed configs.
 
     alignkit sft   --model M --dataset D ...
-    alignkit rlhf  --rlhf_type dpo --model M --dataset D --beta 0.1 ...
+    alignkit rlhf  --rlhf_type dpo|cpo|simpo|orpo|kto|rm --model M --dataset D --beta 0.1 ...
     alignkit dpo   ...                     (ms-swift 2.x spelling of `rlhf --rlhf_type dpo`)
     alignkit infer / eval / demo
+    alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
+    alignkit export --ckpt_dir CKPT --merge_lora true
+    alignkit deploy / app                  (OpenAI-compatible server / Gradio chat page)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, TrainingInterrupted
 
 logger = logging.getLogger("alignkit")
 
 TRAIN_COMMANDS = {
     "sft": "Supervised fine-tuning on conversations.",
-    "rlhf": "Preference training (--rlhf_type dpo).",
+    "rlhf": "Preference training (--rlhf_type dpo, cpo, simpo, orpo, kto), a reward model (--rlhf_type rm) "
+               "or online RL (--rlhf_type ppo, grpo).",
     "dpo": "ms-swift 2.x spelling of `rlhf --rlhf_type dpo`.",
 }
 
@@ -40,11 +46,12 @@ def parse_bool(text: str) -> bool:
 def _choice(choices: tuple[str, ...]):
     """Case-insensitive choices, so ms-swift's `--dtype AUTO` and `--sft_type LORA` work."""
 
-    def convert(text: str) -> str:
+    def convert(text: str):
         value = text.lower()
-        if value not in choices:
-            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(choices)})")
-        return value
+        for choice in choices:  # choices may be ints (--quant_bits 4|8)
+            if value == str(choice):
+                return choice
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(map(str, choices))})")
 
     return convert
 
@@ -61,7 +68,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if kind.startswith("bool"):
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif meta.get("choices"):
-            kwargs.update(type=_choice(tuple(meta["choices"])), metavar="{" + ",".join(meta["choices"]) + "}")
+            kwargs.update(type=_choice(tuple(meta["choices"])), metavar="{" + ",".join(map(str, meta["choices"])) + "}")
         elif "int" in kind:
             kwargs["type"] = int
         elif "float" in kind:
@@ -72,7 +79,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignkit.config import DemoArguments, EvalArguments, InferArguments, RunArguments
+    from alignkit.config import (
+        AppArguments,
+        DataArguments,
+        DemoArguments,
+        DeployArguments,
+        EvalArguments,
+        ExportArguments,
+        InferArguments,
+        RunArguments,
+    )
 
     parser = argparse.ArgumentParser(
         prog="alignkit", description="Align language models with human preferences.", allow_abbrev=False
@@ -84,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
         ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),
         ("demo", DemoArguments, "The main job: DPO on the built-in model and data, with before/after numbers."),
+        ("data", DataArguments, "Inspect datasets: format, counts, token lengths, rows with their trained tokens."),
+        ("export", ExportArguments, "Merge a LoRA adapter into its base and/or quantise: a plain HF model directory."),
+        ("deploy", DeployArguments, "Serve a model and its adapters over an OpenAI-compatible HTTP API."),
+        ("app", AppArguments, "A chat web page (Gradio) for a model or adapter."),
     ):
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
     return parser
@@ -127,11 +147,13 @@ def resolve_legacy_model_flags(values: dict) -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[alignkit] %(message)s")
+    # In a distributed run only the first process reports progress; the others speak up for problems.
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="[alignkit] %(message)s")
     # Library deprecation notices are for us, not for someone running a training job.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub"):
+    for noisy in ("transformers", "accelerate", "datasets", "httpx", "urllib3", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -147,12 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             reject_unknown(parser, namespace.command, unknown)
         setup_logging()
+        if namespace.command in TRAIN_COMMANDS:
+            from alignkit.launch import relaunch, torchrun_command
+
+            command = torchrun_command(argv, dict(os.environ))
+            if command is not None:
+                return relaunch(command)
         return dispatch(namespace.command, vars(namespace))
     except AlignkitError as error:
         if debug:
             raise
         print(f"alignkit: error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"alignkit: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130
@@ -169,7 +200,8 @@ def dispatch(command: str, values: dict) -> int:
             values["rlhf_type"] = "dpo"
         args = RunArguments(**values)
         checkpoint = run_training(args, task="sft" if command == "sft" else "rlhf")
-        print(f"last checkpoint: {checkpoint}")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"last checkpoint: {checkpoint}")
         return 0
     if command == "infer":
         from alignkit.config import InferArguments
@@ -186,7 +218,42 @@ def dispatch(command: str, values: dict) -> int:
         from alignkit.demo import run_demo
 
         return run_demo(DemoArguments(**values))
+    if command == "data":
+        from alignkit.config import DataArguments
+        from alignkit.inspect_data import run_data
+
+        return run_data(DataArguments(**values))
+    if command == "export":
+        from alignkit.config import ExportArguments
+        from alignkit.export import run_export
+
+        return run_export(ExportArguments(**values))
+    if command == "deploy":
+        from alignkit.config import DeployArguments
+
+        with serve_extra(command):
+            from alignkit.deploy import run_deploy
+        return run_deploy(DeployArguments(**values))
+    if command == "app":
+        from alignkit.config import AppArguments
+
+        with serve_extra(command):
+            import gradio  # noqa: F401  (alignkit.app imports it late; check before the model loads)
+
+            from alignkit.app import run_app
+        return run_app(AppArguments(**values))
     raise AlignkitError(f"unknown command {command}")
+
+
+@contextlib.contextmanager
+def serve_extra(command: str):
+    """Imports of commands that need the optional `serve` packages: say how to get them when missing."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] in ("fastapi", "uvicorn", "starlette", "pydantic", "gradio"):
+            raise AlignkitError(f"`alignkit {command}` needs {error.name}: pip install 'alignkit[serve]'") from error
+        raise
 
 
 if __name__ == "__main__":

@@ -82,9 +82,36 @@ class RunArguments:
     system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
     check_dataset_strategy: str = option(
         "none",
-        "ms-swift compatibility. Invalid rows: none/error stop with an error naming the row; "
-        "discard/warning drop them and report the count.",
+        "Invalid rows: none/error stop with an error naming the file, row and field (and how many more "
+        "rows are invalid); discard/warning drop them and report the count.",
         choices=("none", "error", "discard", "warning"),
+    )
+    columns: str | None = option(
+        None,
+        "Rename dataset columns before the format is detected, as a JSON object: "
+        "'{\"question\": \"query\", \"kto_tag\": \"label\"}'.",
+    )
+    template: str | None = option(
+        None,
+        "Built-in chat template instead of the tokenizer's own: chatml, llama3, qwen or default. A tokenizer "
+        "without a template (a base model) gets chatml.",
+        choices=("chatml", "llama3", "qwen", "default"),
+    )
+    template_config: str | None = option(
+        None,
+        "ColossalChat-style template config JSON (chat_template, system_message, end_of_assistant, stop_ids).",
+        aliases=("--conversation_template_config",),
+    )
+    loss_scale: str = option(
+        "default",
+        "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
+        "last_round (only the final assistant turn), all (SFT only: every token, prompts included).",
+        choices=("default", "last_round", "all"),
+    )
+    dataset_num_proc: int = option(1, "Processes that tokenise the data.")
+    load_from_cache_file: bool = option(
+        True, "Reuse tokenised data cached under $ALIGNKIT_CACHE/tokenized (keyed by data, tokenizer, template "
+        "and length settings)."
     )
 
     # --- training loop ---
@@ -115,7 +142,22 @@ class RunArguments:
     save_total_limit: int | None = option(
         None, "Keep at most this many checkpoints (the newest is always kept)."
     )
-    resume_from_checkpoint: str | None = option(None, "Checkpoint directory to resume from.")
+    resume_from_checkpoint: str | None = option(
+        None,
+        "Continue a run exactly: a checkpoint directory, a run directory (its newest complete checkpoint) or "
+        "'last' (the newest complete checkpoint under --output_dir). The run goes on in the checkpoint's run "
+        "directory.",
+    )
+    ignore_args_mismatch: bool = option(
+        False,
+        "Resume even though flags that change the run (data, model, learning rate, batch sizes, seed, ...) "
+        "differ from the checkpoint's; the differences are logged.",
+    )
+    max_nonfinite_steps: int = option(
+        10,
+        "Stop after this many optimizer steps in a row with a NaN/inf loss or gradient (each such update is "
+        "skipped, counted and logged with its rows).",
+    )
     seed: int = option(42, "Seed for initialisation, dropout and data order.")
     report_to: list[str] = option(
         ["tensorboard"],
@@ -123,6 +165,21 @@ class RunArguments:
         nargs="+",
     )
     debug: bool = option(False, "Show full tracebacks for errors.")
+
+    # --- distribution (see docs/distributed.md); processes come from torchrun, accelerate or NPROC_PER_NODE ---
+    deepspeed: str | None = option(
+        None, "DeepSpeed ZeRO through accelerate: zero0, zero1, zero2, zero3, zero2_offload, zero3_offload (configs "
+        "shipped in alignkit/ds_configs) or a path to a DeepSpeed JSON config. Needs deepspeed and a GPU."
+    )
+    fsdp: bool = option(False, "PyTorch FSDP2 through accelerate, wrapping each transformer decoder layer. Needs GPUs.")
+    plugin: str | None = option(
+        None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
+        "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
+        choices=("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"),
+    )
+    tp: int = option(1, "ColossalChat's tensor-parallel size; only 1 is supported (no equivalent engine).")
+    pp: int = option(1, "ColossalChat's pipeline-parallel size; only 1 is supported (no equivalent engine).")
+    sp: int = option(1, "ColossalChat's sequence-parallel size; only 1 is supported (no equivalent engine).")
 
     # --- LoRA / full ---
     train_type: str = option(
@@ -144,23 +201,87 @@ class RunArguments:
     tuner_backend: str = option(
         "peft", "ms-swift compatibility: LoRA always runs on peft.", choices=("peft", "swift")
     )
+    # --- vision-language models (docs/vision.md) ---
+    freeze_vit: bool = option(True, "Vision-language models: keep the vision encoder frozen (full training and "
+                              "LoRA ALL/all-linear targets).")
+    freeze_aligner: bool = option(True, "Vision-language models: keep the aligner (projector between vision "
+                                  "encoder and language model) frozen (full training and LoRA ALL targets).")
+    freeze_llm: bool = option(False, "Vision-language models: keep the language model frozen (full training and "
+                              "LoRA targets).")
 
-    # --- preference objectives ---
-    rlhf_type: str = option("dpo", "Preference algorithm.", choices=("dpo",))
+    # --- preference objectives (docs/objectives.md gives every formula) ---
+    rlhf_type: str = option(
+        "dpo",
+        "Algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label), rm (reward model: a scalar head "
+        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md).",
+        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"),
+    )
     beta: float | None = option(
-        None, "KL strength beta (unset: the algorithm's default from the losses table)."
+        None,
+        "Strength beta (ORPO: the paper's lambda). Unset: the algorithm's default from the table DEFAULT_BETA in "
+        "alignkit/losses.py (0.1; simpo 2.0; grpo 0.04), logged when applied. Not used by rm, nor by ppo "
+        "(its KL weight is --kl_coef).",
     )
-    loss_type: list[str] = option(["sigmoid"], "DPO loss variant(s).", nargs="+")
+    loss_type: list[str] = option(
+        [],
+        "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
+        "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
+        "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
+        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
+        "and orpo take none.",
+        nargs="+",
+    )
+    loss_weights: list[float] = option(
+        [], "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.", nargs="+"
+    )
+    loss_convention: str = option(
+        "swift",
+        "Where ms-swift (TRL 0.x) and TRL 1.x disagree. swift (default, so ms-swift command lines keep their "
+        "meaning): sigmoid with --label_smoothing is cDPO, exo_pair with label_smoothing 0 uses 1e-3, bco_pair "
+        "shifts by a running mean of the rewards, --f_alpha_divergence_coef is the f-DPO paper's alpha. trl1: "
+        "TRL 1.x (smoothing ignored by sigmoid, exo_pair needs it, no bco shift, coef means 1 - alpha).",
+        choices=("swift", "trl1"),
+    )
     rpo_alpha: float | None = option(
-        None, "Weight of the NLL (SFT) loss on chosen answers added to DPO (RPO)."
+        None, "dpo: weight of the NLL (SFT) loss on chosen answers added to DPO (RPO). Unset: off."
     )
-    label_smoothing: float = option(0.0, "Conservative DPO: assumed probability that a label is flipped.")
+    label_smoothing: float = option(
+        0.0,
+        "epsilon, the assumed probability that a pair's label is flipped: dpo sigmoid (cDPO), robust, exo_pair, "
+        "aot, aot_unpaired; cpo sigmoid; simpo.",
+    )
+    reference_free: bool = option(False, "dpo: compare against a uniform reference (log-probs 0), no reference model.")
+    ld_alpha: float | None = option(
+        None,
+        "dpo: LD-DPO, weight in [0, 1] of the tokens beyond the shorter answer of each pair in the sequence "
+        "log-probs (policy and reference). Unset: off (1.0 is plain DPO).",
+    )
+    discopop_tau: float = option(0.05, "dpo discopop: temperature tau of the logistic/exponential mixing.")
+    f_divergence_type: str = option(
+        "reverse_kl",
+        "dpo: the divergence regularising the policy (f-DPO); not reverse_kl only with sigmoid, sigmoid_norm, "
+        "hinge, ipo, exo_pair, robust, discopop, sft.",
+        choices=("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
+    )
+    f_alpha_divergence_coef: float = option(
+        1.0, "dpo: alpha of --f_divergence_type alpha_divergence (meaning per --loss_convention)."
+    )
+    cpo_alpha: float = option(
+        1.0, "cpo, simpo: weight of the NLL on chosen answers (0 for pure SimPO, as in the SimPO paper)."
+    )
+    simpo_gamma: float = option(1.0, "simpo: target reward margin gamma (ms-swift's default 1.0).")
+    desirable_weight: float = option(1.0, "kto: lambda_D, weight of the losses of desirable rows.")
+    undesirable_weight: float = option(1.0, "kto: lambda_U, weight of the losses of undesirable rows.")
+    center_rewards_coefficient: float | None = option(
+        None, "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off."
+    )
 
     # --- speed-ups (exact: the same numbers as the plain padded path; see docs/performance.md) ---
     padding_free: bool = option(
         True,
-        "Preference batches run without padding: sequences packed into rows, position ids restarting per "
-        "sequence, no attention across sequences. Needs sdpa or eager attention (else the padded path runs).",
+        "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
+        "attention across sequences. Every offline method but rm; not rows with images. Needs sdpa or eager "
+        "attention (else the padded path runs, with a warning).",
     )
     prefix_sharing: bool = option(
         True,
@@ -169,14 +290,80 @@ class RunArguments:
     )
     precompute_ref_log_probs: bool = option(
         True,
-        "Compute the reference log-probs of the rows the run will see once before training, cached on disk under "
-        "a key of the reference weights, data, template, --max_length and precision; no reference model is kept.",
+        "dpo, kto: compute the reference log-probs of the rows the run will see once before training, cached on "
+        "disk under a key of the reference weights, data, template, --max_length and precision; no reference "
+        "model is kept. Not for vision-language models.",
     )
 
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs)."
     )
+
+    # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
+    reward_model: list[str] = option(
+        [],
+        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
+        "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
+        nargs="+",
+    )
+    reward_adapters: list[str] = option([], "LoRA adapters merged into --reward_model.", nargs="*")
+    max_completion_length: int = option(512, "ppo, grpo: most tokens sampled per completion.")
+    temperature: float = option(
+        0.9, "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature)."
+    )
+    missing_eos_penalty: float | None = option(
+        None, "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length."
+    )
+    local_rollout_forward_batch_size: int = option(
+        64, "ppo, grpo: sequences per generation and per no-grad forward in rollouts."
+    )
+    num_mini_batches: int = option(1, "ppo, grpo: optimizer steps per pass over a rollout.")
+    experience_batch_size: int | None = option(
+        None,
+        "ppo, grpo (ColossalChat): prompts per collect step. Unset: --per_device_train_batch_size x "
+        "--gradient_accumulation_steps x --num_mini_batches completions (TRL), divided by --num_generations.",
+    )
+    num_collect_steps: int = option(1, "ppo, grpo (ColossalChat): rollouts of --experience_batch_size prompts per step.")
+    train_batch_size: int | None = option(
+        None, "ppo, grpo (ColossalChat): completions per optimizer step (overrides --num_mini_batches)."
+    )
+    num_episodes: int | None = option(
+        None, "ppo, grpo (ColossalChat): number of steps (rollout + updates); the same as --max_steps."
+    )
+    use_vllm: bool = option(False, "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.")
+    vllm_gpu_memory_utilization: float = option(0.9, "Share of GPU memory vLLM may take with --use_vllm.")
+    num_ppo_epochs: int = option(4, "ppo: passes over each rollout.")
+    kl_coef: float = option(0.05, "ppo: weight of the per-token KL penalty in the reward.")
+    cliprange: float = option(0.2, "ppo: clip range of the policy ratio.")
+    vf_coef: float = option(0.1, "ppo: weight of the value loss.")
+    cliprange_value: float = option(0.2, "ppo: clip range of the value update.")
+    gamma: float = option(1.0, "ppo: discount factor.")
+    lam: float = option(0.95, "ppo: GAE lambda.")
+    whiten_rewards: bool = option(False, "ppo: whiten the per-token rewards (scale only) before GAE.")
+    pretrain_dataset: list[str] = option(
+        [], "ppo (ColossalChat ptx): SFT data whose LM loss is mixed into the policy loss.", nargs="+"
+    )
+    ptx_coef: float = option(0.0, "ppo: p in the policy loss (1 - p)*PPO + p*LM loss on --pretrain_dataset.")
+    num_generations: int = option(8, "grpo: completions sampled per prompt (a group).")
+    num_iterations: int = option(1, "grpo: passes over each rollout.")
+    scale_rewards: str = option(
+        "group",
+        "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, false = none.",
+        choices=("group", "batch", "none", "true", "false"),
+    )
+    epsilon: float = option(0.2, "grpo: clip range of the policy ratio.")
+    epsilon_high: float | None = option(None, "grpo: upper clip range (DAPO's clip-higher). Unset: --epsilon.")
+    reward_funcs: list[str] = option(
+        [],
+        "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
+        "or file.py:function.",
+        nargs="+",
+    )
+    reward_weights: list[float] = option(
+        [], "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.", nargs="+"
+    )
+    external_plugins: list[str] = option([], "grpo: Python files whose functions --reward_funcs may name.", nargs="+")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,11 +383,24 @@ class InferArguments:
     stream: bool = option(True, "Print tokens as they are generated (interactive chat).")
     val_dataset: list[str] = option([], "Answer every prompt of these datasets and write JSONL.", nargs="+")
     result_path: str | None = option(None, "JSONL output of batch inference (never overwritten).")
+    reward_model: str | None = option(
+        None,
+        "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): score the conversations of --val_dataset "
+        "instead of generating; preference rows get both answers scored and the pair accuracy is reported.",
+    )
     max_batch_size: int = option(8, "Prompts generated together in batch inference.")
     max_length: int = option(1024, "Longest prompt in tokens; longer prompts are skipped and counted.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     seed: int = option(42, "Sampling seed.")
+    infer_backend: str = option(
+        "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
+        choices=("transformers", "vllm"),
+    )
+    load_dataset_config: bool = option(
+        False, "Take --val_dataset (or the run's held-out split), --system and --max_length from the args.json "
+        "of the --ckpt_dir run, for flags not given.",
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -222,7 +422,14 @@ class EvalArguments:
     batch_size: int = option(8, "Rows per forward / generation batch.")
     limit: int | None = option(None, "Evaluate at most this many rows of each set.")
     system: str | None = option(None, "System prompt.")
-    report_path: str | None = option(None, "Write the JSON report here (never overwritten).")
+    reward_model: str | None = option(
+        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
+    )
+    reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")
+    report_path: str | None = option(
+        None, "The JSON report (never overwritten; default eval_result/<time>.json); the chart goes beside it (.png)."
+    )
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     debug: bool = option(False, "Show full tracebacks for errors.")
@@ -238,4 +445,99 @@ class DemoArguments:
     eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class ExportArguments:
+    model: str | None = option(None, "Base model (default: the built-in model, or the adapter's base).",
+                               aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "The LoRA adapter directory to merge.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    merge_lora: bool = option(False, "Merge the adapter into the base weights and write a plain HF model.")
+    quant_bits: int | None = option(
+        None, "Quantise the (merged) model to 4 or 8 bits with --quant_method. Runs on CPU and GPU.", choices=(4, 8)
+    )
+    quant_method: str = option(
+        "bnb", "bnb: bitsandbytes NF4 (4 bits) / LLM.int8 (8 bits), CPU or GPU; the result loads with "
+        "transformers + bitsandbytes. (ms-swift's gptq/awq need a CUDA GPU and are not available.)",
+        choices=("bnb",),
+    )
+    output_dir: str | None = option(
+        None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
+    )
+    dtype: str = option("auto", "Saved precision: auto (the base model's), fp32, bf16, fp16.", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DeployArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option(
+        [], "LoRA adapters: NAME=DIR serves DIR as model NAME (several allowed); a bare DIR becomes the default "
+        "model, served as --served_model_name.", nargs="*",
+    )
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model), the default model.")
+    served_model_name: str | None = option(
+        None, "Name of the default model in /v1/models and requests (default: the model or checkpoint directory's name)."
+    )
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    port: int = option(8000, "Port to listen on.")
+    api_key: str | None = option(None, "Require `Authorization: Bearer KEY` on every request.")
+    max_new_tokens: int = option(512, "Most tokens per answer when a request gives no max_tokens.")
+    temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
+    top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
+    max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class AppArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "LoRA adapter directories to apply.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    system: str | None = option(None, "Initial system prompt (editable in the page).")
+    max_new_tokens: int = option(256, "Initial most tokens per answer (editable in the page).")
+    temperature: float = option(0.0, "Initial sampling temperature; 0 decodes greedily (editable in the page).")
+    top_p: float = option(1.0, "Initial nucleus sampling mass (editable in the page).")
+    server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the page to the network).")
+    server_port: int = option(7860, "Port to listen on.")
+    share: bool = option(False, "Also publish the page through a public Gradio share link.")
+    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
+                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DataArguments:
+    dataset: list[str] = option([], "Datasets to inspect (same forms as for training).", nargs="+")
+    model: str | None = option(
+        None, "Model whose tokenizer and chat template render the rows (default: the built-in model).",
+        aliases=("--model_id_or_path",),
+    )
+    kind: str = option(
+        "auto",
+        "Rows to build: auto (each file's own: preference for pairs, unpaired for KTO, ...), preference, sft, "
+        "unpaired or prompt.",
+        choices=("auto", "preference", "sft", "unpaired", "prompt"),
+    )
+    num_examples: int = option(2, "Rows shown rendered, with their trained tokens highlighted.")
+    columns: str | None = option(None, "Rename columns first, as a JSON object '{\"src\": \"dst\"}'.")
+    template: str | None = option(None, "Built-in chat template (chatml, llama3, qwen, default).",
+                                  choices=("chatml", "llama3", "qwen", "default"))
+    template_config: str | None = option(None, "ColossalChat-style template config JSON.",
+                                         aliases=("--conversation_template_config",))
+    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all).",
+                             choices=("default", "last_round", "all"))
+    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
+    truncation_strategy: str = option("delete", "Rows that do not fit: delete, left, right or raise.",
+                                      choices=("delete", "left", "right", "raise"))
+    check_dataset_strategy: str = option("none", "Invalid rows: none/error stop; discard/warning drop and count.",
+                                         choices=("none", "error", "discard", "warning"))
+    data_seed: int = option(42, "Seed for #N sampling and built-in data.")
     debug: bool = option(False, "Show full tracebacks for errors.")

@@ -11,7 +11,7 @@ class DataError(AlignkitError):
     """A dataset row that cannot be used. The message names the file, the row and the field."""
 
     def __init__(self, message: str, *, file: str | None = None, row: int | None = None, field: str | None = None):
-        self.file, self.row, self.field = file, row, field
+        self.message, self.file, self.row, self.field = message, file, row, field
         where = ", ".join(
             part
             for part in (
@@ -21,4 +21,29 @@ class DataError(AlignkitError):
             )
             if part
         )
-        super().__init__(f"{where}: {message}" if where else message)
+        super().__init__(f"{where}: {_clip(message)}" if where else _clip(message))
+
+
+def _clip(message: str, limit: int = 2000) -> str:
+    """Messages quote the user's values; a megabyte-long value must not become a megabyte-long message."""
+    if len(message) <= limit:
+        return message
+    return f"{message[: limit - 350]} ... [{len(message) - limit + 50} characters cut] ... {message[-300:]}"
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a resumable checkpoint was saved.
+
+    Not an AlignkitError: nothing was wrong with the input, and the CLI exits with 128 + the signal number
+    (130 for Ctrl-C, 143 for SIGTERM), as a shell does for a process stopped by that signal.
+    """
+
+    def __init__(self, signum: int, checkpoint):
+        import signal
+
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; saved {checkpoint}. "
+            f"Continue with --resume_from_checkpoint {checkpoint}"
+        )

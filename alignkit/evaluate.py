@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -81,6 +82,33 @@ def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_s
     return {"prompts": len(rows), "task_accuracy": correct / max(len(rows), 1), "samples": samples}
 
 
+@torch.no_grad()
+def reward_win_rate(model, baseline, encoder: ChatEncoder, scorer, rows: list[PromptRow], *, batch_size: int,
+                    max_new_tokens: int) -> dict:
+    """How often the reward model prefers the model's greedy answer to the baseline's (ties count half).
+
+    ``baseline`` is a second model, or None for ``model`` with its adapter switched off."""
+    ours, theirs = [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc="reward-model eval", leave=False):
+        prompts = [r.prompt for r in rows[start : start + batch_size]]
+        answers = generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
+        if baseline is None:
+            with model.disable_adapter():
+                base_answers = generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
+        else:
+            base_answers = generate_answers(baseline, encoder, prompts, max_new_tokens=max_new_tokens)
+        for target, given in ((ours, answers), (theirs, base_answers)):
+            target += scorer.score([p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, given)])
+    mine, base = torch.tensor(ours), torch.tensor(theirs)  # (N,) rewards
+    return {
+        "prompts": len(rows),
+        "win_rate": ((mine > base).float() + 0.5 * (mine == base).float()).mean().item(),
+        "reward_mean": mine.mean().item(),
+        "baseline_reward_mean": base.mean().item(),
+        "reward_margin": (mine - base).mean().item(),
+    }
+
+
 def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: str | None, beta: float,
                    reference: Reference | None, batch_size: int, max_length: int, max_new_tokens: int,
                    limit: int | None, system: str | None, seed: int = 42) -> dict:
@@ -98,8 +126,11 @@ def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: st
 
 
 def run_eval(args: EvalArguments) -> int:
-    if args.report_path and Path(args.report_path).exists():
-        raise AlignkitError(f"--report_path {args.report_path} exists; alignkit never overwrites results")
+    report_path = Path(args.report_path or f"eval_result/{time.strftime('%Y%m%d-%H%M%S')}.json")
+    chart_path = report_path.with_suffix(".png")
+    for path in (report_path, chart_path):
+        if path.exists():
+            raise AlignkitError(f"{path} exists; alignkit never overwrites results (pass another --report_path)")
     model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     reference = None
     if args.ref_model:
@@ -113,10 +144,54 @@ def run_eval(args: EvalArguments) -> int:
         batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
         limit=args.limit, system=args.system,
     )
+    if args.reward_model:
+        baseline = reference.frozen_model if reference is not None else None
+        if baseline is None and not hasattr(model, "disable_adapter"):
+            raise AlignkitError("--reward_model compares two models' answers: pass an adapter (--adapters/--ckpt_dir, "
+                                "compared with its base) or --ref_model")
+        from alignkit.reward_model import load_reward_model
+
+        scorer = load_reward_model(args.reward_model, dtype=args.dtype, max_length=args.max_length, system=args.system,
+                                   batch_size=args.batch_size)
+        rows = load_dataset_spec(args.reward_prompts, "prompt", seed=42)[: args.limit]
+        report[f"{args.reward_prompts} (reward model)"] = reward_win_rate(
+            model, baseline, ChatEncoder(tokenizer, max_length=args.max_length, system=args.system), scorer, rows,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        )
     text = json.dumps(report, indent=2)
     print(text)
-    if args.report_path:
-        path = Path(args.report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(text)
+    plot_report(report, chart_path, title=f"alignkit eval: {args.ckpt_dir or (args.adapters or [args.model])[0]}")
+    print(f"report: {report_path}\nchart:  {chart_path}")
     return 0
+
+
+def plot_report(report: dict, path: Path, title: str) -> None:
+    """Accuracies (left) and margins (right) of every evaluated set, as bars labelled with their values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = {"accuracy": [], "margin": []}
+    for name, scores in report.items():
+        for key, value in scores.items():
+            if key.endswith(("accuracy", "win_rate")):
+                bars["accuracy"].append((f"{name}\n{key}", value))
+            elif key.endswith("margin"):
+                bars["margin"].append((f"{name}\n{key}", value))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (kind, items) in zip(axes, bars.items()):
+        labels, values = [label for label, _ in items], [value for _, value in items]
+        drawn = ax.bar(range(len(values)), values, color="tab:blue" if kind == "accuracy" else "tab:orange")
+        ax.bar_label(drawn, fmt="%.3f")
+        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_title(kind)
+        if kind == "accuracy":
+            ax.set_ylim(0, 1.1)
+        ax.axhline(0, color="black", linewidth=0.5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -32,7 +32,8 @@ def generate_answers(
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
-        **sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
+        **{**sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
+           "eos_token_id": encoder.stop_ids},
     )  # (B, T + new)
     return [tokenizer.decode(row[length:], skip_special_tokens=True) for row in output]
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}
+DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04}
+# --loss_type when unset; simpo and orpo have a single loss and take no --loss_type.
+DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": "kto", "rm": "log_sig", "grpo": "grpo"}
 SIMPO_DEFAULT_GAMMA = 1.0
 # ε the EXO paper uses, and what TRL 0.x substitutes for label_smoothing=0 under loss_type="exo_pair".
 EXO_DEFAULT_EPS = 1e-3
@@ -382,7 +384,8 @@ def reward_model_loss(
     """Pairwise reward-model loss.
 
     log_sig: −log σ(r_w − r_l − m), Bradley–Terry (Eq. 1 of https://arxiv.org/abs/2203.02155) with the
-    margin m of Llama 2 (Eq. 2 of https://arxiv.org/abs/2307.09288); hinge: relu(1 − (r_w − r_l − m)).
+    margin m of Llama 2 (Eq. 2 of https://arxiv.org/abs/2307.09288); log_exp: log(1 + exp(r_l − r_w + m)),
+    OpenRLHF's name for the same function (computed as softplus); hinge: relu(1 − (r_w − r_l − m)).
     Plus c·(r_w + r_l)², which keeps rewards centred on zero (https://arxiv.org/abs/2312.09244).
     r_w, r_l = ``chosen_rewards``, ``rejected_rewards`` (B,) scalar heads; m = ``margin`` (B,) or float;
     c = ``center_rewards_coefficient``. Returned rewards are the detached inputs.
@@ -392,10 +395,14 @@ def reward_model_loss(
         diff = diff - margin
     if loss_type == "log_sig":
         losses = -F.logsigmoid(diff)
+    elif loss_type == "log_exp":
+        losses = F.softplus(-diff)
     elif loss_type == "hinge":
         losses = torch.relu(1 - diff)
     else:
-        raise ValueError(f"Unknown reward-model loss_type {loss_type!r}; expected 'log_sig' or 'hinge'")
+        raise ValueError(
+            f"Unknown reward-model loss_type {loss_type!r}; expected 'log_sig', 'log_exp' or 'hinge'"
+        )
     if center_rewards_coefficient is not None:
         losses = losses + center_rewards_coefficient * (chosen_rewards + rejected_rewards) ** 2
     return PreferenceLoss(losses, chosen_rewards.detach(), rejected_rewards.detach())

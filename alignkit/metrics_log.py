@@ -8,16 +8,23 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, *, tensorboard: bool, write_console):
+    def __init__(self, run_dir: Path, *, tensorboard: bool, write_console, purge_step: int | None = None,
+                 enabled: bool = True):
+        """``purge_step``: on resume, the first step logged again; TensorBoard hides the stopped run's events
+        from that step on, which the resumed run writes anew. ``enabled=False`` (every process but the main
+        one of a distributed run) writes nothing."""
         self.path = run_dir / "logging.jsonl"
+        self.enabled = enabled
         self.write_console = write_console
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "runs"))
+            self.writer = SummaryWriter(log_dir=str(run_dir / "runs"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: round(v, 8) if isinstance(v, float) else v for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -43,6 +50,16 @@ class RunningMean:
         for key, value in metrics.items():
             self.sums[key] += value
             self.counts[key] += 1
+
+    def to_json(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunningMean:
+        mean = cls()
+        mean.sums.update(data.get("sums", {}))
+        mean.counts.update(data.get("counts", {}))
+        return mean
 
     def pop(self) -> dict[str, float]:
         means = {key: self.sums[key] / self.counts[key] for key in self.sums}

@@ -16,23 +16,28 @@ logger = logging.getLogger("alignkit")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj"]
 
 
-def resolve_model_path(model: str | None) -> str:
-    """Map the user's --model to something ``from_pretrained`` takes: a local directory or a hub id."""
+def resolve_model_path(model: str | None, flag: str = "--model") -> str:
+    """Map the user's --model (or ``flag``) to something ``from_pretrained`` takes: a local directory or a hub id."""
     if model is None or model.lower() == BUILTIN_MODEL_NAME:
         return str(builtin_model_dir())
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise AlignkitError(f"--model {model}: the directory has no config.json, so it is not a HF model")
+            raise AlignkitError(f"{flag} {model}: the directory has no config.json, so it is not a HF model")
         return str(path)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise AlignkitError(f"--model {model}: no such directory")
+        raise AlignkitError(f"{flag} {model}: no such directory")
     return model  # a hub id
 
 
-def _hub_error(model: str, error: Exception) -> AlignkitError:
+def _load_error(model: str, error: Exception) -> AlignkitError:
+    """A local directory that does not load (broken config.json, missing or truncated weights, a tokenizer
+    file cut short) or a hub id that cannot be fetched: either way the message names it."""
+    detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
+    if Path(model).expanduser().exists():
+        return AlignkitError(f"cannot load the model in {model} ({detail})")
     return AlignkitError(
-        f"could not load '{model}' from the model hub ({type(error).__name__}: {error}). "
+        f"could not load '{model}' from the model hub ({detail}). "
         "If this machine is offline, download the model elsewhere and pass its local directory with --model."
     )
 
@@ -42,8 +47,8 @@ def load_tokenizer(model_path: str, revision: str | None = None):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
-    except OSError as error:
-        raise _hub_error(model_path, error) from error
+    except Exception as error:  # each broken file raises its parser's own error type
+        raise _load_error(model_path, error) from error
     if tokenizer.pad_token is None:
         # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
@@ -56,8 +61,8 @@ def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dt
 
     try:
         return AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype)
-    except OSError as error:
-        raise _hub_error(model_path, error) from error
+    except Exception as error:  # each broken file raises its parser's own error type
+        raise _load_error(model_path, error) from error
 
 
 def lora_targets(names: list[str]) -> str | list[str]:
@@ -79,7 +84,10 @@ def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: li
         target_modules=lora_targets(target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:  # e.g. target modules the model does not have
+        raise AlignkitError(f"--lora_target_modules {' '.join(target_modules)}: {error}") from error
 
 
 def load_adapters(model, adapters: list[str], *, trainable: bool):
@@ -89,10 +97,14 @@ def load_adapters(model, adapters: list[str], *, trainable: bool):
     for index, adapter in enumerate(adapters):
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise AlignkitError(f"--adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
-        if index == 0:
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-        else:
-            model.load_adapter(adapter, adapter_name=f"adapter_{index}")
+        try:
+            if index == 0:
+                model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+            else:
+                model.load_adapter(adapter, adapter_name=f"adapter_{index}")
+        except Exception as error:  # a broken config or weights file, or an adapter for another model
+            detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
+            raise AlignkitError(f"--adapters {adapter}: cannot load the adapter ({detail})") from error
     return model
 
 
@@ -133,7 +145,11 @@ def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | N
     if (path / "adapter_config.json").is_file():
         import json
 
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        try:
+            config = json.loads((path / "adapter_config.json").read_text())
+        except (ValueError, OSError) as error:
+            raise AlignkitError(f"--ckpt_dir {ckpt_dir}: adapter_config.json is unreadable ({error})") from error
+        base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
         return model or base, [str(path), *adapters]
     if (path / "config.json").is_file():
         return str(path), list(adapters)

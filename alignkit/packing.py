@@ -50,7 +50,7 @@ class Packed:
 
 def supports_packing(model) -> bool:
     """Packing passes a custom 4-D mask, which sdpa and eager attention take as it is."""
-    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+    return getattr(config_of(model), "_attn_implementation", None) in ("sdpa", "eager")
 
 
 def _lengths(batch: Batch) -> list[int]:
@@ -179,11 +179,13 @@ def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> 
     return logits[rows, ids].float() - lse[rows]
 
 
-def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: bool = False):
-    """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order."""
+def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: bool = False,
+                         ld_alpha: float | None = None):
+    """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order; ``average`` and
+    ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.logprobs.sequence_logps``."""
     packed = pack(batch, share_prefixes=share_prefixes)
     mask = packed.attention_mask
-    if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+    if config_of(model)._attn_implementation == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
     logits = model(
         input_ids=packed.input_ids,
@@ -193,14 +195,46 @@ def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: 
         use_cache=False,
     ).logits  # (K, V)
     per_token = token_logps(logits, packed.target_rows, packed.target_ids)  # (M,)
-    logps = per_token.new_zeros(packed.num_sequences).index_add(0, packed.target_seqs, per_token)  # (N,)
     counts = torch.bincount(packed.target_seqs, minlength=packed.num_sequences)  # (N,)
+    if ld_alpha is not None:
+        per_token = per_token * length_desensitised_token_weights(packed.target_seqs, counts, ld_alpha)
+    logps = per_token.new_zeros(packed.num_sequences).index_add(0, packed.target_seqs, per_token)  # (N,)
     return (logps / counts.clamp(min=1) if average else logps), counts
 
 
-def preference_logps(model, batch: Batch, *, padding_free: bool, prefix_sharing: bool, average: bool = False):
-    """Log-probs of a preference batch along the chosen path: padded (``forward_logps``), packed, or packed
-    with common prefixes held once. Same numbers."""
-    if padding_free:
-        return packed_forward_logps(model, batch, share_prefixes=prefix_sharing, average=average)
-    return forward_logps(model, batch, average=average)
+def length_desensitised_token_weights(target_seqs: torch.Tensor, counts: torch.Tensor, ld_alpha: float) -> torch.Tensor:
+    """``alignkit.logprobs.length_desensitised_weights`` for packed targets: target_seqs (M,) sorted by sequence
+    (each sequence's tokens in order), counts (N,) with N = 2B → (M,) weights, 1 up to the pair's shorter
+    answer length and ``ld_alpha`` beyond."""
+    if counts.shape[0] % 2:
+        raise ValueError("ld_alpha needs a pair batch: chosen rows then rejected rows")
+    starts = counts.cumsum(0) - counts  # (N,) index of each sequence's first target
+    position = torch.arange(target_seqs.shape[0], device=target_seqs.device) - starts[target_seqs] + 1  # (M,) 1-based
+    chosen, rejected = counts.chunk(2)
+    shared = torch.minimum(chosen, rejected).repeat(2)  # (N,) l_p
+    return torch.where(position <= shared[target_seqs], 1.0, ld_alpha)
+
+
+def config_of(model):
+    """The model's config, through a DDP or DeepSpeed wrapper, which has none of its own."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model.config
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an algorithm lays out its forwards: padded (the default, ``forward_logps``), packed, or packed with
+    common prefixes held once. Same numbers; ``alignkit.train`` picks it per run and logs the choice."""
+
+    padding_free: bool = False
+    prefix_sharing: bool = False
+
+    def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
+        """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
+        vision-language model's pixels) and attention implementations without 4-D masks run padded."""
+        if self.padding_free and not batch.model_inputs and supports_packing(model):
+            return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, average=average,
+                                        ld_alpha=ld_alpha)
+        return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+

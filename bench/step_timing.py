@@ -25,6 +25,7 @@ from alignkit.data.builtin import arith_pref
 from alignkit.data.collate import PairCollator
 from alignkit.data.template import ChatEncoder
 from alignkit.model import add_lora, load_causal_lm, load_tokenizer, resolve_model_path
+from alignkit.packing import Layout
 from alignkit.reference import Reference
 from alignkit.reference_cache import precompute_reference
 from alignkit.trainer import LoopConfig, make_optimizer
@@ -58,13 +59,14 @@ def main() -> None:
     if args.train_type == "lora":
         model = add_lora(model, rank=8, alpha=32, dropout=0.05, target_modules=["all-linear"])
     optimizer = make_optimizer(model, LoopConfig(learning_rate=1e-5))
+    packed = Layout(padding_free=True)
+    shared = Layout(padding_free=True, prefix_sharing=True)
     variants = {
-        "plain": DPO(Reference(frozen), beta=0.1),
-        "padding_free": DPO(Reference(frozen, padding_free=True), beta=0.1, padding_free=True),
-        "prefix_shared": DPO(Reference(frozen, padding_free=True, prefix_sharing=True), beta=0.1,
-                             padding_free=True, prefix_sharing=True),
-        "cached_padded": DPO(cached, beta=0.1),
-        "cached_prefix_shared": DPO(cached, beta=0.1, padding_free=True, prefix_sharing=True),
+        "plain": DPO(beta=0.1, reference=Reference(frozen)),
+        "padding_free": DPO(beta=0.1, reference=Reference(frozen, layout=packed), layout=packed),
+        "prefix_shared": DPO(beta=0.1, reference=Reference(frozen, layout=shared), layout=shared),
+        "cached_padded": DPO(beta=0.1, reference=cached),
+        "cached_prefix_shared": DPO(beta=0.1, reference=cached, layout=shared),
     }
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
     times: dict[str, list[float]] = {name: [] for name in args.variants}

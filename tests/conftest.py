@@ -41,15 +41,15 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(tokenizer, seed: int = 0):
+def build_tiny_model(tokenizer, seed: int = 0, init_std: float = 0.02, hidden_size: int = 32):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -58,6 +58,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        initializer_range=init_std,
     )
     return LlamaForCausalLM(config)
 
@@ -68,6 +69,32 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = build_tiny_tokenizer()
     build_tiny_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """The tiny model with larger random weights (std 0.3), so that different prompts get different greedy
+    answers instead of the same repeated token: needed to tell requests apart in serving tests."""
+    path = tmp_path_factory.mktemp("tiny-chat-llama")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer, init_std=0.3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def save_random_lora(model_dir: str, path, seed: int = 1) -> str:
+    """A LoRA adapter on every linear layer of ``model_dir`` whose A and B are both random (peft's default
+    init has B = 0, a no-op), saved to ``path``; like a training checkpoint, it carries the tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(base, config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(path)
     return str(path)
 
 

@@ -398,13 +398,13 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
             [{"prompt": [{"content": "q"}], "chosen": "a", "rejected": "b"}],
             "preference",
             1,
-            "field 'prompt[0]': message has no 'role'",
+            "field 'prompt[0]': message has no 'role' (or 'from')",
         ),
         (
             [{"messages": [user("q"), {"role": "assistant"}]}],
             "sft",
             1,
-            "field 'messages[1]': message has no 'content'",
+            "field 'messages[1]': message has no 'content' (or 'value')",
         ),
         (
             [{"messages": [{"role": "bot", "content": "q"}]}],
@@ -506,11 +506,12 @@ def test_json_line_not_an_object(tmp_path):
 
 
 def test_unknown_format(tmp_path):
-    path = write_jsonl(tmp_path, [{"question": "q", "answer": "a"}])
+    path = write_jsonl(tmp_path, [{"ask": "q", "reply": "a"}])
     with pytest.raises(DataError) as info:
         load_dataset_spec(path, "sft", seed=0)
     text = str(info.value)
-    assert text.startswith(f"{path}: unknown dataset format: found columns question, answer; known formats: ")
+    assert text.startswith(f"{path}: unknown dataset format: found columns ask, reply; known formats: ")
+    assert text.endswith("rename columns with --columns '{\"old\": \"new\"}'")
     assert "ms-swift preference (messages, rejected_response)" in text
     assert "TRL preference (prompt, chosen, rejected)" in text
 
@@ -542,7 +543,7 @@ def test_not_utf8(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset_spec(str(path), "prompt", seed=0)
     assert str(info.value) == (
-        f"{path}: not UTF-8 text: 'utf-8' codec can't decode byte 0xe9 in position 15: invalid continuation byte"
+        f"{path}, row 1: not UTF-8 text: byte 0xe9 (invalid continuation byte)"
     )
 
 

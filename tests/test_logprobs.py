@@ -3,7 +3,7 @@
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps, sequence_logps
+from alignkit.logprobs import forward_logps, length_desensitised_weights, sequence_logps
 
 
 def naive_logps(logits, labels):
@@ -46,3 +46,27 @@ def test_forward_logps_keeps_only_needed_positions_and_matches_full_logits(tiny_
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     for a, p in zip(fast_grads, model.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_ld_alpha_weights_tokens_beyond_the_shared_length():
+    # Pair of completions with 2 and 4 tokens: l_p = 2, so the rejected answer's last two tokens weigh α.
+    mask = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0]]).bool()
+    weights = length_desensitised_weights(mask, 0.25)
+    assert weights.tolist() == [[0, 1, 1, 0, 0, 0], [0, 1, 1, 0.25, 0.25, 0]]
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7, 11)  # B = 2 pairs: rows 0, 1 chosen; rows 2, 3 rejected
+    labels = torch.randint(0, 11, (4, 7))
+    labels[:, :2] = -100
+    labels[0, 4:] = -100  # chosen 0: 2 tokens; rejected 0 (row 2): 5 tokens → l_p = 2
+    labels[3, 3:] = -100  # chosen 1 (row 1): 5 tokens; rejected 1: 1 token → l_p = 1
+    plain, counts = sequence_logps(logits, labels)
+    torch.testing.assert_close(sequence_logps(logits, labels, ld_alpha=1.0)[0], plain)
+    per_token = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    shared_only, ld_counts = sequence_logps(logits, labels, ld_alpha=0.0)
+    expected = torch.stack([per_token[0, 1:3].sum(), per_token[1, 1:2].sum(), per_token[2, 1:3].sum(),
+                            per_token[3, 1:2].sum()])
+    torch.testing.assert_close(shared_only, expected)
+    assert torch.equal(ld_counts, counts) and counts.tolist() == [2, 5, 5, 1]
+    half, _ = sequence_logps(logits, labels, ld_alpha=0.5)
+    torch.testing.assert_close(half, expected + 0.5 * (plain - expected))

@@ -55,8 +55,10 @@ def test_multi_turn_sft_trains_every_assistant_turn_and_nothing_else(tokenizer):
     assert encoded.input_ids == p1 + a1 + p2 + a2
     assert encoded.labels == [IGNORE_INDEX] * len(p1) + a1 + [IGNORE_INDEX] * len(p2) + a2
 
-    last_only = encoder.encode_conversation(row, all_turns=False)
+    last_only = ChatEncoder(tokenizer, max_length=512, loss_scale="last_round").encode_conversation(row)
     assert last_only.labels == [IGNORE_INDEX] * len(p1 + a1 + p2) + a2
+    every_token = ChatEncoder(tokenizer, max_length=512, loss_scale="all").encode_conversation(row)
+    assert every_token.labels == every_token.input_ids == p1 + a1 + p2 + a2
 
 
 def test_multi_turn_pair_trains_only_the_final_diverging_turn(tokenizer):
@@ -90,8 +92,9 @@ def test_template_that_breaks_the_prefix_property_raises_a_clear_error(tokenizer
     )
     encoder = ChatEncoder(tokenizer, max_length=512)
     row = ConversationRow(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
-    with pytest.raises(AlignkitError, match="does not render a conversation's beginning as a prefix"):
+    with pytest.raises(AlignkitError, match="beginning does not tokenize as a prefix of the whole conversation") as info:
         encoder.encode_conversation(row)
+    assert "renders earlier turns differently once later turns follow" in str(info.value)
 
 
 def test_prompt_longer_than_max_length_is_dropped_or_raises_per_strategy(tokenizer):

@@ -170,3 +170,19 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_model
     b = load_file(resumed / "checkpoint-6" / "adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_hub_model_offline_says_to_pass_a_local_path(tmp_path, capsys):
+    assert main(["rlhf", "--model", "some-org/some-model", "--dataset", "arith-pref#4",
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "could not load 'some-org/some-model' from the model hub" in err
+    assert "pass its local directory with --model" in err
+
+
+def test_help_lists_ms_swift_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["rlhf", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--rlhf_type", "--sft_type", "--lora_dropout_p", "--batch_size", "--max_prompt_length"):
+        assert flag in out

@@ -1,10 +1,12 @@
 """Dataset formats: tell a file's format from its columns and turn each record into canonical rows.
 
-``FORMATS`` is the whole catalogue: the columns that identify a format, the kinds of row it can give,
-and the function that parses one record into a ``Parsed`` (a prompt and whatever answers the record
-holds). ``to_rows`` then builds the row the command needs. A new format (LLaMA-Factory, hh-rlhf, ...)
-is one parse function and one line in ``FORMATS``; the first entry whose columns are all present wins,
-so more specific formats come first.
+``FORMATS`` is the whole catalogue: the columns that identify a format, the kinds of row it can give
+(the first is the kind it naturally holds), an optional check of a sample record for formats that
+share columns, and the function that parses one record into a ``Parsed`` (a prompt and whatever
+answers the record holds). ``to_rows`` then builds the row the command needs. The first entry whose
+columns are all present (and whose sample check passes) wins, so more specific formats come first.
+When none matches, ms-swift's automatic column names are tried (``AUTO_COLUMNS``: ``question`` →
+``query``, ``answer`` → ``response``, ...).
 
 Example (ms-swift preference, kind "preference")::
 
@@ -18,16 +20,19 @@ Field paths in errors index messages from 0: ``messages[2].role`` is the third m
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.data import fields as f
 from alignkit.data.rows import ConversationRow, Message, PreferenceRow, PromptRow, Row, RowSource, UnpairedRow
 from alignkit.errors import DataError
 
 KINDS = ("sft", "preference", "unpaired", "prompt")
-ROLES = ("system", "user", "assistant")
+PAIRED = ("preference", "sft", "unpaired", "prompt")  # a pair also gives a conversation, two KTO rows, a prompt
+SINGLE = ("sft", "prompt")
+LABELLED = ("unpaired", "prompt")
 
 
 @dataclass
@@ -53,209 +58,56 @@ class Format:
     columns: tuple[str, ...]
     kinds: tuple[str, ...]
     parse: Callable[[dict[str, Any], RowSource], Parsed]
+    sniff: Callable[[dict[str, Any]], bool] | None = None
 
 
-# ---------------------------------------------------------------------------------------------- values
-
-
-def _error(source: RowSource, field: str | None, message: str) -> DataError:
-    return DataError(message, file=source.file, row=source.row, field=field)
-
-
-def _missing(value: Any) -> bool:
-    # Parquet and CSV give None or NaN for an empty cell; JSON lines simply leave the key out.
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _has(record: dict[str, Any], name: str) -> bool:
-    return not _missing(record.get(name))
-
-
-def _required(record: dict[str, Any], name: str, source: RowSource, expected: str) -> Any:
-    value = record.get(name)
-    if _missing(value):
-        raise _error(source, name, f"missing value; expected {expected}")
-    if isinstance(value, (str, list)) and not value:
-        raise _error(source, name, f"empty; expected {expected}")
-    return value
-
-
-def _string(record: dict[str, Any], name: str, source: RowSource) -> str:
-    value = _required(record, name, source, "a non-empty string")
-    if not isinstance(value, str):
-        raise _error(source, name, f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _messages(value: Any, name: str, source: RowSource) -> list[Message]:
-    """Check a list of ``{"role", "content"}`` dicts and return plain copies (extra keys dropped)."""
-    if not isinstance(value, list):
-        raise _error(source, name, f"expected a list of messages, got {type(value).__name__}")
-    messages = []
-    for i, message in enumerate(value):
-        where = f"{name}[{i}]"
-        if not isinstance(message, dict):
-            raise _error(
-                source,
-                where,
-                f"expected a message {{'role': ..., 'content': ...}}, got {type(message).__name__}",
-            )
-        for key in ("role", "content"):
-            if _missing(message.get(key)):
-                raise _error(source, where, f"message has no '{key}'")
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise _error(
-                source, f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
-            )
-        if not isinstance(content, str):
-            raise _error(source, f"{where}.content", f"expected a string, got {type(content).__name__}")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def _turns(record: dict[str, Any], name: str, source: RowSource, role: str) -> list[Message]:
-    """A column holding a string (one ``role`` turn) or a non-empty list of messages."""
-    value = _required(record, name, source, "a non-empty string or list of messages")
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return _messages(value, name, source)
-
-
-def _answer(messages: list[Message], name: str, source: RowSource, offset: int = 0) -> list[Message]:
-    """An answer holds assistant turns only; ``offset`` is its start in the column, for the error path."""
-    if not any(m["content"] for m in messages):
-        raise _error(source, name, "empty; expected an answer with text")
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            raise _error(
-                source,
-                f"{name}[{offset + i}].role",
-                f"expected 'assistant' in an answer, got {message['role']!r}",
-            )
-    return messages
-
-
-def _label(record: dict[str, Any], source: RowSource) -> bool:
-    value = record.get("label")
-    if not isinstance(value, bool):
-        raise _error(source, "label", f"expected true or false, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _margin(record: dict[str, Any], source: RowSource) -> float | None:
-    value = record.get("margin")
-    if _missing(value):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _error(source, "margin", f"expected a number, got {value!r} ({type(value).__name__})")
-    return float(value)
-
-
-def _extras(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in used}
-
-
-def _split_last_answer(
-    messages: list[Message], name: str, source: RowSource
-) -> tuple[list[Message], list[Message]]:
-    """``[..., user, assistant]`` -> (everything before the last turn, [last turn])."""
-    if messages[-1]["role"] != "assistant":
-        raise _error(
-            source, name, f"expected the last message to be an assistant turn, got {messages[-1]['role']!r}"
-        )
-    return messages[:-1], messages[-1:]
-
-
-def _shared_prompt(chosen: list[Message], rejected: list[Message]) -> int:
-    """Length of the prompt two conversations share: their common prefix, cut after its last user turn."""
-    common = 0
-    while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
-        common += 1
-    users = [i for i in range(common) if chosen[i]["role"] == "user"]
-    return users[-1] + 1 if users else 0
-
-
-# ------------------------------------------------------------------------------------------- parsers
+# ------------------------------------------------------------------------------------------- ms-swift
 
 
 _SWIFT_COLUMNS = {"messages", "system", "rejected_response", "rejected_messages", "label", "margin"}
 
 
 def parse_swift_messages(record: dict[str, Any], source: RowSource) -> Parsed:
-    """ms-swift: ``messages`` (+ ``system``) with ``rejected_response``, ``rejected_messages`` or ``label``."""
-    messages = _messages(
-        _required(record, "messages", source, "a non-empty list of messages"), "messages", source
-    )
-    system = _system(record, messages, source)
-    messages = system + messages
-    extras = _extras(record, _SWIFT_COLUMNS)
-    # Field paths must index the column as written, so shift by the prepended system turn.
-    offset = -len(system)
-    if _has(record, "rejected_messages"):
-        rejected = _messages(
-            _required(record, "rejected_messages", source, "a non-empty list of messages"),
-            "rejected_messages",
-            source,
+    """ms-swift: ``messages`` (+ ``system``) with ``rejected_response``, ``rejected_messages`` or ``label``.
+
+    Also ColossalChat's SFT and PPO-prompt files, whose messages are spelled ``{"from", "content"}``.
+    """
+    written = f.messages(f.required(record, "messages", source, "a non-empty list of messages"), "messages", source)
+    system = f.system_turn(record, written, source)
+    messages = system + written
+    extras = f.extras(record, _SWIFT_COLUMNS)
+    if f.has(record, "rejected_messages"):
+        rejected = f.messages(
+            f.required(record, "rejected_messages", source, "a non-empty list of messages"), "rejected_messages", source
         )
-        rejected = system + rejected
-        cut = _shared_prompt(messages, rejected)
-        if cut == 0:
-            raise _error(
-                source, "rejected_messages", "shares no prompt ending in a user turn with 'messages'"
-            )
-        return Parsed(
-            prompt=messages[:cut],
-            prompt_field="messages",
-            chosen=_answer(messages[cut:], "messages", source, cut + offset),
-            rejected=_answer(rejected[cut:], "rejected_messages", source, cut + offset),
-            margin=_margin(record, source),
-            extras=extras,
-        )
-    if _has(record, "rejected_response"):
-        prompt, chosen = _split_last_answer(messages, "messages", source)
-        rejected = _answer(
-            _turns(record, "rejected_response", source, "assistant"), "rejected_response", source
-        )
-        return Parsed(prompt, "messages", chosen, rejected, margin=_margin(record, source), extras=extras)
-    if _has(record, "label"):
-        prompt, chosen = _split_last_answer(messages, "messages", source)
-        return Parsed(prompt, "messages", chosen, label=_label(record, source), extras=extras)
+        # Split the columns as written, so that error paths index them; the system turn joins the prompt.
+        prompt, chosen, rejected = f.split_pair(written, rejected, ("messages", "rejected_messages"), source)
+        return Parsed(system + prompt, "messages", chosen, rejected, margin=f.margin(record, source), extras=extras)
+    if f.has(record, "rejected_response"):
+        prompt, chosen = f.split_last_answer(messages, "messages", source)
+        chosen = f.answer(chosen, "messages", source, len(written) - 1)
+        rejected = f.answer(f.turns(record, "rejected_response", source, "assistant"), "rejected_response", source)
+        return Parsed(prompt, "messages", chosen, rejected, margin=f.margin(record, source), extras=extras)
+    if f.has(record, "label"):
+        prompt, chosen = f.split_last_answer(messages, "messages", source)
+        chosen = f.answer(chosen, "messages", source, len(written) - 1)
+        return Parsed(prompt, "messages", chosen, label=f.label(record, "label", source), extras=extras)
     if messages[-1]["role"] == "assistant":
-        return Parsed(messages[:-1], "messages", messages[-1:], extras=extras)
+        answer = f.answer(messages[-1:], "messages", source, len(written) - 1)
+        return Parsed(messages[:-1], "messages", answer, extras=extras)
     return Parsed(messages, "messages", extras=extras)
 
 
-def _system(record: dict[str, Any], messages: list[Message], source: RowSource) -> list[Message]:
-    if _missing(record.get("system")):
-        return []
-    system = _string(record, "system", source)
-    if messages[0]["role"] == "system":
-        raise _error(source, "system", "the conversation already starts with a system message")
-    return [{"role": "system", "content": system}]
-
-
 def parse_swift_query(record: dict[str, Any], source: RowSource) -> Parsed:
-    """ms-swift: ``query``/``response`` with optional ``history`` ([[query, response], ...]) and ``system``."""
-    messages = []
-    history = record.get("history")
-    if _has(record, "history"):
-        if not isinstance(history, list):
-            raise _error(
-                source, "history", f"expected a list of [query, response] pairs, got {type(history).__name__}"
-            )
-        for i, pair in enumerate(history):
-            if not (
-                isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
-            ):
-                raise _error(
-                    source, f"history[{i}]", f"expected a [query, response] pair of strings, got {pair!r}"
-                )
-            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    messages.append({"role": "user", "content": _string(record, "query", source)})
-    messages.append({"role": "assistant", "content": _string(record, "response", source)})
+    """ms-swift: ``query`` (+ ``response``) with optional ``history`` ([[query, response], ...]) and ``system``."""
+    messages = f.history(record, source) + [{"role": "user", "content": f.string(record, "query", source)}]
+    if f.has(record, "response"):
+        messages.append({"role": "assistant", "content": f.string(record, "response", source)})
     converted = {k: v for k, v in record.items() if k not in ("query", "response", "history")}
     return parse_swift_messages({**converted, "messages": messages}, source)
+
+
+# ------------------------------------------------------------------------------------ TRL and friends
 
 
 _TRL_COLUMNS = {"prompt", "chosen", "rejected", "completion", "label", "margin"}
@@ -265,86 +117,259 @@ def parse_trl(record: dict[str, Any], source: RowSource) -> Parsed:
     """TRL: ``prompt`` with ``chosen``/``rejected`` or ``completion`` (+ ``label``), strings or messages.
 
     Without a ``prompt`` column, ``chosen`` and ``rejected`` are whole conversations and the prompt is
-    their shared beginning (TRL's implicit prompt).
+    their shared beginning (TRL's implicit prompt). ColossalChat's KTO rows (``completion`` as one
+    ``{"from", "content"}`` message) parse here too.
     """
-    extras = _extras(record, _TRL_COLUMNS)
-    if not _has(record, "prompt"):
-        chosen, rejected = (_turns(record, name, source, "assistant") for name in ("chosen", "rejected"))
+    extras = f.extras(record, _TRL_COLUMNS)
+    if not f.has(record, "prompt"):
+        chosen, rejected = (f.turns(record, name, source, "assistant") for name in ("chosen", "rejected"))
         if isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
-            raise _error(source, "prompt", "missing; strings for chosen and rejected need a 'prompt' column")
-        cut = _shared_prompt(chosen, rejected)
-        if cut == 0:
-            raise _error(source, "rejected", "shares no prompt ending in a user turn with 'chosen'")
-        return Parsed(
-            prompt=chosen[:cut],
-            prompt_field="chosen",
-            chosen=_answer(chosen[cut:], "chosen", source, cut),
-            rejected=_answer(rejected[cut:], "rejected", source, cut),
-            margin=_margin(record, source),
-            extras=extras,
-        )
-    parsed = Parsed(prompt=_turns(record, "prompt", source, "user"), prompt_field="prompt", extras=extras)
-    if _has(record, "chosen"):
-        parsed.chosen = _answer(_turns(record, "chosen", source, "assistant"), "chosen", source)
-        parsed.rejected = _answer(_turns(record, "rejected", source, "assistant"), "rejected", source)
-        parsed.margin = _margin(record, source)
-    elif _has(record, "completion"):
-        parsed.chosen = _answer(_turns(record, "completion", source, "assistant"), "completion", source)
-        if _has(record, "label"):
-            parsed.label = _label(record, source)
+            raise f.error(source, "prompt", "missing; strings for chosen and rejected need a 'prompt' column")
+        prompt, chosen, rejected = f.split_pair(chosen, rejected, ("chosen", "rejected"), source)
+        return Parsed(prompt, "chosen", chosen, rejected, margin=f.margin(record, source), extras=extras)
+    parsed = Parsed(prompt=f.turns(record, "prompt", source, "user"), prompt_field="prompt", extras=extras)
+    if f.has(record, "chosen"):
+        parsed.chosen = f.answer(f.turns(record, "chosen", source, "assistant"), "chosen", source)
+        parsed.rejected = f.answer(f.turns(record, "rejected", source, "assistant"), "rejected", source)
+        parsed.margin = f.margin(record, source)
+    elif f.has(record, "completion"):
+        parsed.chosen = f.answer(f.turns(record, "completion", source, "assistant"), "completion", source)
+        if f.has(record, "label"):
+            parsed.label = f.label(record, "label", source)
     return parsed
 
 
+def parse_whole_conversations(record: dict[str, Any], source: RowSource) -> Parsed:
+    """UltraFeedback-binarized: ``chosen``/``rejected`` are whole conversations and ``prompt`` repeats the
+    last user turn (or the prompt's messages); scores and other columns are kept as extras."""
+    chosen = f.messages(f.required(record, "chosen", source, "a non-empty list of messages"), "chosen", source)
+    rejected = f.messages(f.required(record, "rejected", source, "a non-empty list of messages"), "rejected", source)
+    prompt, chosen, rejected = f.split_pair(chosen, rejected, ("chosen", "rejected"), source)
+    stated = f.turns(record, "prompt", source, "user")
+    if prompt[-len(stated):] != stated:
+        raise f.error(source, "prompt", "does not match the conversation that 'chosen' and 'rejected' share")
+    return Parsed(prompt, "chosen", chosen, rejected, margin=f.margin(record, source),
+                  extras=f.extras(record, _TRL_COLUMNS | {"messages"}))
+
+
+def parse_colossal_preference(record: dict[str, Any], source: RowSource) -> Parsed:
+    """ColossalChat: ``context`` (messages ending with the user) with ``chosen``/``rejected`` answers."""
+    prompt = f.messages(f.required(record, "context", source, "a non-empty list of messages"), "context", source)
+    return Parsed(
+        prompt,
+        "context",
+        f.answer(f.turns(record, "chosen", source, "assistant"), "chosen", source),
+        f.answer(f.turns(record, "rejected", source, "assistant"), "rejected", source),
+        extras=f.extras(record, {"context", "chosen", "rejected"}),
+    )
+
+
+def parse_colossal_ptx(record: dict[str, Any], source: RowSource) -> Parsed:
+    """ColossalChat ptx: ``source`` (an instruction, may be empty) and ``Target`` (the text to learn)."""
+    instruction = f.optional_string(record, "source", source)
+    prompt = [{"role": "user", "content": instruction}] if instruction else []
+    target = [{"role": "assistant", "content": f.string(record, "Target", source)}]
+    return Parsed(prompt, "source", target, extras=f.extras(record, {"source", "Target"}))
+
+
+# ------------------------------------------------------------------------------------ Anthropic hh-rlhf
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def transcript(text: str, name: str, source: RowSource) -> list[Message]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> [user "hi", assistant "hello"]."""
+    parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
+    if parts[0].strip() or len(parts) < 3:
+        raise f.error(source, name, "expected a transcript of '\\n\\nHuman: …' and '\\n\\nAssistant: …' turns")
+    return [
+        {"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    ]
+
+
+def parse_hh(record: dict[str, Any], source: RowSource) -> Parsed:
+    """Anthropic hh-rlhf: ``chosen``/``rejected`` transcripts sharing everything but the final answer."""
+    chosen, rejected = (transcript(f.string(record, name, source), name, source) for name in ("chosen", "rejected"))
+    prompt, chosen, rejected = f.split_pair(chosen, rejected, ("chosen", "rejected"), source)
+    return Parsed(prompt, "chosen", chosen, rejected, extras=f.extras(record, {"chosen", "rejected"}))
+
+
+# --------------------------------------------------------------------------------------- LLaMA-Factory
+
+
+_KTO_TAG = "kto_tag"
+
+
+def _pair(record: dict[str, Any], source: RowSource, parsed: Parsed) -> Parsed:
+    parsed.chosen = f.answer(f.turns(record, "chosen", source, "assistant"), "chosen", source)
+    parsed.rejected = f.answer(f.turns(record, "rejected", source, "assistant"), "rejected", source)
+    return parsed
+
+
+def _tag(record: dict[str, Any], source: RowSource, parsed: Parsed) -> Parsed:
+    if f.has(record, _KTO_TAG):
+        parsed.label = f.label(record, _KTO_TAG, source)
+    return parsed
+
+
+def parse_alpaca(record: dict[str, Any], source: RowSource) -> Parsed:
+    """LLaMA-Factory alpaca: ``instruction`` + ``input`` (joined by a newline), ``history``, ``system``;
+    answers in ``output`` (SFT, or KTO with ``kto_tag``) or ``chosen``/``rejected``."""
+    query = f.string(record, "instruction", source)
+    extra_input = f.optional_string(record, "input", source)
+    if extra_input:
+        query += "\n" + extra_input
+    conversation = f.history(record, source) + [{"role": "user", "content": query}]
+    prompt = f.system_turn(record, conversation, source) + conversation
+    used = {"instruction", "input", "output", "history", "system", "chosen", "rejected", _KTO_TAG}
+    parsed = Parsed(prompt, "instruction", extras=f.extras(record, used))
+    if f.has(record, "chosen"):
+        return _pair(record, source, parsed)
+    if f.has(record, "output"):
+        parsed.chosen = [{"role": "assistant", "content": f.string(record, "output", source)}]
+    return _tag(record, source, parsed)
+
+
+def parse_sharegpt(record: dict[str, Any], source: RowSource) -> Parsed:
+    """LLaMA-Factory sharegpt: ``conversations`` of ``{"from", "value"}`` (+ ``system``); answers as the
+    last ``gpt`` turn (SFT, or KTO with ``kto_tag``) or ``chosen``/``rejected`` message objects."""
+    written = f.messages(
+        f.required(record, "conversations", source, "a non-empty list of messages"), "conversations", source
+    )
+    conversation = f.system_turn(record, written, source) + written
+    parsed = Parsed(conversation, "conversations", extras=f.extras(record, {"conversations", "system", "chosen",
+                                                                          "rejected", _KTO_TAG}))
+    if f.has(record, "chosen"):
+        return _pair(record, source, parsed)
+    if conversation[-1]["role"] == "assistant":
+        parsed.prompt, parsed.chosen = conversation[:-1], conversation[-1:]
+    return _tag(record, source, parsed)
+
+
+# ------------------------------------------------------------------------------------------- catalogue
+
+
+def _first_message_has(key: str, column: str) -> Callable[[dict[str, Any]], bool]:
+    def sniff(record: dict[str, Any]) -> bool:
+        value = record.get(column)
+        first = value[0] if isinstance(value, list) and value else value
+        return isinstance(first, dict) and key in first
+
+    return sniff
+
+
+def _is_transcript(record: dict[str, Any]) -> bool:
+    chosen = record.get("chosen")
+    return isinstance(chosen, str) and chosen.lstrip().startswith("Human:")
+
+
+def _whole_conversation(record: dict[str, Any]) -> bool:
+    def starts_with_prompt(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and (
+            value[0].get("role", value[0].get("from")) in ("user", "human", "system")
+        )
+
+    return starts_with_prompt(record.get("chosen")) and starts_with_prompt(record.get("rejected"))
+
+
 FORMATS: tuple[Format, ...] = (
-    Format("ms-swift preference", ("messages", "rejected_response"), KINDS, parse_swift_messages),
-    Format(
-        "ms-swift preference (rejected_messages)",
-        ("messages", "rejected_messages"),
-        KINDS,
-        parse_swift_messages,
-    ),
-    Format("ms-swift unpaired", ("messages", "label"), ("unpaired", "prompt"), parse_swift_messages),
-    Format(
-        "messages (ms-swift / TRL conversational)", ("messages",), ("sft", "prompt"), parse_swift_messages
-    ),
-    Format(
-        "ms-swift query/response preference",
-        ("query", "response", "rejected_response"),
-        KINDS,
-        parse_swift_query,
-    ),
-    Format(
-        "ms-swift query/response unpaired",
-        ("query", "response", "label"),
-        ("unpaired", "prompt"),
-        parse_swift_query,
-    ),
-    Format("ms-swift query/response", ("query", "response"), ("sft", "prompt"), parse_swift_query),
-    Format("TRL preference", ("prompt", "chosen", "rejected"), KINDS, parse_trl),
-    Format("TRL preference (implicit prompt)", ("chosen", "rejected"), KINDS, parse_trl),
-    Format("TRL unpaired", ("prompt", "completion", "label"), ("unpaired", "prompt"), parse_trl),
-    Format("TRL prompt-completion", ("prompt", "completion"), ("sft", "prompt"), parse_trl),
+    Format("ms-swift preference", ("messages", "rejected_response"), PAIRED, parse_swift_messages),
+    Format("ms-swift preference (rejected_messages)", ("messages", "rejected_messages"), PAIRED, parse_swift_messages),
+    Format("ms-swift unpaired", ("messages", "label"), LABELLED, parse_swift_messages),
+    Format("UltraFeedback binarized", ("prompt", "chosen", "rejected"), PAIRED, parse_whole_conversations,
+           _whole_conversation),
+    Format("TRL preference", ("prompt", "chosen", "rejected"), PAIRED, parse_trl),
+    Format("ColossalChat preference", ("context", "chosen", "rejected"), PAIRED, parse_colossal_preference),
+    Format("LLaMA-Factory sharegpt preference", ("conversations", "chosen", "rejected"), PAIRED, parse_sharegpt),
+    Format("LLaMA-Factory sharegpt KTO", ("conversations", _KTO_TAG), LABELLED, parse_sharegpt),
+    Format("LLaMA-Factory sharegpt", ("conversations",), SINGLE, parse_sharegpt),
+    Format("LLaMA-Factory alpaca preference", ("instruction", "chosen", "rejected"), PAIRED, parse_alpaca),
+    Format("LLaMA-Factory alpaca KTO", ("instruction", "output", _KTO_TAG), LABELLED, parse_alpaca),
+    Format("LLaMA-Factory alpaca", ("instruction", "output"), SINGLE, parse_alpaca),
+    Format("ColossalChat messages (from/content)", ("messages",), SINGLE, parse_swift_messages,
+           _first_message_has("from", "messages")),
+    Format("messages (ms-swift / TRL conversational)", ("messages",), SINGLE, parse_swift_messages),
+    Format("ms-swift query/response preference", ("query", "response", "rejected_response"), PAIRED,
+           parse_swift_query),
+    Format("ms-swift query/response unpaired", ("query", "response", "label"), LABELLED, parse_swift_query),
+    Format("ms-swift query/response", ("query", "response"), SINGLE, parse_swift_query),
+    Format("ms-swift query (prompt-only)", ("query",), ("prompt",), parse_swift_query),
+    Format("Anthropic hh-rlhf", ("chosen", "rejected"), PAIRED, parse_hh, _is_transcript),
+    Format("TRL preference (implicit prompt)", ("chosen", "rejected"), PAIRED, parse_trl),
+    Format("ColossalChat KTO", ("prompt", "completion", "label"), LABELLED, parse_trl,
+           _first_message_has("from", "completion")),
+    Format("TRL unpaired", ("prompt", "completion", "label"), LABELLED, parse_trl),
+    Format("TRL prompt-completion", ("prompt", "completion"), SINGLE, parse_trl),
+    Format("ColossalChat ptx", ("source", "Target"), ("sft",), parse_colossal_ptx),
     Format("TRL prompt-only", ("prompt",), ("prompt",), parse_trl),
 )
 
+AUTO_COLUMNS: dict[str, tuple[str, ...]] = {
+    "query": ("prompt", "query", "instruction", "question", "problem"),
+    "response": ("response", "answer", "output", "completion"),
+    "system": ("system_prompt",),
+}
+"""ms-swift's automatic column names, tried when no format matches: the first present source column of
+each target is renamed to it (``{"question": "q", "answer": "a"}`` reads as ``{"query", "response"}``)."""
 
-def detect_format(columns: list[str], kind: str, file: str) -> Format:
-    """The first format in ``FORMATS`` whose columns are all present; it must be able to give ``kind`` rows."""
+
+def auto_columns(columns: list[str]) -> dict[str, str]:
+    """The renaming ``AUTO_COLUMNS`` gives for these columns, e.g. ``{"question": "query", "answer": "response"}``."""
+    mapping = {}
+    for target, candidates in AUTO_COLUMNS.items():
+        if target in columns:
+            continue
+        source = next((c for c in candidates if c in columns), None)
+        if source is not None:
+            mapping[source] = target
+    return mapping
+
+
+def _matches(fmt: Format, columns: set[str], records: list[dict[str, Any]]) -> bool:
+    if not set(fmt.columns) <= columns:
+        return False
+    if fmt.sniff is None:
+        return True
+    sample = next((r for r in records if all(f.has(r, c) for c in fmt.columns)), None)
+    return sample is not None and fmt.sniff(sample)
+
+
+def detect_format(columns: list[str], kind: str | None, file: str, records: list[dict[str, Any]] = ()) -> Format:
+    """The first format in ``FORMATS`` whose columns are all present and whose sniff accepts the first record
+    holding them; it must be able to give ``kind`` rows (any kind when ``kind`` is None)."""
+    present = set(columns)
     for fmt in FORMATS:
-        if set(fmt.columns) <= set(columns):
+        if _matches(fmt, present, records):
             break
     else:
-        known = "; ".join(f"{f.name} ({', '.join(f.columns)})" for f in FORMATS)
+        known = "; ".join(dict.fromkeys(f"{x.name} ({', '.join(x.columns)})" for x in FORMATS))
         raise DataError(
-            f"unknown dataset format: found columns {', '.join(columns)}; known formats: {known}", file=file
+            f"unknown dataset format: found columns {', '.join(columns)}; known formats: {known}; "
+            "rename columns with --columns '{\"old\": \"new\"}'",
+            file=file,
         )
-    if kind not in fmt.kinds:
-        able = ", ".join(f"{f.name} ({', '.join(f.columns)})" for f in FORMATS if kind in f.kinds)
+    if kind is not None and kind not in fmt.kinds:
+        able = ", ".join(dict.fromkeys(f"{x.name} ({', '.join(x.columns)})" for x in FORMATS if kind in x.kinds))
         raise DataError(
             f"format '{fmt.name}' gives {' or '.join(fmt.kinds)} rows, not {kind} rows; formats for {kind}: {able}",
             file=file,
         )
     return fmt
+
+
+def natural_kind(fmt: Format, record: dict[str, Any], source: RowSource) -> str:
+    """The kind of row a record holds by itself: a pair, a labelled answer, a conversation or a prompt."""
+    try:
+        parsed = fmt.parse(record, source)
+    except DataError:
+        return fmt.kinds[0]  # the record's own error is reported when it is converted
+    if parsed.rejected is not None:
+        return "preference"
+    if parsed.label is not None:
+        return "unpaired"
+    return "sft" if parsed.chosen is not None else "prompt"
 
 
 def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
@@ -354,25 +379,24 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     every other case gives one row.
     """
     if kind == "sft":
+        if not parsed.prompt:
+            raise f.error(source, parsed.prompt_field, "no prompt: expected a user turn before the answer")
         if parsed.chosen is None:
-            raise _error(source, parsed.prompt_field, "expected the last message to be an assistant turn")
+            raise f.error(source, parsed.prompt_field, "expected the last message to be an assistant turn")
         return [ConversationRow(messages=parsed.prompt + parsed.chosen, source=source)]
-    if parsed.prompt[-1]["role"] != "user":
-        raise _error(
-            source,
-            parsed.prompt_field,
-            f"the prompt must end with a user turn, but it ends with {parsed.prompt[-1]['role']!r}",
-        )
+    if not parsed.prompt or parsed.prompt[-1]["role"] != "user":
+        ends = repr(parsed.prompt[-1]["role"]) if parsed.prompt else "nothing"
+        raise f.error(source, parsed.prompt_field, f"the prompt must end with a user turn, but it ends with {ends}")
+    if kind != "prompt" and parsed.chosen is None:
+        raise f.error(source, parsed.prompt_field, f"expected an answer for {kind} rows, but the record holds a prompt only")
     if kind == "preference":
-        return [
-            PreferenceRow(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin, source, parsed.extras)
-        ]
+        return [PreferenceRow(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin, source, parsed.extras)]
     if kind == "unpaired":
         if parsed.label is not None:
-            return [UnpairedRow(parsed.prompt, parsed.chosen, parsed.label, source)]
+            return [UnpairedRow(parsed.prompt, parsed.chosen, parsed.label, source, parsed.extras)]
         return [
-            UnpairedRow(parsed.prompt, parsed.chosen, True, source),
-            UnpairedRow(parsed.prompt, parsed.rejected, False, source),
+            UnpairedRow(parsed.prompt, parsed.chosen, True, source, parsed.extras),
+            UnpairedRow(parsed.prompt, parsed.rejected, False, source, parsed.extras),
         ]
     return [PromptRow(prompt=parsed.prompt, extras=parsed.extras, source=source)]
 
@@ -381,6 +405,7 @@ def convert(record: dict[str, Any], fmt: Format, kind: str, source: RowSource) -
     """One record of a file in format ``fmt`` → its canonical rows of ``kind``."""
     # The format was told from the columns of the whole file; each record must still have them all.
     for column in fmt.columns:
-        if _missing(record.get(column)):
-            raise _error(source, column, f"missing value; format '{fmt.name}' needs {', '.join(fmt.columns)}")
+        if f.missing(record.get(column)):
+            raise f.error(source, column, f"missing value; format '{fmt.name}' needs {', '.join(fmt.columns)}")
+    f.check_images(record, source)
     return to_rows(fmt.parse(record, source), kind, source)

@@ -56,6 +56,7 @@ class UnpairedRow:
     completion: list[Message]
     label: bool
     source: RowSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

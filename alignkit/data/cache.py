@@ -1,0 +1,122 @@
+"""Tokenised data cached on disk, so a second run over the same data starts training at once.
+
+The key is a hash of everything that decides the token ids and labels: the canonical rows themselves
+(so the files' content, ``#N`` sampling, mixing, shuffling and ``--columns`` all count), the tokenizer
+(its full serialisation), the chat template and system prompt, ``--loss_scale``, ``--max_length``,
+``--max_prompt_length`` and ``--truncation_strategy``. Change any of them and the cache misses. Files live
+in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default ``~/.cache/alignkit``) and hold plain integer arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+import alignkit
+from alignkit.builtin_model import cache_root
+from alignkit.data.encode import Item, encode_rows
+from alignkit.data.rows import Row
+from alignkit.data.template import ChatEncoder, Encoded
+
+logger = logging.getLogger("alignkit")
+
+CACHE_VERSION = 1  # bump when the encoding of a row changes
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    if tokenizer.is_fast:
+        text = tokenizer.backend_tokenizer.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256((type(tokenizer).__name__ + special + text).encode()).hexdigest()
+
+
+def _row_tokens(row: Row) -> dict:
+    """The fields of a row that reach the tokens (not its source, extras or margin)."""
+    fields = dataclasses.asdict(row)
+    for name in ("source", "extras", "margin"):
+        fields.pop(name, None)
+    return {"type": type(row).__name__, **fields}
+
+
+def cache_key(encoder: ChatEncoder, rows: list[Row]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(_row_tokens(row), sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    settings = {
+        "version": CACHE_VERSION,
+        "alignkit": alignkit.__version__,
+        "rows": digest.hexdigest(),
+        "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+        "template": [encoder.template.source, encoder.template.system_message, encoder.template.end_of_assistant],
+        "system": encoder.system,
+        "loss_scale": encoder.loss_scale,
+        "max_length": encoder.max_length,
+        "max_prompt_length": encoder.max_prompt_length,
+        "truncation_strategy": encoder.truncation_strategy,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path:
+    return cache_root() / "tokenized" / f"{key}.npz"
+
+
+def save(path: Path, items: list[Item], dropped: int) -> None:
+    sequences = [s for _, encoded in items for s in (encoded if isinstance(encoded, tuple) else (encoded,))]
+    arrays = {
+        "row_ids": np.array([i for i, _ in items], dtype=np.int64),
+        "per_item": np.array([2 if isinstance(e, tuple) else 1 for _, e in items], dtype=np.int8),
+        "lengths": np.array([len(s.input_ids) for s in sequences], dtype=np.int64),
+        "input_ids": np.array([t for s in sequences for t in s.input_ids], dtype=np.int64),
+        "labels": np.array([t for s in sequences for t in s.labels], dtype=np.int64),
+        "dropped": np.array(dropped, dtype=np.int64),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
+    with partial.open("wb") as out:
+        np.savez(out, **arrays)
+    os.replace(partial, path)  # a reader never sees half a file
+
+
+def load(path: Path) -> tuple[list[Item], int]:
+    with np.load(path, allow_pickle=False) as data:
+        ends = np.cumsum(data["lengths"]).tolist()
+        ids, labels = data["input_ids"].tolist(), data["labels"].tolist()
+        starts = [0, *ends[:-1]]
+        sequences = [Encoded(ids[a:b], labels[a:b]) for a, b in zip(starts, ends)]
+        items: list[Item] = []
+        position = 0
+        for row_id, count in zip(data["row_ids"].tolist(), data["per_item"].tolist()):
+            group = sequences[position : position + count]
+            items.append((row_id, group[0] if count == 1 else (group[0], group[1])))
+            position += count
+        return items, int(data["dropped"])
+
+
+def encode_dataset(encoder: ChatEncoder, rows: list[Row], split: str, *, num_proc: int = 1,
+                   use_cache: bool = True) -> list[Item]:
+    """Encode rows (or reuse the cached encoding), dropping and counting rows that do not fit."""
+    if not rows:
+        return []
+    path = cache_path(cache_key(encoder, rows)) if use_cache else None
+    if path is not None and path.is_file():
+        items, dropped = load(path)
+        logger.info("Tokenised %s rows: reused %s", split, path)
+    else:
+        items, dropped = encode_rows(encoder, rows, num_proc=num_proc)
+        if path is not None:
+            save(path, items, dropped)
+            logger.info("Tokenised %s rows: cached in %s", split, path)
+    if dropped:
+        logger.warning("Dropped %d of %d %s rows that do not fit --max_length %d (--truncation_strategy %s)",
+                       dropped, len(rows), split, encoder.max_length, encoder.truncation_strategy)
+    return items

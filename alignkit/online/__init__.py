@@ -1,0 +1,1 @@
+"""Online RL (PPO, GRPO): the policy learns from its own sampled completions. See docs/online.md."""

@@ -1,0 +1,224 @@
+"""Sampling completions and reading back their token log-probabilities.
+
+A rollout holds prompts left-padded to a common length P, so every completion starts at column P, and
+completions right-padded to C tokens::
+
+    prompt_ids      (N, P)  [pad pad p p p | ...]      prompt_mask (N, P)  [0 0 1 1 1]
+    completion_ids  (N, C)  [c c c <eot> pad pad]      completion_mask (N, C) [1 1 1 1 0 0]
+
+A completion ends at its first stop token (the template's end-of-turn marker or the tokenizer's EOS),
+which is kept and trained: it is the model's decision to stop. ``stopped`` is False for completions cut
+at ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.template import ChatEncoder
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P)
+    completion_ids: torch.Tensor  # (N, C) right-padded
+    completion_mask: torch.Tensor  # (N, C) 1 up to and including the stop token
+    stopped: torch.Tensor  # (N,) bool: the completion ended with a stop token
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.__dict__)
+
+
+def stop_token_ids(encoder: ChatEncoder) -> list[int]:
+    """The template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, ...), the tokenizer's EOS and the
+    template config's stop ids (``encoder.stop_ids``).
+
+    The end-of-turn token is the first token the template renders after an assistant answer.
+    """
+    tokenizer = encoder.tokenizer
+    probe = [{"role": "user", "content": "hi"}]
+    prompt = encoder.tokens(encoder.render(probe, generation_prompt=True))
+    answer = encoder.tokens(encoder.render([*probe, {"role": "assistant", "content": "ok"}], generation_prompt=False))
+    answer_only = encoder.tokens("ok")
+    after = answer[len(prompt) + len(answer_only) :]
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stops += [i for i in encoder.stop_ids if i is not None and i not in stops]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if answer[: len(prompt)] == prompt and after and after[0] in special and after[0] not in stops:
+        stops.append(after[0])
+    return stops
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[[5, 6], [7]] → ids [[5, 6], [pad, 7]], mask [[1, 1], [0, 1]]."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (N, P)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, P)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, length - len(s) :] = 1
+    return ids, mask
+
+
+def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id: int, max_new_tokens: int):
+    """Raw generated ids (stop token and whatever follows included) → (ids (N, C), mask (N, C), stopped (N,)).
+
+    Everything after the first stop token is padding. C is the longest kept completion (at least 1).
+    """
+    kept, stopped = [], []
+    stops = set(stop_ids)
+    for ids in completions:
+        ids = list(ids)[:max_new_tokens]
+        end = next((i for i, t in enumerate(ids) if t in stops), None)
+        kept.append(ids if end is None else ids[: end + 1])
+        stopped.append(end is not None)
+    length = max(1, max(len(k) for k in kept))
+    out = torch.full((len(kept), length), pad_id, dtype=torch.long)  # (N, C)
+    mask = torch.zeros((len(kept), length), dtype=torch.long)  # (N, C)
+    for i, k in enumerate(kept):
+        out[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+        mask[i, : len(k)] = 1
+    return out, mask, torch.tensor(stopped)
+
+
+def make_rollout(prompts: list[list[int]], completions: list[list[int]], *, pad_id: int, stop_ids: list[int],
+                 max_new_tokens: int) -> Rollout:
+    """Prompt ids and the raw generated ids of each prompt → a padded Rollout."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    ids, mask, stopped = completion_tensors(completions, stop_ids, pad_id, max_new_tokens)
+    return Rollout(prompt_ids, prompt_mask, ids, mask, stopped)
+
+
+@dataclass
+class HFGenerator:
+    """Generation with transformers' ``generate`` and its KV cache, ``batch_size`` prompts at a time."""
+
+    model: object
+    pad_id: int
+    stop_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[list[int]], *, greedy: bool = False) -> list[list[int]]:
+        """Raw completion ids per prompt (the stop token and any padding after it included)."""
+        device = next(self.model.parameters()).device
+        # top_k=0 / top_p=1 spelled out, whatever a model's generation config says: the tokens must come from
+        # the plain tempered softmax whose log-probs the loss uses.
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        if greedy or self.temperature <= 0:
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        completions = []
+        for start in range(0, len(prompts), self.batch_size):
+            ids, mask = left_pad(prompts[start : start + self.batch_size], self.pad_id)
+            output = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True, **sampling,
+            )  # (n, P + new)
+            completions += output[:, ids.shape[1] :].cpu().tolist()
+        return completions
+
+    def sync_weights(self) -> None:
+        """Nothing to do: generation runs on the trained model itself."""
+
+
+def sequence_inputs(experience: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + completion as one batch: (input_ids, attention_mask, position_ids), each (N, P + C).
+
+    Positions count real tokens only, as generate() does for left-padded prompts, so a forward pass sees
+    each token at the position it was sampled at.
+    """
+    input_ids = torch.cat([experience["prompt_ids"], experience["completion_ids"]], dim=1)
+    attention_mask = torch.cat([experience["prompt_mask"], experience["completion_mask"]], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, index: torch.Tensor, *, with_entropy: bool):
+    """log softmax(logits).gather(index) and the entropy −Σ p log p, row by row to bound memory.
+
+    logits (N, T, V), index (N, T) → (logprobs (N, T), entropy (N, T) or None), fp32.
+    """
+    picked, entropies = [], []
+    for row_logits, row_index in zip(logits, index):  # (T, V), (T,)
+        row_logits = row_logits.float()
+        normaliser = torch.logsumexp(row_logits, dim=-1)  # (T,)
+        picked.append(row_logits.gather(-1, row_index.unsqueeze(-1)).squeeze(-1) - normaliser)
+        if with_entropy:  # a metric only: no graph through the (T, V) softmax
+            with torch.no_grad():
+                probs = torch.softmax(row_logits, dim=-1)
+                entropies.append(normaliser - (probs * row_logits).sum(-1))
+    return torch.stack(picked), (torch.stack(entropies) if with_entropy else None)
+
+
+def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, with_entropy: bool = False):
+    """Log-probs (N, C) of the completion tokens under ``model`` (grad flows if enabled), and their entropy.
+
+    The logits are divided by the sampling temperature, so the log-probs are those of the distribution
+    the tokens were drawn from (as TRL does). Padding positions hold garbage; callers mask them.
+    """
+    input_ids, attention_mask, position_ids = sequence_inputs(experience)
+    completion_length = experience["completion_ids"].shape[1]
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        logits_to_keep=completion_length + 1, use_cache=False,
+    ).logits[:, :-1]  # (N, C, V): position P−1+t predicts completion token t
+    if temperature > 0:
+        logits = logits / temperature
+    return token_logprobs_and_entropy(logits, experience["completion_ids"], with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def batched_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, batch_size: int,
+                     with_entropy: bool = False):
+    """``completion_logprobs`` without grad, ``batch_size`` sequences at a time (``--local_rollout_forward_batch_size``)."""
+    parts = []
+    n = experience["completion_ids"].shape[0]
+    for start in range(0, n, batch_size):
+        chunk = {k: v[start : start + batch_size] for k, v in experience.items()}
+        parts.append(completion_logprobs(model, chunk, temperature=temperature, with_entropy=with_entropy))
+    logprobs = torch.cat([p[0] for p in parts])
+    entropy = torch.cat([p[1] for p in parts]) if with_entropy else None
+    return logprobs, entropy
+
+
+def reference_logprobs(policy, frozen_reference, experience: dict[str, torch.Tensor], *, temperature: float,
+                       batch_size: int) -> torch.Tensor:
+    """Completion log-probs (N, C) under the reference: a frozen model (full fine-tuning, --ref_model), or the
+    policy with its LoRA adapter switched off, which is the starting policy at no memory cost."""
+    if frozen_reference is not None:
+        return batched_logprobs(frozen_reference, experience, temperature=temperature, batch_size=batch_size)[0]
+    with policy.disable_adapter():
+        return batched_logprobs(policy, experience, temperature=temperature, batch_size=batch_size)[0]
+
+
+@dataclass
+class EncodedPrompt:
+    """One prompt row, ready to sample from: its messages, token ids (with the assistant header) and extra columns."""
+
+    messages: list
+    ids: list[int]
+    extras: dict
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
+    """The completions as text, without the stop token."""
+    return [
+        tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+        for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)
+    ]
+
+
+def rollout_metrics(rollout: Rollout) -> dict[str, float]:
+    lengths = rollout.completion_mask.sum(-1).float()
+    return {
+        "completions/mean_length": lengths.mean().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/stopped_ratio": rollout.stopped.float().mean().item(),
+    }

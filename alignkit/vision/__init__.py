@@ -1,0 +1,1 @@
+"""Vision-language models: images in the data, processors, pixel inputs next to the token batch."""

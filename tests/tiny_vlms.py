@@ -1,0 +1,98 @@
+"""Tiny randomly initialised vision-language models of two families (LLaVA, Idefics3/SmolVLM), each saved with
+a processor assembled locally (small image processor + the tiny ChatML tokenizer with image tokens added)."""
+
+from __future__ import annotations
+
+from conftest import build_tiny_tokenizer
+
+# ChatML that renders content parts; `image_marker` is the family's placeholder the processor expands.
+VLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512)
+IMAGE_SIZE = 28  # pixels; 14-pixel patches → a 2×2 grid
+
+# Image tokens each image expands to: LLaVA one per patch (4); Idefics3 (2×2 patches) / scale_factor² = 1,
+# wrapped as <fake_token_around_image><global-img><image><fake_token_around_image>.
+IMAGE_TOKENS = {"llava": 4, "idefics3": 1}
+
+
+def build_llava(path, seed: int = 0):
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=VLM_TEMPLATE)
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=IMAGE_SIZE, patch_size=14, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id, **TEXT),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def build_idefics3(path, seed: int = 0):
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]})
+    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
+                                             max_image_size={"longest_edge": IMAGE_SIZE})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=1,
+                                  chat_template=VLM_TEMPLATE)
+    torch.manual_seed(seed)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=IMAGE_SIZE, patch_size=14),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **TEXT),
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    Idefics3ForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+BUILDERS = {"llava": build_llava, "idefics3": build_idefics3}
+
+
+def write_images(folder, count: int = 3) -> list[str]:
+    """Distinct solid-colour PNGs of different sizes; returns their paths."""
+    from PIL import Image
+
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", (30 + 7 * i, 40 - 5 * i), (60 * i % 256, 200 - 50 * i, 30 + 70 * i)).save(path)
+        paths.append(str(path))
+    return paths
