@@ -6,7 +6,7 @@ import torch
 from alignkit.data.collate import PairCollator, SequenceCollator
 from alignkit.data.template import IGNORE_INDEX, Encoded
 from alignkit.logprobs import forward_logps
-from alignkit.packing import pack, packed_forward_logps, token_logps
+from alignkit.packing import Layout, pack, packed_forward_logps, token_logps
 
 
 def encoded(ids, first_trained):
@@ -110,3 +110,38 @@ def test_token_logps_matches_log_softmax_gather_with_chunks(monkeypatch):
     (naive * torch.arange(1.0, 6.0)).sum().backward()
     torch.testing.assert_close(fast, naive)
     torch.testing.assert_close(fast_grad, logits.grad)
+
+
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_ld_dpo_weights_packed_equal_padded(tiny_model_dir, share_prefixes):
+    """LD-DPO weighs each pair's tokens beyond the shorter answer by alpha: the packed path gives the padded
+    path's weighted log-probs (pairs 1 and 2 have answers of different lengths, pair 2 one inside the other)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = PairCollator(0)(pair_items())
+    padded, counts = forward_logps(model, batch, ld_alpha=0.3)
+    packed, packed_counts = packed_forward_logps(model, batch, share_prefixes=share_prefixes, ld_alpha=0.3)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    assert packed_counts.tolist() == counts.tolist()
+    plain, _ = forward_logps(model, batch)
+    assert not torch.allclose(padded, plain)  # the weights did something
+
+
+def test_layout_runs_padded_for_pixel_inputs_and_unsupported_attention(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = PairCollator(0)(pair_items())
+    calls = []
+    monkeypatch.setattr("alignkit.packing.packed_forward_logps", lambda *a, **k: calls.append("packed"))
+    monkeypatch.setattr("alignkit.packing.forward_logps", lambda *a, **k: calls.append("padded"))
+    layout = Layout(padding_free=True, prefix_sharing=True)
+    layout.logps(model, batch)
+    batch.model_inputs = {"pixel_values": torch.zeros(1)}
+    layout.logps(model, batch)
+    batch.model_inputs = None
+    model.config._attn_implementation = "flex_attention"
+    layout.logps(model, batch)
+    Layout().logps(model, batch)
+    assert calls == ["packed", "padded", "padded", "padded"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from alignkit.data.collate import PairCollator
+from alignkit.data.collate import EncodedUnpaired, PairCollator, UnpairedCollator
 from alignkit.data.template import IGNORE_INDEX, Encoded
 from alignkit.errors import AlignkitError
 from alignkit.reference import Reference
@@ -96,3 +96,42 @@ def test_visited_batches_follow_the_loops_data_order():
     assert visited_batches(10, LoopConfig(batch_size=3, max_steps=4)) == first  # one epoch covers all rows
     first4 = epoch_batches(10, 4, seed=42, epoch=0, shuffle=True)
     assert visited_batches(10, LoopConfig(batch_size=4, num_train_epochs=0.5)) == first4[:2]
+
+
+def test_cached_equals_live_for_ld_dpo_and_for_kto_batches(model, tmp_path):
+    items = rows()
+    # LD-DPO: a sequence's weighted log-prob depends on its pair's shorter answer, which the digest carries.
+    reference = cached(model, items, tmp_path, ld_alpha=0.5)
+    batch = PairCollator(0)(items[1:4])
+    torch.testing.assert_close(reference.logps(None, batch, ld_alpha=0.5)[0],
+                               Reference(model).logps(None, batch, ld_alpha=0.5)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(AlignkitError, match="no precomputed reference log-prob"):
+        reference.logps(None, batch)  # unweighted values were never computed
+    # KTO: the completions and, per micro-batch, the mismatched pairs of the KL estimate.
+    unpaired = [(i, EncodedUnpaired(pair[i % 2], i % 3 == 0)) for i, pair in items]
+    collate = UnpairedCollator(0, kl_pairs=True)
+    kto = precompute_reference(model, [unpaired[:3], unpaired[3:]], collate, template="t", max_length=64,
+                               precision="fp32", cache_dir=tmp_path)
+    for micro_batch in (unpaired[:3], unpaired[3:]):
+        batch = collate(micro_batch)
+        for part in (batch.completions, batch.kl):
+            torch.testing.assert_close(kto.logps(None, part)[0], Reference(model).logps(None, part)[0],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_visited_batches_of_each_rank_are_its_shards_of_the_global_batches():
+    from alignkit.reference_cache import visited_batches
+    from alignkit.trainer import LoopConfig, epoch_batches
+
+    config = LoopConfig(batch_size=2, num_train_epochs=1)
+    global_batches = epoch_batches(9, 4, seed=42, epoch=0, shuffle=True)  # 4, 4, 1 rows
+    rank0 = visited_batches(9, config, world_size=2, rank=0)
+    rank1 = visited_batches(9, config, world_size=2, rank=1)
+    assert rank0 == [b[:2] for b in global_batches]
+    # Rank 1 has no row in the last global batch: the loop runs the batch's first row (weighted 0), which
+    # rank 0 already holds, so rank 1 needs it too; dedup keeps it once per rank.
+    assert rank1 == [b[2:4] for b in global_batches[:2]] + [global_batches[2][:1]]
+    # KTO's whole micro-batches, every epoch.
+    whole = visited_batches(9, LoopConfig(batch_size=2, num_train_epochs=2), world_size=2, rank=1, dedup=False)
+    second = epoch_batches(9, 4, seed=42, epoch=1, shuffle=True)
+    assert whole == [b[2:4] or b[:1] for b in global_batches + second]
