@@ -23,7 +23,6 @@ from alignkit.resume import check_resume_args, data_fingerprint, resume_run_dir
 from alignkit.reward_model import RewardModel
 from alignkit.vision.collate import VisionPairCollator, VisionUnpairedCollator
 from alignkit.vision.encode import VisionEncoder, encode_vision_rows, image_token_id
-from alignkit.vision.shared_images import enable_shared_images
 from alignkit.vision.model import (
     freeze,
     frozen_parts,
@@ -31,6 +30,7 @@ from alignkit.vision.model import (
     load_vision_model,
     vision_lora_targets,
 )
+from alignkit.vision.shared_images import enable_shared_images
 
 logger = logging.getLogger("alignkit")
 
