@@ -270,7 +270,10 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
-        prompt_ids, pixels = await asyncio.to_thread(server.chat_prompt, request)
+        if isinstance(server.encoder, VisionEncoder):  # images may be downloaded: not on the event loop
+            prompt_ids, pixels = await asyncio.to_thread(server.chat_prompt, request)
+        else:
+            prompt_ids, pixels = server.chat_prompt(request)
         job = server.submit(request, prompt_ids, request.max_completion_tokens or request.max_tokens,
                             asyncio.get_running_loop(), pixels)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}

@@ -24,8 +24,8 @@ from alignkit.reference import Reference
 from alignkit.vision.collate import VisionPairCollator
 from alignkit.vision.encode import VisionEncoder, image_token_id
 from alignkit.vision.generation import generate_vision_answers
-from alignkit.vision.model import vision_model_path
-from alignkit.vision.shared_images import shares_images
+from alignkit.vision.model import load_vision_for_inference, load_vision_model, vision_model_path
+from alignkit.vision.shared_images import enable_shared_images, shares_images
 
 logger = logging.getLogger("alignkit")
 
@@ -49,10 +49,11 @@ def preference_scores(
             pass
     if not pairs:
         raise AlignkitError("no preference rows fit --max_length")
+    pad_id = encoder.tokenizer.pad_token_id
     if isinstance(encoder, VisionEncoder):  # rows with images: their pixel inputs ride along (docs/vision.md)
-        collate = VisionPairCollator(encoder.processor.tokenizer.pad_token_id, share_images=shares_images(model.config))
+        collate = VisionPairCollator(pad_id, share_images=shares_images(model.config))
     else:
-        collate = PairCollator(encoder.tokenizer.pad_token_id)
+        collate = PairCollator(pad_id)
     device = next(model.parameters()).device
     logp_gaps, reward_gaps = [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc="preference eval", leave=False):
@@ -154,8 +155,6 @@ def run_eval(args: EvalArguments) -> int:
         raise AlignkitError("--reward_model compares the text answers of two text models; it does not take a "
                             "vision-language model")
     if vision:
-        from alignkit.vision.model import load_vision_for_inference
-
         model, tokenizer = load_vision_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
     else:
         model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
@@ -197,9 +196,6 @@ def run_eval(args: EvalArguments) -> int:
 def load_reference(model_path: str, vision: bool):
     if not vision:
         return load_causal_lm(model_path)
-    from alignkit.vision.model import load_vision_model
-    from alignkit.vision.shared_images import enable_shared_images
-
     reference = load_vision_model(model_path)
     enable_shared_images(reference)
     return reference

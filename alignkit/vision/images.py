@@ -2,9 +2,9 @@
 
 Each item may be a path (relative paths are looked up from the working directory, then from the data file's
 folder), an ``http(s)://`` URL, a ``data:image/...;base64,`` URL, a bare base64 string, raw bytes, a
-``{"bytes": ..., "path": ...}`` dict (the Hugging Face datasets Image feature; in JSON its bytes as base64) or a
-PIL image. An image that
-is missing or cannot be decoded is a row-level ``DataError`` naming the file, row and column.
+``{"bytes": ..., "path": ...}`` dict (the Hugging Face datasets Image feature; in JSON, its bytes as base64) or
+a PIL image. An image that is missing or cannot be decoded is a row-level ``DataError`` naming the file, row
+and column.
 
 Example::
 
