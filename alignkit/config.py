@@ -489,6 +489,10 @@ class DeployArguments:
     temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
     top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
     max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    allowed_local_media_path: str | None = option(
+        None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
+        "inside this directory; without it only data: and http(s):// URLs are taken.",
+    )
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     debug: bool = option(False, "Show full tracebacks for errors.")

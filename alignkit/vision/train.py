@@ -30,6 +30,7 @@ from alignkit.vision.model import (
     load_vision_model,
     vision_lora_targets,
 )
+from alignkit.vision.shared_images import enable_shared_images
 
 logger = logging.getLogger("alignkit")
 
@@ -65,7 +66,9 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
         reference = load_vision_model(args.ref_model) if args.ref_model else copy.deepcopy(model)
+        enable_shared_images(reference)
         algorithm.reference = Reference(reference)
+    share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
     frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
     if args.train_type == "lora":
         if args.adapters:
@@ -88,7 +91,7 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     if isinstance(algorithm, KTO):
         collate = VisionUnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
     else:
-        collate = VisionPairCollator(pad_id)
+        collate = VisionPairCollator(pad_id, share_images=share_images)
     return model, processor, train_rows, val_rows, collate
 
 
