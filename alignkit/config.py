@@ -287,6 +287,25 @@ class RunArguments:
         None, "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off."
     )
 
+    # --- speed-ups (exact: the same numbers as the plain padded path; see docs/performance.md) ---
+    padding_free: bool = option(
+        True,
+        "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
+        "attention across sequences. Every offline method but rm; not rows with images. Needs sdpa or eager "
+        "attention (else the padded path runs, with a warning).",
+    )
+    prefix_sharing: bool = option(
+        True,
+        "With --padding_free: sequences that begin alike (a pair's prompt, a shared system prompt) run their "
+        "common prefix once, a mask keeping each answer from seeing the others.",
+    )
+    precompute_ref_log_probs: bool = option(
+        True,
+        "dpo, kto: compute the reference log-probs of the rows the run will see once before training, cached on "
+        "disk under a key of the reference weights, data, template, --max_length and precision; no reference "
+        "model is kept. Not for vision-language models.",
+    )
+
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs)."
@@ -497,6 +516,10 @@ class DeployArguments:
     temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
     top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
     max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    allowed_local_media_path: str | None = option(
+        None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
+        "inside this directory; without it only data: and http(s):// URLs are taken.",
+    )
     dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
                         choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
     device_map: str | None = option(

@@ -8,6 +8,11 @@ without ``"stream": true`` (server-sent events in OpenAI's chunk format, ending 
 Concurrent requests are answered together in batches (alignkit.engine). A bad request gets a 4xx
 with an OpenAI-style JSON error (``{"error": {"message", "type", "param", "code"}}``), never a
 traceback; the server logs the traceback of any internal error.
+
+A vision-language model (docs/vision.md) takes OpenAI's image parts in chat messages,
+``{"type": "image_url", "image_url": {"url": ...}}``, where the url is a ``data:image/...;base64,`` URL, an
+``http(s)://`` URL, or (only inside ``--allowed_local_media_path``) a local path or ``file://`` URL. An image
+that cannot be read, or an image sent to a text-only model, gets a 400.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +35,8 @@ from starlette.exceptions import HTTPException
 from alignkit.config import DeployArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.engine import BatchEngine, Delta, Finished, SamplingParams
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, DataError
+from alignkit.vision.encode import PLACEHOLDER, VisionEncoder, image_token_id
 
 logger = logging.getLogger("alignkit")
 
@@ -43,9 +49,19 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageURL(BaseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's; the processor decides the resolution here
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
     name: str | None = None
 
 
@@ -114,8 +130,8 @@ def describe_validation(errors: list[dict]) -> str:
 class Server:
     """Turns requests into engine jobs and jobs into OpenAI responses."""
 
-    def __init__(self, engine: BatchEngine, encoder: ChatEncoder, *, models: dict[str, str | None], max_length: int,
-                 defaults: DeployArguments):
+    def __init__(self, engine: BatchEngine, encoder: ChatEncoder | VisionEncoder, *, models: dict[str, str | None],
+                 max_length: int, defaults: DeployArguments):
         self.engine, self.encoder, self.tokenizer, self.models = engine, encoder, encoder.tokenizer, models
         self.max_length, self.defaults = max_length, defaults
         self.created = int(time.time())
@@ -126,7 +142,7 @@ class Server:
                                param="model", code="model_not_found")
         return self.models[name]
 
-    def submit(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int | None, loop):
+    def submit(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int | None, loop, pixels=None):
         adapter = self.adapter_for(request.model)
         for name, value, supported in (("n", request.n, 1), ("presence_penalty", request.presence_penalty, 0),
                                        ("frequency_penalty", request.frequency_penalty, 0)):
@@ -148,15 +164,53 @@ class Server:
             repetition_penalty=request.repetition_penalty or 1.0,
         )
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
-        return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop)
+        return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
 
-    def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role,
-             "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
-            for m in request.messages
-        ]
-        return self.encoder.encode_prompt(messages)
+    def chat_prompt(self, request: ChatCompletionRequest) -> tuple[list[int], dict | None]:
+        """The prompt's token ids and, for a vision-language model, its pixel inputs. Image parts become
+        ``<image>`` placeholders where they stand, and their images are read (downloads included: call it off
+        the event loop)."""
+        messages, images = [], []
+        for i, message in enumerate(request.messages):
+            pieces = [message.content] if isinstance(message.content, str) else []
+            for j, part in enumerate([] if isinstance(message.content, str) else message.content):
+                if isinstance(part, TextPart):
+                    pieces.append(part.text)
+                    continue
+                field = f"messages[{i}].content[{j}].image_url"
+                if not isinstance(self.encoder, VisionEncoder):
+                    raise RequestError(400, f"{field}: the model '{request.model}' is a text-only model and takes no "
+                                       "images", param=field, code="image_input_not_supported")
+                images.append(request_image(part.image_url.url, self.defaults.allowed_local_media_path, field))
+                pieces.append(PLACEHOLDER)
+            messages.append({"role": "system" if message.role == "developer" else message.role,
+                             "content": "".join(pieces)})
+        if not isinstance(self.encoder, VisionEncoder):
+            return self.encoder.encode_prompt(messages), None
+        try:
+            prompt = self.encoder.encode_prompt(messages, images)
+        except DataError as error:  # e.g. a literal "<image>" in the text besides the image parts
+            raise RequestError(400, f"messages: {error.message}", param="messages") from error
+        return prompt.input_ids, prompt.pixels
+
+
+def request_image(url: str, allowed_dir: str | None, field: str):
+    """An image part's url → an RGB image: data: and http(s):// URLs always; a local path or file:// URL only
+    inside ``--allowed_local_media_path`` (a client must not read the server's files)."""
+    from alignkit.vision.images import load_image
+
+    if not url.startswith(("data:", "http://", "https://")):
+        if allowed_dir is None:
+            raise RequestError(400, f"{field}: local image paths are not served; send a data: or http(s):// URL (or "
+                               "start the server with --allowed_local_media_path DIR)", param=field)
+        path = Path(url.removeprefix("file://")).expanduser().resolve()
+        if not path.is_relative_to(Path(allowed_dir).expanduser().resolve()):
+            raise RequestError(400, f"{field}: {url} is outside --allowed_local_media_path {allowed_dir}", param=field)
+        url = str(path)
+    try:
+        return load_image(url, None, field)
+    except DataError as error:
+        raise RequestError(400, str(error), param=field) from error
 
 
 def usage(finished: Finished) -> dict:
@@ -216,8 +270,12 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
-        job = server.submit(request, server.chat_prompt(request), request.max_completion_tokens or request.max_tokens,
-                            asyncio.get_running_loop())
+        if isinstance(server.encoder, VisionEncoder):  # images may be downloaded: not on the event loop
+            prompt_ids, pixels = await asyncio.to_thread(server.chat_prompt, request)
+        else:
+            prompt_ids, pixels = server.chat_prompt(request)
+        job = server.submit(request, prompt_ids, request.max_completion_tokens or request.max_tokens,
+                            asyncio.get_running_loop(), pixels)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
             return StreamingResponse(chat_stream(job, head, request), media_type="text/event-stream")
@@ -308,12 +366,17 @@ def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | Non
 
 def load_served_model(args: DeployArguments):
     """(model, tokenizer, {served name: peft adapter name or None for the base})."""
-    from alignkit.device_map import check_adapter_placement
+    from alignkit.device_map import check_adapter_placement, refuse_for_vision
     from alignkit.model import load_for_inference, resolve_checkpoint
+    from alignkit.vision.model import load_vision_for_inference, vision_model_path
 
     default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
     model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
-    lm, tokenizer = load_for_inference(model, [], None, args.dtype, args.device_map, args.device_max_memory)
+    if vision_model_path(model, [], None) is not None:
+        refuse_for_vision(args.device_map, args.device_max_memory)
+        lm, tokenizer = load_vision_for_inference(model, [], None, args.dtype)  # tokenizer: the processor
+    else:
+        lm, tokenizer = load_for_inference(model, [], None, args.dtype, args.device_map, args.device_max_memory)
     served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
     adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
     for name in named:
@@ -338,11 +401,15 @@ def load_served_model(args: DeployArguments):
 
 def run_deploy(args: DeployArguments) -> int:
     import uvicorn
+    from transformers import ProcessorMixin
 
     lm, tokenizer, models = load_served_model(args)
-    max_length = getattr(lm.config, "max_position_embeddings", None) or 4096
-    encoder = ChatEncoder(tokenizer, max_length=max_length)
-    engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids, max_batch_size=args.max_batch_size).start()
+    max_length = getattr(lm.config.get_text_config(), "max_position_embeddings", None) or 4096
+    if isinstance(tokenizer, ProcessorMixin):  # a vision-language model's processor
+        encoder = VisionEncoder(tokenizer, image_token_id(tokenizer, lm.config), max_length=max_length)
+    else:
+        encoder = ChatEncoder(tokenizer, max_length=max_length)
+    engine = BatchEngine(lm, encoder.tokenizer, stop_ids=encoder.stop_ids, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
     app = create_app(server, api_key=args.api_key)
     logger.info("Serving %s on http://%s:%d/v1%s", ", ".join(models), args.host, args.port,

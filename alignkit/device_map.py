@@ -14,6 +14,7 @@ device and bring the model's outputs back to the device of its inputs, so caller
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import logging
 import os
@@ -185,6 +186,28 @@ def check_trainable(model) -> None:
             "cannot be trained. Give the GPUs more room (--device_max_memory), use more GPUs, or shard with "
             "NPROC_PER_NODE=N --deepspeed zero3_offload"
         )
+
+
+def frozen_copy(model):
+    """A deep copy of ``model``; a split model's copy is hooked again on the same map, since the copied hooks
+    and accelerate's wrappers still refer to the original's modules. No weights move: the copy's already sit
+    on the map's devices."""
+    from accelerate import dispatch_model
+    from accelerate.hooks import remove_hook_from_module
+
+    copied = copy.deepcopy(model)
+    mapping = split_map(model)
+    if mapping is None:
+        return copied
+    remove_hook_from_module(copied, recurse=True)
+    return dispatch_model(copied, device_map=mapping, force_hooks=True)
+
+
+def refuse_for_vision(device_map: str | None, max_memory: list[str]) -> None:
+    """Vision-language models load on one device per process; a split asked for stops with advice."""
+    if device_map or max_memory:
+        raise AlignkitError("--device_map is not supported for vision-language models; run one process per GPU "
+                            "(NPROC_PER_NODE) or --deepspeed zero3 for a model larger than one GPU")
 
 
 def check_adapter_placement(model) -> None:

@@ -65,6 +65,7 @@ class Job:
     adapter: str | None = None
     stop: tuple[str, ...] = ()
     loop: asyncio.AbstractEventLoop | None = None
+    pixels: dict[str, torch.Tensor] | None = None  # a vision-language prompt's pixel inputs (processor output)
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     cancelled: bool = False
@@ -170,8 +171,9 @@ class BatchEngine:
         self._thread.join()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, adapter: str | None = None,
-               stop: tuple[str, ...] = (), loop: asyncio.AbstractEventLoop | None = None) -> Job:
-        job = Job(list(prompt_ids), params, adapter, tuple(s for s in stop if s), loop)
+               stop: tuple[str, ...] = (), loop: asyncio.AbstractEventLoop | None = None,
+               pixels: dict[str, torch.Tensor] | None = None) -> Job:
+        job = Job(list(prompt_ids), params, adapter, tuple(s for s in stop if s), loop, pixels)
         self._queue.put(job)
         return job
 
@@ -223,6 +225,11 @@ class BatchEngine:
         kwargs["eos_token_id"] = sorted(self.eos_ids)
         if self.uses_adapters:
             kwargs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
+        if any(job.pixels for job in jobs):  # batched as in training: alignkit/vision/collate.py
+            from alignkit.vision.collate import merge_pixels
+            from alignkit.vision.generation import pixels_for
+
+            kwargs.update(pixels_for(self.model, merge_pixels([job.pixels or {} for job in jobs])))
         device = input_device(self.model)
         self.batch_sizes.append(len(jobs))
         logger.info("Generating a batch of %d request(s)", len(jobs))

@@ -16,12 +16,17 @@ from alignkit.data.collate import PairCollator
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder, Truncated
-from alignkit.device_map import input_device, split_map
+from alignkit.device_map import input_device, refuse_for_vision, split_map
 from alignkit.errors import AlignkitError
 from alignkit.generation import generate_answers
 from alignkit.logprobs import forward_logps
 from alignkit.model import load_causal_lm, load_for_inference, resolve_model_path
 from alignkit.reference import Reference
+from alignkit.vision.collate import VisionPairCollator
+from alignkit.vision.encode import VisionEncoder, image_token_id
+from alignkit.vision.generation import generate_vision_answers
+from alignkit.vision.model import load_vision_for_inference, load_vision_model, vision_model_path
+from alignkit.vision.shared_images import enable_shared_images, shares_images
 
 logger = logging.getLogger("alignkit")
 
@@ -45,7 +50,11 @@ def preference_scores(
             pass
     if not pairs:
         raise AlignkitError("no preference rows fit --max_length")
-    collate = PairCollator(encoder.tokenizer.pad_token_id)
+    pad_id = encoder.tokenizer.pad_token_id
+    if isinstance(encoder, VisionEncoder):  # rows with images: their pixel inputs ride along (docs/vision.md)
+        collate = VisionPairCollator(pad_id, share_images=shares_images(model.config))
+    else:
+        collate = PairCollator(pad_id)
     device = input_device(model)
     logp_gaps, reward_gaps = [], []
     for start in tqdm(range(0, len(pairs), batch_size), desc="preference eval", leave=False):
@@ -74,7 +83,11 @@ def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_s
     correct, samples = 0, []
     for start in tqdm(range(0, len(rows), batch_size), desc="task eval", leave=False):
         chunk = rows[start : start + batch_size]
-        answers = generate_answers(model, encoder, [r.prompt for r in chunk], max_new_tokens=max_new_tokens)
+        if isinstance(encoder, VisionEncoder):
+            prompts = [encoder.encode_prompt(r.prompt, encoder.row_images(r.extras, r.source)[0], r.source) for r in chunk]
+            answers = generate_vision_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
+        else:
+            answers = generate_answers(model, encoder, [r.prompt for r in chunk], max_new_tokens=max_new_tokens)
         for row, answer in zip(chunk, answers):
             ok = is_correct(answer, row.extras["solution"])
             correct += ok
@@ -113,7 +126,13 @@ def reward_win_rate(model, baseline, encoder: ChatEncoder, scorer, rows: list[Pr
 def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: str | None, beta: float,
                    reference: Reference | None, batch_size: int, max_length: int, max_new_tokens: int,
                    limit: int | None, system: str | None, seed: int = 42) -> dict:
-    encoder = ChatEncoder(tokenizer, max_length=max_length, system=system)
+    """``tokenizer``: a vision-language model's processor evaluates rows with their images."""
+    from transformers import ProcessorMixin
+
+    if isinstance(tokenizer, ProcessorMixin):
+        encoder = VisionEncoder(tokenizer, image_token_id(tokenizer, model.config), max_length=max_length, system=system)
+    else:
+        encoder = ChatEncoder(tokenizer, max_length=max_length, system=system)
     report: dict = {}
     for spec in preference_sets:
         rows = load_dataset_spec(spec, "preference", seed=seed)[:limit]
@@ -132,13 +151,23 @@ def run_eval(args: EvalArguments) -> int:
     for path in (report_path, chart_path):
         if path.exists():
             raise AlignkitError(f"{path} exists; alignkit never overwrites results (pass another --report_path)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
-                                          args.device_max_memory)
+    vision = vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None
+    if vision and args.reward_model:
+        raise AlignkitError("--reward_model compares the text answers of two text models; it does not take a "
+                            "vision-language model")
+    if vision:
+        refuse_for_vision(args.device_map, args.device_max_memory)
+        model, tokenizer = load_vision_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
+    else:
+        model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
+                                              args.device_max_memory)
     reference = None
     if args.ref_model:
         # A split model's reference is split the same way; otherwise it sits beside the model.
-        ref_lm = load_causal_lm(resolve_model_path(args.ref_model), device_map=split_map(model))
-        reference = Reference(ref_lm if split_map(model) else ref_lm.to(input_device(model)))
+        if split_map(model):
+            reference = Reference(load_causal_lm(resolve_model_path(args.ref_model), device_map=split_map(model)))
+        else:
+            reference = Reference(load_reference(resolve_model_path(args.ref_model), vision).to(input_device(model)))
     elif hasattr(model, "disable_adapter"):
         reference = Reference()  # the base model under the adapter
     preference_sets = [] if args.dataset == ["none"] else args.dataset
@@ -169,6 +198,14 @@ def run_eval(args: EvalArguments) -> int:
     plot_report(report, chart_path, title=f"alignkit eval: {args.ckpt_dir or (args.adapters or [args.model])[0]}")
     print(f"report: {report_path}\nchart:  {chart_path}")
     return 0
+
+
+def load_reference(model_path: str, vision: bool):
+    if not vision:
+        return load_causal_lm(model_path)
+    reference = load_vision_model(model_path)
+    enable_shared_images(reference)
+    return reference
 
 
 def plot_report(report: dict, path: Path, title: str) -> None:

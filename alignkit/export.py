@@ -13,6 +13,9 @@ A reward-model checkpoint (``alignkit rlhf --rlhf_type rm``) exports as the merg
 ``value_head.safetensors`` (one (1, d_model) ``weight``: reward = weight · the final hidden state at the
 last token), which ``alignkit.reward_model.load_reward_model(dir)`` and ``alignkit infer --reward_model``
 load; its scores equal the checkpoint's.
+
+A vision-language model (docs/vision.md) exports merged with its processor (image processor, tokenizer, chat
+template), loading with ``AutoModelForImageTextToText`` + ``AutoProcessor``; it is not quantised here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from alignkit.config import ExportArguments
 from alignkit.data.chat_templates import resolve_template
 from alignkit.errors import AlignkitError
 from alignkit.model import load_causal_lm, resolve_checkpoint, resolve_model_path
+from alignkit.vision.model import is_vision_model
 
 logger = logging.getLogger("alignkit")
 
@@ -43,6 +47,10 @@ def run_export(args: ExportArguments) -> int:
     if adapters and not args.merge_lora:
         logger.info("--quant_bits with an adapter: merging the adapter first")
     model_path = resolve_model_path(model)
+    vision = is_vision_model(model_path)
+    if vision and args.quant_bits is not None:
+        raise AlignkitError(f"{model_path} is a vision-language model: alignkit exports it merged (--merge_lora true) "
+                            "but does not quantise it (--quant_bits)")
     output = Path(args.output_dir) if args.output_dir else default_output(args, adapters, model_path)
     if output.exists():
         raise AlignkitError(f"--output_dir {output} exists; alignkit never overwrites. Pass another --output_dir")
@@ -51,7 +59,10 @@ def run_export(args: ExportArguments) -> int:
     partial = output.with_name(output.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_merged(model_path, adapters[0] if adapters else None, partial, args.dtype)
+    if vision:
+        write_merged_vision(model_path, adapters[0] if adapters else None, partial, args.dtype)
+    else:
+        write_merged(model_path, adapters[0] if adapters else None, partial, args.dtype)
     value_head = value_head_of(adapters[0] if adapters else args.ckpt_dir)
     if value_head is not None and args.quant_bits is not None:
         raise AlignkitError("a reward model (with value_head.safetensors) is exported merged, not quantised")
@@ -109,6 +120,22 @@ def write_merged(model_path: str, adapter: str | None, directory: Path, dtype: s
     lm.generation_config = generation_config_for(lm, template.stop_ids)
     lm.to(saved_dtype).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+
+
+def write_merged_vision(model_path: str, adapter: str | None, directory: Path, dtype: str) -> None:
+    """A vision-language model's ``write_merged``: the merged image-text-to-text model and its processor."""
+    from alignkit.model import load_adapters
+    from alignkit.vision.model import load_processor, load_vision_model, processor_source
+
+    model = load_vision_model(model_path, dtype=torch.float32)
+    saved_dtype = saved_precision(model, dtype)
+    if adapter is not None:
+        model = load_adapters(model, [adapter], trainable=False).merge_and_unload()
+        logger.info("Merged adapter %s into %s", adapter, model_path)
+    processor = load_processor(processor_source(adapter, model_path))
+    model.generation_config = generation_config_for(model, (processor.tokenizer.eos_token_id,))
+    model.to(saved_dtype).save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
 
 
 def saved_precision(lm, dtype: str) -> torch.dtype:

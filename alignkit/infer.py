@@ -18,10 +18,11 @@ from alignkit.config import InferArguments
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder
-from alignkit.device_map import input_device
+from alignkit.device_map import input_device, refuse_for_vision
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation import generate_answers, sampling_kwargs
 from alignkit.model import load_for_inference
+from alignkit.vision.model import vision_model_path
 
 logger = logging.getLogger("alignkit")
 
@@ -40,6 +41,11 @@ def run_infer(args: InferArguments) -> int:
             raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
+    if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:  # prompts with images: docs/vision.md
+        from alignkit.vision.inference import run_vision_infer
+
+        refuse_for_vision(args.device_map, args.device_max_memory)
+        return run_vision_infer(args, result_path, held_out)
     if args.infer_backend == "vllm":
         if args.device_map or args.device_max_memory:
             raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
@@ -168,8 +174,6 @@ def reward_rows(spec: str, seed: int) -> list:
 
 
 def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:
-    from transformers import TextIteratorStreamer
-
     tokenizer = encoder.tokenizer
     history: list[dict[str, str]] = []
     print("alignkit chat: type a message; 'clear' resets the history, 'exit' quits.")
@@ -186,23 +190,30 @@ def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:
             continue
         history.append({"role": "user", "content": text})
         input_ids = torch.tensor([encoder.encode_prompt(history)], device=input_device(model))
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = sampling_kwargs(tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                  args.repetition_penalty)
         kwargs["eos_token_id"] = encoder.stop_ids
-        thread = threading.Thread(
-            target=model.generate,
-            kwargs={"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "streamer": streamer, **kwargs},
-        )
-        thread.start()
-        print(">>> ", end="", flush=True)
-        pieces = []
-        for piece in streamer:
-            pieces.append(piece)
-            if args.stream:
-                print(piece, end="", flush=True)
-        thread.join()
-        answer = "".join(pieces)
-        print("" if args.stream else answer)
+        answer = stream_answer(model, tokenizer, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                                                  **kwargs}, stream=args.stream)
         history.append({"role": "assistant", "content": answer})
-        sys.stdout.flush()
+
+
+def stream_answer(model, tokenizer, generate_kwargs: dict, *, stream: bool) -> str:
+    """Run ``model.generate(**generate_kwargs)`` in a thread, printing the answer as it comes (``stream``) or
+    whole at the end. Returns the answer."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = threading.Thread(target=model.generate, kwargs={**generate_kwargs, "streamer": streamer})
+    thread.start()
+    print(">>> ", end="", flush=True)
+    pieces = []
+    for piece in streamer:
+        pieces.append(piece)
+        if stream:
+            print(piece, end="", flush=True)
+    thread.join()
+    answer = "".join(pieces)
+    print("" if stream else answer)
+    sys.stdout.flush()
+    return answer

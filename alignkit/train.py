@@ -9,7 +9,6 @@ This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -39,7 +38,7 @@ from alignkit.data.collate import (
 from alignkit.data.loading import load_datasets, parse_columns
 from alignkit.data.rows import PreferenceRow, UnpairedRow
 from alignkit.data.template import ChatEncoder
-from alignkit.device_map import check_trainable, place, resolve_flags, split_map
+from alignkit.device_map import check_trainable, refuse_for_vision, resolve_flags, split_map
 from alignkit.distributed import on_main, process_state
 from alignkit.engines import check_available, resolve_engine
 from alignkit.errors import AlignkitError
@@ -53,7 +52,9 @@ from alignkit.model import (
     resolve_dtype,
     resolve_model_path,
 )
-from alignkit.reference import Reference
+from alignkit.packing import Layout, supports_packing
+from alignkit.reference import make_reference
+from alignkit.reference_cache import visited_batches
 from alignkit.resume import check_resume_args, data_fingerprint, find_checkpoint, resume_run_dir
 from alignkit.reward_model import RewardModel
 from alignkit.trainer import LoopConfig, train
@@ -106,9 +107,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     model_path = resolve_model_path(args.model)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
-        if device_map is not None:
-            raise AlignkitError("--device_map is not supported for vision-language models; run one process per GPU "
-                                "(NPROC_PER_NODE) or --deepspeed zero3 for a model larger than one GPU")
+        refuse_for_vision(args.device_map, args.device_max_memory)
         from alignkit.vision.train import run_vision_training
 
         return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, resume, precision)
@@ -143,21 +142,37 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    # With LoRA the adapter-disabled policy is the reference (the default Reference()); full fine-tuning
-    # needs a frozen copy of the starting weights, or the user's --ref_model.
+    if isinstance(algorithm, SFT):
+        collate = SequenceCollator(tokenizer.pad_token_id)
+    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
+        collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
+    else:
+        collate = PairCollator(tokenizer.pad_token_id)
+
+    # Speed-ups (docs/performance.md): the forward layout of every algorithm but rm, and the reference's
+    # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
+    layout, reasons = choose_layout(args, algorithm_name, model)
+    if not isinstance(algorithm, RewardModeling):
+        algorithm.layout = layout
+    # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
+    # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
-    if uses_reference and (args.train_type == "full" or args.ref_model):
-        if args.ref_model:
-            frozen = load_causal_lm(resolve_model_path(args.ref_model, "--ref_model"), None, device_map=device_map,
-                                    max_memory=max_memory)
-        elif device_map is not None:  # loaded again: a deep copy would carry accelerate hooks bound to the policy
-            frozen = load_causal_lm(model_path, args.model_revision, device_map=split_map(model) or device_map,
-                                    max_memory=max_memory)
-        else:
-            frozen = copy.deepcopy(model)
-        # A full copy on every process's own device (DDP and ZeRO-1/2 alike); it is frozen, so never sharded.
-        # A split policy's copy is split by the same map.
-        algorithm.reference = Reference(place(frozen, process_state().device))
+    precompute = uses_reference and args.precompute_ref_log_probs
+    if not uses_reference:
+        reasons["precomputed reference log-probs"] = (
+            "--reference_free" if isinstance(algorithm, DPO) else f"{algorithm_name} has no reference model")
+    if uses_reference:
+        processes = process_state()
+        algorithm.reference = make_reference(
+            model, ref_model=args.ref_model, full=args.train_type == "full", precompute=precompute,
+            batches=reference_batches(train_rows, val_rows, loop_config(args, precision), whole=isinstance(algorithm, KTO),
+                                      world_size=processes.num_processes, rank=processes.process_index)
+            if precompute else [],
+            collate=collate, layout=layout, template=template.source, max_length=args.max_length,
+            precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
+        )
+    log_speedups(layout, precompute=precompute, precision=precision,
+                 gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
     if args.train_type == "lora":
         if args.adapters:
             model = load_adapters(model, args.adapters, trainable=True)
@@ -173,13 +188,6 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
-
-    if isinstance(algorithm, SFT):
-        collate = SequenceCollator(tokenizer.pad_token_id)
-    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
-        collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
-    else:
-        collate = PairCollator(tokenizer.pad_token_id)
 
     def make_run_dir() -> Path:
         if resume is None:
@@ -252,6 +260,57 @@ def build_algorithm(args: RunArguments, name: str):
         raise AlignkitError(f"--rlhf_type {name}: {error}") from error
     raise AlignkitError(f"unknown --rlhf_type {name}")
 
+
+
+def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layout, dict[str, str]]:
+    """The forward layout this run's algorithm uses, and why a speed-up asked for is off."""
+    reasons: dict[str, str] = {}
+    padding_free = args.padding_free
+    if padding_free and algorithm_name == "rm":
+        padding_free = False
+        reasons["padding-free packing"] = "rm: the value head reads each padded sequence's last token"
+    elif padding_free and split_map(model) is not None:
+        # The packed logits mask reaches the model on its first device, the last hidden states sit on its last.
+        padding_free = False
+        reasons["padding-free packing"] = "a model split by --device_map runs padded batches"
+    elif padding_free and not supports_packing(model):
+        padding_free = False
+        reasons["padding-free packing"] = f"needs sdpa or eager attention, not {model.config._attn_implementation}"
+        logger.warning("--padding_free %s: using padded batches", reasons["padding-free packing"])
+    prefix_sharing = padding_free and args.prefix_sharing
+    if args.prefix_sharing and not padding_free and "padding-free packing" in reasons:
+        reasons["prompt-prefix sharing"] = "needs padding-free packing"
+    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing), reasons
+
+
+def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, whole: bool = False,
+                      world_size: int = 1, rank: int = 0) -> list[list]:
+    """The micro-batches this process's loop and evaluation will form, for the one-off reference pass: its
+    shard of the training batches (each row once, or every batch ``whole`` for KTO's in-batch KL pairs) and,
+    on the main process, which evaluates alone, the held-out batches."""
+    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, dedup=not whole)
+    train = [[train_rows[i] for i in batch] for batch in visited]
+    size = config.eval_batch_size
+    held_out = [val_rows[i : i + size] for i in range(0, len(val_rows), size)] if rank == 0 else []
+    return train + held_out
+
+
+def log_speedups(layout: Layout, *, precompute: bool, precision: str, gradient_checkpointing: bool,
+                 reasons: dict[str, str] | None = None) -> None:
+    """One line saying which speed-ups this run has on and off, and why one asked for is off
+    (docs/performance.md measures each)."""
+    reasons = reasons or {}
+    speedups = {
+        "padding-free packing": layout.padding_free,
+        "prompt-prefix sharing": layout.prefix_sharing,
+        "precomputed reference log-probs": precompute,
+        "bf16 autocast": precision == "bf16",
+        "LM head on labelled positions only": True,
+        "gradient checkpointing": gradient_checkpointing,
+    }
+    off = [f"{k} ({reasons[k]})" if k in reasons else k for k, v in speedups.items() if not v]
+    logger.info("Speed-ups on: %s; off: %s", ", ".join(k for k, v in speedups.items() if v) or "none",
+                ", ".join(off) or "none")
 
 
 def with_row_fields(items: list, rows: list) -> list:

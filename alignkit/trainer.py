@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import signal
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,7 @@ def train(
             # Each epoch has its own order: leave this loop at the epoch's end so the next one is drawn.
             while state.epoch == epoch and state.global_step < steps:
                 group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
+                step_started = time.perf_counter()
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, accelerator,
                                                              step=state.global_step + 1, batch_size=config.batch_size)
                 grad_norm = None
@@ -201,7 +203,9 @@ def train(
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
                 if problem is None:
-                    running.add({**step_metrics, "grad_norm": float(grad_norm), "learning_rate": learning_rate})
+                    # step_seconds: wall time of the optimizer step (the one metric a resumed run cannot repeat).
+                    running.add({**step_metrics, "grad_norm": float(grad_norm), "learning_rate": learning_rate,
+                                 "step_seconds": time.perf_counter() - step_started})
                 else:
                     skip_nonfinite_step(state, problem, log, row_sources, config.max_nonfinite_steps, last_checkpoint)
                 bar.update(1)

@@ -201,3 +201,13 @@ def test_sse_lines_are_openai_chunks(server):
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+
+
+def test_an_image_part_sent_to_a_text_model_gets_400(client):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", max_tokens=2, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])
+    assert caught.value.body["code"] == "image_input_not_supported"
+    assert caught.value.body["message"] == ("messages[0].content[1].image_url: the model 'tiny' is a text-only model "
+                                            "and takes no images")

@@ -223,47 +223,63 @@ def _train(model_dir: str, out, *extra: str) -> tuple[list[float], dict]:
 
 
 @pytest.fixture
-def hooked_loads(monkeypatch):
+def hooked(monkeypatch):
     """Dispatch every model that training loads with a --device_map through accelerate's hooks, as
-    from_pretrained does when the map names two GPUs (on one device it skips the hooks). Returns the models
-    and a list of those that were moved afterwards (``Module.to`` and the like all go through ``_apply``):
-    on GPUs a move would gather every layer onto one device."""
+    from_pretrained does when the map names two GPUs (on one device it skips the hooks). Records the hooked
+    models (the policy, and the frozen copy of full training) and those moved afterwards (``Module.to`` and
+    the like all go through ``_apply``): on GPUs a move would gather every layer onto one device."""
     from accelerate import dispatch_model
 
+    import alignkit.reference
     import alignkit.train
 
-    loaded, moved = [], []
-    real = alignkit.train.load_causal_lm
+    models, moved = [], []
 
-    def load(*args, device_map=None, **kwargs):
-        model = real(*args, device_map=device_map, **kwargs)
-        if isinstance(device_map, dict):
-            model = dispatch_model(model, device_map=device_map, force_hooks=True)
-            apply = model._apply
-            model._apply = lambda *a, **k: (moved.append(model), apply(*a, **k))[1]
-            loaded.append(model)
+    def watch(model):
+        apply = model._apply
+        model._apply = lambda *a, **k: (moved.append(model), apply(*a, **k))[1]
+        models.append(model)
         return model
 
-    monkeypatch.setattr(alignkit.train, "load_causal_lm", load)
-    return loaded, moved
+    load, copy = alignkit.train.load_causal_lm, alignkit.reference.frozen_copy
+
+    def hooked_load(*args, device_map=None, **kwargs):
+        model = load(*args, device_map=device_map, **kwargs)
+        return watch(dispatch_model(model, device_map=device_map, force_hooks=True)) if isinstance(device_map, dict) else model
+
+    def hooked_copy(model):
+        copied = copy(model)
+        return watch(copied) if hasattr(copied, "_hf_hook") else copied
+
+    monkeypatch.setattr(alignkit.train, "load_causal_lm", hooked_load)
+    monkeypatch.setattr(alignkit.reference, "frozen_copy", hooked_copy)
+    return models, moved
 
 
-@pytest.mark.parametrize("algorithm, train_type", [("dpo", "lora"), ("dpo", "full"), ("rm", "lora")])
-def test_training_a_hooked_split_model_matches_the_plain_run(tiny_model_dir, tmp_path, hooked_loads, algorithm,
-                                                             train_type):
-    flags = ["--rlhf_type", algorithm, "--train_type", train_type]
-    plain, plain_weights = _train(tiny_model_dir, tmp_path / "plain" / "out", *flags)
-    split, split_weights = _train(tiny_model_dir, tmp_path / "split" / "out", *flags, "--device_map", json.dumps(CPU_MAP))
-    # LoRA: the policy (DPO's reference is the adapter-disabled policy; RM's value head sits outside the split,
-    # where the outputs come back); full DPO: the policy and its frozen copy, loaded with the policy's own map.
-    loaded, moved = hooked_loads
-    assert len(loaded) == (2 if train_type == "full" else 1)
-    assert all(model.hf_device_map == CPU_MAP and hasattr(model, "_hf_hook") for model in loaded)
-    assert not moved  # neither the loop nor accelerate's prepare moved a split model
+@pytest.mark.parametrize("flags, hooked_models", [
+    (["--rlhf_type", "dpo", "--train_type", "lora"], 1),  # reference log-probs precomputed from the split policy
+    (["--rlhf_type", "dpo", "--train_type", "full"], 1),
+    (["--rlhf_type", "dpo", "--train_type", "lora", "--precompute_ref_log_probs", "false"], 1),  # adapter disabled
+    (["--rlhf_type", "dpo", "--train_type", "full", "--precompute_ref_log_probs", "false"], 2),  # + frozen copy
+    (["--rlhf_type", "rm", "--train_type", "lora"], 1),  # the value head lies outside the split
+])
+def test_training_a_hooked_split_model_matches_the_plain_run(tiny_model_dir, tmp_path, hooked, flags, hooked_models,
+                                                             caplog):
+    # A split model runs padded batches (see choose_layout), so the plain run does too: the same arithmetic.
+    plain, plain_weights = _train(tiny_model_dir, tmp_path / "plain" / "out", *flags, "--padding_free", "false")
+    with caplog.at_level(logging.INFO, logger="alignkit"):
+        split, split_weights = _train(tiny_model_dir, tmp_path / "split" / "out", *flags,
+                                      "--device_map", json.dumps(CPU_MAP))
+    models, moved = hooked
+    assert len(models) == hooked_models
+    assert all(split_map(model) == CPU_MAP and hasattr(model, "_hf_hook") for model in models)
+    assert not moved  # neither the loop, the reference nor accelerate's prepare moved a split model
+    if "rm" not in flags:
+        assert "a model split by --device_map runs padded batches" in caplog.text
     assert len(plain) == 3 and plain[0] != plain[-1]
     assert split == pytest.approx(plain, abs=1e-5)
     assert split_weights.keys() == plain_weights.keys() and len(plain_weights) > 4
-    assert (algorithm == "rm") == any(name.startswith("value_head") for name in plain_weights)
+    assert ("rm" in flags) == any(name.startswith("value_head") for name in plain_weights)
     for name, weight in plain_weights.items():
         torch.testing.assert_close(split_weights[name], weight, rtol=0, atol=1e-5)
 

@@ -172,7 +172,11 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_model
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_hub_model_offline_says_to_pass_a_local_path(tmp_path, capsys):
+def test_hub_model_offline_says_to_pass_a_local_path(tmp_path, capsys, monkeypatch):
+    # Offline mode: the same failure as an unreachable hub, without 40 s of connection retries.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["rlhf", "--model", "some-org/some-model", "--dataset", "arith-pref#4",
                  "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -148,6 +148,60 @@ def test_idefics3_batches_pad_missing_images_with_zero_images_the_model_skips(vl
     assert together[[1, 3]].tolist() == pytest.approx(alone.tolist(), abs=1e-4)
 
 
+def count_encoded_images(model, family) -> list[int]:
+    """Records how many images each call of the vision encoder encodes."""
+    tower = model.model.vision_tower if family == "llava" else model.model.vision_model
+    seen = []
+    tower.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (args[0] if args else kwargs["pixel_values"]).shape[0]), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pair_sharing_its_images_runs_the_vision_encoder_once_with_the_same_logps_and_grads(vlm_dirs, images,
+                                                                                             family):
+    from alignkit.vision.shared_images import enable_shared_images
+
+    encoder, model = encoder_for(vlm_dirs[family])
+    assert enable_shared_images(model)
+    seen = count_encoded_images(model, family)
+    items = [(0, encoder.encode_pair(pair("<image>a", images[:1]))),
+             (1, encoder.encode_pair(pair("<image><image>b", images[1:3])))]
+    pad = encoder.processor.tokenizer.pad_token_id
+    results = {}
+    for share in (True, False):
+        batch = VisionPairCollator(pad, share_images=share)(items)
+        assert list(batch.model_inputs) == (["shared_pixels"] if share else
+                                            ["pixel_values"] + (["pixel_attention_mask"] if family == "idefics3" else []))
+        model.zero_grad()
+        logps, _ = forward_logps(model, batch)
+        logps.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if part_of(n) == "vit" and p.grad is not None}
+        results[share] = logps.detach(), grads
+    # Three images in the two pairs: encoded once each when shared, twice (chosen and rejected) when not.
+    assert seen == [3, 6]
+    assert results[True][0].tolist() == pytest.approx(results[False][0].tolist(), abs=1e-5)
+    assert results[True][1] and results[True][1].keys() == results[False][1].keys()
+    for name, grad in results[True][1].items():
+        assert torch.allclose(grad, results[False][1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_rejected_images_that_differ_keep_the_unshared_path(vlm_dirs, images):
+    from alignkit.vision.shared_images import enable_shared_images
+
+    encoder, model = encoder_for(vlm_dirs["llava"])
+    enable_shared_images(model)
+    seen = count_encoded_images(model, "llava")
+    collate = VisionPairCollator(encoder.processor.tokenizer.pad_token_id, share_images=True)
+    shared = encoder.encode_pair(pair("<image>a", images[:1]))
+    different = encoder.encode_pair(pair("<image>b", images[1:2], rejected_images=images[2:3]))
+    batch = collate([(0, shared), (1, different)])  # one pair with other rejected images: the batch is not shared
+    assert list(batch.model_inputs) == ["pixel_values"] and batch.model_inputs["pixel_values"].shape[0] == 4
+    forward_logps(model, batch)
+    assert seen == [4]
+    assert collate([(0, shared)]).model_inputs.keys() == {"shared_pixels"}
+
+
 # ------------------------------------------------------------------ parameters that train
 
 

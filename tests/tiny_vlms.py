@@ -23,7 +23,19 @@ IMAGE_SIZE = 28  # pixels; 14-pixel patches → a 2×2 grid
 IMAGE_TOKENS = {"llava": 4, "idefics3": 1}
 
 
-def build_llava(path, seed: int = 0):
+def spread_weights(model, init_std: float | None) -> None:
+    """Redraw the linear and embedding weights with a larger std, so that greedy answers depend on the prompt and
+    its images rather than repeating one token (needed to tell generations apart)."""
+    import torch
+
+    if init_std is None:
+        return
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=init_std)
+
+
+def build_llava(path, seed: int = 0, init_std: float | None = None):
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -49,12 +61,14 @@ def build_llava(path, seed: int = 0):
                                 eos_token_id=tokenizer.eos_token_id, **TEXT),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    LlavaForConditionalGeneration(config).save_pretrained(path)
+    model = LlavaForConditionalGeneration(config)
+    spread_weights(model, init_std)
+    model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
 
 
-def build_idefics3(path, seed: int = 0):
+def build_idefics3(path, seed: int = 0, init_std: float | None = None):
     import torch
     from transformers import (
         Idefics3Config,
@@ -78,7 +92,9 @@ def build_idefics3(path, seed: int = 0):
                          eos_token_id=tokenizer.eos_token_id, **TEXT),
         scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    Idefics3ForConditionalGeneration(config).save_pretrained(path)
+    model = Idefics3ForConditionalGeneration(config)
+    spread_weights(model, init_std)
+    model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
 

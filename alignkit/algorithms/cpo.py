@@ -9,14 +9,14 @@ The objectives themselves are ``alignkit.losses.cpo_loss`` and ``simpo_loss``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.algorithms.dpo import preference_metrics
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps
 from alignkit.losses import PreferenceLoss, cpo_loss, simpo_loss
+from alignkit.packing import Layout
 
 
 @dataclass
@@ -25,6 +25,7 @@ class CPO:
     loss_type: str = "sigmoid"  # sigmoid | hinge | ipo
     label_smoothing: float = 0.0
     cpo_alpha: float = 1.0
+    layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
 
     def __post_init__(self):
         self.objective(torch.zeros(1), torch.zeros(1))  # raises on an unknown loss type before any loading
@@ -43,6 +44,7 @@ class SimPO:
     gamma: float = 1.0
     label_smoothing: float = 0.0
     cpo_alpha: float = 1.0
+    layout: Layout = field(default_factory=Layout)
 
     def objective(self, chosen: torch.Tensor, rejected: torch.Tensor) -> PreferenceLoss:
         return simpo_loss(chosen, rejected, beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing)
@@ -54,7 +56,7 @@ class SimPO:
 def contrastive_loss(algorithm: CPO | SimPO, model, batch: Batch, *, average: bool, cpo_alpha: float):
     """mean(objective) + cpo_alpha · NLL(chosen); the NLL is per chosen token over the micro-batch (as TRL)."""
     pairs = len(batch.row_ids)
-    sums, counts = forward_logps(model, batch)  # (2B,) chosen then rejected, summed over answer tokens
+    sums, counts = algorithm.layout.logps(model, batch)  # (2B,) chosen then rejected, summed over answer tokens
     logps = sums / counts.clamp(min=1) if average else sums  # π̄ = π/|y| where the objective wants it
     chosen, rejected = logps[:pairs], logps[pairs:]
     out = algorithm.objective(chosen, rejected)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps
 from alignkit.losses import combine_dpo_losses
+from alignkit.packing import Layout
 from alignkit.reference import Reference
 
 
@@ -32,6 +32,8 @@ class DPO:
     convention: str = "swift"
     # The adapter-disabled policy (LoRA) unless a frozen model is attached for full fine-tuning.
     reference: Reference = field(default_factory=Reference)
+    # Padded, packed or prefix-shared forwards (alignkit.packing): the same log-probs from fewer tokens.
+    layout: Layout = field(default_factory=Layout)
     bco_mean: RunningRewardMean = field(default_factory=lambda: RunningRewardMean(), init=False, repr=False)
 
     def __post_init__(self):
@@ -63,7 +65,7 @@ class DPO:
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)
-        logps, counts = forward_logps(model, batch, ld_alpha=self.ld_alpha)  # (2B,) chosen then rejected
+        logps, counts = self.layout.logps(model, batch, ld_alpha=self.ld_alpha)  # (2B,) chosen then rejected
         chosen, rejected = logps[:pairs], logps[pairs:]
         ref_logps = torch.zeros_like(logps)  # (2B,) the uniform reference of --reference_free
         if not self.reference_free:

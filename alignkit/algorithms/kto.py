@@ -15,8 +15,8 @@ import torch
 
 from alignkit.data.collate import UnpairedBatch
 from alignkit.errors import AlignkitError
-from alignkit.logprobs import forward_logps
 from alignkit.losses import kto_kl_estimate, kto_loss
+from alignkit.packing import Layout
 from alignkit.reference import Reference
 
 logger = logging.getLogger("alignkit")
@@ -32,6 +32,7 @@ class KTO:
     undesirable_weight: float = 1.0
     loss_type: str = "kto"  # kto | apo_zero_unpaired (no KL term)
     reference: Reference = field(default_factory=Reference)
+    layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
 
     def __post_init__(self):
         zero = torch.zeros(1)  # raises on an unknown loss type before any loading
@@ -42,12 +43,12 @@ class KTO:
         return self.loss_type == "kto"
 
     def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, _ = forward_logps(model, batch.completions)  # (B,)
+        logps, _ = self.layout.logps(model, batch.completions)  # (B,)
         ref_logps, _ = self.reference.logps(model, batch.completions)  # (B,)
         kl = torch.zeros((), device=logps.device)
         if self.needs_kl:
             with torch.no_grad():  # z is detached anyway: no graph for the mismatched forward
-                kl_logps, _ = forward_logps(model, batch.kl)  # (B,)
+                kl_logps, _ = self.layout.logps(model, batch.kl)  # (B,)
             ref_kl_logps, _ = self.reference.logps(model, batch.kl)  # (B,)
             kl = kto_kl_estimate(kl_logps, ref_kl_logps)
         out = kto_loss(

@@ -7,23 +7,24 @@ tokens only (the paper's L_SFT); TRL's ORPOTrainer also counts the prompt tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.algorithms.dpo import preference_metrics
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps
 from alignkit.losses import orpo_loss
+from alignkit.packing import Layout
 
 
 @dataclass
 class ORPO:
     beta: float
+    layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)
-        sums, counts = forward_logps(model, batch)  # (2B,) chosen then rejected
+        sums, counts = self.layout.logps(model, batch)  # (2B,) chosen then rejected
         average = sums / counts.clamp(min=1)  # (2B,) log p per token, the p of the odds
         out = orpo_loss(average[:pairs], average[pairs:], beta=self.beta)
         nll = -sums[:pairs].sum() / counts[:pairs].sum().clamp(min=1)  # per chosen token, as TRL

@@ -98,6 +98,15 @@ class VisionEncoder:
         self.truncation_strategy = truncation_strategy
         self.system = system
 
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's EOS (generation adds the model's own EOS ids)."""
+        return [self.tokenizer.eos_token_id]
+
     def render(self, messages: list[dict], *, generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -130,6 +139,15 @@ class VisionEncoder:
                                 "its chat template or image token does not match the model's")
         self._check_length(len(ids), len(prefix), image_tokens, source)
         return VisionEncoded(ids, labels, pixels=full, image_tokens=image_tokens)
+
+    def encode_prompt(self, prompt: list[Message], images: list, source: RowSource | None = None) -> VisionEncoded:
+        """A prompt with its images followed by the assistant header, ready for generation (no labels)."""
+        messages = with_image_parts(with_system(prompt, self.system), len(images), source)
+        pixels = self.process(self.render(messages, generation_prompt=True), images)
+        ids = pixels.pop("input_ids")[0].tolist()
+        pixels.pop("attention_mask", None)
+        image_tokens = sum(token == self.image_token for token in ids)
+        return VisionEncoded(ids, [IGNORE_INDEX] * len(ids), pixels=pixels, image_tokens=image_tokens)
 
     def _check_length(self, length: int, prompt_length: int, image_tokens: int, source: RowSource | None) -> None:
         """Refuse or drop an over-long row; shortening it could cut inside an image's tokens."""

@@ -2,8 +2,9 @@
 
 Each item may be a path (relative paths are looked up from the working directory, then from the data file's
 folder), an ``http(s)://`` URL, a ``data:image/...;base64,`` URL, a bare base64 string, raw bytes, a
-``{"bytes": ..., "path": ...}`` dict (the Hugging Face datasets Image feature) or a PIL image. An image that
-is missing or cannot be decoded is a row-level ``DataError`` naming the file, row and column.
+``{"bytes": ..., "path": ...}`` dict (the Hugging Face datasets Image feature; in JSON, its bytes as base64) or
+a PIL image. An image that is missing or cannot be decoded is a row-level ``DataError`` naming the file, row
+and column.
 
 Example::
 
@@ -94,6 +95,8 @@ def load_image(item: Any, source: RowSource | None, field: str):
     if isinstance(item, (bytes, bytearray)):
         return _decode(bytes(item), source, field)
     if isinstance(item, dict):
+        if isinstance(item.get("bytes"), str):  # the bytes as JSON carries them: base64
+            return _decode(_b64(item["bytes"], source, field), source, field)
         if item.get("bytes") is not None:
             return _decode(bytes(item["bytes"]), source, field)
         item = item.get("path") or item.get("url") or item.get("image")

@@ -53,7 +53,47 @@ def load_processor(model_path: str, revision: str | None = None):
     if not hasattr(processor, "image_processor"):
         raise AlignkitError(f"{model_path}: its processor ({type(processor).__name__}) has no image processor, "
                             "so it cannot turn images into model inputs")
+    if processor.tokenizer.pad_token is None:
+        # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor
+
+
+def vision_model_path(model: str | None, adapters: list[str], ckpt_dir: str | None) -> str | None:
+    """The base model's directory when --model / --adapters / --ckpt_dir name a vision-language model, else None."""
+    from alignkit.model import resolve_checkpoint, resolve_model_path
+
+    model, _ = resolve_checkpoint(model, adapters, ckpt_dir)
+    path = resolve_model_path(model)
+    return path if is_vision_model(path) else None
+
+
+def processor_source(adapter: str | None, model_path: str) -> str:
+    """A training checkpoint saves the processor it used; an adapter without one takes the base model's."""
+    if adapter and any((Path(adapter) / name).is_file() for name in ("processor_config.json",
+                                                                     "preprocessor_config.json")):
+        return adapter
+    return model_path
+
+
+def load_vision_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str):
+    """Model (with adapters, in eval mode, one vision forward per shared pair) and processor for infer, eval and
+    deploy; the vision-language counterpart of ``alignkit.model.load_for_inference``."""
+    from alignkit.model import load_adapters, resolve_checkpoint, resolve_dtype, resolve_model_path
+    from alignkit.vision.shared_images import enable_shared_images
+
+    model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
+    model_path = resolve_model_path(model)
+    processor = load_processor(model_path)
+    # Scores and generations should not depend on autocast: on CPU, "auto" keeps exact fp32 weights.
+    precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
+    lm = load_vision_model(model_path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16,
+                                              "fp16": torch.float16}[precision])
+    enable_shared_images(lm)
+    if adapters:
+        lm = load_adapters(lm, adapters, trainable=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return lm.to(device).eval(), processor
 
 
 def part_of(name: str) -> str:

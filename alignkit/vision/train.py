@@ -30,6 +30,7 @@ from alignkit.vision.model import (
     load_vision_model,
     vision_lora_targets,
 )
+from alignkit.vision.shared_images import enable_shared_images
 
 logger = logging.getLogger("alignkit")
 
@@ -65,7 +66,9 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
     if uses_reference and (args.train_type == "full" or args.ref_model):
         reference = load_vision_model(args.ref_model) if args.ref_model else copy.deepcopy(model)
+        enable_shared_images(reference)
         algorithm.reference = Reference(reference)
+    share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
     frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
     if args.train_type == "lora":
         if args.adapters:
@@ -88,14 +91,15 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     if isinstance(algorithm, KTO):
         collate = VisionUnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
     else:
-        collate = VisionPairCollator(pad_id)
+        collate = VisionPairCollator(pad_id, share_images=share_images)
     return model, processor, train_rows, val_rows, collate
 
 
 def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, model_path: str, train_data: list,
                         val_data: list, resume, precision: str):
     """The tail of ``run_training`` for a vision-language model. Returns the last checkpoint."""
-    from alignkit.train import loop_config
+    from alignkit.packing import Layout
+    from alignkit.train import log_speedups, loop_config
     from alignkit.trainer import train
 
     model, processor, train_rows, val_rows, collate = build_vision_training(args, algorithm, model_path, train_data,
@@ -110,6 +114,10 @@ def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, mode
         run_dir = new_run_dir(args.output_dir)
         (run_dir / "args.json").write_text(json.dumps(resolved, indent=2, default=str))
     logger.info("Run directory: %s", run_dir)
+    log_speedups(Layout(), precompute=False, precision=precision, gradient_checkpointing=args.gradient_checkpointing,
+                 reasons={"padding-free packing": "rows with images run padded",
+                          "prompt-prefix sharing": "rows with images run padded",
+                          "precomputed reference log-probs": "the cache is keyed by tokens, not pixels"})
     return train(
         model=model, tokenizer=processor, algorithm=algorithm, train_rows=train_rows, val_rows=val_rows,
         collate=collate,
