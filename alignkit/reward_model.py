@@ -53,7 +53,9 @@ class RewardModel(nn.Module):
         hidden = out.hidden_states[-1]  # (N, T, D), after the final norm
         last = attention_mask.sum(-1) - 1  # (N,) index of the last real token
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, D)
-        return self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        # In fp32 even under bf16 autocast: early in training the chosen/rejected gap is ~1e-2, bf16's step at 1.0.
+        with torch.autocast(picked.device.type, enabled=False):
+            return nn.functional.linear(picked.float(), self.value_head.weight.float()).squeeze(-1)
 
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         self.lm.save_pretrained(directory, safe_serialization=safe_serialization)
