@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+
+from demo_common import changed_arguments, sft_arguments, timed
 
 from alignkit.cli import setup_logging
 from alignkit.config import RunArguments
@@ -36,14 +37,6 @@ def held_out_accuracy(checkpoint: Path | None, limit: int) -> dict:
     rows = load_dataset_spec("arith-prompts:test", "prompt", seed=42)[:limit]
     report = task_accuracy(model, ChatEncoder(tokenizer, max_length=512), rows, batch_size=50, max_new_tokens=12)
     return {"task_accuracy": report["task_accuracy"], "prompts": report["prompts"], "samples": report["samples"][:3]}
-
-
-def timed(label: str, times: dict, fn, *args):
-    started = time.perf_counter()
-    result = fn(*args)
-    times[label] = round(time.perf_counter() - started, 1)
-    print(f"[demo] {label}: {times[label]} s")
-    return result
 
 
 def main() -> None:
@@ -64,9 +57,7 @@ def main() -> None:
     times: dict[str, float] = {}
     report: dict = {"times_s": times}
 
-    sft = RunArguments(dataset=["arith-sft"], max_steps=options.sft_steps, per_device_train_batch_size=8,
-                       learning_rate=5e-4, lr_scheduler_type="constant", max_length=128, logging_steps=4,
-                       output_dir=str(out / "sft"), report_to=["none"], val_dataset=["arith-sft:test#8"])
+    sft = sft_arguments(options.sft_steps, out)
     grpo = RunArguments(
         rlhf_type="grpo", dataset=["arith-prompts"], val_dataset=["arith-prompts:test#8"],
         reward_funcs=["accuracy", "format"], num_generations=options.num_generations,
@@ -76,7 +67,7 @@ def main() -> None:
         learning_rate=options.learning_rate, lr_scheduler_type="constant", max_steps=options.grpo_steps, logging_steps=1,
         save_steps=10, output_dir=str(out / "grpo"), report_to=["none"], max_length=256,
     )
-    report["commands"] = {"sft": _changed(sft), "grpo": _changed(grpo)}
+    report["commands"] = {"sft": changed_arguments(sft), "grpo": changed_arguments(grpo)}
     if not options.skip_base_eval:
         report["base"] = timed("eval base", times, held_out_accuracy, None, options.eval_limit)
     if options.sft_checkpoint:
@@ -96,12 +87,6 @@ def main() -> None:
         if key in report:
             print(f"  {key:11s} {report[key]['task_accuracy']:.2f}")
     print(f"wall times (s): {times}; report: {out / 'report.json'}")
-
-
-def _changed(args: RunArguments) -> dict:
-    """The arguments that differ from the defaults: the CLI command, as Python."""
-    defaults = RunArguments().to_dict()
-    return {k: v for k, v in args.to_dict().items() if v != defaults[k]}
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+
+from demo_common import changed_arguments, sft_arguments, timed
 
 from alignkit.cli import setup_logging
 from alignkit.config import RunArguments
@@ -59,14 +60,6 @@ def merge_adapter(checkpoint: Path, directory: Path) -> Path:
     return directory
 
 
-def timed(label: str, times: dict, fn, *args):
-    started = time.perf_counter()
-    result = fn(*args)
-    times[label] = round(time.perf_counter() - started, 1)
-    print(f"[demo] {label}: {times[label]} s")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="output/ppo_demo")
@@ -82,9 +75,7 @@ def main() -> None:
     times: dict[str, float] = {}
     report: dict = {"times_s": times}
 
-    sft = RunArguments(dataset=["arith-sft"], max_steps=options.sft_steps, per_device_train_batch_size=8,
-                       learning_rate=5e-4, lr_scheduler_type="constant", max_length=128, logging_steps=4,
-                       output_dir=str(out / "sft"), report_to=["none"], val_dataset=["arith-sft:test#8"])
+    sft = sft_arguments(options.sft_steps, out)
     rm = RunArguments(rlhf_type="rm", dataset=["arith-pref"], val_dataset=["arith-pref:test#20"],
                       max_steps=options.rm_steps, per_device_train_batch_size=4, learning_rate=5e-4,
                       max_length=128, logging_steps=5, output_dir=str(out / "rm"), report_to=["none"])
@@ -105,7 +96,7 @@ def main() -> None:
     report["before_ppo"] = timed("eval before ppo", times, held_out_scores, sft_model, rm_checkpoint,
                                  options.eval_limit)
     ppo.reward_model = [str(rm_checkpoint)]
-    report["commands"] = {"sft": _changed(sft), "rm": _changed(rm), "ppo": _changed(ppo)}
+    report["commands"] = {"sft": changed_arguments(sft), "rm": changed_arguments(rm), "ppo": changed_arguments(ppo)}
     ppo_checkpoint = timed("ppo", times, lambda: run_training(ppo, task="rlhf"))
     report["after_ppo"] = timed("eval after ppo", times, held_out_scores, ppo_checkpoint, rm_checkpoint,
                                 options.eval_limit)
@@ -120,11 +111,6 @@ def main() -> None:
         print(f"  {key:10s} rm score {report[key]['rm_score']:+.3f}   task accuracy {report[key]['task_accuracy']:.2f}")
     print(f"KL(π ‖ π_ref) per completion during PPO: first {kl[0]:.3f}, max {max(kl):.3f}, last {kl[-1]:.3f}")
     print(f"wall times (s): {times}; report: {out / 'report.json'}")
-
-
-def _changed(args: RunArguments) -> dict:
-    defaults = RunArguments().to_dict()
-    return {k: v for k, v in args.to_dict().items() if v != defaults[k]}
 
 
 if __name__ == "__main__":
