@@ -169,6 +169,14 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int = ROW_TOKENS) ->
     )
 
 
+def packed_attention_mask(model, packed: Packed) -> torch.Tensor:
+    """The packed rows' 4-D mask as the model's attention takes it: boolean for sdpa, additive for eager."""
+    mask = packed.attention_mask
+    if config_of(model)._attn_implementation == "eager":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return mask
+
+
 def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)[rows, ids]`` in fp32, the log-sum-exp taken CHUNK rows at a time.
 
@@ -184,13 +192,10 @@ def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: 
     """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order; ``average`` and
     ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.logprobs.sequence_logps``."""
     packed = pack(batch, share_prefixes=share_prefixes)
-    mask = packed.attention_mask
-    if config_of(model)._attn_implementation == "eager":  # eager adds the mask to the scores
-        mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
     logits = model(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
-        attention_mask=mask,
+        attention_mask=packed_attention_mask(model, packed),
         logits_to_keep=packed.keep,
         use_cache=False,
     ).logits  # (K, V)

@@ -23,6 +23,7 @@ from alignkit.online.rollout import (
     reference_logprobs,
     rollout_metrics,
 )
+from alignkit.packing import Layout
 
 
 @dataclass
@@ -44,6 +45,7 @@ class GRPO:
     forward_batch_size: int
     needs_old_logprobs: bool  # more than one optimizer step per rollout: π_old must be kept
     frozen_reference: object = None
+    layout: Layout | None = None  # packed/shared-prompt log-probs (alignkit.packing)
 
     def trainable_modules(self) -> list:
         return []
@@ -80,11 +82,12 @@ class GRPO:
         experience["advantages"] = advantages.to(device)
         if self.needs_old_logprobs:
             experience["old_logprobs"] = batched_logprobs(
-                policy, experience, temperature=self.temperature, batch_size=self.forward_batch_size)[0]
+                policy, experience, temperature=self.temperature, batch_size=self.forward_batch_size,
+                layout=self.layout)[0]
         if self.beta:
             experience["ref_logprobs"] = reference_logprobs(
                 policy, self.frozen_reference, experience, temperature=self.temperature,
-                batch_size=self.forward_batch_size)
+                batch_size=self.forward_batch_size, layout=self.layout)
         metrics = {
             "reward": total.mean().item(),
             "reward_std": total.std().item() if len(total) > 1 else 0.0,
@@ -103,7 +106,8 @@ class GRPO:
         return experience, metrics, samples
 
     def loss(self, policy, batch: dict[str, torch.Tensor]):
-        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True)
+        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True,
+                                                layout=self.layout)
         mask = batch["completion_mask"]
         # With one optimizer step per rollout π_old is the current policy: ratio 1, gradient −A·∇log π.
         old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()

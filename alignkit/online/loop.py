@@ -244,7 +244,9 @@ def update(policy, trained, algorithm, experience, schedule: Schedule, config: L
     order = torch.randperm(count)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     for start in range(0, count, schedule.minibatch_size):
-        minibatch = order[start : start + schedule.minibatch_size]
+        # Sorted within the mini-batch (same gradient): a prompt's completions stay adjacent, so a micro-batch
+        # holds whole groups whose prompt a shared-prefix layout runs once.
+        minibatch = order[start : start + schedule.minibatch_size].sort().values
         for micro_start in range(0, len(minibatch), schedule.micro_batch_size):
             micro = minibatch[micro_start : micro_start + schedule.micro_batch_size]
             batch = select(experience, micro.to(experience["completion_ids"].device))

@@ -28,6 +28,7 @@ from alignkit.online.rollout import (
     sequence_inputs,
 )
 from alignkit.online.scalar_model import ScalarModel, score_conversations
+from alignkit.packing import Layout
 
 
 def completion_values(value_model: ScalarModel, experience: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,6 +81,7 @@ class PPO:
     missing_eos_penalty: float | None
     forward_batch_size: int
     frozen_reference: object = None
+    layout: Layout | None = None  # packed/shared-prompt log-probs (alignkit.packing)
     ptx_coef: float = 0.0
     pretrain: PretrainBatches | None = None
 
@@ -108,9 +110,9 @@ class PPO:
         experience = {k: v.to(device) for k, v in rollout.as_dict().items()}
         mask = experience["completion_mask"]
         logprobs, entropy = batched_logprobs(policy, experience, temperature=self.temperature,
-                                             batch_size=self.forward_batch_size, with_entropy=True)
+                                             batch_size=self.forward_batch_size, with_entropy=True, layout=self.layout)
         ref = reference_logprobs(policy, self.frozen_reference, experience, temperature=self.temperature,
-                                 batch_size=self.forward_batch_size)
+                                 batch_size=self.forward_batch_size, layout=self.layout)
         values = torch.cat([
             completion_values(self.value_model, {k: v[s : s + self.forward_batch_size] for k, v in experience.items()})
             for s in range(0, len(mask), self.forward_batch_size)
@@ -140,7 +142,8 @@ class PPO:
 
     def loss(self, policy, batch: dict[str, torch.Tensor]):
         mask = batch["completion_mask"]
-        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True)
+        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True,
+                                                layout=self.layout)
         values = completion_values(self.value_model, batch)
         surrogate = rl_math.clipped_surrogate(logprobs, batch["old_logprobs"], batch["advantages"],
                                               eps_low=self.cliprange, eps_high=self.cliprange)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.template import ChatEncoder
+from alignkit.data.collate import Batch
+from alignkit.data.template import IGNORE_INDEX, ChatEncoder
+from alignkit.packing import CHUNK, Layout, pack, packed_attention_mask, supports_packing, token_logps
 
 
 @dataclass
@@ -94,7 +96,12 @@ def make_rollout(prompts: list[list[int]], completions: list[list[int]], *, pad_
 
 @dataclass
 class HFGenerator:
-    """Generation with transformers' ``generate`` and its KV cache, ``batch_size`` prompts at a time."""
+    """Generation with transformers' ``generate`` and its KV cache, ``batch_size`` sequences at a time.
+
+    Copies of one prompt that sit next to each other (GRPO's G completions of a prompt) share one prefill:
+    the prompt's cache is computed once and repeated for its copies, so the prompt's cost is paid once
+    per group instead of G times. Sampling is unchanged: every copy still draws its own completion.
+    """
 
     model: object
     pad_id: int
@@ -104,25 +111,59 @@ class HFGenerator:
     batch_size: int
     top_p: float = 1.0
     top_k: int = 0
+    share_prompt_prefill: bool = True
 
     @torch.no_grad()
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False) -> list[list[int]]:
         """Raw completion ids per prompt (the stop token and any padding after it included)."""
-        device = next(self.model.parameters()).device
         # top_k=0 / top_p=1 spelled out, whatever a model's generation config says: the tokens must come from
         # the plain tempered softmax whose log-probs the loss uses.
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         if greedy or self.temperature <= 0:
             sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         completions = []
-        for start in range(0, len(prompts), self.batch_size):
-            ids, mask = left_pad(prompts[start : start + self.batch_size], self.pad_id)
-            output = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.max_new_tokens,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True, **sampling,
-            )  # (n, P + new)
-            completions += output[:, ids.shape[1] :].cpu().tolist()
+        for chunk in self._chunks(prompts):
+            completions += self._generate(chunk, sampling)
         return completions
+
+    def _chunks(self, prompts: list[list[int]]) -> list[list[list[int]]]:
+        """Consecutive prompts in chunks of at most ``batch_size``, never splitting a run of copies that fits."""
+        runs: list[list[list[int]]] = []
+        for prompt in prompts:
+            if runs and runs[-1][0] == prompt:
+                runs[-1].append(prompt)
+            else:
+                runs.append([prompt])
+        chunks: list[list[list[int]]] = [[]]
+        for run in runs:
+            while run:
+                if len(chunks[-1]) == self.batch_size or (chunks[-1] and len(chunks[-1]) + len(run) > self.batch_size):
+                    chunks.append([])
+                take = self.batch_size - len(chunks[-1])
+                chunks[-1] += run[:take]
+                run = run[take:]
+        return [c for c in chunks if c]
+
+    def _generate(self, prompts: list[list[int]], sampling: dict) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        ids, mask = left_pad(prompts, self.pad_id)  # (n, P)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = None
+        starts = torch.tensor([i == 0 or prompts[i] != prompts[i - 1] for i in range(len(prompts))])  # (n,)
+        if self.share_prompt_prefill and not starts.all() and ids.shape[1] > 1:
+            # Prefill each distinct prompt but its last token (generate() needs one uncached token to start),
+            # then repeat its cache rows for its copies.
+            first = starts.nonzero().squeeze(-1).to(device)  # (u,)
+            head_mask = mask[first, :-1]
+            positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded prompts
+            cache = self.model(input_ids=ids[first, :-1], attention_mask=head_mask, position_ids=positions,
+                               use_cache=True).past_key_values
+            cache.batch_select_indices((starts.cumsum(0) - 1).to(device))  # row of each copy's prompt
+        output = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, past_key_values=cache,
+            eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True, **sampling,
+        )  # (n, P + new)
+        return output[:, ids.shape[1] :].cpu().tolist()
 
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the trained model itself."""
@@ -157,12 +198,17 @@ def token_logprobs_and_entropy(logits: torch.Tensor, index: torch.Tensor, *, wit
     return torch.stack(picked), (torch.stack(entropies) if with_entropy else None)
 
 
-def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, with_entropy: bool = False):
+def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, with_entropy: bool = False,
+                        layout: Layout | None = None):
     """Log-probs (N, C) of the completion tokens under ``model`` (grad flows if enabled), and their entropy.
 
     The logits are divided by the sampling temperature, so the log-probs are those of the distribution
-    the tokens were drawn from (as TRL does). Padding positions hold garbage; callers mask them.
+    the tokens were drawn from (as TRL does). Padding positions hold garbage; callers mask them. With a
+    padding-free ``layout`` (and a model that takes 4-D masks) the same numbers come from packed rows.
     """
+    if layout is not None and layout.padding_free and supports_packing(model):
+        return packed_completion_logprobs(model, experience, temperature=temperature, with_entropy=with_entropy,
+                                          share_prefixes=layout.prefix_sharing)
     input_ids, attention_mask, position_ids = sequence_inputs(experience)
     completion_length = experience["completion_ids"].shape[1]
     logits = model(
@@ -174,28 +220,79 @@ def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperatu
     return token_logprobs_and_entropy(logits, experience["completion_ids"], with_entropy=with_entropy)
 
 
+def as_packable_batch(experience: dict[str, torch.Tensor]) -> Batch:
+    """The rollout's sequences (prompt without its left padding, then the completion) right-padded, labelled
+    on the completion tokens only: the input ``alignkit.packing.pack`` lays out."""
+    sequences, labels = [], []
+    for prompt, prompt_mask, completion, completion_mask in zip(
+        experience["prompt_ids"], experience["prompt_mask"], experience["completion_ids"], experience["completion_mask"]
+    ):
+        prompt, completion = prompt[prompt_mask.bool()].tolist(), completion[completion_mask.bool()].tolist()
+        sequences.append(prompt + completion)
+        labels.append([IGNORE_INDEX] * len(prompt) + completion)
+    length = max(len(s) for s in sequences)
+    input_ids = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
+    label_ids = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
+    for i, (ids, targets) in enumerate(zip(sequences, labels)):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        label_ids[i, : len(ids)] = torch.tensor(targets, dtype=torch.long)
+        attention_mask[i, : len(ids)] = 1
+    device = experience["completion_ids"].device
+    return Batch(input_ids.to(device), attention_mask.to(device), label_ids.to(device), list(range(len(sequences))))
+
+
+def packed_completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float,
+                               with_entropy: bool = False, share_prefixes: bool = True):
+    """``completion_logprobs`` from packed rows: no padding, and with ``share_prefixes`` the prompt that a
+    group's completions (and the system prompt that all of them) begin with runs once. GRPO's G completions
+    of a prompt then cost one prompt plus G short answers instead of G padded sequences."""
+    packed = pack(as_packable_batch(experience), share_prefixes=share_prefixes)
+    logits = model(
+        input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=packed_attention_mask(model, packed),
+        logits_to_keep=packed.keep, use_cache=False,
+    ).logits  # (K, V): one row per position that predicts a completion token
+    if temperature > 0:
+        logits = logits / temperature
+    per_token = token_logps(logits, packed.target_rows, packed.target_ids)  # (M,)
+    # Targets come sequence by sequence, each in token order: the row-major order of the completion mask.
+    mask = experience["completion_mask"].bool()  # (N, C)
+    logprobs = per_token.new_zeros(mask.shape).masked_scatter(mask, per_token)  # (N, C)
+    if not with_entropy:
+        return logprobs, None
+    with torch.no_grad():  # a metric only
+        rows = torch.cat([
+            chunk.float().logsumexp(-1) - (chunk.float().softmax(-1) * chunk.float()).sum(-1)
+            for chunk in logits.detach().split(CHUNK)
+        ])  # (K,)
+        entropy = rows.new_zeros(mask.shape).masked_scatter(mask, rows[packed.target_rows])  # (N, C)
+    return logprobs, entropy
+
+
 @torch.no_grad()
 def batched_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, batch_size: int,
-                     with_entropy: bool = False):
+                     with_entropy: bool = False, layout: Layout | None = None):
     """``completion_logprobs`` without grad, ``batch_size`` sequences at a time (``--local_rollout_forward_batch_size``)."""
     parts = []
     n = experience["completion_ids"].shape[0]
     for start in range(0, n, batch_size):
         chunk = {k: v[start : start + batch_size] for k, v in experience.items()}
-        parts.append(completion_logprobs(model, chunk, temperature=temperature, with_entropy=with_entropy))
+        parts.append(completion_logprobs(model, chunk, temperature=temperature, with_entropy=with_entropy,
+                                         layout=layout))
     logprobs = torch.cat([p[0] for p in parts])
     entropy = torch.cat([p[1] for p in parts]) if with_entropy else None
     return logprobs, entropy
 
 
 def reference_logprobs(policy, frozen_reference, experience: dict[str, torch.Tensor], *, temperature: float,
-                       batch_size: int) -> torch.Tensor:
+                       batch_size: int, layout: Layout | None = None) -> torch.Tensor:
     """Completion log-probs (N, C) under the reference: a frozen model (full fine-tuning, --ref_model), or the
     policy with its LoRA adapter switched off, which is the starting policy at no memory cost."""
     if frozen_reference is not None:
-        return batched_logprobs(frozen_reference, experience, temperature=temperature, batch_size=batch_size)[0]
+        return batched_logprobs(frozen_reference, experience, temperature=temperature, batch_size=batch_size,
+                                layout=layout)[0]
     with policy.disable_adapter():
-        return batched_logprobs(policy, experience, temperature=temperature, batch_size=batch_size)[0]
+        return batched_logprobs(policy, experience, temperature=temperature, batch_size=batch_size, layout=layout)[0]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from alignkit.model import (
 from alignkit.online.loop import disable_dropout, make_schedule, train_online
 from alignkit.online.rl_math import GRPO_LOSS_TYPES
 from alignkit.online.rollout import EncodedPrompt, HFGenerator, stop_token_ids
+from alignkit.packing import Layout, config_of, supports_packing
 
 logger = logging.getLogger("alignkit")
 
@@ -95,7 +96,8 @@ def run_online(args: RunArguments) -> Path:
                                 batch_size=forward_batch)
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
-                  forward_batch_size=forward_batch, frozen_reference=frozen_reference)
+                  forward_batch_size=forward_batch, frozen_reference=frozen_reference,
+                  layout=online_layout(args, policy))
     if grpo:
         from alignkit.online.grpo import GRPO
 
@@ -115,6 +117,19 @@ def run_online(args: RunArguments) -> Path:
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=loop_config(args, precision),
                         run_dir=run_dir, args_for_checkpoint=resolved)
+
+
+def online_layout(args: RunArguments, policy) -> Layout:
+    """How the policy's (and reference's) completion log-probs are computed: packed with the prompt held once
+    per group (--padding_free, --prefix_sharing; the same numbers as padded batches), or padded."""
+    padding_free = args.padding_free and supports_packing(policy)
+    if args.padding_free and not padding_free:
+        logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
+                       config_of(policy)._attn_implementation)
+    layout = Layout(padding_free=padding_free, prefix_sharing=padding_free and args.prefix_sharing)
+    logger.info("Completion log-probs: %s", "packed, shared prompts" if layout.prefix_sharing
+                else "packed" if layout.padding_free else "padded batches")
+    return layout
 
 
 def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
