@@ -291,7 +291,7 @@ class RunArguments:
     padding_free: bool = option(
         True,
         "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
-        "attention across sequences. Every offline method but rm; not rows with images. Needs sdpa or eager "
+        "attention across sequences. Every method (ppo/grpo: the completion log-probs); not rows with images. Needs sdpa or eager "
         "attention (else the padded path runs, with a warning).",
     )
     prefix_sharing: bool = option(

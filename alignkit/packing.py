@@ -46,6 +46,8 @@ class Packed:
     target_seqs: torch.Tensor  # (M,) which of the batch's N sequences the token belongs to
     num_sequences: int
     num_tokens: int  # tokens actually run through the model (no padding)
+    last_rows: torch.Tensor  # (N,) the row holding each sequence's last token
+    last_nodes: torch.Tensor  # (N,) that token's column: a reward head reads the hidden state there
 
 
 def supports_packing(model) -> bool:
@@ -166,6 +168,8 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int = ROW_TOKENS) ->
         target_seqs=torch.tensor([s for _, _, _, s in targets], dtype=torch.long, device=device),
         num_sequences=len(seqs),
         num_tokens=sum(len(t) for t in row_ids),
+        last_rows=torch.tensor([paths[s][0] for s in range(len(seqs))], dtype=torch.long, device=device),
+        last_nodes=torch.tensor([paths[s][1][-1] for s in range(len(seqs))], dtype=torch.long, device=device),
     )
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from alignkit.data.rows import ConversationRow, Message
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
+from alignkit.packing import Packed, packed_attention_mask
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -44,16 +45,31 @@ class RewardModel(nn.Module):
         hidden_size = lm.get_input_embeddings().embedding_dim
         self.value_head = value_head if value_head is not None else new_value_head(hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **model_inputs) -> torch.Tensor:
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                packed: Packed | None = None, **model_inputs) -> torch.Tensor:
         """input_ids, attention_mask (N, T), right-padded → rewards (N,) in fp32. ``model_inputs``: a
-        vision-language model's pixel inputs."""
+        vision-language model's pixel inputs. Or ``packed``, the same N sequences laid out by
+        ``alignkit.packing.pack`` (a pair's prompt once): each reward is read at its sequence's last token,
+        the same numbers as the padded forward."""
         # logits_to_keep=1: the LM head's (N, T, V) logits are not needed, only the hidden states.
+        if packed is not None:
+            out = self.lm(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                          attention_mask=packed_attention_mask(self.lm, packed), output_hidden_states=True,
+                          logits_to_keep=1, use_cache=False)
+            return self._head(out.hidden_states[-1][packed.last_rows, packed.last_nodes])  # (N,)
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                       logits_to_keep=1, use_cache=False, **model_inputs)
         hidden = out.hidden_states[-1]  # (N, T, D), after the final norm
         last = attention_mask.sum(-1) - 1  # (N,) index of the last real token
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, D)
-        # In fp32 even under bf16 autocast: early in training the chosen/rejected gap is ~1e-2, bf16's step at 1.0.
+        return self._head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])  # (N,)
+
+    def _head(self, picked: torch.Tensor) -> torch.Tensor:
+        """(N, D) last-token hidden states → (N,) rewards. In fp32 even under bf16 autocast: early in training
+        the chosen/rejected gap is ~1e-2, bf16's step at 1.0."""
         with torch.autocast(picked.device.type, enabled=False):
             return nn.functional.linear(picked.float(), self.value_head.weight.float()).squeeze(-1)
 

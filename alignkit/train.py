@@ -149,11 +149,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     else:
         collate = PairCollator(tokenizer.pad_token_id)
 
-    # Speed-ups (docs/performance.md): the forward layout of every algorithm but rm, and the reference's
+    # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
     layout, reasons = choose_layout(args, algorithm_name, model)
-    if not isinstance(algorithm, RewardModeling):
-        algorithm.layout = layout
+    algorithm.layout = layout
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
@@ -266,10 +265,7 @@ def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layou
     """The forward layout this run's algorithm uses, and why a speed-up asked for is off."""
     reasons: dict[str, str] = {}
     padding_free = args.padding_free
-    if padding_free and algorithm_name == "rm":
-        padding_free = False
-        reasons["padding-free packing"] = "rm: the value head reads each padded sequence's last token"
-    elif padding_free and split_map(model) is not None:
+    if padding_free and split_map(model) is not None:
         # The packed logits mask reaches the model on its first device, the last hidden states sit on its last.
         padding_free = False
         reasons["padding-free packing"] = "a model split by --device_map runs padded batches"

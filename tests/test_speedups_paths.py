@@ -27,7 +27,8 @@ CASES = {
     "kto-full": (["kto", "--train_type", "full"], ALL_ON),
     "kto-apo_zero_unpaired": (["kto", "--loss_type", "apo_zero_unpaired"], ALL_ON),
     "sft": ([], PACKED),
-    "rm": (["rm"], "padding-free packing (rm: the value head reads each padded sequence's last token)"),
+    "rm-full": (["rm", "--train_type", "full"], PACKED),
+    "rm-lora-center": (["rm", "--center_rewards_coefficient", "0.1"], PACKED),
 }
 
 

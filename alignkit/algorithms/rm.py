@@ -6,25 +6,30 @@ loss = mean(−log σ(r_w − r_l − m)) (+ c·(r_w + r_l)²), ``alignkit.losse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.data.collate import Batch
 from alignkit.losses import reward_model_loss
+from alignkit.packing import Layout, pack, supports_packing
 
 
 @dataclass
 class RewardModeling:
     loss_type: str = "log_sig"  # log_sig | log_exp | hinge
     center_rewards_coefficient: float | None = None
+    layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same rewards
 
     def __post_init__(self):
         reward_model_loss(torch.zeros(1), torch.zeros(1), loss_type=self.loss_type)  # unknown types fail early
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)
-        rewards = model(batch.input_ids, batch.attention_mask, **(batch.model_inputs or {}))  # (2B,) chosen, rejected
+        if self.layout.padding_free and not batch.model_inputs and supports_packing(model):
+            rewards = model(packed=pack(batch, share_prefixes=self.layout.prefix_sharing))  # (2B,) chosen, rejected
+        else:
+            rewards = model(batch.input_ids, batch.attention_mask, **(batch.model_inputs or {}))
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         out = reward_model_loss(
             chosen, rejected, loss_type=self.loss_type, margin=batch.margins,
