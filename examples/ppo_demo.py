@@ -64,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="output/ppo_demo")
     parser.add_argument("--sft_checkpoint", default=None, help="reuse an SFT adapter instead of training one")
+    parser.add_argument("--rm_checkpoint", default=None, help="reuse an `rm` run's checkpoint instead of training one")
     parser.add_argument("--sft_steps", type=int, default=12)
     parser.add_argument("--rm_steps", type=int, default=20)
     parser.add_argument("--ppo_steps", type=int, default=10)
@@ -92,7 +93,10 @@ def main() -> None:
         sft_checkpoint = timed("sft", times, lambda: run_training(sft, task="sft"))
     sft_model = merge_adapter(sft_checkpoint, out / "sft_merged")
     rm.model = ppo.model = str(sft_model)
-    rm_checkpoint = timed("rm", times, lambda: run_training(rm, task="rlhf"))
+    if options.rm_checkpoint:
+        rm_checkpoint = Path(options.rm_checkpoint)
+    else:
+        rm_checkpoint = timed("rm", times, lambda: run_training(rm, task="rlhf"))
     report["before_ppo"] = timed("eval before ppo", times, held_out_scores, sft_model, rm_checkpoint,
                                  options.eval_limit)
     ppo.reward_model = [str(rm_checkpoint)]
