@@ -9,8 +9,8 @@
 Before and after PPO, greedy answers to held-out prompts are scored by the reward model; the PPO log
 shows the KL to the reference staying bounded. Numbers go to ``report.json`` in --output_dir.
 
-    python examples/ppo_demo.py                          # about 30 minutes on 2 CPU cores
-    python examples/ppo_demo.py --sft_checkpoint output/grpo_demo/sft/v0-.../checkpoint-12
+    python examples/ppo_demo.py                          # about 20 minutes on 2 CPU cores
+    python examples/ppo_demo.py --sft_checkpoint output/grpo_demo/sft/v0-.../checkpoint-20 --rm_checkpoint RM
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ def main() -> None:
     parser.add_argument("--rm_checkpoint", default=None, help="reuse an `rm` run's checkpoint instead of training one")
     parser.add_argument("--sft_steps", type=int, default=12)
     parser.add_argument("--rm_steps", type=int, default=20)
-    parser.add_argument("--ppo_steps", type=int, default=10)
-    parser.add_argument("--eval_limit", type=int, default=50)
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--ppo_steps", type=int, default=60)
+    parser.add_argument("--eval_limit", type=int, default=100)
+    # 1e-4 over 100 steps hacks the reward model (KL to 5.5 nats, accuracy 0.50 -> 0.35); see docs/online.md.
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
     options = parser.parse_args()
     setup_logging()
     out = Path(options.output_dir)
