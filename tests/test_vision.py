@@ -76,6 +76,29 @@ def test_unreadable_images_are_row_errors(item, message):
     assert str(caught.value).startswith(message)
 
 
+def test_downloads_are_capped(images, monkeypatch):
+    """An http(s) image is read up to MAX_DOWNLOAD_BYTES: under it the picture loads, over it a row error."""
+    import functools
+    import http.server
+    import threading
+
+    from alignkit.vision import images as image_module
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(Path(images[0]).parent))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{site.server_address[1]}/{Path(images[0]).name}"
+    try:
+        size = Path(images[0]).stat().st_size
+        monkeypatch.setattr(image_module, "MAX_DOWNLOAD_BYTES", size)
+        assert load_image(url, None, "images[0]").size == (30, 40)
+        monkeypatch.setattr(image_module, "MAX_DOWNLOAD_BYTES", size - 1)
+        with pytest.raises(DataError, match="row 4, field 'images\\[0\\]': image .* is larger than"):
+            load_image(url, RowSource("pairs.jsonl", 4), "images[0]")
+    finally:
+        site.shutdown()
+
+
 # ------------------------------------------------------------------ encoding
 
 

@@ -25,6 +25,8 @@ from alignkit.data.rows import RowSource
 from alignkit.errors import DataError
 
 URL_TIMEOUT_S = 20
+# A downloaded image may be at most this large: a URL must not make the trainer or server read without end.
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 # Leading bytes of PNG, JPEG, GIF, WebP (RIFF), BMP: enough to tell inline base64 images from mistyped paths.
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")
 
@@ -60,9 +62,13 @@ def _read_string(text: str, source: RowSource | None, field: str) -> bytes:
     if text.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(text, timeout=URL_TIMEOUT_S) as response:
-                return response.read()
+                data = response.read(MAX_DOWNLOAD_BYTES + 1)
         except OSError as error:  # URLError, timeouts, refused connections (e.g. an offline machine)
             raise DataError(f"cannot download image {text}: {error}", **_where(source, field)) from error
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise DataError(f"image {text} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB; not downloaded",
+                            **_where(source, field))
+        return data
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
         return _b64(payload, source, field)
