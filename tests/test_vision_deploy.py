@@ -18,19 +18,17 @@ pytest.importorskip("fastapi", reason="deploy needs the serve extra: pip install
 httpx = pytest.importorskip("httpx")
 
 from servers import free_port, start_server  # noqa: E402
-from tiny_vlms import BUILDERS, write_images  # noqa: E402
+from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images  # noqa: E402
 
-from alignkit.vision.encode import VisionEncoder, image_token_id  # noqa: E402
 from alignkit.vision.generation import generate_vision_answers  # noqa: E402
 from alignkit.vision.images import load_image  # noqa: E402
-from alignkit.vision.model import load_vision_for_inference  # noqa: E402
 
 QUESTION = "What is this?"
 
 
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory):
-    return {name: build(tmp_path_factory.mktemp(f"served-{name}"), init_std=0.3) for name, build in BUILDERS.items()}
+    return build_all(tmp_path_factory, "served")
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +65,10 @@ def client(server):
     return openai.OpenAI(base_url=server, api_key="none", max_retries=0, timeout=120)
 
 
-def loaded(model_dir):
-    model, processor = load_vision_for_inference(model_dir, [], None, "fp32")
-    return model, VisionEncoder(processor, image_token_id(processor, model.config), max_length=512)
-
-
 def expected_answer(model_dir, image_paths, text=QUESTION, max_new_tokens=8) -> str:
-    model, encoder = loaded(model_dir)
-    prompt = encoder.encode_prompt([{"role": "user", "content": "<image>" * len(image_paths) + text}],
-                                   [load_image(p, None, "images") for p in image_paths])
-    return generate_vision_answers(model, encoder, [prompt], max_new_tokens=max_new_tokens)[0]
+    model, encoder = load_for_generation(model_dir)
+    messages = [{"role": "user", "content": "<image>" * len(image_paths) + text}]
+    return greedy_answer(model, encoder, messages, image_paths, max_new_tokens=max_new_tokens)
 
 
 def data_url(path: str) -> str:
@@ -130,7 +122,7 @@ def test_placeholder_text_that_does_not_match_the_image_parts_gets_400(client, i
 def test_requests_with_and_without_images_share_a_batch_with_their_alone_answers(vlms, images, family):
     from alignkit.engine import BatchEngine, Delta, SamplingParams
 
-    model, encoder = loaded(vlms[family])
+    model, encoder = load_for_generation(vlms[family])
     prompts = [encoder.encode_prompt([{"role": "user", "content": f"<image>{QUESTION}"}],
                                      [load_image(images[0], None, "images")]),
                encoder.encode_prompt([{"role": "user", "content": "Hello"}], []),

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_vision import write_dataset
-from tiny_vlms import BUILDERS, write_images
+from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images
 
 from alignkit.cli import main
-from alignkit.vision.encode import VisionEncoder, image_token_id
 from alignkit.vision.generation import generate_vision_answers
 from alignkit.vision.images import load_image
-from alignkit.vision.model import load_vision_for_inference
 
 FAMILIES = sorted(BUILDERS)
 QUESTION = "What is this?"
@@ -26,24 +24,12 @@ QUESTION = "What is this?"
 
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory):
-    # Larger random weights (std 0.3) make greedy answers depend on the prompt and its images.
-    return {name: build(tmp_path_factory.mktemp(f"vlm-{name}"), init_std=0.3) for name, build in BUILDERS.items()}
+    return build_all(tmp_path_factory, "vlm")
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("pictures"))
-
-
-def loaded(model_dir: str, adapters=(), max_length: int = 512):
-    model, processor = load_vision_for_inference(model_dir, list(adapters), None, "fp32")
-    return model, VisionEncoder(processor, image_token_id(processor, model.config), max_length=max_length)
-
-
-def answer(model, encoder, messages, image_paths, max_new_tokens=8) -> str:
-    pictures = [load_image(p, None, "images") for p in image_paths]
-    return generate_vision_answers(model, encoder, [encoder.encode_prompt(messages, pictures)],
-                                   max_new_tokens=max_new_tokens)[0]
 
 
 def user(text: str) -> list[dict]:
@@ -55,10 +41,10 @@ def user(text: str) -> list[dict]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_equals_transformers_generate_on_the_processors_inputs(vlms, images, family):
-    model, encoder = loaded(vlms[family])
+    model, encoder = load_for_generation(vlms[family])
     processor, tokenizer = encoder.processor, encoder.tokenizer
     picture = load_image(images[0], None, "images")
-    ours = answer(model, encoder, user(f"<image>{QUESTION}"), images[:1])
+    ours = greedy_answer(model, encoder, user(f"<image>{QUESTION}"), images[:1])
 
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
                                                                                             "text": QUESTION}]}],
@@ -74,8 +60,8 @@ def test_generation_equals_transformers_generate_on_the_processors_inputs(vlms, 
     batched = generate_vision_answers(model, encoder, [
         encoder.encode_prompt(m, [load_image(p, None, "images") for p in paths]) for m, paths in prompts],
         max_new_tokens=8)
-    assert batched == [answer(model, encoder, m, paths) for m, paths in prompts]
-    assert answer(model, encoder, user(f"<image>{QUESTION}"), images[1:2]) != ours
+    assert batched == [greedy_answer(model, encoder, m, paths) for m, paths in prompts]
+    assert greedy_answer(model, encoder, user(f"<image>{QUESTION}"), images[1:2]) != ours
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -91,11 +77,11 @@ def test_infer_answers_a_jsonl_of_prompts_with_images(vlms, images, tmp_path, fa
     assert main(["infer", "--model", vlms[family], "--val_dataset", str(data), "--result_path", str(result),
                  "--max_new_tokens", "8", "--max_batch_size", "3", "--dtype", "fp32"]) == 0
     written = [json.loads(line) for line in result.read_text().splitlines()]
-    model, encoder = loaded(vlms[family])
-    expected = [answer(model, encoder, user(f"<image>{QUESTION}"), images[:1]),
-                answer(model, encoder, user("Compare <image> and <image>"), images[1:3]),
-                answer(model, encoder, user("Hello"), []),
-                answer(model, encoder, user(QUESTION), images[2:3])]
+    model, encoder = load_for_generation(vlms[family])
+    expected = [greedy_answer(model, encoder, user(f"<image>{QUESTION}"), images[:1]),
+                greedy_answer(model, encoder, user("Compare <image> and <image>"), images[1:3]),
+                greedy_answer(model, encoder, user("Hello"), []),
+                greedy_answer(model, encoder, user(QUESTION), images[2:3])]
     assert [w["response"] for w in written] == expected
     assert written[0]["images"] == ["a.png"] and written[1]["images"] == images[1:3]
     assert base64.b64decode(written[3]["images"][0]["bytes"]) == Path(images[2]).read_bytes()
@@ -110,10 +96,10 @@ def test_interactive_chat_asks_for_each_images_path_and_keeps_the_history(vlms, 
     assert "image file 'missing.png' not found" in printed  # the mistyped path drops that message only
     answers = [piece.split("\n")[0] for piece in printed.split(">>> ")[1:]]
 
-    model, encoder = loaded(vlms["llava"])
-    first = answer(model, encoder, user(f"<image>{QUESTION}"), images[:1], max_new_tokens=6)
+    model, encoder = load_for_generation(vlms["llava"])
+    first = greedy_answer(model, encoder, user(f"<image>{QUESTION}"), images[:1], max_new_tokens=6)
     history = [*user(f"<image>{QUESTION}"), {"role": "assistant", "content": first}, *user("And <image>?")]
-    second = answer(model, encoder, history, images[:2], max_new_tokens=6)
+    second = greedy_answer(model, encoder, history, images[:2], max_new_tokens=6)
     assert answers == [first, second]
 
 
@@ -157,7 +143,7 @@ def test_eval_scores_image_preference_pairs_as_log_probs_computed_by_hand(vlms, 
     scores = json.loads(report_path.read_text())[data]
 
     # By hand: each pair alone, chosen and rejected each with their own copy of the pixels (the unshared path).
-    model, encoder = loaded(vlms[family], [checkpoint])
+    model, encoder = load_for_generation(vlms[family], [checkpoint])
     collate = VisionPairCollator(encoder.tokenizer.pad_token_id)
     gaps, reward_gaps = [], []
     with torch.no_grad():
@@ -183,8 +169,8 @@ def test_eval_task_prompts_with_images_are_answered_with_them(vlms, images, tmp_
     assert main(["eval", "--model", vlms["idefics3"], "--dataset", "none", "--task_dataset", str(data),
                  "--max_new_tokens", "6", "--report_path", str(report_path), "--dtype", "fp32"]) == 0
     samples = json.loads(report_path.read_text())[str(data)]["samples"]
-    model, encoder = loaded(vlms["idefics3"])
-    assert [s["answer"] for s in samples] == [answer(model, encoder, user(f"<image>{QUESTION}"), images[i:i + 1],
+    model, encoder = load_for_generation(vlms["idefics3"])
+    assert [s["answer"] for s in samples] == [greedy_answer(model, encoder, user(f"<image>{QUESTION}"), images[i:i + 1],
                                                      max_new_tokens=6) for i in range(2)]
 
 
@@ -201,8 +187,8 @@ def test_merged_export_reloads_with_plain_transformers_with_the_adapters_logits_
     processor = AutoProcessor.from_pretrained(output)
     assert not (output / "adapter_config.json").exists()
 
-    adapter_model, encoder = loaded(vlms[family], [checkpoint])
-    base, _ = loaded(vlms[family])
+    adapter_model, encoder = load_for_generation(vlms[family], [checkpoint])
+    base, _ = load_for_generation(vlms[family])
     pictures = [load_image(p, None, "images") for p in images[:2]]
     text = encoder.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"},
                                                         {"type": "image"}]}], generation_prompt=True)
@@ -213,7 +199,7 @@ def test_merged_export_reloads_with_plain_transformers_with_the_adapters_logits_
         assert not torch.allclose(logits, base(**inputs).logits, atol=1e-3)
     generated = merged.generate(**inputs, max_new_tokens=8, do_sample=False)
     tokenizer = processor.tokenizer
-    assert tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == answer(
+    assert tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == greedy_answer(
         adapter_model, encoder, user("<image>and<image>"), images[:2])
 
 

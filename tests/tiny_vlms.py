@@ -112,3 +112,27 @@ def write_images(folder, count: int = 3) -> list[str]:
         Image.new("RGB", (30 + 7 * i, 40 - 5 * i), (60 * i % 256, 200 - 50 * i, 30 + 70 * i)).save(path)
         paths.append(str(path))
     return paths
+
+
+def build_all(tmp_path_factory, prefix: str) -> dict[str, str]:
+    """Every family with larger random weights (std 0.3), so greedy answers depend on the prompt and its images."""
+    return {name: build(tmp_path_factory.mktemp(f"{prefix}-{name}"), init_std=0.3) for name, build in BUILDERS.items()}
+
+
+def load_for_generation(model_dir: str, adapters=(), max_length: int = 512):
+    """(model, VisionEncoder) of a saved tiny VLM (plus adapters), fp32, as alignkit's inference loads it."""
+    from alignkit.vision.encode import VisionEncoder, image_token_id
+    from alignkit.vision.model import load_vision_for_inference
+
+    model, processor = load_vision_for_inference(model_dir, list(adapters), None, "fp32")
+    return model, VisionEncoder(processor, image_token_id(processor, model.config), max_length=max_length)
+
+
+def greedy_answer(model, encoder, messages, image_paths, max_new_tokens: int = 8) -> str:
+    """alignkit's own greedy answer to ``messages`` with the images at ``image_paths``."""
+    from alignkit.vision.generation import generate_vision_answers
+    from alignkit.vision.images import load_image
+
+    pictures = [load_image(p, None, "images") for p in image_paths]
+    return generate_vision_answers(model, encoder, [encoder.encode_prompt(messages, pictures)],
+                                   max_new_tokens=max_new_tokens)[0]
