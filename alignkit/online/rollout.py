@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.collate import Batch
-from alignkit.data.template import IGNORE_INDEX, ChatEncoder
+from alignkit.data.collate import Batch, pad
+from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded
 from alignkit.packing import CHUNK, Layout, pack, packed_attention_mask, supports_packing, token_logps
 
 
@@ -137,7 +137,7 @@ class HFGenerator:
         chunks: list[list[list[int]]] = [[]]
         for run in runs:
             while run:
-                if len(chunks[-1]) == self.batch_size or (chunks[-1] and len(chunks[-1]) + len(run) > self.batch_size):
+                if chunks[-1] and len(chunks[-1]) + len(run) > self.batch_size:
                     chunks.append([])
                 take = self.batch_size - len(chunks[-1])
                 chunks[-1] += run[:take]
@@ -223,23 +223,20 @@ def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperatu
 def as_packable_batch(experience: dict[str, torch.Tensor]) -> Batch:
     """The rollout's sequences (prompt without its left padding, then the completion) right-padded, labelled
     on the completion tokens only: the input ``alignkit.packing.pack`` lays out."""
-    sequences, labels = [], []
+    sequences = []
     for prompt, prompt_mask, completion, completion_mask in zip(
         experience["prompt_ids"], experience["prompt_mask"], experience["completion_ids"], experience["completion_mask"]
     ):
         prompt, completion = prompt[prompt_mask.bool()].tolist(), completion[completion_mask.bool()].tolist()
-        sequences.append(prompt + completion)
-        labels.append([IGNORE_INDEX] * len(prompt) + completion)
-    length = max(len(s) for s in sequences)
-    input_ids = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
-    label_ids = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)  # (N, T)
-    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
-    for i, (ids, targets) in enumerate(zip(sequences, labels)):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        label_ids[i, : len(ids)] = torch.tensor(targets, dtype=torch.long)
-        attention_mask[i, : len(ids)] = 1
+        sequences.append(Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion))
+    input_ids, attention_mask, labels = pad(sequences, pad_id=0)  # padding is never read: pack drops it
     device = experience["completion_ids"].device
-    return Batch(input_ids.to(device), attention_mask.to(device), label_ids.to(device), list(range(len(sequences))))
+    return Batch(input_ids.to(device), attention_mask.to(device), labels.to(device), list(range(len(sequences))))
+
+
+def row_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(K, V) logits → (K,) entropies −Σ p log p = logsumexp(z) − Σ p z."""
+    return logits.logsumexp(-1) - (logits.softmax(-1) * logits).sum(-1)
 
 
 def packed_completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float,
@@ -261,10 +258,7 @@ def packed_completion_logprobs(model, experience: dict[str, torch.Tensor], *, te
     if not with_entropy:
         return logprobs, None
     with torch.no_grad():  # a metric only
-        rows = torch.cat([
-            chunk.float().logsumexp(-1) - (chunk.float().softmax(-1) * chunk.float()).sum(-1)
-            for chunk in logits.detach().split(CHUNK)
-        ])  # (K,)
+        rows = torch.cat([row_entropy(chunk.float()) for chunk in logits.detach().split(CHUNK)])  # (K,)
         entropy = rows.new_zeros(mask.shape).masked_scatter(mask, rows[packed.target_rows])  # (N, C)
     return logprobs, entropy
 
