@@ -22,6 +22,29 @@ def option(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = ()
     return field(default=default, metadata=meta)
 
 
+DTYPE_CHOICES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+def dtype_option(help: str = "Precision (auto, fp32, bf16)."):
+    """--dtype (ms-swift's --torch_dtype), default auto; every command that loads a model has one."""
+    return option("auto", help, aliases=("--torch_dtype",), choices=DTYPE_CHOICES)
+
+
+def inference_device_map_option():
+    """--device_map for the commands that only run the model (infer, eval, deploy, app)."""
+    return option(
+        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
+        aliases=("--device_map_config",),
+    )
+
+
+def inference_device_max_memory_option():
+    return option(
+        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
+        aliases=("--max_memory",), nargs="+",
+    )
+
+
 @dataclass
 class RunArguments:
     """Everything a training run needs. Flat, so that a flag maps to exactly one attribute."""
@@ -48,11 +71,8 @@ class RunArguments:
         None, "ms-swift compatibility, handled like --model_type for --ref_model."
     )
     adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
-    dtype: str = option(
-        "auto",
-        "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16.",
-        aliases=("--torch_dtype",),
-        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
+    dtype: str = dtype_option(
+        "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
     )
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
 
@@ -401,16 +421,9 @@ class InferArguments:
     )
     max_batch_size: int = option(8, "Prompts generated together in batch inference.")
     max_length: int = option(1024, "Longest prompt in tokens; longer prompts are skipped and counted.")
-    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
-    device_map: str | None = option(
-        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
-        aliases=("--device_map_config",),
-    )
-    device_max_memory: list[str] = option(
-        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
-        aliases=("--max_memory",), nargs="+",
-    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
     seed: int = option(42, "Sampling seed.")
     infer_backend: str = option(
         "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
@@ -449,16 +462,9 @@ class EvalArguments:
     report_path: str | None = option(
         None, "The JSON report (never overwritten; default eval_result/<time>.json); the chart goes beside it (.png)."
     )
-    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
-    device_map: str | None = option(
-        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
-        aliases=("--device_map_config",),
-    )
-    device_max_memory: list[str] = option(
-        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
-        aliases=("--max_memory",), nargs="+",
-    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -470,8 +476,7 @@ class DemoArguments:
     learning_rate: float = option(5e-4, "Peak learning rate (LoRA).")
     per_device_train_batch_size: int = option(4, "Pairs per step.", aliases=("--batch_size",))
     eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
-    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    dtype: str = dtype_option()
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -493,8 +498,7 @@ class ExportArguments:
     output_dir: str | None = option(
         None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
     )
-    dtype: str = option("auto", "Saved precision: auto (the base model's), fp32, bf16, fp16.", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
+    dtype: str = dtype_option("Saved precision: auto (the base model's), fp32, bf16, fp16.")
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -520,16 +524,9 @@ class DeployArguments:
         None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
         "inside this directory; without it only data: and http(s):// URLs are taken.",
     )
-    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
-    device_map: str | None = option(
-        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
-        aliases=("--device_map_config",),
-    )
-    device_max_memory: list[str] = option(
-        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
-        aliases=("--max_memory",), nargs="+",
-    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -545,16 +542,9 @@ class AppArguments:
     server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the page to the network).")
     server_port: int = option(7860, "Port to listen on.")
     share: bool = option(False, "Also publish the page through a public Gradio share link.")
-    dtype: str = option("auto", "Precision (auto, fp32, bf16).", aliases=("--torch_dtype",),
-                        choices=("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))
-    device_map: str | None = option(
-        None, "Split the model across the visible GPUs (see training's --device_map); default: auto with several GPUs.",
-        aliases=("--device_map_config",),
-    )
-    device_max_memory: list[str] = option(
-        [], "Memory --device_map may use: one size per GPU or a JSON object (cpu/disk entries offload).",
-        aliases=("--max_memory",), nargs="+",
-    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
