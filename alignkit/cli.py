@@ -81,6 +81,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from alignkit.config import (
         AppArguments,
+        CacheArguments,
         DataArguments,
         DemoArguments,
         DeployArguments,
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", ExportArguments, "Merge a LoRA adapter into its base and/or quantise: a plain HF model directory."),
         ("deploy", DeployArguments, "Serve a model and its adapters over an OpenAI-compatible HTTP API."),
         ("app", AppArguments, "A chat web page (Gradio) for a model or adapter."),
+        ("cache", CacheArguments, "Sizes of the tokenised-data and reference log-prob caches; --clear deletes them."),
     ):
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
     return parser
@@ -242,6 +244,11 @@ def dispatch(command: str, values: dict) -> int:
 
             from alignkit.app import run_app
         return run_app(AppArguments(**values))
+    if command == "cache":
+        from alignkit.cache_command import run_cache
+        from alignkit.config import CacheArguments
+
+        return run_cache(CacheArguments(**values))
     raise AlignkitError(f"unknown command {command}")
 
 

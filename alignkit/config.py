@@ -549,6 +549,16 @@ class AppArguments:
 
 
 @dataclass
+class CacheArguments:
+    kinds: list[str] = option(
+        ["tokenized", "ref_logps"], "Caches to report (and clear): tokenized, ref_logps.", nargs="+",
+    )
+    clear: bool = option(False, "Delete the files of --kinds (the built-in model is never deleted).")
+    older_than_days: float | None = option(None, "With --clear: delete only files last written before this many days.")
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
 class DataArguments:
     dataset: list[str] = option([], "Datasets to inspect (same forms as for training).", nargs="+")
     model: str | None = option(

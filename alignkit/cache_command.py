@@ -1,0 +1,81 @@
+"""`alignkit cache`: what the on-disk caches hold, and clearing them.
+
+Two caches grow with use and are safe to delete: tokenised data (``tokenized/``, see
+``alignkit.data.cache``) and precomputed reference log-probs (``ref_logps/``, see
+``alignkit.reference_cache``). A deleted entry is recomputed by the next run that needs it. The built-in
+model's converted weights live beside them and are never touched here: they are the demo's model, not a
+cache of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.builtin_model import cache_root
+from alignkit.config import CacheArguments
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+CACHE_KINDS = {
+    "tokenized": "tokenised data (*.npz)",
+    "ref_logps": "precomputed reference log-probs (*.pt)",
+}
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    size: int
+    modified: float  # seconds since the epoch
+
+
+def cache_entries(root: Path, kind: str) -> list[CacheEntry]:
+    """The files of one cache, oldest first. A write in progress (``*.tmp``, ``*.partial-*``) is left alone."""
+    directory = root / kind
+    if not directory.is_dir():
+        return []
+    entries = []
+    for path in directory.iterdir():
+        if path.is_file() and path.suffix != ".tmp" and ".partial-" not in path.name:
+            stat = path.stat()
+            entries.append(CacheEntry(path, stat.st_size, stat.st_mtime))
+    return sorted(entries, key=lambda entry: entry.modified)
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def run_cache(args: CacheArguments, now: float | None = None) -> int:
+    unknown = sorted(set(args.kinds) - set(CACHE_KINDS))
+    if unknown:
+        raise AlignkitError(f"--kinds {' '.join(unknown)}: no such cache; caches: {', '.join(CACHE_KINDS)}")
+    if args.older_than_days is not None and args.older_than_days < 0:
+        raise AlignkitError(f"--older_than_days {args.older_than_days}: must be 0 or more")
+    if args.older_than_days is not None and not args.clear:
+        raise AlignkitError("--older_than_days selects what --clear deletes; add --clear true")
+    root = cache_root()
+    now = time.time() if now is None else now
+    cutoff = None if args.older_than_days is None else now - args.older_than_days * 86400
+    print(f"cache root: {root} (ALIGNKIT_CACHE moves it)")
+    for kind in args.kinds:
+        entries = cache_entries(root, kind)
+        total = sum(entry.size for entry in entries)
+        print(f"  {kind}/: {len(entries)} files, {human_size(total)} — {CACHE_KINDS[kind]}")
+        if not args.clear:
+            continue
+        doomed = [entry for entry in entries if cutoff is None or entry.modified < cutoff]
+        for entry in doomed:
+            entry.path.unlink(missing_ok=True)  # a concurrent run may have removed it first
+        freed = sum(entry.size for entry in doomed)
+        age = "" if cutoff is None else f" older than {args.older_than_days:g} days"
+        print(f"    deleted {len(doomed)} files{age}, {human_size(freed)} freed")
+    return 0
