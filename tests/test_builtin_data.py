@@ -11,11 +11,13 @@ from alignkit.data.builtin import (
     Problem,
     arith_kto,
     arith_pref,
+    arith_pref_mismatch,
     arith_problems,
     arith_prompts,
     arith_sft,
     extract_answer,
     is_correct,
+    mismatched_answers,
     wrong_answer,
 )
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, RowSource, UnpairedRow
@@ -30,7 +32,7 @@ def _key(problem: Problem) -> tuple:
 
 
 def test_names_and_sizes():
-    assert list(BUILTIN_DATASETS) == ["arith-sft", "arith-pref", "arith-kto", "arith-prompts"]
+    assert list(BUILTIN_DATASETS) == ["arith-sft", "arith-pref", "arith-pref-mismatch", "arith-kto", "arith-prompts"]
     for build in BUILTIN_DATASETS.values():
         assert len(build("train", data_seed=1)) == 2000
         assert len(build("test", data_seed=1)) == 200
@@ -71,6 +73,34 @@ def test_pref_rows():
         assert not is_correct(row.rejected[0]["content"], answer)
         assert row.source == RowSource("builtin:arith-pref", i + 1)
     assert arith_pref("test")[4].source == RowSource("builtin:arith-pref:test", 5)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mismatch_rows_reject_another_questions_answer(split):
+    rows, problems = arith_pref_mismatch(split, data_seed=5), arith_problems(split, data_seed=5)
+    chosen = [extract_answer(row.chosen[0]["content"]) for row in rows]
+    rejected = [extract_answer(row.rejected[0]["content"]) for row in rows]
+    assert chosen == [p.answer for p in problems]
+    assert all(c != r for c, r in zip(chosen, rejected))
+    # The rejected values are the correct values reordered: a value alone cannot tell the pair apart.
+    assert sorted(rejected) == sorted(chosen)
+    assert [row.prompt for row in rows] == [p.prompt for p in problems]
+    assert rows[0].source == RowSource("builtin:arith-pref-mismatch" + ("" if split == "train" else ":test"), 1)
+    assert rows == arith_pref_mismatch(split, data_seed=5)
+
+
+def test_mismatched_answers_resolves_equal_answers_on_the_cycle():
+    import random
+
+    # Three of six problems answer 30: the most a derangement allows.
+    problems = [Problem(10, "+", 20), Problem(20, "+", 10), Problem(15, "+", 15), Problem(40, "-", 5),
+                Problem(50, "+", 10), Problem(99, "-", 10)]
+    for seed in range(50):
+        wrong = mismatched_answers(problems, random.Random(seed))
+        assert sorted(wrong) == sorted(p.answer for p in problems)
+        assert all(w != p.answer for w, p in zip(wrong, problems))
+    with pytest.raises(AlignkitError, match="more than half"):
+        mismatched_answers(problems[:3] + problems[4:5], random.Random(0))
 
 
 def test_wrong_answers_are_plausible():

@@ -340,7 +340,7 @@ def test_hub_unreachable(monkeypatch):
     assert str(info.value) == (
         "cannot load dataset 'org/prefs:default' from the Hugging Face Hub (ConnectionError: no network); "
         "the Hub is unreachable or has no such dataset. Pass a local file path (.jsonl, .json, .csv, .parquet) "
-        "or a built-in dataset (arith-sft, arith-pref, arith-kto, arith-prompts)"
+        "or a built-in dataset (arith-sft, arith-pref, arith-pref-mismatch, arith-kto, arith-prompts)"
     )
 
 

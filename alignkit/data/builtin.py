@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -122,6 +123,46 @@ def arith_pref(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> l
     ]
 
 
+def mismatched_answers(problems: list[Problem], rng: random.Random) -> list[int]:
+    """For each problem, the answer of another problem of the list, never its own: the rejected values are
+    the correct values reordered, so a value alone says nothing about which reply is right."""
+    answers = [p.answer for p in problems]
+    if 2 * max(Counter(answers).values()) > len(answers):
+        # More than half the rows share one answer: some of them would have to be rejected with it.
+        raise AlignkitError("mismatched answers need no answer shared by more than half the problems")
+    order = list(range(len(problems)))
+    rng.shuffle(order)
+    # Each problem takes the answer of the next one around a random cycle: every answer is used once.
+    wrong = [0] * len(problems)
+    for k, index in enumerate(order):
+        wrong[index] = answers[order[(k + 1) % len(order)]]
+    # Equal answers met on the cycle: swap with a row holding neither value. One exists while no answer
+    # fills more than half the rows, and a swap never creates a new collision.
+    for i in range(len(problems)):
+        while wrong[i] == answers[i]:
+            j = rng.randrange(len(problems))
+            if wrong[j] != answers[i] and wrong[i] != answers[j]:
+                wrong[i], wrong[j] = wrong[j], wrong[i]
+    return wrong
+
+
+def arith_pref_mismatch(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> list[PreferenceRow]:
+    """Preference pairs whose rejected reply answers another question of the split: judging them takes
+    reading the question and estimating the answer, not checking it digit by digit as ``arith-pref`` does."""
+    problems = arith_problems(split, data_seed=data_seed)
+    wrong = mismatched_answers(problems, random.Random(f"{data_seed}:arith-pref-mismatch:{split}"))
+    return [
+        PreferenceRow(
+            prompt=p.prompt,
+            chosen=_reply(p.answer),
+            rejected=_reply(w),
+            extras={"solution": str(p.answer)},
+            source=_source("arith-pref-mismatch", split, i),
+        )
+        for i, (p, w) in enumerate(zip(problems, wrong))
+    ]
+
+
 def arith_kto(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> list[UnpairedRow]:
     """KTO: balanced labels; even rows (0-based) hold the correct reply, odd rows a wrong one."""
     problems = arith_problems(split, data_seed=data_seed)
@@ -150,6 +191,7 @@ def arith_prompts(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -
 BUILTIN_DATASETS: dict[str, Callable[..., list[Row]]] = {
     "arith-sft": arith_sft,
     "arith-pref": arith_pref,
+    "arith-pref-mismatch": arith_pref_mismatch,
     "arith-kto": arith_kto,
     "arith-prompts": arith_prompts,
 }
