@@ -8,7 +8,7 @@ adapter (or the full model) with the head beside it in ``value_head.safetensors`
     scorer.score([[{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "Answer: 5"}]])
     # [2.41]
 
-and from the CLI: ``alignkit infer --reward_model output/v0-.../checkpoint-40 --val_dataset arith-pref:test``.
+and from the CLI: ``alignkit infer --reward_model output/v0-.../checkpoint-40 --val_dataset arith-pref-mismatch:test``.
 """
 
 from __future__ import annotations
