@@ -110,14 +110,18 @@ def arith_sft(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> li
 def arith_pref(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> list[PreferenceRow]:
     """Preference pairs: chosen is the correct reply, rejected a plausible wrong one in the same format."""
     problems = arith_problems(split, data_seed=data_seed)
-    wrong = _rejections(problems, "arith-pref", split, data_seed)
+    return _pairs(problems, _rejections(problems, "arith-pref", split, data_seed), "arith-pref", split)
+
+
+def _pairs(problems: list[Problem], wrong: list[int], name: str, split: str) -> list[PreferenceRow]:
+    """Preference rows: the correct reply against ``wrong[i]``, the i-th problem's rejected value."""
     return [
         PreferenceRow(
             prompt=p.prompt,
             chosen=_reply(p.answer),
             rejected=_reply(w),
             extras={"solution": str(p.answer)},
-            source=_source("arith-pref", split, i),
+            source=_source(name, split, i),
         )
         for i, (p, w) in enumerate(zip(problems, wrong))
     ]
@@ -151,16 +155,7 @@ def arith_pref_mismatch(split: str = "train", *, data_seed: int = DEFAULT_DATA_S
     reading the question and estimating the answer, not checking it digit by digit as ``arith-pref`` does."""
     problems = arith_problems(split, data_seed=data_seed)
     wrong = mismatched_answers(problems, random.Random(f"{data_seed}:arith-pref-mismatch:{split}"))
-    return [
-        PreferenceRow(
-            prompt=p.prompt,
-            chosen=_reply(p.answer),
-            rejected=_reply(w),
-            extras={"solution": str(p.answer)},
-            source=_source("arith-pref-mismatch", split, i),
-        )
-        for i, (p, w) in enumerate(zip(problems, wrong))
-    ]
+    return _pairs(problems, wrong, "arith-pref-mismatch", split)
 
 
 def arith_kto(split: str = "train", *, data_seed: int = DEFAULT_DATA_SEED) -> list[UnpairedRow]:
