@@ -76,3 +76,28 @@ def test_shared_prompt_prefill_generates_what_separate_prefills_do(tiny_chat_mod
     sampled = shared(prompts)
     torch.manual_seed(3)
     assert sampled == separate(prompts)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("share", [False, True])
+def test_packed_completion_values_equal_padded(policy_and_rollout, lora, share):
+    """PPO's value model read from packed rows: the values and their gradients of the padded batch."""
+    from alignkit.online.ppo import completion_values
+    from alignkit.online.scalar_model import ScalarModel, value_model_from
+    from alignkit.reward_model import new_value_head
+
+    policy, experience = policy_and_rollout
+    torch.manual_seed(1)
+    reward_model = ScalarModel(policy.model, new_value_head(policy.config.hidden_size))
+    lora_config = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]} if lora else None
+    value_model = value_model_from(reward_model, lora=lora_config)
+    trainable = [p for p in value_model.parameters() if p.requires_grad]
+    mask = experience["completion_mask"].bool()
+    padded = completion_values(value_model, experience)
+    padded_grads = torch.autograd.grad(padded[mask].square().sum(), trainable)
+    packed = completion_values(value_model, experience, Layout(padding_free=True, prefix_sharing=share))
+    packed_grads = torch.autograd.grad(packed[mask].square().sum(), trainable)
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-5, rtol=1e-5)
+    assert not packed[~mask].any()  # padding reads 0
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

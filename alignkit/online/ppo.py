@@ -19,6 +19,7 @@ from alignkit.algorithms.sft import SFT
 from alignkit.online import rl_math
 from alignkit.online.rollout import (
     EncodedPrompt,
+    as_packable_batch,
     batched_logprobs,
     completion_logprobs,
     decode_completions,
@@ -28,11 +29,22 @@ from alignkit.online.rollout import (
     sequence_inputs,
 )
 from alignkit.online.scalar_model import ScalarModel, score_conversations
-from alignkit.packing import Layout
+from alignkit.packing import Layout, pack, supports_packing
 
 
-def completion_values(value_model: ScalarModel, experience: dict[str, torch.Tensor]) -> torch.Tensor:
-    """V(s_t) for each completion token t: the value at the position just before it. → (N, C)."""
+def completion_values(value_model: ScalarModel, experience: dict[str, torch.Tensor],
+                      layout: Layout | None = None) -> torch.Tensor:
+    """V(s_t) for each completion token t: the value at the position just before it. → (N, C).
+
+    With a packed ``layout`` the sequences run as the policy's do (no padding; with prefix sharing the
+    common system prompt once): the same values on the completion tokens, 0 on padding, which every use masks.
+    """
+    if layout is not None and layout.padding_free and supports_packing(value_model.backbone):
+        packed = pack(as_packable_batch(experience), share_prefixes=layout.prefix_sharing)
+        # The kept positions are those that predict a completion token: exactly the states V is read at.
+        per_token = value_model.packed_values(packed)[packed.target_rows]  # (M,)
+        mask = experience["completion_mask"].bool()  # (N, C); targets come in its row-major order
+        return per_token.new_zeros(mask.shape).masked_scatter(mask, per_token)
     input_ids, attention_mask, position_ids = sequence_inputs(experience)
     prompt_length = experience["prompt_ids"].shape[1]
     values = value_model(input_ids, attention_mask, position_ids)  # (N, P + C)
@@ -114,7 +126,8 @@ class PPO:
         ref = reference_logprobs(policy, self.frozen_reference, experience, temperature=self.temperature,
                                  batch_size=self.forward_batch_size, layout=self.layout)
         values = torch.cat([
-            completion_values(self.value_model, {k: v[s : s + self.forward_batch_size] for k, v in experience.items()})
+            completion_values(self.value_model, {k: v[s : s + self.forward_batch_size] for k, v in experience.items()},
+                              self.layout)
             for s in range(0, len(mask), self.forward_batch_size)
         ])  # (N, C)
         scores = scores.to(device)
@@ -144,7 +157,7 @@ class PPO:
         mask = batch["completion_mask"]
         logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True,
                                                 layout=self.layout)
-        values = completion_values(self.value_model, batch)
+        values = completion_values(self.value_model, batch, self.layout)
         surrogate = rl_math.clipped_surrogate(logprobs, batch["old_logprobs"], batch["advantages"],
                                               eps_low=self.cliprange, eps_high=self.cliprange)
         policy_loss = rl_math.masked_mean(surrogate.losses, mask)

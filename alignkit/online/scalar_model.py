@@ -23,6 +23,7 @@ from alignkit.data.collate import SequenceCollator
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
+from alignkit.packing import Packed, packed_attention_mask
 from alignkit.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
 
 logger = logging.getLogger("alignkit")
@@ -40,6 +41,15 @@ class ScalarModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (N, T, D), after the final norm
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def packed_values(self, packed: Packed) -> torch.Tensor:
+        """Values at the positions ``packed.keep`` marks, (K,) fp32 in their row-major order: the numbers
+        ``forward`` gives at the same tokens of the padded batch (``alignkit.packing.pack`` lays them out)."""
+        hidden = self.backbone(
+            input_ids=packed.input_ids, position_ids=packed.position_ids,
+            attention_mask=packed_attention_mask(self.backbone, packed), use_cache=False,
+        ).last_hidden_state  # (R, L, D)
+        return self.head(hidden[packed.keep].to(self.head.weight.dtype)).squeeze(-1).float()
 
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         """The backbone (adapter or weights) and the head, in the layout of an ``rm`` checkpoint."""
