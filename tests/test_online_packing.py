@@ -101,3 +101,24 @@ def test_packed_completion_values_equal_padded(policy_and_rollout, lora, share):
     assert not packed[~mask].any()  # padding reads 0
     for a, b in zip(packed_grads, padded_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_reward_scores_equal_padded(tiny_chat_model_dir):
+    """Scoring GRPO-style groups (answers to one prompt, some identical) from packed rows: the padded rewards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.data.template import ChatEncoder
+    from alignkit.online.scalar_model import ScalarModel, score_conversations
+    from alignkit.reward_model import new_value_head
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, attn_implementation="sdpa")
+    model = ScalarModel(lm.model, new_value_head(lm.config.hidden_size)).eval()
+    encoder = ChatEncoder(AutoTokenizer.from_pretrained(tiny_chat_model_dir), max_length=256, truncation_strategy="left")
+    prompts = [[{"role": "user", "content": "What is 12 + 30?"}], [{"role": "user", "content": "What is 9 - 4?"}]]
+    answers = ["Answer: 42", "Answer: 42", "Answer: 41 or so", "Answer: 5", "", "Answer: 5"]
+    conversations = [[*prompts[i // 3], {"role": "assistant", "content": a}] for i, a in enumerate(answers)]
+    padded = score_conversations(model, encoder, conversations, batch_size=4, packed=False)
+    packed = score_conversations(model, encoder, conversations, batch_size=4)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert packed[0] == packed[1] and packed[0] != packed[2]

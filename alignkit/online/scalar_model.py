@@ -23,7 +23,7 @@ from alignkit.data.collate import SequenceCollator
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
-from alignkit.packing import Packed, packed_attention_mask
+from alignkit.packing import Packed, pack, packed_attention_mask, supports_packing
 from alignkit.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
 
 logger = logging.getLogger("alignkit")
@@ -40,16 +40,25 @@ class ScalarModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (N, T, D), after the final norm
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+        return self._head(hidden)
 
     def packed_values(self, packed: Packed) -> torch.Tensor:
         """Values at the positions ``packed.keep`` marks, (K,) fp32 in their row-major order: the numbers
         ``forward`` gives at the same tokens of the padded batch (``alignkit.packing.pack`` lays them out)."""
-        hidden = self.backbone(
+        return self._head(self._packed_hidden(packed)[packed.keep])
+
+    def packed_last_values(self, packed: Packed) -> torch.Tensor:
+        """The value at each packed sequence's last token, (N,) fp32: a reward, as ``forward`` reads it."""
+        return self._head(self._packed_hidden(packed)[packed.last_rows, packed.last_nodes])
+
+    def _packed_hidden(self, packed: Packed) -> torch.Tensor:
+        return self.backbone(
             input_ids=packed.input_ids, position_ids=packed.position_ids,
             attention_mask=packed_attention_mask(self.backbone, packed), use_cache=False,
         ).last_hidden_state  # (R, L, D)
-        return self.head(hidden[packed.keep].to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         """The backbone (adapter or weights) and the head, in the layout of an ``rm`` checkpoint."""
@@ -121,11 +130,14 @@ def _merged(model, adapters: list[str]):
 
 @torch.no_grad()
 def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations: list[list[Message]], *,
-                        batch_size: int) -> torch.Tensor:
+                        batch_size: int, packed: bool = True) -> torch.Tensor:
     """The reward of each conversation (its last turn is the judged answer): (N,) fp32 on the CPU.
 
     Conversations are rendered with the reward model's own chat template, exactly as an ``rm`` run
     trained on them; a too-long one loses its beginning (the encoder's 'left' strategy), never the answer.
+    ``packed`` (with sdpa or eager attention): each batch runs as packed rows in which a prefix that
+    several conversations share (GRPO's G answers to one prompt, a common system prompt) is run once;
+    the same rewards as the padded batch.
     """
     encoded = []
     for index, messages in enumerate(conversations):
@@ -136,9 +148,13 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
             raise AlignkitError(f"the answer of completion {index} alone is too long for the reward model ({error})") from error
     collate = SequenceCollator(encoder.tokenizer.pad_token_id)
     device = model.head.weight.device
+    packed = packed and supports_packing(model.backbone)
     scores = []
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start : start + batch_size]).to(device)
+        if packed:
+            scores.append(model.packed_last_values(pack(batch, share_prefixes=True)).cpu())
+            continue
         values = model(batch.input_ids, batch.attention_mask)  # (n, T), right-padded
         last = batch.attention_mask.sum(-1) - 1  # (n,)
         scores.append(values[torch.arange(len(last), device=device), last].cpu())
