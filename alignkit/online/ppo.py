@@ -110,7 +110,8 @@ class PPO:
         texts = decode_completions(self.tokenizer, rollout)
         conversations = [[*p.messages, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
         scores = score_conversations(self.reward_model, self.reward_encoder, conversations,
-                                     batch_size=self.forward_batch_size)  # (N,)
+                                     batch_size=self.forward_batch_size,
+                                     packed=self.layout is not None and self.layout.padding_free)  # (N,)
         if self.missing_eos_penalty:
             scores = scores - self.missing_eos_penalty * (~rollout.stopped).float()
         return rollout, texts, scores

@@ -234,7 +234,8 @@ def _reward_model_funcs(args: RunArguments) -> list:
         model, tokenizer = load_scalar_model(path, adapters=args.reward_adapters)
         encoder = ChatEncoder(tokenizer, max_length=args.max_length, truncation_strategy="left", system=args.system)
         name = f"reward_model:{Path(path).name}"
-        scorer = RewardModelFunction(model.to(device), encoder, args.local_rollout_forward_batch_size, name)
+        scorer = RewardModelFunction(model.to(device), encoder, args.local_rollout_forward_batch_size, name,
+                                     packed=args.padding_free)
         funcs.append(RewardFunction.wrap(name, scorer))
     return funcs
 

@@ -164,12 +164,14 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
 class RewardModelFunction:
     """A reward model as a GRPO reward function: scores prompt + completion."""
 
-    def __init__(self, model: ScalarModel, encoder: ChatEncoder, batch_size: int, name: str):
+    def __init__(self, model: ScalarModel, encoder: ChatEncoder, batch_size: int, name: str, *, packed: bool = True):
         self.model, self.encoder, self.batch_size, self.__name__ = model, encoder, batch_size, name
+        self.packed = packed  # --padding_free
 
     def __call__(self, completions: list[str], prompts: list[list[Message]]) -> list[float]:
         conversations = [[*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]
-        return score_conversations(self.model, self.encoder, conversations, batch_size=self.batch_size).tolist()
+        return score_conversations(self.model, self.encoder, conversations, batch_size=self.batch_size,
+                                   packed=self.packed).tolist()
 
 
 def value_model_from(reward_model: ScalarModel, *, lora: dict | None) -> ScalarModel:
