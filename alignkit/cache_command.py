@@ -34,7 +34,7 @@ class CacheEntry:
 
 
 def cache_entries(root: Path, kind: str) -> list[CacheEntry]:
-    """The files of one cache, oldest first. A write in progress (``*.tmp``, ``*.partial-*``) is left alone."""
+    """The files of one cache. A write in progress (``*.tmp``, ``*.partial-*``) is left alone."""
     directory = root / kind
     if not directory.is_dir():
         return []
@@ -43,18 +43,21 @@ def cache_entries(root: Path, kind: str) -> list[CacheEntry]:
         if path.is_file() and path.suffix != ".tmp" and ".partial-" not in path.name:
             stat = path.stat()
             entries.append(CacheEntry(path, stat.st_size, stat.st_mtime))
-    return sorted(entries, key=lambda entry: entry.modified)
+    return entries
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    scaled, unit = size / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if scaled < 1024:
+            break
+        scaled, unit = scaled / 1024, bigger
+    return f"{scaled:.1f} {unit}"
 
 
-def run_cache(args: CacheArguments, now: float | None = None) -> int:
+def run_cache(args: CacheArguments) -> int:
     unknown = sorted(set(args.kinds) - set(CACHE_KINDS))
     if unknown:
         raise AlignkitError(f"--kinds {' '.join(unknown)}: no such cache; caches: {', '.join(CACHE_KINDS)}")
@@ -63,8 +66,7 @@ def run_cache(args: CacheArguments, now: float | None = None) -> int:
     if args.older_than_days is not None and not args.clear:
         raise AlignkitError("--older_than_days selects what --clear deletes; add --clear true")
     root = cache_root()
-    now = time.time() if now is None else now
-    cutoff = None if args.older_than_days is None else now - args.older_than_days * 86400
+    cutoff = None if args.older_than_days is None else time.time() - args.older_than_days * 86400
     print(f"cache root: {root} (ALIGNKIT_CACHE moves it)")
     for kind in args.kinds:
         entries = cache_entries(root, kind)

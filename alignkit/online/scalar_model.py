@@ -148,11 +148,11 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
             raise AlignkitError(f"the answer of completion {index} alone is too long for the reward model ({error})") from error
     collate = SequenceCollator(encoder.tokenizer.pad_token_id)
     device = model.head.weight.device
-    packed = packed and supports_packing(model.backbone)
+    use_packing = packed and supports_packing(model.backbone)
     scores = []
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start : start + batch_size]).to(device)
-        if packed:
+        if use_packing:
             scores.append(model.packed_last_values(pack(batch, share_prefixes=True)).cpu())
             continue
         values = model(batch.input_ids, batch.attention_mask)  # (n, T), right-padded
