@@ -79,7 +79,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignkit.config import (
+    from alignkit.config.arguments import (
         AppArguments,
         CacheArguments,
         DataArguments,
@@ -130,7 +130,7 @@ def resolve_legacy_model_flags(values: dict) -> None:
         name = values.get(type_key)
         if name is None:
             continue
-        from alignkit.builtin_model import BUILTIN_MODEL_NAME
+        from alignkit.models.builtin import BUILTIN_MODEL_NAME
 
         if type_key == "ref_model_type" and name == values.get("model_type"):
             # The seeds name the policy's own model as reference: that is the default reference anyway.
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             reject_unknown(parser, namespace.command, unknown)
         setup_logging()
         if namespace.command in TRAIN_COMMANDS:
-            from alignkit.launch import relaunch, torchrun_command
+            from alignkit.training.launch import relaunch, torchrun_command
 
             command = torchrun_command(argv, dict(os.environ))
             if command is not None:
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(command: str, values: dict) -> int:
     values.pop("command")
     if command in TRAIN_COMMANDS:
-        from alignkit.config import RunArguments
-        from alignkit.train import run_training
+        from alignkit.config.arguments import RunArguments
+        from alignkit.training.run import run_training
 
         resolve_legacy_model_flags(values)
         if command == "dpo":
@@ -206,47 +206,47 @@ def dispatch(command: str, values: dict) -> int:
             print(f"last checkpoint: {checkpoint}")
         return 0
     if command == "infer":
-        from alignkit.config import InferArguments
-        from alignkit.infer import run_infer
+        from alignkit.commands.infer import run_infer
+        from alignkit.config.arguments import InferArguments
 
         return run_infer(InferArguments(**values))
     if command == "eval":
-        from alignkit.config import EvalArguments
-        from alignkit.evaluate import run_eval
+        from alignkit.commands.eval import run_eval
+        from alignkit.config.arguments import EvalArguments
 
         return run_eval(EvalArguments(**values))
     if command == "demo":
-        from alignkit.config import DemoArguments
-        from alignkit.demo import run_demo
+        from alignkit.commands.demo import run_demo
+        from alignkit.config.arguments import DemoArguments
 
         return run_demo(DemoArguments(**values))
     if command == "data":
-        from alignkit.config import DataArguments
-        from alignkit.inspect_data import run_data
+        from alignkit.commands.data import run_data
+        from alignkit.config.arguments import DataArguments
 
         return run_data(DataArguments(**values))
     if command == "export":
-        from alignkit.config import ExportArguments
-        from alignkit.export import run_export
+        from alignkit.commands.export import run_export
+        from alignkit.config.arguments import ExportArguments
 
         return run_export(ExportArguments(**values))
     if command == "deploy":
-        from alignkit.config import DeployArguments
+        from alignkit.config.arguments import DeployArguments
 
         with serve_extra(command):
-            from alignkit.deploy import run_deploy
+            from alignkit.commands.deploy import run_deploy
         return run_deploy(DeployArguments(**values))
     if command == "app":
-        from alignkit.config import AppArguments
+        from alignkit.config.arguments import AppArguments
 
         with serve_extra(command):
-            import gradio  # noqa: F401  (alignkit.app imports it late; check before the model loads)
+            import gradio  # noqa: F401  (alignkit.commands.app imports it late; check before the model loads)
 
-            from alignkit.app import run_app
+            from alignkit.commands.app import run_app
         return run_app(AppArguments(**values))
     if command == "cache":
-        from alignkit.cache_command import run_cache
-        from alignkit.config import CacheArguments
+        from alignkit.commands.cache import run_cache
+        from alignkit.config.arguments import CacheArguments
 
         return run_cache(CacheArguments(**values))
     raise AlignkitError(f"unknown command {command}")

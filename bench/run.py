@@ -49,7 +49,7 @@ def export_data(steps: int, eval_rows: int) -> dict:
     (messages + rejected_response) JSONL, plus the workload's token count per step."""
     from alignkit.data.builtin import arith_pref
     from alignkit.data.template import ChatEncoder
-    from alignkit.model import load_tokenizer, resolve_model_path
+    from alignkit.models.load import load_tokenizer, resolve_model_path
 
     data = WORK / "data"
     data.mkdir(parents=True, exist_ok=True)

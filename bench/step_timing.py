@@ -24,11 +24,11 @@ from alignkit.algorithms.dpo import DPO
 from alignkit.data.builtin import arith_pref
 from alignkit.data.collate import PairCollator
 from alignkit.data.template import ChatEncoder
-from alignkit.model import add_lora, load_causal_lm, load_tokenizer, resolve_model_path
-from alignkit.packing import Layout
-from alignkit.reference import Reference
-from alignkit.reference_cache import precompute_reference
-from alignkit.trainer import LoopConfig, make_optimizer
+from alignkit.models.load import add_lora, load_causal_lm, load_tokenizer, resolve_model_path
+from alignkit.models.packing import Layout
+from alignkit.models.reference import Reference
+from alignkit.models.reference_cache import precompute_reference
+from alignkit.training.runner import LoopConfig, make_optimizer
 
 
 def main() -> None:

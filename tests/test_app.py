@@ -12,8 +12,8 @@ import time
 import pytest
 from servers import free_port, start_server
 
-from alignkit.app import answer_stream, chat_messages
-from alignkit.engine import BatchEngine, SamplingParams
+from alignkit.commands.app import answer_stream, chat_messages
+from alignkit.generation.batch_engine import BatchEngine, SamplingParams
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 MAX_NEW_TOKENS = 8
@@ -41,8 +41,8 @@ def test_chat_messages_put_the_system_prompt_first_and_flatten_gradio_contents()
 
 def test_answer_stream_grows_to_the_models_answer_with_the_system_prompt(tiny_chat_model_dir):
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     model, tokenizer = load_for_inference(tiny_chat_model_dir, [], None, "fp32")
     encoder = ChatEncoder(tokenizer, max_length=512)
@@ -87,8 +87,8 @@ def browser():
 
 def expected_answer(model_dir: str, conversation: list[dict]) -> str:
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     model, tokenizer = load_for_inference(model_dir, [], None, "fp32")
     return generate_answers(model, ChatEncoder(tokenizer, max_length=512), [conversation],

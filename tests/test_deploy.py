@@ -50,8 +50,8 @@ def client(server):
 def reference_answers(model_dir: str, adapter: str | None, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
     """What `alignkit infer` answers, computed in this process, one prompt at a time."""
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     model, tokenizer = load_for_inference(model_dir, [adapter] if adapter else [], None, "fp32")
     encoder = ChatEncoder(tokenizer, max_length=512)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from alignkit.cli import main
-from alignkit.device_map import (
+from alignkit.errors import AlignkitError
+from alignkit.models.placement import (
     choose_device_map,
     describe,
     input_device,
@@ -25,7 +26,6 @@ from alignkit.device_map import (
     resolve_flags,
     split_map,
 )
-from alignkit.errors import AlignkitError
 
 # Every top-level module of the tiny Llama named, so the map has several entries.
 CPU_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.norm": "cpu",
@@ -178,8 +178,8 @@ def test_infer_with_an_offloading_map_gives_the_same_answers(tiny_chat_model_dir
 
 
 def test_offloaded_model_scores_and_places_inputs_like_the_plain_one(tiny_chat_model_dir):
-    from alignkit.logprobs import forward_logps
-    from alignkit.model import load_for_inference
+    from alignkit.models.load import load_for_inference
+    from alignkit.models.logprobs import forward_logps
 
     plain, tokenizer = load_for_inference(tiny_chat_model_dir, [], None, "fp32")
     # Everything offloaded: the embedding's weight is on "meta", its inputs go to the CPU all the same.
@@ -196,7 +196,7 @@ def test_offloaded_model_scores_and_places_inputs_like_the_plain_one(tiny_chat_m
 def test_adapters_on_an_offloaded_model_stop_with_advice(tiny_model_dir, tmp_path):
     from conftest import save_random_lora
 
-    from alignkit.model import load_for_inference
+    from alignkit.models.load import load_for_inference
 
     adapter = save_random_lora(tiny_model_dir, tmp_path / "lora")
     with pytest.raises(AlignkitError, match="merge the adapter first"):
@@ -230,8 +230,8 @@ def hooked(monkeypatch):
     the like all go through ``_apply``): on GPUs a move would gather every layer onto one device."""
     from accelerate import dispatch_model
 
-    import alignkit.reference
-    import alignkit.train
+    import alignkit.models.reference
+    import alignkit.training.run
 
     models, moved = [], []
 
@@ -241,7 +241,7 @@ def hooked(monkeypatch):
         models.append(model)
         return model
 
-    load, copy = alignkit.train.load_causal_lm, alignkit.reference.frozen_copy
+    load, copy = alignkit.training.run.load_causal_lm, alignkit.models.reference.frozen_copy
 
     def hooked_load(*args, device_map=None, **kwargs):
         model = load(*args, device_map=device_map, **kwargs)
@@ -251,8 +251,8 @@ def hooked(monkeypatch):
         copied = copy(model)
         return watch(copied) if hasattr(copied, "_hf_hook") else copied
 
-    monkeypatch.setattr(alignkit.train, "load_causal_lm", hooked_load)
-    monkeypatch.setattr(alignkit.reference, "frozen_copy", hooked_copy)
+    monkeypatch.setattr(alignkit.training.run, "load_causal_lm", hooked_load)
+    monkeypatch.setattr(alignkit.models.reference, "frozen_copy", hooked_copy)
     return models, moved
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.engine import Delta, Finished, Job, SamplingParams
+from alignkit.generation.batch_engine import Delta, Finished, Job, SamplingParams
 
 EOS = 0
 

@@ -8,9 +8,15 @@ import sys
 
 import pytest
 
-from alignkit.engines import DEEPSPEED_PRESETS, Engine, check_available, fsdp_options, resolve_engine
 from alignkit.errors import AlignkitError
-from alignkit.launch import torchrun_command
+from alignkit.training.launch import torchrun_command
+from alignkit.training.sharding import (
+    DEEPSPEED_PRESETS,
+    Engine,
+    check_available,
+    fsdp_options,
+    resolve_engine,
+)
 
 
 def ds(name, **kw):

@@ -76,8 +76,8 @@ print(json.dumps(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
     answer = json.loads(result.stdout.strip().splitlines()[-1])
 
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     model, tokenizer = load_for_inference(tiny_chat_model_dir, [adapter], None, "fp32")
     expected = generate_answers(model, ChatEncoder(tokenizer, max_length=512),
@@ -151,7 +151,7 @@ def test_bnb_quantised_export_stores_low_bit_weights_close_to_the_originals(mode
 
 
 def test_reward_model_exports_merged_with_its_value_head_and_scores_the_same(tiny_model_dir, tmp_path):
-    from alignkit.reward_model import VALUE_HEAD_FILE, load_reward_model
+    from alignkit.models.reward_model import VALUE_HEAD_FILE, load_reward_model
 
     out = tmp_path / "out"
     assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",

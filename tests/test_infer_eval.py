@@ -32,8 +32,8 @@ def run_checkpoint(tiny_model_dir, tmp_path_factory):
 def test_load_dataset_config_answers_the_runs_held_out_rows_with_its_system_prompt(run_checkpoint, tmp_path, caplog):
     from alignkit.data.loading import split_rows
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     checkpoint, data = run_checkpoint
     result = tmp_path / "answers.jsonl"
@@ -96,8 +96,8 @@ def test_eval_writes_a_json_report_and_a_png_chart_and_never_overwrites(run_chec
 
 def test_interactive_chat_streams_multi_turn_answers_with_the_system_prompt(tiny_chat_model_dir, monkeypatch, capsys):
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
 
     typed = iter(["What is 12 + 30?", "And 5 + 6?", "clear", "And 5 + 6?", "exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
@@ -122,9 +122,9 @@ def test_eval_reward_model_win_rate_of_an_adapter_against_its_base(tiny_model_di
 
     from alignkit.data.loading import load_dataset_spec
     from alignkit.data.template import ChatEncoder
-    from alignkit.generation import generate_answers
-    from alignkit.model import load_for_inference
-    from alignkit.reward_model import load_reward_model
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_for_inference
+    from alignkit.models.reward_model import load_reward_model
 
     out = tmp_path / "rm"
     assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignkit.cli import main
-from alignkit.inspect_data import highlighted, stats
+from alignkit.commands.data import highlighted, stats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

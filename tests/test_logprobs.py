@@ -3,7 +3,7 @@
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.logprobs import forward_logps, length_desensitised_weights, sequence_logps
+from alignkit.models.logprobs import forward_logps, length_desensitised_weights, sequence_logps
 
 
 def naive_logps(logits, labels):

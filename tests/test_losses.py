@@ -1,4 +1,4 @@
-"""alignkit.losses: hand-computed values, step-0 identities, conventions, and parity with TRL 1.x.
+"""alignkit.losses.preference: hand-computed values, step-0 identities, conventions, and parity with TRL 1.x.
 
 The worked example used throughout (β = 0.1): policy log-probs π_w = −10, π_l = −12, reference
 ref_w = −10.5, ref_l = −11, completion lengths 5 and 8. So h_w = 0.5, h_l = −1, Δ = 1.5, βΔ = 0.15:
@@ -49,16 +49,20 @@ HAND_VALUES = {  # loss_type: (label_smoothing, expected), from the issue tracke
 }
 
 
-def test_losses_module_imports_only_torch_and_stdlib():
-    tree = ast.parse(Path(L.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "losses.py must not import from alignkit"
-            roots.add(node.module.split(".")[0])
-    assert roots - {"torch"} <= set(sys.stdlib_module_names), roots
+def test_losses_package_imports_only_torch_and_stdlib():
+    files = sorted(Path(L.__file__).parent.glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "preference.py", "rl.py"}
+    for file in files:
+        roots = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and not (node.module.startswith("alignkit") and
+                                                not node.module.startswith("alignkit.losses")), \
+                    f"{file.name} imports {node.module}: the losses import nothing of alignkit but each other"
+                roots.add(node.module.split(".")[0])
+        assert roots - {"torch", "alignkit"} <= set(sys.stdlib_module_names), (file.name, roots)
 
 
 # ---------------------------------------------------------------- hand values

@@ -1,5 +1,5 @@
 """The loop itself: non-finite steps are skipped, counted and logged; NaN weights are never saved; every
-epoch draws its own order. These call ``alignkit.trainer.train`` directly with a wrapped algorithm."""
+epoch draws its own order. These call ``alignkit.training.loop.train`` directly with a wrapped algorithm."""
 
 import json
 import logging
@@ -10,14 +10,16 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.algorithms.sft import SFT
-from alignkit.checkpoint import TrainerState, save_checkpoint
 from alignkit.data.builtin import BUILTIN_DATASETS
 from alignkit.data.collate import SequenceCollator
+from alignkit.data.order import epoch_batches
 from alignkit.data.rows import RowSource
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
-from alignkit.model import load_causal_lm, load_tokenizer
-from alignkit.trainer import LoopConfig, epoch_batches, train
+from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.training.checkpoint import TrainerState, save_checkpoint
+from alignkit.training.loop import train
+from alignkit.training.runner import LoopConfig
 
 
 class Poisoned:

@@ -246,7 +246,7 @@ def test_kto_ratio_warning_and_lone_row_drop(caplog):
 
 
 def test_value_head_init_is_normal_with_variance_one_over_d_plus_one():
-    from alignkit.reward_model import new_value_head
+    from alignkit.models.reward_model import new_value_head
 
     torch.manual_seed(0)
     weight = new_value_head(4095).weight  # (1, 4095)
@@ -257,7 +257,7 @@ def test_value_head_init_is_normal_with_variance_one_over_d_plus_one():
 
 @pytest.mark.parametrize("train_type", ["lora", "full"])
 def test_reward_model_scores_after_save_and_load_equal_training_rewards(tiny_model_dir, tmp_path, train_type):
-    from alignkit.reward_model import load_reward_model
+    from alignkit.models.reward_model import load_reward_model
 
     prompt = [{"role": "user", "content": "What is 12 + 30? Reply with 'Answer: <number>'."}]
     chosen, rejected = [{"role": "assistant", "content": "Answer: 42"}], [{"role": "assistant", "content": "Answer: 41"}]
@@ -295,7 +295,7 @@ def test_infer_reward_model_writes_scores_and_pair_accuracy(tiny_model_dir, tmp_
     assert len(conversations) == 3 and all(math.isfinite(r["reward"]) for r in conversations)
     # The same conversation scores the same whether it came as a pair or alone.
     first_pair = scored[0]
-    from alignkit.reward_model import load_reward_model
+    from alignkit.models.reward_model import load_reward_model
 
     again = load_reward_model(checkpoint, model=tiny_model_dir).score([first_pair["messages"] + first_pair["chosen"]])
     assert again[0] == pytest.approx(first_pair["chosen_reward"], abs=1e-6)

@@ -126,7 +126,7 @@ def test_ppo_runs_end_to_end_with_value_model_and_ptx(tiny_model_dir, reward_mod
 def test_reward_model_scores_match_transformers_sequence_classification(reward_model_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from alignkit.online.scalar_model import load_scalar_model, score_conversations
+    from alignkit.models.scalar_model import load_scalar_model, score_conversations
 
     model, tokenizer = load_scalar_model(reward_model_dir, adapters=[])
     encoder = ChatEncoder(tokenizer, max_length=256, truncation_strategy="left")
@@ -144,7 +144,7 @@ def test_rm_checkpoint_layout_is_a_reward_model(tiny_model_dir, tmp_path):
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignkit.online.scalar_model import load_scalar_model
+    from alignkit.models.scalar_model import load_scalar_model
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lm.save_pretrained(tmp_path / "rm")
@@ -176,8 +176,8 @@ def test_use_vllm_without_gpu_is_a_clear_error(tiny_model_dir, capsys):
 
 def test_ppo_on_an_rm_run_checkpoint_scores_like_its_scorer(tiny_model_dir, tmp_path):
     """SFT → RM → PPO on the tiny model: the reward model is an `alignkit rlhf --rlhf_type rm` LoRA checkpoint."""
-    from alignkit.online.scalar_model import load_scalar_model, score_conversations
-    from alignkit.reward_model import load_reward_model
+    from alignkit.models.reward_model import load_reward_model
+    from alignkit.models.scalar_model import load_scalar_model, score_conversations
 
     assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#8",
                  "--val_dataset", "arith-pref:test#2", "--max_steps", "2", "--batch_size", "2", "--report_to", "none",

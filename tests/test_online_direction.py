@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from alignkit.online.grpo import GRPO
-from alignkit.online.rewards import RewardFunction
-from alignkit.online.rollout import EncodedPrompt, HFGenerator, batched_logprobs
+from alignkit.algorithms.grpo import GRPO
+from alignkit.algorithms.rewards import RewardFunction
+from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, batched_logprobs
 
 
 def test_one_grpo_step_moves_log_probs_towards_the_advantage(tiny_model_dir):

@@ -1,4 +1,4 @@
-"""RL arithmetic of PPO and GRPO against hand computations (alignkit/online/rl_math.py)."""
+"""RL arithmetic of PPO and GRPO against hand computations (alignkit/losses/rl.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignkit.online import rl_math
+from alignkit.losses import rl as rl_math
 
 
 def test_gae_matches_hand_computation_and_ignores_padding():

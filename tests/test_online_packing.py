@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignkit.online.rollout import as_packable_batch, completion_logprobs, make_rollout
-from alignkit.packing import Layout, pack
+from alignkit.algorithms.rollout import as_packable_batch, completion_logprobs, make_rollout
+from alignkit.models.packing import Layout, pack
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_shared_prompt_prefill_generates_what_separate_prefills_do(tiny_chat_mod
     prompts of different lengths (left padding) and chunks that split a batch."""
     from transformers import AutoModelForCausalLM
 
-    from alignkit.online.rollout import HFGenerator
+    from alignkit.algorithms.rollout import HFGenerator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
     prompts = [p for p in ([5, 6, 7, 8, 9, 10], [5, 6, 11], [12, 13, 14, 15]) for _ in range(3)] + [[16, 17]]
@@ -82,9 +82,9 @@ def test_shared_prompt_prefill_generates_what_separate_prefills_do(tiny_chat_mod
 @pytest.mark.parametrize("share", [False, True])
 def test_packed_completion_values_equal_padded(policy_and_rollout, lora, share):
     """PPO's value model read from packed rows: the values and their gradients of the padded batch."""
-    from alignkit.online.ppo import completion_values
-    from alignkit.online.scalar_model import ScalarModel, value_model_from
-    from alignkit.reward_model import new_value_head
+    from alignkit.algorithms.ppo import completion_values
+    from alignkit.models.reward_model import new_value_head
+    from alignkit.models.scalar_model import ScalarModel, value_model_from
 
     policy, experience = policy_and_rollout
     torch.manual_seed(1)
@@ -108,8 +108,8 @@ def test_packed_reward_scores_equal_padded(tiny_chat_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignkit.data.template import ChatEncoder
-    from alignkit.online.scalar_model import ScalarModel, score_conversations
-    from alignkit.reward_model import new_value_head
+    from alignkit.models.reward_model import new_value_head
+    from alignkit.models.scalar_model import ScalarModel, score_conversations
 
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, attn_implementation="sdpa")

@@ -5,23 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignkit.data.template import ChatEncoder
-from alignkit.errors import AlignkitError
-from alignkit.online.loop import make_schedule, select
-from alignkit.online.rewards import (
+from alignkit.algorithms.rewards import (
     accuracy,
     format,
     resolve_reward_funcs,
     reward_arguments,
     score_completions,
 )
-from alignkit.online.rollout import (
+from alignkit.algorithms.rollout import (
     HFGenerator,
     batched_logprobs,
     completion_tensors,
     make_rollout,
     stop_token_ids,
 )
+from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError
+from alignkit.training.online_loop import make_schedule, select
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
     """PPO's value model (LoRA backbone + full head) saves in the rm layout and loads back exactly (resume)."""
     from transformers import AutoModel
 
-    from alignkit.online.scalar_model import ScalarModel, value_model_from
+    from alignkit.models.scalar_model import ScalarModel, value_model_from
 
     def build():
         torch.manual_seed(0)
@@ -208,7 +208,7 @@ def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
 def test_prompts_over_the_limit_follow_truncation_strategy(tiny):
     from alignkit.data.rows import PromptRow, RowSource
     from alignkit.errors import DataError
-    from alignkit.online.run import encode_prompts
+    from alignkit.training.online_run import encode_prompts
 
     _, _, encoder = tiny
     short = PromptRow([{"role": "user", "content": "hi"}], extras={"solution": "1"})

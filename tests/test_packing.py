@@ -5,8 +5,8 @@ import torch
 
 from alignkit.data.collate import PairCollator, SequenceCollator
 from alignkit.data.template import IGNORE_INDEX, Encoded
-from alignkit.logprobs import forward_logps
-from alignkit.packing import Layout, pack, packed_forward_logps, token_logps
+from alignkit.models.logprobs import forward_logps
+from alignkit.models.packing import Layout, pack, packed_forward_logps, token_logps
 
 
 def encoded(ids, first_trained):
@@ -97,7 +97,7 @@ def test_rows_are_split_at_the_token_budget_and_plain_packing_keeps_every_token(
 
 
 def test_token_logps_matches_log_softmax_gather_with_chunks(monkeypatch):
-    monkeypatch.setattr("alignkit.packing.CHUNK", 3)
+    monkeypatch.setattr("alignkit.models.packing.CHUNK", 3)
     torch.manual_seed(0)
     logits = torch.randn(7, 11, requires_grad=True)
     rows = torch.tensor([0, 3, 3, 6, 5])
@@ -134,8 +134,8 @@ def test_layout_runs_padded_for_pixel_inputs_and_unsupported_attention(tiny_mode
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     batch = PairCollator(0)(pair_items())
     calls = []
-    monkeypatch.setattr("alignkit.packing.packed_forward_logps", lambda *a, **k: calls.append("packed"))
-    monkeypatch.setattr("alignkit.packing.forward_logps", lambda *a, **k: calls.append("padded"))
+    monkeypatch.setattr("alignkit.models.packing.packed_forward_logps", lambda *a, **k: calls.append("packed"))
+    monkeypatch.setattr("alignkit.models.packing.forward_logps", lambda *a, **k: calls.append("padded"))
     layout = Layout(padding_free=True, prefix_sharing=True)
     layout.logps(model, batch)
     batch.model_inputs = {"pixel_values": torch.zeros(1)}

@@ -6,8 +6,8 @@ import torch
 from alignkit.data.collate import EncodedUnpaired, PairCollator, UnpairedCollator
 from alignkit.data.template import IGNORE_INDEX, Encoded
 from alignkit.errors import AlignkitError
-from alignkit.reference import Reference
-from alignkit.reference_cache import precompute_reference
+from alignkit.models.reference import Reference
+from alignkit.models.reference_cache import precompute_reference
 
 
 def rows(seed=0, n=6):
@@ -87,8 +87,9 @@ def test_mismatched_file_and_unknown_sequences_raise(model, tmp_path):
 
 
 def test_visited_batches_follow_the_loops_data_order():
-    from alignkit.reference_cache import visited_batches
-    from alignkit.trainer import LoopConfig, epoch_batches
+    from alignkit.data.order import epoch_batches
+    from alignkit.models.reference_cache import visited_batches
+    from alignkit.training.runner import LoopConfig
 
     first = epoch_batches(10, 3, seed=42, epoch=0, shuffle=True)
     assert visited_batches(10, LoopConfig(batch_size=3, max_steps=2)) == first[:2]
@@ -120,8 +121,9 @@ def test_cached_equals_live_for_ld_dpo_and_for_kto_batches(model, tmp_path):
 
 
 def test_visited_batches_of_each_rank_are_its_shards_of_the_global_batches():
-    from alignkit.reference_cache import visited_batches
-    from alignkit.trainer import LoopConfig, epoch_batches
+    from alignkit.data.order import epoch_batches
+    from alignkit.models.reference_cache import visited_batches
+    from alignkit.training.runner import LoopConfig
 
     config = LoopConfig(batch_size=2, num_train_epochs=1)
     global_batches = epoch_batches(9, 4, seed=42, epoch=0, shuffle=True)  # 4, 4, 1 rows

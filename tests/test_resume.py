@@ -4,7 +4,7 @@ uninterrupted run's weights and logs bit for bit; refuse resumes that would not 
 Killed runs are separate processes. Most are forked from a server that has already imported torch and
 alignkit (multiprocessing's forkserver: the fork happens before any tensor work, so it is safe), which
 saves the import time of a fresh interpreter; one test kills a real `python -m alignkit` from outside at
-an unpredictable moment. The kill points inside the loop come from ``alignkit.faults`` (test-only).
+an unpredictable moment. The kill points inside the loop come from ``alignkit.training.faults`` (test-only).
 """
 
 import json
@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.checkpoint import verify_checkpoint
 from alignkit.cli import main
-from alignkit.faults import ENV as FAULT_ENV
+from alignkit.training.checkpoint import verify_checkpoint
+from alignkit.training.faults import ENV as FAULT_ENV
 
 PAIRS = [
     {
@@ -63,7 +63,7 @@ def _cli_child(argv: list[str], env: dict, log: str) -> None:
 def run_child(argv: list[str], log: Path, fault: str | None = None) -> int:
     """Run the CLI in a forked child process (see the module docstring); return its exit code (-9: SIGKILL)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["alignkit.cli", "alignkit.train"])
+    context.set_forkserver_preload(["alignkit.cli", "alignkit.training.run"])
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", FAULT_ENV: fault or ""}
     child = context.Process(target=_cli_child, args=(argv, env, str(log)))
     child.start()

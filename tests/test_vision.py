@@ -15,7 +15,7 @@ from alignkit.cli import main
 from alignkit.data.rows import PreferenceRow, RowSource
 from alignkit.data.template import IGNORE_INDEX
 from alignkit.errors import DataError
-from alignkit.logprobs import forward_logps
+from alignkit.models.logprobs import forward_logps
 from alignkit.vision.collate import VisionPairCollator
 from alignkit.vision.encode import VisionEncoder, encode_vision_rows, image_token_id
 from alignkit.vision.images import load_image

@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 from servers import free_port, start_server  # noqa: E402
 from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images  # noqa: E402
 
-from alignkit.vision.generation import generate_vision_answers  # noqa: E402
+from alignkit.generation.vision_answers import generate_vision_answers  # noqa: E402
 from alignkit.vision.images import load_image  # noqa: E402
 
 QUESTION = "What is this?"
@@ -120,7 +120,7 @@ def test_placeholder_text_that_does_not_match_the_image_parts_gets_400(client, i
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_requests_with_and_without_images_share_a_batch_with_their_alone_answers(vlms, images, family):
-    from alignkit.engine import BatchEngine, Delta, SamplingParams
+    from alignkit.generation.batch_engine import BatchEngine, Delta, SamplingParams
 
     model, encoder = load_for_generation(vlms[family])
     prompts = [encoder.encode_prompt([{"role": "user", "content": f"<image>{QUESTION}"}],

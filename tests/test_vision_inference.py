@@ -15,7 +15,7 @@ from test_vision import write_dataset
 from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images
 
 from alignkit.cli import main
-from alignkit.vision.generation import generate_vision_answers
+from alignkit.generation.vision_answers import generate_vision_answers
 from alignkit.vision.images import load_image
 
 FAMILIES = sorted(BUILDERS)
@@ -133,7 +133,7 @@ def trained(vlms, images, tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eval_scores_image_preference_pairs_as_log_probs_computed_by_hand(vlms, trained, tmp_path, family):
     from alignkit.data.loading import load_dataset_spec
-    from alignkit.logprobs import forward_logps
+    from alignkit.models.logprobs import forward_logps
     from alignkit.vision.collate import VisionPairCollator
 
     checkpoint, data = trained[family]

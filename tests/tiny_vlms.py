@@ -130,7 +130,7 @@ def load_for_generation(model_dir: str, adapters=(), max_length: int = 512):
 
 def greedy_answer(model, encoder, messages, image_paths, max_new_tokens: int = 8) -> str:
     """alignkit's own greedy answer to ``messages`` with the images at ``image_paths``."""
-    from alignkit.vision.generation import generate_vision_answers
+    from alignkit.generation.vision_answers import generate_vision_answers
     from alignkit.vision.images import load_image
 
     pictures = [load_image(p, None, "images") for p in image_paths]

@@ -1,1 +1,2 @@
-"""Algorithms for the offline loop: each supplies ``loss(model, batch) -> (loss, metrics)``."""
+"""Algorithms: one file per method. Offline ones supply ``loss(model, batch)``; online ones (PPO, GRPO) also
+``experience(policy, prompts)``."""

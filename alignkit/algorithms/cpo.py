@@ -4,7 +4,7 @@ CPO (https://arxiv.org/abs/2401.08417): loss = mean L_prefer(π_w, π_l) + cpo_a
 log-probs (length-averaged for ``ipo``, as TRL). SimPO (https://arxiv.org/abs/2405.14734): the same shape
 with the length-averaged, margin-shifted ``simpo_loss``; TRL runs it as a CPO loss type, alignkit keeps it
 as its own ``--rlhf_type simpo`` (and ``--rlhf_type cpo --loss_type simpo`` gives TRL's spelling).
-The objectives themselves are ``alignkit.losses.cpo_loss`` and ``simpo_loss``.
+The objectives themselves are ``alignkit.losses.preference.cpo_loss`` and ``simpo_loss``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from alignkit.algorithms.dpo import preference_metrics
 from alignkit.data.collate import Batch
-from alignkit.losses import PreferenceLoss, cpo_loss, simpo_loss
-from alignkit.packing import Layout
+from alignkit.losses.preference import PreferenceLoss, cpo_loss, simpo_loss
+from alignkit.models.packing import Layout
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Direct Preference Optimization (https://arxiv.org/abs/2305.18290) and its loss-type family, wired to the loop.
 
-The objectives live in ``alignkit.losses`` (``combine_dpo_losses`` sums the ``--loss_type`` list with
+The objectives live in ``alignkit.losses.preference`` (``combine_dpo_losses`` sums the ``--loss_type`` list with
 ``--loss_weights``); this file runs the forwards and adds RPO's NLL term
 (https://arxiv.org/abs/2404.19733): loss = Σ_k w_k·L_k + rpo_alpha · NLL(chosen).
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.losses import combine_dpo_losses
-from alignkit.packing import Layout
-from alignkit.reference import Reference
+from alignkit.losses.preference import combine_dpo_losses
+from alignkit.models.packing import Layout
+from alignkit.models.reference import Reference
 
 
 @dataclass
@@ -32,7 +32,7 @@ class DPO:
     convention: str = "swift"
     # The adapter-disabled policy (LoRA) unless a frozen model is attached for full fine-tuning.
     reference: Reference = field(default_factory=Reference)
-    # Padded, packed or prefix-shared forwards (alignkit.packing): the same log-probs from fewer tokens.
+    # Padded, packed or prefix-shared forwards (alignkit.models.packing): the same log-probs from fewer tokens.
     layout: Layout = field(default_factory=Layout)
     bco_mean: RunningRewardMean = field(default_factory=lambda: RunningRewardMean(), init=False, repr=False)
 

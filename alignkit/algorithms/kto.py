@@ -3,7 +3,7 @@
 Rows are unpaired: a prompt, one completion and a desirable/undesirable label. The reference point z is
 estimated from mismatched pairs within the micro-batch (prompt i with completion i−1, built by
 ``UnpairedCollator``): z = max(0, mean(log π(y'|x) − log π_ref(y'|x))), detached. The objective is
-``alignkit.losses.kto_loss``; loss = mean over rows of λ_y·(1 − σ(β(±(r − z)))).
+``alignkit.losses.preference.kto_loss``; loss = mean over rows of λ_y·(1 − σ(β(±(r − z)))).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 
 from alignkit.data.collate import UnpairedBatch
 from alignkit.errors import AlignkitError
-from alignkit.losses import kto_kl_estimate, kto_loss
-from alignkit.packing import Layout
-from alignkit.reference import Reference
+from alignkit.losses.preference import kto_kl_estimate, kto_loss
+from alignkit.models.packing import Layout
+from alignkit.models.reference import Reference
 
 logger = logging.getLogger("alignkit")
 

@@ -1,7 +1,7 @@
 """Odds Ratio Preference Optimization (https://arxiv.org/abs/2403.07691) wired to the loop.
 
 loss = NLL(chosen) + β · mean(−log σ(log odds(y_w) − log odds(y_l))), Eq. 6 with λ = β; the odds-ratio
-term is ``alignkit.losses.orpo_loss`` on length-averaged log-probs. The NLL covers the chosen *answer*
+term is ``alignkit.losses.preference.orpo_loss`` on length-averaged log-probs. The NLL covers the chosen *answer*
 tokens only (the paper's L_SFT); TRL's ORPOTrainer also counts the prompt tokens of decoder-only models.
 """
 
@@ -13,8 +13,8 @@ import torch
 
 from alignkit.algorithms.dpo import preference_metrics
 from alignkit.data.collate import Batch
-from alignkit.losses import orpo_loss
-from alignkit.packing import Layout
+from alignkit.losses.preference import orpo_loss
+from alignkit.models.packing import Layout
 
 
 @dataclass

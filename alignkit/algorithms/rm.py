@@ -1,7 +1,7 @@
 """Reward modelling wired to the loop: a scalar head scores both answers of a pair (Bradley–Terry).
 
-loss = mean(−log σ(r_w − r_l − m)) (+ c·(r_w + r_l)²), ``alignkit.losses.reward_model_loss``; the model is an
-``alignkit.reward_model.RewardModel``, m the per-pair ``margin`` column when the data has one.
+loss = mean(−log σ(r_w − r_l − m)) (+ c·(r_w + r_l)²), ``alignkit.losses.preference.reward_model_loss``; the model is an
+``alignkit.models.reward_model.RewardModel``, m the per-pair ``margin`` column when the data has one.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.losses import reward_model_loss
-from alignkit.packing import Layout, pack, supports_packing
+from alignkit.losses.preference import reward_model_loss
+from alignkit.models.packing import Layout, pack, supports_packing
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignkit.data.collate import Batch
-from alignkit.packing import Layout
+from alignkit.models.packing import Layout
 
 
 class SFT:

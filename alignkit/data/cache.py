@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 import alignkit
-from alignkit.builtin_model import cache_root
 from alignkit.data.encode import Item, encode_rows
 from alignkit.data.rows import Row
 from alignkit.data.template import ChatEncoder, Encoded
@@ -120,3 +119,7 @@ def encode_dataset(encoder: ChatEncoder, rows: list[Row], split: str, *, num_pro
         logger.warning("Dropped %d of %d %s rows that do not fit --max_length %d (--truncation_strategy %s)",
                        dropped, len(rows), split, encoder.max_length, encoder.truncation_strategy)
     return items
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+from alignkit.data.collate import EncodedPair, EncodedUnpaired
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, Row, UnpairedRow
 from alignkit.data.template import ChatEncoder, Encoded, Truncated
 from alignkit.errors import AlignkitError
@@ -58,3 +59,16 @@ def encode_rows(encoder: ChatEncoder, rows: list[Row], *, num_proc: int = 1) -> 
         futures = [pool.submit(_encode_chunk, encoder, rows[start : start + size], start) for start in starts]
         results = [future.result() for future in futures]
     return [item for items, _ in results for item in items], sum(dropped for _, dropped in results)
+
+
+def with_row_fields(items: list, rows: list) -> list:
+    """Attach what the losses need besides tokens: a pair's RM margin, a KTO row's label."""
+    out = []
+    for index, encoded in items:
+        row = rows[index]
+        if isinstance(row, PreferenceRow):
+            encoded = EncodedPair(encoded[0], encoded[1], margin=row.margin)
+        elif isinstance(row, UnpairedRow):
+            encoded = EncodedUnpaired(encoded, row.label)
+        out.append((index, encoded))
+    return out

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
-from alignkit.model import DEFAULT_LORA_TARGETS, _load_error
+from alignkit.models.load import DEFAULT_LORA_TARGETS, _load_error
 
 VIT_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
 ALIGNER_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector")
@@ -61,7 +61,7 @@ def load_processor(model_path: str, revision: str | None = None):
 
 def vision_model_path(model: str | None, adapters: list[str], ckpt_dir: str | None) -> str | None:
     """The base model's directory when --model / --adapters / --ckpt_dir name a vision-language model, else None."""
-    from alignkit.model import resolve_checkpoint, resolve_model_path
+    from alignkit.models.load import resolve_checkpoint, resolve_model_path
 
     model, _ = resolve_checkpoint(model, adapters, ckpt_dir)
     path = resolve_model_path(model)
@@ -78,8 +78,8 @@ def processor_source(adapter: str | None, model_path: str) -> str:
 
 def load_vision_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str):
     """Model (with adapters, in eval mode, one vision forward per shared pair) and processor for infer, eval and
-    deploy; the vision-language counterpart of ``alignkit.model.load_for_inference``."""
-    from alignkit.model import load_adapters, resolve_checkpoint, resolve_dtype, resolve_model_path
+    deploy; the vision-language counterpart of ``alignkit.models.load.load_for_inference``."""
+    from alignkit.models.load import load_adapters, resolve_checkpoint, resolve_dtype, resolve_model_path
     from alignkit.vision.shared_images import enable_shared_images
 
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)

@@ -1,0 +1,105 @@
+"""`alignkit app`: a chat page (Gradio) for a model or adapter, with streaming answers, an editable system
+prompt and generation settings.
+
+    alignkit app --ckpt_dir output/v0-.../checkpoint-50            # http://127.0.0.1:7860
+
+Answers come from the same batching engine as `alignkit deploy`, so several browser tabs are answered
+together. The page is local unless --server_name 0.0.0.0 or --share true (a public gradio.live link).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from alignkit.config.arguments import AppArguments
+from alignkit.data.template import ChatEncoder
+from alignkit.generation.batch_engine import BatchEngine, Delta, SamplingParams
+
+logger = logging.getLogger("alignkit")
+
+
+def message_text(content) -> str:
+    """Gradio hands history contents as a string, or as a list of parts ``{"type": "text", "text": ...}``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") or ""
+    if isinstance(content, (list, tuple)):
+        return "".join(message_text(part) for part in content)
+    return str(content)
+
+
+def chat_messages(message: str, history: list[dict], system: str) -> list[dict]:
+    """The conversation for the chat template: system prompt, earlier turns, the new user message."""
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    messages += [{"role": turn["role"], "content": message_text(turn["content"])} for turn in history
+                 if turn.get("role") in ("user", "assistant")]
+    return [*messages, {"role": "user", "content": message}]
+
+
+def answer_stream(engine: BatchEngine, encoder: ChatEncoder, message: str, history: list[dict], system: str,
+                  params: SamplingParams):
+    """The growing answer, one yield per streamed piece (what the chat page shows as it arrives)."""
+    job = engine.submit(encoder.encode_prompt(chat_messages(message, history, system)), params)
+    answer = ""
+    try:
+        for event in job.events():
+            if isinstance(event, Delta):
+                answer += event.text
+                yield answer
+            elif event.reason == "error":
+                raise RuntimeError(f"generation failed: {event.error}")
+        if not answer:  # the model ended its turn at once
+            yield answer
+    finally:
+        job.cancelled = True  # the user pressed stop or left: free the row
+
+
+def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, title: str):
+    import gradio as gr
+
+    def respond(message: str, history: list[dict], system: str, max_new_tokens: float, temperature: float,
+                top_p: float):
+        params = SamplingParams(max_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        try:
+            yield from answer_stream(engine, encoder, message, history, system, params)
+        except RuntimeError as error:
+            raise gr.Error(str(error)) from error
+
+    return gr.ChatInterface(
+        respond,
+        title=title,
+        description="Answers stream as they are generated. Settings are under *Generation settings*.",
+        additional_inputs=[
+            gr.Textbox(value=args.system or "", label="System prompt", lines=2),
+            gr.Slider(1, 2048, value=args.max_new_tokens, step=1, label="Max new tokens"),
+            gr.Slider(0.0, 2.0, value=args.temperature, step=0.05, label="Temperature (0: greedy)"),
+            gr.Slider(0.05, 1.0, value=args.top_p, step=0.05, label="Top-p"),
+        ],
+        additional_inputs_accordion="Generation settings",
+        flagging_mode="never",
+        analytics_enabled=False,
+    )
+
+
+def run_app(args: AppArguments) -> int:
+    from alignkit.models.load import load_for_inference
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    lm, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
+                                       args.device_max_memory)
+    encoder = ChatEncoder(tokenizer, max_length=getattr(lm.config, "max_position_embeddings", None) or 4096)
+    engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids).start()
+    source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"
+    demo = build_app(engine, encoder, args, title=f"alignkit chat: {Path(source).name}")
+    logger.info("Chat page on http://%s:%d%s", args.server_name, args.server_port,
+                " (and a public share link)" if args.share else "")
+    try:
+        demo.queue(default_concurrency_limit=8).launch(
+            server_name=args.server_name, server_port=args.server_port, share=args.share, show_error=True,
+        )
+    finally:
+        engine.stop()
+    return 0

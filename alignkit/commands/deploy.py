@@ -1,0 +1,421 @@
+"""`alignkit deploy`: an OpenAI-compatible HTTP server for a model and its LoRA adapters.
+
+    alignkit deploy --ckpt_dir output/v0-.../checkpoint-50 --port 8000 --api_key sk-local
+    alignkit deploy --model M --adapters math=ckpt-a chat=ckpt-b       # three models: M's name, math, chat
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions``, with and
+without ``"stream": true`` (server-sent events in OpenAI's chunk format, ending ``data: [DONE]``).
+Concurrent requests are answered together in batches (alignkit.generation.batch_engine). A bad request gets a 4xx
+with an OpenAI-style JSON error (``{"error": {"message", "type", "param", "code"}}``), never a
+traceback; the server logs the traceback of any internal error.
+
+A vision-language model (docs/vision.md) takes OpenAI's image parts in chat messages,
+``{"type": "image_url", "image_url": {"url": ...}}``, where the url is a ``data:image/...;base64,`` URL, an
+``http(s)://`` URL, or (only inside ``--allowed_local_media_path``) a local path or ``file://`` URL. An image
+that cannot be read, or an image sent to a text-only model, gets a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from alignkit.config.arguments import DeployArguments
+from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError, DataError
+from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, SamplingParams
+from alignkit.vision.encode import PLACEHOLDER, VisionEncoder, image_token_id
+
+logger = logging.getLogger("alignkit")
+
+
+# ----------------------------------------------------------------------------------------- requests
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's; the processor decides the resolution here
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class GenerationRequest(BaseModel):
+    """Fields shared by both endpoints. Unknown fields are refused by name rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # vLLM's extension
+    repetition_penalty: float | None = Field(None, gt=0)  # vLLM's extension
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, {"message": message, "type": type, "param": param, "code": code}
+
+
+def error_response(status: int, message: str, **fields) -> JSONResponse:
+    body = {"message": message, "type": "invalid_request_error", "param": None, "code": None, **fields}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def describe_validation(errors: list[dict]) -> str:
+    """Pydantic's errors as one line, e.g. ``messages.0.role: Input should be 'system', ...``."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
+        if error.get("type") == "extra_forbidden":
+            parts.append(f"unsupported parameter '{where}'")
+        elif error.get("type") == "json_invalid":
+            parts.append(f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})".strip())
+        else:
+            parts.append(f"{where or 'body'}: {error.get('msg')}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+class Server:
+    """Turns requests into engine jobs and jobs into OpenAI responses."""
+
+    def __init__(self, engine: BatchEngine, encoder: ChatEncoder | VisionEncoder, *, models: dict[str, str | None],
+                 max_length: int, defaults: DeployArguments):
+        self.engine, self.encoder, self.tokenizer, self.models = engine, encoder, encoder.tokenizer, models
+        self.max_length, self.defaults = max_length, defaults
+        self.created = int(time.time())
+
+    def adapter_for(self, name: str) -> str | None:
+        if name not in self.models:
+            raise RequestError(404, f"the model '{name}' does not exist; served: {', '.join(self.models)}",
+                               param="model", code="model_not_found")
+        return self.models[name]
+
+    def submit(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int | None, loop, pixels=None):
+        adapter = self.adapter_for(request.model)
+        for name, value, supported in (("n", request.n, 1), ("presence_penalty", request.presence_penalty, 0),
+                                       ("frequency_penalty", request.frequency_penalty, 0)):
+            if value != supported:
+                raise RequestError(400, f"{name}: only {supported} is supported, got {value}", param=name)
+        room = self.max_length - len(prompt_ids)
+        if max_tokens is None:
+            max_tokens = min(self.defaults.max_new_tokens, room)
+        if max_tokens > room or room < 1:
+            raise RequestError(
+                400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens {max_tokens} it exceeds the model's "
+                f"context of {self.max_length} tokens", param="max_tokens", code="context_length_exceeded")
+        d = self.defaults
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=d.temperature if request.temperature is None else request.temperature,
+            top_p=d.top_p if request.top_p is None else request.top_p,
+            top_k=request.top_k or 0,
+            repetition_penalty=request.repetition_penalty or 1.0,
+        )
+        stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+        return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
+
+    def chat_prompt(self, request: ChatCompletionRequest) -> tuple[list[int], dict | None]:
+        """The prompt's token ids and, for a vision-language model, its pixel inputs. Image parts become
+        ``<image>`` placeholders where they stand, and their images are read (downloads included: call it off
+        the event loop)."""
+        messages, images = [], []
+        for i, message in enumerate(request.messages):
+            pieces = [message.content] if isinstance(message.content, str) else []
+            for j, part in enumerate([] if isinstance(message.content, str) else message.content):
+                if isinstance(part, TextPart):
+                    pieces.append(part.text)
+                    continue
+                field = f"messages[{i}].content[{j}].image_url"
+                if not isinstance(self.encoder, VisionEncoder):
+                    raise RequestError(400, f"{field}: the model '{request.model}' is a text-only model and takes no "
+                                       "images", param=field, code="image_input_not_supported")
+                images.append(request_image(part.image_url.url, self.defaults.allowed_local_media_path, field))
+                pieces.append(PLACEHOLDER)
+            messages.append({"role": "system" if message.role == "developer" else message.role,
+                             "content": "".join(pieces)})
+        if not isinstance(self.encoder, VisionEncoder):
+            return self.encoder.encode_prompt(messages), None
+        try:
+            prompt = self.encoder.encode_prompt(messages, images)
+        except DataError as error:  # e.g. a literal "<image>" in the text besides the image parts
+            raise RequestError(400, f"messages: {error.message}", param="messages") from error
+        return prompt.input_ids, prompt.pixels
+
+
+def request_image(url: str, allowed_dir: str | None, field: str):
+    """An image part's url → an RGB image: data: and http(s):// URLs always; a local path or file:// URL only
+    inside ``--allowed_local_media_path`` (a client must not read the server's files)."""
+    from alignkit.vision.images import load_image
+
+    if not url.startswith(("data:", "http://", "https://")):
+        if allowed_dir is None:
+            raise RequestError(400, f"{field}: local image paths are not served; send a data: or http(s):// URL (or "
+                               "start the server with --allowed_local_media_path DIR)", param=field)
+        path = Path(url.removeprefix("file://")).expanduser().resolve()
+        if not path.is_relative_to(Path(allowed_dir).expanduser().resolve()):
+            raise RequestError(400, f"{field}: {url} is outside --allowed_local_media_path {allowed_dir}", param=field)
+        url = str(path)
+    try:
+        return load_image(url, None, field)
+    except DataError as error:
+        raise RequestError(400, str(error), param=field) from error
+
+
+def usage(finished: Finished) -> dict:
+    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
+
+
+async def collect(job) -> tuple[str, Finished]:
+    """The whole answer of a job and its closing event."""
+    pieces, event = [], None
+    async for event in job.aevents():  # the last event is the Finished one
+        if isinstance(event, Delta):
+            pieces.append(event.text)
+    if event.reason == "error":
+        raise RequestError(500, f"generation failed: {event.error}", type="server_error")
+    return "".join(pieces), event
+
+
+def sse(payload: dict | str) -> str:
+    """One server-sent event; OpenAI's streams end with the literal ``[DONE]``."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def create_app(server: Server, *, api_key: str | None) -> FastAPI:
+    app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "Incorrect API key provided", code="invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, error: RequestError):
+        return JSONResponse({"error": error.body}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError):
+        return error_response(400, describe_validation(error.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, error: HTTPException):
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request: Request, error: Exception):
+        logger.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal server error ({type(error).__name__})", type="server_error")
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": server.created, "owned_by": "alignkit"} for name in server.models
+        ]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest):
+        if isinstance(server.encoder, VisionEncoder):  # images may be downloaded: not on the event loop
+            prompt_ids, pixels = await asyncio.to_thread(server.chat_prompt, request)
+        else:
+            prompt_ids, pixels = server.chat_prompt(request)
+        job = server.submit(request, prompt_ids, request.max_completion_tokens or request.max_tokens,
+                            asyncio.get_running_loop(), pixels)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+        if request.stream:
+            return StreamingResponse(chat_stream(job, head, request), media_type="text/event-stream")
+        text, finished = await collect(job)
+        return {**head, "object": "chat.completion", "usage": usage(finished), "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finished.reason,
+             "logprobs": None}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest):
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        if not prompts:
+            raise RequestError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+        loop = asyncio.get_running_loop()
+        jobs = [server.submit(request, server.tokenizer(p, add_special_tokens=False)["input_ids"], request.max_tokens,
+                              loop) for p in prompts]
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+        if request.stream:
+            return StreamingResponse(completion_stream(jobs, head), media_type="text/event-stream")
+        results = [await collect(job) for job in jobs]
+        total = {k: sum(usage(f)[k] for _, f in results) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        return {**head, "object": "text_completion", "usage": total, "choices": [
+            {"index": i, "text": text, "finish_reason": f.reason, "logprobs": None}
+            for i, (text, f) in enumerate(results)]}
+
+    return app
+
+
+async def chat_stream(job, head: dict, request: ChatCompletionRequest):
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        return sse({**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for event in job.aevents():
+            if isinstance(event, Delta):
+                yield chunk({"content": event.text})
+            elif event.reason == "error":
+                yield sse({"error": {"message": f"generation failed: {event.error}", "type": "server_error"}})
+            else:
+                yield chunk({}, event.reason)
+                if request.stream_options and request.stream_options.include_usage:
+                    yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
+        yield sse("[DONE]")
+    finally:
+        job.cancelled = True  # a client that hangs up stops its row at the next token
+
+
+async def completion_stream(jobs, head: dict):
+    try:
+        for index, job in enumerate(jobs):  # generated together; their events wait in their queues
+            async for event in job.aevents():
+                if isinstance(event, Delta):
+                    choice = {"index": index, "text": event.text, "finish_reason": None, "logprobs": None}
+                elif event.reason == "error":
+                    yield sse({"error": {"message": f"generation failed: {event.error}", "type": "server_error"}})
+                    continue
+                else:
+                    choice = {"index": index, "text": "", "finish_reason": event.reason, "logprobs": None}
+                yield sse({**head, "object": "text_completion", "choices": [choice]})
+        yield sse("[DONE]")
+    finally:
+        for job in jobs:
+            job.cancelled = True
+
+
+# ------------------------------------------------------------------------------------------- command
+
+
+def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, dict[str, str]]:
+    """``NAME=DIR`` entries become named models; at most one bare DIR (or --ckpt_dir) is the default."""
+    unnamed, named = [], {}
+    for entry in adapters:
+        name, sep, path = entry.partition("=")
+        if sep and name and path:
+            if name in named:
+                raise AlignkitError(f"--adapters: the name '{name}' is given twice")
+            named[name] = path
+        else:
+            unnamed.append(entry)
+    if ckpt_dir is not None:
+        unnamed.insert(0, ckpt_dir)
+    if len(unnamed) > 1:
+        raise AlignkitError(f"--adapters: name all but one adapter as NAME=DIR; unnamed: {', '.join(unnamed)}")
+    return (unnamed[0] if unnamed else None), named
+
+
+def load_served_model(args: DeployArguments):
+    """(model, tokenizer, {served name: peft adapter name or None for the base})."""
+    from alignkit.models.load import load_for_inference, resolve_checkpoint
+    from alignkit.models.placement import check_adapter_placement, refuse_for_vision
+    from alignkit.vision.model import load_vision_for_inference, vision_model_path
+
+    default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
+    model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
+    if vision_model_path(model, [], None) is not None:
+        refuse_for_vision(args.device_map, args.device_max_memory)
+        lm, tokenizer = load_vision_for_inference(model, [], None, args.dtype)  # tokenizer: the processor
+    else:
+        lm, tokenizer = load_for_inference(model, [], None, args.dtype, args.device_map, args.device_max_memory)
+    served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
+    adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
+    for name in named:
+        if name == served_name or (name == "default" and default_adapters):
+            raise AlignkitError(f"--adapters {name}=...: the name '{name}' is taken by the default model")
+    models: dict[str, str | None] = {served_name: "default" if default_adapters else None, **{n: n for n in named}}
+    if adapters:
+        from peft import PeftModel
+
+        check_adapter_placement(lm)
+
+        for index, (name, path) in enumerate(adapters.items()):
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise AlignkitError(f"--adapters {path}: no adapter_config.json there, so it is not a LoRA adapter")
+            if index == 0:
+                lm = PeftModel.from_pretrained(lm, path, adapter_name=name)
+            else:
+                lm.load_adapter(path, adapter_name=name)
+        lm.eval()
+    return lm, tokenizer, models
+
+
+def run_deploy(args: DeployArguments) -> int:
+    import uvicorn
+    from transformers import ProcessorMixin
+
+    lm, tokenizer, models = load_served_model(args)
+    max_length = getattr(lm.config.get_text_config(), "max_position_embeddings", None) or 4096
+    if isinstance(tokenizer, ProcessorMixin):  # a vision-language model's processor
+        encoder = VisionEncoder(tokenizer, image_token_id(tokenizer, lm.config), max_length=max_length)
+    else:
+        encoder = ChatEncoder(tokenizer, max_length=max_length)
+    engine = BatchEngine(lm, encoder.tokenizer, stop_ids=encoder.stop_ids, max_batch_size=args.max_batch_size).start()
+    server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
+    app = create_app(server, api_key=args.api_key)
+    logger.info("Serving %s on http://%s:%d/v1%s", ", ".join(models), args.host, args.port,
+                " (API key required)" if args.api_key else "")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.stop()
+    return 0

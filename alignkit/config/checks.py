@@ -1,0 +1,64 @@
+"""Value checks on a training run's flags, so a bad value stops the run at once with the flag's name.
+
+argparse checks types and choices; these are the ranges (a batch size of 0, a NaN learning rate, a
+dropout of 2) that would otherwise surface as a ZeroDivisionError or a library's ValueError mid-run.
+"""
+
+from __future__ import annotations
+
+import math
+
+from alignkit.config.arguments import RunArguments
+from alignkit.errors import AlignkitError
+from alignkit.losses.preference import DPO_LOSS_TYPES
+
+AT_LEAST_ONE = (
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps",
+    "save_steps", "max_length", "lora_rank", "max_nonfinite_steps",
+)
+AT_LEAST_ONE_IF_SET = ("max_prompt_length", "save_total_limit", "eval_steps")
+# name -> (low, high, high included)
+RANGES = {
+    "learning_rate": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, False),
+    "warmup_ratio": (0.0, 1.0, True),
+    "lora_dropout": (0.0, 1.0, False),
+    "adam_beta1": (0.0, 1.0, False),
+    "adam_beta2": (0.0, 1.0, False),
+    "adam_epsilon": (0.0, math.inf, False),
+    "label_smoothing": (0.0, 0.5, True),
+    "warmup_steps": (0, math.inf, False),
+    "lora_alpha": (0, math.inf, False),
+}
+FINITE_IF_SET = ("max_grad_norm", "beta", "rpo_alpha")
+
+
+def check_run_arguments(args: RunArguments) -> None:
+    for name in AT_LEAST_ONE:
+        _at_least_one(name, getattr(args, name))
+    for name in AT_LEAST_ONE_IF_SET:
+        if getattr(args, name) is not None:
+            _at_least_one(name, getattr(args, name))
+    for name, (low, high, high_included) in RANGES.items():
+        value = getattr(args, name)
+        if not (low <= value < high or (high_included and value == high)):
+            bound = "]" if high_included else ")"
+            raise AlignkitError(f"--{name} {value}: expected a value in [{low}, {high}{bound}")
+    for name in FINITE_IF_SET:
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise AlignkitError(f"--{name} {value}: expected a finite number")
+    if args.max_steps <= 0 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise AlignkitError(f"--num_train_epochs {args.num_train_epochs}: expected a positive number (or set --max_steps)")
+    if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
+        raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
+                            "(NPROC_PER_NODE) instead")
+    if args.rlhf_type == "dpo":
+        unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
+        if unknown:
+            raise AlignkitError(f"--loss_type {' '.join(unknown)}: unknown DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}")
+
+
+def _at_least_one(name: str, value: int) -> None:
+    if value < 1:
+        raise AlignkitError(f"--{name} {value}: expected a positive integer")

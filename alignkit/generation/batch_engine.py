@@ -1,0 +1,256 @@
+"""Batched, streamed generation for the server and the web UI.
+
+Requests from many clients go into one queue; a worker thread takes whatever is waiting (up to
+``max_batch_size`` with the same sampling settings) and answers it with one left-padded ``generate``
+call, streaming each row's text back to its own request as tokens come. Requests for different LoRA
+adapters share a batch (peft's ``adapter_names``). Example::
+
+    engine = BatchEngine(model, tokenizer, stop_ids=encoder.stop_ids).start()
+    job = engine.submit(prompt_ids, SamplingParams(max_tokens=32))
+    text = "".join(event.text for event in job.events() if isinstance(event, Delta))
+
+Each row stops on its own: at an end-of-sequence token ("stop"), a stop string ("stop") or its own
+``max_tokens`` ("length"); the batch ends when every row has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from alignkit.generation.answers import sampling_kwargs
+from alignkit.generation.stop_ids import eos_token_ids
+from alignkit.models.placement import input_device
+
+logger = logging.getLogger("alignkit")
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop", "length" or "error"
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One request. The engine thread writes its progress; the caller reads ``events()``/``aevents()``."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None
+    stop: tuple[str, ...] = ()
+    loop: asyncio.AbstractEventLoop | None = None
+    pixels: dict[str, torch.Tensor] | None = None  # a vision-language prompt's pixel inputs (processor output)
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+    cancelled: bool = False
+    _sent: int = 0  # characters of the decoded answer already emitted
+
+    def __post_init__(self):
+        self._events = asyncio.Queue() if self.loop is not None else queue.Queue()
+
+    def _emit(self, event) -> None:
+        if self.loop is not None:
+            if not self.loop.is_closed():  # a server shutting down has no one left to tell
+                self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+        else:
+            self._events.put(event)
+
+    def events(self) -> Iterator[Delta | Finished]:
+        while True:
+            event = self._events.get()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def aevents(self) -> AsyncIterator[Delta | Finished]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._emit(Finished(reason, len(self.prompt_ids), len(self.tokens), error))
+
+    def advance(self, token: int, tokenizer, eos_ids: set[int]) -> None:
+        """Take one generated token: emit the new text, hold back a possible stop string's beginning."""
+        if self.cancelled:
+            self.finish("cancelled")
+            return
+        if token in eos_ids:
+            self._flush(tokenizer.decode(self.tokens, skip_special_tokens=True), final=True)
+            self.finish("stop")
+            return
+        self.tokens.append(token)
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cut = min((i for s in self.stop if (i := text.find(s, max(0, self._sent - len(s)))) >= 0), default=-1)
+        if cut >= 0:
+            self._flush(text[:cut], final=True)
+            self.finish("stop")
+        elif len(self.tokens) >= self.params.max_tokens:
+            self._flush(text, final=True)
+            self.finish("length")
+        else:
+            self._flush(text, final=False)
+
+    def _flush(self, text: str, *, final: bool) -> None:
+        end = len(text)
+        if not final:
+            if text.endswith("\ufffd"):  # a multi-byte character still being generated
+                end -= 1
+            # Keep back a tail that may grow into a stop string, so no stop string is ever streamed.
+            end -= max((k for s in self.stop for k in range(1, len(s)) if text[:end].endswith(s[:k])), default=0)
+        if end > self._sent:
+            self._emit(Delta(text[self._sent : end]))
+            self._sent = end
+
+
+class RowTracker(StoppingCriteria):
+    """A stopping criterion that feeds each row's newest token to its job and reports the finished rows.
+
+    transformers calls it once per decoding step with the sequences so far, (B, T + t)."""
+
+    def __init__(self, jobs: list[Job], tokenizer, eos_ids: set[int]):
+        self.jobs, self.tokenizer, self.eos_ids = jobs, tokenizer, eos_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        newest = input_ids[:, -1].tolist()  # (B,)
+        for job, token in zip(self.jobs, newest):
+            if not job.done:
+                job.advance(token, self.tokenizer, self.eos_ids)
+        return torch.tensor([job.done for job in self.jobs], dtype=torch.bool, device=input_ids.device)  # (B,)
+
+
+class BatchEngine:
+    def __init__(self, model, tokenizer, *, stop_ids: list[int], max_batch_size: int = 8, batch_wait_s: float = 0.01):
+        """``stop_ids``: the chat template's end-of-turn ids (ChatEncoder.stop_ids); the model's own EOS ids
+        end answers too."""
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s  # how long the first request waits for company
+        self.eos_ids = set(stop_ids) | eos_token_ids(model, tokenizer)
+        self.uses_adapters = hasattr(model, "peft_config")
+        self.batch_sizes: list[int] = []
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="alignkit-engine", daemon=True)
+
+    def start(self) -> BatchEngine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, *, adapter: str | None = None,
+               stop: tuple[str, ...] = (), loop: asyncio.AbstractEventLoop | None = None,
+               pixels: dict[str, torch.Tensor] | None = None) -> Job:
+        job = Job(list(prompt_ids), params, adapter, tuple(s for s in stop if s), loop, pixels)
+        self._queue.put(job)
+        return job
+
+    def _serve(self) -> None:
+        while True:
+            waiting = self._take()
+            if waiting is None:
+                return
+            groups: dict[tuple, list[Job]] = {}
+            for job in waiting:
+                groups.setdefault(_batch_key(job.params), []).append(job)
+            for group in groups.values():
+                for start in range(0, len(group), self.max_batch_size):
+                    self._generate(group[start : start + self.max_batch_size])
+
+    def _take(self) -> list[Job] | None:
+        """Block for one job, then gather what arrives within ``batch_wait_s`` and all that is queued."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        jobs, deadline = [first], time.monotonic() + self.batch_wait_s
+        while True:
+            try:
+                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return jobs
+            if job is None:
+                self._queue.put(None)  # stop after this batch
+                return jobs
+            jobs.append(job)
+
+    def _generate(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.cancelled:
+                job.finish("cancelled")
+        jobs = [job for job in jobs if not job.done]
+        if not jobs:
+            return
+        length = max(len(job.prompt_ids) for job in jobs)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(jobs), length), pad, dtype=torch.long)  # (B, T), left-padded
+        attention_mask = torch.zeros((len(jobs), length), dtype=torch.long)  # (B, T)
+        for i, job in enumerate(jobs):
+            input_ids[i, length - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
+            attention_mask[i, length - len(job.prompt_ids) :] = 1
+        p = jobs[0].params
+        kwargs = sampling_kwargs(self.tokenizer, max(job.params.max_tokens for job in jobs), p.temperature, p.top_p,
+                                 p.top_k, p.repetition_penalty)
+        kwargs["eos_token_id"] = sorted(self.eos_ids)
+        if self.uses_adapters:
+            kwargs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
+        if any(job.pixels for job in jobs):  # batched as in training: alignkit/vision/collate.py
+            from alignkit.generation.vision_answers import pixels_for
+            from alignkit.vision.collate import merge_pixels
+
+            kwargs.update(pixels_for(self.model, merge_pixels([job.pixels or {} for job in jobs])))
+        device = input_device(self.model)
+        self.batch_sizes.append(len(jobs))
+        logger.info("Generating a batch of %d request(s)", len(jobs))
+        try:
+            with torch.no_grad():
+                self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    stopping_criteria=StoppingCriteriaList([RowTracker(jobs, self.tokenizer, self.eos_ids)]),
+                    **kwargs,
+                )
+        except Exception as error:  # the requests get the error; the engine keeps serving
+            logger.exception("generation failed")
+            for job in jobs:
+                job.finish("error", f"{type(error).__name__}: {error}")
+        for job in jobs:  # generate can end without a last call (e.g. max_new_tokens reached)
+            job.finish("length")
+
+
+def _batch_key(params: SamplingParams) -> tuple:
+    """Requests batch together when everything but max_tokens agrees (each row stops at its own)."""
+    return (params.temperature, params.top_p, params.top_k, params.repetition_penalty)
+
+

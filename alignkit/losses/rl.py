@@ -1,0 +1,204 @@
+"""The RL arithmetic of PPO and GRPO as pure functions on tensors (torch only, no model, no config).
+
+Shapes: N sequences, T completion tokens. ``mask`` (N, T) is 1 on a completion's tokens (up to and
+including its stop token) and 0 on the right padding after it. Log-probs are of the sampled tokens.
+
+References:
+  PPO: Schulman et al. 2017, https://arxiv.org/abs/1707.06347 (Eq. 7 clipped surrogate, Eq. 11-12 GAE);
+       RLHF details as in TRL's PPOTrainer, https://arxiv.org/abs/2403.17031 ("N+ implementation details").
+  GAE: Schulman et al. 2015, https://arxiv.org/abs/1506.02438 (Eq. 16).
+  GRPO: Shao et al. 2024, https://arxiv.org/abs/2402.03300 (Eq. 3); Dr. GRPO: Liu et al. 2025,
+       https://arxiv.org/abs/2503.20783; DAPO's clip-higher: Yu et al. 2025, https://arxiv.org/abs/2503.14476.
+  k3 KL estimator: Schulman, "Approximating KL divergence", http://joschu.net/blog/kl-approx.html.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where nothing is masked in."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
+                  sum_all: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(values − mean) / sqrt(var + 1e-8) over the masked-in entries, with the unbiased variance.
+
+    ``shift_mean=False`` adds the mean back (only the scale changes), as TRL does for rewards.
+    Masked-out entries are returned as they come out of the formula; callers mask them.
+    ``sum_all``: sums a tensor over the processes of a distributed run, so that mean and variance are the whole
+    batch's, as on one process.
+    """
+    if sum_all is not None:
+        mask = mask.to(values.dtype)
+        total, count = sum_all(torch.stack([(values * mask).sum(), mask.sum()])).unbind()
+        mean = total / count.clamp(min=1)
+        squares = sum_all(((values - mean) ** 2 * mask).sum())
+        count = count.clamp(min=2)
+        variance = squares / count.clamp(min=1) * count / (count - 1)
+        whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+        return whitened if shift_mean else whitened + mean
+    mean = masked_mean(values, mask)
+    count = mask.sum().clamp(min=2)
+    variance = masked_mean((values - mean) ** 2, mask) * count / (count - 1)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float):
+    """Generalised advantage estimation, backwards over the tokens of each completion.
+
+    δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1},  returns R_t = A_t + V_t.
+    V and A beyond a completion's last token are 0 (the episode ends there), which is why ``mask`` must
+    be right-padded: 1…1 0…0. rewards, values, mask (N, T) → (advantages (N, T), returns (N, T)), 0 on padding.
+    """
+    mask = mask.to(rewards.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)  # (N, T)
+    next_value = torch.zeros_like(rewards[:, 0])  # (N,)
+    next_advantage = torch.zeros_like(rewards[:, 0])  # (N,)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+class Surrogate(NamedTuple):
+    losses: torch.Tensor  # (N, T) per-token −min(ρA, clip(ρ)A)
+    ratio: torch.Tensor  # (N, T) ρ = π/π_old
+    clipped_low: torch.Tensor  # (N, T) bool: ρ < 1 − ε_low with A < 0 (the clip is active)
+    clipped_high: torch.Tensor  # (N, T) bool: ρ > 1 + ε_high with A > 0
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *, eps_low: float, eps_high: float
+) -> Surrogate:
+    """PPO's clipped surrogate (Eq. 7), negated to a loss, per token:
+
+    L_t = −min(ρ_t·A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high)·A_t),  ρ_t = exp(log π − log π_old).
+
+    ε_low = ε_high = ``--cliprange`` (PPO) or ``--epsilon`` (GRPO); GRPO's ``--epsilon_high`` raises the
+    upper bound (DAPO's clip-higher). With π = π_old, L_t = −A_t. logprobs, old_logprobs (N, T);
+    advantages (N, T), or (N, 1) for one advantage per sequence (GRPO).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
+    return Surrogate(
+        losses=-torch.min(unclipped, clipped),
+        ratio=ratio,
+        clipped_low=(ratio < 1 - eps_low) & (advantages < 0),
+        clipped_high=(ratio > 1 + eps_high) & (advantages > 0),
+    )
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, *, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's value loss with the value update clipped around the rollout's values, per token:
+
+    L_t = ½·max((V_t − R_t)², (clip(V_t, V_old − c, V_old + c) − R_t)²),  c = ``--cliprange_value``.
+    Returns (losses (N, T), bool (N, T) where the clipped term is the larger one).
+    """
+    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    return 0.5 * torch.max(unclipped_loss, clipped_loss), clipped_loss > unclipped_loss
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from samples of π: exp(r) − r − 1 with r = log π_ref − log π.
+
+    Unbiased, and ≥ 0 for every sample (unlike k1 = −r). GRPO's KL term (Eq. 4 of the GRPO paper).
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def ppo_token_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLHF's per-token reward: r_t = −β·(log π − log π_ref) on every token, plus the reward model's score
+    on the last token of each completion (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Eq. 2).
+
+    scores (N,), logprobs, ref_logprobs, mask (N, T) → (rewards (N, T), kl (N, T) = log π − log π_ref), 0 on padding.
+    Every completion must have at least one token.
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(-1).long() - 1  # (N,) index of each completion's last token
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str,
+                     sum_all: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO's advantage: each completion's reward minus the mean of its prompt's group (Eq. 3 of the GRPO paper).
+
+    rewards (N,), the G = ``num_generations`` completions of a prompt adjacent → (advantages (N,), group std (N,)).
+    ``scale``: "group" divides by the group's std (+1e-4, so a group of equal rewards gives 0, not NaN),
+    "batch" by the std of all N rewards, "none" not at all (Dr. GRPO). ``sum_all`` (a distributed run: sums
+    over the processes) makes "batch" the std of every process's rewards, as on one process.
+    """
+    groups = rewards.view(-1, num_generations)  # (N/G, G)
+    mean = groups.mean(-1).repeat_interleave(num_generations)  # (N,)
+    std = groups.std(-1).repeat_interleave(num_generations)  # (N,) unbiased, as torch.std
+    advantages = rewards - mean
+    if scale == "group":
+        advantages = advantages / (std + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (_batch_std(rewards, sum_all) + 1e-4)
+    elif scale != "none":
+        raise ValueError(f"scale must be group, batch or none, got {scale!r}")
+    return advantages, std
+
+
+def _batch_std(values: torch.Tensor, sum_all) -> torch.Tensor:
+    """The unbiased std of ``values`` (N,), or of every process's values when ``sum_all`` sums over them."""
+    if sum_all is None:
+        return values.std()
+    total, count = sum_all(torch.stack([values.sum(), values.new_tensor(float(len(values)))])).unbind()
+    squares = sum_all(((values - total / count) ** 2).sum())
+    return (squares / (count - 1)).sqrt()
+
+
+def weighted_reward(per_function: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Total reward: Σ_f w_f·r_f over the reward functions; a NaN (a function that returned None for a
+    completion) contributes nothing. per_function (N, F), weights (F,) → (N,)."""
+    return torch.nansum(per_function * weights.unsqueeze(0), dim=-1)
+
+
+def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, *, loss_type: str, max_completion_length: int):
+    """Reduce GRPO's per-token losses (N, T) to a scalar, per ``--loss_type``:
+
+    grpo:    mean over each sequence's tokens, then over sequences (the paper's 1/|o_i| normalisation);
+    bnpo:    mean over all tokens of the batch;
+    dr_grpo: sum over all tokens / (N · max_completion_length), a constant, so long answers are not
+             favoured or penalised by their length (Dr. GRPO).
+    """
+    mask = mask.to(losses.dtype)
+    if loss_type == "grpo":
+        return (masked_mean(losses, mask, dim=-1)).mean()
+    if loss_type == "bnpo":
+        return masked_mean(losses, mask)
+    if loss_type == "dr_grpo":
+        return (losses * mask).sum() / (losses.shape[0] * max_completion_length)
+    raise ValueError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+
+
+def ptx_mix(policy_loss: torch.Tensor, lm_loss: torch.Tensor, ptx_coef: float) -> torch.Tensor:
+    """ColossalChat's actor loss with pre-training data (InstructGPT's PPO-ptx): (1 − p)·L_PPO + p·L_LM."""
+    return (1 - ptx_coef) * policy_loss + ptx_coef * lm_loss

@@ -1,0 +1,192 @@
+"""Reward and value models for online RL: a transformer backbone plus a d_model → 1 head.
+
+``--reward_model`` is either an ``rm`` run's checkpoint (a LoRA adapter or a full causal LM, with
+``value_head.safetensors`` beside it) or any decoder sequence-classification checkpoint with one label
+(``AutoModelForSequenceClassification``, whose head is ``score``). Both become a ``ScalarModel``:
+
+    values = head(backbone(tokens).last_hidden_state)      (N, T): one scalar per position
+    reward = values at the last real token of prompt + answer
+
+PPO's value model starts as a copy of the reward model and is trained with the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.data.collate import SequenceCollator
+from alignkit.data.rows import Message
+from alignkit.data.template import ChatEncoder, Truncated
+from alignkit.errors import AlignkitError
+from alignkit.models.packing import Packed, pack, packed_attention_mask, supports_packing
+from alignkit.models.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
+
+logger = logging.getLogger("alignkit")
+
+
+class ScalarModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        """input_ids, attention_mask, position_ids (N, T) → values (N, T) in fp32."""
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (N, T, D), after the final norm
+        return self._head(hidden)
+
+    def packed_values(self, packed: Packed) -> torch.Tensor:
+        """Values at the positions ``packed.keep`` marks, (K,) fp32 in their row-major order: the numbers
+        ``forward`` gives at the same tokens of the padded batch (``alignkit.models.packing.pack`` lays them out)."""
+        return self._head(self._packed_hidden(packed)[packed.keep])
+
+    def packed_last_values(self, packed: Packed) -> torch.Tensor:
+        """The value at each packed sequence's last token, (N,) fp32: a reward, as ``forward`` reads it."""
+        return self._head(self._packed_hidden(packed)[packed.last_rows, packed.last_nodes])
+
+    def _packed_hidden(self, packed: Packed) -> torch.Tensor:
+        return self.backbone(
+            input_ids=packed.input_ids, position_ids=packed.position_ids,
+            attention_mask=packed_attention_mask(self.backbone, packed), use_cache=False,
+        ).last_hidden_state  # (R, L, D)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
+        """The backbone (adapter or weights) and the head, in the layout of an ``rm`` checkpoint."""
+        self.backbone.save_pretrained(directory, safe_serialization=safe_serialization)
+        save_value_head(self.head, Path(directory))
+
+    def load_trained(self, directory: Path) -> None:
+        """Load what ``save_pretrained`` wrote into this (identically built) model: resume."""
+        from alignkit.models.weights import load_model_weights
+
+        load_model_weights(self.backbone, directory)
+        with torch.no_grad():
+            self.head.weight.copy_(load_value_head(directory).weight)
+
+
+def load_scalar_model(path: str, *, adapters: list[str], base_model: str | None = None) -> tuple[ScalarModel, object]:
+    """A reward model from an ``rm`` checkpoint or a sequence-classification model; adapters are merged.
+
+    Returns (model in fp32, eval mode, frozen; its tokenizer). ``base_model`` overrides the base named in an
+    adapter checkpoint's ``adapter_config.json``.
+    """
+    from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+
+    directory = Path(path)
+    if (directory / VALUE_HEAD_FILE).is_file():
+        if (directory / "adapter_config.json").is_file():
+            base = base_model or json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+            lm = _merged(load_causal_lm(resolve_model_path(base)), [str(directory), *adapters])
+        else:
+            lm = _merged(load_causal_lm(str(directory)), adapters)
+        head = load_value_head(directory)
+    else:
+        lm = _merged(_load_sequence_classifier(path), adapters)
+        head = lm.score
+    backbone = getattr(lm, lm.base_model_prefix)
+    model = ScalarModel(backbone, head).float().eval().requires_grad_(False)
+    return model, load_tokenizer(str(directory) if directory.is_dir() else path)
+
+
+def _load_sequence_classifier(path: str):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    hint = (f"--reward_model {path}: expected an `alignkit rlhf --rlhf_type rm` checkpoint ({VALUE_HEAD_FILE} beside "
+            "the adapter or model) or a sequence-classification model with one label")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise AlignkitError(f"{hint}; it could not be read ({error})") from error
+    if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        raise AlignkitError(f"{hint}; its architectures are {config.architectures}")
+    if config.num_labels != 1:
+        raise AlignkitError(f"{hint}; it has {config.num_labels} labels")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    if not isinstance(getattr(model, "score", None), nn.Linear):
+        raise AlignkitError(f"{hint}; its head is not a `score` linear layer on every position (decoder models only)")
+    return model
+
+
+def _merged(model, adapters: list[str]):
+    """Apply LoRA adapters one after the other and merge them into the weights."""
+    from peft import PeftModel
+
+    for adapter in adapters:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise AlignkitError(f"--reward_adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+@torch.no_grad()
+def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations: list[list[Message]], *,
+                        batch_size: int, packed: bool = True) -> torch.Tensor:
+    """The reward of each conversation (its last turn is the judged answer): (N,) fp32 on the CPU.
+
+    Conversations are rendered with the reward model's own chat template, exactly as an ``rm`` run
+    trained on them; a too-long one loses its beginning (the encoder's 'left' strategy), never the answer.
+    ``packed`` (with sdpa or eager attention): each batch runs as packed rows in which a prefix that
+    several conversations share (GRPO's G answers to one prompt, a common system prompt) is run once;
+    the same rewards as the padded batch.
+    """
+    encoded = []
+    for index, messages in enumerate(conversations):
+        try:
+            messages = encoder.system_applied(messages)
+            encoded.append((index, encoder.encode(messages, {len(messages) - 1})))
+        except Truncated as error:
+            raise AlignkitError(f"the answer of completion {index} alone is too long for the reward model ({error})") from error
+    collate = SequenceCollator(encoder.tokenizer.pad_token_id)
+    device = model.head.weight.device
+    use_packing = packed and supports_packing(model.backbone)
+    scores = []
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start : start + batch_size]).to(device)
+        if use_packing:
+            scores.append(model.packed_last_values(pack(batch, share_prefixes=True)).cpu())
+            continue
+        values = model(batch.input_ids, batch.attention_mask)  # (n, T), right-padded
+        last = batch.attention_mask.sum(-1) - 1  # (n,)
+        scores.append(values[torch.arange(len(last), device=device), last].cpu())
+    return torch.cat(scores)
+
+
+class RewardModelFunction:
+    """A reward model as a GRPO reward function: scores prompt + completion."""
+
+    def __init__(self, model: ScalarModel, encoder: ChatEncoder, batch_size: int, name: str, *, packed: bool = True):
+        self.model, self.encoder, self.batch_size, self.__name__ = model, encoder, batch_size, name
+        self.packed = packed  # --padding_free
+
+    def __call__(self, completions: list[str], prompts: list[list[Message]]) -> list[float]:
+        conversations = [[*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]
+        return score_conversations(self.model, self.encoder, conversations, batch_size=self.batch_size,
+                                   packed=self.packed).tolist()
+
+
+def value_model_from(reward_model: ScalarModel, *, lora: dict | None) -> ScalarModel:
+    """PPO's value model: a trainable copy of the reward model (LoRA on the backbone when ``lora`` gives
+    rank/alpha/dropout/target_modules; the head is always trained in full)."""
+    import copy
+
+    value = copy.deepcopy(reward_model).train().requires_grad_(True)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        from alignkit.models.load import lora_targets
+
+        config = LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                            target_modules=lora_targets(lora["target_modules"]))
+        value.backbone = get_peft_model(value.backbone, config)
+        value.head.requires_grad_(True)
+    return value

@@ -1,0 +1,286 @@
+"""The online loop (PPO, GRPO): rollout → score → advantages → updates, then again with the new policy.
+
+An algorithm (``grpo.GRPO``, ``ppo.PPO``) supplies ``experience(policy, prompts) -> (tensors, metrics,
+samples)`` — sampling, scoring and advantages, without grad — and ``loss(model, mini_batch)``; this file
+owns the step: prompt order and its share per process, the per-prompt sampling seeds, the update epochs and
+mini-batches. The shell (engines, optimizer, run directory, resume, checkpoints, metrics, stop signals,
+non-finite updates) is ``alignkit.training.runner``, shared with the offline loop.
+
+One *step* (``global_step``, ``--max_steps``, ``--save_steps``, ``--logging_steps``) is one rollout and
+the updates on it; ``Schedule`` says how many prompts, sequences and optimizer steps that is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from alignkit.algorithms.rollout import EncodedPrompt
+from alignkit.data.order import epoch_batches
+from alignkit.errors import AlignkitError
+from alignkit.training.faults import fault_point
+from alignkit.training.metrics_log import RunningMean
+from alignkit.training.runner import LoopConfig, Runner
+
+logger = logging.getLogger("alignkit")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    prompts_per_step: int  # prompts sampled per step (all collect steps together)
+    sequences_per_step: int  # completions per step: prompts × num_generations
+    minibatch_size: int  # completions per optimizer step
+    micro_batch_size: int  # completions per forward/backward (gradients accumulate up to a mini-batch)
+    update_epochs: int  # passes over each rollout (PPO --num_ppo_epochs, GRPO --num_iterations)
+    steps: int
+
+    @property
+    def optimizer_steps_per_step(self) -> int:
+        return self.update_epochs * math.ceil(self.sequences_per_step / self.minibatch_size)
+
+
+def make_schedule(*, num_prompts: int, num_generations: int, per_device_train_batch_size: int,
+                  gradient_accumulation_steps: int, num_mini_batches: int, experience_batch_size: int | None,
+                  num_collect_steps: int, train_batch_size: int | None, update_epochs: int, max_steps: int,
+                  num_episodes: int | None, num_train_epochs: float) -> Schedule:
+    """How much each step samples and trains, from ms-swift/TRL's and ColossalChat's flags.
+
+    ======================  ==========================================================================
+    completions / step      ``--experience_batch_size`` × ``--num_collect_steps`` × G (prompts × group);
+                            without --experience_batch_size, TRL's rollout size: batch size ×
+                            gradient_accumulation_steps × num_mini_batches completions
+    mini-batch              ``--train_batch_size`` completions, else completions / ``--num_mini_batches``;
+                            one optimizer step each
+    micro-batch             ``--per_device_train_batch_size`` completions
+    steps                   ``--max_steps``, else ``--num_episodes``, else epochs over the prompts
+    ======================  ==========================================================================
+    """
+    for name, value in (("--per_device_train_batch_size", per_device_train_batch_size),
+                        ("--gradient_accumulation_steps", gradient_accumulation_steps),
+                        ("--num_mini_batches", num_mini_batches), ("--num_collect_steps", num_collect_steps),
+                        ("--num_generations", num_generations), ("update epochs", update_epochs)):
+        if value < 1:
+            raise AlignkitError(f"{name} must be at least 1, got {value}")
+    if experience_batch_size is None:
+        completions = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches
+        if completions % num_generations:
+            raise AlignkitError(
+                f"a rollout of --per_device_train_batch_size × --gradient_accumulation_steps × --num_mini_batches = "
+                f"{completions} completions cannot hold whole groups of --num_generations {num_generations}; make it "
+                f"a multiple, or set --experience_batch_size (prompts per rollout)")
+        experience_batch_size = completions // num_generations
+    elif experience_batch_size < 1:
+        raise AlignkitError(f"--experience_batch_size must be at least 1, got {experience_batch_size}")
+    prompts = experience_batch_size * num_collect_steps
+    sequences = prompts * num_generations
+    if train_batch_size is not None:
+        minibatch = train_batch_size
+    else:
+        if sequences % num_mini_batches:
+            raise AlignkitError(f"{sequences} completions per step do not split into --num_mini_batches {num_mini_batches}")
+        minibatch = sequences // num_mini_batches
+    if not 1 <= minibatch <= sequences:
+        raise AlignkitError(f"--train_batch_size must be between 1 and the {sequences} completions of a step")
+    if max_steps > 0 and num_episodes is not None and num_episodes != max_steps:
+        raise AlignkitError(f"--max_steps {max_steps} and --num_episodes {num_episodes} both set the number of steps")
+    if max_steps > 0:
+        steps = max_steps
+    elif num_episodes is not None:
+        steps = num_episodes
+    else:
+        steps = max(1, math.ceil(num_train_epochs * num_prompts / prompts))
+    return Schedule(prompts, sequences, minibatch, min(per_device_train_batch_size, minibatch), update_epochs, steps)
+
+
+def select(experience: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rows ``index`` of an experience, with columns that are padding in every picked row cut off."""
+    batch = {key: value[index] for key, value in experience.items()}
+    prompt_keep = int(batch["prompt_mask"].sum(-1).max())
+    completion_length = batch["completion_mask"].shape[1]
+    completion_keep = max(1, int(batch["completion_mask"].sum(-1).max()))
+    for key, value in batch.items():
+        if key.startswith("prompt_"):
+            batch[key] = value[:, -prompt_keep:]  # prompts are left-padded
+        elif value.ndim == 2 and value.shape[1] == completion_length:
+            batch[key] = value[:, :completion_keep]  # completions are right-padded
+    return batch
+
+
+class OnlineAlgorithm(Protocol):
+    generator: object  # prompt ids → raw completion ids; ``sync_weights()`` after each update
+
+    def trained_model(self, policy) -> torch.nn.Module: ...  # what is optimised: the policy (+ PPO's value model)
+
+    def frozen_modules(self) -> list[torch.nn.Module]: ...  # reward models, frozen reference
+
+    def experience(self, policy, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None,
+                   sum_all=None) -> tuple[dict[str, torch.Tensor], dict, list[dict]]: ...
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self, policy, prompts: list[EncodedPrompt]) -> dict[str, float]: ...
+
+    def load_trained(self, checkpoint: Path) -> None: ...  # resume what trained_model() holds besides the policy
+
+
+def disable_dropout(model) -> None:
+    """Rollout log-probs and training log-probs must come from the same function, or the ratio π/π_old is
+    noise even before any update (TRL does the same)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def step_prompts(num_prompts: int, global_batch: int, *, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+    """The prompt indices of each step of one epoch, ``global_batch`` (prompts per step × processes) each. The
+    epoch's last step, if short, is filled from the start of the epoch's order: every step samples as many
+    prompts, so the schedule holds and every process gets its share."""
+    order = epoch_batches(num_prompts, num_prompts, seed=seed, epoch=epoch, shuffle=shuffle)[0]
+    steps = [order[i : i + global_batch] for i in range(0, num_prompts, global_batch)]
+    while len(steps[-1]) < global_batch:
+        steps[-1] += order[: global_batch - len(steps[-1])]
+    return steps
+
+
+def sampling_seeds(run_seed: int, step: int, prompt_indices: list[int]) -> list[int]:
+    """One seed per prompt of a step, from the run's seed, the step and the prompt's index alone (not the
+    process or the batch it lands in), so N processes × B prompts sample what 1 process × N·B samples."""
+    return [int.from_bytes(hashlib.blake2b(f"{run_seed}:{step}:{index}".encode(), digest_size=8).digest(), "little")
+            >> 1 for index in prompt_indices]
+
+
+def train_online(*, policy, tokenizer, algorithm: OnlineAlgorithm, prompts: list[EncodedPrompt], val_prompts: list[EncodedPrompt],
+                 schedule: Schedule, config: LoopConfig, run_dir: Path, args_for_checkpoint: dict) -> Path:
+    """Train and return the final checkpoint's directory. With N processes each step samples N × the
+    schedule's prompts, each process its own share; gradients are averaged by the sharding engine."""
+    runner = Runner(config, run_dir, args_for_checkpoint=args_for_checkpoint, tokenizer=tokenizer)
+    for module in algorithm.frozen_modules():
+        module.to(runner.accelerator.device)
+    policy.to(runner.accelerator.device)
+    model = runner.prepare(algorithm.trained_model(policy),
+                           optimizer_steps=schedule.steps * schedule.optimizer_steps_per_step)
+    runner.resume(config.resume_from_checkpoint, weights=policy, load_more=algorithm.load_trained)
+    if config.resume_from_checkpoint:
+        algorithm.generator.sync_weights()
+    logger.info("Online schedule: %d steps of %d prompts (%d completions) per process, %d process(es), %d optimizer "
+                "steps each (mini-batches of %d, micro-batches of %d, %d update epoch(s))", schedule.steps,
+                schedule.prompts_per_step, schedule.sequences_per_step, runner.num_processes,
+                schedule.optimizer_steps_per_step, schedule.minibatch_size, schedule.micro_batch_size,
+                schedule.update_epochs)
+    state, rank, share = runner.state, runner.rank, schedule.prompts_per_step
+    global_batch = share * runner.num_processes
+
+    def sum_all(values: torch.Tensor) -> torch.Tensor:
+        return runner.sum_over_processes(values).to(values.device)
+
+    def evaluate_held_out() -> dict[str, float]:
+        """The main process evaluates alone, on the unwrapped policy; the others wait."""
+        with runner.main_process_only() as main:
+            return evaluate(policy, algorithm, val_prompts, runner.accelerator) if main else {}
+
+    with runner.running(schedule.steps, desc=args_for_checkpoint["algorithm"]):
+        while state.global_step < schedule.steps:
+            steps = step_prompts(len(prompts), global_batch, seed=config.seed, epoch=state.epoch, shuffle=config.shuffle)
+            while state.batches_done_in_epoch < len(steps) and state.global_step < schedule.steps:
+                started = time.perf_counter()
+                mine = steps[state.batches_done_in_epoch][rank * share : (rank + 1) * share]
+                policy.eval()  # generate() keeps its KV cache only outside training mode with gradient checkpointing
+                with runner.accelerator.autocast(), runner.whole_parameters():
+                    experience, rollout_metrics, samples = algorithm.experience(
+                        policy, [prompts[i] for i in mine], seeds=sampling_seeds(config.seed, state.global_step, mine),
+                        sum_all=sum_all if runner.num_processes > 1 else None)
+                policy.train()
+                fault_point("micro_batch", state.global_step + 1)  # tests: a signal between rollout and update
+                rollout_seconds = time.perf_counter() - started
+                update_metrics, problem = RunningMean(), None
+                for epoch in range(schedule.update_epochs):
+                    metrics, problem = update(model, algorithm, experience, schedule, runner,
+                                              seed=config.seed + 7919 * state.global_step + epoch, row_ids=mine)
+                    update_metrics.add(metrics)
+                    if problem is not None:
+                        break
+                algorithm.generator.sync_weights()
+
+                state.global_step += 1
+                state.batches_done_in_epoch += 1
+                if state.batches_done_in_epoch >= len(steps):
+                    state.epoch += 1
+                    state.batches_done_in_epoch = 0
+                metrics = None
+                if problem is None:
+                    metrics = runner.mean_over_processes({
+                        **rollout_metrics, **update_metrics.pop(), "time/rollout_s": rollout_seconds,
+                        "time/update_s": time.perf_counter() - started - rollout_seconds})
+                else:
+                    runner.skip_nonfinite(problem)
+                runner.end_step(metrics, postfix="reward", log_extra={"episode": state.global_step * global_batch},
+                                evaluate=evaluate_held_out if val_prompts else None,
+                                log_more=functools.partial(log_samples, run_dir, state.global_step, samples))
+        final_eval = val_prompts and not (config.eval_steps and state.global_step % config.eval_steps == 0)
+        return runner.finish(evaluate_held_out if final_eval else None)
+
+
+def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, seed: int,
+           row_ids: list[int]) -> tuple[dict[str, float], tuple[str, list[int]] | None]:
+    """One pass over a rollout: shuffled mini-batches, one optimizer step each. Returns the mean metrics and,
+    when a loss or gradient was NaN/inf on any process, what it was (the pass stops there; that update is skipped).
+
+    Every process holds the same number of completions, so all run the same micro-batches: the gradient
+    all-reduce happens once per mini-batch, on its last micro-batch."""
+    metrics = RunningMean()
+    count = experience["completion_ids"].shape[0]
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    for start in range(0, count, schedule.minibatch_size):
+        # Sorted within the mini-batch (same gradient): a prompt's completions stay adjacent, so a micro-batch
+        # holds whole groups whose prompt a shared-prefix layout runs once.
+        minibatch = order[start : start + schedule.minibatch_size].sort().values
+        micro_starts = range(0, len(minibatch), schedule.micro_batch_size)
+        problem = None
+        for micro_start in micro_starts:
+            micro = minibatch[micro_start : micro_start + schedule.micro_batch_size]
+            batch = select(experience, micro.to(experience["completion_ids"].device))
+            last = micro_start == micro_starts[-1]
+            with contextlib.nullcontext() if last else runner.accelerator.no_sync(model):
+                with runner.accelerator.autocast():
+                    loss, step_metrics = algorithm.loss(model, batch)
+                if runner.any_process(not torch.isfinite(loss.detach()).item()):
+                    problem = (f"non-finite loss ({loss.item()})", row_ids)
+                    break
+                # Micro-batches weigh by their share of the mini-batch's completions.
+                runner.accelerator.backward(loss * len(micro) / len(minibatch))
+            metrics.add(step_metrics)
+        learning_rate = runner.learning_rate()
+        grad_norm, problem = runner.update(model.parameters(), problem, row_ids=row_ids)
+        if problem is not None:
+            return metrics.pop(), problem
+        metrics.add({"learning_rate": learning_rate, **({"grad_norm": grad_norm} if grad_norm is not None else {})})
+    return metrics.pop(), None
+
+
+def evaluate(policy, algorithm, val_prompts: list[EncodedPrompt], accelerator) -> dict[str, float]:
+    policy.eval()
+    with accelerator.autocast():
+        metrics = algorithm.evaluate(policy, val_prompts)
+    policy.train()
+    return metrics
+
+
+def log_samples(run_dir: Path, step: int, samples: list[dict]) -> None:
+    """Every logged step's completions go to ``completions.jsonl``; the first is shown on the console."""
+    with (run_dir / "completions.jsonl").open("a") as f:
+        for sample in samples:
+            f.write(json.dumps({"step": step, **sample}) + "\n")
+    if samples:
+        first = samples[0]
+        tqdm.write(f"[sample] {first['prompt']!r} -> {first['completion']!r}")

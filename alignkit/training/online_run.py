@@ -1,0 +1,282 @@
+"""``alignkit rlhf --rlhf_type ppo|grpo``: arguments → prompts → models → algorithm → the online loop."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, stop_token_ids
+from alignkit.config.arguments import RunArguments
+from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_LOSS_TYPE, DEFAULT_PROMPT_DATASET
+from alignkit.data.cache import encode_dataset
+from alignkit.data.chat_templates import resolve_template
+from alignkit.data.loading import load_dataset_spec, load_datasets, parse_columns
+from alignkit.data.rows import PromptRow
+from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError, DataError
+from alignkit.losses.rl import GRPO_LOSS_TYPES
+from alignkit.models.load import (
+    add_lora,
+    count_parameters,
+    load_adapters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
+from alignkit.models.packing import Layout, config_of, supports_packing
+from alignkit.training.online_loop import disable_dropout, make_schedule, train_online
+from alignkit.training.resume import data_fingerprint
+from alignkit.training.runner import loop_config_for, open_run_dir, start_run
+
+logger = logging.getLogger("alignkit")
+
+SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none", "true": "group", "false": "none"}
+
+
+def run_online(args: RunArguments) -> Path:
+    """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint."""
+    name = args.rlhf_type
+    start = start_run(args)
+    check_online_engine(name, start.engine, use_vllm=args.use_vllm)
+    start.check_engine()
+    # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
+    grpo = _grpo_settings(args) if name == "grpo" else None
+    if name == "ppo":
+        _check_ppo_flags(args)
+    if args.use_vllm:
+        from alignkit.generation.vllm_rollout import check_vllm_available
+
+        check_vllm_available()
+    datasets = args.dataset or [DEFAULT_PROMPT_DATASET]
+    train_rows, val_rows = load_datasets(datasets, args.val_dataset, "prompt", split_dataset_ratio=args.split_dataset_ratio,
+                                         seed=args.data_seed, shuffle=args.dataset_shuffle,
+                                         columns=parse_columns(args.columns),
+                                         check_dataset_strategy=args.check_dataset_strategy)
+    model_path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(model_path, args.model_revision)
+    template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
+    tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
+    encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                          truncation_strategy=args.truncation_strategy, system=args.system, template=template,
+                          loss_scale=args.loss_scale)
+    prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
+    prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
+    val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
+    if not prompts:
+        raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_length − --max_completion_length)")
+    schedule = make_schedule(
+        num_prompts=len(prompts), num_generations=grpo["num_generations"] if grpo else 1,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, num_mini_batches=args.num_mini_batches,
+        experience_batch_size=args.experience_batch_size, num_collect_steps=args.num_collect_steps,
+        train_batch_size=args.train_batch_size, update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
+        max_steps=args.max_steps, num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs,
+    )
+    stop_ids = stop_token_ids(encoder)
+    logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
+
+    policy, frozen_reference = load_policy(args, model_path, needs_reference=name == "ppo" or grpo["beta"] != 0)
+    forward_batch = args.local_rollout_forward_batch_size
+    if args.use_vllm:
+        from alignkit.generation.vllm_rollout import VLLMGenerator
+
+        generator = VLLMGenerator(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
+                                  temperature=args.temperature, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                                  max_model_len=prompt_limit + args.max_completion_length, seed=args.seed)
+    else:
+        generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
+                                batch_size=forward_batch)
+    common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
+                  max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
+                  forward_batch_size=forward_batch, frozen_reference=frozen_reference,
+                  layout=online_layout(args, policy))
+    if grpo:
+        from alignkit.algorithms.grpo import GRPO
+
+        algorithm = GRPO(**common, reward_funcs=grpo["reward_funcs"] + _reward_model_funcs(args),
+                         reward_weights=grpo["reward_weights"], num_generations=grpo["num_generations"],
+                         beta=grpo["beta"], epsilon=args.epsilon, epsilon_high=grpo["epsilon_high"],
+                         loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
+                         needs_old_logprobs=schedule.optimizer_steps_per_step > 1)
+    else:
+        algorithm = _build_ppo(args, common, tokenizer, encoder)
+
+    resolved = {**args.to_dict(), "model": model_path, "algorithm": name, "dtype": start.precision,
+                **({k: v for k, v in grpo.items() if k != "reward_funcs"} if grpo else {}),
+                "train_prompts": len(prompts), "train_data_sha256": data_fingerprint([p.ids for p in prompts]),
+                # Each step samples prompts per process × processes: resume with the same number of processes.
+                "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
+                        val_prompts=val_prompts, schedule=schedule, config=loop_config_for(args, start),
+                        run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
+
+
+def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
+    """What the online methods cannot run on, said before anything is loaded. Rollouts call ``generate`` on
+    every process, each for as many tokens as its own completions need."""
+    if engine is not None and engine.kind == "fsdp":
+        raise AlignkitError(f"--fsdp with --rlhf_type {name}: FSDP gathers each layer's weights with collectives "
+                            "inside every forward, and processes generating completions of different lengths would "
+                            "wait on each other forever; use --deepspeed zero2 or zero3 (or plain data parallel)")
+    if use_vllm and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AlignkitError(f"--use_vllm with several processes (--rlhf_type {name}): the colocated vLLM engine runs "
+                            "on one process only here; run one process with --use_vllm, or several without it")
+
+
+def online_layout(args: RunArguments, policy) -> Layout:
+    """How the policy's (and reference's) completion log-probs are computed: packed with the prompt held once
+    per group (--padding_free, --prefix_sharing; the same numbers as padded batches), or padded."""
+    padding_free = args.padding_free and supports_packing(policy)
+    if args.padding_free and not padding_free:
+        logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
+                       config_of(policy)._attn_implementation)
+    layout = Layout(padding_free=padding_free, prefix_sharing=padding_free and args.prefix_sharing)
+    logger.info("Completion log-probs: %s", "packed, shared prompts" if layout.prefix_sharing
+                else "packed" if layout.padding_free else "padded batches")
+    return layout
+
+
+def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
+    """The trained policy (LoRA or full, dropout off) and, when the reference cannot be the adapter-disabled
+    policy (full fine-tuning, or --ref_model), a frozen reference model. Returns (policy, reference or None)."""
+    policy = load_causal_lm(model_path, args.model_revision)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    frozen_reference = None
+    if needs_reference and (args.train_type == "full" or args.ref_model):
+        frozen_reference = load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
+        frozen_reference.eval().requires_grad_(False)
+    if args.train_type == "lora":
+        if args.adapters:
+            policy = load_adapters(policy, args.adapters, trainable=True)
+        else:
+            policy = add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                              target_modules=args.lora_target_modules)
+        if args.gradient_checkpointing:
+            policy.enable_input_require_grads()
+    disable_dropout(policy)
+    trainable, total = count_parameters(policy)
+    logger.info("Policy %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
+                trainable, total, 100 * trainable / total)
+    return policy, frozen_reference
+
+
+def encode_prompts(encoder: ChatEncoder, rows: list[PromptRow], limit: int, strategy: str, split: str) -> list[EncodedPrompt]:
+    """Prompt rows → token ids ending in the assistant header; prompts over ``limit`` tokens follow
+    --truncation_strategy (delete: dropped and counted; left/right: their beginning is cut; raise)."""
+    encoded, dropped = [], 0
+    for row in rows:
+        messages = encoder.system_applied(row.prompt)
+        ids = encoder.encode_prompt(row.prompt)
+        if len(ids) > limit:
+            if strategy == "raise":
+                source = row.source
+                raise DataError(f"the prompt has {len(ids)} tokens, more than the {limit} allowed",
+                                **({"file": source.file, "row": source.row} if source else {}))
+            if strategy == "delete":
+                dropped += 1
+                continue
+            ids = ids[-limit:]
+        encoded.append(EncodedPrompt(messages=messages, ids=ids, extras=dict(row.extras)))
+    if dropped:
+        logger.warning("Dropped %d of %d %s prompts longer than %d tokens", dropped, len(rows), split, limit)
+    return encoded
+
+
+def _grpo_settings(args: RunArguments) -> dict:
+    """GRPO's resolved settings (defaults applied and logged), and its reward functions, checked early."""
+    from alignkit.algorithms.rewards import resolve_reward_funcs
+
+    if not args.reward_funcs and not args.reward_model:
+        raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `accuracy format` for the built-in "
+                            "task, or your own functions) and/or --reward_model")
+    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins)
+    count = len(funcs) + len(args.reward_model)
+    weights = list(args.reward_weights) or [1.0] * count
+    if len(weights) != count:
+        raise AlignkitError(f"--reward_weights has {len(weights)} values for {count} rewards "
+                            f"(--reward_funcs, then --reward_model)")
+    loss_type = args.loss_type[0] if args.loss_type else DEFAULT_LOSS_TYPE["grpo"]
+    if len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES:
+        raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
+                            f"got {' '.join(args.loss_type)}")
+    beta = args.beta
+    if beta is None:
+        beta = DEFAULT_BETA["grpo"]
+        logger.info("--beta not set: using grpo's default %s (DEFAULT_BETA in alignkit/config/defaults.py)", beta)
+    if args.num_generations < 2:
+        raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt")
+    if args.pretrain_dataset:
+        raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
+    return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": beta,
+            "num_generations": args.num_generations, "scale_rewards": SCALE_REWARDS[args.scale_rewards],
+            "epsilon_high": args.epsilon_high if args.epsilon_high is not None else args.epsilon}
+
+
+def _check_ppo_flags(args: RunArguments) -> None:
+    if len(args.reward_model) != 1:
+        raise AlignkitError("--rlhf_type ppo needs one --reward_model: the checkpoint of an `alignkit rlhf --rlhf_type "
+                            "rm` run, or a sequence-classification model")
+    if args.reward_funcs:
+        raise AlignkitError("--reward_funcs is for --rlhf_type grpo; PPO is rewarded by --reward_model")
+    if args.beta is not None:
+        logger.warning("--beta has no effect on ppo: its KL penalty is --kl_coef (%s)", args.kl_coef)
+    if bool(args.pretrain_dataset) != (args.ptx_coef > 0):
+        raise AlignkitError("--pretrain_dataset and --ptx_coef go together: the actor loss is "
+                            "(1 − ptx_coef)·PPO + ptx_coef·LM loss on the pretrain data")
+    if not 0 <= args.ptx_coef <= 1:
+        raise AlignkitError(f"--ptx_coef must be in [0, 1], got {args.ptx_coef}")
+
+
+def _reward_model_funcs(args: RunArguments) -> list:
+    from alignkit.algorithms.rewards import RewardFunction
+    from alignkit.models.scalar_model import RewardModelFunction, load_scalar_model
+
+    funcs = []
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for path in args.reward_model:
+        model, tokenizer = load_scalar_model(path, adapters=args.reward_adapters)
+        encoder = ChatEncoder(tokenizer, max_length=args.max_length, truncation_strategy="left", system=args.system)
+        name = f"reward_model:{Path(path).name}"
+        scorer = RewardModelFunction(model.to(device), encoder, args.local_rollout_forward_batch_size, name,
+                                     packed=args.padding_free)
+        funcs.append(RewardFunction.wrap(name, scorer))
+    return funcs
+
+
+def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder):
+    from alignkit.algorithms.ppo import PPO, PretrainBatches
+    from alignkit.data.collate import SequenceCollator
+    from alignkit.models.scalar_model import load_scalar_model, value_model_from
+
+    reward_model, reward_tokenizer = load_scalar_model(args.reward_model[0], adapters=args.reward_adapters)
+    if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise AlignkitError(f"--reward_model {args.reward_model[0]}: its tokenizer differs from the policy's; PPO's "
+                            "value model starts from the reward model and reads the policy's tokens, so they must match")
+    lora = None
+    if args.train_type == "lora":
+        lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                "target_modules": args.lora_target_modules}
+    value_model = value_model_from(reward_model, lora=lora)
+    disable_dropout(value_model)
+    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length, truncation_strategy="left",
+                                 system=args.system)
+    pretrain = None
+    if args.pretrain_dataset:
+        rows = [row for spec in args.pretrain_dataset
+                for row in load_dataset_spec(spec, "sft", seed=args.data_seed, columns=parse_columns(args.columns),
+                                             check_dataset_strategy=args.check_dataset_strategy)]
+        encoded = encode_dataset(encoder, rows, "pretrain", num_proc=args.dataset_num_proc,
+                                 use_cache=args.load_from_cache_file)
+        if not encoded:
+            raise AlignkitError("no --pretrain_dataset rows fit --max_length")
+        pretrain = PretrainBatches(encoded, SequenceCollator(tokenizer.pad_token_id), args.per_device_train_batch_size,
+                                   seed=args.seed)
+    return PPO(**common, reward_model=reward_model, reward_encoder=reward_encoder, value_model=value_model,
+               kl_coef=args.kl_coef, cliprange=args.cliprange, cliprange_value=args.cliprange_value,
+               vf_coef=args.vf_coef, gamma=args.gamma, lam=args.lam, whiten_rewards=args.whiten_rewards,
+               ptx_coef=args.ptx_coef, pretrain=pretrain)

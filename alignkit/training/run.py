@@ -1,0 +1,245 @@
+"""A training run from start to end: arguments → model → data → algorithm → loop.
+
+This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
+
+    from alignkit.config.arguments import RunArguments
+    from alignkit.training.run import run_training
+    checkpoint = run_training(RunArguments(rlhf_type="dpo", max_steps=10), task="rlhf")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from alignkit.algorithms.cpo import CPO, SimPO
+from alignkit.algorithms.dpo import DPO
+from alignkit.algorithms.kto import KTO, check_kto_rows
+from alignkit.algorithms.orpo import ORPO
+from alignkit.algorithms.rm import RewardModeling
+from alignkit.algorithms.sft import SFT
+from alignkit.config.arguments import RunArguments
+from alignkit.config.checks import check_run_arguments
+from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_DATASET, DEFAULT_LOSS_TYPE
+from alignkit.data.cache import encode_dataset
+from alignkit.data.chat_templates import resolve_template
+from alignkit.data.collate import (
+    PairCollator,
+    SequenceCollator,
+    UnpairedCollator,
+)
+from alignkit.data.encode import with_row_fields
+from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError
+from alignkit.models.load import (
+    add_lora,
+    count_parameters,
+    load_adapters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
+from alignkit.models.placement import check_trainable, refuse_for_vision, resolve_flags
+from alignkit.models.reference import make_reference
+from alignkit.models.reference_cache import visited_batches
+from alignkit.models.reward_model import RewardModel
+from alignkit.training.distributed import process_state
+from alignkit.training.loop import train
+from alignkit.training.resume import data_fingerprint
+from alignkit.training.runner import LoopConfig, loop_config, loop_config_for, open_run_dir, start_run
+from alignkit.training.speedups import choose_layout, log_speedups
+from alignkit.vision.model import is_vision_model
+
+logger = logging.getLogger("alignkit")
+
+
+
+def run_training(args: RunArguments, *, task: str) -> Path:
+    """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
+    algorithm_name = "sft" if task == "sft" else args.rlhf_type
+    check_run_arguments(args)
+    if algorithm_name in ("ppo", "grpo"):
+        from alignkit.training.online_run import run_online
+
+        return run_online(args)
+    start = start_run(args)
+    resume, precision = start.resume, start.precision
+    # Vision-language models train on one device per process: no split unless asked for (which stops below).
+    device_map, max_memory = resolve_flags(args.device_map, args.device_max_memory,
+                                           engine=start.engine.source if start.engine else None,
+                                           allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))))
+    start.check_engine()
+    # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
+    algorithm = build_algorithm(args, algorithm_name)
+
+    kind = {"sft": "sft", "kto": "unpaired"}.get(algorithm_name, "preference")
+    datasets = args.dataset or [DEFAULT_DATASET[algorithm_name]]
+    train_data, val_data = load_datasets(
+        datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
+        shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
+        check_dataset_strategy=args.check_dataset_strategy,
+    )
+    logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data), ", ".join(datasets))
+
+    model_path = resolve_model_path(args.model)
+    if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
+        refuse_for_vision(args.device_map, args.device_max_memory)
+        from alignkit.training.vision_run import run_vision_training
+
+        return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, start)
+    tokenizer = load_tokenizer(model_path, args.model_revision)
+    template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
+    tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
+    encoder = ChatEncoder(
+        tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        truncation_strategy=args.truncation_strategy, system=args.system, template=template,
+        loss_scale=args.loss_scale,
+    )
+    encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
+    train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
+    val_rows = with_row_fields(encode_dataset(encoder, val_data, "held-out", **encode), val_data)
+    if not train_rows:
+        raise AlignkitError(
+            f"no training rows are left after truncation: all {len(train_data)} rows of {', '.join(datasets)} are longer than "
+            f"--max_length {args.max_length}; raise it or choose another --truncation_strategy"
+        )
+    if isinstance(algorithm, KTO):
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
+                                              args.per_device_eval_batch_size)
+    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
+                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows),
+                # The data order follows the global batch (per-device batch × processes): resume with the same.
+                "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)
+    check_trainable(model)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if isinstance(algorithm, SFT):
+        collate = SequenceCollator(tokenizer.pad_token_id)
+    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
+        collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
+    else:
+        collate = PairCollator(tokenizer.pad_token_id)
+
+    # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
+    # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
+    layout, reasons = choose_layout(args, algorithm_name, model)
+    algorithm.layout = layout
+    # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
+    # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
+    uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
+    precompute = uses_reference and args.precompute_ref_log_probs
+    if not uses_reference:
+        reasons["precomputed reference log-probs"] = (
+            "--reference_free" if isinstance(algorithm, DPO) else f"{algorithm_name} has no reference model")
+    if uses_reference:
+        processes = process_state()
+        algorithm.reference = make_reference(
+            model, ref_model=args.ref_model, full=args.train_type == "full", precompute=precompute,
+            batches=reference_batches(train_rows, val_rows, loop_config(args, precision), whole=isinstance(algorithm, KTO),
+                                      world_size=processes.num_processes, rank=processes.process_index)
+            if precompute else [],
+            collate=collate, layout=layout, template=template.source, max_length=args.max_length,
+            precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
+        )
+    log_speedups(layout, precompute=precompute, precision=precision,
+                 gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
+    if args.train_type == "lora":
+        if args.adapters:
+            model = load_adapters(model, args.adapters, trainable=True)
+        else:
+            model = add_lora(
+                model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                target_modules=args.lora_target_modules,
+            )
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+    if isinstance(algorithm, RewardModeling):
+        model = RewardModel(model)  # the scalar head is trained in full, LoRA or not
+    trainable, total = count_parameters(model)
+    logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
+                trainable, total, 100 * trainable / total)
+    return train(
+        model=model,
+        tokenizer=tokenizer,
+        algorithm=algorithm,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        collate=collate,
+        config=loop_config_for(args, start),
+        run_dir=open_run_dir(args, resolved, resume),
+        args_for_checkpoint=resolved,
+        row_sources=[row.source for row in train_data],
+    )
+
+
+def build_algorithm(args: RunArguments, name: str):
+    """The algorithm object for ``name`` ("sft" or an --rlhf_type), with defaults applied from the tables in
+    alignkit/losses/preference.py (logged) and every flag combination checked by the loss functions."""
+    if name == "sft":
+        return SFT()
+    if name == "rm" and args.beta is not None:
+        logger.warning("--beta has no effect on --rlhf_type rm")
+    if name in ("simpo", "orpo") and args.loss_type:
+        raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
+                            f"(got {' '.join(args.loss_type)})")
+    loss_types = list(args.loss_type)
+    if not loss_types and name in DEFAULT_LOSS_TYPE:
+        loss_types = [DEFAULT_LOSS_TYPE[name]]
+    if name != "dpo" and len(loss_types) > 1:
+        raise AlignkitError(f"--rlhf_type {name} takes one --loss_type, got {' '.join(loss_types)}; "
+                            "several are mixed by --rlhf_type dpo only")
+    if args.loss_weights and name != "dpo":
+        raise AlignkitError("--loss_weights mixes --rlhf_type dpo loss types; it has no effect here")
+    beta = args.beta
+    if beta is None and name in DEFAULT_BETA:
+        beta = DEFAULT_BETA[name]
+        logger.info("--beta not set: using %s's default %s (DEFAULT_BETA in alignkit/config/defaults.py)", name, beta)
+    try:
+        if name == "dpo":
+            return DPO(
+                beta=beta, loss_types=tuple(loss_types), loss_weights=tuple(args.loss_weights) or None,
+                label_smoothing=args.label_smoothing, rpo_alpha=args.rpo_alpha, reference_free=args.reference_free,
+                ld_alpha=args.ld_alpha, discopop_tau=args.discopop_tau, f_divergence_type=args.f_divergence_type,
+                f_alpha_divergence_coef=args.f_alpha_divergence_coef, convention=args.loss_convention,
+            )
+        if name == "simpo" or loss_types == ["simpo"]:  # `--rlhf_type cpo --loss_type simpo` is TRL's spelling
+            return SimPO(beta=beta, gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
+                         cpo_alpha=args.cpo_alpha)
+        if name == "cpo":
+            return CPO(beta=beta, loss_type=loss_types[0], label_smoothing=args.label_smoothing,
+                       cpo_alpha=args.cpo_alpha)
+        if name == "orpo":
+            return ORPO(beta=beta)
+        if name == "kto":
+            return KTO(beta=beta, desirable_weight=args.desirable_weight, undesirable_weight=args.undesirable_weight,
+                       loss_type=loss_types[0])
+        if name == "rm":
+            return RewardModeling(loss_type=loss_types[0], center_rewards_coefficient=args.center_rewards_coefficient)
+    except ValueError as error:
+        raise AlignkitError(f"--rlhf_type {name}: {error}") from error
+    raise AlignkitError(f"unknown --rlhf_type {name}")
+
+
+
+
+
+def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, whole: bool = False,
+                      world_size: int = 1, rank: int = 0) -> list[list]:
+    """The micro-batches this process's loop and evaluation will form, for the one-off reference pass: its
+    shard of the training batches (each row once, or every batch ``whole`` for KTO's in-batch KL pairs) and,
+    on the main process, which evaluates alone, the held-out batches."""
+    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, dedup=not whole)
+    train = [[train_rows[i] for i in batch] for batch in visited]
+    size = config.eval_batch_size
+    held_out = [val_rows[i : i + size] for i in range(0, len(val_rows), size)] if rank == 0 else []
+    return train + held_out
+
+
+
+
+
+

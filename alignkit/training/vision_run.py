@@ -1,0 +1,117 @@
+"""The vision-language branch of ``run_training``: the processor encodes rows with images, the model loads
+through transformers' image-text-to-text classes, and the freeze flags and LoRA targets follow ms-swift's
+vit / aligner / llm split. Algorithms and the loop are the text path's: the pixel inputs ride in
+``Batch.model_inputs``, which ``forward_logps`` and the reward model pass to every forward."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from alignkit.algorithms.dpo import DPO
+from alignkit.algorithms.kto import KTO, check_kto_rows
+from alignkit.algorithms.rm import RewardModeling
+from alignkit.algorithms.sft import SFT
+from alignkit.config.arguments import RunArguments
+from alignkit.data.encode import with_row_fields
+from alignkit.errors import AlignkitError
+from alignkit.models.load import add_lora, count_parameters, load_adapters
+from alignkit.models.reference import Reference
+from alignkit.models.reward_model import RewardModel
+from alignkit.training.resume import data_fingerprint
+from alignkit.training.runner import RunStart, loop_config_for, open_run_dir
+from alignkit.vision.collate import VisionPairCollator, VisionUnpairedCollator
+from alignkit.vision.encode import VisionEncoder, encode_vision_rows, image_token_id
+from alignkit.vision.model import (
+    freeze,
+    frozen_parts,
+    load_processor,
+    load_vision_model,
+    vision_lora_targets,
+)
+from alignkit.vision.shared_images import enable_shared_images
+
+logger = logging.getLogger("alignkit")
+
+
+def build_vision_training(args: RunArguments, algorithm, model_path: str, train_data: list, val_data: list):
+    """(model, processor, encoded training rows, encoded held-out rows, collate) for a vision-language model."""
+    if isinstance(algorithm, SFT):
+        raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
+                            "methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not sft")
+    processor = load_processor(model_path, args.model_revision)
+    model = load_vision_model(model_path, args.model_revision)
+    encoder = VisionEncoder(processor, image_token_id(processor, model.config), max_length=args.max_length,
+                            max_prompt_length=args.max_prompt_length, truncation_strategy=args.truncation_strategy,
+                            system=args.system)
+    train_rows, dropped = encode_vision_rows(encoder, train_data)
+    val_rows, val_dropped = encode_vision_rows(encoder, val_data)
+    if dropped or val_dropped:
+        logger.warning("Dropped %d training and %d held-out rows with images over --max_length %d", dropped,
+                       val_dropped, args.max_length)
+    if not train_rows:
+        raise AlignkitError(f"no training rows are left: all {len(train_data)} rows are longer than --max_length "
+                            f"{args.max_length} (rows with images are never truncated); raise it")
+    train_rows, val_rows = with_row_fields(train_rows, train_data), with_row_fields(val_rows, val_data)
+    if isinstance(algorithm, KTO):
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
+                                              args.per_device_eval_batch_size)
+
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
+    if uses_reference and (args.train_type == "full" or args.ref_model):
+        reference = load_vision_model(args.ref_model) if args.ref_model else copy.deepcopy(model)
+        enable_shared_images(reference)
+        algorithm.reference = Reference(reference)
+    share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
+    frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
+    if args.train_type == "lora":
+        if args.adapters:
+            model = load_adapters(model, args.adapters, trainable=True)
+        else:
+            targets = vision_lora_targets(model, args.lora_target_modules, frozen)
+            model = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                             target_modules=targets)
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+    else:
+        freeze(model, frozen)
+    if isinstance(algorithm, RewardModeling):
+        model = RewardModel(model)
+    trainable, total = count_parameters(model)
+    logger.info("Vision-language model %s: %s training (frozen: %s), %d of %d parameters trainable (%.2f%%)",
+                model_path, args.train_type, ", ".join(sorted(frozen)) or "nothing", trainable, total,
+                100 * trainable / total)
+    pad_id = processor.tokenizer.pad_token_id
+    if isinstance(algorithm, KTO):
+        collate = VisionUnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
+    else:
+        collate = VisionPairCollator(pad_id, share_images=share_images)
+    return model, processor, train_rows, val_rows, collate
+
+
+def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, model_path: str, train_data: list,
+                        val_data: list, start: RunStart):
+    """The tail of ``run_training`` for a vision-language model. Returns the last checkpoint."""
+    from alignkit.models.packing import Layout
+    from alignkit.training.loop import train
+    from alignkit.training.speedups import log_speedups
+
+    model, processor, train_rows, val_rows, collate = build_vision_training(args, algorithm, model_path, train_data,
+                                                                            val_data)
+    resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name,
+                "dtype": start.precision, "train_rows": len(train_rows),
+                "train_data_sha256": data_fingerprint(train_rows), "vision": True}
+    run_dir = open_run_dir(args, resolved, start.resume)
+    log_speedups(Layout(), precompute=False, precision=start.precision, gradient_checkpointing=args.gradient_checkpointing,
+                 reasons={"padding-free packing": "rows with images run padded",
+                          "prompt-prefix sharing": "rows with images run padded",
+                          "precomputed reference log-probs": "the cache is keyed by tokens, not pixels"})
+    return train(
+        model=model, tokenizer=processor, algorithm=algorithm, train_rows=train_rows, val_rows=val_rows,
+        collate=collate,
+        config=loop_config_for(args, start),
+        run_dir=run_dir, args_for_checkpoint=resolved, row_sources=[row.source for row in train_data],
+    )
