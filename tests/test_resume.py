@@ -311,3 +311,134 @@ def test_resuming_a_finished_run_rewrites_nothing(tiny_model_dir, pairs_file, co
     assert main([*argv, "--resume_from_checkpoint", "last"]) == 0
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+# ------------------------------------------------------------------ the same guarantees for every method
+# The runner (alignkit/training/runner.py) gives the offline and the online loop one shell; these run the
+# same checks on DPO, GRPO and PPO.
+
+ONLINE = ["--dataset", "arith-prompts#8", "--max_completion_length", "6", "--batch_size", "2", "--max_steps", "4",
+          "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-2", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def method_argv(tiny_model_dir, pairs_file, tmp_path_factory):
+    """{method: (argv(out, *extra), steps)}: a short LoRA run of each, 4 steps (dpo: 8)."""
+    from test_online_cli import PLUGIN, build_tiny_reward_model
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("methods")
+    plugin = root / "rewards.py"
+    plugin.write_text(PLUGIN)
+    reward_model = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(tiny_model_dir))
+    return {
+        "dpo": (lambda out, *extra: rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, *extra), 8),
+        "grpo": (lambda out, *extra: ["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--output_dir", str(out),
+                                      *ONLINE, "--num_generations", "2", "--external_plugins", str(plugin),
+                                      "--reward_funcs", "length_reward", *extra], 4),
+        "ppo": (lambda out, *extra: ["rlhf", "--rlhf_type", "ppo", "--model", tiny_model_dir, "--output_dir", str(out),
+                                     *ONLINE, "--reward_model", str(reward_model), "--num_ppo_epochs", "2", *extra], 4),
+    }
+
+
+@pytest.fixture(scope="module")
+def method_baselines(method_argv, tmp_path_factory):
+    """Each method's uninterrupted run, computed once when a test asks for it: {method: run directory}."""
+    runs = {}
+
+    def baseline(method: str) -> Path:
+        if method not in runs:
+            out = tmp_path_factory.mktemp(f"baseline-{method}")
+            argv, _ = method_argv[method]
+            assert main(argv(out, "--save_steps", "100")) == 0
+            runs[method] = only_run_dir(out)
+        return runs[method]
+
+    return baseline
+
+
+def comparable_records(run_dir: Path) -> list[dict]:
+    """Logged records without wall times (``step_seconds``, ``time/*``), which no rerun repeats."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in log_records(run_dir)]
+
+
+def assert_continues_the_run(method: str, run_dir: Path, baseline: Path, steps: int) -> None:
+    assert_bit_identical(baseline / f"checkpoint-{steps}", run_dir / f"checkpoint-{steps}")
+    assert comparable_records(run_dir) == comparable_records(baseline)
+    if method == "ppo":  # the value model is trained too, and resumed
+        assert_bit_identical(baseline / f"checkpoint-{steps}" / "value_model", run_dir / f"checkpoint-{steps}" / "value_model")
+    if method != "dpo":  # one line per completion, none repeated by the resumed steps
+        completions = (run_dir / "completions.jsonl").read_text()
+        assert completions == (baseline / "completions.jsonl").read_text()
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo", "ppo"])
+def test_sigterm_mid_step_saves_exits_143_and_the_checkpoint_resumes_bit_identically(
+    method, method_argv, method_baselines, tmp_path
+):
+    argv, steps = method_argv[method]
+    out, log = tmp_path / "out", tmp_path / "child.log"
+    assert run_child(argv(out, "--save_steps", "100"), log, "TERM@micro_batch:3") == 128 + signal.SIGTERM
+    run_dir = only_run_dir(out)
+    assert checkpoint_names(run_dir) == ["checkpoint-3"]
+    assert f"stopped by SIGTERM; saved {run_dir / 'checkpoint-3'}" in log.read_text()
+    assert main([*argv(out, "--save_steps", "100"), "--resume_from_checkpoint", str(run_dir / "checkpoint-3")]) == 0
+    assert only_run_dir(out) == run_dir  # the run goes on in its own directory
+    assert_continues_the_run(method, run_dir, method_baselines(method), steps)
+
+
+@pytest.mark.parametrize("spec", ["last", "run_dir"])
+@pytest.mark.parametrize("method", ["dpo", "grpo", "ppo"])
+def test_sigkill_mid_step_then_resume_last_or_the_run_directory_is_bit_identical(
+    method, spec, method_argv, method_baselines, tmp_path
+):
+    argv, steps = method_argv[method]
+    out = tmp_path / "out"
+    assert run_child(argv(out, "--save_steps", "2"), tmp_path / "child.log", "KILL@micro_batch:3") == -signal.SIGKILL
+    run_dir = only_run_dir(out)
+    assert checkpoint_names(run_dir) == ["checkpoint-2"]
+    assert main([*argv(out, "--save_steps", "2"), "--resume_from_checkpoint",
+                 "last" if spec == "last" else str(run_dir)]) == 0
+    assert only_run_dir(out) == run_dir
+    assert_continues_the_run(method, run_dir, method_baselines(method), steps)
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo", "ppo"])
+def test_resuming_with_another_learning_rate_is_refused_for_every_method(method, method_argv, tmp_path, capsys):
+    argv, _ = method_argv[method]
+    out = tmp_path / "out"
+    assert main(argv(out, "--max_steps", "2", "--save_steps", "1")) == 0
+    checkpoint = only_run_dir(out) / "checkpoint-1"
+    capsys.readouterr()
+    assert main([*argv(out, "--max_steps", "2", "--learning_rate", "1e-3"),
+                 "--resume_from_checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "this run's settings differ from the checkpoint's" in err
+    assert "--learning_rate: 0.01 in the checkpoint, 0.001 now" in err
+    assert len(list(out.iterdir())) == 1  # nothing new was written
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo", "ppo"])
+def test_a_non_finite_loss_skips_that_update_and_the_run_goes_on(method, method_argv, tmp_path, monkeypatch):
+    from alignkit.algorithms.dpo import DPO
+    from alignkit.algorithms.grpo import GRPO
+    from alignkit.algorithms.ppo import PPO
+
+    cls = {"dpo": DPO, "grpo": GRPO, "ppo": PPO}[method]
+    calls = []
+    original = cls.loss
+
+    def nan_on_the_third_call(self, model, batch):
+        loss, metrics = original(self, model, batch)
+        calls.append(1)
+        return (loss * float("nan"), metrics) if len(calls) == 3 else (loss, metrics)
+
+    monkeypatch.setattr(cls, "loss", nan_on_the_third_call)
+    argv, steps = method_argv[method]
+    out = tmp_path / "out"
+    assert main(argv(out, "--save_steps", "100")) == 0
+    run_dir = only_run_dir(out)
+    skipped = [r for r in log_records(run_dir) if "nonfinite" in r]
+    assert len(skipped) == 1 and "non-finite loss" in skipped[0]["nonfinite"]
+    assert log_records(run_dir)[-1]["step"] == steps or any(r["step"] == steps for r in log_records(run_dir))
+    assert all(torch.isfinite(v).all() for v in weights(run_dir / f"checkpoint-{steps}").values())

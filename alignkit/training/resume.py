@@ -42,6 +42,8 @@ from alignkit.training.checkpoint import (
 logger = logging.getLogger("alignkit")
 
 LAST = "last"
+# A run's records, one JSON object per line with its "step": metrics, and the online methods' completions.
+LOGS = ("logging.jsonl", "completions.jsonl")
 
 # Flags that only change where and how often things are written or checked, never the weights a step
 # produces. Every other flag (including ones added later) must match the checkpoint's.
@@ -146,12 +148,14 @@ def resume_run_dir(checkpoint: Path, output_dir: str, args: dict) -> Path:
             if leftover.is_dir() and leftover.name.endswith((".tmp", ".deleting")):
                 logger.warning("Removing %s, left by a run that stopped while writing it", leftover)
                 shutil.rmtree(leftover)
-        _copy_log(run_dir / "logging.jsonl", run_dir / "logging.jsonl", step)
+        for log in LOGS:
+            _copy_log(run_dir / log, run_dir / log, step)
         logger.info("Resuming in %s from step %d", run_dir, step)
         return run_dir
     new = new_run_dir(output_dir)
     (new / "args.json").write_text(json.dumps({**args, "resumed_from": str(checkpoint)}, indent=2, default=str))
-    _copy_log(run_dir / "logging.jsonl", new / "logging.jsonl", step)
+    for log in LOGS:
+        _copy_log(run_dir / log, new / log, step)
     reason = f"{run_dir} already has later checkpoints ({', '.join(later)})" if later else f"{run_dir} is not a run directory"
     logger.info("Resuming from %s in a new run directory %s, since %s", checkpoint, new, reason)
     return new
