@@ -394,7 +394,8 @@ def test_sigkill_mid_step_then_resume_last_or_the_run_directory_is_bit_identical
 ):
     argv, steps = method_argv[method]
     out = tmp_path / "out"
-    assert run_child(argv(out, "--save_steps", "2"), tmp_path / "child.log", "KILL@micro_batch:3") == -signal.SIGKILL
+    # Killed in step 4: step 3's records (and completions) are logged, its checkpoint is checkpoint-2.
+    assert run_child(argv(out, "--save_steps", "2"), tmp_path / "child.log", "KILL@micro_batch:4") == -signal.SIGKILL
     run_dir = only_run_dir(out)
     assert checkpoint_names(run_dir) == ["checkpoint-2"]
     assert main([*argv(out, "--save_steps", "2"), "--resume_from_checkpoint",
