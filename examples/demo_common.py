@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from alignkit.config.arguments import RunArguments
+from alignkit.config import RunArguments
 
 
 def sft_arguments(steps: int, out: Path) -> RunArguments:

@@ -23,11 +23,11 @@ from demo_common import changed_arguments, sft_arguments, timed
 
 from alignkit.cli import setup_logging
 from alignkit.commands.eval import task_accuracy
-from alignkit.config.arguments import RunArguments
+from alignkit.config import RunArguments
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.template import ChatEncoder
 from alignkit.models.load import load_for_inference
-from alignkit.training.run import run_training
+from alignkit.train import run_training
 
 
 def held_out_accuracy(checkpoint: Path | None, limit: int) -> dict:

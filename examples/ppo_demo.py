@@ -22,14 +22,14 @@ from pathlib import Path
 from demo_common import changed_arguments, sft_arguments, timed
 
 from alignkit.cli import setup_logging
-from alignkit.config.arguments import RunArguments
+from alignkit.config import RunArguments
 from alignkit.data.builtin import is_correct
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.template import ChatEncoder
 from alignkit.generation.answers import generate_answers
 from alignkit.models.load import load_for_inference
 from alignkit.models.scalar_model import load_scalar_model, score_conversations
-from alignkit.training.run import run_training
+from alignkit.train import run_training
 
 
 def held_out_scores(policy_checkpoint: Path, reward_checkpoint: Path, limit: int) -> dict:

@@ -10,6 +10,7 @@ The objectives themselves are ``alignkit.losses.preference.cpo_loss`` and ``simp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,11 @@ class CPO:
     def __post_init__(self):
         self.objective(torch.zeros(1), torch.zeros(1))  # raises on an unknown loss type before any loading
 
+    rows: ClassVar[str] = "preference"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False  # reference-free by design
+
     def objective(self, chosen: torch.Tensor, rejected: torch.Tensor) -> PreferenceLoss:
         return cpo_loss(chosen, rejected, beta=self.beta, loss_type=self.loss_type,
                         label_smoothing=self.label_smoothing)
@@ -45,6 +51,11 @@ class SimPO:
     label_smoothing: float = 0.0
     cpo_alpha: float = 1.0
     layout: Layout = field(default_factory=Layout)
+
+    rows: ClassVar[str] = "preference"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False  # reference-free by design
 
     def objective(self, chosen: torch.Tensor, rejected: torch.Tensor) -> PreferenceLoss:
         return simpo_loss(chosen, rejected, beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing)

@@ -8,6 +8,7 @@ The objectives live in ``alignkit.losses.preference`` (``combine_dpo_losses`` su
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -62,6 +63,14 @@ class DPO:
             chosen_nll=nll,
             convention=self.convention,
         )
+
+    rows: ClassVar[str] = "preference"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = False
+
+    @property
+    def needs_reference(self) -> bool:
+        return not self.reference_free
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)

@@ -28,7 +28,7 @@ from alignkit.models.packing import Layout
 
 @dataclass
 class GRPO:
-    generator: object  # HFGenerator or VLLMGenerator: prompt ids → raw completion ids
+    generator: object  # HFGenerator or VllmRollout: prompt ids → raw completion ids
     tokenizer: object
     stop_ids: list[int]
     reward_funcs: list[RewardFunction]

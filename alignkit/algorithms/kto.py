@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -41,6 +42,11 @@ class KTO:
     @property
     def needs_kl(self) -> bool:
         return self.loss_type == "kto"
+
+    rows: ClassVar[str] = "unpaired"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = True
 
     def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logps, _ = self.layout.logps(model, batch.completions)  # (B,)

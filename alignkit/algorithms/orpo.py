@@ -8,6 +8,7 @@ tokens only (the paper's L_SFT); TRL's ORPOTrainer also counts the prompt tokens
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +22,11 @@ from alignkit.models.packing import Layout
 class ORPO:
     beta: float
     layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
+
+    rows: ClassVar[str] = "preference"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)

@@ -7,6 +7,7 @@ loss = mean(−log σ(r_w − r_l − m)) (+ c·(r_w + r_l)²), ``alignkit.losse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -23,6 +24,11 @@ class RewardModeling:
 
     def __post_init__(self):
         reward_model_loss(torch.zeros(1), torch.zeros(1), loss_type=self.loss_type)  # unknown types fail early
+
+    rows: ClassVar[str] = "preference"
+    loss_unit: ClassVar[str] = "examples"
+    scalar_head: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)

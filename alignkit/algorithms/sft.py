@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 
 from alignkit.data.collate import Batch
 from alignkit.models.packing import Layout
 
 
+@dataclass
 class SFT:
-    def __init__(self, layout: Layout | None = None):
-        self.layout = layout or Layout()  # padded, packed or prefix-shared forwards: same numbers
+    layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
+
+    # What the builders read instead of switching on the class (see alignkit/algorithms/__init__.py).
+    rows: ClassVar[str] = "sft"
+    loss_unit: ClassVar[str] = "tokens"  # token-level cross-entropy: a micro-batch weighs by its trained tokens
+    scalar_head: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logps, counts = self.layout.logps(model, batch)  # (N,), (N,)

@@ -49,9 +49,9 @@ def run_infer(args: InferArguments) -> int:
             raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
         if result_path is None:
             raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
-        from alignkit.generation.vllm import VllmGenerator
+        from alignkit.generation.vllm import VllmInference
 
-        generator = VllmGenerator(args)
+        generator = VllmInference(args)
         encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
         return batch_infer(generator.generate, encoder, args, result_path, held_out)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,

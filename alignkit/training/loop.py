@@ -17,7 +17,6 @@ from typing import Protocol
 
 import torch
 
-from alignkit.algorithms.sft import SFT
 from alignkit.data.collate import Batch
 from alignkit.data.order import epoch_batches, total_steps
 from alignkit.training.faults import fault_point
@@ -141,7 +140,7 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
 def loss_units(algorithm: Algorithm, batch: Batch) -> int:
     """What the algorithm's micro-batch loss is a mean over: trained tokens for SFT's token-level
     cross-entropy (labels shifted by one, as in alignkit.models.logprobs), examples for everything else."""
-    if isinstance(algorithm, SFT):
+    if algorithm.loss_unit == "tokens":
         return int((batch.labels[:, 1:] != -100).sum())
     return len(batch.row_ids)
 

@@ -48,7 +48,7 @@ def run_online(args: RunArguments) -> Path:
     if name == "ppo":
         _check_ppo_flags(args)
     if args.use_vllm:
-        from alignkit.generation.vllm_rollout import check_vllm_available
+        from alignkit.generation.vllm import check_vllm_available
 
         check_vllm_available()
     datasets = args.dataset or [DEFAULT_PROMPT_DATASET]
@@ -82,9 +82,9 @@ def run_online(args: RunArguments) -> Path:
     policy, frozen_reference = load_policy(args, model_path, needs_reference=name == "ppo" or grpo["beta"] != 0)
     forward_batch = args.local_rollout_forward_batch_size
     if args.use_vllm:
-        from alignkit.generation.vllm_rollout import VLLMGenerator
+        from alignkit.generation.vllm import VllmRollout
 
-        generator = VLLMGenerator(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
+        generator = VllmRollout(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                                   temperature=args.temperature, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                                   max_model_len=prompt_limit + args.max_completion_length, seed=args.seed)
     else:

@@ -9,6 +9,7 @@ This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -74,7 +75,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     algorithm = build_algorithm(args, algorithm_name)
 
-    kind = {"sft": "sft", "kto": "unpaired"}.get(algorithm_name, "preference")
+    kind = algorithm.rows
     datasets = args.dataset or [DEFAULT_DATASET[algorithm_name]]
     train_data, val_data = load_datasets(
         datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
@@ -105,7 +106,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             f"no training rows are left after truncation: all {len(train_data)} rows of {', '.join(datasets)} are longer than "
             f"--max_length {args.max_length}; raise it or choose another --truncation_strategy"
         )
-    if isinstance(algorithm, KTO):
+    if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
                                               args.per_device_eval_batch_size)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
@@ -117,34 +118,30 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if isinstance(algorithm, SFT):
-        collate = SequenceCollator(tokenizer.pad_token_id)
-    elif isinstance(algorithm, KTO):  # adds the mismatched prompt/completion pairs of the KL estimate
-        collate = UnpairedCollator(tokenizer.pad_token_id, kl_pairs=algorithm.needs_kl)
-    else:
-        collate = PairCollator(tokenizer.pad_token_id)
+    collate = make_collate(algorithm, tokenizer.pad_token_id)
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
     layout, reasons = choose_layout(args, algorithm_name, model)
-    algorithm.layout = layout
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
-    uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
-    precompute = uses_reference and args.precompute_ref_log_probs
-    if not uses_reference:
+    precompute = algorithm.needs_reference and args.precompute_ref_log_probs
+    parts = {"layout": layout}
+    if not algorithm.needs_reference:
         reasons["precomputed reference log-probs"] = (
-            "--reference_free" if isinstance(algorithm, DPO) else f"{algorithm_name} has no reference model")
-    if uses_reference:
+            "--reference_free" if args.reference_free else f"{algorithm_name} has no reference model")
+    else:
         processes = process_state()
-        algorithm.reference = make_reference(
+        parts["reference"] = make_reference(
             model, ref_model=args.ref_model, full=args.train_type == "full", precompute=precompute,
-            batches=reference_batches(train_rows, val_rows, loop_config(args, precision), whole=isinstance(algorithm, KTO),
-                                      world_size=processes.num_processes, rank=processes.process_index)
+            batches=reference_batches(train_rows, val_rows, loop_config(args, precision),
+                                      whole=algorithm.rows == "unpaired", world_size=processes.num_processes,
+                                      rank=processes.process_index)
             if precompute else [],
             collate=collate, layout=layout, template=template.source, max_length=args.max_length,
             precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
         )
+    algorithm = dataclasses.replace(algorithm, **parts)
     log_speedups(layout, precompute=precompute, precision=precision,
                  gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
     if args.train_type == "lora":
@@ -157,7 +154,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             )
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
-    if isinstance(algorithm, RewardModeling):
+    if algorithm.scalar_head:
         model = RewardModel(model)  # the scalar head is trained in full, LoRA or not
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
@@ -174,6 +171,16 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],
     )
+
+
+def make_collate(algorithm, pad_id: int):
+    """The collator of the algorithm's rows: conversations, pairs, or unpaired rows (KTO's KL estimate adds
+    each micro-batch's mismatched prompt/completion pairs)."""
+    if algorithm.rows == "sft":
+        return SequenceCollator(pad_id)
+    if algorithm.rows == "unpaired":
+        return UnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
+    return PairCollator(pad_id)
 
 
 def build_algorithm(args: RunArguments, name: str):

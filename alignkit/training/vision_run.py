@@ -6,12 +6,10 @@ vit / aligner / llm split. Algorithms and the loop are the text path's: the pixe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
-from alignkit.algorithms.dpo import DPO
-from alignkit.algorithms.kto import KTO, check_kto_rows
-from alignkit.algorithms.rm import RewardModeling
-from alignkit.algorithms.sft import SFT
+from alignkit.algorithms.kto import check_kto_rows
 from alignkit.config.arguments import RunArguments
 from alignkit.data.encode import with_row_fields
 from alignkit.errors import AlignkitError
@@ -35,8 +33,9 @@ logger = logging.getLogger("alignkit")
 
 
 def build_vision_training(args: RunArguments, algorithm, model_path: str, train_data: list, val_data: list):
-    """(model, processor, encoded training rows, encoded held-out rows, collate) for a vision-language model."""
-    if isinstance(algorithm, SFT):
+    """(model, processor, encoded training rows, encoded held-out rows, collate, algorithm with its reference)
+    for a vision-language model."""
+    if algorithm.rows == "sft":
         raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
                             "methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not sft")
     processor = load_processor(model_path, args.model_revision)
@@ -53,18 +52,17 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
         raise AlignkitError(f"no training rows are left: all {len(train_data)} rows are longer than --max_length "
                             f"{args.max_length} (rows with images are never truncated); raise it")
     train_rows, val_rows = with_row_fields(train_rows, train_data), with_row_fields(val_rows, val_data)
-    if isinstance(algorithm, KTO):
+    if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
                                               args.per_device_eval_batch_size)
 
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    uses_reference = isinstance(algorithm, KTO) or (isinstance(algorithm, DPO) and not algorithm.reference_free)
-    if uses_reference and (args.train_type == "full" or args.ref_model):
+    if algorithm.needs_reference and (args.train_type == "full" or args.ref_model):
         reference = load_vision_model(args.ref_model) if args.ref_model else copy.deepcopy(model)
         enable_shared_images(reference)
-        algorithm.reference = Reference(reference)
+        algorithm = dataclasses.replace(algorithm, reference=Reference(reference))
     share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
     frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
     if args.train_type == "lora":
@@ -78,18 +76,18 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
             model.enable_input_require_grads()
     else:
         freeze(model, frozen)
-    if isinstance(algorithm, RewardModeling):
+    if algorithm.scalar_head:
         model = RewardModel(model)
     trainable, total = count_parameters(model)
     logger.info("Vision-language model %s: %s training (frozen: %s), %d of %d parameters trainable (%.2f%%)",
                 model_path, args.train_type, ", ".join(sorted(frozen)) or "nothing", trainable, total,
                 100 * trainable / total)
     pad_id = processor.tokenizer.pad_token_id
-    if isinstance(algorithm, KTO):
+    if algorithm.rows == "unpaired":
         collate = VisionUnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
     else:
         collate = VisionPairCollator(pad_id, share_images=share_images)
-    return model, processor, train_rows, val_rows, collate
+    return model, processor, train_rows, val_rows, collate, algorithm
 
 
 def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, model_path: str, train_data: list,
@@ -99,7 +97,7 @@ def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, mode
     from alignkit.training.loop import train
     from alignkit.training.speedups import log_speedups
 
-    model, processor, train_rows, val_rows, collate = build_vision_training(args, algorithm, model_path, train_data,
+    model, processor, train_rows, val_rows, collate, algorithm = build_vision_training(args, algorithm, model_path, train_data,
                                                                             val_data)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name,
                 "dtype": start.precision, "train_rows": len(train_rows),
