@@ -79,7 +79,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignkit.config.arguments import (
+    from alignkit.config import (
         AppArguments,
         CacheArguments,
         DataArguments,
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(command: str, values: dict) -> int:
     values.pop("command")
     if command in TRAIN_COMMANDS:
-        from alignkit.config.arguments import RunArguments
+        from alignkit.config.run import RunArguments
         from alignkit.training.run import run_training
 
         resolve_legacy_model_flags(values)
@@ -207,37 +207,37 @@ def dispatch(command: str, values: dict) -> int:
         return 0
     if command == "infer":
         from alignkit.commands.infer import run_infer
-        from alignkit.config.arguments import InferArguments
+        from alignkit.config.commands import InferArguments
 
         return run_infer(InferArguments(**values))
     if command == "eval":
         from alignkit.commands.eval import run_eval
-        from alignkit.config.arguments import EvalArguments
+        from alignkit.config.commands import EvalArguments
 
         return run_eval(EvalArguments(**values))
     if command == "demo":
         from alignkit.commands.demo import run_demo
-        from alignkit.config.arguments import DemoArguments
+        from alignkit.config.commands import DemoArguments
 
         return run_demo(DemoArguments(**values))
     if command == "data":
         from alignkit.commands.data import run_data
-        from alignkit.config.arguments import DataArguments
+        from alignkit.config.commands import DataArguments
 
         return run_data(DataArguments(**values))
     if command == "export":
         from alignkit.commands.export import run_export
-        from alignkit.config.arguments import ExportArguments
+        from alignkit.config.commands import ExportArguments
 
         return run_export(ExportArguments(**values))
     if command == "deploy":
-        from alignkit.config.arguments import DeployArguments
+        from alignkit.config.commands import DeployArguments
 
         with serve_extra(command):
             from alignkit.commands.deploy import run_deploy
         return run_deploy(DeployArguments(**values))
     if command == "app":
-        from alignkit.config.arguments import AppArguments
+        from alignkit.config.commands import AppArguments
 
         with serve_extra(command):
             import gradio  # noqa: F401  (alignkit.commands.app imports it late; check before the model loads)
@@ -246,7 +246,7 @@ def dispatch(command: str, values: dict) -> int:
         return run_app(AppArguments(**values))
     if command == "cache":
         from alignkit.commands.cache import run_cache
-        from alignkit.config.arguments import CacheArguments
+        from alignkit.config.commands import CacheArguments
 
         return run_cache(CacheArguments(**values))
     raise AlignkitError(f"unknown command {command}")

@@ -32,7 +32,7 @@ def test_builtin_model_converts_once_and_loads_as_fp32_chatml(tmp_path, monkeypa
 
 def test_short_dpo_on_the_builtin_model_raises_held_out_preference_accuracy(tmp_path):
     from alignkit.commands.eval import evaluate_model
-    from alignkit.config.arguments import RunArguments
+    from alignkit.config.run import RunArguments
     from alignkit.models.load import load_for_inference
     from alignkit.models.reference import Reference
     from alignkit.training.run import run_training

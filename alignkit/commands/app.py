@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from alignkit.config.arguments import AppArguments
+from alignkit.config.commands import AppArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.generation.batch_engine import BatchEngine, Delta, SamplingParams
 

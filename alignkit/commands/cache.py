@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.config.arguments import CacheArguments
+from alignkit.config.commands import CacheArguments
 from alignkit.data.cache import cache_root
 from alignkit.errors import AlignkitError
 

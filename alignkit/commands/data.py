@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import sys
 
-from alignkit.config.arguments import DataArguments
+from alignkit.config.commands import DataArguments
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.encode import encode_rows
 from alignkit.data.loading import FileReport, load_dataset_spec, parse_columns

@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 
 from alignkit.commands.eval import evaluate_model
-from alignkit.config.arguments import DemoArguments, RunArguments
+from alignkit.config.commands import DemoArguments
+from alignkit.config.run import RunArguments
 from alignkit.models.load import load_for_inference
 from alignkit.models.reference import Reference
 from alignkit.training.run import run_training

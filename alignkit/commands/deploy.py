@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from alignkit.config.arguments import DeployArguments
+from alignkit.config.commands import DeployArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, SamplingParams

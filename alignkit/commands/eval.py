@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.config.arguments import EvalArguments
+from alignkit.config.commands import EvalArguments
 from alignkit.data.builtin import is_correct
 from alignkit.data.collate import PairCollator
 from alignkit.data.loading import load_dataset_spec

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.arguments import ExportArguments
+from alignkit.config.commands import ExportArguments
 from alignkit.data.chat_templates import resolve_template
 from alignkit.errors import AlignkitError
 from alignkit.models.load import load_causal_lm, resolve_checkpoint, resolve_model_path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.arguments import InferArguments
+from alignkit.config.commands import InferArguments
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from alignkit.config.arguments import InferArguments
+from alignkit.config.commands import InferArguments
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import PromptRow
 from alignkit.errors import AlignkitError, DataError

@@ -1,9 +1,10 @@
-"""What a user can say: every sub-command's typed arguments, their flags, defaults and checks.
+"""What a user can say: ``options`` (how a flag is declared), ``run`` (RunArguments, the training flags),
+``commands`` (the other sub-commands' arguments), ``defaults`` (every per-algorithm default), ``checks``.
 
 ``from alignkit.config import RunArguments`` keeps working: the argument classes are re-exported here.
 """
 
-from alignkit.config.arguments import (
+from alignkit.config.commands import (
     AppArguments,
     CacheArguments,
     DataArguments,
@@ -12,8 +13,8 @@ from alignkit.config.arguments import (
     EvalArguments,
     ExportArguments,
     InferArguments,
-    RunArguments,
 )
+from alignkit.config.run import RunArguments
 
 __all__ = [
     "AppArguments", "CacheArguments", "DataArguments", "DemoArguments", "DeployArguments", "EvalArguments",

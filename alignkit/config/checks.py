@@ -6,11 +6,15 @@ dropout of 2) that would otherwise surface as a ZeroDivisionError or a library's
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
-from alignkit.config.arguments import RunArguments
+from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.losses.preference import DPO_LOSS_TYPES
+
+logger = logging.getLogger("alignkit")
 
 AT_LEAST_ONE = (
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps",
@@ -57,6 +61,21 @@ def check_run_arguments(args: RunArguments) -> None:
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:
             raise AlignkitError(f"--loss_type {' '.join(unknown)}: unknown DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}")
+
+
+def warn_flags_without_effect(args: RunArguments, method: str) -> list[str]:
+    """One warning per flag set (to other than its default) that does not serve ``method`` ("sft" or the
+    --rlhf_type), from the flag's own ``applies_to``. Returns the flags named."""
+    named = []
+    for f in dataclasses.fields(RunArguments):
+        serves = f.metadata.get("applies_to")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if serves is None or method in serves or getattr(args, f.name) == default:
+            continue
+        what = "sft" if method == "sft" else f"--rlhf_type {method}"
+        logger.warning("--%s has no effect on %s (it serves %s)", f.name, what, ", ".join(serves))
+        named.append(f.name)
+    return named
 
 
 def _at_least_one(name: str, value: int) -> None:

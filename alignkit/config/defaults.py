@@ -6,6 +6,11 @@ they mean for the chosen algorithm, so a default is written once and is visible 
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+logger = logging.getLogger("alignkit")
+
 # Built-in training data when --dataset is not given.
 DEFAULT_DATASET = {
     "sft": "arith-sft", "dpo": "arith-pref", "cpo": "arith-pref", "simpo": "arith-pref", "orpo": "arith-pref",
@@ -19,3 +24,30 @@ DEFAULT_PROMPT_DATASET = "arith-prompts"  # ppo, grpo
 DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04}
 # --loss_type when unset; simpo and orpo have a single loss and take no --loss_type.
 DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": "kto", "rm": "log_sig", "grpo": "grpo"}
+
+# The per-method defaults of flags left unset, and where each comes from: (flag, table).
+_TABLES = (("beta", DEFAULT_BETA), ("loss_type", DEFAULT_LOSS_TYPE))
+
+
+def resolve(args, method: str) -> dict[str, Any]:
+    """The values ``method`` ("sft" or an --rlhf_type) runs with for the flags whose default depends on the
+    method, each one the user left unset logged once with its source. ``args`` is not changed (its
+    ``args.json`` keeps what the user said). Keys: beta, loss_type (a list), dataset (a list), and for grpo
+    epsilon_high."""
+    values: dict[str, Any] = {
+        "beta": args.beta,
+        "loss_type": list(args.loss_type),
+        "dataset": list(args.dataset),
+    }
+    for flag, table in _TABLES:
+        if method in table and values[flag] in (None, []):
+            default = table[method]
+            values[flag] = [default] if flag == "loss_type" else default
+            logger.info("--%s not set: using %s's default %s (alignkit/config/defaults.py)", flag, method, default)
+    if not values["dataset"]:
+        dataset = DEFAULT_PROMPT_DATASET if method in ("ppo", "grpo") else DEFAULT_DATASET[method]
+        values["dataset"] = [dataset]
+        logger.info("--dataset not set: using the built-in %s", dataset)
+    if method == "grpo":
+        values["epsilon_high"] = args.epsilon_high if args.epsilon_high is not None else args.epsilon
+    return values

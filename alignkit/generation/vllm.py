@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.arguments import InferArguments
+from alignkit.config.commands import InferArguments
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError

@@ -27,6 +27,8 @@ logger = logging.getLogger("alignkit")
 
 
 class Algorithm(Protocol):
+    loss_unit: str  # "examples" or "tokens": what a micro-batch's loss is a mean over (alignkit/algorithms)
+
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 

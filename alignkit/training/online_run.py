@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, stop_token_ids
-from alignkit.config.arguments import RunArguments
 from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_LOSS_TYPE, DEFAULT_PROMPT_DATASET
+from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.loading import load_dataset_spec, load_datasets, parse_columns
@@ -223,8 +223,6 @@ def _check_ppo_flags(args: RunArguments) -> None:
                             "rm` run, or a sequence-classification model")
     if args.reward_funcs:
         raise AlignkitError("--reward_funcs is for --rlhf_type grpo; PPO is rewarded by --reward_model")
-    if args.beta is not None:
-        logger.warning("--beta has no effect on ppo: its KL penalty is --kl_coef (%s)", args.kl_coef)
     if bool(args.pretrain_dataset) != (args.ptx_coef > 0):
         raise AlignkitError("--pretrain_dataset and --ptx_coef go together: the actor loss is "
                             "(1 − ptx_coef)·PPO + ptx_coef·LM loss on the pretrain data")

@@ -26,7 +26,7 @@ import shutil
 from array import array
 from pathlib import Path
 
-from alignkit.config.arguments import RunArguments
+from alignkit.config.run import RunArguments
 from alignkit.data.template import Encoded
 from alignkit.errors import AlignkitError
 from alignkit.training.checkpoint import (
@@ -46,13 +46,9 @@ LAST = "last"
 LOGS = ("logging.jsonl", "completions.jsonl")
 
 # Flags that only change where and how often things are written or checked, never the weights a step
-# produces. Every other flag (including ones added later) must match the checkpoint's.
-MAY_DIFFER = frozenset({
-    "output_dir", "resume_from_checkpoint", "ignore_args_mismatch", "logging_steps", "eval_steps", "save_steps",
-    "save_total_limit", "report_to", "debug", "per_device_eval_batch_size", "val_dataset", "max_nonfinite_steps",
-    "check_model_is_latest", "gradient_checkpointing", "model_type", "ref_model_type", "tuner_backend",
-    "dataset_num_proc", "load_from_cache_file", "device_map", "device_max_memory",
-})
+# produces (declared with the flag, ``may_differ_on_resume``). Every other flag, and ones added later, must
+# match the checkpoint's.
+MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunArguments) if f.metadata.get("may_differ_on_resume"))
 
 
 def find_checkpoint(spec: str, output_dir: str) -> Path:

@@ -2,7 +2,7 @@
 
 This is what ``alignkit sft`` and ``alignkit rlhf`` call; from Python::
 
-    from alignkit.config.arguments import RunArguments
+    from alignkit.config.run import RunArguments
     from alignkit.training.run import run_training
     checkpoint = run_training(RunArguments(rlhf_type="dpo", max_steps=10), task="rlhf")
 """
@@ -20,9 +20,9 @@ from alignkit.algorithms.kto import KTO, check_kto_rows
 from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
-from alignkit.config.arguments import RunArguments
-from alignkit.config.checks import check_run_arguments
+from alignkit.config.checks import check_run_arguments, warn_flags_without_effect
 from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_DATASET, DEFAULT_LOSS_TYPE
+from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import (
@@ -61,6 +61,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
     check_run_arguments(args)
+    warn_flags_without_effect(args, algorithm_name)
     if algorithm_name in ("ppo", "grpo"):
         from alignkit.training.online_run import run_online
 
@@ -188,8 +189,6 @@ def build_algorithm(args: RunArguments, name: str):
     alignkit/losses/preference.py (logged) and every flag combination checked by the loss functions."""
     if name == "sft":
         return SFT()
-    if name == "rm" and args.beta is not None:
-        logger.warning("--beta has no effect on --rlhf_type rm")
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
                             f"(got {' '.join(args.loss_type)})")

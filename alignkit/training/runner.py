@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.config.arguments import RunArguments
+from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError, TrainingInterrupted
 from alignkit.models.load import resolve_dtype
 from alignkit.models.placement import place

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from alignkit.config.arguments import RunArguments
+from alignkit.config.run import RunArguments
 from alignkit.models.packing import Layout, supports_packing
 from alignkit.models.placement import split_map
 

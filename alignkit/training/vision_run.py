@@ -10,7 +10,7 @@ import dataclasses
 import logging
 
 from alignkit.algorithms.kto import check_kto_rows
-from alignkit.config.arguments import RunArguments
+from alignkit.config.run import RunArguments
 from alignkit.data.encode import with_row_fields
 from alignkit.errors import AlignkitError
 from alignkit.models.load import add_lora, count_parameters, load_adapters

@@ -1,0 +1,202 @@
+"""The arguments of the sub-commands that do not train: infer, eval, demo, export, deploy, app, cache, data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignkit.config.options import (
+    dtype_option,
+    inference_device_map_option,
+    inference_device_max_memory_option,
+    option,
+)
+
+
+@dataclass
+class InferArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "LoRA adapter directories to apply.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    system: str | None = option(None, "System prompt.")
+    max_new_tokens: int = option(256, "Most tokens generated per answer.")
+    temperature: float = option(0.0, "Sampling temperature; 0 decodes greedily.")
+    top_p: float = option(1.0, "Nucleus sampling mass.")
+    top_k: int = option(0, "Sample among the k likeliest tokens (0: no limit).")
+    repetition_penalty: float = option(1.0, "Penalty > 1 discourages repeating tokens.")
+    stream: bool = option(True, "Print tokens as they are generated (interactive chat).")
+    val_dataset: list[str] = option([], "Answer every prompt of these datasets and write JSONL.", nargs="+")
+    result_path: str | None = option(None, "JSONL output of batch inference (never overwritten).")
+    reward_model: str | None = option(
+        None,
+        "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): score the conversations of --val_dataset "
+        "instead of generating; preference rows get both answers scored and the pair accuracy is reported.",
+    )
+    max_batch_size: int = option(8, "Prompts generated together in batch inference.")
+    max_length: int = option(1024, "Longest prompt in tokens; longer prompts are skipped and counted.")
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
+    seed: int = option(42, "Sampling seed.")
+    infer_backend: str = option(
+        "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
+        choices=("transformers", "vllm"),
+    )
+    load_dataset_config: bool = option(
+        False, "Take --val_dataset (or the run's held-out split), --system and --max_length from the args.json "
+        "of the --ckpt_dir run, for flags not given.",
+    )
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class EvalArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "LoRA adapter directories to apply.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    ref_model: str | None = option(None, "Reference for implicit rewards (default: the base without adapters).")
+    dataset: list[str] = option(
+        ["arith-pref:test"], "Preference sets for accuracy and margins ('none' to skip).", nargs="+"
+    )
+    task_dataset: str | None = option(
+        "arith-prompts:test", "Built-in task prompts scored by greedy answer accuracy ('none' to skip)."
+    )
+    beta: float = option(0.1, "beta of the implicit reward beta·(log π − log π_ref).")
+    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_new_tokens: int = option(32, "Most tokens generated per task answer.")
+    batch_size: int = option(8, "Rows per forward / generation batch.")
+    limit: int | None = option(None, "Evaluate at most this many rows of each set.")
+    system: str | None = option(None, "System prompt.")
+    reward_model: str | None = option(
+        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
+    )
+    reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")
+    report_path: str | None = option(
+        None, "The JSON report (never overwritten; default eval_result/<time>.json); the chart goes beside it (.png)."
+    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = option("output/demo", "Where the run, the report and the chart go.")
+    max_steps: int = option(50, "DPO optimizer steps.")
+    rpo_alpha: float = option(0.5, "Weight of the NLL on chosen answers mixed into DPO (as ms-swift's --rpo_alpha).")
+    learning_rate: float = option(5e-4, "Peak learning rate (LoRA).")
+    per_device_train_batch_size: int = option(4, "Pairs per step.", aliases=("--batch_size",))
+    eval_limit: int = option(100, "Held-out rows used for the before/after numbers.")
+    dtype: str = dtype_option()
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class ExportArguments:
+    model: str | None = option(None, "Base model (default: the built-in model, or the adapter's base).",
+                               aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "The LoRA adapter directory to merge.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    merge_lora: bool = option(False, "Merge the adapter into the base weights and write a plain HF model.")
+    quant_bits: int | None = option(
+        None, "Quantise the (merged) model to 4 or 8 bits with --quant_method. Runs on CPU and GPU.", choices=(4, 8)
+    )
+    quant_method: str = option(
+        "bnb", "bnb: bitsandbytes NF4 (4 bits) / LLM.int8 (8 bits), CPU or GPU; the result loads with "
+        "transformers + bitsandbytes. (ms-swift's gptq/awq need a CUDA GPU and are not available.)",
+        choices=("bnb",),
+    )
+    output_dir: str | None = option(
+        None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
+    )
+    dtype: str = dtype_option("Saved precision: auto (the base model's), fp32, bf16, fp16.")
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DeployArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option(
+        [], "LoRA adapters: NAME=DIR serves DIR as model NAME (several allowed); a bare DIR becomes the default "
+        "model, served as --served_model_name.", nargs="*",
+    )
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model), the default model.")
+    served_model_name: str | None = option(
+        None, "Name of the default model in /v1/models and requests (default: the model or checkpoint directory's name)."
+    )
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    port: int = option(8000, "Port to listen on.")
+    api_key: str | None = option(None, "Require `Authorization: Bearer KEY` on every request.")
+    max_new_tokens: int = option(512, "Most tokens per answer when a request gives no max_tokens.")
+    temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
+    top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
+    max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    allowed_local_media_path: str | None = option(
+        None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
+        "inside this directory; without it only data: and http(s):// URLs are taken.",
+    )
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class AppArguments:
+    model: str | None = option(None, "Base model (default: the built-in model).", aliases=("--model_id_or_path",))
+    adapters: list[str] = option([], "LoRA adapter directories to apply.", nargs="*")
+    ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
+    system: str | None = option(None, "Initial system prompt (editable in the page).")
+    max_new_tokens: int = option(256, "Initial most tokens per answer (editable in the page).")
+    temperature: float = option(0.0, "Initial sampling temperature; 0 decodes greedily (editable in the page).")
+    top_p: float = option(1.0, "Initial nucleus sampling mass (editable in the page).")
+    server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the page to the network).")
+    server_port: int = option(7860, "Port to listen on.")
+    share: bool = option(False, "Also publish the page through a public Gradio share link.")
+    dtype: str = dtype_option()
+    device_map: str | None = inference_device_map_option()
+    device_max_memory: list[str] = inference_device_max_memory_option()
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class CacheArguments:
+    kinds: list[str] = option(
+        ["tokenized", "ref_logps"], "Caches to report (and clear): tokenized, ref_logps.", nargs="+",
+    )
+    clear: bool = option(False, "Delete the files of --kinds (the built-in model is never deleted).")
+    older_than_days: float | None = option(None, "With --clear: delete only files last written before this many days.")
+    debug: bool = option(False, "Show full tracebacks for errors.")
+
+
+@dataclass
+class DataArguments:
+    dataset: list[str] = option([], "Datasets to inspect (same forms as for training).", nargs="+")
+    model: str | None = option(
+        None, "Model whose tokenizer and chat template render the rows (default: the built-in model).",
+        aliases=("--model_id_or_path",),
+    )
+    kind: str = option(
+        "auto",
+        "Rows to build: auto (each file's own: preference for pairs, unpaired for KTO, ...), preference, sft, "
+        "unpaired or prompt.",
+        choices=("auto", "preference", "sft", "unpaired", "prompt"),
+    )
+    num_examples: int = option(2, "Rows shown rendered, with their trained tokens highlighted.")
+    columns: str | None = option(None, "Rename columns first, as a JSON object '{\"src\": \"dst\"}'.")
+    template: str | None = option(None, "Built-in chat template (chatml, llama3, qwen, default).",
+                                  choices=("chatml", "llama3", "qwen", "default"))
+    template_config: str | None = option(None, "ColossalChat-style template config JSON.",
+                                         aliases=("--conversation_template_config",))
+    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all).",
+                             choices=("default", "last_round", "all"))
+    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
+    truncation_strategy: str = option("delete", "Rows that do not fit: delete, left, right or raise.",
+                                      choices=("delete", "left", "right", "raise"))
+    check_dataset_strategy: str = option("none", "Invalid rows: none/error stop; discard/warning drop and count.",
+                                         choices=("none", "error", "discard", "warning"))
+    data_seed: int = option(42, "Seed for #N sampling and built-in data.")
+    debug: bool = option(False, "Show full tracebacks for errors.")

@@ -1,0 +1,333 @@
+"""The arguments of a training run (``alignkit sft``, ``alignkit rlhf``): every flag declared once, with its help
+text and its ms-swift aliases. From Python::
+
+    from alignkit.config import RunArguments
+    args = RunArguments(rlhf_type="dpo", dataset=["arith-pref"], max_steps=20)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from alignkit.config.options import dtype_option, option
+
+
+@dataclass
+class RunArguments:
+    """Everything a training run needs. Flat, so that a flag maps to exactly one attribute."""
+
+    # --- model ---
+    model: str | None = option(
+        None,
+        "Model to train: a local HF directory, a hub id, or 'smollm2-135m-instruct' (the built-in default).",
+        aliases=("--model_id_or_path",),
+    )
+    model_type: str | None = option(
+        None,
+        "ms-swift compatibility. A local path here is used as --model; a registry name (e.g. "
+        "llama3-8b-instruct) needs --model as well, since alignkit has no model registry.", may_differ_on_resume=True)
+    model_revision: str | None = option(None, "Hub revision (branch, tag or commit) of --model.")
+    ref_model: str | None = option(
+        None,
+        "Reference model for full fine-tuning (default: a frozen copy of the starting weights; "
+        "with LoRA the adapter-disabled base).",
+        aliases=("--ref_model_id_or_path",), applies_to=("dpo", "kto", "ppo", "grpo",))
+    ref_model_type: str | None = option(
+        None, "ms-swift compatibility, handled like --model_type for --ref_model.", may_differ_on_resume=True)
+    adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
+    dtype: str = dtype_option(
+        "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
+    )
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.", may_differ_on_resume=True)
+
+    # --- data ---
+    dataset: list[str] = option(
+        [],
+        "Training data: built-in names (arith-sft, arith-pref, ...) or local .jsonl/.json/.csv/.parquet files, "
+        "each optionally suffixed #N to sample N rows. Default: the built-in set for the algorithm.",
+        nargs="+",
+    )
+    val_dataset: list[str] = option([], "Held-out data, same forms as --dataset.", nargs="+", may_differ_on_resume=True)
+    split_dataset_ratio: float = option(
+        0.0, "Fraction of --dataset held out for evaluation when --val_dataset is empty."
+    )
+    dataset_shuffle: bool = option(True, "Shuffle the training data each epoch.")
+    data_seed: int = option(42, "Seed for dataset sampling and splitting.")
+    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_prompt_length: int | None = option(
+        None, "Maximum prompt tokens (longer prompts follow --truncation_strategy)."
+    )
+    truncation_strategy: str = option(
+        "delete",
+        "Rows that do not fit: delete (drop and count), left (cut the prompt's start), right (cut the answer's "
+        "end, keeping at least one trained token), raise (stop with an error naming the row).",
+        choices=("delete", "left", "right", "raise"),
+    )
+    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    check_dataset_strategy: str = option(
+        "none",
+        "Invalid rows: none/error stop with an error naming the file, row and field (and how many more "
+        "rows are invalid); discard/warning drop them and report the count.",
+        choices=("none", "error", "discard", "warning"),
+    )
+    columns: str | None = option(
+        None,
+        "Rename dataset columns before the format is detected, as a JSON object: "
+        "'{\"question\": \"query\", \"kto_tag\": \"label\"}'.",
+    )
+    template: str | None = option(
+        None,
+        "Built-in chat template instead of the tokenizer's own: chatml, llama3, qwen or default. A tokenizer "
+        "without a template (a base model) gets chatml.",
+        choices=("chatml", "llama3", "qwen", "default"),
+    )
+    template_config: str | None = option(
+        None,
+        "ColossalChat-style template config JSON (chat_template, system_message, end_of_assistant, stop_ids).",
+        aliases=("--conversation_template_config",),
+    )
+    loss_scale: str = option(
+        "default",
+        "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
+        "last_round (only the final assistant turn), all (SFT only: every token, prompts included).",
+        choices=("default", "last_round", "all"),
+    )
+    dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
+    load_from_cache_file: bool = option(
+        True, "Reuse tokenised data cached under $ALIGNKIT_CACHE/tokenized (keyed by data, tokenizer, template "
+        "and length settings).", may_differ_on_resume=True)
+
+    # --- training loop ---
+    output_dir: str = option("output", "Each run gets a new versioned directory below this one.", may_differ_on_resume=True)
+    num_train_epochs: float = option(1.0, "Epochs over the training data (ignored when --max_steps > 0).")
+    max_steps: int = option(-1, "Total optimizer steps; overrides --num_train_epochs when > 0.")
+    per_device_train_batch_size: int = option(
+        1, "Rows (pairs for preference methods) per micro-batch.", aliases=("--batch_size",)
+    )
+    per_device_eval_batch_size: int = option(4, "Rows per evaluation batch.", aliases=("--eval_batch_size",), may_differ_on_resume=True)
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.")
+    learning_rate: float = option(1e-4, "Peak learning rate.", aliases=("--lr",))
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon.")
+    lr_scheduler_type: str = option(
+        "cosine", "Learning-rate schedule after warm-up.", choices=("linear", "cosine", "constant")
+    )
+    warmup_ratio: float = option(0.0, "Fraction of the steps spent warming up linearly from 0.")
+    warmup_steps: int = option(0, "Warm-up steps (overrides --warmup_ratio when > 0).")
+    max_grad_norm: float = option(
+        1.0, "Clip the gradient's global norm to this (0 disables).", aliases=("--grad_clip",)
+    )
+    logging_steps: int = option(5, "Log metrics every N optimizer steps.", may_differ_on_resume=True)
+    eval_steps: int | None = option(None, "Evaluate every N steps (default: only at the end).", may_differ_on_resume=True)
+    save_steps: int = option(500, "Save a checkpoint every N steps (and always at the end).", may_differ_on_resume=True)
+    save_total_limit: int | None = option(
+        None, "Keep at most this many checkpoints (the newest is always kept).", may_differ_on_resume=True)
+    resume_from_checkpoint: str | None = option(
+        None,
+        "Continue a run exactly: a checkpoint directory, a run directory (its newest complete checkpoint) or "
+        "'last' (the newest complete checkpoint under --output_dir). The run goes on in the checkpoint's run "
+        "directory.", may_differ_on_resume=True)
+    ignore_args_mismatch: bool = option(
+        False,
+        "Resume even though flags that change the run (data, model, learning rate, batch sizes, seed, ...) "
+        "differ from the checkpoint's; the differences are logged.", may_differ_on_resume=True)
+    max_nonfinite_steps: int = option(
+        10,
+        "Stop after this many optimizer steps in a row with a NaN/inf loss or gradient (each such update is "
+        "skipped, counted and logged with its rows).", may_differ_on_resume=True)
+    seed: int = option(42, "Seed for initialisation, dropout and data order.")
+    report_to: list[str] = option(
+        ["tensorboard"],
+        "Where metrics go besides the console and logging.jsonl: tensorboard or none.",
+        nargs="+", may_differ_on_resume=True)
+    debug: bool = option(False, "Show full tracebacks for errors.", may_differ_on_resume=True)
+
+    # --- distribution (see docs/distributed.md); processes come from torchrun, accelerate or NPROC_PER_NODE ---
+    deepspeed: str | None = option(
+        None, "DeepSpeed ZeRO through accelerate: zero0, zero1, zero2, zero3, zero2_offload, zero3_offload (configs "
+        "shipped in alignkit/ds_configs) or a path to a DeepSpeed JSON config. Needs deepspeed and a GPU."
+    )
+    fsdp: bool = option(False, "PyTorch FSDP2 through accelerate, wrapping each transformer decoder layer. Needs GPUs.")
+    plugin: str | None = option(
+        None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
+        "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
+        choices=("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"),
+    )
+    tp: int = option(1, "ColossalChat's tensor-parallel size; only 1 is supported (no equivalent engine).")
+    pp: int = option(1, "ColossalChat's pipeline-parallel size; only 1 is supported (no equivalent engine).")
+    sp: int = option(1, "ColossalChat's sequence-parallel size; only 1 is supported (no equivalent engine).")
+    device_map: str | None = option(
+        None, "Split the model's layers across this process's GPUs (ms-swift's MP): auto, balanced, balanced_low_0, "
+        "sequential, cpu, cuda:N, a JSON object {module: device} or a JSON file. Default: auto when one process (no "
+        "launcher) sees several GPUs. Not with data parallelism, --deepspeed or --fsdp.",
+        aliases=("--device_map_config",), may_differ_on_resume=True)
+    device_max_memory: list[str] = option(
+        [], "Memory --device_map may use: one size per visible GPU (20GB 24GB) or a JSON object "
+        "'{\"0\": \"20GB\", \"cpu\": \"64GB\"}'. Training needs every layer on a GPU; inference may offload.",
+        aliases=("--max_memory",), nargs="+", may_differ_on_resume=True)
+
+    # --- LoRA / full ---
+    train_type: str = option(
+        "lora",
+        "lora (peft adapters) or full fine-tuning.",
+        aliases=("--sft_type", "--tuner_type"),
+        choices=("lora", "full"),
+    )
+    lora_rank: int = option(8, "LoRA rank r.")
+    lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA input.", aliases=("--lora_dropout_p",))
+    lora_target_modules: list[str] = option(
+        ["all-linear"],
+        "Modules to adapt: ALL / all-linear (every linear layer but the LM head), DEFAULT (attention q/k/v), "
+        "or module names.",
+        aliases=("--target_modules",),
+        nargs="+",
+    )
+    tuner_backend: str = option(
+        "peft", "ms-swift compatibility: LoRA always runs on peft.", choices=("peft", "swift"), may_differ_on_resume=True)
+    # --- vision-language models (docs/vision.md) ---
+    freeze_vit: bool = option(True, "Vision-language models: keep the vision encoder frozen (full training and "
+                              "LoRA ALL/all-linear targets).")
+    freeze_aligner: bool = option(True, "Vision-language models: keep the aligner (projector between vision "
+                                  "encoder and language model) frozen (full training and LoRA ALL targets).")
+    freeze_llm: bool = option(False, "Vision-language models: keep the language model frozen (full training and "
+                              "LoRA targets).")
+
+    # --- preference objectives (docs/objectives.md gives every formula) ---
+    rlhf_type: str = option(
+        "dpo",
+        "Algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label), rm (reward model: a scalar head "
+        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md).",
+        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"),
+    )
+    beta: float | None = option(
+        None,
+        "Strength beta (ORPO: the paper's lambda). Unset: the algorithm's default from the table DEFAULT_BETA in "
+        "alignkit/config/defaults.py (0.1; simpo 2.0; grpo 0.04), logged when applied. Not used by rm, nor by ppo "
+        "(its KL weight is --kl_coef).", applies_to=("dpo", "cpo", "simpo", "orpo", "kto", "grpo",))
+    loss_type: list[str] = option(
+        [],
+        "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
+        "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
+        "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
+        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
+        "and orpo take none.",
+        nargs="+", applies_to=("dpo", "cpo", "kto", "rm", "grpo",))
+    loss_weights: list[float] = option(
+        [], "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.", nargs="+", applies_to=("dpo",))
+    loss_convention: str = option(
+        "swift",
+        "Where ms-swift (TRL 0.x) and TRL 1.x disagree. swift (default, so ms-swift command lines keep their "
+        "meaning): sigmoid with --label_smoothing is cDPO, exo_pair with label_smoothing 0 uses 1e-3, bco_pair "
+        "shifts by a running mean of the rewards, --f_alpha_divergence_coef is the f-DPO paper's alpha. trl1: "
+        "TRL 1.x (smoothing ignored by sigmoid, exo_pair needs it, no bco shift, coef means 1 - alpha).",
+        choices=("swift", "trl1"), applies_to=("dpo",))
+    rpo_alpha: float | None = option(
+        None, "dpo: weight of the NLL (SFT) loss on chosen answers added to DPO (RPO). Unset: off.", applies_to=("dpo",))
+    label_smoothing: float = option(
+        0.0,
+        "epsilon, the assumed probability that a pair's label is flipped: dpo sigmoid (cDPO), robust, exo_pair, "
+        "aot, aot_unpaired; cpo sigmoid; simpo.", applies_to=("dpo", "cpo", "simpo",))
+    reference_free: bool = option(False, "dpo: compare against a uniform reference (log-probs 0), no reference model.", applies_to=("dpo",))
+    ld_alpha: float | None = option(
+        None,
+        "dpo: LD-DPO, weight in [0, 1] of the tokens beyond the shorter answer of each pair in the sequence "
+        "log-probs (policy and reference). Unset: off (1.0 is plain DPO).", applies_to=("dpo",))
+    discopop_tau: float = option(0.05, "dpo discopop: temperature tau of the logistic/exponential mixing.", applies_to=("dpo",))
+    f_divergence_type: str = option(
+        "reverse_kl",
+        "dpo: the divergence regularising the policy (f-DPO); not reverse_kl only with sigmoid, sigmoid_norm, "
+        "hinge, ipo, exo_pair, robust, discopop, sft.",
+        choices=("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"), applies_to=("dpo",))
+    f_alpha_divergence_coef: float = option(
+        1.0, "dpo: alpha of --f_divergence_type alpha_divergence (meaning per --loss_convention).", applies_to=("dpo",))
+    cpo_alpha: float = option(
+        1.0, "cpo, simpo: weight of the NLL on chosen answers (0 for pure SimPO, as in the SimPO paper).", applies_to=("cpo", "simpo",))
+    simpo_gamma: float = option(1.0, "simpo: target reward margin gamma (ms-swift's default 1.0).", applies_to=("simpo", "cpo",))
+    desirable_weight: float = option(1.0, "kto: lambda_D, weight of the losses of desirable rows.", applies_to=("kto",))
+    undesirable_weight: float = option(1.0, "kto: lambda_U, weight of the losses of undesirable rows.", applies_to=("kto",))
+    center_rewards_coefficient: float | None = option(
+        None, "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off.", applies_to=("rm",))
+
+    # --- speed-ups (exact: the same numbers as the plain padded path; see docs/performance.md) ---
+    padding_free: bool = option(
+        True,
+        "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
+        "attention across sequences. Every method (ppo/grpo: the completion log-probs); not rows with images. Needs sdpa or eager "
+        "attention (else the padded path runs, with a warning).",
+    )
+    prefix_sharing: bool = option(
+        True,
+        "With --padding_free: sequences that begin alike (a pair's prompt, a shared system prompt) run their "
+        "common prefix once, a mask keeping each answer from seeing the others.",
+    )
+    precompute_ref_log_probs: bool = option(
+        True,
+        "dpo, kto: compute the reference log-probs of the rows the run will see once before training, cached on "
+        "disk under a key of the reference weights, data, template, --max_length and precision; no reference "
+        "model is kept. Not for vision-language models.", applies_to=("dpo", "kto",))
+
+    # --- ms-swift flags with no effect here, accepted so existing scripts run ---
+    check_model_is_latest: bool = option(
+        True, "ms-swift compatibility (no effect: alignkit never checks hubs).", may_differ_on_resume=True)
+
+    # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
+    reward_model: list[str] = option(
+        [],
+        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
+        "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
+        nargs="+", applies_to=("ppo", "grpo",))
+    reward_adapters: list[str] = option([], "LoRA adapters merged into --reward_model.", nargs="*", applies_to=("ppo", "grpo",))
+    max_completion_length: int = option(512, "ppo, grpo: most tokens sampled per completion.", applies_to=("ppo", "grpo",))
+    temperature: float = option(
+        0.9, "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature).", applies_to=("ppo", "grpo",))
+    missing_eos_penalty: float | None = option(
+        None, "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length.", applies_to=("ppo", "grpo",))
+    local_rollout_forward_batch_size: int = option(
+        64, "ppo, grpo: sequences per generation and per no-grad forward in rollouts.", applies_to=("ppo", "grpo",))
+    num_mini_batches: int = option(1, "ppo, grpo: optimizer steps per pass over a rollout.", applies_to=("ppo", "grpo",))
+    experience_batch_size: int | None = option(
+        None,
+        "ppo, grpo (ColossalChat): prompts per collect step. Unset: --per_device_train_batch_size x "
+        "--gradient_accumulation_steps x --num_mini_batches completions (TRL), divided by --num_generations.", applies_to=("ppo", "grpo",))
+    num_collect_steps: int = option(1, "ppo, grpo (ColossalChat): rollouts of --experience_batch_size prompts per step.", applies_to=("ppo", "grpo",))
+    train_batch_size: int | None = option(
+        None, "ppo, grpo (ColossalChat): completions per optimizer step (overrides --num_mini_batches).", applies_to=("ppo", "grpo",))
+    num_episodes: int | None = option(
+        None, "ppo, grpo (ColossalChat): number of steps (rollout + updates); the same as --max_steps.", applies_to=("ppo", "grpo",))
+    use_vllm: bool = option(False, "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.", applies_to=("ppo", "grpo",))
+    vllm_gpu_memory_utilization: float = option(0.9, "Share of GPU memory vLLM may take with --use_vllm.", applies_to=("ppo", "grpo",))
+    num_ppo_epochs: int = option(4, "ppo: passes over each rollout.", applies_to=("ppo",))
+    kl_coef: float = option(0.05, "ppo: weight of the per-token KL penalty in the reward.", applies_to=("ppo",))
+    cliprange: float = option(0.2, "ppo: clip range of the policy ratio.", applies_to=("ppo",))
+    vf_coef: float = option(0.1, "ppo: weight of the value loss.", applies_to=("ppo",))
+    cliprange_value: float = option(0.2, "ppo: clip range of the value update.", applies_to=("ppo",))
+    gamma: float = option(1.0, "ppo: discount factor.", applies_to=("ppo",))
+    lam: float = option(0.95, "ppo: GAE lambda.", applies_to=("ppo",))
+    whiten_rewards: bool = option(False, "ppo: whiten the per-token rewards (scale only) before GAE.", applies_to=("ppo",))
+    pretrain_dataset: list[str] = option(
+        [], "ppo (ColossalChat ptx): SFT data whose LM loss is mixed into the policy loss.", nargs="+", applies_to=("ppo",))
+    ptx_coef: float = option(0.0, "ppo: p in the policy loss (1 - p)*PPO + p*LM loss on --pretrain_dataset.", applies_to=("ppo",))
+    num_generations: int = option(8, "grpo: completions sampled per prompt (a group).", applies_to=("grpo",))
+    num_iterations: int = option(1, "grpo: passes over each rollout.", applies_to=("grpo",))
+    scale_rewards: str = option(
+        "group",
+        "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, false = none.",
+        choices=("group", "batch", "none", "true", "false"), applies_to=("grpo",))
+    epsilon: float = option(0.2, "grpo: clip range of the policy ratio.", applies_to=("grpo",))
+    epsilon_high: float | None = option(None, "grpo: upper clip range (DAPO's clip-higher). Unset: --epsilon.", applies_to=("grpo",))
+    reward_funcs: list[str] = option(
+        [],
+        "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
+        "or file.py:function.",
+        nargs="+", applies_to=("grpo",))
+    reward_weights: list[float] = option(
+        [], "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.", nargs="+", applies_to=("grpo",))
+    external_plugins: list[str] = option([], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

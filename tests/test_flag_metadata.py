@@ -1,0 +1,54 @@
+"""What the training code derives from a flag's own declaration (alignkit/config/run.py): the
+"has no effect" warning from ``applies_to``, the resume policy from ``may_differ_on_resume``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from alignkit.cli import main
+from alignkit.config import RunArguments
+from alignkit.config.checks import warn_flags_without_effect
+from alignkit.training.resume import MAY_DIFFER
+
+
+def test_a_flag_set_for_a_method_it_does_not_serve_says_so_once(caplog):
+    caplog.set_level(logging.WARNING, logger="alignkit")
+    args = RunArguments(rlhf_type="rm", beta=0.2, num_generations=4, kl_coef=0.1, center_rewards_coefficient=0.01)
+    assert warn_flags_without_effect(args, "rm") == ["beta", "kl_coef", "num_generations"]
+    assert "--beta has no effect on --rlhf_type rm (it serves dpo, cpo, simpo, orpo, kto, grpo)" in caplog.text
+    assert "center_rewards_coefficient" not in caplog.text  # rm's own flag
+    assert warn_flags_without_effect(RunArguments(learning_rate=1e-3, beta=0.3), "sft") == ["beta"]
+
+
+def test_flags_left_at_their_defaults_or_serving_the_method_are_silent():
+    assert warn_flags_without_effect(RunArguments(), "dpo") == []
+    assert warn_flags_without_effect(RunArguments(), "sft") == []
+    grpo = RunArguments(rlhf_type="grpo", beta=0.0, num_generations=4, reward_funcs=["accuracy"], temperature=0.7)
+    assert warn_flags_without_effect(grpo, "grpo") == []
+    assert warn_flags_without_effect(RunArguments(simpo_gamma=0.5, cpo_alpha=0.0), "cpo") == []  # cpo --loss_type simpo
+
+
+def test_every_method_specific_flag_declares_the_methods_its_help_names():
+    methods = {"sft", "dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"}
+    for f in dataclasses.fields(RunArguments):
+        serves = f.metadata.get("applies_to")
+        first_word = f.metadata["help"].split(":")[0].split(" (")[0]
+        named = {w.strip() for w in first_word.split(",")}
+        if named <= methods and ":" in f.metadata["help"]:
+            assert serves is not None and named <= set(serves), f"--{f.name} ({f.metadata['help'][:40]}...)"
+        if serves is not None:
+            assert set(serves) <= methods, f.name
+
+
+def test_the_resume_policy_comes_from_the_flags():
+    assert {"output_dir", "logging_steps", "save_steps", "eval_steps", "report_to", "gradient_checkpointing"} <= MAY_DIFFER
+    assert not {"learning_rate", "seed", "dataset", "per_device_train_batch_size", "beta", "model"} & MAY_DIFFER
+
+
+def test_the_cli_warns_before_training(tiny_model_dir, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="alignkit")
+    assert main(["rlhf", "--rlhf_type", "orpo", "--model", tiny_model_dir, "--dataset", "arith-pref#4",
+                 "--max_steps", "1", "--num_generations", "4", "--output_dir", str(tmp_path), "--report_to", "none",
+                 "--dtype", "fp32"]) == 0
+    assert "--num_generations has no effect on --rlhf_type orpo (it serves grpo)" in caplog.text
