@@ -52,3 +52,18 @@ def test_the_cli_warns_before_training(tiny_model_dir, tmp_path, caplog):
                  "--max_steps", "1", "--num_generations", "4", "--output_dir", str(tmp_path), "--report_to", "none",
                  "--dtype", "fp32"]) == 0
     assert "--num_generations has no effect on --rlhf_type orpo (it serves grpo)" in caplog.text
+
+
+def test_one_defaults_table_fills_unset_flags_per_method_and_says_so(caplog):
+    from alignkit.config.defaults import resolve
+
+    caplog.set_level(logging.INFO, logger="alignkit")
+    assert resolve(RunArguments(), "simpo") == {"beta": 2.0, "loss_type": [], "dataset": ["arith-pref"]}
+    assert "--beta not set: using simpo's default 2.0 (alignkit/config/defaults.py)" in caplog.text
+    grpo = resolve(RunArguments(rlhf_type="grpo", epsilon=0.3), "grpo")
+    assert grpo == {"beta": 0.04, "loss_type": ["grpo"], "dataset": ["arith-prompts"], "epsilon_high": 0.3}
+    said = RunArguments(beta=0.5, loss_type=["ipo"], dataset=["mine.jsonl"])
+    caplog.clear()
+    assert resolve(said, "dpo") == {"beta": 0.5, "loss_type": ["ipo"], "dataset": ["mine.jsonl"]}
+    assert "not set" not in caplog.text  # what the user said is never rewritten
+    assert resolve(RunArguments(), "rm")["beta"] is None and resolve(RunArguments(), "sft")["dataset"] == ["arith-sft"]

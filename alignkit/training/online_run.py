@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, stop_token_ids
-from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_LOSS_TYPE, DEFAULT_PROMPT_DATASET
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
@@ -37,21 +36,22 @@ logger = logging.getLogger("alignkit")
 SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none", "true": "group", "false": "none"}
 
 
-def run_online(args: RunArguments) -> Path:
-    """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint."""
+def run_online(args: RunArguments, defaults: dict) -> Path:
+    """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint. ``defaults``: the method's values of
+    unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
     start = start_run(args)
     check_online_engine(name, start.engine, use_vllm=args.use_vllm)
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
-    grpo = _grpo_settings(args) if name == "grpo" else None
+    grpo = _grpo_settings(args, defaults) if name == "grpo" else None
     if name == "ppo":
         _check_ppo_flags(args)
     if args.use_vllm:
         from alignkit.generation.vllm import check_vllm_available
 
         check_vllm_available()
-    datasets = args.dataset or [DEFAULT_PROMPT_DATASET]
+    datasets = defaults["dataset"]
     train_rows, val_rows = load_datasets(datasets, args.val_dataset, "prompt", split_dataset_ratio=args.split_dataset_ratio,
                                          seed=args.data_seed, shuffle=args.dataset_shuffle,
                                          columns=parse_columns(args.columns),
@@ -187,7 +187,7 @@ def encode_prompts(encoder: ChatEncoder, rows: list[PromptRow], limit: int, stra
     return encoded
 
 
-def _grpo_settings(args: RunArguments) -> dict:
+def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     """GRPO's resolved settings (defaults applied and logged), and its reward functions, checked early."""
     from alignkit.algorithms.rewards import resolve_reward_funcs
 
@@ -200,21 +200,17 @@ def _grpo_settings(args: RunArguments) -> dict:
     if len(weights) != count:
         raise AlignkitError(f"--reward_weights has {len(weights)} values for {count} rewards "
                             f"(--reward_funcs, then --reward_model)")
-    loss_type = args.loss_type[0] if args.loss_type else DEFAULT_LOSS_TYPE["grpo"]
+    loss_type = defaults["loss_type"][0]
     if len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES:
         raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
                             f"got {' '.join(args.loss_type)}")
-    beta = args.beta
-    if beta is None:
-        beta = DEFAULT_BETA["grpo"]
-        logger.info("--beta not set: using grpo's default %s (DEFAULT_BETA in alignkit/config/defaults.py)", beta)
     if args.num_generations < 2:
         raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt")
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
-    return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": beta,
+    return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
             "num_generations": args.num_generations, "scale_rewards": SCALE_REWARDS[args.scale_rewards],
-            "epsilon_high": args.epsilon_high if args.epsilon_high is not None else args.epsilon}
+            "epsilon_high": defaults["epsilon_high"]}
 
 
 def _check_ppo_flags(args: RunArguments) -> None:

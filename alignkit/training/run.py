@@ -21,7 +21,7 @@ from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
 from alignkit.config.checks import check_run_arguments, warn_flags_without_effect
-from alignkit.config.defaults import DEFAULT_BETA, DEFAULT_DATASET, DEFAULT_LOSS_TYPE
+from alignkit.config.defaults import resolve
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
@@ -65,7 +65,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if algorithm_name in ("ppo", "grpo"):
         from alignkit.training.online_run import run_online
 
-        return run_online(args)
+        return run_online(args, resolve(args, algorithm_name))
     start = start_run(args)
     resume, precision = start.resume, start.precision
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
@@ -74,10 +74,11 @@ def run_training(args: RunArguments, *, task: str) -> Path:
                                            allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))))
     start.check_engine()
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
-    algorithm = build_algorithm(args, algorithm_name)
+    defaults = resolve(args, algorithm_name)
+    algorithm = build_algorithm(args, algorithm_name, defaults)
 
     kind = algorithm.rows
-    datasets = args.dataset or [DEFAULT_DATASET[algorithm_name]]
+    datasets = defaults["dataset"]
     train_data, val_data = load_datasets(
         datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
         shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
@@ -184,26 +185,20 @@ def make_collate(algorithm, pad_id: int):
     return PairCollator(pad_id)
 
 
-def build_algorithm(args: RunArguments, name: str):
-    """The algorithm object for ``name`` ("sft" or an --rlhf_type), with defaults applied from the tables in
-    alignkit/losses/preference.py (logged) and every flag combination checked by the loss functions."""
+def build_algorithm(args: RunArguments, name: str, defaults: dict):
+    """The algorithm object for ``name`` ("sft" or an --rlhf_type), with the method's defaults (``defaults``:
+    ``config.defaults.resolve``) and every flag combination checked by the loss functions."""
     if name == "sft":
         return SFT()
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
                             f"(got {' '.join(args.loss_type)})")
-    loss_types = list(args.loss_type)
-    if not loss_types and name in DEFAULT_LOSS_TYPE:
-        loss_types = [DEFAULT_LOSS_TYPE[name]]
+    loss_types, beta = defaults["loss_type"], defaults["beta"]
     if name != "dpo" and len(loss_types) > 1:
         raise AlignkitError(f"--rlhf_type {name} takes one --loss_type, got {' '.join(loss_types)}; "
                             "several are mixed by --rlhf_type dpo only")
     if args.loss_weights and name != "dpo":
         raise AlignkitError("--loss_weights mixes --rlhf_type dpo loss types; it has no effect here")
-    beta = args.beta
-    if beta is None and name in DEFAULT_BETA:
-        beta = DEFAULT_BETA[name]
-        logger.info("--beta not set: using %s's default %s (DEFAULT_BETA in alignkit/config/defaults.py)", name, beta)
     try:
         if name == "dpo":
             return DPO(
