@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in TRAIN_COMMANDS.items():
-        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), RunArguments)
+        add_dataclass_arguments(
+            sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), RunArguments
+        )
     for name, cls, help_text in (
         ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
         ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),

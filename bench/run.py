@@ -204,13 +204,24 @@ def main() -> None:
                                for fw, r in by_fw.items() if fw != "alignkit"}
     report = {
         "command": "python bench/run.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads_per_run": args.threads or "torch default",
-                    "load_avg_before": [round(x, 2) for x in load_before],
-                    "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
-        "workload": {"model": "SmolLM2-135M-Instruct", "pairs_per_step": PAIRS_PER_STEP, "max_length": MAX_LENGTH,
-                     "tokens_per_step": round(data["tokens_per_step"], 1), "lora": "r 8, alpha 32, dropout 0, all linear",
-                     "beta": 0.1, "loss_type": "sigmoid", "steps": args.steps, "learning_rate": LEARNING_RATE},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads_per_run": args.threads or "torch default",
+            "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "workload": {
+            "model": "SmolLM2-135M-Instruct",
+            "pairs_per_step": PAIRS_PER_STEP,
+            "max_length": MAX_LENGTH,
+            "tokens_per_step": round(data["tokens_per_step"], 1),
+            "lora": "r 8, alpha 32, dropout 0, all linear",
+            "beta": 0.1,
+            "loss_type": "sigmoid",
+            "steps": args.steps,
+            "learning_rate": LEARNING_RATE,
+        },
         "results": results,
         "ratios_pairs_per_s": ratios,
     }

@@ -37,7 +37,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
-    parser.add_argument("--variants", nargs="+", default=["plain", "padding_free", "prefix_shared", "cached_padded", "cached_prefix_shared"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["plain", "padding_free", "prefix_shared", "cached_padded", "cached_prefix_shared"],
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -51,8 +55,14 @@ def main() -> None:
 
     model = load_causal_lm(path)
     t0 = time.perf_counter()
-    cached = precompute_reference(model, [rows[i : i + 4] for i in range(0, len(rows), 4)], collate, template=tokenizer.chat_template, max_length=128,
-                                  precision=args.dtype)
+    cached = precompute_reference(
+        model,
+        [rows[i : i + 4] for i in range(0, len(rows), 4)],
+        collate,
+        template=tokenizer.chat_template,
+        max_length=128,
+        precision=args.dtype,
+    )
     precompute_s = time.perf_counter() - t0
     frozen = copy.deepcopy(model) if args.train_type == "full" and any(
         v in args.variants for v in ("plain", "padding_free", "prefix_shared")) else None

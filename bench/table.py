@@ -26,8 +26,12 @@ def main() -> None:
     for peer in frameworks[1:]:
         cells = [f"{report['ratios_pairs_per_s'][s].get(f'alignkit/{peer}', float('nan')):.2f}×" for s in settings]
         print(f"| alignkit ÷ {SHORT.get(peer, peer)} (pairs/s) | " + " | ".join(cells) + " |")
-    pre = [f"{results[s]['alignkit'].get('ref_precompute_s', 0):.0f} s, "
-           f"{results[s]['alignkit'].get('pairs_per_s_incl_precompute', 0):.2f}" for s in settings if "alignkit" in results[s]]
+    pre = [
+        f"{results[s]['alignkit'].get('ref_precompute_s', 0):.0f} s, "
+        f"{results[s]['alignkit'].get('pairs_per_s_incl_precompute', 0):.2f}"
+        for s in settings
+        if "alignkit" in results[s]
+    ]
     print("| alignkit reference pass (once), pairs/s including it | " + " | ".join(pre) + " |")
 
 

@@ -59,13 +59,25 @@ def main() -> None:
 
     sft = sft_arguments(options.sft_steps, out)
     grpo = RunArguments(
-        rlhf_type="grpo", dataset=["arith-prompts"], val_dataset=["arith-prompts:test#8"],
-        reward_funcs=["accuracy", "format"], num_generations=options.num_generations,
+        rlhf_type="grpo",
+        dataset=["arith-prompts"],
+        val_dataset=["arith-prompts:test#8"],
+        reward_funcs=["accuracy", "format"],
+        num_generations=options.num_generations,
         # One optimizer step per rollout of prompts_per_step prompts, in two micro-batches.
         per_device_train_batch_size=options.prompts_per_step * options.num_generations // 2,
-        gradient_accumulation_steps=2, max_completion_length=12, temperature=1.0, beta=0.0,
-        learning_rate=options.learning_rate, lr_scheduler_type="constant", max_steps=options.grpo_steps, logging_steps=1,
-        save_steps=50, output_dir=str(out / "grpo"), report_to=["none"], max_length=256,
+        gradient_accumulation_steps=2,
+        max_completion_length=12,
+        temperature=1.0,
+        beta=0.0,
+        learning_rate=options.learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=options.grpo_steps,
+        logging_steps=1,
+        save_steps=50,
+        output_dir=str(out / "grpo"),
+        report_to=["none"],
+        max_length=256,
     )
     report["commands"] = {"sft": changed_arguments(sft), "grpo": changed_arguments(grpo)}
     if not options.skip_base_eval:
@@ -78,7 +90,9 @@ def main() -> None:
     grpo.adapters = [str(sft_checkpoint)] if sft_checkpoint else []
     grpo_checkpoint = timed("grpo", times, lambda: run_training(grpo, task="rlhf"))
     report["after_grpo"] = timed("eval after grpo", times, held_out_accuracy, grpo_checkpoint, options.eval_limit)
-    report["grpo_log"] = [json.loads(line) for line in (grpo_checkpoint.parent / "logging.jsonl").read_text().splitlines()]
+    report["grpo_log"] = [
+        json.loads(line) for line in (grpo_checkpoint.parent / "logging.jsonl").read_text().splitlines()
+    ]
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))

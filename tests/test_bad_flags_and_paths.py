@@ -100,7 +100,9 @@ def break_tokenizer(model):
     (model / "tokenizer.json").write_text('{"version": "1.0", "model": ')
 
 
-@pytest.mark.parametrize("damage", [break_config, unknown_architecture, remove_weights, truncate_weights, break_tokenizer])
+@pytest.mark.parametrize(
+    "damage", [break_config, unknown_architecture, remove_weights, truncate_weights, break_tokenizer]
+)
 def test_a_broken_model_directory_is_named(damage, model_copy, data, tmp_path, capsys):
     damage(model_copy)
     err = run(capsys, *rlhf(model_copy, data, tmp_path / "out"))
@@ -108,14 +110,21 @@ def test_a_broken_model_directory_is_named(damage, model_copy, data, tmp_path, c
     assert len(err) < 1000
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--model", "/no/such/model", "--model /no/such/model: no such directory"),
-    ("--model", "{tmp}", "--model {tmp}: the directory has no config.json, so it is not a HF model"),
-    ("--ref_model", "/no/such/ref", "--ref_model /no/such/ref: no such directory"),
-    ("--adapters", "/no/such/adapter", "--adapters /no/such/adapter: no adapter_config.json there"),
-    ("--output_dir", "{file}", "--output_dir {file}: cannot create a run directory there"),
-    ("--resume_from_checkpoint", "/no/such/checkpoint", "--resume_from_checkpoint /no/such/checkpoint: no such directory"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--model", "/no/such/model", "--model /no/such/model: no such directory"),
+        ("--model", "{tmp}", "--model {tmp}: the directory has no config.json, so it is not a HF model"),
+        ("--ref_model", "/no/such/ref", "--ref_model /no/such/ref: no such directory"),
+        ("--adapters", "/no/such/adapter", "--adapters /no/such/adapter: no adapter_config.json there"),
+        ("--output_dir", "{file}", "--output_dir {file}: cannot create a run directory there"),
+        (
+            "--resume_from_checkpoint",
+            "/no/such/checkpoint",
+            "--resume_from_checkpoint /no/such/checkpoint: no such directory",
+        ),
+    ],
+)
 def test_bad_paths_are_named(flag, value, message, tiny_model_dir, data, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a-file").write_text("x")

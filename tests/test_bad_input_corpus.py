@@ -100,19 +100,35 @@ def cases() -> list[Case]:
         out.append(Case(f"swift-margin-{i}", with_row({**swift(), "margin": value}), row=2))
 
     # --- wrong types in TRL rows
-    trl_bad = [{"prompt": 5}, {"prompt": [1]}, {"prompt": {}}, {"chosen": 5}, {"rejected": 5},
-               {"chosen": [{"role": "user", "content": "a"}]}, {"rejected": [ANSWER, {"role": "user", "content": "x"}]},
-               {"margin": "big"}, {"chosen": None}, {"rejected": [None]}, {"prompt": [{"role": "assistant", "content": "q"}]},
-               {"chosen": {"role": "assistant"}}, {"prompt": True}, {"rejected": 1e308}]
+    trl_bad = [
+        {"prompt": 5},
+        {"prompt": [1]},
+        {"prompt": {}},
+        {"chosen": 5},
+        {"rejected": 5},
+        {"chosen": [{"role": "user", "content": "a"}]},
+        {"rejected": [ANSWER, {"role": "user", "content": "x"}]},
+        {"margin": "big"},
+        {"chosen": None},
+        {"rejected": [None]},
+        {"prompt": [{"role": "assistant", "content": "q"}]},
+        {"chosen": {"role": "assistant"}},
+        {"prompt": True},
+        {"rejected": 1e308},
+    ]
     for i, change in enumerate(trl_bad):
         out.append(Case(f"trl-type-{i}", with_row({**trl(), **change}, make=trl), row=2))
     implicit = [{"chosen": [USER, ANSWER], "rejected": [{"role": "user", "content": "other"}, ANSWER]},
                 {"chosen": "a", "rejected": "b"}, {"chosen": [ANSWER], "rejected": [ANSWER]},
                 {"chosen": [USER, ANSWER], "rejected": [USER]}]
     for i, row in enumerate(implicit):
-        out.append(Case(f"trl-implicit-{i}", lines(json.dumps(row), 2,
-                                                   make=lambda j: {"chosen": [USER, ANSWER], "rejected": [USER, ANSWER]}),
-                        row=2))
+        out.append(
+            Case(
+                f"trl-implicit-{i}",
+                lines(json.dumps(row), 2, make=lambda j: {"chosen": [USER, ANSWER], "rejected": [USER, ANSWER]}),
+                row=2,
+            )
+        )
 
     # --- missing and empty fields
     empty = [{"messages": [], "rejected_response": "x"},
@@ -135,17 +151,33 @@ def cases() -> list[Case]:
         out.append(Case(f"trl-empty-{i}", with_row({**trl(), **change}, make=trl), row=2))
 
     # --- SFT rows
-    sft_bad = [{"messages": [USER]}, {"messages": [USER, ANSWER, USER]}, {"messages": [{"role": "system", "content": "s"}]},
-               {"messages": []}, {"messages": [USER, {"role": "assistant", "content": 7}]}, {"messages": "hello"},
-               {"messages": [USER, {"role": "assistant"}]}, {"messages": [USER, {"role": "critic", "content": "x"}]},
-               {"other": 1}, {"messages": [USER, ANSWER], "system": 3},
-               {"messages": [USER, {"role": "assistant", "content": ""}]}, {"messages": [ANSWER]}]
+    sft_bad = [
+        {"messages": [USER]},
+        {"messages": [USER, ANSWER, USER]},
+        {"messages": [{"role": "system", "content": "s"}]},
+        {"messages": []},
+        {"messages": [USER, {"role": "assistant", "content": 7}]},
+        {"messages": "hello"},
+        {"messages": [USER, {"role": "assistant"}]},
+        {"messages": [USER, {"role": "critic", "content": "x"}]},
+        {"other": 1},
+        {"messages": [USER, ANSWER], "system": 3},
+        {"messages": [USER, {"role": "assistant", "content": ""}]},
+        {"messages": [ANSWER]},
+    ]
     for i, row in enumerate(sft_bad):
         out.append(Case(f"sft-{i}", with_row(row, make=sft), row=2, command="sft"))
     query = lambda j: {"query": f"q{j}", "response": f"r{j}"}  # noqa: E731
-    for i, row in enumerate([{"query": "q"}, {"query": "q", "response": ""}, {"query": 5, "response": "r"},
-                             {"query": "q", "response": "r", "history": "h"}, {"query": "q", "response": "r", "history": [["a"]]},
-                             {"query": "q", "response": "r", "history": [[1, 2]]}]):
+    for i, row in enumerate(
+        [
+            {"query": "q"},
+            {"query": "q", "response": ""},
+            {"query": 5, "response": "r"},
+            {"query": "q", "response": "r", "history": "h"},
+            {"query": "q", "response": "r", "history": [["a"]]},
+            {"query": "q", "response": "r", "history": [[1, 2]]},
+        ]
+    ):
         out.append(Case(f"sft-query-{i}", lines(json.dumps(row), 2, make=query), row=2, command="sft"))
     completion = lambda j: {"prompt": f"q{j}", "completion": f"c{j}"}  # noqa: E731
     for i, row in enumerate([{"prompt": "q", "completion": 5}, {"prompt": "q", "completion": ""},
@@ -158,10 +190,15 @@ def cases() -> list[Case]:
     out.append(Case("utf16-be-bom", codecs.BOM_UTF16_BE + good.decode().encode("utf-16-be"), row=1))
     out.append(Case("utf16-no-bom", good.decode().encode("utf-16-le"), row=1))
     out.append(Case("utf32", good.decode().encode("utf-32"), row=1))
-    for name, raw in (("latin1", "Qu'est-ce que café ?".encode("latin-1")),
-                      ("cp1252", "“smart quotes”".encode("cp1252")),
-                      ("gbk", "你好".encode("gbk")), ("shift-jis", "こんにちは".encode("shift_jis")),
-                      ("continuation-byte", b"\x80abc"), ("overlong", b"\xc0\xaf"), ("surrogate-bytes", b"\xed\xa0\x80")):
+    for name, raw in (
+        ("latin1", "Qu'est-ce que café ?".encode("latin-1")),
+        ("cp1252", "“smart quotes”".encode("cp1252")),
+        ("gbk", "你好".encode("gbk")),
+        ("shift-jis", "こんにちは".encode("shift_jis")),
+        ("continuation-byte", b"\x80abc"),
+        ("overlong", b"\xc0\xaf"),
+        ("surrogate-bytes", b"\xed\xa0\x80"),
+    ):
         for at in (2, 4):
             content = lines("PLACEHOLDER", at).replace(b"PLACEHOLDER", b'{"prompt": "' + raw + b'"}')
             out.append(Case(f"encoding-{name}-line{at}", content, row=at))
@@ -196,8 +233,14 @@ def cases() -> list[Case]:
     out.append(Case("huge-role", with_row(message_list({"role": "r" * 1_000_000, "content": "x"}, ANSWER)), row=2))
     out.append(Case("huge-integer", lines('{"prompt": ' + "9" * 10_000 + "}", 2), row=2))
     out.append(Case("huge-float", with_row({**trl(), "rejected": 1e308}, make=trl), row=2))
-    out.append(Case("huge-history-pair", lines(json.dumps({"query": "q", "response": "r", "history": [["a" * 1_000_000]]}), 1,
-                                               make=query), row=1, command="sft"))
+    out.append(
+        Case(
+            "huge-history-pair",
+            lines(json.dumps({"query": "q", "response": "r", "history": [["a" * 1_000_000]]}), 1, make=query),
+            row=1,
+            command="sft",
+        )
+    )
 
     # --- unknown formats and formats that cannot give the command's rows
     unknown = [{"foo": 1}, {"txt": "hello"}, {"q": "a", "a": "b"}, {"xyz_prompt": "p"}, {"Prompt": "p", "Chosen": "c"},
@@ -212,23 +255,41 @@ def cases() -> list[Case]:
     out.append(Case("unpaired-rows-for-sft", b'{"messages": [], "label": true}\n', command="sft"))
 
     # --- JSON arrays
-    array_cases = [("[1, 2]", 1), ("[null]", 1), ("[[{}]]", 1), ('[{"prompt": "q", "chosen": "a", "rejected": "b"}, 5]', 2),
-                   ('[{"prompt": "q"', None), ('"string"', None), ("5", None), ("null", None),
-                   ("[]", None), ('{"data": [1, 2]}', None), ("[" * 100_000 + "]" * 100_000, None),
-                   ('[{"prompt": "q", "chosen": "a", "rejected": "b"},\n {"prompt": "q", "chosen": 5, "rejected": "b"}]', 2),
-                   ('{\n  "prompt": "q",\n  "chosen": "a",\n  "rejected": "b"\n}', None),
-                   ('[{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}]', 1)]
+    array_cases = [
+        ("[1, 2]", 1),
+        ("[null]", 1),
+        ("[[{}]]", 1),
+        ('[{"prompt": "q", "chosen": "a", "rejected": "b"}, 5]', 2),
+        ('[{"prompt": "q"', None),
+        ('"string"', None),
+        ("5", None),
+        ("null", None),
+        ("[]", None),
+        ('{"data": [1, 2]}', None),
+        ("[" * 100_000 + "]" * 100_000, None),
+        ('[{"prompt": "q", "chosen": "a", "rejected": "b"},\n {"prompt": "q", "chosen": 5, "rejected": "b"}]', 2),
+        ('{\n  "prompt": "q",\n  "chosen": "a",\n  "rejected": "b"\n}', None),
+        ('[{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}]', 1),
+    ]
     for i, (text, row) in enumerate(array_cases):
         out.append(Case(f"json-array-{i}", text.encode(), suffix=".json", row=row))
     pretty = json.dumps([trl(i) for i in range(5)], indent=2).replace('"Answer: 4"', "4", 1)  # row 3's rejected
     out.append(Case("json-array-pretty-bad-element", pretty.encode(), suffix=".json", row=3))
 
     # --- CSV
-    csv_cases = [('prompt,chosen,rejected\n"q,a,b\n', None), ("foo,bar\n1,2\n", None), ("prompt,chosen,rejected\n", None),
-                 ("", None), ('messages,rejected_response\n"[{""role"": ""user""}]",x\n', 1),
-                 ("prompt,chosen,rejected\nq,a,b\nq,,b\n", 2), ("prompt,chosen,rejected\nq,a,b\nq,a,b,c,d\n", None),
-                 ("prompt,chosen,rejected\nq,a\n", 1), ("prompt;chosen;rejected\nq;a;b\n", None),
-                 ("prompt,chosen,rejected\n,a,b\n", 1), ("prompt,completion,label\nq,c,yes\n", None)]
+    csv_cases = [
+        ('prompt,chosen,rejected\n"q,a,b\n', None),
+        ("foo,bar\n1,2\n", None),
+        ("prompt,chosen,rejected\n", None),
+        ("", None),
+        ('messages,rejected_response\n"[{""role"": ""user""}]",x\n', 1),
+        ("prompt,chosen,rejected\nq,a,b\nq,,b\n", 2),
+        ("prompt,chosen,rejected\nq,a,b\nq,a,b,c,d\n", None),
+        ("prompt,chosen,rejected\nq,a\n", 1),
+        ("prompt;chosen;rejected\nq;a;b\n", None),
+        ("prompt,chosen,rejected\n,a,b\n", 1),
+        ("prompt,completion,label\nq,c,yes\n", None),
+    ]
     for i, (text, row) in enumerate(csv_cases):
         out.append(Case(f"csv-{i}", text.encode(), suffix=".csv", row=row))
 
@@ -262,16 +323,36 @@ def parquet_cases() -> list[Case]:
     return [
         Case("parquet-truncated", good[: len(good) // 2], suffix=".parquet"),
         Case("parquet-no-footer", good[:-8], suffix=".parquet"),
-        Case("parquet-wrong-type", parquet(pa.table({"messages": [1, 2], "rejected_response": ["a", "b"]})),
-             suffix=".parquet", row=1),
-        Case("parquet-null-field", parquet(pa.Table.from_pylist([trl(0), {**trl(1), "chosen": None}])),
-             suffix=".parquet", row=2),
+        Case(
+            "parquet-wrong-type",
+            parquet(pa.table({"messages": [1, 2], "rejected_response": ["a", "b"]})),
+            suffix=".parquet",
+            row=1,
+        ),
+        Case(
+            "parquet-null-field",
+            parquet(pa.Table.from_pylist([trl(0), {**trl(1), "chosen": None}])),
+            suffix=".parquet",
+            row=2,
+        ),
         Case("parquet-empty-table", parquet(pa.table({"prompt": pa.array([], pa.string())})), suffix=".parquet"),
         Case("parquet-unknown-columns", parquet(pa.table({"foo": [1], "bar": ["x"]})), suffix=".parquet"),
-        Case("parquet-prompt-ints", parquet(pa.table({"prompt": [[1, 2]], "chosen": ["a"], "rejected": ["b"]})),
-             suffix=".parquet", row=1),
-        Case("parquet-messages-bad-role", parquet(pa.Table.from_pylist(
-            [{"messages": [{"role": "nobody", "content": "x"}, ANSWER], "rejected_response": "b"}])), suffix=".parquet", row=1),
+        Case(
+            "parquet-prompt-ints",
+            parquet(pa.table({"prompt": [[1, 2]], "chosen": ["a"], "rejected": ["b"]})),
+            suffix=".parquet",
+            row=1,
+        ),
+        Case(
+            "parquet-messages-bad-role",
+            parquet(
+                pa.Table.from_pylist(
+                    [{"messages": [{"role": "nobody", "content": "x"}, ANSWER], "rejected_response": "b"}]
+                )
+            ),
+            suffix=".parquet",
+            row=1,
+        ),
     ]
 
 

@@ -26,7 +26,9 @@ def test_builtin_model_converts_once_and_loads_as_fp32_chatml(tmp_path, monkeypa
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert next(model.parameters()).dtype.is_floating_point
     tokenizer = load_tokenizer(str(path))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -206,7 +206,9 @@ def test_a_tokenizer_that_merges_across_the_join_is_refused():
     tokenizer = build_tokenizer(LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>", template=LLAMA3_TEMPLATE)
     with pytest.raises(AlignkitError) as info:
         ChatEncoder(tokenizer, max_length=512).encode_pair(PAIR)
-    assert "renders it as a text prefix, but this tokenizer tokenizes the text at the join differently " in str(info.value)
+    assert "renders it as a text prefix, but this tokenizer tokenizes the text at the join differently " in str(
+        info.value
+    )
     assert "(it ends with 'eader_id|>\\n\\n')" in str(info.value)
 
 
@@ -250,7 +252,9 @@ def test_base_model_without_template_gets_chatml_and_says_so(caplog):
     with caplog.at_level(logging.INFO, logger="alignkit"):
         encoder = ChatEncoder(tokenizer, max_length=512)
     assert encoder.template.name == "chatml"
-    assert "The tokenizer of 'base-model' has no chat template (a base model?): using the built-in 'chatml'" in caplog.text
+    assert (
+        "The tokenizer of 'base-model' has no chat template (a base model?): using the built-in 'chatml'" in caplog.text
+    )
     assert encoder.stop_ids == [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
     chosen, _ = encoder.encode_pair(PAIR)
     assert marked(tokenizer, chosen) == (
@@ -260,7 +264,9 @@ def test_base_model_without_template_gets_chatml_and_says_so(caplog):
 
 
 def test_unknown_builtin_template(smollm2):
-    with pytest.raises(AlignkitError, match=r"^--template vicuna: unknown; built-in templates: chatml, qwen, llama3, default$"):
+    with pytest.raises(
+        AlignkitError, match=r"^--template vicuna: unknown; built-in templates: chatml, qwen, llama3, default$"
+    ):
         resolve_template(smollm2, template="vicuna")
 
 

@@ -285,7 +285,8 @@ def test_builtin_specs():
     assert load_dataset_spec("arith-pref", "preference", seed=3) == arith_pref("train", data_seed=3)
     with pytest.raises(
         AlignkitError,
-        match=r"^built-in dataset 'arith-pref' holds PreferenceRows, but sft data must be ConversationRows: use arith-sft$",
+        match=r"^built-in dataset 'arith-pref' holds PreferenceRows, but sft data must be ConversationRows: "
+        r"use arith-sft$",
     ):
         load_dataset_spec("arith-pref", "sft", seed=0)
 

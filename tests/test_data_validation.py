@@ -78,25 +78,62 @@ def test_each_broken_row_names_its_line_and_field(tmp_path, line, message):
 @pytest.mark.parametrize(
     "records, kind, message",
     [
-        ([{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "kto_tag": "yes"}],
-         "unpaired", "row 1, field 'kto_tag': expected true or false, got 'yes' (str)"),
-        ([{"conversations": [{"from": "observation", "value": "q"}]}],
-         "prompt", "row 1, field 'conversations[0].from': unknown role 'observation'; expected one of system, user, assistant"),
-        ([{"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: more?\n\nAssistant: c"}],
-         "preference", "row 1, field 'rejected[2]': 'chosen' and 'rejected' differ before their last user turn "
-         "(they agree on 1 messages); only the final answer may differ"),
-        ([{"chosen": "Human: hi\n\nAssistant: a", "rejected": "Human: hi\n\nAssistant:"}],
-         "preference", "row 1, field 'rejected': empty; expected an answer with text"),
-        ([{"prompt": "other", "chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("b")]}],
-         "preference", "row 1, field 'prompt': does not match the conversation that 'chosen' and 'rejected' share"),
+        (
+            [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "kto_tag": "yes"}],
+            "unpaired",
+            "row 1, field 'kto_tag': expected true or false, got 'yes' (str)",
+        ),
+        (
+            [{"conversations": [{"from": "observation", "value": "q"}]}],
+            "prompt",
+            "row 1, field 'conversations[0].from': unknown role 'observation'; expected one of system, user, assistant",
+        ),
+        (
+            [
+                {
+                    "chosen": "\n\nHuman: hi\n\nAssistant: a",
+                    "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: more?\n\nAssistant: c",
+                }
+            ],
+            "preference",
+            "row 1, field 'rejected[2]': 'chosen' and 'rejected' differ before their last user turn "
+            "(they agree on 1 messages); only the final answer may differ",
+        ),
+        (
+            [{"chosen": "Human: hi\n\nAssistant: a", "rejected": "Human: hi\n\nAssistant:"}],
+            "preference",
+            "row 1, field 'rejected': empty; expected an answer with text",
+        ),
+        (
+            [{"prompt": "other", "chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("b")]}],
+            "preference",
+            "row 1, field 'prompt': does not match the conversation that 'chosen' and 'rejected' share",
+        ),
         ([{"instruction": "q", "input": 3, "output": "a"}], "sft", "row 1, field 'input': expected a string, got int"),
-        ([{"context": [{"from": "human", "content": "q"}, {"from": "assistant", "content": "a"}],
-           "chosen": [{"from": "assistant", "content": "b"}], "rejected": [{"from": "assistant", "content": "c"}]}],
-         "preference", "row 1, field 'context': the prompt must end with a user turn, but it ends with 'assistant'"),
-        ([{"messages": [user("q"), assistant("a")], "images": "pixel.png"}],
-         "sft", "row 1, field 'images[0]': image file 'pixel.png' not found"),
-        ([{"messages": [user("q")], "system": "s"}, {"messages": [{"role": "system", "content": "s"}, user("q")], "system": "s"}],
-         "prompt", "row 2, field 'system': the conversation already starts with a system message"),
+        (
+            [
+                {
+                    "context": [{"from": "human", "content": "q"}, {"from": "assistant", "content": "a"}],
+                    "chosen": [{"from": "assistant", "content": "b"}],
+                    "rejected": [{"from": "assistant", "content": "c"}],
+                }
+            ],
+            "preference",
+            "row 1, field 'context': the prompt must end with a user turn, but it ends with 'assistant'",
+        ),
+        (
+            [{"messages": [user("q"), assistant("a")], "images": "pixel.png"}],
+            "sft",
+            "row 1, field 'images[0]': image file 'pixel.png' not found",
+        ),
+        (
+            [
+                {"messages": [user("q")], "system": "s"},
+                {"messages": [{"role": "system", "content": "s"}, user("q")], "system": "s"},
+            ],
+            "prompt",
+            "row 2, field 'system': the conversation already starts with a system message",
+        ),
     ],
 )
 def test_format_specific_errors(tmp_path, records, kind, message):
@@ -115,7 +152,9 @@ def test_existing_image_paths_pass_and_are_reported(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="alignkit"):
         rows = load_dataset_spec(path, "preference", seed=0)
     assert rows[0].extras == {"images": ["img/pixel.png"]}
-    assert "1 rows name images; their paths were checked. Images reach the model only when it is a vision" in caplog.text
+    assert (
+        "1 rows name images; their paths were checked. Images reach the model only when it is a vision" in caplog.text
+    )
 
 
 def test_cli_stops_on_a_broken_row_before_loading_a_model(tmp_path, capsys):
@@ -144,8 +183,12 @@ def test_kto_balance_is_logged_with_counts(tmp_path, caplog):
 
 def test_columns_rename_before_detection(tmp_path, caplog):
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction_text": "q", "good": "a", "bad": "b"}])
-    rows = load_dataset_spec(path, "preference", seed=0,
-                             columns=parse_columns('{"instruction_text": "prompt", "good": "chosen", "bad": "rejected"}'))
+    rows = load_dataset_spec(
+        path,
+        "preference",
+        seed=0,
+        columns=parse_columns('{"instruction_text": "prompt", "good": "chosen", "bad": "rejected"}'),
+    )
     assert (rows[0].prompt, rows[0].chosen, rows[0].rejected) == ([user("q")], [assistant("a")], [assistant("b")])
     kto = write_jsonl(tmp_path / "k.jsonl", [{"messages": [user("q"), assistant("a")], "is_good": False}])
     assert load_dataset_spec(kto, "unpaired", seed=0, columns={"is_good": "label"})[0].label is False
@@ -221,7 +264,9 @@ def test_csv_parquet_json_and_folders_load_the_same_rows(tmp_path):
 
 def test_empty_folder_and_split_less_save(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AlignkitError, match=r"dataset folder '.*empty' holds no \.jsonl, \.json, \.csv, \.parquet files"):
+    with pytest.raises(
+        AlignkitError, match=r"dataset folder '.*empty' holds no \.jsonl, \.json, \.csv, \.parquet files"
+    ):
         load_dataset_spec(str(tmp_path / "empty"), "preference", seed=0)
     import datasets
 

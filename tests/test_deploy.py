@@ -179,7 +179,9 @@ def test_eight_concurrent_clients_are_batched_with_the_same_answers(server):
         thread.join(timeout=300)
     assert [together[i] for i in range(len(jobs))] == alone
     # Each row stopped on its own: at its own max_tokens, or at its end-of-turn token.
-    assert all(tokens == job[2] or (reason == "stop" and tokens < job[2]) for job, (_, tokens, reason) in zip(jobs, alone))
+    assert all(
+        tokens == job[2] or (reason == "stop" and tokens < job[2]) for job, (_, tokens, reason) in zip(jobs, alone)
+    )
     sizes = [int(line.split("batch of ")[1].split()[0]) for line in server["log"].read_text().splitlines()
              if "Generating a batch of" in line][logged_before:]
     assert sum(sizes) == len(jobs) and max(sizes) > 1, sizes  # fewer generate calls than requests

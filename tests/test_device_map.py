@@ -33,8 +33,13 @@ CPU_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1
 DISK_MAP = {**CPU_MAP, "model.layers.0": "disk"}
 
 PAIRS = [
-    {"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": f"Answer: {a + b}"}],
-     "rejected_response": f"Answer: {a + b + 1}"}
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"Answer: {a + b}"},
+        ],
+        "rejected_response": f"Answer: {a + b + 1}",
+    }
     for a, b in [(12, 30), (1, 2), (5, 6), (7, 8), (10, 11), (3, 4)]
 ]
 PROMPTS = [{"messages": [{"role": "user", "content": text}]}
@@ -123,7 +128,9 @@ def test_describe_collapses_runs_of_layers():
 
 # --- errors through the CLI ------------------------------------------------------------------------------------
 
-def test_cli_refuses_device_map_with_an_engine_launcher_ppo_vllm_or_a_vision_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_device_map_with_an_engine_launcher_ppo_vllm_or_a_vision_model(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     base = ["--model", tiny_model_dir, "--output_dir", str(tmp_path), "--report_to", "none"]
     assert main(["rlhf", *base, "--device_map", "auto", "--deepspeed", "zero2"]) == 2
     assert "--device_map and --deepspeed zero2 both decide where the weights live" in capsys.readouterr().err
@@ -245,7 +252,11 @@ def hooked(monkeypatch):
 
     def hooked_load(*args, device_map=None, **kwargs):
         model = load(*args, device_map=device_map, **kwargs)
-        return watch(dispatch_model(model, device_map=device_map, force_hooks=True)) if isinstance(device_map, dict) else model
+        return (
+            watch(dispatch_model(model, device_map=device_map, force_hooks=True))
+            if isinstance(device_map, dict)
+            else model
+        )
 
     def hooked_copy(model):
         copied = copy(model)

@@ -50,7 +50,13 @@ def test_merged_logits_equal_base_plus_adapter(tiny_chat_model_dir, adapter, mer
 
 def test_export_directory_is_a_plain_hf_model(merged_dir):
     names = {p.name for p in merged_dir.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     assert not names & {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json"}
     with safe_open(merged_dir / "model.safetensors", "pt") as weights:
         assert not [k for k in weights.keys() if "lora" in k]
@@ -87,8 +93,30 @@ print(json.dumps(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
 
 def test_ckpt_dir_export_goes_beside_the_checkpoint_and_never_overwrites(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["rlhf", "--model", tiny_model_dir, "--dataset", "arith-pref#4", "--val_dataset", "arith-pref:test#2", "--max_steps", "1",
-                 "--output_dir", str(out), "--report_to", "none", "--dtype", "fp32", "--learning_rate", "1e-2"]) == 0
+    assert (
+        main(
+            [
+                "rlhf",
+                "--model",
+                tiny_model_dir,
+                "--dataset",
+                "arith-pref#4",
+                "--val_dataset",
+                "arith-pref:test#2",
+                "--max_steps",
+                "1",
+                "--output_dir",
+                str(out),
+                "--report_to",
+                "none",
+                "--dtype",
+                "fp32",
+                "--learning_rate",
+                "1e-2",
+            ]
+        )
+        == 0
+    )
     (checkpoint,) = out.glob("v0-*/checkpoint-1")
     assert main(["export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true"]) == 0
     merged = checkpoint.with_name("checkpoint-1-merged")

@@ -42,7 +42,14 @@ def test_every_method_specific_flag_declares_the_methods_its_help_names():
 
 
 def test_the_resume_policy_comes_from_the_flags():
-    assert {"output_dir", "logging_steps", "save_steps", "eval_steps", "report_to", "gradient_checkpointing"} <= MAY_DIFFER
+    assert {
+        "output_dir",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "report_to",
+        "gradient_checkpointing",
+    } <= MAY_DIFFER
     assert not {"learning_rate", "seed", "dataset", "per_device_train_batch_size", "beta", "model"} & MAY_DIFFER
 
 

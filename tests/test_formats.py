@@ -120,7 +120,10 @@ def test_prompt_fixtures_load_into_the_same_prompts(name, caplog):
 def test_extras_survive_conversion(caplog):
     uf = load("ultrafeedback_binarized.jsonl", "preference", caplog)
     assert uf[0].extras == {"prompt_id": "p1", "score_chosen": 9.0, "score_rejected": 2.5}
-    assert [r.extras for r in load("swift_auto_problem.jsonl", "prompt", caplog)] == [{"solution": "5"}, {"solution": "6"}]
+    assert [r.extras for r in load("swift_auto_problem.jsonl", "prompt", caplog)] == [
+        {"solution": "5"},
+        {"solution": "6"},
+    ]
 
 
 def test_colossalchat_ptx_is_a_conversation(caplog):

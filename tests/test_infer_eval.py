@@ -11,8 +11,13 @@ import pytest
 from alignkit.cli import main
 
 ROWS = [
-    {"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": f"Answer: {a + b}"}],
-     "rejected_response": f"Answer: {a + b + 1}"}
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"Answer: {a + b}"},
+        ],
+        "rejected_response": f"Answer: {a + b + 1}",
+    }
     for a, b in [(12, 30), (1, 2), (5, 6), (7, 8), (10, 11), (3, 4), (9, 9), (2, 20)]
 ]
 
@@ -63,8 +68,19 @@ def test_load_dataset_config_needs_a_run_checkpoint(tiny_model_dir, capsys):
 
 def test_vllm_backend_says_what_it_needs(run_checkpoint, tmp_path, capsys):
     checkpoint, _ = run_checkpoint
-    code = main(["infer", "--ckpt_dir", str(checkpoint), "--infer_backend", "vllm", "--val_dataset", "arith-prompts:test#2",
-                 "--result_path", str(tmp_path / "a.jsonl")])
+    code = main(
+        [
+            "infer",
+            "--ckpt_dir",
+            str(checkpoint),
+            "--infer_backend",
+            "vllm",
+            "--val_dataset",
+            "arith-prompts:test#2",
+            "--result_path",
+            str(tmp_path / "a.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err
     try:
         import torch
@@ -127,9 +143,34 @@ def test_eval_reward_model_win_rate_of_an_adapter_against_its_base(tiny_model_di
     from alignkit.models.reward_model import load_reward_model
 
     out = tmp_path / "rm"
-    assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",
-                 "--val_dataset", "arith-pref:test#2", "--max_steps", "2", "--batch_size", "2", "--learning_rate", "1e-2",
-                 "--output_dir", str(out), "--report_to", "none", "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "rlhf",
+                "--rlhf_type",
+                "rm",
+                "--model",
+                tiny_model_dir,
+                "--dataset",
+                "arith-pref#4",
+                "--val_dataset",
+                "arith-pref:test#2",
+                "--max_steps",
+                "2",
+                "--batch_size",
+                "2",
+                "--learning_rate",
+                "1e-2",
+                "--output_dir",
+                str(out),
+                "--report_to",
+                "none",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     (reward_model,) = out.glob("v0-*/checkpoint-2")
     adapter = save_random_lora(tiny_chat_model_dir, tmp_path / "adapter")
     report_path = tmp_path / "report.json"

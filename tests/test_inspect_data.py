@@ -45,13 +45,28 @@ def test_multi_turn_sft_highlights_every_assistant_turn_or_the_last(tiny_model_d
 
 def test_kinds_follow_each_file_and_counts_are_reported(tiny_model_dir, capsys):
     kto, prompts = str(FIXTURES / "llamafactory_alpaca_kto.json"), str(FIXTURES / "trl_prompt_only.jsonl")
-    code, out, _ = inspect(capsys, "--model", tiny_model_dir, "--dataset", kto, prompts, str(FIXTURES / "broken_rows.jsonl"),
-                           "--check_dataset_strategy", "discard", "--max_length", "40")
+    code, out, _ = inspect(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        kto,
+        prompts,
+        str(FIXTURES / "broken_rows.jsonl"),
+        "--check_dataset_strategy",
+        "discard",
+        "--max_length",
+        "40",
+    )
     assert code == 0
     assert f"{kto}: format 'LLaMA-Factory alpaca KTO' → 3 unpaired rows from 3 records" in out
     assert "  KTO labels: 2 desirable, 1 undesirable\n" in out
     assert f"{prompts}: format 'TRL prompt-only' → 2 prompt rows from 2 records" in out
-    assert "format 'TRL preference' → 3 preference rows from 8 records; 5 invalid rows dropped; 1 pairs with identical answers" in out
+    assert (
+        "format 'TRL preference' → 3 preference rows from 8 records; 5 invalid rows dropped; "
+        "1 pairs with identical answers"
+        in out
+    )
     # The multi-turn rows do not fit 40 tokens: the KTO row and the prompt are dropped, the pairs fit.
     assert out.count("  tokenised: 2 rows, 1 dropped as longer than --max_length 40") == 1
     assert out.count("  tokenised: 1 rows, 1 dropped as longer than --max_length 40") == 1

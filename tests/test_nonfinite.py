@@ -98,7 +98,10 @@ def test_a_nan_loss_step_is_skipped_counted_and_logged_with_its_rows(setup, capl
     with caplog.at_level(logging.WARNING, logger="alignkit"):
         checkpoint, _ = run(algorithm)
     step = 1 + [ids for ids in algorithm.seen].index([2])  # batch size 1: one micro-batch per step
-    assert f"step {step}: non-finite loss (nan); update skipped (1 in a row, 1 in total). Rows: 2 (arith.jsonl row 3)" in caplog.text
+    assert (
+        f"step {step}: non-finite loss (nan); update skipped (1 in a row, 1 in total). Rows: 2 (arith.jsonl row 3)"
+        in caplog.text
+    )
 
     logged = records(run_dir)
     (skip,) = [r for r in logged if "nonfinite" in r]

@@ -260,7 +260,10 @@ def test_reward_model_scores_after_save_and_load_equal_training_rewards(tiny_mod
     from alignkit.models.reward_model import load_reward_model
 
     prompt = [{"role": "user", "content": "What is 12 + 30? Reply with 'Answer: <number>'."}]
-    chosen, rejected = [{"role": "assistant", "content": "Answer: 42"}], [{"role": "assistant", "content": "Answer: 41"}]
+    chosen, rejected = (
+        [{"role": "assistant", "content": "Answer: 42"}],
+        [{"role": "assistant", "content": "Answer: 41"}],
+    )
     val = tmp_path / "val.jsonl"
     val.write_text(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
     out = tmp_path / "out"

@@ -40,7 +40,9 @@ def build_tiny_reward_model(path: Path, tokenizer) -> Path:
 def reward_model_dir(tiny_model_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    return str(build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), AutoTokenizer.from_pretrained(tiny_model_dir)))
+    return str(
+        build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), AutoTokenizer.from_pretrained(tiny_model_dir))
+    )
 
 
 def run_dir_of(output_dir: Path) -> Path:
@@ -60,10 +62,36 @@ def test_grpo_runs_end_to_end_with_a_user_reward_function(tiny_model_dir, tmp_pa
     plugin = tmp_path / "rewards.py"
     plugin.write_text(PLUGIN)
     out = tmp_path / "out"
-    code = main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--external_plugins", str(plugin),
-                 "--reward_funcs", "length_reward", "accuracy", "--reward_weights", "1", "0.5", "--num_generations", "4",
-                 "--batch_size", "4", "--gradient_accumulation_steps", "2", "--num_iterations", "2", "--max_steps", "2",
-                 "--output_dir", str(out)])
+    code = main(
+        [
+            "rlhf",
+            "--rlhf_type",
+            "grpo",
+            "--model",
+            tiny_model_dir,
+            *COMMON,
+            "--external_plugins",
+            str(plugin),
+            "--reward_funcs",
+            "length_reward",
+            "accuracy",
+            "--reward_weights",
+            "1",
+            "0.5",
+            "--num_generations",
+            "4",
+            "--batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+            "--num_iterations",
+            "2",
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     run_dir = run_dir_of(out)
     logged = records(run_dir)
@@ -194,7 +222,28 @@ def test_ppo_on_an_rm_run_checkpoint_scores_like_its_scorer(tiny_model_dir, tmp_
     torch.testing.assert_close(ours, torch.tensor(theirs), atol=1e-5, rtol=1e-5)
 
     out = tmp_path / "ppo"
-    assert main(["rlhf", "--rlhf_type", "ppo", "--model", tiny_model_dir, "--reward_model", str(rm_checkpoint),
-                 *COMMON, "--batch_size", "2", "--num_ppo_epochs", "1", "--max_steps", "1", "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "rlhf",
+                "--rlhf_type",
+                "ppo",
+                "--model",
+                tiny_model_dir,
+                "--reward_model",
+                str(rm_checkpoint),
+                *COMMON,
+                "--batch_size",
+                "2",
+                "--num_ppo_epochs",
+                "1",
+                "--max_steps",
+                "1",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (record,) = [r for r in records(run_dir_of(out)) if "loss" in r]
     assert math.isfinite(record["loss"]) and math.isfinite(record["objective/scores"])

@@ -19,11 +19,27 @@ def test_one_grpo_step_moves_log_probs_towards_the_advantage(tiny_model_dir):
     stop = [tokenizer.eos_token_id]
     generator = HFGenerator(policy, tokenizer.pad_token_id, stop, max_new_tokens=5, temperature=1.0, batch_size=8)
     # Any reward that differs within groups of random completions: the completion's length in characters is even.
-    even_length = RewardFunction.wrap("even_length", lambda completions, **_: [float(len(c) % 2 == 0) for c in completions])
-    grpo = GRPO(generator=generator, tokenizer=tokenizer, stop_ids=stop, reward_funcs=[even_length], reward_weights=[1.0],
-                num_generations=8, beta=0.0, epsilon=0.2, epsilon_high=0.2, loss_type="grpo", scale_rewards="group",
-                temperature=1.0, max_completion_length=5, missing_eos_penalty=None, forward_batch_size=16,
-                needs_old_logprobs=False)
+    even_length = RewardFunction.wrap(
+        "even_length", lambda completions, **_: [float(len(c) % 2 == 0) for c in completions]
+    )
+    grpo = GRPO(
+        generator=generator,
+        tokenizer=tokenizer,
+        stop_ids=stop,
+        reward_funcs=[even_length],
+        reward_weights=[1.0],
+        num_generations=8,
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        loss_type="grpo",
+        scale_rewards="group",
+        temperature=1.0,
+        max_completion_length=5,
+        missing_eos_penalty=None,
+        forward_batch_size=16,
+        needs_old_logprobs=False,
+    )
     prompts = [EncodedPrompt([{"role": "user", "content": "hi"}], tokenizer.encode("hello there"), {}),
                EncodedPrompt([{"role": "user", "content": "yo"}], tokenizer.encode("what is"), {})]
     experience, _, _ = grpo.experience(policy, prompts)

@@ -19,8 +19,26 @@ from alignkit.training.online_loop import sampling_seeds, step_prompts
 from alignkit.training.runner import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--dataset", "arith-prompts#8", "--max_completion_length", "6", "--logging_steps", "1", "--report_to", "none",
-          "--dtype", "fp32", "--learning_rate", "1e-2", "--max_steps", "2", "--save_steps", "100", "--temperature", "1.0"]
+COMMON = [
+    "--dataset",
+    "arith-prompts#8",
+    "--max_completion_length",
+    "6",
+    "--logging_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--dtype",
+    "fp32",
+    "--learning_rate",
+    "1e-2",
+    "--max_steps",
+    "2",
+    "--save_steps",
+    "100",
+    "--temperature",
+    "1.0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +52,9 @@ def plugin(tmp_path_factory) -> Path:
 def reward_model_dir(tiny_model_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
-    return str(build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), AutoTokenizer.from_pretrained(tiny_model_dir)))
+    return str(
+        build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), AutoTokenizer.from_pretrained(tiny_model_dir))
+    )
 
 
 def method_args(method: str, model: str, out: Path, plugin: Path, reward_model: str) -> list[str]:
@@ -72,8 +92,9 @@ def test_two_processes_of_b_prompts_train_like_one_process_of_2b(tiny_model_dir,
     single, double = records(tmp_path / "one"), records(tmp_path / "two")
     losses = [[r["loss"] for r in rs if "loss" in r] for rs in (single, double)]
     assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], abs=1e-4)
-    assert [r["reward"] for r in double if "reward" in r] == pytest.approx([r["reward"] for r in single if "reward" in r],
-                                                                           abs=1e-4)
+    assert [r["reward"] for r in double if "reward" in r] == pytest.approx(
+        [r["reward"] for r in single if "reward" in r], abs=1e-4
+    )
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for key in a:

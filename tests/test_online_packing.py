@@ -114,7 +114,9 @@ def test_packed_reward_scores_equal_padded(tiny_chat_model_dir):
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, attn_implementation="sdpa")
     model = ScalarModel(lm.model, new_value_head(lm.config.hidden_size)).eval()
-    encoder = ChatEncoder(AutoTokenizer.from_pretrained(tiny_chat_model_dir), max_length=256, truncation_strategy="left")
+    encoder = ChatEncoder(
+        AutoTokenizer.from_pretrained(tiny_chat_model_dir), max_length=256, truncation_strategy="left"
+    )
     prompts = [[{"role": "user", "content": "What is 12 + 30?"}], [{"role": "user", "content": "What is 9 - 4?"}]]
     answers = ["Answer: 42", "Answer: 42", "Answer: 41 or so", "Answer: 5", "", "Answer: 5"]
     conversations = [[*prompts[i // 3], {"role": "assistant", "content": a}] for i, a in enumerate(answers)]

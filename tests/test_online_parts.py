@@ -188,8 +188,10 @@ def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
 
     def build():
         torch.manual_seed(0)
-        return value_model_from(ScalarModel(AutoModel.from_pretrained(tiny_model_dir), torch.nn.Linear(32, 1, bias=False)),
-                                lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]})
+        return value_model_from(
+            ScalarModel(AutoModel.from_pretrained(tiny_model_dir), torch.nn.Linear(32, 1, bias=False)),
+            lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]},
+        )
 
     trained = build()
     with torch.no_grad():

@@ -36,7 +36,14 @@ PAIRS = [
 ]
 # 8 pairs in micro-batches of 2: 4 micro-batches per epoch.
 LORA_RUN = ["--train_type", "lora", "--num_train_epochs", "2"]  # 8 steps, 4 per epoch
-FULL_ACCUMULATION_RUN = ["--train_type", "full", "--gradient_accumulation_steps", "2", "--num_train_epochs", "3"]  # 6 steps
+FULL_ACCUMULATION_RUN = [
+    "--train_type",
+    "full",
+    "--gradient_accumulation_steps",
+    "2",
+    "--num_train_epochs",
+    "3",
+]  # 6 steps
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +192,9 @@ def test_sigterm_and_ctrl_c_finish_the_step_save_and_exit_cleanly(
     run_dir = only_run_dir(out)
     assert checkpoint_names(run_dir) == ["checkpoint-3"]
     text = log.read_text()
-    assert f"stopped by SIG{signal_name}; saved {run_dir / 'checkpoint-3'}. Continue with --resume_from_checkpoint" in text
+    assert (
+        f"stopped by SIG{signal_name}; saved {run_dir / 'checkpoint-3'}. Continue with --resume_from_checkpoint" in text
+    )
     assert "Traceback" not in text
     if signal_name == "TERM":  # the checkpoint is the same kind either way: resuming one is enough
         resume_and_compare(argv, out, baselines["lora"], steps=8, spec=str(run_dir / "checkpoint-3"))
@@ -333,11 +342,44 @@ def method_argv(tiny_model_dir, pairs_file, tmp_path_factory):
     reward_model = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(tiny_model_dir))
     return {
         "dpo": (lambda out, *extra: rlhf(tiny_model_dir, pairs_file, out, *LORA_RUN, *extra), 8),
-        "grpo": (lambda out, *extra: ["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--output_dir", str(out),
-                                      *ONLINE, "--num_generations", "2", "--external_plugins", str(plugin),
-                                      "--reward_funcs", "length_reward", *extra], 4),
-        "ppo": (lambda out, *extra: ["rlhf", "--rlhf_type", "ppo", "--model", tiny_model_dir, "--output_dir", str(out),
-                                     *ONLINE, "--reward_model", str(reward_model), "--num_ppo_epochs", "2", *extra], 4),
+        "grpo": (
+            lambda out, *extra: [
+                "rlhf",
+                "--rlhf_type",
+                "grpo",
+                "--model",
+                tiny_model_dir,
+                "--output_dir",
+                str(out),
+                *ONLINE,
+                "--num_generations",
+                "2",
+                "--external_plugins",
+                str(plugin),
+                "--reward_funcs",
+                "length_reward",
+                *extra,
+            ],
+            4,
+        ),
+        "ppo": (
+            lambda out, *extra: [
+                "rlhf",
+                "--rlhf_type",
+                "ppo",
+                "--model",
+                tiny_model_dir,
+                "--output_dir",
+                str(out),
+                *ONLINE,
+                "--reward_model",
+                str(reward_model),
+                "--num_ppo_epochs",
+                "2",
+                *extra,
+            ],
+            4,
+        ),
     }
 
 
@@ -366,7 +408,9 @@ def assert_continues_the_run(method: str, run_dir: Path, baseline: Path, steps: 
     assert_bit_identical(baseline / f"checkpoint-{steps}", run_dir / f"checkpoint-{steps}")
     assert comparable_records(run_dir) == comparable_records(baseline)
     if method == "ppo":  # the value model is trained too, and resumed
-        assert_bit_identical(baseline / f"checkpoint-{steps}" / "value_model", run_dir / f"checkpoint-{steps}" / "value_model")
+        assert_bit_identical(
+            baseline / f"checkpoint-{steps}" / "value_model", run_dir / f"checkpoint-{steps}" / "value_model"
+        )
     if method != "dpo":  # one line per completion, none repeated by the resumed steps
         completions = (run_dir / "completions.jsonl").read_text()
         assert completions == (baseline / "completions.jsonl").read_text()

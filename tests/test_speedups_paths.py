@@ -49,9 +49,39 @@ def run(tiny_model_dir, tmp_path, name, flags, *extra) -> list[dict]:
         if flags[0] == "kto":
             data = kto_file(tmp_path)
     val = data if data.endswith(".jsonl") else data.replace("#8", ":test#4")
-    assert main([*head, "--model", tiny_model_dir, "--dataset", data, "--val_dataset", val, "--max_steps", "3",
-                 "--batch_size", "3", "--eval_batch_size", "2", "--logging_steps", "1", "--learning_rate", "1e-2",
-                 "--lora_dropout", "0", "--output_dir", str(out), "--dtype", "fp32", "--report_to", "none", *extra]) == 0
+    assert (
+        main(
+            [
+                *head,
+                "--model",
+                tiny_model_dir,
+                "--dataset",
+                data,
+                "--val_dataset",
+                val,
+                "--max_steps",
+                "3",
+                "--batch_size",
+                "3",
+                "--eval_batch_size",
+                "2",
+                "--logging_steps",
+                "1",
+                "--learning_rate",
+                "1e-2",
+                "--lora_dropout",
+                "0",
+                "--output_dir",
+                str(out),
+                "--dtype",
+                "fp32",
+                "--report_to",
+                "none",
+                *extra,
+            ]
+        )
+        == 0
+    )
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     return [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
 

@@ -48,7 +48,9 @@ def test_multi_turn_sft_trains_every_assistant_turn_and_nothing_else(tokenizer):
         ]
     )
     encoded = encoder.encode_conversation(row)
-    p1 = ids(tokenizer, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")
+    p1 = ids(
+        tokenizer, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    )
     a1 = ids(tokenizer, "hello world<|im_end|>\n")
     p2 = ids(tokenizer, "<|im_start|>user\nWhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n")
     a2 = ids(tokenizer, "Answer: 3<|im_end|>\n")
@@ -92,7 +94,9 @@ def test_template_that_breaks_the_prefix_property_raises_a_clear_error(tokenizer
     )
     encoder = ChatEncoder(tokenizer, max_length=512)
     row = ConversationRow(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
-    with pytest.raises(AlignkitError, match="beginning does not tokenize as a prefix of the whole conversation") as info:
+    with pytest.raises(
+        AlignkitError, match="beginning does not tokenize as a prefix of the whole conversation"
+    ) as info:
         encoder.encode_conversation(row)
     assert "renders earlier turns differently once later turns follow" in str(info.value)
 

@@ -66,7 +66,10 @@ def test_lora_dpo_run_writes_run_dir_checkpoints_metrics_and_changes_weights(tin
     run_dir = run_dir_of(out)
     assert run_dir.name.startswith("v0-")
     assert (run_dir / "args.json").is_file() and list((run_dir / "runs").iterdir())  # TensorBoard events
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
     checkpoint = run_dir / "checkpoint-4"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "args.json",
                  "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pt"):

@@ -194,8 +194,11 @@ def test_a_pair_sharing_its_images_runs_the_vision_encoder_once_with_the_same_lo
     results = {}
     for share in (True, False):
         batch = VisionPairCollator(pad, share_images=share)(items)
-        assert list(batch.model_inputs) == (["shared_pixels"] if share else
-                                            ["pixel_values"] + (["pixel_attention_mask"] if family == "idefics3" else []))
+        assert list(batch.model_inputs) == (
+            ["shared_pixels"]
+            if share
+            else ["pixel_values"] + (["pixel_attention_mask"] if family == "idefics3" else [])
+        )
         model.zero_grad()
         logps, _ = forward_logps(model, batch)
         logps.sum().backward()

@@ -99,7 +99,9 @@ class GRPO:
         for index, func in enumerate(self.reward_funcs):
             column = per_function[:, index]
             metrics[f"rewards/{func.name}/mean"] = column.nanmean().item()
-            metrics[f"rewards/{func.name}/std"] = column[~column.isnan()].std().item() if (~column.isnan()).sum() > 1 else 0.0
+            metrics[f"rewards/{func.name}/std"] = (
+                column[~column.isnan()].std().item() if (~column.isnan()).sum() > 1 else 0.0
+            )
         samples = [
             {"prompt": p.messages[-1]["content"], "completion": t, "reward": r.item(), "advantage": a.item(),
              **{f.name: v.item() for f, v in zip(self.reward_funcs, row)}}

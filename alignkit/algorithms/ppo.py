@@ -177,16 +177,20 @@ class PPO:
             metrics["loss/ptx_avg"] = lm_loss.item()
         loss = actor_loss + self.vf_coef * value_loss
         log_ratio = logprobs.detach() - batch["old_logprobs"]
-        metrics.update({
-            "loss": loss.item(),
-            "loss/policy_avg": policy_loss.item(),
-            "loss/value_avg": value_loss.item(),
-            "policy/clipfrac_avg": rl_math.masked_mean((surrogate.clipped_low | surrogate.clipped_high).float(), mask).item(),
-            "policy/approxkl_avg": rl_math.masked_mean(0.5 * log_ratio**2, mask).item(),
-            "policy/entropy_avg": rl_math.masked_mean(entropy, mask).item(),
-            "val/clipfrac_avg": rl_math.masked_mean(value_clipped.float(), mask).item(),
-            "val/ratio": rl_math.masked_mean(surrogate.ratio.detach(), mask).item(),
-        })
+        metrics.update(
+            {
+                "loss": loss.item(),
+                "loss/policy_avg": policy_loss.item(),
+                "loss/value_avg": value_loss.item(),
+                "policy/clipfrac_avg": rl_math.masked_mean(
+                    (surrogate.clipped_low | surrogate.clipped_high).float(), mask
+                ).item(),
+                "policy/approxkl_avg": rl_math.masked_mean(0.5 * log_ratio**2, mask).item(),
+                "policy/entropy_avg": rl_math.masked_mean(entropy, mask).item(),
+                "val/clipfrac_avg": rl_math.masked_mean(value_clipped.float(), mask).item(),
+                "val/ratio": rl_math.masked_mean(surrogate.ratio.detach(), mask).item(),
+            }
+        )
         return loss, metrics
 
     @torch.no_grad()

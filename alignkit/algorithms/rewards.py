@@ -81,7 +81,8 @@ class RewardFunction:
         values = list(self.func(**passed))
         if len(values) != len(arguments["completions"]):
             raise AlignkitError(
-                f"reward function {self.name} returned {len(values)} values for {len(arguments['completions'])} completions"
+                f"reward function {self.name} returned {len(values)} values for "
+                f"{len(arguments['completions'])} completions"
             )
         return values
 
@@ -98,8 +99,12 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
     try:
         spec.loader.exec_module(module)
     except Exception as error:
-        raise AlignkitError(f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})") from error
-    return {name: obj for name, obj in vars(module).items() if inspect.isfunction(obj) and obj.__module__ == module_name}
+        raise AlignkitError(
+            f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})"
+        ) from error
+    return {
+        name: obj for name, obj in vars(module).items() if inspect.isfunction(obj) and obj.__module__ == module_name
+    }
 
 
 def resolve_reward_funcs(names: list[str], plugin_files: list[str]) -> list[RewardFunction]:

@@ -275,8 +275,11 @@ def packed_completion_logprobs(model, experience: dict[str, torch.Tensor], *, te
     of a prompt then cost one prompt plus G short answers instead of G padded sequences."""
     packed = pack(as_packable_batch(experience), share_prefixes=share_prefixes)
     logits = model(
-        input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=packed_attention_mask(model, packed),
-        logits_to_keep=packed.keep, use_cache=False,
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        attention_mask=packed_attention_mask(model, packed),
+        logits_to_keep=packed.keep,
+        use_cache=False,
     ).logits  # (K, V): one row per position that predicts a completion token
     if temperature > 0:
         logits = logits / temperature
@@ -295,7 +298,8 @@ def packed_completion_logprobs(model, experience: dict[str, torch.Tensor], *, te
 @torch.no_grad()
 def batched_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float, batch_size: int,
                      with_entropy: bool = False, layout: Layout | None = None):
-    """``completion_logprobs`` without grad, ``batch_size`` sequences at a time (``--local_rollout_forward_batch_size``)."""
+    """``completion_logprobs`` without grad, ``batch_size`` sequences at a time
+    (``--local_rollout_forward_batch_size``)."""
     parts = []
     n = experience["completion_ids"].shape[0]
     for start in range(0, n, batch_size):

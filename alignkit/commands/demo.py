@@ -41,11 +41,24 @@ def run_demo(args: DemoArguments) -> int:
     logger.info("Measuring the built-in model before training")
     before = measure(None, [], args)
     train_args = RunArguments(
-        rlhf_type="dpo", train_type="lora", dataset=["arith-pref"], val_dataset=["arith-pref:test#64"],
-        output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.per_device_train_batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_ratio=0.05, beta=0.1,
+        rlhf_type="dpo",
+        train_type="lora",
+        dataset=["arith-pref"],
+        val_dataset=["arith-pref:test#64"],
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        beta=0.1,
         rpo_alpha=args.rpo_alpha,
-        logging_steps=5, save_steps=10**9, max_length=256, dtype=args.dtype, lora_rank=8, lora_alpha=32,
+        logging_steps=5,
+        save_steps=10**9,
+        max_length=256,
+        dtype=args.dtype,
+        lora_rank=8,
+        lora_alpha=32,
     )
     checkpoint = run_training(train_args, task="rlhf")
     logger.info("Measuring the trained adapter %s", checkpoint)

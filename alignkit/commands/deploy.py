@@ -296,7 +296,9 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
         if request.stream:
             return StreamingResponse(completion_stream(jobs, head), media_type="text/event-stream")
         results = [await collect(job) for job in jobs]
-        total = {k: sum(usage(f)[k] for _, f in results) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        total = {
+            k: sum(usage(f)[k] for _, f in results) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        }
         return {**head, "object": "text_completion", "usage": total, "choices": [
             {"index": i, "text": text, "finish_reason": f.reason, "logprobs": None}
             for i, (text, f) in enumerate(results)]}

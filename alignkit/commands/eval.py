@@ -84,7 +84,9 @@ def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_s
     for start in tqdm(range(0, len(rows), batch_size), desc="task eval", leave=False):
         chunk = rows[start : start + batch_size]
         if isinstance(encoder, VisionEncoder):
-            prompts = [encoder.encode_prompt(r.prompt, encoder.row_images(r.extras, r.source)[0], r.source) for r in chunk]
+            prompts = [
+                encoder.encode_prompt(r.prompt, encoder.row_images(r.extras, r.source)[0], r.source) for r in chunk
+            ]
             answers = generate_vision_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
         else:
             answers = generate_answers(model, encoder, [r.prompt for r in chunk], max_new_tokens=max_new_tokens)
@@ -130,7 +132,9 @@ def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: st
     from transformers import ProcessorMixin
 
     if isinstance(tokenizer, ProcessorMixin):
-        encoder = VisionEncoder(tokenizer, image_token_id(tokenizer, model.config), max_length=max_length, system=system)
+        encoder = VisionEncoder(
+            tokenizer, image_token_id(tokenizer, model.config), max_length=max_length, system=system
+        )
     else:
         encoder = ChatEncoder(tokenizer, max_length=max_length, system=system)
     report: dict = {}

@@ -48,7 +48,9 @@ def run_infer(args: InferArguments) -> int:
         if args.device_map or args.device_max_memory:
             raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
         if result_path is None:
-            raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
+            raise AlignkitError(
+                "--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers"
+            )
         from alignkit.generation.vllm import VllmInference
 
         generator = VllmInference(args)
@@ -77,7 +79,9 @@ def with_run_data_config(args: InferArguments) -> tuple[InferArguments, list[Pro
     from alignkit.data.loading import load_datasets
 
     if args.ckpt_dir is None or not (Path(args.ckpt_dir) / "args.json").is_file():
-        raise AlignkitError("--load_dataset_config true needs --ckpt_dir, a checkpoint of an alignkit run (with args.json)")
+        raise AlignkitError(
+            "--load_dataset_config true needs --ckpt_dir, a checkpoint of an alignkit run (with args.json)"
+        )
     run = json.loads((Path(args.ckpt_dir) / "args.json").read_text())
     defaults = InferArguments()
     changes = {key: run[key] for key in ("system", "max_length")

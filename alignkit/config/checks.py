@@ -53,14 +53,18 @@ def check_run_arguments(args: RunArguments) -> None:
         if value is not None and not math.isfinite(value):
             raise AlignkitError(f"--{name} {value}: expected a finite number")
     if args.max_steps <= 0 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
-        raise AlignkitError(f"--num_train_epochs {args.num_train_epochs}: expected a positive number (or set --max_steps)")
+        raise AlignkitError(
+            f"--num_train_epochs {args.num_train_epochs}: expected a positive number (or set --max_steps)"
+        )
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")
     if args.rlhf_type == "dpo":
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:
-            raise AlignkitError(f"--loss_type {' '.join(unknown)}: unknown DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}")
+            raise AlignkitError(
+                f"--loss_type {' '.join(unknown)}: unknown DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}"
+            )
 
 
 def warn_flags_without_effect(args: RunArguments, method: str) -> list[str]:

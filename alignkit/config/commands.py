@@ -123,7 +123,8 @@ class DeployArguments:
     )
     ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model), the default model.")
     served_model_name: str | None = option(
-        None, "Name of the default model in /v1/models and requests (default: the model or checkpoint directory's name)."
+        None,
+        "Name of the default model in /v1/models and requests (default: the model or checkpoint directory's name).",
     )
     host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
     port: int = option(8000, "Port to listen on.")

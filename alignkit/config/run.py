@@ -40,7 +40,9 @@ class RunArguments:
     dtype: str = dtype_option(
         "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
     )
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.", may_differ_on_resume=True)
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass to save memory.", may_differ_on_resume=True
+    )
 
     # --- data ---
     dataset: list[str] = option(
@@ -100,13 +102,17 @@ class RunArguments:
         "and length settings).", may_differ_on_resume=True)
 
     # --- training loop ---
-    output_dir: str = option("output", "Each run gets a new versioned directory below this one.", may_differ_on_resume=True)
+    output_dir: str = option(
+        "output", "Each run gets a new versioned directory below this one.", may_differ_on_resume=True
+    )
     num_train_epochs: float = option(1.0, "Epochs over the training data (ignored when --max_steps > 0).")
     max_steps: int = option(-1, "Total optimizer steps; overrides --num_train_epochs when > 0.")
     per_device_train_batch_size: int = option(
         1, "Rows (pairs for preference methods) per micro-batch.", aliases=("--batch_size",)
     )
-    per_device_eval_batch_size: int = option(4, "Rows per evaluation batch.", aliases=("--eval_batch_size",), may_differ_on_resume=True)
+    per_device_eval_batch_size: int = option(
+        4, "Rows per evaluation batch.", aliases=("--eval_batch_size",), may_differ_on_resume=True
+    )
     gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.")
     learning_rate: float = option(1e-4, "Peak learning rate.", aliases=("--lr",))
     weight_decay: float = option(0.0, "AdamW weight decay.")
@@ -122,7 +128,9 @@ class RunArguments:
         1.0, "Clip the gradient's global norm to this (0 disables).", aliases=("--grad_clip",)
     )
     logging_steps: int = option(5, "Log metrics every N optimizer steps.", may_differ_on_resume=True)
-    eval_steps: int | None = option(None, "Evaluate every N steps (default: only at the end).", may_differ_on_resume=True)
+    eval_steps: int | None = option(
+        None, "Evaluate every N steps (default: only at the end).", may_differ_on_resume=True
+    )
     save_steps: int = option(500, "Save a checkpoint every N steps (and always at the end).", may_differ_on_resume=True)
     save_total_limit: int | None = option(
         None, "Keep at most this many checkpoints (the newest is always kept).", may_differ_on_resume=True)
@@ -188,7 +196,11 @@ class RunArguments:
         nargs="+",
     )
     tuner_backend: str = option(
-        "peft", "ms-swift compatibility: LoRA always runs on peft.", choices=("peft", "swift"), may_differ_on_resume=True)
+        "peft",
+        "ms-swift compatibility: LoRA always runs on peft.",
+        choices=("peft", "swift"),
+        may_differ_on_resume=True,
+    )
     # --- vision-language models (docs/vision.md) ---
     freeze_vit: bool = option(True, "Vision-language models: keep the vision encoder frozen (full training and "
                               "LoRA ALL/all-linear targets).")
@@ -218,7 +230,11 @@ class RunArguments:
         "and orpo take none.",
         nargs="+", applies_to=("dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
-        [], "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.", nargs="+", applies_to=("dpo",))
+        [],
+        "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.",
+        nargs="+",
+        applies_to=("dpo",),
+    )
     loss_convention: str = option(
         "swift",
         "Where ms-swift (TRL 0.x) and TRL 1.x disagree. swift (default, so ms-swift command lines keep their "
@@ -227,17 +243,22 @@ class RunArguments:
         "TRL 1.x (smoothing ignored by sigmoid, exo_pair needs it, no bco shift, coef means 1 - alpha).",
         choices=("swift", "trl1"), applies_to=("dpo",))
     rpo_alpha: float | None = option(
-        None, "dpo: weight of the NLL (SFT) loss on chosen answers added to DPO (RPO). Unset: off.", applies_to=("dpo",))
+        None, "dpo: weight of the NLL (SFT) loss on chosen answers added to DPO (RPO). Unset: off.", applies_to=("dpo",)
+    )
     label_smoothing: float = option(
         0.0,
         "epsilon, the assumed probability that a pair's label is flipped: dpo sigmoid (cDPO), robust, exo_pair, "
         "aot, aot_unpaired; cpo sigmoid; simpo.", applies_to=("dpo", "cpo", "simpo",))
-    reference_free: bool = option(False, "dpo: compare against a uniform reference (log-probs 0), no reference model.", applies_to=("dpo",))
+    reference_free: bool = option(
+        False, "dpo: compare against a uniform reference (log-probs 0), no reference model.", applies_to=("dpo",)
+    )
     ld_alpha: float | None = option(
         None,
         "dpo: LD-DPO, weight in [0, 1] of the tokens beyond the shorter answer of each pair in the sequence "
         "log-probs (policy and reference). Unset: off (1.0 is plain DPO).", applies_to=("dpo",))
-    discopop_tau: float = option(0.05, "dpo discopop: temperature tau of the logistic/exponential mixing.", applies_to=("dpo",))
+    discopop_tau: float = option(
+        0.05, "dpo discopop: temperature tau of the logistic/exponential mixing.", applies_to=("dpo",)
+    )
     f_divergence_type: str = option(
         "reverse_kl",
         "dpo: the divergence regularising the policy (f-DPO); not reverse_kl only with sigmoid, sigmoid_norm, "
@@ -246,19 +267,37 @@ class RunArguments:
     f_alpha_divergence_coef: float = option(
         1.0, "dpo: alpha of --f_divergence_type alpha_divergence (meaning per --loss_convention).", applies_to=("dpo",))
     cpo_alpha: float = option(
-        1.0, "cpo, simpo: weight of the NLL on chosen answers (0 for pure SimPO, as in the SimPO paper).", applies_to=("cpo", "simpo",))
-    simpo_gamma: float = option(1.0, "simpo: target reward margin gamma (ms-swift's default 1.0).", applies_to=("simpo", "cpo",))
+        1.0,
+        "cpo, simpo: weight of the NLL on chosen answers (0 for pure SimPO, as in the SimPO paper).",
+        applies_to=(
+            "cpo",
+            "simpo",
+        ),
+    )
+    simpo_gamma: float = option(
+        1.0,
+        "simpo: target reward margin gamma (ms-swift's default 1.0).",
+        applies_to=(
+            "simpo",
+            "cpo",
+        ),
+    )
     desirable_weight: float = option(1.0, "kto: lambda_D, weight of the losses of desirable rows.", applies_to=("kto",))
-    undesirable_weight: float = option(1.0, "kto: lambda_U, weight of the losses of undesirable rows.", applies_to=("kto",))
+    undesirable_weight: float = option(
+        1.0, "kto: lambda_U, weight of the losses of undesirable rows.", applies_to=("kto",)
+    )
     center_rewards_coefficient: float | None = option(
-        None, "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off.", applies_to=("rm",))
+        None,
+        "rm: weight c of c*(r_chosen + r_rejected)^2, which keeps rewards centred on 0. Unset: off.",
+        applies_to=("rm",),
+    )
 
     # --- speed-ups (exact: the same numbers as the plain padded path; see docs/performance.md) ---
     padding_free: bool = option(
         True,
         "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
-        "attention across sequences. Every method (ppo/grpo: the completion log-probs); not rows with images. Needs sdpa or eager "
-        "attention (else the padded path runs, with a warning).",
+        "attention across sequences. Every method (ppo/grpo: the completion log-probs); not rows with images. "
+        "Needs sdpa or eager attention (else the padded path runs, with a warning).",
     )
     prefix_sharing: bool = option(
         True,
@@ -281,26 +320,98 @@ class RunArguments:
         "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
         nargs="+", applies_to=("ppo", "grpo",))
-    reward_adapters: list[str] = option([], "LoRA adapters merged into --reward_model.", nargs="*", applies_to=("ppo", "grpo",))
-    max_completion_length: int = option(512, "ppo, grpo: most tokens sampled per completion.", applies_to=("ppo", "grpo",))
+    reward_adapters: list[str] = option(
+        [],
+        "LoRA adapters merged into --reward_model.",
+        nargs="*",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
+    max_completion_length: int = option(
+        512,
+        "ppo, grpo: most tokens sampled per completion.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     temperature: float = option(
-        0.9, "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature).", applies_to=("ppo", "grpo",))
+        0.9,
+        "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature).",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     missing_eos_penalty: float | None = option(
-        None, "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length.", applies_to=("ppo", "grpo",))
+        None,
+        "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     local_rollout_forward_batch_size: int = option(
         64, "ppo, grpo: sequences per generation and per no-grad forward in rollouts.", applies_to=("ppo", "grpo",))
-    num_mini_batches: int = option(1, "ppo, grpo: optimizer steps per pass over a rollout.", applies_to=("ppo", "grpo",))
+    num_mini_batches: int = option(
+        1,
+        "ppo, grpo: optimizer steps per pass over a rollout.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     experience_batch_size: int | None = option(
         None,
         "ppo, grpo (ColossalChat): prompts per collect step. Unset: --per_device_train_batch_size x "
-        "--gradient_accumulation_steps x --num_mini_batches completions (TRL), divided by --num_generations.", applies_to=("ppo", "grpo",))
-    num_collect_steps: int = option(1, "ppo, grpo (ColossalChat): rollouts of --experience_batch_size prompts per step.", applies_to=("ppo", "grpo",))
+        "--gradient_accumulation_steps x --num_mini_batches completions (TRL), divided by --num_generations.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
+    num_collect_steps: int = option(
+        1,
+        "ppo, grpo (ColossalChat): rollouts of --experience_batch_size prompts per step.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     train_batch_size: int | None = option(
-        None, "ppo, grpo (ColossalChat): completions per optimizer step (overrides --num_mini_batches).", applies_to=("ppo", "grpo",))
+        None,
+        "ppo, grpo (ColossalChat): completions per optimizer step (overrides --num_mini_batches).",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     num_episodes: int | None = option(
-        None, "ppo, grpo (ColossalChat): number of steps (rollout + updates); the same as --max_steps.", applies_to=("ppo", "grpo",))
-    use_vllm: bool = option(False, "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.", applies_to=("ppo", "grpo",))
-    vllm_gpu_memory_utilization: float = option(0.9, "Share of GPU memory vLLM may take with --use_vllm.", applies_to=("ppo", "grpo",))
+        None,
+        "ppo, grpo (ColossalChat): number of steps (rollout + updates); the same as --max_steps.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
+    use_vllm: bool = option(
+        False,
+        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
+    vllm_gpu_memory_utilization: float = option(
+        0.9,
+        "Share of GPU memory vLLM may take with --use_vllm.",
+        applies_to=(
+            "ppo",
+            "grpo",
+        ),
+    )
     num_ppo_epochs: int = option(4, "ppo: passes over each rollout.", applies_to=("ppo",))
     kl_coef: float = option(0.05, "ppo: weight of the per-token KL penalty in the reward.", applies_to=("ppo",))
     cliprange: float = option(0.2, "ppo: clip range of the policy ratio.", applies_to=("ppo",))
@@ -308,26 +419,45 @@ class RunArguments:
     cliprange_value: float = option(0.2, "ppo: clip range of the value update.", applies_to=("ppo",))
     gamma: float = option(1.0, "ppo: discount factor.", applies_to=("ppo",))
     lam: float = option(0.95, "ppo: GAE lambda.", applies_to=("ppo",))
-    whiten_rewards: bool = option(False, "ppo: whiten the per-token rewards (scale only) before GAE.", applies_to=("ppo",))
+    whiten_rewards: bool = option(
+        False, "ppo: whiten the per-token rewards (scale only) before GAE.", applies_to=("ppo",)
+    )
     pretrain_dataset: list[str] = option(
-        [], "ppo (ColossalChat ptx): SFT data whose LM loss is mixed into the policy loss.", nargs="+", applies_to=("ppo",))
-    ptx_coef: float = option(0.0, "ppo: p in the policy loss (1 - p)*PPO + p*LM loss on --pretrain_dataset.", applies_to=("ppo",))
+        [],
+        "ppo (ColossalChat ptx): SFT data whose LM loss is mixed into the policy loss.",
+        nargs="+",
+        applies_to=("ppo",),
+    )
+    ptx_coef: float = option(
+        0.0, "ppo: p in the policy loss (1 - p)*PPO + p*LM loss on --pretrain_dataset.", applies_to=("ppo",)
+    )
     num_generations: int = option(8, "grpo: completions sampled per prompt (a group).", applies_to=("grpo",))
     num_iterations: int = option(1, "grpo: passes over each rollout.", applies_to=("grpo",))
     scale_rewards: str = option(
         "group",
-        "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, false = none.",
-        choices=("group", "batch", "none", "true", "false"), applies_to=("grpo",))
+        "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, "
+        "false = none.",
+        choices=("group", "batch", "none", "true", "false"),
+        applies_to=("grpo",),
+    )
     epsilon: float = option(0.2, "grpo: clip range of the policy ratio.", applies_to=("grpo",))
-    epsilon_high: float | None = option(None, "grpo: upper clip range (DAPO's clip-higher). Unset: --epsilon.", applies_to=("grpo",))
+    epsilon_high: float | None = option(
+        None, "grpo: upper clip range (DAPO's clip-higher). Unset: --epsilon.", applies_to=("grpo",)
+    )
     reward_funcs: list[str] = option(
         [],
         "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
         "or file.py:function.",
         nargs="+", applies_to=("grpo",))
     reward_weights: list[float] = option(
-        [], "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.", nargs="+", applies_to=("grpo",))
-    external_plugins: list[str] = option([], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",))
+        [],
+        "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.",
+        nargs="+",
+        applies_to=("grpo",),
+    )
+    external_plugins: list[str] = option(
+        [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

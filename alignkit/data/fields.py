@@ -246,5 +246,7 @@ def check_images(record: dict[str, Any], source: RowSource) -> int:
                 continue
             folder = Path(source.file).parent
             if not (Path(path).expanduser().is_file() or (folder / path).is_file()):
-                raise error(source, where, f"image file '{path}' not found (looked in the working directory and {folder})")
+                raise error(
+                    source, where, f"image file '{path}' not found (looked in the working directory and {folder})"
+                )
     return seen

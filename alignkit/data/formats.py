@@ -388,7 +388,9 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
         ends = repr(parsed.prompt[-1]["role"]) if parsed.prompt else "nothing"
         raise f.error(source, parsed.prompt_field, f"the prompt must end with a user turn, but it ends with {ends}")
     if kind != "prompt" and parsed.chosen is None:
-        raise f.error(source, parsed.prompt_field, f"expected an answer for {kind} rows, but the record holds a prompt only")
+        raise f.error(
+            source, parsed.prompt_field, f"expected an answer for {kind} rows, but the record holds a prompt only"
+        )
     if kind == "preference":
         return [PreferenceRow(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin, source, parsed.extras)]
     if kind == "unpaired":

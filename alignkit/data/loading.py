@@ -203,9 +203,13 @@ def parse_columns(value: str | dict | None) -> dict[str, str]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise AlignkitError(f"--columns: invalid JSON ({exc.msg}); expected an object like '{{\"src\": \"dst\"}}'") from exc
+            raise AlignkitError(
+                f'--columns: invalid JSON ({exc.msg}); expected an object like \'{{"src": "dst"}}\''
+            ) from exc
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise AlignkitError(f"--columns: expected a JSON object of column names like '{{\"src\": \"dst\"}}', got {value!r}")
+        raise AlignkitError(
+            f'--columns: expected a JSON object of column names like \'{{"src": "dst"}}\', got {value!r}'
+        )
     return value
 
 

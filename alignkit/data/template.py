@@ -9,7 +9,8 @@ Everything else is labelled ``-100``.
 Worked example (ChatML, as in SmolLM2)::
 
     messages = [user "2+3?", assistant "5"]
-    text     = "<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n2+3?<|im_end|>\\n<|im_start|>assistant\\n5<|im_end|>\\n"
+    text     = "<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n2+3?<|im_end|>\\n"
+               "<|im_start|>assistant\\n5<|im_end|>\\n"
     labels   = -100 for every token up to and including "assistant\\n", then the ids of "5<|im_end|>\\n"
 
 Which assistant turns are trained is ``--loss_scale`` (ms-swift's names): ``default`` trains every
@@ -184,7 +185,9 @@ class ChatEncoder:
         messages = self.system_applied(row.messages)
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not assistant:
-            raise DataError("the conversation has no assistant turn to train on", **_where(row.source), field="messages")
+            raise DataError(
+                "the conversation has no assistant turn to train on", **_where(row.source), field="messages"
+            )
         trained = assistant[-1:] if self.loss_scale == "last_round" else assistant
         return self.encode(messages, set(trained), row.source, every_token=self.loss_scale == "all")
 

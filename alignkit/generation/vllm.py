@@ -34,7 +34,9 @@ class VllmInference:
         try:
             import vllm
         except ModuleNotFoundError as error:
-            raise AlignkitError("--infer_backend vllm needs the vllm package (pip install vllm) and a CUDA GPU") from error
+            raise AlignkitError(
+                "--infer_backend vllm needs the vllm package (pip install vllm) and a CUDA GPU"
+            ) from error
         if not torch.cuda.is_available():
             raise AlignkitError("--infer_backend vllm needs a CUDA GPU; use --infer_backend transformers on CPU")
         model, adapters = resolve_checkpoint(args.model, args.adapters, args.ckpt_dir)
@@ -72,7 +74,9 @@ def check_vllm_available() -> None:
         raise AlignkitError("--use_vllm needs the vllm package (`pip install vllm`); without it, leave --use_vllm "
                             "off and rollouts use transformers' generate")
     if not torch.cuda.is_available():
-        raise AlignkitError("--use_vllm needs a CUDA GPU; on this machine leave it off (transformers' generate is used)")
+        raise AlignkitError(
+            "--use_vllm needs a CUDA GPU; on this machine leave it off (transformers' generate is used)"
+        )
 
 
 class VllmRollout:

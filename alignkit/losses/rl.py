@@ -144,8 +144,13 @@ def ppo_token_rewards(
     return rewards, kl
 
 
-def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str,
-                     sum_all: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    *,
+    scale: str,
+    sum_all: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO's advantage: each completion's reward minus the mean of its prompt's group (Eq. 3 of the GRPO paper).
 
     rewards (N,), the G = ``num_generations`` completions of a prompt adjacent → (advantages (N,), group std (N,)).

@@ -106,7 +106,9 @@ def parse_max_memory(values: list[str], gpus: int) -> dict | None:
         try:
             convert_file_size_to_int(size)
         except (ValueError, TypeError) as error:
-            raise AlignkitError(f"--device_max_memory: {device}: {size!r} is not a size such as 20GB or 500MiB") from error
+            raise AlignkitError(
+                f"--device_max_memory: {device}: {size!r} is not a size such as 20GB or 500MiB"
+            ) from error
     return memory
 
 

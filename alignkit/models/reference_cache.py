@@ -101,7 +101,9 @@ class CachedReference:
         return (logps / counts.clamp(min=1) if average else logps), counts
 
 
-def visited_batches(num_rows: int, config, *, world_size: int = 1, rank: int = 0, dedup: bool = True) -> list[list[int]]:
+def visited_batches(
+    num_rows: int, config, *, world_size: int = 1, rank: int = 0, dedup: bool = True
+) -> list[list[int]]:
     """The training micro-batches this process will run under this LoopConfig, in the loop's own data order
     (``trainer.epoch_batches`` of global batches, this process's shard of each as
     ``trainer.accumulate_gradients`` takes it, the first row when its shard is empty).
@@ -167,11 +169,15 @@ def precompute_reference(
     if path.is_file():
         stored = torch.load(path, weights_only=True)
         if stored["key"] != key:
-            raise AlignkitError(f"reference log-prob cache {path} was written for another key: {stored['key']} != {key}; delete it")
+            raise AlignkitError(
+                f"reference log-prob cache {path} was written for another key: {stored['key']} != {key}; delete it"
+            )
         table = dict(zip(stored["digests"], zip(stored["logps"].tolist(), stored["counts"].tolist())))
         missing = sum(d not in table for d in digests)
         if missing:
-            raise AlignkitError(f"reference log-prob cache {path} lacks {missing} of the sequences it is keyed by; delete it")
+            raise AlignkitError(
+                f"reference log-prob cache {path} lacks {missing} of the sequences it is keyed by; delete it"
+            )
         logger.info("Reference log-probs: %d sequences loaded from %s", len(table), path)
         return CachedReference(table, path)
 

@@ -115,7 +115,9 @@ class RewardScorer:
             try:
                 encoded.append((index, self.encoder.encode_conversation(ConversationRow(messages))))
             except Truncated as error:
-                raise AlignkitError(f"conversation {index}: its last answer alone is too long to score ({error})") from error
+                raise AlignkitError(
+                    f"conversation {index}: its last answer alone is too long to score ({error})"
+                ) from error
         collate = SequenceCollator(self.encoder.tokenizer.pad_token_id)
         device = self.model.value_head.weight.device
         rewards = []

@@ -123,7 +123,9 @@ def _merged(model, adapters: list[str]):
 
     for adapter in adapters:
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise AlignkitError(f"--reward_adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
+            raise AlignkitError(
+                f"--reward_adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter"
+            )
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
@@ -145,7 +147,9 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
             messages = encoder.system_applied(messages)
             encoded.append((index, encoder.encode(messages, {len(messages) - 1})))
         except Truncated as error:
-            raise AlignkitError(f"the answer of completion {index} alone is too long for the reward model ({error})") from error
+            raise AlignkitError(
+                f"the answer of completion {index} alone is too long for the reward model ({error})"
+            ) from error
     collate = SequenceCollator(encoder.tokenizer.pad_token_id)
     device = model.head.weight.device
     use_packing = packed and supports_packing(model.backbone)

@@ -35,4 +35,6 @@ def load_model_weights(model, checkpoint: Path) -> None:
     # Tied embeddings are saved once; anything else missing means the checkpoint is for another model.
     missing = [k for k in missing if "lm_head" not in k]
     if missing or unexpected:
-        raise AlignkitError(f"{checkpoint}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise AlignkitError(
+            f"{checkpoint}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )

@@ -46,7 +46,9 @@ def new_run_dir(output_dir: str | os.PathLike) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         versions = [int(m.group(1)) for p in root.iterdir() if (m := RUN_PATTERN.match(p.name))]
     except OSError as exc:
-        raise AlignkitError(f"--output_dir {output_dir}: cannot create a run directory there ({exc.strerror or exc})") from exc
+        raise AlignkitError(
+            f"--output_dir {output_dir}: cannot create a run directory there ({exc.strerror or exc})"
+        ) from exc
     version = max(versions, default=-1) + 1
     while True:
         run_dir = root / f"v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -227,7 +229,11 @@ def _safetensors_problem(path: Path) -> str | None:
             return "unreadable header"
     if not isinstance(header, dict):
         return "unreadable header"
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t]
+    ends = [
+        t["data_offsets"][1]
+        for k, t in header.items()
+        if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t
+    ]
     if 8 + header_len + max(ends, default=0) != size:
         return f"{size} bytes, but its header describes {8 + header_len + max(ends, default=0)}"
     return None
@@ -246,8 +252,14 @@ def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler) -> Trainer
     state = read_trainer_state(checkpoint)
     steps = (
         ("the weights", lambda: load_model_weights(model, checkpoint)),
-        ("optimizer.pt", lambda: optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))),
-        ("scheduler.pt", lambda: scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))),
+        (
+            "optimizer.pt",
+            lambda: optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False)),
+        ),
+        (
+            "scheduler.pt",
+            lambda: scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False)),
+        ),
         ("rng_state.pt", lambda: restore_rng_state(torch.load(checkpoint / "rng_state.pt", weights_only=False))),
     )
     for what, load in steps:

@@ -23,7 +23,8 @@ def torchrun_command(argv: list[str], environ: dict[str, str]) -> list[str] | No
     """The torchrun command that runs ``alignkit <argv>`` as the variables ask, or None to run here.
 
     >>> torchrun_command(["sft"], {"NPROC_PER_NODE": "2"})[3:]
-    ['--nproc_per_node', '2', '--nnodes', '1', '--node_rank', '0', '--master_addr', '127.0.0.1', '--master_port', '29500', '-m', 'alignkit', 'sft']
+    ['--nproc_per_node', '2', '--nnodes', '1', '--node_rank', '0', '--master_addr', '127.0.0.1',
+     '--master_port', '29500', '-m', 'alignkit', 'sft']
     """
     if "LOCAL_RANK" in environ or "RANK" in environ:
         return None

@@ -69,10 +69,14 @@ def train(
     with runner.running(steps, desc="train"):
         while state.global_step < steps:
             epoch = state.epoch
-            batches = epoch_batches(len(train_rows), global_batch, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+            batches = epoch_batches(
+                len(train_rows), global_batch, seed=config.seed, epoch=epoch, shuffle=config.shuffle
+            )
             # Each epoch has its own order: leave this loop at the epoch's end so the next one is drawn.
             while state.epoch == epoch and state.global_step < steps:
-                group = batches[state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps]
+                group = batches[
+                    state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps
+                ]
                 step_started = time.perf_counter()
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, runner,
                                                              step=state.global_step + 1, batch_size=config.batch_size)

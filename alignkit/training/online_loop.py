@@ -88,7 +88,9 @@ def make_schedule(*, num_prompts: int, num_generations: int, per_device_train_ba
         minibatch = train_batch_size
     else:
         if sequences % num_mini_batches:
-            raise AlignkitError(f"{sequences} completions per step do not split into --num_mini_batches {num_mini_batches}")
+            raise AlignkitError(
+                f"{sequences} completions per step do not split into --num_mini_batches {num_mini_batches}"
+            )
         minibatch = sequences // num_mini_batches
     if not 1 <= minibatch <= sequences:
         raise AlignkitError(f"--train_batch_size must be between 1 and the {sequences} completions of a step")
@@ -160,8 +162,18 @@ def sampling_seeds(run_seed: int, step: int, prompt_indices: list[int]) -> list[
             >> 1 for index in prompt_indices]
 
 
-def train_online(*, policy, tokenizer, algorithm: OnlineAlgorithm, prompts: list[EncodedPrompt], val_prompts: list[EncodedPrompt],
-                 schedule: Schedule, config: LoopConfig, run_dir: Path, args_for_checkpoint: dict) -> Path:
+def train_online(
+    *,
+    policy,
+    tokenizer,
+    algorithm: OnlineAlgorithm,
+    prompts: list[EncodedPrompt],
+    val_prompts: list[EncodedPrompt],
+    schedule: Schedule,
+    config: LoopConfig,
+    run_dir: Path,
+    args_for_checkpoint: dict,
+) -> Path:
     """Train and return the final checkpoint's directory. With N processes each step samples N × the
     schedule's prompts, each process its own share; gradients are averaged by the sharding engine."""
     runner = Runner(config, run_dir, args_for_checkpoint=args_for_checkpoint, tokenizer=tokenizer)
@@ -191,7 +203,9 @@ def train_online(*, policy, tokenizer, algorithm: OnlineAlgorithm, prompts: list
 
     with runner.running(schedule.steps, desc=args_for_checkpoint["algorithm"]):
         while state.global_step < schedule.steps:
-            steps = step_prompts(len(prompts), global_batch, seed=config.seed, epoch=state.epoch, shuffle=config.shuffle)
+            steps = step_prompts(
+                len(prompts), global_batch, seed=config.seed, epoch=state.epoch, shuffle=config.shuffle
+            )
             while state.batches_done_in_epoch < len(steps) and state.global_step < schedule.steps:
                 started = time.perf_counter()
                 mine = steps[state.batches_done_in_epoch][rank * share : (rank + 1) * share]

@@ -52,10 +52,16 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         check_vllm_available()
     datasets = defaults["dataset"]
-    train_rows, val_rows = load_datasets(datasets, args.val_dataset, "prompt", split_dataset_ratio=args.split_dataset_ratio,
-                                         seed=args.data_seed, shuffle=args.dataset_shuffle,
-                                         columns=parse_columns(args.columns),
-                                         check_dataset_strategy=args.check_dataset_strategy)
+    train_rows, val_rows = load_datasets(
+        datasets,
+        args.val_dataset,
+        "prompt",
+        split_dataset_ratio=args.split_dataset_ratio,
+        seed=args.data_seed,
+        shuffle=args.dataset_shuffle,
+        columns=parse_columns(args.columns),
+        check_dataset_strategy=args.check_dataset_strategy,
+    )
     model_path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_path, args.model_revision)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
@@ -148,7 +154,9 @@ def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     frozen_reference = None
     if needs_reference and (args.train_type == "full" or args.ref_model):
-        frozen_reference = load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
+        frozen_reference = (
+            load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
+        )
         frozen_reference.eval().requires_grad_(False)
     if args.train_type == "lora":
         if args.adapters:
@@ -165,7 +173,9 @@ def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
     return policy, frozen_reference
 
 
-def encode_prompts(encoder: ChatEncoder, rows: list[PromptRow], limit: int, strategy: str, split: str) -> list[EncodedPrompt]:
+def encode_prompts(
+    encoder: ChatEncoder, rows: list[PromptRow], limit: int, strategy: str, split: str
+) -> list[EncodedPrompt]:
     """Prompt rows → token ids ending in the assistant header; prompts over ``limit`` tokens follow
     --truncation_strategy (delete: dropped and counted; left/right: their beginning is cut; raise)."""
     encoded, dropped = [], 0
@@ -249,8 +259,10 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
 
     reward_model, reward_tokenizer = load_scalar_model(args.reward_model[0], adapters=args.reward_adapters)
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise AlignkitError(f"--reward_model {args.reward_model[0]}: its tokenizer differs from the policy's; PPO's "
-                            "value model starts from the reward model and reads the policy's tokens, so they must match")
+        raise AlignkitError(
+            f"--reward_model {args.reward_model[0]}: its tokenizer differs from the policy's; PPO's "
+            "value model starts from the reward model and reads the policy's tokens, so they must match"
+        )
     lora = None
     if args.train_type == "lora":
         lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,

@@ -55,11 +55,15 @@ def find_checkpoint(spec: str, output_dir: str) -> Path:
     """The checkpoint ``--resume_from_checkpoint spec`` names (see the module docstring)."""
     root = Path(output_dir if spec == LAST else spec).expanduser()
     flag = f"--resume_from_checkpoint {spec}"
-    if spec != LAST and (root.name.endswith(".tmp") or CHECKPOINT_PATTERN.match(root.name) or (root / STATE_FILE).exists()):
+    if spec != LAST and (
+        root.name.endswith(".tmp") or CHECKPOINT_PATTERN.match(root.name) or (root / STATE_FILE).exists()
+    ):
         problem = verify_checkpoint(root)
         if problem:
             hint = _newest_good(root.parent) if root.parent.is_dir() else None
-            raise AlignkitError(f"{flag}: {problem}" + (f"; the newest complete checkpoint there is {hint}" if hint else ""))
+            raise AlignkitError(
+                f"{flag}: {problem}" + (f"; the newest complete checkpoint there is {hint}" if hint else "")
+            )
         return root
     if not root.is_dir():
         where = f"--output_dir {output_dir}" if spec == LAST else flag
@@ -120,7 +124,9 @@ def check_resume_args(checkpoint: Path, current: dict, *, allow: bool) -> None:
         return
     listing = "\n".join(differences)
     if allow:
-        logger.warning("Resuming despite settings that differ from %s (--ignore_args_mismatch):\n%s", checkpoint, listing)
+        logger.warning(
+            "Resuming despite settings that differ from %s (--ignore_args_mismatch):\n%s", checkpoint, listing
+        )
         return
     raise AlignkitError(
         f"--resume_from_checkpoint {checkpoint}: this run's settings differ from the checkpoint's, so it would "
@@ -152,7 +158,11 @@ def resume_run_dir(checkpoint: Path, output_dir: str, args: dict) -> Path:
     (new / "args.json").write_text(json.dumps({**args, "resumed_from": str(checkpoint)}, indent=2, default=str))
     for log in LOGS:
         _copy_log(run_dir / log, new / log, step)
-    reason = f"{run_dir} already has later checkpoints ({', '.join(later)})" if later else f"{run_dir} is not a run directory"
+    reason = (
+        f"{run_dir} already has later checkpoints ({', '.join(later)})"
+        if later
+        else f"{run_dir} is not a run directory"
+    )
     logger.info("Resuming from %s in a new run directory %s, since %s", checkpoint, new, reason)
     return new
 

@@ -69,9 +69,12 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     start = start_run(args)
     resume, precision = start.resume, start.precision
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
-    device_map, max_memory = resolve_flags(args.device_map, args.device_max_memory,
-                                           engine=start.engine.source if start.engine else None,
-                                           allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))))
+    device_map, max_memory = resolve_flags(
+        args.device_map,
+        args.device_max_memory,
+        engine=start.engine.source if start.engine else None,
+        allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))),
+    )
     start.check_engine()
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     defaults = resolve(args, algorithm_name)
@@ -105,8 +108,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     val_rows = with_row_fields(encode_dataset(encoder, val_data, "held-out", **encode), val_data)
     if not train_rows:
         raise AlignkitError(
-            f"no training rows are left after truncation: all {len(train_data)} rows of {', '.join(datasets)} are longer than "
-            f"--max_length {args.max_length}; raise it or choose another --truncation_strategy"
+            f"no training rows are left after truncation: all {len(train_data)} rows of {', '.join(datasets)} are "
+            f"longer than --max_length {args.max_length}; raise it or choose another --truncation_strategy"
         )
     if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,

@@ -69,7 +69,9 @@ class LoopConfig:
     tensorboard: bool = True
     resume_from_checkpoint: str | None = None
     max_nonfinite_steps: int = 10
-    engine: dict | None = None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
+    engine: dict | None = (
+        None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
+    )
 
 
 def loop_config(args: RunArguments, precision: str) -> LoopConfig:
@@ -271,7 +273,11 @@ class Runner:
             max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
             grad_norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
             # fp16's gradient scaler skips overflowing steps itself (and lowers its scale).
-            if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)) and self.accelerator.scaler is None:
+            if (
+                grad_norm is not None
+                and not torch.isfinite(torch.as_tensor(grad_norm))
+                and self.accelerator.scaler is None
+            ):
                 problem = (f"non-finite gradient norm ({float(grad_norm)})", list(row_ids))
         if problem is None:
             self.optimizer.step()
@@ -298,7 +304,9 @@ class Runner:
         names = [f"{i} ({sources[i].file} row {sources[i].row})" if sources and sources[i] else str(i) for i in row_ids]
         logger.warning("step %d: %s; update skipped (%d in a row, %d in total). Rows: %s", state.global_step, what,
                        state.nonfinite_in_a_row, state.nonfinite_steps, ", ".join(names))
-        self.log.log(state.global_step, {"nonfinite": what, "row_ids": list(row_ids), "nonfinite_steps": state.nonfinite_steps})
+        self.log.log(
+            state.global_step, {"nonfinite": what, "row_ids": list(row_ids), "nonfinite_steps": state.nonfinite_steps}
+        )
         if state.nonfinite_in_a_row >= limit:
             self.log.close()
             raise AlignkitError(

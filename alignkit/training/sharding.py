@@ -25,7 +25,12 @@ from alignkit.errors import AlignkitError
 
 DS_CONFIG_DIR = Path(__file__).parent.parent / "ds_configs"  # package data, named in --deepspeed's help
 DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
-PLUGIN_TO_DEEPSPEED = {"zero2": "zero2", "zero2_cpu": "zero2_offload", "gemini": "zero3", "gemini_auto": "zero3_offload"}
+PLUGIN_TO_DEEPSPEED = {
+    "zero2": "zero2",
+    "zero2_cpu": "zero2_offload",
+    "gemini": "zero3",
+    "gemini_auto": "zero3_offload",
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ def resolve_engine(*, deepspeed: str | None, fsdp: bool, plugin: str | None, tp:
 
 def load_deepspeed_config(name_or_path: str) -> dict:
     """A shipped preset (zero0 ... zero3_offload) or a user's DeepSpeed JSON file."""
-    path = DS_CONFIG_DIR / f"{name_or_path}.json" if name_or_path in DEEPSPEED_PRESETS else Path(name_or_path).expanduser()
+    path = (
+        DS_CONFIG_DIR / f"{name_or_path}.json" if name_or_path in DEEPSPEED_PRESETS else Path(name_or_path).expanduser()
+    )
     if not path.is_file():
         raise AlignkitError(f"--deepspeed {name_or_path}: neither a preset ({', '.join(DEEPSPEED_PRESETS)}) "
                             "nor a JSON file")

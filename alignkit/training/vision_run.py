@@ -97,16 +97,24 @@ def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, mode
     from alignkit.training.loop import train
     from alignkit.training.speedups import log_speedups
 
-    model, processor, train_rows, val_rows, collate, algorithm = build_vision_training(args, algorithm, model_path, train_data,
-                                                                            val_data)
+    model, processor, train_rows, val_rows, collate, algorithm = build_vision_training(
+        args, algorithm, model_path, train_data, val_data
+    )
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name,
                 "dtype": start.precision, "train_rows": len(train_rows),
                 "train_data_sha256": data_fingerprint(train_rows), "vision": True}
     run_dir = open_run_dir(args, resolved, start.resume)
-    log_speedups(Layout(), precompute=False, precision=start.precision, gradient_checkpointing=args.gradient_checkpointing,
-                 reasons={"padding-free packing": "rows with images run padded",
-                          "prompt-prefix sharing": "rows with images run padded",
-                          "precomputed reference log-probs": "the cache is keyed by tokens, not pixels"})
+    log_speedups(
+        Layout(),
+        precompute=False,
+        precision=start.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        reasons={
+            "padding-free packing": "rows with images run padded",
+            "prompt-prefix sharing": "rows with images run padded",
+            "precomputed reference log-probs": "the cache is keyed by tokens, not pixels",
+        },
+    )
     return train(
         model=model, tokenizer=processor, algorithm=algorithm, train_rows=train_rows, val_rows=val_rows,
         collate=collate,

@@ -9,7 +9,8 @@ same images) must tokenize as a prefix of prompt + answer; everything after it i
 Worked example (LLaVA-style, 4 tokens per image)::
 
     prompt  = [user "<image>What is shown?"], chosen = [assistant "A cat"], images = [cat.png]
-    ids     = <|im_start|>user\\n <image><image><image><image> What is shown?<|im_end|>\\n<|im_start|>assistant\\n A cat<|im_end|>\\n
+    ids     = <|im_start|>user\\n <image><image><image><image> What is shown?<|im_end|>\\n
+              <|im_start|>assistant\\n A cat<|im_end|>\\n
     labels  = -100 up to and including "assistant\\n", then the ids of "A cat<|im_end|>\\n"
     pixels  = {"pixel_values": (1, 3, H, W)}
 

@@ -42,7 +42,9 @@ def _decode(data: bytes, source: RowSource | None, field: str):
         image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"cannot decode the image ({type(error).__name__}: {error})", **_where(source, field)) from error
+        raise DataError(
+            f"cannot decode the image ({type(error).__name__}: {error})", **_where(source, field)
+        ) from error
     return image.convert("RGB")
 
 
