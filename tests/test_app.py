@@ -46,7 +46,7 @@ def test_answer_stream_grows_to_the_models_answer_with_the_system_prompt(tiny_ch
 
     model, tokenizer = load_for_inference(tiny_chat_model_dir, [], None, "fp32")
     encoder = ChatEncoder(tokenizer, max_length=512)
-    engine = BatchEngine(model, tokenizer, stop_ids=encoder.stop_ids).start()
+    engine = BatchEngine(model, encoder).start()
     try:
         for system in ("", "Answer in French."):
             pieces = list(answer_stream(engine, encoder, "What is 2 + 2?", [], system, SamplingParams(max_tokens=10)))

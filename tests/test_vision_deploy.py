@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 from servers import free_port, start_server  # noqa: E402
 from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images  # noqa: E402
 
-from alignkit.generation.vision_answers import generate_vision_answers  # noqa: E402
+from alignkit.generation.answers import generate  # noqa: E402
 from alignkit.vision.images import load_image  # noqa: E402
 
 QUESTION = "What is this?"
@@ -128,8 +128,8 @@ def test_requests_with_and_without_images_share_a_batch_with_their_alone_answers
                encoder.encode_prompt([{"role": "user", "content": "Hello"}], []),
                encoder.encode_prompt([{"role": "user", "content": "<image> and <image>"}],
                                      [load_image(p, None, "images") for p in images[1:3]])]
-    alone = [generate_vision_answers(model, encoder, [p], max_new_tokens=6)[0] for p in prompts]
-    engine = BatchEngine(model, encoder.tokenizer, stop_ids=encoder.stop_ids, batch_wait_s=0.5)
+    alone = [generate(model, encoder, [p], max_new_tokens=6)[0] for p in prompts]
+    engine = BatchEngine(model, encoder, batch_wait_s=0.5)
     jobs = [engine.submit(p.input_ids, SamplingParams(max_tokens=6), pixels=p.pixels) for p in prompts]
     engine.start()
     try:

@@ -15,7 +15,7 @@ from test_vision import write_dataset
 from tiny_vlms import BUILDERS, build_all, greedy_answer, load_for_generation, write_images
 
 from alignkit.cli import main
-from alignkit.generation.vision_answers import generate_vision_answers
+from alignkit.generation.answers import generate
 from alignkit.vision.images import load_image
 
 FAMILIES = sorted(BUILDERS)
@@ -57,7 +57,7 @@ def test_generation_equals_transformers_generate_on_the_processors_inputs(vlms, 
     # A batch mixing one image, two images and none answers each prompt as it is answered alone; the image matters.
     prompts = [(user(f"<image>{QUESTION}"), images[:1]), (user("Compare <image> and <image>"), images[1:3]),
                (user("Hello"), [])]
-    batched = generate_vision_answers(model, encoder, [
+    batched = generate(model, encoder, [
         encoder.encode_prompt(m, [load_image(p, None, "images") for p in paths]) for m, paths in prompts],
         max_new_tokens=8)
     assert batched == [greedy_answer(model, encoder, m, paths) for m, paths in prompts]

@@ -130,9 +130,9 @@ def load_for_generation(model_dir: str, adapters=(), max_length: int = 512):
 
 def greedy_answer(model, encoder, messages, image_paths, max_new_tokens: int = 8) -> str:
     """alignkit's own greedy answer to ``messages`` with the images at ``image_paths``."""
-    from alignkit.generation.vision_answers import generate_vision_answers
+    from alignkit.generation.answers import generate
     from alignkit.vision.images import load_image
 
     pictures = [load_image(p, None, "images") for p in image_paths]
-    return generate_vision_answers(model, encoder, [encoder.encode_prompt(messages, pictures)],
+    return generate(model, encoder, [encoder.encode_prompt(messages, pictures)],
                                    max_new_tokens=max_new_tokens)[0]

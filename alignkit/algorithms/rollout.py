@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.collate import Batch, pad
+from alignkit.data.collate import Batch, left_pad, pad
 from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded
 from alignkit.models.packing import CHUNK, Layout, pack, packed_attention_mask, supports_packing, token_logps
 
@@ -54,15 +54,6 @@ def stop_token_ids(encoder: ChatEncoder) -> list[int]:
     return stops
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[[5, 6], [7]] → ids [[5, 6], [pad, 7]], mask [[1, 1], [0, 1]]."""
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (N, P)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, P)
-    for i, s in enumerate(sequences):
-        ids[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, length - len(s) :] = 1
-    return ids, mask
 
 
 def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id: int, max_new_tokens: int):

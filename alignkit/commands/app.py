@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alignkit.config.commands import AppArguments
 from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError
 from alignkit.generation.batch_engine import BatchEngine, Delta, SamplingParams
 
 logger = logging.getLogger("alignkit")
@@ -85,13 +86,17 @@ def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, tit
 
 
 def run_app(args: AppArguments) -> int:
-    from alignkit.models.load import load_for_inference
+    from alignkit.generation.loader import load_for_answers
+    from alignkit.vision.model import vision_model_path
 
+    if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:
+        raise AlignkitError("alignkit app is a text chat page; chat with a vision-language model (images in the "
+                            "messages) with `alignkit infer`, or serve it with `alignkit deploy`")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    lm, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
-                                       args.device_max_memory)
-    encoder = ChatEncoder(tokenizer, max_length=getattr(lm.config, "max_position_embeddings", None) or 4096)
-    engine = BatchEngine(lm, tokenizer, stop_ids=encoder.stop_ids).start()
+    loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
+                              max_memory=args.device_max_memory)  # prompts up to the model's context
+    encoder = loaded.encoder
+    engine = BatchEngine(loaded.model, encoder).start()
     source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"
     demo = build_app(engine, encoder, args, title=f"alignkit chat: {Path(source).name}")
     logger.info("Chat page on http://%s:%d%s", args.server_name, args.server_port,

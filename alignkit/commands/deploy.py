@@ -36,7 +36,7 @@ from alignkit.config.commands import DeployArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, SamplingParams
-from alignkit.vision.encode import PLACEHOLDER, VisionEncoder, image_token_id
+from alignkit.vision.encode import PLACEHOLDER, VisionEncoder
 
 logger = logging.getLogger("alignkit")
 
@@ -368,17 +368,15 @@ def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | Non
 
 def load_served_model(args: DeployArguments):
     """(model, tokenizer, {served name: peft adapter name or None for the base})."""
-    from alignkit.models.load import load_for_inference, resolve_checkpoint
-    from alignkit.models.placement import check_adapter_placement, refuse_for_vision
-    from alignkit.vision.model import load_vision_for_inference, vision_model_path
+    from alignkit.generation.loader import load_for_answers
+    from alignkit.models.load import resolve_checkpoint
+    from alignkit.models.placement import check_adapter_placement
 
     default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
     model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
-    if vision_model_path(model, [], None) is not None:
-        refuse_for_vision(args.device_map, args.device_max_memory)
-        lm, tokenizer = load_vision_for_inference(model, [], None, args.dtype)  # tokenizer: the processor
-    else:
-        lm, tokenizer = load_for_inference(model, [], None, args.dtype, args.device_map, args.device_max_memory)
+    loaded = load_for_answers(model, [], None, args.dtype, device_map=args.device_map,
+                              max_memory=args.device_max_memory)
+    lm, tokenizer = loaded.model, loaded.saved_with  # tokenizer: a vision-language model's processor
     served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
     adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
     for name in named:
@@ -403,15 +401,13 @@ def load_served_model(args: DeployArguments):
 
 def run_deploy(args: DeployArguments) -> int:
     import uvicorn
-    from transformers import ProcessorMixin
+
+    from alignkit.generation.loader import context_length, encoder_for
 
     lm, tokenizer, models = load_served_model(args)
-    max_length = getattr(lm.config.get_text_config(), "max_position_embeddings", None) or 4096
-    if isinstance(tokenizer, ProcessorMixin):  # a vision-language model's processor
-        encoder = VisionEncoder(tokenizer, image_token_id(tokenizer, lm.config), max_length=max_length)
-    else:
-        encoder = ChatEncoder(tokenizer, max_length=max_length)
-    engine = BatchEngine(lm, encoder.tokenizer, stop_ids=encoder.stop_ids, max_batch_size=args.max_batch_size).start()
+    max_length = context_length(lm)
+    encoder = encoder_for(lm, tokenizer, max_length=max_length)
+    engine = BatchEngine(lm, encoder, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
     app = create_app(server, api_key=args.api_key)
     logger.info("Serving %s on http://%s:%d/v1%s", ", ".join(models), args.host, args.port,

@@ -17,15 +17,15 @@ from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder, Truncated
 from alignkit.errors import AlignkitError
-from alignkit.generation.answers import generate_answers
-from alignkit.generation.vision_answers import generate_vision_answers
-from alignkit.models.load import load_causal_lm, load_for_inference, resolve_model_path
+from alignkit.generation.answers import generate, generate_answers
+from alignkit.generation.loader import encoder_for, load_for_answers
+from alignkit.models.load import load_causal_lm, resolve_model_path
 from alignkit.models.logprobs import forward_logps
-from alignkit.models.placement import input_device, refuse_for_vision, split_map
+from alignkit.models.placement import input_device, split_map
 from alignkit.models.reference import Reference
 from alignkit.vision.collate import VisionPairCollator
-from alignkit.vision.encode import VisionEncoder, image_token_id
-from alignkit.vision.model import load_vision_for_inference, load_vision_model, vision_model_path
+from alignkit.vision.encode import VisionEncoder
+from alignkit.vision.model import load_vision_model, vision_model_path
 from alignkit.vision.shared_images import enable_shared_images, shares_images
 
 logger = logging.getLogger("alignkit")
@@ -83,13 +83,7 @@ def task_accuracy(model, encoder: ChatEncoder, rows: list[PromptRow], *, batch_s
     correct, samples = 0, []
     for start in tqdm(range(0, len(rows), batch_size), desc="task eval", leave=False):
         chunk = rows[start : start + batch_size]
-        if isinstance(encoder, VisionEncoder):
-            prompts = [
-                encoder.encode_prompt(r.prompt, encoder.row_images(r.extras, r.source)[0], r.source) for r in chunk
-            ]
-            answers = generate_vision_answers(model, encoder, prompts, max_new_tokens=max_new_tokens)
-        else:
-            answers = generate_answers(model, encoder, [r.prompt for r in chunk], max_new_tokens=max_new_tokens)
+        answers = generate(model, encoder, [encoder.prompt_of(r) for r in chunk], max_new_tokens=max_new_tokens)
         for row, answer in zip(chunk, answers):
             ok = is_correct(answer, row.extras["solution"])
             correct += ok
@@ -129,14 +123,7 @@ def evaluate_model(model, tokenizer, *, preference_sets: list[str], task_set: st
                    reference: Reference | None, batch_size: int, max_length: int, max_new_tokens: int,
                    limit: int | None, system: str | None, seed: int = 42) -> dict:
     """``tokenizer``: a vision-language model's processor evaluates rows with their images."""
-    from transformers import ProcessorMixin
-
-    if isinstance(tokenizer, ProcessorMixin):
-        encoder = VisionEncoder(
-            tokenizer, image_token_id(tokenizer, model.config), max_length=max_length, system=system
-        )
-    else:
-        encoder = ChatEncoder(tokenizer, max_length=max_length, system=system)
+    encoder = encoder_for(model, tokenizer, max_length=max_length, system=system)
     report: dict = {}
     for spec in preference_sets:
         rows = load_dataset_spec(spec, "preference", seed=seed)[:limit]
@@ -159,12 +146,9 @@ def run_eval(args: EvalArguments) -> int:
     if vision and args.reward_model:
         raise AlignkitError("--reward_model compares the text answers of two text models; it does not take a "
                             "vision-language model")
-    if vision:
-        refuse_for_vision(args.device_map, args.device_max_memory)
-        model, tokenizer = load_vision_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype)
-    else:
-        model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
-                                              args.device_max_memory)
+    loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
+                              max_memory=args.device_max_memory, max_length=args.max_length, system=args.system)
+    model, tokenizer = loaded.model, loaded.saved_with
     reference = None
     if args.ref_model:
         # A split model's reference is split the same way; otherwise it sits beside the model.

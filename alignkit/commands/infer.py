@@ -5,6 +5,7 @@ Interactive commands: `clear` forgets the history, `exit` (or Ctrl-D) quits.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -17,9 +18,10 @@ from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
-from alignkit.generation.answers import generate_answers, sampling_kwargs, stream_answer
-from alignkit.models.load import load_for_inference
-from alignkit.models.placement import input_device, refuse_for_vision
+from alignkit.generation.answers import generate, ids_of, stream_answer
+from alignkit.generation.loader import Loaded, load_for_answers
+from alignkit.vision.encode import PLACEHOLDER
+from alignkit.vision.images import load_image
 from alignkit.vision.model import vision_model_path
 
 logger = logging.getLogger("alignkit")
@@ -39,34 +41,36 @@ def run_infer(args: InferArguments) -> int:
             raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
-    if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:  # prompts with images: docs/vision.md
-        from alignkit.commands.infer_vision import run_vision_infer
-
-        refuse_for_vision(args.device_map, args.device_max_memory)
-        return run_vision_infer(args, result_path, held_out)
     if args.infer_backend == "vllm":
-        if args.device_map or args.device_max_memory:
-            raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
-        if result_path is None:
-            raise AlignkitError(
-                "--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers"
-            )
-        from alignkit.generation.vllm import VllmInference
+        return vllm_infer(args, result_path, held_out)
+    loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
+                              max_memory=args.device_max_memory, max_length=args.max_length, system=args.system)
+    if result_path is None:
+        return chat(loaded, args)
+    rows = held_out if held_out is not None else load_prompts(args)
+    return batch_infer(loaded, rows, args, result_path)
 
-        generator = VllmInference(args)
-        encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
-        return batch_infer(generator.generate, encoder, args, result_path, held_out)
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.ckpt_dir, args.dtype, args.device_map,
-                                          args.device_max_memory)
-    encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
-    if result_path is not None:
-        def generate(prompts):
-            return generate_answers(model, encoder, prompts, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                    repetition_penalty=args.repetition_penalty)
 
-        return batch_infer(generate, encoder, args, result_path, held_out)
-    return chat(model, encoder, args)
+def vllm_infer(args: InferArguments, result_path: Path | None, held_out: list[PromptRow] | None) -> int:
+    if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:
+        raise AlignkitError("--infer_backend vllm generates from text prompts only; answer a vision-language model's "
+                            "prompts with --infer_backend transformers")
+    if args.device_map or args.device_max_memory:
+        raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
+    if result_path is None:
+        raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
+    from alignkit.generation.vllm import VllmInference
+
+    generator = VllmInference(args)
+    encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
+    rows = held_out if held_out is not None else load_prompts(args)
+    rows = [(row, encoder.encode_prompt(row.prompt)) for row in rows]
+    return write_answers(lambda chunk: generator.generate([row.prompt for row, _ in chunk]), encoder.tokenizer,
+                         rows, args, result_path)
+
+
+def load_prompts(args: InferArguments) -> list[PromptRow]:
+    return [row for spec in args.val_dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
 
 
 def with_run_data_config(args: InferArguments) -> tuple[InferArguments, list[PromptRow] | None]:
@@ -110,29 +114,46 @@ def as_prompt(row: ConversationRow | PreferenceRow) -> PromptRow:
     return PromptRow(row.messages[:last], {"labels": row.messages[last]["content"]}, row.source)
 
 
-def batch_infer(generate, encoder: ChatEncoder, args: InferArguments, result_path: Path,
-                rows: list[PromptRow] | None = None) -> int:
-    """Answer every prompt with ``generate(prompts) -> answers`` in chunks of --max_batch_size, writing JSONL."""
-    if rows is None:
-        rows = [row for spec in args.val_dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
-    kept = [r for r in rows if len(encoder.encode_prompt(r.prompt)) <= args.max_length]
-    if len(kept) < len(rows):
-        logger.warning("Skipped %d prompts longer than --max_length %d", len(rows) - len(kept), args.max_length)
+def batch_infer(loaded: Loaded, rows: list[PromptRow], args: InferArguments, result_path: Path) -> int:
+    """Answer every prompt (with its images, for a vision-language model) in chunks of --max_batch_size."""
+    encoded = [(row, loaded.encoder.prompt_of(row)) for row in rows]
+
+    def answer(chunk):
+        return generate(loaded.model, loaded.encoder, [prompt for _, prompt in chunk],
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+
+    return write_answers(answer, loaded.tokenizer, encoded, args, result_path)
+
+
+def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result_path: Path) -> int:
+    """``answer(chunk of (row, prompt)) -> answers`` for the prompts that fit --max_length (image tokens
+    included), in chunks of --max_batch_size, written as JSONL with the row's other columns."""
+    kept = [(row, prompt) for row, prompt in encoded if len(ids_of(prompt)) <= args.max_length]
+    if len(kept) < len(encoded):
+        logger.warning("Skipped %d prompts longer than --max_length %d", len(encoded) - len(kept), args.max_length)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     start, new_tokens = time.perf_counter(), 0
     with result_path.open("x") as out:
         for i in range(0, len(kept), args.max_batch_size):
             chunk = kept[i : i + args.max_batch_size]
-            answers = generate([r.prompt for r in chunk])
-            for row, answer in zip(chunk, answers):
-                new_tokens += len(encoder.tokenizer(answer, add_special_tokens=False)["input_ids"])
-                out.write(json.dumps({"messages": row.prompt, "response": answer, **row.extras}) + "\n")
+            for (row, _), response in zip(chunk, answer(chunk)):
+                new_tokens += len(tokenizer(response, add_special_tokens=False)["input_ids"])
+                out.write(json.dumps({"messages": row.prompt, "response": response, **row.extras},
+                                     default=_inline_bytes) + "\n")
             logger.info("%d/%d prompts answered", min(i + args.max_batch_size, len(kept)), len(kept))
     seconds = time.perf_counter() - start
     logger.info("Wrote %s: %d answers in %.1f s (%.2f answers/s, %.1f tokens/s)", result_path, len(kept), seconds,
                 len(kept) / seconds, new_tokens / seconds)
     print(f"results: {result_path}")
     return 0
+
+
+def _inline_bytes(value):
+    """JSON for an image given as bytes (a parquet Image column): base64, which the loaders read back."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def score_datasets(args: InferArguments, result_path: Path) -> int:
@@ -175,28 +196,33 @@ def reward_rows(spec: str, seed: int) -> list:
         return load_dataset_spec(spec, "sft", seed=seed)
 
 
-def chat(model, encoder: ChatEncoder, args: InferArguments) -> int:
-    tokenizer = encoder.tokenizer
+def chat(loaded: Loaded, args: InferArguments) -> int:
+    """Multi-turn chat. With a vision-language model each ``<image>`` in a message asks for one image (a path,
+    URL or base64)."""
     history: list[dict[str, str]] = []
-    print("alignkit chat: type a message; 'clear' resets the history, 'exit' quits.")
+    images: list = []
+    hint = (f", with {PLACEHOLDER} where an image goes (you are then asked for its path or URL)"
+            if loaded.vision else "")
+    print(f"alignkit chat: type a message{hint}; 'clear' resets the history, 'exit' quits.")
     while True:
         try:
             text = input("<<< ")
+            if text.strip() == "exit":
+                return 0
+            if text.strip() == "clear":
+                history, images = [], []
+                continue
+            new_images = [load_image(input("image path or URL <<< ").strip(), None, f"image {i + 1}")
+                          for i in range(text.count(PLACEHOLDER) if loaded.vision else 0)]
         except EOFError:
             print()
             return 0
-        if text.strip() == "exit":
-            return 0
-        if text.strip() == "clear":
-            history = []
+        except DataError as error:  # a mistyped path: say so and keep the conversation
+            print(f"error: {error}")
             continue
         history.append({"role": "user", "content": text})
-        input_ids = torch.tensor([encoder.encode_prompt(history)], device=input_device(model))
-        kwargs = sampling_kwargs(tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
-                                 args.repetition_penalty)
-        kwargs["eos_token_id"] = encoder.stop_ids
-        answer = stream_answer(model, tokenizer, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-                                                  **kwargs}, stream=args.stream)
+        images += new_images
+        answer = stream_answer(loaded.model, loaded.encoder, loaded.encode(history, images),
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stream=args.stream)
         history.append({"role": "assistant", "content": answer})
-
-

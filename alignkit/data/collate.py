@@ -139,3 +139,14 @@ class UnpairedCollator:
             kl = Batch(*pad(mismatched_pairs(sequences), self.pad_id), row_ids=row_ids)
         desirable = torch.tensor([row.desirable for _, row in items], dtype=torch.bool)  # (B,)
         return UnpairedBatch(Batch(*pad(sequences, self.pad_id), row_ids=row_ids), kl, desirable, row_ids)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[[5, 6], [7]] → ids [[5, 6], [pad, 7]], mask [[1, 1], [0, 1]]."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (N, P)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, P)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, length - len(s) :] = 1
+    return ids, mask

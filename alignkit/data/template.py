@@ -98,6 +98,10 @@ class ChatEncoder:
         """Token ids of a prompt followed by the assistant header, ready for generation."""
         return self.tokens(self.render(self.system_applied(prompt), generation_prompt=True))
 
+    def prompt_of(self, row: PromptRow) -> list[int]:
+        """A prompt row ready for ``generation.answers.generate`` (``VisionEncoder.prompt_of`` adds its images)."""
+        return self.encode_prompt(row.prompt)
+
     def encode(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
                *, every_token: bool = False) -> Encoded:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels

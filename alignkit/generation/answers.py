@@ -1,4 +1,16 @@
-"""Batched generation with transformers' KV cache, stopping at the template's end-of-turn token."""
+"""Answers from a model with transformers' ``generate``: the one generate path of infer, eval, app and the demo,
+for text prompts and for prompts with images alike.
+
+A prompt is encoded by the model's encoder (``ChatEncoder.encode_prompt``: token ids; ``VisionEncoder.
+encode_prompt``: ids and pixel inputs), prompts are left-padded (``data.collate.left_pad``) so that all answers
+start at the same position, pixel inputs are batched as in training, and every answer stops at the ids of
+``stop_ids.answer_stop_ids``. Example::
+
+    encoder = ChatEncoder(tokenizer, max_length=512)
+    generate_answers(model, encoder, [[{"role": "user", "content": "What is 2 + 3?"}]], max_new_tokens=8)  # ["5"]
+    # with images: prompts encoded by a VisionEncoder
+    generate(model, encoder, [encoder.encode_prompt(messages, [image])], max_new_tokens=16)  # ["Red."]
+"""
 
 from __future__ import annotations
 
@@ -7,39 +19,85 @@ import threading
 
 import torch
 
+from alignkit.data.collate import left_pad
 from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder
+from alignkit.generation.stop_ids import answer_stop_ids
 from alignkit.models.placement import input_device
+from alignkit.vision.collate import merge_pixels
 
 
-def generate_answers(
-    model,
-    encoder: ChatEncoder,
-    prompts: list[list[Message]],
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-) -> list[str]:
-    """Answer each prompt; prompts are left-padded so that all answers start at the same position."""
+def generate_answers(model, encoder: ChatEncoder, prompts: list[list[Message]], *, max_new_tokens: int,
+                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     repetition_penalty: float = 1.0) -> list[str]:
+    """Answer each text prompt (a list of messages)."""
+    return generate(model, encoder, [encoder.encode_prompt(p) for p in prompts], max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
+
+
+@torch.no_grad()
+def generate(model, encoder, prompts: list, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             top_k: int = 0, repetition_penalty: float = 1.0) -> list[str]:
+    """Answer encoded prompts in one batched ``generate``: token-id lists, or ``VisionEncoded`` prompts whose
+    pixel inputs go along."""
     tokenizer = encoder.tokenizer
-    encoded = [encoder.encode_prompt(p) for p in prompts]
-    length = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)  # (B, T)
-    for i, ids in enumerate(encoded):
-        input_ids[i, length - len(ids) :] = torch.tensor(ids)
-        attention_mask[i, length - len(ids) :] = 1
+    input_ids, attention_mask = left_pad([ids_of(p) for p in prompts], tokenizer.pad_token_id)  # (B, T)
     device = input_device(model)
     output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        **{**sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
-           "eos_token_id": encoder.stop_ids},
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+        **pixels_for(model, merge_pixels([pixels_of(p) or {} for p in prompts])),
+        **generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
     )  # (B, T + new)
-    return [tokenizer.decode(row[length:], skip_special_tokens=True) for row in output]
+    return [tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True) for row in output]
+
+
+def stream_answer(model, encoder, prompt, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  top_k: int = 0, repetition_penalty: float = 1.0, stream: bool = True) -> str:
+    """Answer one encoded prompt (as ``generate`` takes it) in a thread, printing the answer as it comes
+    (``stream``) or whole at the end. Returns the answer."""
+    from transformers import TextIteratorStreamer
+
+    tokenizer = encoder.tokenizer
+    input_ids, attention_mask = left_pad([ids_of(prompt)], tokenizer.pad_token_id)  # (1, T)
+    device = input_device(model)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "streamer": streamer,
+              **pixels_for(model, pixels_of(prompt)),
+              **generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty)}
+    thread = threading.Thread(target=model.generate, kwargs=kwargs)
+    thread.start()
+    print(">>> ", end="", flush=True)
+    pieces = []
+    for piece in streamer:
+        pieces.append(piece)
+        if stream:
+            print(piece, end="", flush=True)
+    thread.join()
+    answer = "".join(pieces)
+    print("" if stream else answer)
+    sys.stdout.flush()
+    return answer
+
+
+def ids_of(prompt) -> list[int]:
+    return prompt if isinstance(prompt, list) else prompt.input_ids
+
+
+def pixels_of(prompt) -> dict[str, torch.Tensor] | None:
+    return None if isinstance(prompt, list) else prompt.pixels
+
+
+def pixels_for(model, pixels: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Pixel inputs on the model's device, floating ones in its dtype (a bf16 model takes bf16 pixels)."""
+    parameter = next(model.parameters())
+    return {k: v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
+            for k, v in (pixels or {}).items()}
+
+
+def generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty) -> dict:
+    """``generate``'s sampling settings and stop ids."""
+    return {**sampling_kwargs(encoder.tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
+            "eos_token_id": answer_stop_ids(model, encoder)}
 
 
 def sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty) -> dict:
@@ -55,24 +113,3 @@ def sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repeti
     else:  # greedy: unset the model's sampling defaults so transformers does not warn about them
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
-
-
-def stream_answer(model, tokenizer, generate_kwargs: dict, *, stream: bool) -> str:
-    """Run ``model.generate(**generate_kwargs)`` in a thread, printing the answer as it comes (``stream``) or
-    whole at the end. Returns the answer."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    thread = threading.Thread(target=model.generate, kwargs={**generate_kwargs, "streamer": streamer})
-    thread.start()
-    print(">>> ", end="", flush=True)
-    pieces = []
-    for piece in streamer:
-        pieces.append(piece)
-        if stream:
-            print(piece, end="", flush=True)
-    thread.join()
-    answer = "".join(pieces)
-    print("" if stream else answer)
-    sys.stdout.flush()
-    return answer

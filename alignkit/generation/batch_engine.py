@@ -5,7 +5,7 @@ Requests from many clients go into one queue; a worker thread takes whatever is 
 call, streaming each row's text back to its own request as tokens come. Requests for different LoRA
 adapters share a batch (peft's ``adapter_names``). Example::
 
-    engine = BatchEngine(model, tokenizer, stop_ids=encoder.stop_ids).start()
+    engine = BatchEngine(model, encoder).start()
     job = engine.submit(prompt_ids, SamplingParams(max_tokens=32))
     text = "".join(event.text for event in job.events() if isinstance(event, Delta))
 
@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from alignkit.generation.answers import sampling_kwargs
-from alignkit.generation.stop_ids import eos_token_ids
+from alignkit.data.collate import left_pad
+from alignkit.generation.answers import pixels_for, sampling_kwargs
+from alignkit.generation.stop_ids import answer_stop_ids
 from alignkit.models.placement import input_device
+from alignkit.vision.collate import merge_pixels
 
 logger = logging.getLogger("alignkit")
 
@@ -151,13 +153,13 @@ class RowTracker(StoppingCriteria):
 
 
 class BatchEngine:
-    def __init__(self, model, tokenizer, *, stop_ids: list[int], max_batch_size: int = 8, batch_wait_s: float = 0.01):
-        """``stop_ids``: the chat template's end-of-turn ids (ChatEncoder.stop_ids); the model's own EOS ids
-        end answers too."""
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, encoder, *, max_batch_size: int = 8, batch_wait_s: float = 0.01):
+        """``encoder``: the model's ChatEncoder or VisionEncoder; answers end at ``answer_stop_ids``, as in
+        every generate path."""
+        self.model, self.tokenizer = model, encoder.tokenizer
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s  # how long the first request waits for company
-        self.eos_ids = set(stop_ids) | eos_token_ids(model, tokenizer)
+        self.eos_ids = set(answer_stop_ids(model, encoder))
         self.uses_adapters = hasattr(model, "peft_config")
         self.batch_sizes: list[int] = []
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -213,13 +215,7 @@ class BatchEngine:
         jobs = [job for job in jobs if not job.done]
         if not jobs:
             return
-        length = max(len(job.prompt_ids) for job in jobs)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(jobs), length), pad, dtype=torch.long)  # (B, T), left-padded
-        attention_mask = torch.zeros((len(jobs), length), dtype=torch.long)  # (B, T)
-        for i, job in enumerate(jobs):
-            input_ids[i, length - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            attention_mask[i, length - len(job.prompt_ids) :] = 1
+        input_ids, attention_mask = left_pad([job.prompt_ids for job in jobs], self.tokenizer.pad_token_id)  # (B, T)
         p = jobs[0].params
         kwargs = sampling_kwargs(self.tokenizer, max(job.params.max_tokens for job in jobs), p.temperature, p.top_p,
                                  p.top_k, p.repetition_penalty)
@@ -227,9 +223,6 @@ class BatchEngine:
         if self.uses_adapters:
             kwargs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
         if any(job.pixels for job in jobs):  # batched as in training: alignkit/vision/collate.py
-            from alignkit.generation.vision_answers import pixels_for
-            from alignkit.vision.collate import merge_pixels
-
             kwargs.update(pixels_for(self.model, merge_pixels([job.pixels or {} for job in jobs])))
         device = input_device(self.model)
         self.batch_sizes.append(len(jobs))

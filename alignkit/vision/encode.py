@@ -177,6 +177,10 @@ class VisionEncoder:
         images, _ = self.row_images(row.extras, row.source)
         return self.encode(row.prompt, row.completion, images, row.source)
 
+    def prompt_of(self, row) -> VisionEncoded:
+        """A prompt row with its images, ready for ``generation.answers.generate`` (as ``ChatEncoder.prompt_of``)."""
+        return self.encode_prompt(row.prompt, self.row_images(row.extras, row.source)[0], row.source)
+
     def row_images(self, extras: dict, source: RowSource | None) -> tuple[list, list]:
         column, rejected_column = row_image_columns(extras)
         images = load_images(extras.get(column), source, column) if column else []
