@@ -84,11 +84,11 @@ def test_packed_completion_values_equal_padded(policy_and_rollout, lora, share):
     """PPO's value model read from packed rows: the values and their gradients of the padded batch."""
     from alignkit.algorithms.ppo import completion_values
     from alignkit.models.reward_model import new_value_head
-    from alignkit.models.scalar_model import ScalarModel, value_model_from
+    from alignkit.models.scalar_model import TokenScalarModel, value_model_from
 
     policy, experience = policy_and_rollout
     torch.manual_seed(1)
-    reward_model = ScalarModel(policy.model, new_value_head(policy.config.hidden_size))
+    reward_model = TokenScalarModel(policy.model, new_value_head(policy.config.hidden_size))
     lora_config = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]} if lora else None
     value_model = value_model_from(reward_model, lora=lora_config)
     trainable = [p for p in value_model.parameters() if p.requires_grad]
@@ -109,11 +109,11 @@ def test_packed_reward_scores_equal_padded(tiny_chat_model_dir):
 
     from alignkit.data.template import ChatEncoder
     from alignkit.models.reward_model import new_value_head
-    from alignkit.models.scalar_model import ScalarModel, score_conversations
+    from alignkit.models.scalar_model import TokenScalarModel, score_conversations
 
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, attn_implementation="sdpa")
-    model = ScalarModel(lm.model, new_value_head(lm.config.hidden_size)).eval()
+    model = TokenScalarModel(lm.model, new_value_head(lm.config.hidden_size)).eval()
     encoder = ChatEncoder(
         AutoTokenizer.from_pretrained(tiny_chat_model_dir), max_length=256, truncation_strategy="left"
     )

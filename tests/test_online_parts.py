@@ -184,12 +184,12 @@ def test_value_model_checkpoint_round_trip(tiny_model_dir, tmp_path):
     """PPO's value model (LoRA backbone + full head) saves in the rm layout and loads back exactly (resume)."""
     from transformers import AutoModel
 
-    from alignkit.models.scalar_model import ScalarModel, value_model_from
+    from alignkit.models.scalar_model import TokenScalarModel, value_model_from
 
     def build():
         torch.manual_seed(0)
         return value_model_from(
-            ScalarModel(AutoModel.from_pretrained(tiny_model_dir), torch.nn.Linear(32, 1, bias=False)),
+            TokenScalarModel(AutoModel.from_pretrained(tiny_model_dir), torch.nn.Linear(32, 1, bias=False)),
             lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]},
         )
 

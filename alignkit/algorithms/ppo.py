@@ -29,10 +29,10 @@ from alignkit.algorithms.rollout import (
 from alignkit.algorithms.sft import SFT
 from alignkit.losses import rl as rl_math
 from alignkit.models.packing import Layout, pack, supports_packing
-from alignkit.models.scalar_model import ScalarModel, score_conversations
+from alignkit.models.scalar_model import TokenScalarModel, score_conversations
 
 
-def completion_values(value_model: ScalarModel, experience: dict[str, torch.Tensor],
+def completion_values(value_model: TokenScalarModel, experience: dict[str, torch.Tensor],
                       layout: Layout | None = None) -> torch.Tensor:
     """V(s_t) for each completion token t: the value at the position just before it. → (N, C).
 
@@ -78,9 +78,9 @@ class PPO:
     generator: object
     tokenizer: object
     stop_ids: list[int]
-    reward_model: ScalarModel
+    reward_model: TokenScalarModel
     reward_encoder: object  # ChatEncoder of the reward model's tokenizer
-    value_model: ScalarModel
+    value_model: TokenScalarModel
     kl_coef: float
     cliprange: float
     cliprange_value: float
@@ -209,7 +209,7 @@ class PolicyAndValue(torch.nn.Module):
     loss, so DDP (or DeepSpeed, FSDP) wraps one module and sees one forward per backward (as TRL's
     PolicyAndValueWrapper). A checkpoint holds the policy, and the value model in ``value_model/``."""
 
-    def __init__(self, policy, value_model: ScalarModel):
+    def __init__(self, policy, value_model: TokenScalarModel):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 

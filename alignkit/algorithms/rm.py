@@ -1,7 +1,7 @@
 """Reward modelling wired to the loop: a scalar head scores both answers of a pair (Bradley–Terry).
 
 loss = mean(−log σ(r_w − r_l − m)) (+ c·(r_w + r_l)²), ``alignkit.losses.preference.reward_model_loss``; the model is an
-``alignkit.models.reward_model.RewardModel``, m the per-pair ``margin`` column when the data has one.
+``alignkit.models.reward_model.SequenceRewardModel``, m the per-pair ``margin`` column when the data has one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reward models: a causal LM (full or with LoRA) plus a scalar head on the last token's final hidden state.
 
-Training (``alignkit rlhf --rlhf_type rm``) wraps the policy in ``RewardModel``; a checkpoint is the LoRA
+Training (``alignkit rlhf --rlhf_type rm``) wraps the policy in ``SequenceRewardModel``; a checkpoint is the LoRA
 adapter (or the full model) with the head beside it in ``value_head.safetensors``. Scoring from Python::
 
     from alignkit.models.reward_model import load_reward_model
@@ -36,7 +36,7 @@ def new_value_head(hidden_size: int) -> nn.Linear:
     return head
 
 
-class RewardModel(nn.Module):
+class SequenceRewardModel(nn.Module):
     """r(x, y) = w · h_T, h_T the final (normed) hidden state at the sequence's last real token."""
 
     def __init__(self, lm, value_head: nn.Linear | None = None):
@@ -101,7 +101,7 @@ def load_value_head(directory: Path) -> nn.Linear:
 
 @dataclass
 class RewardScorer:
-    model: RewardModel
+    model: SequenceRewardModel
     encoder: ChatEncoder
     batch_size: int = 8
 
@@ -139,7 +139,7 @@ def load_reward_model(checkpoint: str, *, model: str | None = None, dtype: str =
     head = load_value_head(Path(checkpoint))
     lm, tokenizer = load_for_inference(model, [], checkpoint, dtype, device_map, max_memory)
     # The head sits where the model's inputs go: a split model's outputs come back there.
-    reward_model = RewardModel(lm, head.to(input_device(lm), next(lm.parameters()).dtype)).eval()
+    reward_model = SequenceRewardModel(lm, head.to(input_device(lm), next(lm.parameters()).dtype)).eval()
     # Only the judged (last) answer counts as "trained", so left truncation may cut the history, never it.
     encoder = ChatEncoder(tokenizer, max_length=max_length, truncation_strategy="left", system=system,
                           loss_scale="last_round")

@@ -2,7 +2,7 @@
 
 ``--reward_model`` is either an ``rm`` run's checkpoint (a LoRA adapter or a full causal LM, with
 ``value_head.safetensors`` beside it) or any decoder sequence-classification checkpoint with one label
-(``AutoModelForSequenceClassification``, whose head is ``score``). Both become a ``ScalarModel``:
+(``AutoModelForSequenceClassification``, whose head is ``score``). Both become a ``TokenScalarModel``:
 
     values = head(backbone(tokens).last_hidden_state)      (N, T): one scalar per position
     reward = values at the last real token of prompt + answer
@@ -29,7 +29,10 @@ from alignkit.models.reward_model import VALUE_HEAD_FILE, load_value_head, save_
 logger = logging.getLogger("alignkit")
 
 
-class ScalarModel(nn.Module):
+class TokenScalarModel(nn.Module):
+    """One scalar per position (a reward or a value) for online RL; the ``rm`` run trains a
+    ``SequenceRewardModel`` (an LM plus head, one score per sequence) and is read back as this."""
+
     def __init__(self, backbone: nn.Module, head: nn.Linear):
         super().__init__()
         self.backbone = backbone
@@ -74,7 +77,9 @@ class ScalarModel(nn.Module):
             self.head.weight.copy_(load_value_head(directory).weight)
 
 
-def load_scalar_model(path: str, *, adapters: list[str], base_model: str | None = None) -> tuple[ScalarModel, object]:
+def load_scalar_model(
+    path: str, *, adapters: list[str], base_model: str | None = None
+) -> tuple[TokenScalarModel, object]:
     """A reward model from an ``rm`` checkpoint or a sequence-classification model; adapters are merged.
 
     Returns (model in fp32, eval mode, frozen; its tokenizer). ``base_model`` overrides the base named in an
@@ -94,15 +99,17 @@ def load_scalar_model(path: str, *, adapters: list[str], base_model: str | None 
         lm = _merged(_load_sequence_classifier(path), adapters)
         head = lm.score
     backbone = getattr(lm, lm.base_model_prefix)
-    model = ScalarModel(backbone, head).float().eval().requires_grad_(False)
+    model = TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
     return model, load_tokenizer(str(directory) if directory.is_dir() else path)
 
 
 def _load_sequence_classifier(path: str):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    hint = (f"--reward_model {path}: expected an `alignkit rlhf --rlhf_type rm` checkpoint ({VALUE_HEAD_FILE} beside "
-            "the adapter or model) or a sequence-classification model with one label")
+    hint = (
+        f"--reward_model {path}: expected an `alignkit rlhf --rlhf_type rm` checkpoint ({VALUE_HEAD_FILE} beside "
+        "the adapter or model) or a sequence-classification model with one label"
+    )
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
@@ -131,8 +138,14 @@ def _merged(model, adapters: list[str]):
 
 
 @torch.no_grad()
-def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations: list[list[Message]], *,
-                        batch_size: int, packed: bool = True) -> torch.Tensor:
+def score_conversations(
+    model: TokenScalarModel,
+    encoder: ChatEncoder,
+    conversations: list[list[Message]],
+    *,
+    batch_size: int,
+    packed: bool = True,
+) -> torch.Tensor:
     """The reward of each conversation (its last turn is the judged answer): (N,) fp32 on the CPU.
 
     Conversations are rendered with the reward model's own chat template, exactly as an ``rm`` run
@@ -168,17 +181,20 @@ def score_conversations(model: ScalarModel, encoder: ChatEncoder, conversations:
 class RewardModelFunction:
     """A reward model as a GRPO reward function: scores prompt + completion."""
 
-    def __init__(self, model: ScalarModel, encoder: ChatEncoder, batch_size: int, name: str, *, packed: bool = True):
+    def __init__(
+        self, model: TokenScalarModel, encoder: ChatEncoder, batch_size: int, name: str, *, packed: bool = True
+    ):
         self.model, self.encoder, self.batch_size, self.__name__ = model, encoder, batch_size, name
         self.packed = packed  # --padding_free
 
     def __call__(self, completions: list[str], prompts: list[list[Message]]) -> list[float]:
         conversations = [[*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]
-        return score_conversations(self.model, self.encoder, conversations, batch_size=self.batch_size,
-                                   packed=self.packed).tolist()
+        return score_conversations(
+            self.model, self.encoder, conversations, batch_size=self.batch_size, packed=self.packed
+        ).tolist()
 
 
-def value_model_from(reward_model: ScalarModel, *, lora: dict | None) -> ScalarModel:
+def value_model_from(reward_model: TokenScalarModel, *, lora: dict | None) -> TokenScalarModel:
     """PPO's value model: a trainable copy of the reward model (LoRA on the backbone when ``lora`` gives
     rank/alpha/dropout/target_modules; the head is always trained in full)."""
     import copy
@@ -189,8 +205,12 @@ def value_model_from(reward_model: ScalarModel, *, lora: dict | None) -> ScalarM
 
         from alignkit.models.load import lora_targets
 
-        config = LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                            target_modules=lora_targets(lora["target_modules"]))
+        config = LoraConfig(
+            r=lora["rank"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora_targets(lora["target_modules"]),
+        )
         value.backbone = get_peft_model(value.backbone, config)
         value.head.requires_grad_(True)
     return value

@@ -12,9 +12,9 @@ def load_model_weights(model, checkpoint: Path) -> None:
     """Load a checkpoint's trainable weights (LoRA adapter or full model) into the live model."""
     from safetensors.torch import load_file
 
-    from alignkit.models.reward_model import VALUE_HEAD_FILE, RewardModel, load_value_head
+    from alignkit.models.reward_model import VALUE_HEAD_FILE, SequenceRewardModel, load_value_head
 
-    if isinstance(model, RewardModel):  # the scalar head sits beside the adapter or model files
+    if isinstance(model, SequenceRewardModel):  # the scalar head sits beside the adapter or model files
         if not (checkpoint / VALUE_HEAD_FILE).is_file():
             raise AlignkitError(f"{checkpoint}: no {VALUE_HEAD_FILE} to resume the reward model's head from")
         model.value_head.load_state_dict(load_value_head(checkpoint).state_dict())

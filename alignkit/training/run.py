@@ -45,7 +45,7 @@ from alignkit.models.load import (
 from alignkit.models.placement import check_trainable, refuse_for_vision, resolve_flags
 from alignkit.models.reference import make_reference
 from alignkit.models.reference_cache import visited_batches
-from alignkit.models.reward_model import RewardModel
+from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.resume import data_fingerprint
@@ -160,7 +160,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
     if algorithm.scalar_head:
-        model = RewardModel(model)  # the scalar head is trained in full, LoRA or not
+        model = SequenceRewardModel(model)  # the scalar head is trained in full, LoRA or not
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)

@@ -15,7 +15,7 @@ from alignkit.data.encode import with_row_fields
 from alignkit.errors import AlignkitError
 from alignkit.models.load import add_lora, count_parameters, load_adapters
 from alignkit.models.reference import Reference
-from alignkit.models.reward_model import RewardModel
+from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.runner import RunStart, loop_config_for, open_run_dir
 from alignkit.vision.collate import VisionPairCollator, VisionUnpairedCollator
@@ -77,7 +77,7 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     else:
         freeze(model, frozen)
     if algorithm.scalar_head:
-        model = RewardModel(model)
+        model = SequenceRewardModel(model)
     trainable, total = count_parameters(model)
     logger.info("Vision-language model %s: %s training (frozen: %s), %d of %d parameters trainable (%.2f%%)",
                 model_path, args.train_type, ", ".join(sorted(frozen)) or "nothing", trainable, total,
