@@ -3,16 +3,23 @@ step: completion-only LM head, fused AdamW, a reference forward each step), TRL 
 
 One command, from the repository root, with alignkit's own environment active:
 
-    python bench/run.py                       # all four settings, 12 steps each
-    python bench/run.py --settings lora-bf16 --steps 8 --frameworks alignkit trl
+    python bench/run.py                       # all four settings, 12 steps each, 3 interleaved rounds
+    python bench/run.py --settings lora-bf16 --steps 8 --rounds 2 --frameworks alignkit trl
 
 It sets up the peers' virtual environments (bench/.venvs, see venvs.py), exports the built-in preference
-data to each one's format, runs every framework on the same rows and settings one after another (4 pairs
-per step, max_length 128, LoRA r 8 on all linear layers without dropout (TRL's default disable_dropout
-turns it off anyway), beta 0.1, sigmoid), and prints JSON: s/step
-(median of steps 3..N), pairs/s, tokens/s, peak RSS, first/last loss, held-out reward accuracy, and the
-ratios alignkit/peer. alignkit's one-off reference pass is reported apart (``ref_precompute_s``) and in
-``pairs_per_s_incl_precompute``. Peak RSS is the run's process tree maximum (wait4's ru_maxrss).
+data to each one's format and runs every framework on the same rows and settings (4 pairs per optimizer
+step, max_length 128, LoRA r 8 on all linear layers without dropout (TRL's default disable_dropout turns it
+off anyway), beta 0.1, sigmoid, no weight decay, AdamW betas (0.9, 0.999), gradient clipping at 1.0).
+
+Fair work: each run's own records are read back (bench/accounting.py) and every optimizer step must have
+consumed exactly 4 pairs, or the benchmark stops with an error instead of printing a ratio.
+
+Drift: the machine is shared, so one framework after another is not a fair comparison. Frameworks run
+interleaved, A B C D, A B C D, ... (``--rounds``) within each setting; each run's s/step is the median of its
+steps 3..N, and the report gives each framework's median over the rounds, its spread (min, max) and the
+ratios of the medians (and the per-round ratios' range). alignkit's one-off reference pass is reported apart
+(``ref_precompute_s``) and in ``pairs_per_s_incl_precompute``. Peak RSS is the run's process tree maximum
+(wait4's ru_maxrss), the largest over the rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import venvs  # noqa: E402
+from accounting import AccountingError, from_alignkit_run, from_hf_trainer, verify  # noqa: E402
 
 WORK = ROOT / "bench" / "work"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -41,6 +49,8 @@ MAX_LENGTH = 128
 LEARNING_RATE = {"lora": 5e-4, "full": 1e-5}
 SETTINGS = ["lora-fp32", "full-fp32", "lora-bf16", "full-bf16"]
 FRAMEWORKS = ["alignkit", "alignkit_plain", "trl", "swift"]
+# Fixed for the peers so that their own defaults cannot differ from alignkit's (ms-swift's weight decay is 0.1).
+SAME_OPTIMIZER = ["--weight_decay", "0", "--adam_beta1", "0.9", "--adam_beta2", "0.999", "--max_grad_norm", "1.0"]
 PLAIN = ["--padding_free", "false", "--prefix_sharing", "false", "--precompute_ref_log_probs", "false"]
 
 
@@ -83,7 +93,8 @@ def alignkit_cmd(setting: str, steps: int, data: dict, out: Path, plain: bool) -
         "--eval_batch_size", "4", "--max_length", str(MAX_LENGTH), "--lora_rank", "8", "--lora_alpha", "32",
         "--lora_dropout", "0", "--lora_target_modules", "all-linear", "--beta", "0.1", "--loss_type", "sigmoid",
         "--learning_rate", str(LEARNING_RATE[train_type]), "--lr_scheduler_type", "cosine", "--logging_steps", "1",
-        "--save_steps", "100000", "--report_to", "none", "--output_dir", str(out), *(PLAIN if plain else []),
+        "--save_steps", "100000", "--report_to", "none", "--output_dir", str(out), "--gradient_accumulation_steps", "1",
+        *SAME_OPTIMIZER, *(PLAIN if plain else []),
     ]
 
 
@@ -121,6 +132,8 @@ def swift_cmd(setting: str, steps: int, data: dict, out: Path, result: Path) -> 
         "--tuner_type", train_type, "--torch_dtype", "float32", "--use_cpu", "true", "--fp16", "false",
         "--bf16", "true" if dtype == "bf16" else "false", "--max_steps", str(steps),
         "--per_device_train_batch_size", str(PAIRS_PER_STEP), "--per_device_eval_batch_size", "4",
+        # ms-swift fills in gradient accumulation by itself (aiming at a total batch of 16) unless given.
+        "--gradient_accumulation_steps", "1", *SAME_OPTIMIZER,
         "--max_length", str(MAX_LENGTH), "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0",
         "--target_modules", "all-linear", "--beta", "0.1", "--loss_type", "sigmoid",
         "--learning_rate", str(LEARNING_RATE[train_type]), "--lr_scheduler_type", "cosine", "--warmup_ratio", "0",
@@ -130,28 +143,67 @@ def swift_cmd(setting: str, steps: int, data: dict, out: Path, result: Path) -> 
     ]
 
 
-def summarise(raw: dict, tokens_per_step: float) -> dict:
+def summarise_run(raw: dict) -> dict:
+    """One run: its s/step (median of steps 3..N), losses, accuracy, peak RSS and the reference pass."""
     times = raw["step_seconds"][2:] or raw["step_seconds"]  # steps 3..N
-    s_per_step = statistics.median(times)
     out = {
-        "s_per_step": round(s_per_step, 3),
-        "pairs_per_s": round(PAIRS_PER_STEP / s_per_step, 3),
-        "tokens_per_s": round(tokens_per_step / s_per_step, 1),
-        "peak_rss_gib": round(raw["peak_rss_gib"], 2),
+        "s_per_step": statistics.median(times),
+        "peak_rss_gib": raw["peak_rss_gib"],
         "first_loss": raw["losses"][0] if raw["losses"] else None,
         "last_loss": raw["losses"][-1] if raw["losses"] else None,
         "eval_reward_accuracy": raw["eval_reward_accuracy"],
         "steps_timed": len(times),
+        "pairs_per_step_verified": raw["pairs_per_step_verified"],
     }
     if raw.get("ref_precompute_s") is not None:
         pairs = PAIRS_PER_STEP * len(raw["step_seconds"])
         out["ref_precompute_s"] = raw["ref_precompute_s"]
-        out["pairs_per_s_incl_precompute"] = round(pairs / (sum(raw["step_seconds"]) + raw["ref_precompute_s"]), 3)
+        out["pairs_per_s_incl_precompute"] = pairs / (sum(raw["step_seconds"]) + raw["ref_precompute_s"])
     return out
 
 
-def run_one(framework: str, setting: str, steps: int, data: dict, threads: int | None) -> dict:
-    out = WORK / "runs" / f"{framework}-{setting}"
+def summarise_rounds(runs: list[dict], tokens_per_step: float) -> dict:
+    """A framework's rounds in one setting: the median s/step over rounds, its spread, and the rest."""
+    per_round = [r["s_per_step"] for r in runs]
+    s_per_step = statistics.median(per_round)
+    out = {
+        "s_per_step": round(s_per_step, 3),
+        "s_per_step_rounds": [round(x, 3) for x in per_round],
+        "s_per_step_spread": [round(min(per_round), 3), round(max(per_round), 3)],
+        "pairs_per_s": round(PAIRS_PER_STEP / s_per_step, 3),
+        "tokens_per_s": round(tokens_per_step / s_per_step, 1),
+        "peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs), 2),
+        "first_loss": runs[-1]["first_loss"],
+        "last_loss": runs[-1]["last_loss"],
+        "eval_reward_accuracy": runs[-1]["eval_reward_accuracy"],
+        "steps_timed": runs[-1]["steps_timed"],
+        "pairs_per_step_verified": PAIRS_PER_STEP,
+        "wall_s_rounds": [r["wall_s"] for r in runs],
+    }
+    if "ref_precompute_s" in runs[0]:
+        out["ref_precompute_s"] = round(statistics.median(r["ref_precompute_s"] for r in runs), 1)
+        out["pairs_per_s_incl_precompute"] = round(
+            statistics.median(r["pairs_per_s_incl_precompute"] for r in runs), 3)
+    return out
+
+
+def ratios_of_medians(by_framework: dict[str, dict]) -> dict[str, dict]:
+    """alignkit's pairs/s over each peer's: the ratio of the medians, and the range of the per-round ratios."""
+    ours = by_framework["alignkit"]
+    ratios = {}
+    for framework, theirs in by_framework.items():
+        if framework == "alignkit":
+            continue
+        per_round = [t / o for o, t in zip(ours["s_per_step_rounds"], theirs["s_per_step_rounds"])]
+        ratios[f"alignkit/{framework}"] = {
+            "ratio_of_medians": round(theirs["s_per_step"] / ours["s_per_step"], 2),
+            "per_round_range": [round(min(per_round), 2), round(max(per_round), 2)],
+        }
+    return ratios
+
+
+def run_one(framework: str, setting: str, steps: int, data: dict, threads: int | None, round_index: int) -> dict:
+    out = WORK / "runs" / f"{framework}-{setting}-round{round_index}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir(parents=True)
     log, result = out / "log.txt", out / "result.json"
@@ -169,11 +221,21 @@ def run_one(framework: str, setting: str, steps: int, data: dict, threads: int |
     if code != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{framework} {setting} failed (exit {code}); log {log}:\n{tail}")
-    raw = alignkit_result(out / "run", log) if framework.startswith("alignkit") else json.loads(result.read_text())
+    if framework.startswith("alignkit"):
+        (run_dir,) = [p for p in (out / "run").iterdir() if p.is_dir()]
+        raw, accounting = alignkit_result(out / "run", log), from_alignkit_run(run_dir)
+    else:
+        raw = json.loads(result.read_text())
+        accounting = from_hf_trainer(raw["accounting"])
+    try:
+        raw["pairs_per_step_verified"] = verify(accounting, PAIRS_PER_STEP, who=f"{framework} {setting} ({log})")
+    except AccountingError as error:
+        raise SystemExit(f"[bench] not comparable, no ratio printed: {error}") from None
     raw["peak_rss_gib"] = peak
-    summary = summarise(raw, data["tokens_per_step"])
+    summary = summarise_run(raw)
     summary["wall_s"] = round(wall, 1)
-    print(f"[bench] {setting} {framework}: {json.dumps(summary)}", file=sys.stderr, flush=True)
+    print(f"[bench] {setting} round {round_index} {framework}: s/step {summary['s_per_step']:.3f}, "
+          f"{summary['pairs_per_step_verified']} pairs/step verified", file=sys.stderr, flush=True)
     return summary
 
 
@@ -182,28 +244,36 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS)
     parser.add_argument("--frameworks", nargs="+", default=FRAMEWORKS, choices=FRAMEWORKS)
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (timed: steps 3..N)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per setting (A B C D, A B C D, ...); the report takes medians")
     parser.add_argument("--eval_rows", type=int, default=32, help="held-out pairs for the reward accuracy")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP threads of every run (default: torch's, one per core). On a machine loaded by "
                              "other work, 1 avoids threads spinning at barriers while their partner is descheduled.")
     args = parser.parse_args()
+    if "alignkit" not in args.frameworks:
+        parser.error("--frameworks must include alignkit: the report is ratios against it")
 
     for peer in ("trl", "swift"):
         if peer in args.frameworks:
             venvs.setup(peer)
     data = export_data(args.steps, args.eval_rows)
     load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict[str, dict] = {}
+    ratios: dict[str, dict] = {}
     for setting in args.settings:
-        results[setting] = {fw: run_one(fw, setting, args.steps, data, args.threads) for fw in args.frameworks}
-    ratios = {}
-    for setting, by_fw in results.items():
-        if "alignkit" in by_fw:
-            ratios[setting] = {f"alignkit/{fw}": round(by_fw["alignkit"]["pairs_per_s"] / r["pairs_per_s"], 2)
-                               for fw, r in by_fw.items() if fw != "alignkit"}
+        runs: dict[str, list[dict]] = {fw: [] for fw in args.frameworks}
+        for round_index in range(1, args.rounds + 1):
+            for fw in args.frameworks:
+                runs[fw].append(run_one(fw, setting, args.steps, data, args.threads, round_index))
+        results[setting] = {fw: summarise_rounds(r, data["tokens_per_step"]) for fw, r in runs.items()}
+        ratios[setting] = ratios_of_medians(results[setting])
+        print(f"[bench] {setting}: {json.dumps(ratios[setting])}", file=sys.stderr, flush=True)
     report = {
         "command": "python bench/run.py " + " ".join(sys.argv[1:]),
+        "date": started,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -214,12 +284,14 @@ def main() -> None:
         "workload": {
             "model": "SmolLM2-135M-Instruct",
             "pairs_per_step": PAIRS_PER_STEP,
+            "pairs_per_step_verified": "every run, from its own log (bench/accounting.py)",
             "max_length": MAX_LENGTH,
             "tokens_per_step": round(data["tokens_per_step"], 1),
             "lora": "r 8, alpha 32, dropout 0, all linear",
             "beta": 0.1,
             "loss_type": "sigmoid",
             "steps": args.steps,
+            "rounds": args.rounds,
             "learning_rate": LEARNING_RATE,
         },
         "results": results,

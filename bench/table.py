@@ -15,17 +15,30 @@ def main() -> None:
     results = report["results"]
     settings = list(results)
     frameworks = list(next(iter(results.values())))
-    print("| s/step (pairs/s), peak RSS GiB | " + " | ".join(settings) + " |")
+    rounds = report["workload"].get("rounds", 1)
+    print(f"| s/step, median of {rounds} interleaved rounds [min–max] (pairs/s), peak RSS GiB | "
+          + " | ".join(settings) + " |")
     print("|---" * (len(settings) + 1) + "|")
     for fw in frameworks:
         cells = []
         for s in settings:
             r = results[s].get(fw)
-            cells.append(f"{r['s_per_step']:.2f} ({r['pairs_per_s']:.2f}), {r['peak_rss_gib']:.2f}" if r else "—")
+            if not r:
+                cells.append("—")
+                continue
+            low, high = r.get("s_per_step_spread", [r["s_per_step"]] * 2)
+            cells.append(
+                f"{r['s_per_step']:.2f} [{low:.2f}–{high:.2f}] ({r['pairs_per_s']:.2f}), {r['peak_rss_gib']:.2f}"
+            )
         print(f"| {NAMES.get(fw, fw)} | " + " | ".join(cells) + " |")
     for peer in frameworks[1:]:
-        cells = [f"{report['ratios_pairs_per_s'][s].get(f'alignkit/{peer}', float('nan')):.2f}×" for s in settings]
-        print(f"| alignkit ÷ {SHORT.get(peer, peer)} (pairs/s) | " + " | ".join(cells) + " |")
+        cells = []
+        for s in settings:
+            ratio = report["ratios_pairs_per_s"][s].get(f"alignkit/{peer}")
+            low, high = ratio["per_round_range"]
+            cells.append(f"{ratio['ratio_of_medians']:.2f}× [{low:.2f}–{high:.2f}]")
+        print(f"| alignkit ÷ {SHORT.get(peer, peer)} (pairs/s, ratio of medians [per-round range]) | "
+              + " | ".join(cells) + " |")
     pre = [
         f"{results[s]['alignkit'].get('ref_precompute_s', 0):.0f} s, "
         f"{results[s]['alignkit'].get('pairs_per_s_incl_precompute', 0):.2f}"

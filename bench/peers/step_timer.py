@@ -19,11 +19,16 @@ class StepTimer(TrainerCallback):
         self.step_seconds.append(time.perf_counter() - self.started)
 
 
-def summary(timer: StepTimer, log_history: list[dict]) -> dict:
+def summary(timer: StepTimer, trainer) -> dict:
+    """Step times, losses, held-out accuracy and what the trainer says each step consumed (bench/accounting.py)."""
+    from accounting import hf_trainer_record
+
+    log_history = trainer.state.log_history
     losses = [r["loss"] for r in log_history if "loss" in r]
     evals = [r for r in log_history if "eval_rewards/accuracies" in r]
     return {
         "step_seconds": timer.step_seconds,
         "losses": losses,
         "eval_reward_accuracy": evals[-1]["eval_rewards/accuracies"] if evals else None,
+        "accounting": hf_trainer_record(trainer),
     }

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # accounting.py
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     from swift.pipelines import rlhf_main
 
     rlhf_main(swift_args)
-    Path(result).write_text(json.dumps(summary(timer, trainers[-1].state.log_history)))
+    Path(result).write_text(json.dumps(summary(timer, trainers[-1])))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # accounting.py
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model)
     config = DPOConfig(
         output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        gradient_accumulation_steps=1, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
         learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=0, beta=0.1, loss_type=["sigmoid"],
         max_length=128, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         bf16=args.dtype == "bf16", dataloader_num_workers=0, seed=42,
@@ -40,7 +42,7 @@ def main() -> None:
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
     trainer.train()
     trainer.evaluate()
-    Path(args.result).write_text(json.dumps(summary(timer, trainer.state.log_history)))
+    Path(args.result).write_text(json.dumps(summary(timer, trainer)))
 
 
 if __name__ == "__main__":
