@@ -116,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
     subparser = parser._subparsers._group_actions[0].choices[command]  # argparse keeps them here
     known = [s for action in subparser._actions for s in action.option_strings]
+    from alignkit.config.compat import UNSUPPORTED_FLAGS
+
     for token in unknown:
         if token.startswith("-"):
             flag = token.split("=", 1)[0]
+            if command in TRAIN_COMMANDS and flag.lstrip("-") in UNSUPPORTED_FLAGS:
+                raise AlignkitError(f"{flag} is not supported by alignkit: {UNSUPPORTED_FLAGS[flag.lstrip('-')]}")
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f"; see `alignkit {command} --help`"
             raise AlignkitError(f"unknown flag {flag} for `alignkit {command}`{hint}")

@@ -56,6 +56,14 @@ def check_run_arguments(args: RunArguments) -> None:
         raise AlignkitError(
             f"--num_train_epochs {args.num_train_epochs}: expected a positive number (or set --max_steps)"
         )
+    if args.dataloader_num_workers < 0:
+        raise AlignkitError(f"--dataloader_num_workers {args.dataloader_num_workers}: expected 0 or more")
+    if args.sequence_parallel_size != 1:
+        raise AlignkitError(
+            f"--sequence_parallel_size {args.sequence_parallel_size}: sequence parallelism (Ulysses / ring attention) "
+            "is not supported; for long sequences use --gradient_checkpointing, DeepSpeed ZeRO-3 (--deepspeed "
+            "zero3) or --device_map, or a shorter --max_length"
+        )
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")
@@ -80,6 +88,23 @@ def warn_flags_without_effect(args: RunArguments, method: str) -> list[str]:
         logger.warning("--%s has no effect on %s (it serves %s)", f.name, what, ", ".join(serves))
         named.append(f.name)
     return named
+
+
+def log_flags_without_work(args) -> list[str]:
+    """One line per flag set (to other than its default) that has no work to do in alignkit, saying why
+    (the flag's own ``no_effect``). Works for any argument dataclass. Returns the flags named."""
+    named = []
+    for f in dataclasses.fields(args):
+        why = f.metadata.get("no_effect")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if why and getattr(args, f.name) != default:
+            logger.info("--%s %s has no effect: %s", f.name, _shown(getattr(args, f.name)), why)
+            named.append(f.name)
+    return named
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _at_least_one(name: str, value: int) -> None:

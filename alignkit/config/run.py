@@ -13,6 +13,11 @@ from typing import Any
 
 from alignkit.config.options import dtype_option, option
 
+LOADER_HAS_NO_WORK = (
+    "batches are collated in the training process from rows tokenised before training starts, so there is no "
+    "loading to spread over workers or pin"
+)
+
 
 @dataclass
 class RunArguments:
@@ -458,6 +463,32 @@ class RunArguments:
     external_plugins: list[str] = option(
         [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
     )
+
+    # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
+    dataloader_num_workers: int = option(
+        0, "ms-swift/transformers data-loader workers.", no_effect=LOADER_HAS_NO_WORK)
+    dataloader_pin_memory: bool = option(
+        True, "ms-swift/transformers data-loader option.", no_effect=LOADER_HAS_NO_WORK)
+    dataloader_persistent_workers: bool = option(
+        False, "ms-swift/transformers data-loader option.", no_effect=LOADER_HAS_NO_WORK)
+    dataloader_prefetch_factor: int | None = option(
+        None, "ms-swift/transformers data-loader option.", no_effect=LOADER_HAS_NO_WORK)
+    label_names: list[str] = option(
+        [], "transformers Trainer: the batch keys holding labels.", nargs="+",
+        no_effect="every alignkit algorithm knows its own label fields; there are none to name")
+    remove_unused_columns: bool = option(
+        True, "transformers Trainer: drop dataset columns the model does not take.",
+        no_effect="rows are read into alignkit's own row types, so unused columns never reach the model")
+    lazy_tokenize: bool | None = option(
+        None, "ms-swift: tokenise rows as they are batched instead of before training.",
+        no_effect="alignkit tokenises every row before the first step (a bad row stops the run before any "
+        "training) and caches the result on disk, keyed by data and settings; there is no lazy mode to choose")
+    use_logits_to_keep: bool | None = option(
+        None, "ms-swift: compute the LM head only where the loss needs it.",
+        no_effect="alignkit already computes the LM head only at trained positions (completion-only head, "
+        "docs/performance.md)")
+    sequence_parallel_size: int = option(
+        1, "ms-swift: sequence parallelism (Ulysses / ring attention) across this many GPUs. Only 1.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

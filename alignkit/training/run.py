@@ -20,7 +20,7 @@ from alignkit.algorithms.kto import KTO, check_kto_rows
 from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
-from alignkit.config.checks import check_run_arguments, warn_flags_without_effect
+from alignkit.config.checks import check_run_arguments, log_flags_without_work, warn_flags_without_effect
 from alignkit.config.defaults import resolve
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
@@ -62,6 +62,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
     check_run_arguments(args)
     warn_flags_without_effect(args, algorithm_name)
+    log_flags_without_work(args)
     if algorithm_name in ("ppo", "grpo"):
         from alignkit.training.online_run import run_online
 
