@@ -38,7 +38,7 @@ logger = logging.getLogger("alignkit")
 IGNORE_INDEX = -100
 LOSS_SCALES = ("default", "last_round", "all")
 # ms-swift's --loss_scale modifiers that untrain an answer's leading think markup (swift/loss_scale/config): the
-# first pattern that matches the start of an assistant turn's text is not trained.
+# first pattern that matches the start of an assistant turn's rendered text is not trained.
 THINK_PREFIXES: dict[str, tuple[str, ...]] = {
     "ignore_empty_think": (
         r"<think>\s*</think>\s*",
@@ -234,20 +234,22 @@ class ChatEncoder:
     def _untrained_prefix(self, messages: list[Message], index: int, full_text: str, full_ids: list[int],
                           start: int) -> int:
         """Where training starts in assistant turn ``index`` under --loss_scale ...+ignore_empty_think (or
-        +ignore_think_prefix): after the tokens that lie wholly inside the turn's matching think markup."""
-        content = messages[index]["content"]
-        match = next((m for p in self._untrained_prefixes if (m := p.match(content))), None)
-        if match is None or not match.group(0):
+        +ignore_think_prefix): after the tokens that lie wholly inside the think markup the turn's rendered text
+        starts with (the answer's own, or one the chat template writes, as Qwen3's does for an answer without)."""
+        if not self._untrained_prefixes:
             return start
         prompt_text = self.render(messages[:index], generation_prompt=True)
-        if not full_text[len(prompt_text):].startswith(match.group(0)):
+        if not full_text.startswith(prompt_text):
             raise AlignkitError(
-                f"--loss_scale {'+'.join((self.loss_scale, *self.loss_scale_modifiers))}: the chat template does not "
-                f"write the answer's leading {match.group(0)!r} right after the assistant header, so its tokens "
+                f"--loss_scale {'+'.join((self.loss_scale, *self.loss_scale_modifiers))}: the chat template renders "
+                "a conversation's beginning differently inside the whole conversation, so the answer's think markup "
                 "cannot be located; drop the modifier or use another --template")
+        match = next((m for p in self._untrained_prefixes if (m := p.match(full_text, len(prompt_text)))), None)
+        if match is None or not match.group(0):
+            return start
         # Tokens both tokenisations share lie wholly inside prompt + markup; one that runs on into the answer's
         # text stays trained.
-        prefix = self.tokens(prompt_text + match.group(0))
+        prefix = self.tokens(full_text[: match.end()])
         shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
         return max(start, shared)
 
