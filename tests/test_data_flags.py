@@ -130,6 +130,12 @@ def test_self_cognition_without_the_flags_says_which_to_pass():
         check_data_flags(RunArguments(model_name=["a", "b", "c"]), "sft")
 
 
+def test_name_flags_without_the_self_cognition_set_say_they_have_no_effect(caplog):
+    caplog.set_level(logging.WARNING, logger="alignkit")
+    load_datasets(["arith-sft#2"], [], "sft", split_dataset_ratio=0, seed=0, model_name=["robot"])
+    assert "--model_name/--model_author have no effect" in caplog.text
+
+
 def test_ms_swift_self_cognition_example_trains(tiny_model_dir, tmp_path):
     # examples/train/streaming/streaming.sh, model local and steps few.
     code = main(["sft", "--model", tiny_model_dir, "--tuner_type", "lora", "--dataset", "swift/self-cognition#20",
@@ -272,6 +278,7 @@ def test_interleave_first_exhausted_stops_when_a_set_runs_out(tmp_path):
     assert [q for q in got if q.startswith("b")] == ["b0", "b1"] and got[-1] == "b1"  # b ran out: stop
     a_rows = [q for q in got if q.startswith("a")]
     assert a_rows == [f"a{i}" for i in range(len(a_rows))]  # each set in its own order
+    assert len(a_rows) < 6 and got[0] != "b0"  # a was not used whole, and the sets were mixed, not concatenated
 
 
 def test_interleave_all_exhausted_repeats_the_smaller_set(tmp_path):
@@ -296,7 +303,7 @@ def test_val_dataset_shuffle(tmp_path):
 
 
 def test_streaming_needs_max_steps_and_holds_out_nothing(tmp_path, caplog):
-    from alignkit.training.run import load_training_data
+    from alignkit.training.run_data import load_training_data
 
     with pytest.raises(AlignkitError, match="--streaming true needs --max_steps"):
         check_data_flags(RunArguments(streaming=True), "sft")

@@ -497,6 +497,9 @@ def load_datasets(
         raise AlignkitError(f"--split_dataset_ratio must be in [0, 1), got {split_dataset_ratio}")
     load = {"seed": seed, "columns": columns, "check_dataset_strategy": check_dataset_strategy,
             "model_name": model_name, "model_author": model_author}
+    if (model_name or model_author) and not any(is_self_cognition(s.split("#")[0]) for s in specs + val_specs):
+        logger.warning("--model_name/--model_author have no effect: they fill in the self-cognition set "
+                       "(swift/self-cognition), which no --dataset or --val_dataset names")
     sets: list[list[Row]] = []
     val: list[Row] = []
     for spec in specs:

@@ -36,7 +36,6 @@ from alignkit.data.collate import (
     UnpairedCollator,
 )
 from alignkit.data.encode import with_row_fields
-from alignkit.data.loading import load_datasets, parse_columns
 from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
@@ -55,6 +54,7 @@ from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.resume import data_fingerprint
+from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import LoopConfig, loop_config, loop_config_for, open_run_dir, start_run
 from alignkit.training.speedups import choose_layout, log_speedups
 from alignkit.vision.model import is_vision_model
@@ -190,22 +190,6 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=open_run_dir(args, resolved, resume),
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],
-    )
-
-
-def load_training_data(args: RunArguments, datasets: list[str], kind: str) -> tuple[list, list]:
-    """Training and held-out rows from --dataset, --val_dataset, --cached_dataset, ... (docs/data.md)."""
-    split_ratio = args.split_dataset_ratio
-    if args.streaming and split_ratio > 0:
-        logger.info("--streaming true: --split_dataset_ratio %s set to 0, as ms-swift does", split_ratio)
-        split_ratio = 0.0
-    return load_datasets(
-        datasets, args.val_dataset, kind, split_dataset_ratio=split_ratio, seed=args.data_seed,
-        shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
-        check_dataset_strategy=args.check_dataset_strategy, model_name=args.model_name,
-        model_author=args.model_author, interleave_prob=args.interleave_prob,
-        stopping_strategy=args.stopping_strategy, val_shuffle=args.val_dataset_shuffle,
-        cached=args.cached_dataset, cached_val=args.cached_val_dataset,
     )
 
 
