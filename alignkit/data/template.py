@@ -16,7 +16,10 @@ Worked example (ChatML, as in SmolLM2)::
 Which assistant turns are trained is ``--loss_scale`` (ms-swift's names): ``default`` trains every
 assistant turn of an SFT conversation and the answer of a preference pair or KTO row (never its
 prompt's earlier turns); ``last_round`` only the final assistant turn; ``all`` every token of an SFT
-conversation, prompts included.
+conversation, prompts included; ``+ignore_empty_think`` / ``+ignore_think_prefix`` leave a trained turn's
+leading think markup untrained. The system prompt is the row's own, else ``--system`` (text or a .txt file),
+else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
+(``encode_plain``).
 
 The prompt's tokens must be a prefix of prompt+answer's tokens; a template that breaks this (one that
 rewrites earlier turns depending on later ones) raises a clear error naming the template.
