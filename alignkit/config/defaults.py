@@ -44,7 +44,7 @@ def resolve(args, method: str) -> dict[str, Any]:
             default = table[method]
             values[flag] = [default] if flag == "loss_type" else default
             logger.info("--%s not set: using %s's default %s (alignkit/config/defaults.py)", flag, method, default)
-    if not values["dataset"]:
+    if not values["dataset"] and not args.cached_dataset:  # --cached_dataset alone is training data
         dataset = DEFAULT_PROMPT_DATASET if method in ("ppo", "grpo") else DEFAULT_DATASET[method]
         values["dataset"] = [dataset]
         logger.info("--dataset not set: using the built-in %s", dataset)

@@ -69,10 +69,13 @@ class RunArguments:
     truncation_strategy: str = option(
         "delete",
         "Rows that do not fit: delete (drop and count), left (cut the prompt's start), right (cut the answer's "
-        "end, keeping at least one trained token), raise (stop with an error naming the row).",
-        choices=("delete", "left", "right", "raise"),
+        "end, keeping at least one trained token), raise (stop with an error naming the row). ms-swift's split "
+        "(pre-training only) is refused.",
+        choices=("delete", "left", "right", "raise", "split"),
     )
-    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    system: str | None = option(
+        None, "Default system prompt, or a .txt file holding it: used for rows without a system message of their own "
+        "(a row's own wins), replacing the template's default. '\\n' in the text is a newline.")
     check_dataset_strategy: str = option(
         "none",
         "Invalid rows: none/error stop with an error naming the file, row and field (and how many more "
@@ -98,13 +101,73 @@ class RunArguments:
     loss_scale: str = option(
         "default",
         "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
-        "last_round (only the final assistant turn), all (SFT only: every token, prompts included).",
-        choices=("default", "last_round", "all"),
+        "last_round (only the final assistant turn), all (SFT only: every token, prompts included); then, joined "
+        "by '+', ignore_empty_think (an answer's leading empty <think>...</think> is not trained) or "
+        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. ms-swift's agent "
+        "weightings (react, hermes, qwen, agentflan, alpha_umi) are refused.",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
     load_from_cache_file: bool = option(
         True, "Reuse tokenised data cached under $ALIGNKIT_CACHE/tokenized (keyed by data, tokenizer, template "
         "and length settings).", may_differ_on_resume=True)
+
+    # --- data: packing, self-cognition, streaming, templates, cached data (docs/data.md) ---
+    packing: bool = option(
+        False,
+        "Pack tokenised rows into rows of up to --packing_length tokens (ms-swift's dataset packing): fewer, fuller "
+        "rows, so fewer steps per epoch; --per_device_train_batch_size counts packs. Sequences of a pack never see "
+        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm; grpo: "
+        "padding-free forwards.")
+    packing_length: int | None = option(
+        None, "Most tokens of a pack (a pair counts both answers). Unset: --max_length.")
+    packing_strategy: str = option(
+        "binpack", "binpack: best-fit decreasing over chunks of 1000 rows (reorders rows); sequential: rows in order, "
+        "a pack closed when the next row does not fit.", choices=("binpack", "sequential"))
+    packing_num_proc: int = option(
+        1, "ms-swift: processes that plan the packs.",
+        no_effect="packs are planned in the training process from the rows' lengths, a fraction of a second per "
+        "100,000 rows")
+    model_name: list[str] = option(
+        [], "Self-cognition data (swift/self-cognition): the model's name replacing {{NAME}}, in Chinese and English "
+        "(one value: both).", nargs="+")
+    model_author: list[str] = option(
+        [], "Self-cognition data: the author replacing {{AUTHOR}}, in Chinese and English (one value: both).",
+        nargs="+")
+    cached_dataset: list[str] = option(
+        [], "Folders written by `swift export --to_cached_dataset true` (their train/ folder), each optionally "
+        "suffixed #N; read as training rows before --dataset and tokenised with this run's template.", nargs="+")
+    cached_val_dataset: list[str] = option(
+        [], "Held-out counterparts of --cached_dataset (their val/ folder).", nargs="+", may_differ_on_resume=True)
+    val_dataset_shuffle: bool = option(False, "Shuffle the --val_dataset rows (seeded by --data_seed).",
+                                       may_differ_on_resume=True)
+    interleave_prob: list[float] = option(
+        [], "Mix the --dataset sets by sampling each next row from set i with probability p_i (datasets' "
+        "interleave_datasets) instead of concatenating them; one probability per dataset.", nargs="+")
+    stopping_strategy: str = option(
+        "first_exhausted", "With --interleave_prob: stop when the first set runs out, or when every set has been "
+        "used whole (the others repeat).", choices=("first_exhausted", "all_exhausted"))
+    streaming: bool = option(
+        False, "ms-swift: read rows lazily as training runs; needs --max_steps.",
+        differs="alignkit still reads, checks and tokenises every row before the first step, so that a bad row stops "
+        "the run before any training and resume stays exact; --max_steps is required as in ms-swift, "
+        "--split_dataset_ratio is set to 0 as in ms-swift, and the order is a full shuffle of the rows")
+    shuffle_buffer_size: int = option(
+        1000, "ms-swift --streaming: rows drawn from a shuffle buffer of this size.",
+        no_effect="the rows are read before training, so alignkit shuffles the whole set (a buffer as large as "
+        "the data)")
+    use_chat_template: bool = option(
+        True, "false: ms-swift's generation template for base models: BOS + query + answer + EOS as plain "
+        "tokens, no system prompt or chat markers, the last round only.")
+    response_prefix: str | None = option(
+        None, "ms-swift: text the model's answer starts with at inference (e.g. '<think>\\n').",
+        no_effect="training encodes the answers as the data holds them; ms-swift applies this prefix at inference only")
+    add_non_thinking_prefix: bool = option(
+        True, "ms-swift: add a hybrid-thinking template's empty think block to answers without one.",
+        no_effect="alignkit renders conversations with the tokenizer's own chat template, which adds (or does not "
+        "add) the model's non-thinking prefix itself; there is no separate template table holding one")
+    max_pixels: int | None = option(
+        None, "Vision-language models: images larger than this many pixels (H*W) are scaled down, keeping their "
+        "aspect ratio, before the processor sees them.")
 
     # --- training loop ---
     output_dir: str = option(

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from alignkit.data.packing import unpacked
 from alignkit.data.template import IGNORE_INDEX, Encoded
 from alignkit.errors import AlignkitError
 
@@ -59,25 +60,28 @@ def pad(sequences: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class SequenceCollator:
-    """SFT rows: list of (row_id, Encoded) → Batch of N sequences."""
+    """SFT rows: list of (row_id, Encoded) → Batch of N sequences. A pack (``--packing``) adds all its rows."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, items: list[tuple[int, Encoded]]) -> Batch:
+        items = unpacked(items)
         return Batch(*pad([e for _, e in items], self.pad_id), row_ids=[i for i, _ in items])
 
 
 class PairCollator:
     """Preference rows: list of (row_id, (chosen, rejected)) → Batch of 2B sequences, chosen[0:B], rejected[B:2B].
 
-    One concatenated forward over both halves is cheaper than two and keeps padding identical.
+    One concatenated forward over both halves is cheaper than two and keeps padding identical. A pack
+    (``--packing``) adds all its pairs.
     """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, items: list[tuple[int, EncodedPair | tuple[Encoded, Encoded]]]) -> Batch:
+        items = unpacked(items)
         chosen = [pair[0] for _, pair in items]
         rejected = [pair[1] for _, pair in items]
         margins = [pair.margin if isinstance(pair, EncodedPair) else None for _, pair in items]

@@ -19,6 +19,7 @@ import torch
 
 from alignkit.data.collate import Batch
 from alignkit.data.order import epoch_batches, total_steps
+from alignkit.data.packing import row_ids_of
 from alignkit.training.faults import fault_point
 from alignkit.training.metrics_log import RunningMean
 from alignkit.training.runner import LoopConfig, Runner
@@ -81,7 +82,8 @@ def train(
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, runner,
                                                              step=state.global_step + 1, batch_size=config.batch_size)
                 learning_rate = runner.learning_rate()
-                grad_norm, problem = runner.update(model.parameters(), problem, row_ids=[i for b in group for i in b])
+                step_rows = [r for b in group for i in b for r in row_ids_of(train_rows[i])]  # a pack names its rows
+                grad_norm, problem = runner.update(model.parameters(), problem, row_ids=step_rows)
                 state.global_step += 1
                 state.batches_done_in_epoch += len(group)
                 if state.batches_done_in_epoch >= len(batches):

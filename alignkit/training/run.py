@@ -20,7 +20,12 @@ from alignkit.algorithms.kto import KTO, check_kto_rows
 from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.sft import SFT
-from alignkit.config.checks import check_run_arguments, log_flags_without_work, warn_flags_without_effect
+from alignkit.config.checks import (
+    check_data_flags,
+    check_run_arguments,
+    log_flags_without_work,
+    warn_flags_without_effect,
+)
 from alignkit.config.defaults import resolve
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
@@ -31,7 +36,7 @@ from alignkit.data.collate import (
     UnpairedCollator,
 )
 from alignkit.data.encode import with_row_fields
-from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
@@ -49,6 +54,7 @@ from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.resume import data_fingerprint
+from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import LoopConfig, loop_config, loop_config_for, open_run_dir, start_run
 from alignkit.training.speedups import choose_layout, log_speedups
 from alignkit.vision.model import is_vision_model
@@ -61,9 +67,13 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
     check_run_arguments(args)
+    check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)
     if algorithm_name in ("ppo", "grpo"):
+        if args.packing:
+            logger.info("--packing with grpo: the rollouts' forwards run padding-free (--padding_free); as in "
+                        "ms-swift, the prompts are not packed")
         from alignkit.training.online_run import run_online
 
         return run_online(args, resolve(args, algorithm_name))
@@ -83,16 +93,16 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     kind = algorithm.rows
     datasets = defaults["dataset"]
-    train_data, val_data = load_datasets(
-        datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
-        shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
-        check_dataset_strategy=args.check_dataset_strategy,
-    )
-    logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data), ", ".join(datasets))
+    train_data, val_data = load_training_data(args, datasets, kind)
+    logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data),
+                ", ".join(args.cached_dataset + datasets))
 
     model_path = resolve_model_path(args.model)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if args.packing or not args.use_chat_template:
+            raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
+                                "models: rows with images run padded, rendered by the processor's chat template")
         from alignkit.training.vision_run import run_vision_training
 
         return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, start)
@@ -102,7 +112,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-        loss_scale=args.loss_scale,
+        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template,
     )
     encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
     train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
@@ -115,8 +125,12 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
                                               args.per_device_eval_batch_size)
+    encoded_rows = len(train_rows)
+    if args.packing:  # a pack takes the place of a row from here on: the loop, the order, the reference pass
+        train_rows = pack_rows(train_rows, args.packing_length or args.max_length, args.packing_strategy)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
-                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows),
+                "train_rows": encoded_rows, "train_packs": len(train_rows) if args.packing else None,
+                "train_data_sha256": data_fingerprint(train_rows),
                 # The data order follows the global batch (per-device batch × processes): resume with the same.
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)

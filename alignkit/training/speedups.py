@@ -14,7 +14,11 @@ logger = logging.getLogger("alignkit")
 def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layout, dict[str, str]]:
     """The forward layout this run's algorithm uses, and why a speed-up asked for is off."""
     reasons: dict[str, str] = {}
-    padding_free = args.padding_free
+    # A dataset pack runs as one row of --packing_length tokens: packing implies padding-free forwards, as in
+    # ms-swift. Where they cannot run (below), a pack's rows run padded: the same numbers, more tokens.
+    padding_free = args.padding_free or args.packing
+    if args.packing and not args.padding_free:
+        logger.info("--packing runs packs as padding-free rows (--padding_free false is overridden, as in ms-swift)")
     if padding_free and split_map(model) is not None:
         # The packed logits mask reaches the model on its first device, the last hidden states sit on its last.
         padding_free = False
@@ -26,7 +30,8 @@ def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layou
     prefix_sharing = padding_free and args.prefix_sharing
     if args.prefix_sharing and not padding_free and "padding-free packing" in reasons:
         reasons["prompt-prefix sharing"] = "needs padding-free packing"
-    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing), reasons
+    row_tokens = (args.packing_length or args.max_length) if args.packing else None
+    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing, row_tokens=row_tokens), reasons
 
 
 def log_speedups(layout: Layout, *, precompute: bool, precision: str, gradient_checkpointing: bool,

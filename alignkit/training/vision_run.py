@@ -42,7 +42,7 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     model = load_vision_model(model_path, args.model_revision)
     encoder = VisionEncoder(processor, image_token_id(processor, model.config), max_length=args.max_length,
                             max_prompt_length=args.max_prompt_length, truncation_strategy=args.truncation_strategy,
-                            system=args.system)
+                            system=args.system, max_pixels=args.max_pixels)
     train_rows, dropped = encode_vision_rows(encoder, train_data)
     val_rows, val_dropped = encode_vision_rows(encoder, val_data)
     if dropped or val_dropped:
