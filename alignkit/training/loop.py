@@ -17,7 +17,8 @@ from typing import Protocol
 
 import torch
 
-from alignkit.data.collate import Batch
+from alignkit.algorithms.kto import kl_micro_batches
+from alignkit.data.collate import Batch, kl_rows
 from alignkit.data.order import epoch_batches, total_steps
 from alignkit.training.faults import fault_point
 from alignkit.training.metrics_log import RunningMean
@@ -27,12 +28,15 @@ logger = logging.getLogger("alignkit")
 
 
 class Algorithm(Protocol):
-    loss_unit: str  # "examples" or "tokens": what a micro-batch's loss is a mean over (alignkit/algorithms)
+    rows: str  # "sft", "preference", "unpaired" (KTO) or "classification" (alignkit/algorithms)
+    loss_unit: str  # "examples" or "tokens": what a micro-batch's loss is a mean over
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-
+def step_kl(algorithm: Algorithm) -> bool:
+    """KTO with a KL term: its reference point z is a statistic of the whole step, computed before its losses."""
+    return algorithm.rows == "unpaired" and algorithm.needs_kl
 
 
 
@@ -109,6 +113,7 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     weighed by its share of the step's loss units (examples, or trained tokens for SFT) counted over all
     micro-batches and processes, so the step's loss and gradient are the mean over the whole step's rows
     however they are split: 1 process × 4 rows, 2 processes × 2 and 4 accumulated micro-batches × 1 agree.
+    KTO's reference point z is likewise one number for the whole step (``kl_micro_batches``), computed first.
 
     Returns the step's metrics (the same weighted mean, over all processes) and, if a loss was NaN/inf on
     any process, (what, row ids): the remaining micro-batches are not run, since the update will be skipped.
@@ -121,6 +126,10 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     batches = [collate([rows[i] for i in (shard or global_batch[:1])]) for shard, global_batch in zip(shards, group)]
     units = [loss_units(algorithm, batch) if shard else 0 for batch, shard in zip(batches, shards)]
     total = max(runner.sum_over_processes(torch.tensor([float(sum(units))])).item(), 1.0)
+    if step_kl(algorithm):  # KTO: z over the mismatched pairs of all the step's rows, all processes
+        sums = kl_sums(model, algorithm, kl_micro_batches(group, rows, rank=rank, batch_size=batch_size), collate,
+                       accelerator)
+        algorithm = algorithm.for_step(*runner.sum_over_processes(torch.tensor(sums, dtype=torch.float64)).tolist())
     step_metrics: dict[str, float] = {}
     for position, (batch, count) in enumerate(zip(batches, units)):
         batch = batch.to(accelerator.device)
@@ -143,6 +152,20 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     return dict(zip(keys, summed.tolist())), None
 
 
+@torch.no_grad()
+def kl_sums(model, algorithm, micro_batches: list[tuple[list, bool]], collate, accelerator) -> tuple[float, float]:
+    """Σ and count of KTO's ``kl_terms`` over mismatched rows, one (items, counted) per micro-batch; a batch
+    run only to keep processes in step is not counted."""
+    total, count = 0.0, 0.0
+    for items, counted in micro_batches:
+        batch = collate(items).to(accelerator.device)
+        with accelerator.autocast():
+            terms = algorithm.kl_terms(model, batch)  # (B,)
+        if counted:
+            total, count = total + terms.double().sum().item(), count + len(terms)
+    return total, count
+
+
 def loss_units(algorithm: Algorithm, batch: Batch) -> int:
     """What the algorithm's micro-batch loss is a mean over: trained tokens for SFT's token-level
     cross-entropy (labels shifted by one, as in alignkit.models.logprobs), examples for everything else."""
@@ -162,6 +185,11 @@ def evaluate(model, algorithm: Algorithm, rows: list, collate, config: LoopConfi
     if runner.main:
         unwrapped = runner.unwrapped
         unwrapped.eval()
+        if step_kl(algorithm):  # KTO: one z for the held-out set, from the mismatched pairs of all its rows
+            mismatched = kl_rows(rows)
+            size = config.eval_batch_size
+            batches = [(mismatched[start : start + size], True) for start in range(0, len(rows), size)]
+            algorithm = algorithm.for_step(*kl_sums(unwrapped, algorithm, batches, collate, accelerator))
         for start in range(0, len(rows), config.eval_batch_size):
             batch = collate(rows[start : start + config.eval_batch_size]).to(accelerator.device)
             with accelerator.autocast():
