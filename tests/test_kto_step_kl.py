@@ -47,11 +47,11 @@ def unpaired_rows(tiny_model_dir, n=4):
 def policy_and_reference(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    policy = copy.deepcopy(reference)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = copy.deepcopy(policy)
     torch.manual_seed(3)
-    with torch.no_grad():  # move the policy off the reference, so that z is not 0
-        for parameter in policy.parameters():
+    with torch.no_grad():  # a noisier reference gives the policy's text lower log-probs, so that z > 0
+        for parameter in reference.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     return policy, Reference(reference)
 

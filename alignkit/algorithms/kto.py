@@ -64,7 +64,7 @@ class KTO:
         """This algorithm with the step's z, from the sum of ``kl_terms`` over the step's ``count`` pairs."""
         return dataclasses.replace(self, reference_point=kto_reference_point(torch.tensor(kl_sum), count).item())
 
-    def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict]:
         logps, _ = self.layout.logps(model, batch.completions)  # (B,)
         ref_logps, _ = self.reference.logps(model, batch.completions)  # (B,)
         kl = torch.zeros((), device=logps.device)
@@ -98,15 +98,15 @@ def kl_micro_batches(group: list[list[int]], rows: list, *, rank: int, batch_siz
     return out
 
 
-def kto_metrics(loss, kl, rewards, logps, desirable) -> dict[str, float]:
-    """TRL's KTO names; a micro-batch without desirable (or undesirable) rows leaves those keys out."""
-    metrics = {"loss": loss.item(), "kl": kl.item()}
+def kto_metrics(loss, kl, rewards, logps, desirable) -> dict:
+    """TRL's KTO names. The chosen/rejected ones are means over the micro-batch's desirable (undesirable) rows,
+    given as (mean, count) so the loop weighs them by their rows (count 0 when there are none); the loop adds
+    rewards/margins from the step's two means."""
+    metrics: dict = {"loss": loss.item(), "kl": kl.item()}
     for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
-        if rows.any():
-            metrics[f"rewards/{name}"] = rewards[rows].mean().item()
-            metrics[f"logps/{name}"] = logps[rows].detach().mean().item()
-    if desirable.any() and (~desirable).any():
-        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        count = int(rows.sum())
+        metrics[f"rewards/{name}"] = (rewards[rows].mean().item() if count else 0.0, count)
+        metrics[f"logps/{name}"] = (logps[rows].detach().mean().item() if count else 0.0, count)
     return metrics
 
 

@@ -165,8 +165,8 @@ def disable_dropout(model) -> int:
 
 def model_max_length(model_path: str, revision: str | None = None) -> int | None:
     """The longest sequence the model takes, as ms-swift reads it (HfConfigFactory.get_max_model_len): the smallest
-    of the length keys in its config or a sub-config (a vision-language model's text_config), else the tokenizer's
-    model_max_length when it names one; None when neither does."""
+    of the length keys in its config or its language model's sub-config (a vision-language model's text_config;
+    never the vision encoder's), else the tokenizer's model_max_length when it names one; None when neither does."""
     from transformers import AutoConfig, AutoTokenizer
 
     keys = ("seq_length", "max_position_embeddings", "n_positions", "model_max_length", "seq_len", "max_seq_len",
@@ -175,8 +175,10 @@ def model_max_length(model_path: str, revision: str | None = None) -> int | None
         config = AutoConfig.from_pretrained(model_path, revision=revision)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
-    configs = [config] + [value for value in vars(config).values() if hasattr(value, "to_dict")]
-    limits = [getattr(c, key) for c in configs for key in keys if isinstance(getattr(c, key, None), int)]
+    configs = [config] + [getattr(config, name) for name in ("language_config", "llm_config", "text_config")
+                          if getattr(config, name, None) is not None]
+    found = [[getattr(c, key) for c in configs if isinstance(getattr(c, key, None), int)] for key in keys]
+    limits = [values[0] for values in found if values]  # per key, the first config that has it (as ms-swift)
     if limits:
         return min(limits)
     limit = AutoTokenizer.from_pretrained(model_path, revision=revision).model_max_length
