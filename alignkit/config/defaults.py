@@ -79,7 +79,7 @@ def resolve(args, method: str) -> dict[str, Any]:
         )
     values.update(task(args, method))
     if not values["dataset"]:
-        if values["task_type"] == "seq_cls":
+        if method == "sft" and values["task_type"] == "seq_cls":
             raise AlignkitError("--task_type seq_cls needs --dataset: rows with messages (or query) and a label "
                                 "column; there is no built-in classification set")
         dataset = DEFAULT_PROMPT_DATASET if method in ("ppo", "grpo") else DEFAULT_DATASET[method]
