@@ -19,9 +19,11 @@ logger = logging.getLogger("alignkit")
 
 AT_LEAST_ONE = (
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps",
-    "save_steps", "max_length", "lora_rank", "max_nonfinite_steps",
+    "save_steps", "lora_rank", "max_nonfinite_steps",
 )
-AT_LEAST_ONE_IF_SET = ("max_prompt_length", "save_total_limit", "eval_steps", "packing_length", "max_pixels")
+AT_LEAST_ONE_IF_SET = (
+    "max_prompt_length", "save_total_limit", "eval_steps", "packing_length", "max_pixels", "max_length", "num_labels",
+)
 # name -> (low, high, high included)
 RANGES = {
     "learning_rate": (0.0, math.inf, False),

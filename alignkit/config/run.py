@@ -45,9 +45,11 @@ class RunArguments:
     dtype: str = dtype_option(
         "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
     )
-    gradient_checkpointing: bool = option(
-        False, "Recompute activations in the backward pass to save memory.", may_differ_on_resume=True
-    )
+    gradient_checkpointing: bool | None = option(
+        None, "Recompute activations in the backward pass to save memory. Unset: on with a GPU (ms-swift's "
+        "default), off on CPU.", may_differ_on_resume=True,
+        differs="unset, it is on with a GPU as in ms-swift but off on a CPU, where memory is rarely the limit and it "
+        "only costs time (logged once)")
 
     # --- data ---
     dataset: list[str] = option(
@@ -62,7 +64,9 @@ class RunArguments:
     )
     dataset_shuffle: bool = option(True, "Shuffle the training data each epoch.")
     data_seed: int = option(42, "Seed for dataset sampling and splitting.")
-    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_length: int | None = option(
+        None, "Maximum tokens of prompt + answer. Unset: the model's own limit (its config's max_position_embeddings "
+        "and kin, as ms-swift), logged.")
     max_prompt_length: int | None = option(
         None, "Maximum prompt tokens (longer prompts follow --truncation_strategy)."
     )
@@ -526,6 +530,29 @@ class RunArguments:
     external_plugins: list[str] = option(
         [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
     )
+
+    # --- task type and per-method defaults (docs/objectives.md) ---
+    task_type: str | None = option(
+        None,
+        "What the model learns: causal_lm (generation: sft, rlhf) or seq_cls (alignkit sft: a classification or "
+        "regression head on the last token, trained on rows with messages and a label). Unset: seq_cls when "
+        "--num_labels is given, else causal_lm (ms-swift's rule). embedding, reranker, generative_reranker and prm "
+        "are refused with what to use instead.",
+        choices=("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm"))
+    num_labels: int | None = option(
+        None, "seq_cls: the number of classes (outputs of the head); 1 for regression.")
+    problem_type: str | None = option(
+        None,
+        "seq_cls: the loss, as transformers' sequence-classification models compute it: single_label_classification "
+        "(cross-entropy; a row's label is a class index), multi_label_classification (binary cross-entropy with "
+        "logits; a row's label lists its classes), regression (mean squared error; a number, or --num_labels "
+        "numbers). Unset: regression with --num_labels 1, else single_label_classification.",
+        choices=("single_label_classification", "multi_label_classification", "regression"))
+    disable_dropout: bool | None = option(
+        None,
+        "Set every dropout module's probability to 0 (the model's and LoRA's), as TRL's disable_dropout. Unset: on "
+        "for dpo, kto, cpo, simpo, orpo, rm, ppo and grpo (TRL's and ms-swift's default for preference training), "
+        "off for sft. ppo and grpo always run without dropout.")
 
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(

@@ -136,6 +136,22 @@ def label(record: dict[str, Any], name: str, source: RowSource) -> bool:
     return value
 
 
+def class_label(record: dict[str, Any], name: str, source: RowSource) -> int | float | list:
+    """A seq_cls label as ms-swift takes it: a number (a class index, or a regression target) or a non-empty list
+    of numbers (class indices for multi-label, targets for multi-output regression). Which one fits is checked
+    against --problem_type and --num_labels before training (``data.validate.check_class_labels``)."""
+    value = required(record, name, source, "a class index, a list of class indices or a number")
+    if isinstance(value, bool):  # true/false as classes 1/0, as ms-swift's int(label)
+        return int(value)
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if number(value) or isinstance(value, list) and value and all(number(x) for x in value):
+        return value
+    raise error(source, name, f"expected a class index, a list of class indices or a number, got {value!r}")
+
+
 def margin(record: dict[str, Any], source: RowSource) -> float | None:
     value = record.get("margin")
     if missing(value):

@@ -36,7 +36,15 @@ from alignkit.data.builtin import BUILTIN_DATASETS
 from alignkit.data.fields import IMAGE_COLUMNS, has
 from alignkit.data.formats import KINDS, Format, auto_columns, convert, detect_format, natural_kind
 from alignkit.data.mixing import interleave_rows
-from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, Row, RowSource, UnpairedRow
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    PreferenceRow,
+    PromptRow,
+    Row,
+    RowSource,
+    UnpairedRow,
+)
 from alignkit.data.self_cognition import is_self_cognition, self_cognition_rows
 from alignkit.data.validate import log_kto_balance, warn_identical_pairs
 from alignkit.errors import AlignkitError, DataError
@@ -49,6 +57,7 @@ ROW_TYPES = {
     "preference": PreferenceRow,
     "unpaired": UnpairedRow,
     "prompt": PromptRow,
+    "classification": ClassificationRow,
 }
 DISCARD = ("discard", "warning")
 
@@ -422,9 +431,10 @@ def _load_builtin(name: str, split: str, kind: str | None, seed: int) -> list[Ro
             for n, build in BUILTIN_DATASETS.items()
             if isinstance(build("test", data_seed=0)[0], ROW_TYPES[kind])
         ]
+        instead = f"use {' or '.join(fitting)}" if fitting else "there is no built-in one: pass a file"
         raise AlignkitError(
             f"built-in dataset '{name}' holds {type(rows[0]).__name__}s, but {kind} data must be "
-            f"{ROW_TYPES[kind].__name__}s: use {' or '.join(fitting)}"
+            f"{ROW_TYPES[kind].__name__}s: {instead}"
         )
     logger.info("builtin:%s: %d rows (split '%s', data_seed %d)", name, len(rows), split, seed)
     return rows

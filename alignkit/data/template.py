@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.chat_templates import ChatTemplate, resolve_template
-from alignkit.data.rows import ConversationRow, Message, PreferenceRow, PromptRow, RowSource, UnpairedRow
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    Message,
+    PreferenceRow,
+    PromptRow,
+    RowSource,
+    UnpairedRow,
+)
 from alignkit.errors import AlignkitError, DataError
 
 logger = logging.getLogger("alignkit")
@@ -351,6 +359,21 @@ class ChatEncoder:
             if self.truncation_strategy != "left":
                 raise Truncated(what)
             ids = ids[-self.max_length :]
+        return Encoded(ids, [IGNORE_INDEX] * len(ids))
+
+    def encode_classified(self, row: ClassificationRow) -> Encoded:
+        """seq_cls: the whole conversation, no token trained (the head reads its last token). One that ends with
+        the user's turn gets the assistant header, as ms-swift renders a conversation awaiting a reply. Over
+        --max_length: left cuts the beginning, right the end, raise stops, delete drops the row."""
+        messages = self.system_applied(row.messages)
+        ids = self.tokens(self.render(messages, generation_prompt=messages[-1]["role"] == "user"))
+        if len(ids) > self.max_length:
+            what = f"{len(ids)} tokens exceed --max_length {self.max_length}"
+            if self.truncation_strategy == "raise":
+                raise DataError(what, **_where(row.source))
+            if self.truncation_strategy == "delete":
+                raise Truncated(what)
+            ids = ids[-self.max_length :] if self.truncation_strategy == "left" else ids[: self.max_length]
         return Encoded(ids, [IGNORE_INDEX] * len(ids))
 
     def _encode_answer(self, prompt: list[Message], answer: list[Message], source: RowSource | None) -> Encoded:

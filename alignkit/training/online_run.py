@@ -21,16 +21,17 @@ from alignkit.losses.rl import GRPO_LOSS_TYPES
 from alignkit.models.load import (
     add_lora,
     count_parameters,
+    disable_dropout,
     load_adapters,
     load_causal_lm,
     load_tokenizer,
     resolve_model_path,
 )
 from alignkit.models.packing import Layout, config_of, supports_packing
-from alignkit.training.online_loop import disable_dropout, make_schedule, train_online
+from alignkit.training.online_loop import make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
-from alignkit.training.runner import loop_config_for, open_run_dir, start_run
+from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
 
 logger = logging.getLogger("alignkit")
 
@@ -55,6 +56,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     datasets = defaults["dataset"]
     train_rows, val_rows = load_training_data(args, datasets, "prompt")
     model_path = resolve_model_path(args.model)
+    args = with_fit_defaults(args, model_path)
     tokenizer = load_tokenizer(model_path, args.model_revision)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them

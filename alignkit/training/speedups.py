@@ -10,6 +10,8 @@ from alignkit.models.placement import split_map
 
 logger = logging.getLogger("alignkit")
 
+PACKING_SPEEDUPS = ("padding-free packing", "prompt-prefix sharing")
+
 
 def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layout, dict[str, str]]:
     """The forward layout this run's algorithm uses, and why a speed-up asked for is off."""
