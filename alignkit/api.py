@@ -201,7 +201,7 @@ def _own_flags(command: str, values: dict[str, Any], given: str, parser) -> dict
     known = {s.lstrip("-") for action in subparser._actions for s in action.option_strings}
     other = [key for key in values if key not in known]
     if other:
-        logger.info("%s for `alignkit %s`: %s are not its flags and are left out", given, command, ", ".join(other))
+        logger.info("%s for `alignkit %s`: left out, not its flags: %s", given, command, ", ".join(other))
     return {k: v for k, v in values.items() if k in known}
 
 

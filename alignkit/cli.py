@@ -129,8 +129,13 @@ def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[
     raise AlignkitError(f"unexpected argument {unknown[0]!r} for `alignkit {command}`")
 
 
-# ms-swift 2.x names each model by a registry key; the flag that names the same model by path or hub id.
-REGISTRY_FLAGS = (("model_type", "model"), ("ref_model_type", "ref_model"), ("reward_model_type", "reward_model"))
+# ms-swift 2.x names each model by a registry key; the flag that names the same model by path or hub id, and
+# that flag's 2.x spelling (the seeds' offline tip).
+REGISTRY_FLAGS = (
+    ("model_type", "model", "--model_id_or_path"),
+    ("ref_model_type", "ref_model", "--ref_model_id_or_path"),
+    ("reward_model_type", "reward_model", "--reward_model_id_or_path"),
+)
 
 
 def resolve_legacy_model_flags(values: dict) -> None:
@@ -141,7 +146,7 @@ def resolve_legacy_model_flags(values: dict) -> None:
     from alignkit.models.builtin import BUILTIN_MODEL_NAME
     from alignkit.models.registry import SwiftFamily, lookup_model_type
 
-    for type_key, model_key in REGISTRY_FLAGS:
+    for type_key, model_key, path_flag in REGISTRY_FLAGS:
         name = values.get(type_key)
         if name is None:
             continue
@@ -175,8 +180,8 @@ def resolve_legacy_model_flags(values: dict) -> None:
             logger.info(
                 "--%s %s: %s from the Hugging Face Hub (ms-swift 2.x downloads it from ModelScope as %s; ms-swift "
                 "renders it with its template %s, alignkit with the model's own chat template or --template). "
-                "Offline: download it elsewhere and pass --model_id_or_path DIR --check_model_is_latest false",
-                type_key, name, entry.hf_id, entry.modelscope_id, entry.template)
+                "Offline: download it elsewhere and pass %s DIR --check_model_is_latest false",
+                type_key, name, entry.hf_id, entry.modelscope_id, entry.template, path_flag)
         values[model_key] = [model] if model_key == "reward_model" else model
 
 

@@ -69,7 +69,7 @@ def test_infer_arguments_passed_to_app_keep_the_apps_flags(caplog):
         typed = api.typed_arguments("app", api.InferArguments(ckpt_dir="ckpt", load_dataset_config=True,
                                                               max_new_tokens=7))
     assert isinstance(typed, TypedAppArguments) and typed.ckpt_dir == "ckpt" and typed.max_new_tokens == 7
-    assert "load_dataset_config are not its flags and are left out" in caplog.text
+    assert "for `alignkit app`: left out, not its flags: load_dataset_config" in caplog.text
 
 
 def test_an_unknown_keyword_stops_with_the_closest_flag():

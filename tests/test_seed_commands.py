@@ -151,10 +151,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def run_seed(command: str, *, model: str, dataset: str, extra: tuple[str, ...] = ()) -> Path:
+def run_seed(command: str, *, model: str, dataset: str) -> Path:
     """Run a seed command with only its --dataset swapped, plus the offline tip and --max_steps 1; returns the
     run directory (under ./output, the command's own --output_dir or default)."""
-    argv = shlex.split(command)
+    argv = shlex.split(command.replace("\\\n", " "))  # the shell's line continuations
     assert argv[0] == "swift"
     argv = argv[1:]
     argv[argv.index("--dataset") + 1] = dataset
@@ -162,7 +162,7 @@ def run_seed(command: str, *, model: str, dataset: str, extra: tuple[str, ...] =
         argv[argv.index("--model_id_or_path") + 1] = model
     else:
         argv += ["--model_id_or_path", model]
-    argv += ["--check_model_is_latest", "false", "--max_steps", "1", *extra]
+    argv += ["--check_model_is_latest", "false", "--max_steps", "1"]
     assert main(argv) == 0
     (run_dir,) = [p for p in Path("output").iterdir() if p.is_dir()]
     return run_dir
@@ -203,10 +203,27 @@ def test_seed_001_rm(tiny_model_dir, tmp_path):
     assert (checkpoint / "value_head.safetensors").is_file()
 
 
-def test_seed_001_ppo(tiny_model_dir, tmp_path):
+def brief_tiny_model(path: Path) -> str:
+    """The tiny model, made to end its answers after a few tokens: every token's embedding gets a large shared
+    component, the end-of-turn token's a slightly larger one, so (with tied embeddings) its logit stands about 2
+    above the rest. The seed's --max_completion_length default (512) then costs seconds instead of minutes."""
+    from conftest import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.model.embed_tokens.weight[tokenizer.eos_token_id, 0] = 10.3
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_seed_001_ppo(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    policy = brief_tiny_model(tmp_path / "policy")
+    tokenizer = AutoTokenizer.from_pretrained(policy)
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
@@ -215,9 +232,9 @@ def test_seed_001_ppo(tiny_model_dir, tmp_path):
     LlamaForSequenceClassification(config).save_pretrained(reward_model)
     tokenizer.save_pretrained(reward_model)
     command = SEED_001["ppo"].replace("path/to/reawrd_model", str(reward_model))  # the document's placeholder
-    run_dir = run_seed(command, model=tiny_model_dir,
-                       dataset=write_jsonl(tmp_path / "harmless_base_cn.jsonl", hh_rlhf_cn_rows()))
-    assert_checkpoint(run_dir, tiny_model_dir, "ppo")
+    run_dir = run_seed(command, model=policy, dataset=write_jsonl(tmp_path / "harmless_base_cn.jsonl",
+                                                                   hh_rlhf_cn_rows()))
+    assert_checkpoint(run_dir, policy, "ppo")
     assert json.loads((run_dir / "args.json").read_text())["reward_model"] == [str(reward_model)]
 
 
