@@ -11,6 +11,7 @@ import pytest
 
 from alignkit import api
 from alignkit.config import AppArguments as TypedAppArguments
+from alignkit.config import InferArguments as TypedInferArguments
 from alignkit.config import RunArguments
 
 
@@ -70,6 +71,8 @@ def test_infer_arguments_passed_to_app_keep_the_apps_flags(caplog):
                                                               max_new_tokens=7))
     assert isinstance(typed, TypedAppArguments) and typed.ckpt_dir == "ckpt" and typed.max_new_tokens == 7
     assert "for `alignkit app`: left out, not its flags: load_dataset_config" in caplog.text
+    typed = api.typed_arguments("app", TypedInferArguments(ckpt_dir="ckpt", val_dataset=["x.jsonl"]))
+    assert isinstance(typed, TypedAppArguments) and typed.ckpt_dir == "ckpt"
 
 
 def test_an_unknown_keyword_stops_with_the_closest_flag():
