@@ -31,8 +31,12 @@ class RunArguments:
     )
     model_type: str | None = option(
         None,
-        "ms-swift compatibility. A local path here is used as --model; a registry name (e.g. "
-        "llama3-8b-instruct) needs --model as well, since alignkit has no model registry.", may_differ_on_resume=True)
+        "ms-swift's model registry name. Without --model, a 2.x name (llama3-8b-instruct, yi-6b-chat, ...) is the "
+        "model: its Hugging Face id (`python -m alignkit.models.registry` lists them); a 3.x family name (qwen2_5) "
+        "needs --model, as in ms-swift; a local path is used as --model. Beside --model it only names the family.",
+        may_differ_on_resume=True,
+        differs="ms-swift renders with the registry entry's template; alignkit with the model's own chat template "
+        "(or --template), and downloads the Hugging Face id where ms-swift 2.x downloads the ModelScope one")
     model_revision: str | None = option(None, "Hub revision (branch, tag or commit) of --model.")
     ref_model: str | None = option(
         None,
@@ -40,7 +44,8 @@ class RunArguments:
         "with LoRA the adapter-disabled base).",
         aliases=("--ref_model_id_or_path",), applies_to=("dpo", "kto", "ppo", "grpo",))
     ref_model_type: str | None = option(
-        None, "ms-swift compatibility, handled like --model_type for --ref_model.", may_differ_on_resume=True)
+        None, "ms-swift's registry name of the reference model, resolved like --model_type for --ref_model (the "
+        "same name as --model_type: the policy's starting weights).", may_differ_on_resume=True)
     adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
     dtype: str = dtype_option(
         "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
@@ -50,6 +55,16 @@ class RunArguments:
         "default), off on CPU.", may_differ_on_resume=True,
         differs="unset, it is on with a GPU as in ms-swift but off on a CPU, where memory is rarely the limit and it "
         "only costs time (logged once)")
+
+    # --- ms-swift's model registry and hubs (alignkit/models/registry.py) ---
+    reward_model_type: str | None = option(
+        None, "ms-swift's registry name of the reward model, resolved like --model_type for --reward_model "
+        "(beside --reward_model it only names the family).", applies_to=("ppo", "grpo",), may_differ_on_resume=True)
+    use_hf: bool = option(
+        False, "ms-swift: download from the Hugging Face Hub instead of ModelScope.", may_differ_on_resume=True,
+        differs="alignkit downloads models and datasets from the Hugging Face Hub whatever the value (ms-swift's "
+        "default, false, downloads from ModelScope); registry names resolve to their Hugging Face ids, and a "
+        "dataset that only ModelScope holds stops with its id and how to pass a local copy")
 
     # --- data ---
     dataset: list[str] = option(
@@ -391,7 +406,7 @@ class RunArguments:
         [],
         "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
-        nargs="+", applies_to=("ppo", "grpo",))
+        aliases=("--reward_model_id_or_path",), nargs="+", applies_to=("ppo", "grpo",))
     reward_adapters: list[str] = option(
         [],
         "LoRA adapters merged into --reward_model.",

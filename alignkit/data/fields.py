@@ -10,6 +10,7 @@ Messages are accepted in the spellings the common formats use and normalised to
     {"role": "user", "content": "hi"}        OpenAI / ms-swift / TRL
     {"from": "human", "value": "hi"}         ShareGPT / LLaMA-Factory
     {"from": "human", "content": "hi"}       ColossalChat
+    {"role": "human", "text": "hi"}          ms-swift's hh-rlhf-cn
     -> {"role": "user", "content": "hi"}
 """
 
@@ -70,11 +71,11 @@ def message(value: Any, where: str, source: RowSource) -> Message:
     if not isinstance(value, dict):
         raise error(source, where, f"expected a message {{'role': ..., 'content': ...}}, got {type(value).__name__}")
     role_key = "role" if "role" in value else "from"
-    content_key = "content" if "content" in value else "value"
+    content_key = next((key for key in ("content", "value", "text") if key in value), "content")
     if missing(value.get(role_key)):
         raise error(source, where, "message has no 'role' (or 'from')")
     if missing(value.get(content_key)):
-        raise error(source, where, "message has no 'content' (or 'value')")
+        raise error(source, where, "message has no 'content' (or 'value', 'text')")
     role, content = value[role_key], value[content_key]
     role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is no key
     if role not in ROLES:

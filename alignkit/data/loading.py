@@ -35,6 +35,7 @@ from typing import Any
 from alignkit.data.builtin import BUILTIN_DATASETS
 from alignkit.data.fields import IMAGE_COLUMNS, has
 from alignkit.data.formats import KINDS, Format, auto_columns, convert, detect_format, natural_kind
+from alignkit.data.hub_datasets import SwiftDataset, find_swift_dataset
 from alignkit.data.mixing import interleave_rows
 from alignkit.data.rows import (
     ClassificationRow,
@@ -393,6 +394,9 @@ def _load(name: str, options: LoadOptions, seed: int, report: list[FileReport] |
         return rows
     if path.suffix.lower() in FILE_SUFFIXES or name.startswith((".", "/", "~")):
         raise AlignkitError(f"dataset file '{name}' not found")
+    registered = find_swift_dataset(name)
+    if registered is not None:
+        return _load_swift_dataset(name, *registered, options, report)
     return _load_hub(name, options, report)
 
 
@@ -438,6 +442,42 @@ def _load_builtin(name: str, split: str, kind: str | None, seed: int) -> list[Ro
         )
     logger.info("builtin:%s: %d rows (split '%s', data_seed %d)", name, len(rows), split, seed)
     return rows
+
+
+def _load_swift_dataset(name: str, dataset: SwiftDataset, subset: str | None, options: LoadOptions,
+                        report: list[FileReport] | None) -> list[Row]:
+    """An ms-swift dataset name (alignkit/data/hub_datasets.py): its Hugging Face copy, read with ms-swift's
+    column mapping; one that only ModelScope holds, or a hub that cannot be reached, stops saying what to pass."""
+    where = f"{dataset.modelscope_id}" + (f", subset {subset}" if subset else "")
+    local = f"pass the local file ({', '.join(FILE_SUFFIXES)}) or folder with --dataset"
+    if dataset.hf_id is None:
+        raise AlignkitError(
+            f"dataset '{name}' is ms-swift's ModelScope dataset {where}, which has no Hugging Face copy that "
+            f"ms-swift names; alignkit downloads from the Hugging Face Hub only. Download it (for example `modelscope "
+            f"download --dataset {dataset.modelscope_id} --local_dir DIR`) and {local}"
+        )
+    import datasets
+
+    try:
+        data = datasets.load_dataset(dataset.hf_id, subset, split="train")
+    except Exception as exc:  # offline, no such dataset or subset: the user's fix is the same
+        raise AlignkitError(
+            f"cannot load dataset '{name}' (ms-swift's {where}) as '{dataset.hf_id}' from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}). If this machine is offline, download it elsewhere and {local}"
+        ) from exc
+    file = f"hub:{dataset.hf_id}"
+    logger.info("dataset '%s': ms-swift's %s, read from the Hugging Face Hub as %s", name, where, dataset.hf_id)
+    records: list[Record] = list(enumerate(data.to_list(), start=1))
+    if dataset.clean is not None:
+        records = [(n, _cleaned(dataset.clean, r, file, n)) for n, r in records]
+    return rows_from_records(rename(records, dataset.columns, file), file, options, report)
+
+
+def _cleaned(clean, record: dict[str, Any], file: str, row: int) -> dict[str, Any] | DataError:
+    try:
+        return clean(record)
+    except KeyError as exc:  # the hub's copy lacks a column ms-swift's clean-up reads
+        return DataError(f"missing column {exc}, which ms-swift's reading of this dataset needs", file=file, row=row)
 
 
 def _load_hub(name: str, options: LoadOptions, report: list[FileReport] | None) -> list[Row]:

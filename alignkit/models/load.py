@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -43,9 +44,14 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
     if Path(model).expanduser().exists():
         return AlignkitError(f"cannot load the model in {model} ({detail})")
+    from alignkit.models.registry import model_type_of_hub_id
+
+    entry = model_type_of_hub_id(model)
+    named = f" (ms-swift's --model_type {entry.name})" if entry is not None else ""
     return AlignkitError(
-        f"could not load '{model}' from the model hub ({detail}). "
-        "If this machine is offline, download the model elsewhere and pass its local directory with --model."
+        f"could not load '{model}'{named} from the model hub ({detail}). "
+        "If this machine is offline, download the model elsewhere and pass its local directory with --model "
+        "(ms-swift's offline spelling: --model_id_or_path DIR --check_model_is_latest false)."
     )
 
 
@@ -214,23 +220,55 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, list[str]]:
-    """--ckpt_dir (ms-swift) names a run's checkpoint: an adapter (base model read from its config) or a
-    full model directory. Returns (model, adapters)."""
+    """--ckpt_dir (ms-swift) names a run's checkpoint: an adapter or a full model directory. An adapter
+    (--ckpt_dir or the first of --adapters) without --model brings its own base (``adapter_base_model``).
+    Returns (model, adapters)."""
     if ckpt_dir is None:
+        if model is None and adapters:
+            model = adapter_base_model(adapters[0])
         return model, list(adapters)
     path = Path(ckpt_dir)
     if (path / "adapter_config.json").is_file():
-        import json
-
-        try:
-            config = json.loads((path / "adapter_config.json").read_text())
-        except (ValueError, OSError) as error:
-            raise AlignkitError(f"--ckpt_dir {ckpt_dir}: adapter_config.json is unreadable ({error})") from error
-        base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-        return model or base, [str(path), *adapters]
+        return model or adapter_base_model(str(path), flag="--ckpt_dir"), [str(path), *adapters]
     if (path / "config.json").is_file():
         return str(path), list(adapters)
     raise AlignkitError(f"--ckpt_dir {ckpt_dir}: neither a LoRA adapter nor a model directory")
+
+
+def adapter_base_model(adapter: str, flag: str = "--adapters") -> str | None:
+    """The model an adapter was trained on: the ``model`` of its run's args.json (in the checkpoint, else its
+    run directory; ms-swift 2.x wrote ``model_id_or_path``/``model_type``), else peft's
+    ``base_model_name_or_path`` in adapter_config.json. A recorded path that no longer exists gives way to
+    the next source. None when nothing names one."""
+    from alignkit.models.registry import SwiftModel, lookup_model_type
+
+    path = Path(adapter).expanduser()
+    candidates: list[tuple[str, str]] = []
+    for args_file in (folder / name for folder in (path, path.parent) for name in ("args.json", "sft_args.json")):
+        saved = _read_json(args_file, flag, adapter)
+        base = saved.get("model") or saved.get("model_id_or_path")
+        if base is None and isinstance(lookup_model_type(str(saved.get("model_type", ""))), SwiftModel):
+            base = lookup_model_type(saved["model_type"]).hf_id
+        if isinstance(base, str) and base:
+            candidates.append((base, str(args_file)))
+    base = _read_json(path / "adapter_config.json", flag, adapter).get("base_model_name_or_path")
+    if isinstance(base, str) and base:
+        candidates.append((base, str(path / "adapter_config.json")))
+    if not candidates:
+        return None
+    chosen, source = next(((b, s) for b, s in candidates if Path(b).expanduser().exists()), candidates[0])
+    logger.info("%s %s: base model %s (from %s)", flag, adapter, chosen, source)
+    return chosen
+
+
+def _read_json(path: Path, flag: str, adapter: str) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise AlignkitError(f"{flag} {adapter}: {path.name} is unreadable ({error})") from error
+    return value if isinstance(value, dict) else {}
 
 
 def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,
