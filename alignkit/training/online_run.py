@@ -64,6 +64,12 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                           truncation_strategy=args.truncation_strategy, system=args.system, template=template,
                           loss_scale=args.loss_scale, use_chat_template=args.use_chat_template)
     prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
+    if prompt_limit <= 0:
+        raise AlignkitError(
+            f"--max_length {args.max_length} leaves no room for prompts after --max_completion_length "
+            f"{args.max_completion_length} completion tokens; raise --max_length (unset, it is the model's own "
+            "length) or lower --max_completion_length, or set --max_prompt_length"
+        )
     prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
     if not prompts:
