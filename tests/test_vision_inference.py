@@ -195,7 +195,8 @@ def test_merged_export_reloads_with_plain_transformers_with_the_adapters_logits_
     inputs = processor(text=[text], images=[pictures], add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         logits = merged(**inputs).logits
-        assert torch.allclose(logits, adapter_model(**inputs).logits, atol=1e-5)
+        # fp32 rounding of W + BA against the unmerged sum: 1.5e-5 seen with logits moved by ~7 from the base.
+        assert torch.allclose(logits, adapter_model(**inputs).logits, atol=1e-4)
         assert not torch.allclose(logits, base(**inputs).logits, atol=1e-3)
     generated = merged.generate(**inputs, max_new_tokens=8, do_sample=False)
     tokenizer = processor.tokenizer
