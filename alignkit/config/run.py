@@ -213,6 +213,11 @@ class RunArguments:
                                   "encoder and language model) frozen (full training and LoRA ALL targets).")
     freeze_llm: bool = option(False, "Vision-language models: keep the language model frozen (full training and "
                               "LoRA targets).")
+    check_speedups: bool = option(
+        True,
+        "With --padding_free: the first packed batch also runs padded (one extra forward) and the log-probs are "
+        "compared; past the dtype's rounding the run says by how much on which architecture and uses padded "
+        "batches (docs/performance.md).")
 
     # --- preference objectives (docs/objectives.md gives every formula) ---
     rlhf_type: str = option(

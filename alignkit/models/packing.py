@@ -20,12 +20,13 @@ This needs an attention implementation that takes a 4-D mask (sdpa or eager): se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.data.collate import Batch
 from alignkit.data.template import IGNORE_INDEX
+from alignkit.models.layout_check import LayoutCheck, config_of, sequence_difference
 from alignkit.models.logprobs import forward_logps
 
 # Rows of logits turned into log-softmax at once: bounds the fp32 copy to CHUNK × vocab.
@@ -224,13 +225,6 @@ def length_desensitised_token_weights(target_seqs: torch.Tensor, counts: torch.T
     return torch.where(position <= shared[target_seqs], 1.0, ld_alpha)
 
 
-def config_of(model):
-    """The model's config, through a DDP or DeepSpeed wrapper, which has none of its own."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return model.config
-
-
 @dataclass(frozen=True)
 class Layout:
     """How an algorithm lays out its forwards: padded (the default, ``forward_logps``), packed, or packed with
@@ -238,12 +232,21 @@ class Layout:
 
     padding_free: bool = False
     prefix_sharing: bool = False
+    # The run's self-check (alignkit.models.layout_check): its first packed batch also runs padded.
+    check: LayoutCheck | None = field(default=None, compare=False, repr=False)
 
     def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
         """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
         vision-language model's pixels) and attention implementations without 4-D masks run padded."""
-        if self.padding_free and not batch.model_inputs and supports_packing(model):
+        if not (self.padding_free and not batch.model_inputs and supports_packing(model)):
+            return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+
+        def packed():
             return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, average=average,
                                         ld_alpha=ld_alpha)
-        return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+
+        if self.check is None:
+            return packed()
+        return self.check.run(model, packed, lambda: forward_logps(model, batch, average=average, ld_alpha=ld_alpha),
+                              lambda fast, padded: sequence_difference(fast, padded, average=average))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from alignkit.config.run import RunArguments
+from alignkit.models.layout_check import LayoutCheck
 from alignkit.models.packing import Layout, supports_packing
 from alignkit.models.placement import split_map
 
@@ -26,7 +27,15 @@ def choose_layout(args: RunArguments, algorithm_name: str, model) -> tuple[Layou
     prefix_sharing = padding_free and args.prefix_sharing
     if args.prefix_sharing and not padding_free and "padding-free packing" in reasons:
         reasons["prompt-prefix sharing"] = "needs padding-free packing"
-    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing), reasons
+    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing,
+                  check=layout_check(args, prefix_sharing) if padding_free else None), reasons
+
+
+def layout_check(args: RunArguments, prefix_sharing: bool) -> LayoutCheck | None:
+    """The run's self-check of its packed layout (--check_speedups), or None."""
+    if not args.check_speedups:
+        return None
+    return LayoutCheck("padding-free packing" + (" + prompt-prefix sharing" if prefix_sharing else ""))
 
 
 def log_speedups(layout: Layout, *, precompute: bool, precision: str, gradient_checkpointing: bool,
