@@ -128,7 +128,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    layout, reasons = choose_layout(args, algorithm_name, model)
+    layout, reasons = choose_layout(args, algorithm_name, model, precision)
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
