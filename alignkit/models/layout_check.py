@@ -20,9 +20,10 @@ import torch
 logger = logging.getLogger("alignkit")
 
 # Per-token differences that rounding explains, by compute dtype. Measured between the padded and prefix-shared
-# layouts on the built-in model (SmolLM2-135M, CPU, sdpa): fp32 ≤ 2e-6, bf16 autocast ≤ 3e-2; a layout that
-# lets an answer see its pair's other answer differs by 0.1 to 1 per token.
-TOLERANCE_PER_TOKEN = {torch.float32: 1e-3, torch.bfloat16: 1e-1, torch.float16: 3e-2}
+# layouts on the built-in model (SmolLM2-135M, 16 built-in pairs, CPU, sdpa): at most 4.3e-6 in fp32 and 0.057
+# under bf16 autocast; a mask that lets each sequence see the ones before it in its row (an answer its pair's
+# other answer) differs by 0.1 to 1.2 per token, 0.6 or more at the worst sequence of each batch of 4 pairs.
+TOLERANCE_PER_TOKEN = {torch.float32: 1e-3, torch.bfloat16: 0.2, torch.float16: 0.05}
 
 
 def logps_tolerance(dtype: torch.dtype) -> float:
