@@ -209,7 +209,7 @@ def device_facts(device: str) -> dict:
     for _ in range(reps):
         a @ b
     synchronize()
-    facts["matmul_tflops"] = round(2 * n**3 * reps / (time.perf_counter() - start) / 1e12, 1)
+    facts["matmul_tflops"] = round(2 * n**3 * reps / (time.perf_counter() - start) / 1e12, 3)
     facts["matmul_shape"] = f"{n}x{n}x{n} {str(dtype).removeprefix('torch.')}"
     return facts
 
@@ -450,9 +450,10 @@ def parity(spec: dict, context: dict) -> dict:
     from alignkit.data.collate import PairCollator
     from alignkit.data.rows import PreferenceRow
     from alignkit.data.template import ChatEncoder
+    from alignkit.models.layout_check import logps_tolerance
     from alignkit.models.load import load_tokenizer
     from alignkit.models.logprobs import forward_logps
-    from alignkit.models.packing import logps_tolerance, packed_forward_logps
+    from alignkit.models.packing import packed_forward_logps
 
     workload, directory = context["workload"], model_dir(context, spec["model"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -473,14 +474,19 @@ def parity(spec: dict, context: dict) -> dict:
         grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
         return logps.detach(), counts, grads
 
-    layouts = {"packed": False, "prefix_shared": True}
+    # flex_attention's block masks where it runs backward (not on a CPU); sdpa's dense mask everywhere.
+    layouts = {"packed": ("sdpa", False), "prefix_shared": ("sdpa", True)}
+    if device == "cuda":
+        layouts.update(packed_flex=("flex_attention", False), prefix_shared_flex=("flex_attention", True))
     out = {}
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         autocast = torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast:
             padded, counts, padded_grads = run(lambda: forward_logps(model, batch))
-            for name, share in layouts.items():
+            for name, (attention, share) in layouts.items():
+                model.set_attn_implementation(attention)
                 logps, _, grads = run(lambda share=share: packed_forward_logps(model, batch, share_prefixes=share))
+                model.set_attn_implementation("sdpa")
                 per_token = ((logps - padded).abs() / counts.clamp(min=1)).max().item()
                 grad_rel = ((grads - padded_grads).norm() / padded_grads.norm()).item()
                 tolerance = logps_tolerance(dtype or torch.float32)
@@ -491,10 +497,68 @@ def parity(spec: dict, context: dict) -> dict:
             "tokens": int(batch.attention_mask.sum())}
 
 
+def packing_memory(spec: dict, context: dict) -> dict:
+    """Peak memory of one packed row's forward and backward as it grows, with sdpa's dense (L × L) mask and
+    with flex_attention's block mask: the first should grow with L², the second with L. Sequences of 512
+    tokens (pairs sharing a 384-token prompt), the model in eval mode so that transformers compiles flex without
+    autotuning; flex_attention has no backward on a CPU, so there only the dense mask runs."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.data.collate import PairCollator
+    from alignkit.data.template import Encoded
+    from alignkit.models.packing import pack, packed_attention_mask
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lengths = (2048, 4096, 8192, 16384) if device == "cuda" else (256, 512)
+    sequence = 512 if device == "cuda" else 64
+    model = AutoModelForCausalLM.from_pretrained(model_dir(context, spec["model"]), dtype=torch.float32).to(device)
+    model.eval()  # no dropout; gradients still flow
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    out: dict = {}
+    for attention in ("sdpa", "flex_attention"):
+        if attention == "flex_attention" and device == "cpu":
+            out[attention] = {"error": "flex_attention has no backward on a CPU"}
+            continue
+        model.set_attn_implementation(attention)
+        rows = out.setdefault(attention, {})
+        for length in lengths:
+            items = []
+            for i in range(length // (sequence + sequence // 4)):  # a pair: its prompt once, two answers
+                prompt = torch.randint(3, vocab, (3 * sequence // 4,), generator=generator).tolist()
+                answers = [torch.randint(3, vocab, (sequence // 4,), generator=generator).tolist() for _ in range(2)]
+                ids = [prompt + a for a in answers]
+                items.append((i, tuple(Encoded(x, [-100] * len(prompt) + x[len(prompt):]) for x in ids)))
+            packed = pack(PairCollator(0)(items).to(device), share_prefixes=True, row_tokens=length)
+            try:
+                synchronize()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                started = time.perf_counter()
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                                   attention_mask=packed_attention_mask(model, packed), logits_to_keep=packed.keep,
+                                   use_cache=False).logits
+                    logits.float().logsumexp(-1).sum().backward()
+                synchronize()
+                rows[str(packed.input_ids.shape[1])] = {
+                    "rows": packed.input_ids.shape[0], "seconds": round(time.perf_counter() - started, 3),
+                    "peak_gib": round((torch.cuda.max_memory_allocated() - base) / 2**30, 3) if device == "cuda"
+                    else None}
+            except Exception as error:  # noqa: BLE001 - an out-of-memory at one length is a result
+                rows[str(length)] = {"error": f"{type(error).__name__}: {error}"[:300]}
+            model.zero_grad(set_to_none=True)
+    model.set_attn_implementation("sdpa")
+    return {"lengths": out, "note": "peak_gib: above the model's weights; the first length includes compilation"}
+
+
 def prepare_and_save(spec: dict, context: dict) -> dict:
     result = prepare(spec, context)
     (Path(context["work"]) / "prepared.json").write_text(json.dumps(result))
     return result
 
 
-SECTIONS = {"prepare": prepare_and_save, "alignkit": alignkit_run, "trl": trl_dpo, "parity": parity}
+SECTIONS = {"prepare": prepare_and_save, "alignkit": alignkit_run, "trl": trl_dpo, "parity": parity,
+            "packing_memory": packing_memory}
