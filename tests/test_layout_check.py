@@ -38,18 +38,29 @@ def model(tiny_model_dir):
 
 
 def test_a_correct_layout_costs_one_extra_forward_and_says_so(model, caplog):
+    """A no-grad pass (DPO's reference pass) adds the padded forward; a training step compares in eval mode
+    (no dropout, no random numbers drawn) and then runs its own forward."""
     batch = PairCollator(0)(pair_items())
     calls = counted_forwards(model)
     layout = Layout(padding_free=True, prefix_sharing=True, check=LayoutCheck("prompt-prefix sharing"))
-    with caplog.at_level(logging.INFO, logger="alignkit"):
+    model.eval()
+    with caplog.at_level(logging.INFO, logger="alignkit"), torch.no_grad():
         first, _ = layout.logps(model, batch)
     assert len(calls) == 2 and layout.check.state == "passed"
     assert layout.check.difference < 1e-5
     assert "Speed-up check (prompt-prefix sharing) on LlamaForCausalLM, sdpa attention, float32" in caplog.text
-    assert "one extra forward" in caplog.text
+    assert "within" in caplog.text
     second, _ = layout.logps(model, batch)  # checked once per run
     assert len(calls) == 3
     torch.testing.assert_close(first, second)
+
+    model.train()
+    training = Layout(padding_free=True, prefix_sharing=True, check=LayoutCheck())
+    state = torch.random.get_rng_state()
+    logps, _ = training.logps(model, batch)
+    assert len(calls) == 6 and logps.requires_grad and training.check.state == "passed"
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_a_broken_layout_falls_back_to_padded_batches_and_says_by_how_much(model, caplog, monkeypatch):
@@ -125,7 +136,7 @@ def test_check_speedups_false_skips_the_extra_forward(tiny_model_dir, tmp_path, 
     monkeypatch.setattr(LlamaForCausalLM, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     with caplog.at_level(logging.INFO, logger="alignkit"):
         checked = run_dpo(tiny_model_dir, tmp_path / "checked")
-    assert "one extra forward" in caplog.text
+    assert "Speed-up check (padding-free packing + prompt-prefix sharing)" in caplog.text
     with_check, calls[:] = len(calls), []
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache2"))  # the reference pass runs again
     unchecked = run_dpo(tiny_model_dir, tmp_path / "unchecked", "--check_speedups", "false")

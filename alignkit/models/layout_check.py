@@ -4,7 +4,7 @@ is also run padded, and the log-probs compared.
 Packing and prefix sharing are exact only when the model's attention takes the layout's mask and position ids
 as Llama's does; an architecture whose attention or masking differs (sliding windows, a bidirectional prefix,
 a custom mask function, a kernel that ignores the mask) would train on wrong log-probs without a word. So the
-first batch costs one extra forward, padded and without gradient; if the two differ by more than the compute
+first batch also runs padded, without gradient (see ``LayoutCheck.run``); if the two differ by more than the compute
 dtype's rounding explains, the run says by how much, on which architecture, and uses padded batches from then
 on (``--check_speedups false`` skips the check). The difference is measured per token: |Δ sequence log-prob| /
 its labelled tokens, the largest over the batch.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -48,16 +49,27 @@ class LayoutCheck:
         self.difference: float | None = None
 
     def run(self, model, fast: Callable, padded: Callable, difference: Callable):
-        """``fast()`` or ``padded()``'s result; on the first call both run and ``difference(fast_out,
-        padded_out)`` (a 0-d tensor, per token) decides which one this and every later call uses."""
+        """``fast()`` or ``padded()``'s result; the first call also decides, from ``difference(fast_out,
+        padded_out)`` (a 0-d tensor, per token), which one this and every later call uses.
+
+        The comparison runs without gradient and without dropout: where the first call is itself such a pass
+        (the reference pass of DPO and KTO, a rollout's log-probs) it costs the one padded forward; in a training
+        step (dropout would make the two differ, and must not draw random numbers the run would otherwise use)
+        both run in eval mode first, then the step's own forward."""
         if self.state == "passed":
             return fast()
         if self.state == "failed":
             return padded()
-        out = fast()
-        with torch.no_grad():
-            reference = padded()
-        measured = difference(out, reference).detach().float()
+        if model.training or torch.is_grad_enabled():
+            with torch.no_grad(), evaluating(model):
+                self.decide(model, fast(), padded(), difference)
+            return fast() if self.state == "passed" else padded()
+        out, reference = fast(), padded()
+        self.decide(model, out, reference, difference)
+        return out if self.state == "passed" else reference
+
+    def decide(self, model, fast_out, padded_out, difference: Callable) -> None:
+        measured = difference(fast_out, padded_out).detach().float()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every process takes the same path: sharded engines run collectives inside each forward.
             torch.distributed.all_reduce(measured, op=torch.distributed.ReduceOp.MAX)
@@ -70,15 +82,25 @@ class LayoutCheck:
         if self.difference <= tolerance:
             self.state = "passed"
             logger.info("Speed-up check (%s) on %s: the first batch's log-probs are within %.2g per token of the "
-                        "padded path's (tolerance %.2g); one extra forward", self.what, setting, self.difference,
-                        tolerance)
-            return out
+                        "padded path's (tolerance %.2g)", self.what, setting, self.difference, tolerance)
+            return
         self.state = "failed"
         logger.warning("Speed-up check (%s) on %s: the first batch's log-probs differ from the padded path's by "
                        "%.3g per token (tolerance %.2g): this model's attention does not take the packed layout "
                        "as Llama's does, so this run uses padded batches (--check_speedups false skips the check)",
                        self.what, setting, self.difference, tolerance)
-        return padded() if torch.is_grad_enabled() else reference
+
+
+@contextmanager
+def evaluating(model):
+    """Every module in eval mode (no dropout), each put back as it was."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def sequence_difference(fast: tuple, padded: tuple, *, average: bool) -> torch.Tensor:
