@@ -13,6 +13,7 @@ from alignkit.cli import main
 from alignkit.data.collate import PairCollator
 from alignkit.models import packing
 from alignkit.models.layout_check import LayoutCheck, logps_tolerance
+from alignkit.models.load import add_lora
 from alignkit.models.logprobs import forward_logps
 from alignkit.models.packing import Layout
 
@@ -54,13 +55,20 @@ def test_a_correct_layout_costs_one_extra_forward_and_says_so(model, caplog):
     assert len(calls) == 3
     torch.testing.assert_close(first, second)
 
-    model.train()
+    # LoRA with dropout: in train mode the two layouts would draw different dropout masks.
+    model = add_lora(model, rank=4, alpha=8, dropout=0.3, target_modules=["all-linear"]).train()
     training = Layout(padding_free=True, prefix_sharing=True, check=LayoutCheck())
     state = torch.random.get_rng_state()
-    logps, _ = training.logps(model, batch)
-    assert len(calls) == 6 and logps.requires_grad and training.check.state == "passed"
-    assert model.training and all(m.training for m in model.modules())
-    assert torch.equal(torch.random.get_rng_state(), state)
+    with torch.random.fork_rng():
+        logps, _ = training.logps(model, batch)
+        assert len(calls) == 6 and logps.requires_grad and training.check.state == "passed"
+        assert training.check.difference < 1e-5
+        assert model.training and all(m.training for m in model.modules())
+        after_step = torch.random.get_rng_state()
+    torch.random.set_rng_state(state)
+    packed, _ = Layout(padding_free=True, prefix_sharing=True).logps(model, batch)  # the step alone
+    assert torch.equal(torch.random.get_rng_state(), after_step)  # the check drew no random numbers
+    torch.testing.assert_close(packed, logps)
 
 
 def test_a_broken_layout_falls_back_to_padded_batches_and_says_by_how_much(model, caplog, monkeypatch):
