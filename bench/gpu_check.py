@@ -79,7 +79,8 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
         add("trl_dpo_full", "trl", model, main, 50, train_type="full")
         add("sft_full", "alignkit", model, main, 35, algorithm="sft", train_type="full")
         add("grpo_lora", "alignkit", model, main, 50, algorithm="grpo", train_type="lora")
-        if model == small:  # flex_attention compiles once per shape here: last in its worker
+        if model == small:  # flex_attention compiles once per shape: last in the worker
+            add("parity_flex", "parity", model, main, 90, attention="flex_attention")
             add("packing_memory", "packing_memory", model, main, 90)
         add("dpo_lora_liger", "alignkit", model, liger, 45, algorithm="dpo", train_type="lora", liger=True)
         add("trl_dpo_lora_liger", "trl", model, liger, 50, train_type="lora", liger=True)

@@ -444,7 +444,9 @@ def trl_dpo(spec: dict, context: dict) -> dict:
 
 def parity(spec: dict, context: dict) -> dict:
     """Packed and prefix-shared log-probs and gradients against the padded path's on this device, in fp32 and
-    under bf16 autocast: the largest per-token log-prob difference and the relative gradient difference."""
+    under bf16 autocast: the largest per-token log-prob difference and the relative gradient difference. The
+    packed rows run with sdpa's dense mask, or (option ``attention``) flex_attention's block mask, which
+    transformers compiles per shape (the model is in eval mode: no autotuning)."""
     from transformers import AutoModelForCausalLM
 
     from alignkit.data.collate import PairCollator
@@ -474,10 +476,11 @@ def parity(spec: dict, context: dict) -> dict:
         grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
         return logps.detach(), counts, grads
 
-    # flex_attention's block masks where it runs backward (not on a CPU); sdpa's dense mask everywhere.
-    layouts = {"packed": ("sdpa", False), "prefix_shared": ("sdpa", True)}
-    if device == "cuda":
-        layouts.update(packed_flex=("flex_attention", False), prefix_shared_flex=("flex_attention", True))
+    attention = spec["options"].get("attention", "sdpa")
+    if attention == "flex_attention" and device == "cpu":
+        raise RuntimeError("flex_attention has no backward on a CPU: its parity runs on the GPU only")
+    suffix = "_flex" if attention == "flex_attention" else ""
+    layouts = {f"packed{suffix}": (attention, False), f"prefix_shared{suffix}": (attention, True)}
     out = {}
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         autocast = torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()

@@ -24,7 +24,7 @@ def test_the_gpu_plan_covers_both_models_every_method_engine_and_peer():
             assert f"{section}/{model}" in names
     for engine in ("zero2", "zero3", "fsdp2"):
         assert f"dpo_full_{engine}/llama-0.5b" in names
-    assert "packing_memory/llama-0.5b" in names
+    assert {"packing_memory/llama-0.5b", "parity_flex/llama-0.5b"} <= names
 
 
 def test_dry_run_writes_every_field_and_survives_a_crashed_worker(tiny_model_dir, tmp_path):
@@ -64,6 +64,7 @@ def test_dry_run_writes_every_field_and_survives_a_crashed_worker(tiny_model_dir
     assert parity["status"] == "ok" and parity["ok"]
     assert set(parity["layouts"]) == {"packed_fp32", "prefix_shared_fp32", "packed_bf16", "prefix_shared_bf16"}
     assert parity["layouts"]["prefix_shared_fp32"]["logp_per_token_max_diff"] < 1e-4
+    assert "no backward on a CPU" in sections["parity_flex/llama-tiny"]["error"]
     memory = sections["packing_memory/llama-tiny"]
     assert memory["status"] == "ok" and all("seconds" in r for r in memory["lengths"]["sdpa"].values())
 
