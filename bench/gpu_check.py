@@ -61,7 +61,8 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
     """Every section, in priority order (the budget may run out), with its worker group and time budget (s).
 
     Groups: one worker runs a group's sections one after another; ``main:<model>`` holds the sections that
-    leave no process-wide state behind."""
+    leave no process-wide state behind. Order: the small model's sections, its Liger ones, the engines, the
+    flex_attention ones (compiled per shape), then the large model's."""
     small, *rest = models
     scale = {m: 1.0 if i == 0 else 1.6 for i, m in enumerate(models)}  # the larger model takes longer
     sections = []
@@ -79,14 +80,14 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
         add("trl_dpo_full", "trl", model, main, 50, train_type="full")
         add("sft_full", "alignkit", model, main, 35, algorithm="sft", train_type="full")
         add("grpo_lora", "alignkit", model, main, 50, algorithm="grpo", train_type="lora")
-        if model == small:  # flex_attention compiles once per shape: last in the worker
-            add("parity_flex", "parity", model, main, 90, attention="flex_attention")
-            add("packing_memory", "packing_memory", model, main, 90)
+        if model == small:  # flex_attention compiles once per shape: after the measured sections
+            add("parity_flex", "parity", model, "flex", 90, attention="flex_attention")
+            add("packing_memory", "packing_memory", model, "flex", 90)
         add("dpo_lora_liger", "alignkit", model, liger, 45, algorithm="dpo", train_type="lora", liger=True)
         add("trl_dpo_lora_liger", "trl", model, liger, 50, train_type="lora", liger=True)
     for engine in ("zero2", "zero3", "fsdp2"):
         add(f"dpo_full_{engine}", "alignkit", small, engine, 60, algorithm="dpo", train_type="full", engine=engine)
-    order = [f"main:{small}", f"liger:{small}", "zero2", "zero3", "fsdp2"]
+    order = [f"main:{small}", f"liger:{small}", "zero2", "zero3", "fsdp2", "flex"]
     order += [g for m in rest for g in (f"main:{m}", f"liger:{m}")]
     return sorted(sections, key=lambda s: order.index(s["group"]))
 
