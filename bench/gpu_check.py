@@ -120,6 +120,8 @@ def main() -> None:
     (work / "plan.json").write_text(json.dumps({"context": context, "sections": sections}, indent=1))
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                        "TOKENIZERS_PARALLELISM": "false", "ALIGNKIT_CACHE": str(work / "cache")})
+    if args.dry_run:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, also on a machine with a GPU
     deadline = started + args.budget_s
     prepared = run_sections(work, [{"name": "prepare", "kind": "prepare", "group": "prepare", "model": None,
                                     "budget_s": 300 if not args.dry_run else 120, "options": {}}],
