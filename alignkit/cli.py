@@ -129,29 +129,73 @@ def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[
     raise AlignkitError(f"unexpected argument {unknown[0]!r} for `alignkit {command}`")
 
 
+# ms-swift 2.x names each model by a registry key; the flag that names the same model by path or hub id, and
+# that flag's 2.x spelling (the seeds' offline tip).
+REGISTRY_FLAGS = (
+    ("model_type", "model", "--model_id_or_path"),
+    ("ref_model_type", "ref_model", "--ref_model_id_or_path"),
+    ("reward_model_type", "reward_model", "--reward_model_id_or_path"),
+)
+
+
 def resolve_legacy_model_flags(values: dict) -> None:
-    """ms-swift 2.x named models by registry key (--model_type llama3-8b-instruct); alignkit has no
-    registry, so a path there is taken as the model and a name needs --model alongside."""
-    for type_key, model_key in (("model_type", "model"), ("ref_model_type", "ref_model")):
+    """ms-swift's registry names (--model_type llama3-8b-instruct, --ref_model_type, --reward_model_type).
+    Beside the flag that names the model (--model / --model_id_or_path, ...) a name only says which family
+    the model is; alone, a 2.x name is the model, downloaded by its Hugging Face id (alignkit/models/registry.py),
+    and a local path there is used as the model."""
+    from alignkit.models.builtin import BUILTIN_MODEL_NAME
+    from alignkit.models.registry import SwiftFamily, lookup_model_type
+
+    for type_key, model_key, path_flag in REGISTRY_FLAGS:
         name = values.get(type_key)
         if name is None:
             continue
-        from alignkit.models.builtin import BUILTIN_MODEL_NAME
-
         if type_key == "ref_model_type" and name == values.get("model_type"):
             # The seeds name the policy's own model as reference: that is the default reference anyway.
             logger.info("--ref_model_type %s: the reference is the policy's starting weights", name)
             continue
-        if values.get(model_key) is not None:
-            logger.info("--%s %s is ignored: --%s %s names the model", type_key, name, model_key, values[model_key])
-        elif Path(name).expanduser().exists() or name.lower() == BUILTIN_MODEL_NAME:
-            values[model_key] = name
-        else:
+        entry = lookup_model_type(name)
+        if values.get(model_key):
+            shown = " ".join(values[model_key]) if isinstance(values[model_key], list) else values[model_key]
+            family = f" (ms-swift's template: {entry.template})" if entry is not None else ""
+            logger.info("--%s %s%s: --%s %s is the model; alignkit renders with its own chat template or "
+                        "--template", type_key, name, family, model_key, shown)
+            continue
+        if Path(name).expanduser().exists() or name.lower() == BUILTIN_MODEL_NAME:
+            model = name
+        elif entry is None:
             raise AlignkitError(
-                f"--{type_key} {name} is an ms-swift model registry name, which alignkit does not have. "
-                f"Pass --{model_key} with a local model directory or a hub id (for example "
-                f"--{model_key} /path/to/{name}); --{type_key} may stay and is then ignored."
+                f"--{type_key} {name} is not an ms-swift model registry name alignkit knows (`python -m "
+                f"alignkit.models.registry` lists them). Pass --{model_key} with a local model directory or a "
+                f"Hugging Face id (for example --{model_key} /path/to/{name}); --{type_key} may stay beside it."
             )
+        elif isinstance(entry, SwiftFamily):
+            raise AlignkitError(
+                f"--{type_key} {name} is an ms-swift 3.x model family (template {entry.template}), not one model: "
+                f"as in ms-swift, pass the model with --{model_key} (a Hugging Face id such as "
+                f"{entry.example_hf_id}, or a local directory); --{type_key} may stay beside it."
+            )
+        else:
+            model = entry.hf_id
+            logger.info(
+                "--%s %s: %s from the Hugging Face Hub (ms-swift 2.x downloads it from ModelScope as %s; ms-swift "
+                "renders it with its template %s, alignkit with the model's own chat template or --template). "
+                "Offline: download it elsewhere and pass %s DIR --check_model_is_latest false",
+                type_key, name, entry.hf_id, entry.modelscope_id, entry.template, path_flag)
+        values[model_key] = [model] if model_key == "reward_model" else model
+
+
+def fill_model_from_adapters(values: dict) -> None:
+    """--adapters DIR without --model: the base is the one the adapter was trained on, read from its run's
+    args.json or its adapter_config.json (as ms-swift reads its args.json), not the built-in model."""
+    if values.get("model") is not None or not values.get("adapters"):
+        return
+    from alignkit.models.load import adapter_base_model
+
+    adapter = values["adapters"][0].split("=", 1)[-1]  # deploy names adapters NAME=DIR
+    base = adapter_base_model(adapter)
+    if base is not None:
+        values["model"] = base
 
 
 def setup_logging() -> None:
@@ -165,25 +209,54 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def expand_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``alignkit sft x.yaml --lr 1e-5``: the file's flags take its place, so the flags after it win, and its
+    ENV block is set (alignkit/config/config_file.py)."""
+    from alignkit.config.config_file import apply_env, is_config_file, read_config_file
+
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
+    if len(argv) < 2 or argv[0] not in commands or not is_config_file(argv[1]):
+        return argv
+    config = read_config_file(argv[1])
+    known = {s for action in commands[argv[0]]._actions for s in action.option_strings}
+    for key in config.keys:
+        if f"--{key}" not in known:
+            try:
+                reject_unknown(parser, argv[0], [f"--{key}"])
+            except AlignkitError as error:
+                raise AlignkitError(f"config file {config.path}: key '{key}': {error}") from None
+    apply_env(config)
+    return [argv[0], *config.argv, *argv[2:]]
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str | None, dict, list[str]]:
+    """(sub-command, its flags' values, the command line with any config file expanded)."""
+    argv = expand_config_file(parser, argv)
+    namespace, unknown = parser.parse_known_args(argv)
+    if namespace.command is not None and unknown:
+        reject_unknown(parser, namespace.command, unknown)
+    values = vars(namespace)
+    return values.pop("command"), values, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = build_parser()
     try:
-        namespace, unknown = parser.parse_known_args(argv)
-        if namespace.command is None:
+        command, values, argv = parse_command_line(parser, argv)
+        debug = debug or bool(values.get("debug"))
+        if command is None:
             parser.print_help()
             return 2
-        if unknown:
-            reject_unknown(parser, namespace.command, unknown)
         setup_logging()
-        if namespace.command in TRAIN_COMMANDS:
+        if command in TRAIN_COMMANDS:
             from alignkit.training.launch import relaunch, torchrun_command
 
-            command = torchrun_command(argv, dict(os.environ))
-            if command is not None:
-                return relaunch(command)
-        return dispatch(namespace.command, vars(namespace))
+            launch = torchrun_command(argv, dict(os.environ))
+            if launch is not None:
+                return relaunch(launch)
+        return dispatch(command, values)
     except AlignkitError as error:
         if debug:
             raise
@@ -197,65 +270,77 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def dispatch(command: str, values: dict) -> int:
-    values.pop("command")
+def typed_arguments(command: str, values: dict):
+    """The edge: ms-swift's spellings resolved (registry names, an adapter's base), then the command's typed
+    arguments (RunArguments for sft/rlhf/dpo)."""
+    values = dict(values)
     if command in TRAIN_COMMANDS:
-        from alignkit.config.run import RunArguments
-        from alignkit.training.run import run_training
-
         resolve_legacy_model_flags(values)
         if command == "dpo":
             values["rlhf_type"] = "dpo"
-        args = RunArguments(**values)
-        checkpoint = run_training(args, task="sft" if command == "sft" else "rlhf")
+    fill_model_from_adapters(values)
+    return arguments_class(command)(**values)
+
+
+def arguments_class(command: str) -> type:
+    from alignkit import config
+
+    if command in TRAIN_COMMANDS:
+        return config.RunArguments
+    classes = {"infer": config.InferArguments, "eval": config.EvalArguments, "demo": config.DemoArguments,
+               "data": config.DataArguments, "export": config.ExportArguments, "deploy": config.DeployArguments,
+               "app": config.AppArguments, "cache": config.CacheArguments}
+    if command not in classes:
+        raise AlignkitError(f"unknown command {command}")
+    return classes[command]
+
+
+def training_task(command: str) -> str:
+    return "sft" if command == "sft" else "rlhf"
+
+
+def dispatch(command: str, values: dict) -> int:
+    args = typed_arguments(command, values)
+    if command in TRAIN_COMMANDS:
+        from alignkit.training.run import run_training
+
+        checkpoint = run_training(args, task=training_task(command))
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"last checkpoint: {checkpoint}")
         return 0
     if command == "infer":
         from alignkit.commands.infer import run_infer
-        from alignkit.config.commands import InferArguments
 
-        return run_infer(InferArguments(**values))
+        return run_infer(args)
     if command == "eval":
         from alignkit.commands.eval import run_eval
-        from alignkit.config.commands import EvalArguments
 
-        return run_eval(EvalArguments(**values))
+        return run_eval(args)
     if command == "demo":
         from alignkit.commands.demo import run_demo
-        from alignkit.config.commands import DemoArguments
 
-        return run_demo(DemoArguments(**values))
+        return run_demo(args)
     if command == "data":
         from alignkit.commands.data import run_data
-        from alignkit.config.commands import DataArguments
 
-        return run_data(DataArguments(**values))
+        return run_data(args)
     if command == "export":
         from alignkit.commands.export import run_export
-        from alignkit.config.commands import ExportArguments
 
-        return run_export(ExportArguments(**values))
+        return run_export(args)
     if command == "deploy":
-        from alignkit.config.commands import DeployArguments
-
         with serve_extra(command):
             from alignkit.commands.deploy import run_deploy
-        return run_deploy(DeployArguments(**values))
+        return run_deploy(args)
     if command == "app":
-        from alignkit.config.commands import AppArguments
-
         with serve_extra(command):
             import gradio  # noqa: F401  (alignkit.commands.app imports it late; check before the model loads)
 
             from alignkit.commands.app import run_app
-        return run_app(AppArguments(**values))
-    if command == "cache":
-        from alignkit.commands.cache import run_cache
-        from alignkit.config.commands import CacheArguments
+        return run_app(args)
+    from alignkit.commands.cache import run_cache
 
-        return run_cache(CacheArguments(**values))
-    raise AlignkitError(f"unknown command {command}")
+    return run_cache(args)
 
 
 @contextlib.contextmanager

@@ -405,7 +405,7 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
             [{"messages": [user("q"), {"role": "assistant"}]}],
             "sft",
             1,
-            "field 'messages[1]': message has no 'content' (or 'value')",
+            "field 'messages[1]': message has no 'content' (or 'value', 'text')",
         ),
         (
             [{"messages": [{"role": "bot", "content": "q"}]}],

@@ -105,6 +105,28 @@ def test_gradient_accumulation_of_four_single_rows_matches_one_batch_of_four(tin
     assert losses(tmp_path / "accumulated") == pytest.approx(losses(tmp_path / "batch"), abs=1e-4)
 
 
+def test_kto_two_processes_of_two_rows_match_one_process_of_four(tiny_model_dir, data, tmp_path):
+    # KTO's z is one number per step over both processes' rows (docs/objectives.md). The 9 pairs give 18 KTO rows:
+    # the epoch's last global batch holds 2, so the second process runs an uncounted KL batch there.
+    def kto(out: Path, *extra: str) -> list[str]:
+        return ["rlhf", "--rlhf_type", "kto", *argv("sft", tiny_model_dir, data / "pairs.jsonl", out, *extra)[1:]]
+
+    assert main(kto(tmp_path / "one", "--batch_size", "4", "--val_dataset", str(data / "pairs.jsonl"))) == 0
+    log = tmp_path / "two.log"
+    wait(launch(kto(tmp_path / "two", "--batch_size", "2", "--val_dataset", str(data / "pairs.jsonl")), log,
+                NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), log)
+    records = {}
+    for name in ("one", "two"):
+        (run_dir,) = (tmp_path / name).iterdir()
+        records[name] = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+    steps = [r for r in records["one"] if "loss" in r]
+    assert len(steps) == 5 and max(r["kl"] for r in steps) > 0.1  # z is not hidden by its clamp
+    for single, double in zip(records["one"], records["two"]):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "eval_loss", "eval_kl"):
+            if key in single:
+                assert double[key] == pytest.approx(single[key], abs=1e-4), key
+
+
 def test_two_nodes_on_loopback_match_one_process(tiny_model_dir, data, tmp_path):
     dataset = data / "pairs.jsonl"
     assert main(argv("dpo", tiny_model_dir, dataset, tmp_path / "one", "--batch_size", "4")) == 0

@@ -65,12 +65,13 @@ def test_one_defaults_table_fills_unset_flags_per_method_and_says_so(caplog):
     from alignkit.config.defaults import resolve
 
     caplog.set_level(logging.INFO, logger="alignkit")
-    assert resolve(RunArguments(), "simpo") == {"beta": 2.0, "loss_type": [], "dataset": ["arith-pref"]}
+    causal = {"task_type": "causal_lm", "disable_dropout": True}
+    assert resolve(RunArguments(), "simpo") == {"beta": 2.0, "loss_type": [], "dataset": ["arith-pref"], **causal}
     assert "--beta not set: using simpo's default 2.0 (alignkit/config/defaults.py)" in caplog.text
     grpo = resolve(RunArguments(rlhf_type="grpo", epsilon=0.3), "grpo")
-    assert grpo == {"beta": 0.04, "loss_type": ["grpo"], "dataset": ["arith-prompts"], "epsilon_high": 0.3}
-    said = RunArguments(beta=0.5, loss_type=["ipo"], dataset=["mine.jsonl"])
+    assert grpo == {"beta": 0.04, "loss_type": ["grpo"], "dataset": ["arith-prompts"], "epsilon_high": 0.3, **causal}
+    said = RunArguments(beta=0.5, loss_type=["ipo"], dataset=["mine.jsonl"], disable_dropout=True)
     caplog.clear()
-    assert resolve(said, "dpo") == {"beta": 0.5, "loss_type": ["ipo"], "dataset": ["mine.jsonl"]}
+    assert resolve(said, "dpo") == {"beta": 0.5, "loss_type": ["ipo"], "dataset": ["mine.jsonl"], **causal}
     assert "not set" not in caplog.text  # what the user said is never rewritten
     assert resolve(RunArguments(), "rm")["beta"] is None and resolve(RunArguments(), "sft")["dataset"] == ["arith-sft"]

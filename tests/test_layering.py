@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "alignkit"
 
 # Top to bottom; a module may import from its own layer and any layer after it in this list.
 LAYERS = [
-    ("cli", "__main__"),
+    ("cli", "__main__", "api"),
     ("commands",),
     ("training", "train"),
     ("generation",),

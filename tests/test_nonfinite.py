@@ -25,7 +25,7 @@ from alignkit.training.runner import LoopConfig
 class Poisoned:
     """SFT, but the loss is NaN for micro-batches holding ``bad_rows`` (or every one, with ``always``)."""
 
-    loss_unit = SFT.loss_unit
+    rows, loss_unit = SFT.rows, SFT.loss_unit
 
     def __init__(self, bad_rows=(), always=False):
         self.inner, self.bad_rows, self.always = SFT(), set(bad_rows), always

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from alignkit.cli import main
-from alignkit.data.collate import EncodedUnpaired, UnpairedCollator, split_prompt
+from alignkit.data.collate import EncodedUnpaired, UnpairedCollator, kl_rows, split_prompt
 from alignkit.data.template import Encoded
 
 PAIR_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -198,38 +198,37 @@ def test_bad_objective_flags_fail_before_loading(tiny_model_dir, tmp_path, capsy
 # ------------------------------------------------------------------ KTO data
 
 
-def test_kto_batch_of_one_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+def test_kto_needs_two_rows_per_optimizer_step_not_per_micro_batch(tiny_model_dir, tmp_path, capsys):
     assert run(tiny_model_dir, tmp_path / "out", "kto", batch_size=1) == 2
     err = capsys.readouterr().err
-    assert "--per_device_train_batch_size must be at least 2 (got 1)" in err
+    assert "across an optimizer step, which needs at least 2 rows" in err and "(got 1 × 1)" in err
     assert "apo_zero_unpaired" in err
-    # Without a KL term a single row per batch is fine.
+    # One row per micro-batch, accumulated (the seeds' --batch_size 1 --gradient_accumulation_steps 16).
+    assert run(tiny_model_dir, tmp_path / "acc", "kto", "--gradient_accumulation_steps", "2", batch_size=1) == 0
+    # Without a KL term a single row per step is fine.
     assert run(tiny_model_dir, tmp_path / "ok", "kto", "--loss_type", "apo_zero_unpaired", batch_size=1) == 0
 
 
-def test_kto_collator_refuses_a_single_row():
-    collate = UnpairedCollator(0, kl_pairs=True)
-    with pytest.raises(Exception, match="a micro-batch needs at least 2 rows; got 1"):
-        collate([(0, EncodedUnpaired(Encoded([1, 2, 3], [-100, -100, 3]), True))])
-
-
-def test_kto_kl_pairs_put_completion_i_minus_1_after_prompt_i():
+def test_kto_kl_rows_put_completion_i_minus_1_after_prompt_i():
     rows = [  # prompt tokens are labelled -100, completion tokens are their own labels
         Encoded([1, 2, 10, 11], [-100, -100, 10, 11]),
         Encoded([3, 4, 5, 20], [-100, -100, -100, 20]),
         Encoded([6, 30, 31, 32], [-100, 30, 31, 32]),
     ]
     assert split_prompt(rows[1]) == (Encoded([3, 4, 5], [-100] * 3), Encoded([20], [20]))
-    batch = UnpairedCollator(0, kl_pairs=True)([(i, EncodedUnpaired(r, i != 1)) for i, r in enumerate(rows)])
+    mismatched = kl_rows([(7 + i, EncodedUnpaired(r, i != 1)) for i, r in enumerate(rows)])
+    assert [row_id for row_id, _ in mismatched] == [7, 8, 9]
+    batch = UnpairedCollator(0)(mismatched)
     assert batch.desirable.tolist() == [True, False, True]
-    kl_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch.kl.input_ids, batch.kl.attention_mask)]
+    kl = batch.completions
+    kl_ids = [ids[mask.bool()].tolist() for ids, mask in zip(kl.input_ids, kl.attention_mask)]
     assert kl_ids == [[1, 2, 30, 31, 32], [3, 4, 5, 10, 11], [6, 20]]
-    kl_labels = [labels[labels != -100].tolist() for labels in batch.kl.labels]
+    kl_labels = [labels[labels != -100].tolist() for labels in kl.labels]
     assert kl_labels == [[30, 31, 32], [10, 11], [20]]
 
 
 def test_kto_ratio_warning_and_lone_row_drop(caplog):
-    from alignkit.algorithms.kto import check_kto_batches, check_kto_data
+    from alignkit.algorithms.kto import check_kto_data, check_kto_steps
 
     with caplog.at_level(logging.WARNING, logger="alignkit"):
         check_kto_data([True] * 4 + [False] * 4, desirable_weight=1.0, undesirable_weight=1.0)  # ratio 1
@@ -238,8 +237,11 @@ def test_kto_ratio_warning_and_lone_row_drop(caplog):
     with caplog.at_level(logging.WARNING, logger="alignkit"):
         check_kto_data([True] * 2 + [False] * 6, desirable_weight=1.0, undesirable_weight=1.0)
     assert "= 0.333 is outside [1, 4/3]" in caplog.text and "--desirable_weight in [3.000, 4.000]" in caplog.text
-    assert len(check_kto_batches(list(range(9)), 4, "training", "--batch_size")) == 8
-    assert len(check_kto_batches(list(range(10)), 4, "training", "--batch_size")) == 10
+    # 17 rows in steps of 16 (batch 1 × accumulation 16): the second step would hold one row.
+    assert len(check_kto_steps(list(range(17)), 16, "training")) == 16
+    assert len(check_kto_steps(list(range(18)), 16, "training")) == 18
+    with pytest.raises(Exception, match="at least 2 held-out rows"):
+        check_kto_steps([0], 1, "held-out")
 
 
 # ------------------------------------------------------------------ reward model

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from alignkit.data.collate import EncodedUnpaired, PairCollator, UnpairedCollator
+from alignkit.data.collate import EncodedUnpaired, PairCollator, UnpairedCollator, kl_rows
 from alignkit.data.template import IGNORE_INDEX, Encoded
 from alignkit.errors import AlignkitError
 from alignkit.models.reference import Reference
@@ -108,16 +108,16 @@ def test_cached_equals_live_for_ld_dpo_and_for_kto_batches(model, tmp_path):
                                Reference(model).logps(None, batch, ld_alpha=0.5)[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(AlignkitError, match="no precomputed reference log-prob"):
         reference.logps(None, batch)  # unweighted values were never computed
-    # KTO: the completions and, per micro-batch, the mismatched pairs of the KL estimate.
+    # KTO: the completions and the mismatched rows of the KL estimate, batched as the loop batches them.
     unpaired = [(i, EncodedUnpaired(pair[i % 2], i % 3 == 0)) for i, pair in items]
-    collate = UnpairedCollator(0, kl_pairs=True)
-    kto = precompute_reference(model, [unpaired[:3], unpaired[3:]], collate, template="t", max_length=64,
-                               precision="fp32", cache_dir=tmp_path)
-    for micro_batch in (unpaired[:3], unpaired[3:]):
-        batch = collate(micro_batch)
-        for part in (batch.completions, batch.kl):
-            torch.testing.assert_close(kto.logps(None, part)[0], Reference(model).logps(None, part)[0],
-                                       rtol=1e-5, atol=1e-5)
+    collate = UnpairedCollator(0)
+    step = [unpaired[:3], unpaired[3:]]
+    kto = precompute_reference(model, step + [kl_rows(unpaired)[:3], kl_rows(unpaired)[3:]], collate,
+                               template="t", max_length=64, precision="fp32", cache_dir=tmp_path)
+    for micro_batch in step + [kl_rows(unpaired)[1:5]]:
+        part = collate(micro_batch).completions
+        torch.testing.assert_close(kto.logps(None, part)[0], Reference(model).logps(None, part)[0],
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_visited_batches_of_each_rank_are_its_shards_of_the_global_batches():
@@ -133,7 +133,10 @@ def test_visited_batches_of_each_rank_are_its_shards_of_the_global_batches():
     # Rank 1 has no row in the last global batch: the loop runs the batch's first row (weighted 0), which
     # rank 0 already holds, so rank 1 needs it too; dedup keeps it once per rank.
     assert rank1 == [b[2:4] for b in global_batches[:2]] + [global_batches[2][:1]]
-    # KTO's whole micro-batches, every epoch.
-    whole = visited_batches(9, LoopConfig(batch_size=2, num_train_epochs=2), world_size=2, rank=1, dedup=False)
+    # Every step's global micro-batches, every epoch (KTO's KL rows are formed over a whole step).
+    from alignkit.models.reference_cache import visited_steps
+
+    steps = list(visited_steps(9, LoopConfig(batch_size=2, num_train_epochs=2, gradient_accumulation_steps=2),
+                               world_size=2))
     second = epoch_batches(9, 4, seed=42, epoch=1, shuffle=True)
-    assert whole == [b[2:4] or b[:1] for b in global_batches + second]
+    assert steps == [global_batches[:2], global_batches[2:], second[:2], second[2:]]

@@ -77,12 +77,14 @@ def test_multi_turn_pair_trains_only_the_final_diverging_turn(tokenizer):
     assert trained == ids(tokenizer, "Answer: 3<|im_end|>\n")
 
 
-def test_system_flag_replaces_the_default_system_prompt(tokenizer):
+def test_system_flag_replaces_the_templates_default_but_not_a_rows_own(tokenizer):
     encoder = ChatEncoder(tokenizer, max_length=512, system="Only numbers.")
-    prompt = encoder.encode_prompt([{"role": "system", "content": "old"}, {"role": "user", "content": "hi"}])
+    prompt = encoder.encode_prompt([{"role": "user", "content": "hi"}])
     assert tokenizer.decode(prompt) == (
         "<|im_start|>system\nOnly numbers.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     )
+    own = encoder.encode_prompt([{"role": "system", "content": "old"}, {"role": "user", "content": "hi"}])
+    assert tokenizer.decode(own).startswith("<|im_start|>system\nold<|im_end|>\n")  # as ms-swift: the row's wins
 
 
 def test_template_that_breaks_the_prefix_property_raises_a_clear_error(tokenizer):

@@ -143,10 +143,10 @@ def test_unknown_flag_names_the_closest_known_one(capsys):
     assert "unknown flag --learning_rat" in err and "did you mean --learning_rate?" in err
 
 
-def test_registry_model_type_without_a_path_says_what_to_pass(capsys):
-    assert main(["rlhf", "--rlhf_type", "dpo", "--model_type", "llama3-8b-instruct"]) == 2
+def test_unknown_model_type_without_a_path_says_what_to_pass(capsys):
+    assert main(["rlhf", "--rlhf_type", "dpo", "--model_type", "my-own-llama-8b"]) == 2
     err = capsys.readouterr().err
-    assert "--model_type llama3-8b-instruct is an ms-swift model registry name" in err
+    assert "--model_type my-own-llama-8b is not an ms-swift model registry name alignkit knows" in err
     assert "Pass --model" in err
 
 

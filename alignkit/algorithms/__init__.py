@@ -4,8 +4,9 @@
 Each offline algorithm declares what it needs, and the builders (alignkit/training/run.py, vision_run.py, the
 loop) read these instead of switching on its class:
 
-- ``rows``: the canonical rows it trains on, ``"sft"`` (conversations), ``"preference"`` (pairs) or
-  ``"unpaired"`` (a completion and a label; KTO forms its KL pairs inside each micro-batch);
+- ``rows``: the canonical rows it trains on, ``"sft"`` (conversations), ``"preference"`` (pairs),
+  ``"unpaired"`` (a completion and a label; KTO's KL pairs are formed across each optimizer step, by the loop)
+  or ``"classification"`` (a conversation and its class or value: ``sft --task_type seq_cls``);
 - ``loss_unit``: what a micro-batch's loss is a mean over, ``"examples"`` or ``"tokens"`` (SFT), which weighs
   micro-batches and processes in an optimizer step;
 - ``scalar_head``: trains a scalar reward head on the model (rm);

@@ -1,22 +1,25 @@
 """Kahneman–Tversky Optimization (https://arxiv.org/abs/2402.01306) wired to the loop.
 
-Rows are unpaired: a prompt, one completion and a desirable/undesirable label. The reference point z is
-estimated from mismatched pairs within the micro-batch (prompt i with completion i−1, built by
-``UnpairedCollator``): z = max(0, mean(log π(y'|x) − log π_ref(y'|x))), detached. The objective is
-``alignkit.losses.preference.kto_loss``; loss = mean over rows of λ_y·(1 − σ(β(±(r − z)))).
+Rows are unpaired: a prompt, one completion and a desirable/undesirable label. The reference point z is one
+number per optimizer step, estimated from mismatched pairs across the whole step (every micro-batch, every
+process: ``kl_micro_batches``): row j's prompt with row j−1's completion, z = max(0, mean(log π(y'|x) −
+log π_ref(y'|x))), detached. The loop computes it before the step's losses (``alignkit.training.loop``), so a
+step of 4 rows gives the same z, loss and gradient as 1 micro-batch of 4, 4 of 1 or 2 processes × 2. The objective
+is ``alignkit.losses.preference.kto_loss``; loss = mean over rows of λ_y·(1 − σ(β(±(r − z)))).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from alignkit.data.collate import UnpairedBatch
+from alignkit.data.collate import UnpairedBatch, kl_rows
 from alignkit.errors import AlignkitError
-from alignkit.losses.preference import kto_kl_estimate, kto_loss
+from alignkit.losses.preference import kto_loss, kto_reference_point
 from alignkit.models.packing import Layout
 from alignkit.models.reference import Reference
 
@@ -34,6 +37,7 @@ class KTO:
     loss_type: str = "kto"  # kto | apo_zero_unpaired (no KL term)
     reference: Reference = field(default_factory=Reference)
     layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
+    reference_point: float | None = None  # z of the current optimizer step (``for_step``); None before it
 
     def __post_init__(self):
         zero = torch.zeros(1)  # raises on an unknown loss type before any loading
@@ -48,15 +52,27 @@ class KTO:
     scalar_head: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True
 
-    def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    @torch.no_grad()
+    def kl_terms(self, model, batch: UnpairedBatch) -> torch.Tensor:
+        """log π(y'|x) − log π_ref(y'|x) of each mismatched row of ``batch`` (B,): the terms z averages.
+        No graph: z is detached, so its forward needs none."""
+        logps, _ = self.layout.logps(model, batch.completions)  # (B,)
+        ref_logps, _ = self.reference.logps(model, batch.completions)  # (B,)
+        return (logps - ref_logps).float()
+
+    def for_step(self, kl_sum: float, count: float) -> KTO:
+        """This algorithm with the step's z, from the sum of ``kl_terms`` over the step's ``count`` pairs."""
+        return dataclasses.replace(self, reference_point=kto_reference_point(torch.tensor(kl_sum), count).item())
+
+    def loss(self, model, batch: UnpairedBatch) -> tuple[torch.Tensor, dict]:
         logps, _ = self.layout.logps(model, batch.completions)  # (B,)
         ref_logps, _ = self.reference.logps(model, batch.completions)  # (B,)
         kl = torch.zeros((), device=logps.device)
         if self.needs_kl:
-            with torch.no_grad():  # z is detached anyway: no graph for the mismatched forward
-                kl_logps, _ = self.layout.logps(model, batch.kl)  # (B,)
-            ref_kl_logps, _ = self.reference.logps(model, batch.kl)  # (B,)
-            kl = kto_kl_estimate(kl_logps, ref_kl_logps)
+            if self.reference_point is None:
+                raise ValueError("KTO's reference point z is a statistic of the whole optimizer step: give it with "
+                                 "for_step() (the loop does) before the step's losses")
+            kl = torch.tensor(self.reference_point, device=logps.device)
         out = kto_loss(
             logps, ref_logps, batch.desirable, kl, beta=self.beta, desirable_weight=self.desirable_weight,
             undesirable_weight=self.undesirable_weight, loss_type=self.loss_type,
@@ -65,15 +81,32 @@ class KTO:
         return loss, kto_metrics(loss, kl, out.rewards, logps, batch.desirable)
 
 
-def kto_metrics(loss, kl, rewards, logps, desirable) -> dict[str, float]:
-    """TRL's KTO names; a micro-batch without desirable (or undesirable) rows leaves those keys out."""
-    metrics = {"loss": loss.item(), "kl": kl.item()}
+def kl_micro_batches(group: list[list[int]], rows: list, *, rank: int, batch_size: int) -> list[tuple[list, bool]]:
+    """The mismatched rows of one optimizer step as this process runs them, one (items, counted) per micro-batch.
+
+    ``group`` holds the step's global micro-batches (row indices into ``rows``, all processes' rows). The pairs
+    are ``kl_rows`` over all the step's rows in step order, so row j's prompt meets row j−1's completion
+    whichever micro-batch or process either sits in; each process then takes the pairs of its own shard of each
+    micro-batch, as the loop takes its rows. A process without rows in a micro-batch runs the batch's first pair
+    uncounted, as the loop runs a weight-0 batch: every process must run every forward."""
+    order = [i for global_batch in group for i in global_batch]
+    mismatched = dict(zip(order, kl_rows([rows[i] for i in order])))
+    out = []
+    for global_batch in group:
+        shard = global_batch[rank * batch_size : (rank + 1) * batch_size]
+        out.append(([mismatched[i] for i in (shard or global_batch[:1])], bool(shard)))
+    return out
+
+
+def kto_metrics(loss, kl, rewards, logps, desirable) -> dict:
+    """TRL's KTO names. The chosen/rejected ones are means over the micro-batch's desirable (undesirable) rows,
+    given as (mean, count) so the loop weighs them by their rows (count 0 when there are none); the loop adds
+    rewards/margins from the step's two means."""
+    metrics: dict = {"loss": loss.item(), "kl": kl.item()}
     for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
-        if rows.any():
-            metrics[f"rewards/{name}"] = rewards[rows].mean().item()
-            metrics[f"logps/{name}"] = logps[rows].detach().mean().item()
-    if desirable.any() and (~desirable).any():
-        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        count = int(rows.sum())
+        metrics[f"rewards/{name}"] = (rewards[rows].mean().item() if count else 0.0, count)
+        metrics[f"logps/{name}"] = (logps[rows].detach().mean().item() if count else 0.0, count)
     return metrics
 
 
@@ -96,31 +129,34 @@ def check_kto_data(labels: list[bool], *, desirable_weight: float, undesirable_w
         )
 
 
-def check_kto_batches(rows: list, batch_size: int, split: str, flag: str) -> list:
-    """KL needs ≥ 2 rows per micro-batch: refuse a batch size of 1, and drop one row when the last
-    micro-batch of an epoch would hold a single row. Returns the rows to use."""
-    if batch_size < 2:
-        raise AlignkitError(
-            f"--rlhf_type kto estimates its KL term from mismatched prompt/completion pairs within a micro-batch, "
-            f"so {flag} must be at least 2 (got {batch_size}); or use --loss_type apo_zero_unpaired, which has no "
-            "KL term."
-        )
+def check_kto_steps(rows: list, rows_per_step: int, split: str) -> list:
+    """KL needs ≥ 2 rows per optimizer step (a lone row's mismatched pair is its own completion, so z would be
+    its own implied reward): drop one row when an epoch's last step would hold a single row, and refuse a
+    single row. ``rows_per_step``: per-device batch × accumulation × processes (for held-out rows, all of
+    them form one step). Returns the rows to use."""
     if len(rows) == 1:
-        raise AlignkitError(f"--rlhf_type kto needs at least 2 {split} rows to estimate its KL term, got 1")
-    if len(rows) % batch_size == 1:
-        logger.warning("KTO: dropping 1 of %d %s rows so that no micro-batch of %d holds a single row",
-                       len(rows), split, batch_size)
+        raise AlignkitError(f"--rlhf_type kto needs at least 2 {split} rows to estimate its KL term, got 1 (or use "
+                            "--loss_type apo_zero_unpaired, which has no KL term)")
+    if rows_per_step > 1 and len(rows) % rows_per_step == 1:
+        logger.warning("KTO: dropping 1 of %d %s rows so that no optimizer step of %d rows holds a single row",
+                       len(rows), split, rows_per_step)
         return rows[:-1]
     return rows
 
 
-def check_kto_rows(algorithm: KTO, train_rows: list, val_rows: list, batch_size: int,
-                   eval_batch_size: int) -> tuple[list, list]:
-    """Before the model loads: the label balance warning and, with a KL term, the micro-batch sizes."""
+def check_kto_rows(algorithm: KTO, train_rows: list, val_rows: list, rows_per_step: int) -> tuple[list, list]:
+    """Before the model loads: the label balance warning and, with a KL term, the rows per optimizer step
+    (training) and the held-out set (one KL estimate over all its rows)."""
     check_kto_data([row.desirable for _, row in train_rows], desirable_weight=algorithm.desirable_weight,
                    undesirable_weight=algorithm.undesirable_weight)
     if algorithm.needs_kl:
-        train_rows = check_kto_batches(train_rows, batch_size, "training", "--per_device_train_batch_size")
+        if rows_per_step < 2:
+            raise AlignkitError(
+                "--rlhf_type kto estimates its KL term from mismatched prompt/completion pairs across an optimizer "
+                "step, which needs at least 2 rows: raise --per_device_train_batch_size or "
+                "--gradient_accumulation_steps (got 1 × 1), or use --loss_type apo_zero_unpaired, which has no KL term"
+            )
+        train_rows = check_kto_steps(train_rows, rows_per_step, "training")
         if val_rows:
-            val_rows = check_kto_batches(val_rows, eval_batch_size, "held-out", "--per_device_eval_batch_size")
+            val_rows = check_kto_steps(val_rows, len(val_rows), "held-out")
     return train_rows, val_rows

@@ -13,7 +13,7 @@ import torch
 
 from alignkit.data.collate import Batch
 from alignkit.losses.preference import reward_model_loss
-from alignkit.models.packing import Layout, pack, supports_packing
+from alignkit.models.packing import Layout, supports_packing
 
 
 @dataclass
@@ -33,7 +33,7 @@ class RewardModeling:
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         pairs = len(batch.row_ids)
         if self.layout.padding_free and not batch.model_inputs and supports_packing(model):
-            rewards = model(packed=pack(batch, share_prefixes=self.layout.prefix_sharing))  # (2B,) chosen, rejected
+            rewards = model(packed=self.layout.pack(batch))  # (2B,) chosen, rejected
         else:
             rewards = model(batch.input_ids, batch.attention_mask, **(batch.model_inputs or {}))
         chosen, rejected = rewards[:pairs], rewards[pairs:]

@@ -43,7 +43,8 @@ def run_data(args: DataArguments) -> int:
     for spec in args.dataset:
         report: list[FileReport] = []
         rows = load_dataset_spec(spec, None if args.kind == "auto" else args.kind, seed=args.data_seed,
-                                 columns=columns, check_dataset_strategy=args.check_dataset_strategy, report=report)
+                                 columns=columns, check_dataset_strategy=args.check_dataset_strategy, report=report,
+                                 model_name=args.model_name, model_author=args.model_author)
         print(f"\n== {spec}")
         for file in report:
             print(format_report(file))

@@ -11,6 +11,7 @@ import logging
 import math
 
 from alignkit.config.run import RunArguments
+from alignkit.data.template import parse_loss_scale
 from alignkit.errors import AlignkitError
 from alignkit.losses.preference import DPO_LOSS_TYPES
 
@@ -18,9 +19,11 @@ logger = logging.getLogger("alignkit")
 
 AT_LEAST_ONE = (
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps",
-    "save_steps", "max_length", "lora_rank", "max_nonfinite_steps",
+    "save_steps", "lora_rank", "max_nonfinite_steps",
 )
-AT_LEAST_ONE_IF_SET = ("max_prompt_length", "save_total_limit", "eval_steps")
+AT_LEAST_ONE_IF_SET = (
+    "max_prompt_length", "save_total_limit", "eval_steps", "packing_length", "max_pixels", "max_length", "num_labels",
+)
 # name -> (low, high, high included)
 RANGES = {
     "learning_rate": (0.0, math.inf, False),
@@ -73,6 +76,47 @@ def check_run_arguments(args: RunArguments) -> None:
             raise AlignkitError(
                 f"--loss_type {' '.join(unknown)}: unknown DPO loss; choose from {', '.join(DPO_LOSS_TYPES)}"
             )
+
+
+# Methods whose rows --packing packs (ms-swift packs sft, dpo and kto; alignkit's pair methods share dpo's
+# collation and forwards, so cpo, simpo, orpo and rm pack too).
+PACKING_METHODS = ("sft", "dpo", "cpo", "simpo", "orpo", "rm")
+
+
+def check_data_flags(args: RunArguments, method: str) -> None:
+    """The data flags that depend on the method (``sft`` or an --rlhf_type) or on each other."""
+    parse_loss_scale(args.loss_scale)  # unknown or refused names stop here, before any data is read
+    if args.truncation_strategy == "split":
+        raise AlignkitError("--truncation_strategy split cuts long texts into several rows for pre-training (`swift "
+                            "pt`), which alignkit does not have; use delete, left, right or raise")
+    for flag in ("model_name", "model_author"):
+        if len(getattr(args, flag)) > 2:
+            raise AlignkitError(f"--{flag}: expected one name or two (Chinese, then English), got "
+                                f"{len(getattr(args, flag))}")
+    if args.interleave_prob and len(args.interleave_prob) != len(args.dataset):
+        raise AlignkitError(f"--interleave_prob: {len(args.interleave_prob)} probabilities for {len(args.dataset)} "
+                            "--dataset values; give one per dataset")
+    if args.streaming and args.max_steps <= 0:
+        raise AlignkitError("--streaming true needs --max_steps: a stream's length is not known in advance (as in "
+                            "ms-swift)")
+    if args.shuffle_buffer_size < 1:
+        raise AlignkitError(f"--shuffle_buffer_size {args.shuffle_buffer_size}: expected a positive integer")
+    if args.packing_num_proc < 1:
+        raise AlignkitError(f"--packing_num_proc {args.packing_num_proc}: expected a positive integer")
+    if not args.packing:
+        return
+    if method == "kto":
+        raise AlignkitError("--packing with --rlhf_type kto is not supported: KTO estimates its KL term from "
+                            "mismatched rows within a micro-batch, which packs of varying size cannot promise; "
+                            "batches already run without padding (--padding_free, on by default)")
+    if method == "ppo":
+        raise AlignkitError("--packing with --rlhf_type ppo is not supported (nor in ms-swift): rollouts run as "
+                            "padding-free batches already (--padding_free, on by default)")
+    if method == "grpo" and not args.padding_free:
+        raise AlignkitError("--packing with --rlhf_type grpo means padding-free forwards of the rollouts (as in "
+                            "ms-swift, whose grpo never packs the prompt dataset); drop --padding_free false")
+    if method not in PACKING_METHODS + ("grpo",):
+        raise AlignkitError(f"--packing: not supported for {method}; it packs {', '.join(PACKING_METHODS)}")
 
 
 def warn_flags_without_effect(args: RunArguments, method: str) -> list[str]:

@@ -190,11 +190,12 @@ class DataArguments:
                                   choices=("chatml", "llama3", "qwen", "default"))
     template_config: str | None = option(None, "ColossalChat-style template config JSON.",
                                          aliases=("--conversation_template_config",))
-    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
-    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all).",
-                             choices=("default", "last_round", "all"))
+    system: str | None = option(None, "Default system prompt (or a .txt file) for rows without their own.")
+    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all; +ignore_empty_think).")
     max_length: int = option(1024, "Maximum tokens of prompt + answer.")
     max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
+    model_name: list[str] = option([], "Self-cognition data: the model's name (Chinese, English).", nargs="+")
+    model_author: list[str] = option([], "Self-cognition data: the model's author (Chinese, English).", nargs="+")
     truncation_strategy: str = option("delete", "Rows that do not fit: delete, left, right or raise.",
                                       choices=("delete", "left", "right", "raise"))
     check_dataset_strategy: str = option("none", "Invalid rows: none/error stop; discard/warning drop and count.",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from alignkit.errors import AlignkitError
+
 logger = logging.getLogger("alignkit")
 
 # Built-in training data when --dataset is not given.
@@ -25,29 +27,128 @@ DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 
 # --loss_type when unset; simpo and orpo have a single loss and take no --loss_type.
 DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": "kto", "rm": "log_sig", "grpo": "grpo"}
 
+# --disable_dropout when unset: TRL's configs default to true for DPO, KTO, CPO (simpo), ORPO and the reward
+# model, and its PPO trainer always turns dropout off; ms-swift inherits them. grpo: TRL's GRPOConfig says false,
+# but alignkit's online loop takes rollout log-probs in a forward of its own, so dropout stays off (online_loop).
+# sft: transformers' Trainer leaves dropout as the model has it.
+DEFAULT_DISABLE_DROPOUT: dict[str, bool] = {
+    "sft": False, "dpo": True, "kto": True, "cpo": True, "simpo": True, "orpo": True, "rm": True, "ppo": True,
+    "grpo": True,
+}
+
 # The per-method defaults of flags left unset, and where each comes from: (flag, table).
 _TABLES = (("beta", DEFAULT_BETA), ("loss_type", DEFAULT_LOSS_TYPE))
+
+# --task_type values alignkit does not train, and what to use instead.
+UNSUPPORTED_TASK_TYPES = {
+    "embedding": "alignkit trains generative models (sft, rlhf) and classification/reward heads (--task_type "
+    "seq_cls, --rlhf_type rm), not embedding models; use ms-swift or sentence-transformers for those",
+    "reranker": "alignkit has no reranker training; a pointwise reranker is a one-label classifier: --task_type "
+    "seq_cls --num_labels 1 on query/document rows with a relevance label, or ms-swift for listwise training",
+    "generative_reranker": "alignkit has no generative-reranker training; train the yes/no answer with plain sft, "
+    "or use ms-swift",
+    "prm": "alignkit has no process-reward-model training; --rlhf_type rm trains an outcome reward model",
+}
 
 
 def resolve(args, method: str) -> dict[str, Any]:
     """The values ``method`` ("sft" or an --rlhf_type) runs with for the flags whose default depends on the
     method, each one the user left unset logged once with its source. ``args`` is not changed (its
-    ``args.json`` keeps what the user said). Keys: beta, loss_type (a list), dataset (a list), and for grpo
-    epsilon_high."""
+    ``args.json`` keeps what the user said). Keys: beta, loss_type (a list), dataset (a list), disable_dropout,
+    task_type, and for grpo epsilon_high; for seq_cls also num_labels and problem_type."""
     values: dict[str, Any] = {
         "beta": args.beta,
         "loss_type": list(args.loss_type),
         "dataset": list(args.dataset),
+        "disable_dropout": args.disable_dropout,
     }
     for flag, table in _TABLES:
         if method in table and values[flag] in (None, []):
             default = table[method]
             values[flag] = [default] if flag == "loss_type" else default
             logger.info("--%s not set: using %s's default %s (alignkit/config/defaults.py)", flag, method, default)
-    if not values["dataset"]:
+    if values["disable_dropout"] is None:
+        values["disable_dropout"] = DEFAULT_DISABLE_DROPOUT[method]
+        if values["disable_dropout"]:
+            logger.info("--disable_dropout not set: dropout off for %s, as TRL and ms-swift train it "
+                        "(alignkit/config/defaults.py)", method)
+    if method in ("ppo", "grpo") and not values["disable_dropout"]:
+        raise AlignkitError(
+            f"--disable_dropout false: --rlhf_type {method} keeps dropout off, because its rollout log-probs come "
+            "from a forward of their own and with dropout the ratio π/π_old would be noise before any update"
+        )
+    values.update(task(args, method))
+    if not values["dataset"] and not args.cached_dataset:  # --cached_dataset alone is training data
+        if method == "sft" and values["task_type"] == "seq_cls":
+            raise AlignkitError("--task_type seq_cls needs --dataset: rows with messages (or query) and a label "
+                                "column; there is no built-in classification set")
         dataset = DEFAULT_PROMPT_DATASET if method in ("ppo", "grpo") else DEFAULT_DATASET[method]
         values["dataset"] = [dataset]
         logger.info("--dataset not set: using the built-in %s", dataset)
     if method == "grpo":
         values["epsilon_high"] = args.epsilon_high if args.epsilon_high is not None else args.epsilon
+    return values
+
+
+def task(args, method: str) -> dict[str, Any]:
+    """--task_type, --num_labels and --problem_type by ms-swift's rules (swift/model/model_meta.py): unset, the
+    task is seq_cls when --num_labels is given, else causal_lm; seq_cls needs --num_labels, and its problem type
+    defaults to regression for one label, else single_label_classification. --rlhf_type rm is ms-swift's seq_cls
+    with one label; the other methods train causal LMs."""
+    task_type, num_labels, problem_type = args.task_type, args.num_labels, args.problem_type
+    if task_type in UNSUPPORTED_TASK_TYPES:
+        raise AlignkitError(f"--task_type {task_type}: {UNSUPPORTED_TASK_TYPES[task_type]}")
+    if method != "sft":
+        reward_head = method == "rm" and num_labels in (None, 1) and problem_type in (None, "regression")
+        if task_type in (None, "causal_lm") and num_labels is None and problem_type is None or reward_head:
+            return {"task_type": "seq_cls" if method == "rm" else "causal_lm"}
+        raise AlignkitError(
+            f"--rlhf_type {method} trains " + ("a reward model: one score per sequence (ms-swift's seq_cls with "
+                                              "--num_labels 1, regression)" if method == "rm" else "a causal LM")
+            + f"; --task_type/--num_labels/--problem_type ({task_type}, {num_labels}, {problem_type}) do not apply. "
+            "Classifiers train with `alignkit sft --task_type seq_cls --num_labels N`"
+        )
+    if task_type is None:
+        task_type = "causal_lm" if num_labels is None else "seq_cls"
+        if task_type == "seq_cls":
+            logger.info("--task_type not set: seq_cls, since --num_labels is given (as ms-swift)")
+    if task_type == "causal_lm":
+        if num_labels is not None or problem_type is not None:
+            raise AlignkitError("--num_labels and --problem_type serve --task_type seq_cls, not causal_lm")
+        return {"task_type": task_type}
+    if num_labels is None:
+        raise AlignkitError("--task_type seq_cls needs --num_labels (the number of classes; 1 for regression)")
+    if problem_type is None:
+        problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        logger.info("--problem_type not set: %s, since --num_labels is %d (as ms-swift)", problem_type, num_labels)
+    if problem_type != "regression" and num_labels == 1:
+        raise AlignkitError(f"--problem_type {problem_type} needs --num_labels of at least 2; one label is "
+                            "regression")
+    return {"task_type": task_type, "num_labels": num_labels, "problem_type": problem_type}
+
+
+# Defaults that decide whether a run fits on a GPU, as ms-swift sets them, and where alignkit's differ, why.
+FIT_DEFAULTS = {
+    "gradient_checkpointing": "on with a GPU, as ms-swift (activations are recomputed in the backward pass: less "
+    "memory, ~30% more compute); off on a CPU, where memory is rarely what limits a run and it only costs time",
+    "max_length": "the model's own limit, as ms-swift: the smallest of its config's seq_length, "
+    "max_position_embeddings, n_positions, model_max_length, seq_len, max_seq_len, max_sequence_length, "
+    "max_seq_length (else the tokenizer's model_max_length)",
+}
+
+
+def fit_defaults(args, *, on_gpu: bool, model_max_length: int | None) -> dict[str, Any]:
+    """--gradient_checkpointing and --max_length, each filled in when unset (``FIT_DEFAULTS``) and logged
+    once. ``model_max_length``: the model's own limit (alignkit.models.load.model_max_length)."""
+    values = {"gradient_checkpointing": args.gradient_checkpointing, "max_length": args.max_length}
+    if values["gradient_checkpointing"] is None:
+        values["gradient_checkpointing"] = on_gpu
+        logger.info("--gradient_checkpointing not set: %s (%s)", "on" if on_gpu else "off",
+                    FIT_DEFAULTS["gradient_checkpointing"])
+    if values["max_length"] is None:
+        if model_max_length is None:
+            raise AlignkitError("--max_length is not set and the model's config and tokenizer name no maximum "
+                                "length; pass --max_length")
+        values["max_length"] = model_max_length
+        logger.info("--max_length not set: %d, the model's own limit (ms-swift's default)", model_max_length)
     return values

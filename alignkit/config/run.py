@@ -31,8 +31,12 @@ class RunArguments:
     )
     model_type: str | None = option(
         None,
-        "ms-swift compatibility. A local path here is used as --model; a registry name (e.g. "
-        "llama3-8b-instruct) needs --model as well, since alignkit has no model registry.", may_differ_on_resume=True)
+        "ms-swift's model registry name. Without --model, a 2.x name (llama3-8b-instruct, yi-6b-chat, ...) is the "
+        "model: its Hugging Face id (`python -m alignkit.models.registry` lists them); a 3.x family name (qwen2_5) "
+        "needs --model, as in ms-swift; a local path is used as --model. Beside --model it only names the family.",
+        may_differ_on_resume=True,
+        differs="ms-swift renders with the registry entry's template; alignkit with the model's own chat template "
+        "(or --template), and downloads the Hugging Face id where ms-swift 2.x downloads the ModelScope one")
     model_revision: str | None = option(None, "Hub revision (branch, tag or commit) of --model.")
     ref_model: str | None = option(
         None,
@@ -40,14 +44,27 @@ class RunArguments:
         "with LoRA the adapter-disabled base).",
         aliases=("--ref_model_id_or_path",), applies_to=("dpo", "kto", "ppo", "grpo",))
     ref_model_type: str | None = option(
-        None, "ms-swift compatibility, handled like --model_type for --ref_model.", may_differ_on_resume=True)
+        None, "ms-swift's registry name of the reference model, resolved like --model_type for --ref_model (the "
+        "same name as --model_type: the policy's starting weights).", may_differ_on_resume=True)
     adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
     dtype: str = dtype_option(
         "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
     )
-    gradient_checkpointing: bool = option(
-        False, "Recompute activations in the backward pass to save memory.", may_differ_on_resume=True
-    )
+    gradient_checkpointing: bool | None = option(
+        None, "Recompute activations in the backward pass to save memory. Unset: on with a GPU (ms-swift's "
+        "default), off on CPU.", may_differ_on_resume=True,
+        differs="unset, it is on with a GPU as in ms-swift but off on a CPU, where memory is rarely the limit and it "
+        "only costs time (logged once)")
+
+    # --- ms-swift's model registry and hubs (alignkit/models/registry.py) ---
+    reward_model_type: str | None = option(
+        None, "ms-swift's registry name of the reward model, resolved like --model_type for --reward_model "
+        "(beside --reward_model it only names the family).", applies_to=("ppo", "grpo",), may_differ_on_resume=True)
+    use_hf: bool = option(
+        False, "ms-swift: download from the Hugging Face Hub instead of ModelScope.", may_differ_on_resume=True,
+        differs="alignkit downloads models and datasets from the Hugging Face Hub whatever the value (ms-swift's "
+        "default, false, downloads from ModelScope); registry names resolve to their Hugging Face ids, and a "
+        "dataset that only ModelScope holds stops with its id and how to pass a local copy")
 
     # --- data ---
     dataset: list[str] = option(
@@ -62,17 +79,22 @@ class RunArguments:
     )
     dataset_shuffle: bool = option(True, "Shuffle the training data each epoch.")
     data_seed: int = option(42, "Seed for dataset sampling and splitting.")
-    max_length: int = option(1024, "Maximum tokens of prompt + answer.")
+    max_length: int | None = option(
+        None, "Maximum tokens of prompt + answer. Unset: the model's own limit (its config's max_position_embeddings "
+        "and kin, as ms-swift), logged.")
     max_prompt_length: int | None = option(
         None, "Maximum prompt tokens (longer prompts follow --truncation_strategy)."
     )
     truncation_strategy: str = option(
         "delete",
         "Rows that do not fit: delete (drop and count), left (cut the prompt's start), right (cut the answer's "
-        "end, keeping at least one trained token), raise (stop with an error naming the row).",
-        choices=("delete", "left", "right", "raise"),
+        "end, keeping at least one trained token), raise (stop with an error naming the row). ms-swift's split "
+        "(pre-training only) is refused.",
+        choices=("delete", "left", "right", "raise", "split"),
     )
-    system: str | None = option(None, "System prompt that replaces the data's and the template's default.")
+    system: str | None = option(
+        None, "Default system prompt, or a .txt file holding it: used for rows without a system message of their own "
+        "(a row's own wins), replacing the template's default. '\\n' in the text is a newline.")
     check_dataset_strategy: str = option(
         "none",
         "Invalid rows: none/error stop with an error naming the file, row and field (and how many more "
@@ -98,13 +120,73 @@ class RunArguments:
     loss_scale: str = option(
         "default",
         "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
-        "last_round (only the final assistant turn), all (SFT only: every token, prompts included).",
-        choices=("default", "last_round", "all"),
+        "last_round (only the final assistant turn), all (SFT only: every token, prompts included); then, joined "
+        "by '+', ignore_empty_think (an answer's leading empty <think>...</think> is not trained) or "
+        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. ms-swift's agent "
+        "weightings (react, hermes, qwen, agentflan, alpha_umi) are refused.",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
     load_from_cache_file: bool = option(
         True, "Reuse tokenised data cached under $ALIGNKIT_CACHE/tokenized (keyed by data, tokenizer, template "
         "and length settings).", may_differ_on_resume=True)
+
+    # --- data: packing, self-cognition, streaming, templates, cached data (docs/data.md) ---
+    packing: bool = option(
+        False,
+        "Pack tokenised rows into rows of up to --packing_length tokens (ms-swift's dataset packing): fewer, fuller "
+        "rows, so fewer steps per epoch; --per_device_train_batch_size counts packs. Sequences of a pack never see "
+        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm; grpo: "
+        "padding-free forwards.")
+    packing_length: int | None = option(
+        None, "Most tokens of a pack (a pair counts both answers). Unset: --max_length.")
+    packing_strategy: str = option(
+        "binpack", "binpack: best-fit decreasing over chunks of 1000 rows (reorders rows); sequential: rows in order, "
+        "a pack closed when the next row does not fit.", choices=("binpack", "sequential"))
+    packing_num_proc: int = option(
+        1, "ms-swift: processes that plan the packs.",
+        no_effect="packs are planned in the training process from the rows' lengths, a fraction of a second per "
+        "100,000 rows")
+    model_name: list[str] = option(
+        [], "Self-cognition data (swift/self-cognition): the model's name replacing {{NAME}}, in Chinese and English "
+        "(one value: both).", nargs="+")
+    model_author: list[str] = option(
+        [], "Self-cognition data: the author replacing {{AUTHOR}}, in Chinese and English (one value: both).",
+        nargs="+")
+    cached_dataset: list[str] = option(
+        [], "Folders written by `swift export --to_cached_dataset true` (their train/ folder), each optionally "
+        "suffixed #N; read as training rows before --dataset and tokenised with this run's template.", nargs="+")
+    cached_val_dataset: list[str] = option(
+        [], "Held-out counterparts of --cached_dataset (their val/ folder).", nargs="+", may_differ_on_resume=True)
+    val_dataset_shuffle: bool = option(False, "Shuffle the --val_dataset rows (seeded by --data_seed).",
+                                       may_differ_on_resume=True)
+    interleave_prob: list[float] = option(
+        [], "Mix the --dataset sets by sampling each next row from set i with probability p_i (datasets' "
+        "interleave_datasets) instead of concatenating them; one probability per dataset.", nargs="+")
+    stopping_strategy: str = option(
+        "first_exhausted", "With --interleave_prob: stop when the first set runs out, or when every set has been "
+        "used whole (the others repeat).", choices=("first_exhausted", "all_exhausted"))
+    streaming: bool = option(
+        False, "ms-swift: read rows lazily as training runs; needs --max_steps.",
+        differs="alignkit still reads, checks and tokenises every row before the first step, so that a bad row stops "
+        "the run before any training and resume stays exact; --max_steps is required as in ms-swift, "
+        "--split_dataset_ratio is set to 0 as in ms-swift, and the order is a full shuffle of the rows")
+    shuffle_buffer_size: int = option(
+        1000, "ms-swift --streaming: rows drawn from a shuffle buffer of this size.",
+        no_effect="the rows are read before training, so alignkit shuffles the whole set (a buffer as large as "
+        "the data)")
+    use_chat_template: bool = option(
+        True, "false: ms-swift's generation template for base models: BOS + query + answer + EOS as plain "
+        "tokens, no system prompt or chat markers, the last round only.")
+    response_prefix: str | None = option(
+        None, "ms-swift: text the model's answer starts with at inference (e.g. '<think>\\n').",
+        no_effect="training encodes the answers as the data holds them; ms-swift applies this prefix at inference only")
+    add_non_thinking_prefix: bool = option(
+        True, "ms-swift: add a hybrid-thinking template's empty think block to answers without one.",
+        no_effect="alignkit renders conversations with the tokenizer's own chat template, which adds (or does not "
+        "add) the model's non-thinking prefix itself; there is no separate template table holding one")
+    max_pixels: int | None = option(
+        None, "Vision-language models: images larger than this many pixels (H*W) are scaled down, keeping their "
+        "aspect ratio, before the processor sees them.")
 
     # --- training loop ---
     output_dir: str = option(
@@ -331,7 +413,7 @@ class RunArguments:
         [],
         "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
-        nargs="+", applies_to=("ppo", "grpo",))
+        aliases=("--reward_model_id_or_path",), nargs="+", applies_to=("ppo", "grpo",))
     reward_adapters: list[str] = option(
         [],
         "LoRA adapters merged into --reward_model.",
@@ -470,6 +552,29 @@ class RunArguments:
     external_plugins: list[str] = option(
         [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
     )
+
+    # --- task type and per-method defaults (docs/objectives.md) ---
+    task_type: str | None = option(
+        None,
+        "What the model learns: causal_lm (generation: sft, rlhf) or seq_cls (alignkit sft: a classification or "
+        "regression head on the last token, trained on rows with messages and a label). Unset: seq_cls when "
+        "--num_labels is given, else causal_lm (ms-swift's rule). embedding, reranker, generative_reranker and prm "
+        "are refused with what to use instead.",
+        choices=("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm"))
+    num_labels: int | None = option(
+        None, "seq_cls: the number of classes (outputs of the head); 1 for regression.")
+    problem_type: str | None = option(
+        None,
+        "seq_cls: the loss, as transformers' sequence-classification models compute it: single_label_classification "
+        "(cross-entropy; a row's label is a class index), multi_label_classification (binary cross-entropy with "
+        "logits; a row's label lists its classes), regression (mean squared error; a number, or --num_labels "
+        "numbers). Unset: regression with --num_labels 1, else single_label_classification.",
+        choices=("single_label_classification", "multi_label_classification", "regression"))
+    disable_dropout: bool | None = option(
+        None,
+        "Set every dropout module's probability to 0 (the model's and LoRA's), as TRL's disable_dropout. Unset: on "
+        "for dpo, kto, cpo, simpo, orpo, rm, ppo and grpo (TRL's and ms-swift's default for preference training), "
+        "off for sft. ppo and grpo always run without dropout.")
 
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(

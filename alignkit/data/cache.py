@@ -2,9 +2,10 @@
 
 The key is a hash of everything that decides the token ids and labels: the canonical rows themselves
 (so the files' content, ``#N`` sampling, mixing, shuffling and ``--columns`` all count), the tokenizer
-(its full serialisation), the chat template and system prompt, ``--loss_scale``, ``--max_length``,
-``--max_prompt_length`` and ``--truncation_strategy``. Change any of them and the cache misses. Files live
-in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default ``~/.cache/alignkit``) and hold plain integer arrays.
+(its full serialisation), the chat template (or ``--use_chat_template false``) and system prompt,
+``--loss_scale``, ``--max_length``, ``--max_prompt_length`` and ``--truncation_strategy``. Change any of them and
+the cache misses. Files live in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default ``~/.cache/alignkit``) and hold
+plain integer arrays.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def cache_key(encoder: ChatEncoder, rows: list[Row]) -> str:
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
         "template": [encoder.template.source, encoder.template.system_message, encoder.template.end_of_assistant],
         "system": encoder.system,
-        "loss_scale": encoder.loss_scale,
+        "loss_scale": [encoder.loss_scale, *encoder.loss_scale_modifiers],
+        "use_chat_template": encoder.use_chat_template,
         "max_length": encoder.max_length,
         "max_prompt_length": encoder.max_prompt_length,
         "truncation_strategy": encoder.truncation_strategy,

@@ -1,15 +1,17 @@
 """Batching: pad tokenised rows into tensors. Preference pairs become one (2B, T) batch, chosen first;
-unpaired (KTO) rows a (B, T) batch plus the mismatched prompt/completion batch of the KL estimate."""
+unpaired (KTO) rows a (B, T) batch; ``kl_rows`` builds the mismatched prompt/completion rows of KTO's KL
+estimate from an optimizer step's rows, which the loop collates like any unpaired rows."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from alignkit.data.packing import unpacked
 from alignkit.data.template import IGNORE_INDEX, Encoded
-from alignkit.errors import AlignkitError
 
 
 class EncodedPair(NamedTuple):
@@ -25,6 +27,13 @@ class EncodedUnpaired(NamedTuple):
 
     sequence: Encoded
     desirable: bool
+
+
+class EncodedLabelled(NamedTuple):
+    """A tokenised seq_cls row: the conversation and its label (class index, indices or number(s))."""
+
+    sequence: Encoded
+    label: int | float | list
 
 
 @dataclass
@@ -59,25 +68,28 @@ def pad(sequences: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class SequenceCollator:
-    """SFT rows: list of (row_id, Encoded) → Batch of N sequences."""
+    """SFT rows: list of (row_id, Encoded) → Batch of N sequences. A pack (``--packing``) adds all its rows."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, items: list[tuple[int, Encoded]]) -> Batch:
+        items = unpacked(items)
         return Batch(*pad([e for _, e in items], self.pad_id), row_ids=[i for i, _ in items])
 
 
 class PairCollator:
     """Preference rows: list of (row_id, (chosen, rejected)) → Batch of 2B sequences, chosen[0:B], rejected[B:2B].
 
-    One concatenated forward over both halves is cheaper than two and keeps padding identical.
+    One concatenated forward over both halves is cheaper than two and keeps padding identical. A pack
+    (``--packing``) adds all its pairs.
     """
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, items: list[tuple[int, EncodedPair | tuple[Encoded, Encoded]]]) -> Batch:
+        items = unpacked(items)
         chosen = [pair[0] for _, pair in items]
         rejected = [pair[1] for _, pair in items]
         margins = [pair.margin if isinstance(pair, EncodedPair) else None for _, pair in items]
@@ -91,13 +103,11 @@ class PairCollator:
 @dataclass
 class UnpairedBatch:
     completions: Batch  # (B, T) prompt_i + completion_i
-    kl: Batch | None  # (B, T') prompt_i + completion_(i-1): the mismatched pairs of KTO's KL estimate
     desirable: torch.Tensor  # (B,) bool
     row_ids: list[int]
 
     def to(self, device) -> UnpairedBatch:
-        kl = None if self.kl is None else self.kl.to(device)
-        return UnpairedBatch(self.completions.to(device), kl, self.desirable.to(device), self.row_ids)
+        return UnpairedBatch(self.completions.to(device), self.desirable.to(device), self.row_ids)
 
 
 def split_prompt(encoded: Encoded) -> tuple[Encoded, Encoded]:
@@ -107,38 +117,65 @@ def split_prompt(encoded: Encoded) -> tuple[Encoded, Encoded]:
             Encoded(encoded.input_ids[start:], encoded.labels[start:]))
 
 
-def mismatched_pairs(sequences: list[Encoded]) -> list[Encoded]:
-    """Prompt i with completion i−1, the last completion going to the first prompt, as TRL's KTO builds its
-    KL pairs: (x_1, y_n), (x_2, y_1), ..., (x_n, y_(n-1)). The tokens are spliced, which equals rendering
-    the mismatched conversation because the chat encoder checked that a prompt's tokens are a prefix."""
-    parts = [split_prompt(s) for s in sequences]
-    return [
-        Encoded(prompt.input_ids + completion.input_ids, prompt.labels + completion.labels)
-        for (prompt, _), (_, completion) in zip(parts, parts[-1:] + parts[:-1])
-    ]
+def kl_rows(items: list[tuple[int, EncodedUnpaired]]) -> list[tuple[int, EncodedUnpaired]]:
+    """The mismatched rows of KTO's KL estimate, one per row of ``items`` and in its order: row j's prompt with
+    row j−1's completion, the first row's prompt taking the last row's completion, as TRL and ms-swift shift
+    them: (x_1, y_n), (x_2, y_1), ..., (x_n, y_(n-1)). Each keeps row j's id and label and, for a vision row,
+    prompt j's images (they live in the prompt). The tokens are spliced, which equals rendering the mismatched
+    conversation because the chat encoder checked that a prompt's tokens are a prefix of the whole."""
+    parts = [split_prompt(row.sequence) for _, row in items]
+    out = []
+    for (row_id, row), (prompt, _), (_, completion) in zip(items, parts, parts[-1:] + parts[:-1]):
+        spliced = dataclasses.replace(row.sequence, input_ids=prompt.input_ids + completion.input_ids,
+                                      labels=prompt.labels + completion.labels)
+        out.append((row_id, EncodedUnpaired(spliced, row.desirable)))
+    return out
 
 
 class UnpairedCollator:
-    """KTO rows: list of (row_id, EncodedUnpaired) → UnpairedBatch; with ``kl_pairs`` also the mismatched batch."""
+    """KTO rows (or their mismatched KL rows): list of (row_id, EncodedUnpaired) → UnpairedBatch."""
 
-    def __init__(self, pad_id: int, *, kl_pairs: bool):
+    def __init__(self, pad_id: int):
         self.pad_id = pad_id
-        self.kl_pairs = kl_pairs
 
     def __call__(self, items: list[tuple[int, EncodedUnpaired]]) -> UnpairedBatch:
-        sequences = [row.sequence for _, row in items]
         row_ids = [i for i, _ in items]
-        kl = None
-        if self.kl_pairs:
-            if len(items) < 2:
-                raise AlignkitError(
-                    "KTO estimates its KL term from mismatched prompt/completion pairs within a micro-batch, so a "
-                    f"micro-batch needs at least 2 rows; got {len(items)}. Raise --per_device_train_batch_size "
-                    "(and --per_device_eval_batch_size), or use --loss_type apo_zero_unpaired, which has no KL term."
-                )
-            kl = Batch(*pad(mismatched_pairs(sequences), self.pad_id), row_ids=row_ids)
         desirable = torch.tensor([row.desirable for _, row in items], dtype=torch.bool)  # (B,)
-        return UnpairedBatch(Batch(*pad(sequences, self.pad_id), row_ids=row_ids), kl, desirable, row_ids)
+        completions = Batch(*pad([row.sequence for _, row in items], self.pad_id), row_ids=row_ids)
+        return UnpairedBatch(completions, desirable, row_ids)
+
+
+@dataclass
+class ClassifiedBatch:
+    sequences: Batch  # (B, T)
+    targets: torch.Tensor  # (B,) long class indices, (B, L) float multi-hot, or (B,) / (B, L) float regression
+    row_ids: list[int]
+
+    def to(self, device) -> ClassifiedBatch:
+        return ClassifiedBatch(self.sequences.to(device), self.targets.to(device), self.row_ids)
+
+
+class ClassificationCollator:
+    """seq_cls rows: list of (row_id, EncodedLabelled) → ClassifiedBatch, targets shaped as ms-swift's seq_cls
+    collator makes them for transformers' losses: class indices (single-label), multi-hot rows (multi-label, from
+    each row's class indices), floats (regression)."""
+
+    def __init__(self, pad_id: int, *, problem_type: str, num_labels: int):
+        self.pad_id, self.problem_type, self.num_labels = pad_id, problem_type, num_labels
+
+    def __call__(self, items: list[tuple[int, EncodedLabelled]]) -> ClassifiedBatch:
+        labels = [row.label for _, row in items]
+        if self.problem_type == "single_label_classification":
+            targets = torch.tensor([int(label) for label in labels], dtype=torch.long)  # (B,)
+        elif self.problem_type == "multi_label_classification":
+            targets = torch.zeros(len(labels), self.num_labels)  # (B, L)
+            for i, label in enumerate(labels):
+                targets[i, [int(c) for c in (label if isinstance(label, list) else [label])]] = 1.0
+        else:
+            targets = torch.tensor(labels, dtype=torch.float32)  # (B,) or (B, L)
+        row_ids = [i for i, _ in items]
+        return ClassifiedBatch(Batch(*pad([row.sequence for _, row in items], self.pad_id), row_ids=row_ids),
+                               targets, row_ids)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-from alignkit.data.collate import EncodedPair, EncodedUnpaired
-from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, Row, UnpairedRow
+from alignkit.data.collate import EncodedLabelled, EncodedPair, EncodedUnpaired
+from alignkit.data.rows import ClassificationRow, ConversationRow, PreferenceRow, PromptRow, Row, UnpairedRow
 from alignkit.data.template import ChatEncoder, Encoded, Truncated
 from alignkit.errors import AlignkitError
 
@@ -30,6 +30,8 @@ def encode_row(encoder: ChatEncoder, row: Row) -> Encoded | tuple[Encoded, Encod
         return encoder.encode_unpaired(row)
     if isinstance(row, PromptRow):
         return encoder.encode_prompt_row(row)
+    if isinstance(row, ClassificationRow):
+        return encoder.encode_classified(row)
     raise AlignkitError(f"cannot encode rows of type {type(row).__name__}")
 
 
@@ -62,7 +64,7 @@ def encode_rows(encoder: ChatEncoder, rows: list[Row], *, num_proc: int = 1) -> 
 
 
 def with_row_fields(items: list, rows: list) -> list:
-    """Attach what the losses need besides tokens: a pair's RM margin, a KTO row's label."""
+    """Attach what the losses need besides tokens: a pair's RM margin, a KTO row's label, a seq_cls row's label."""
     out = []
     for index, encoded in items:
         row = rows[index]
@@ -70,5 +72,7 @@ def with_row_fields(items: list, rows: list) -> list:
             encoded = EncodedPair(encoded[0], encoded[1], margin=row.margin)
         elif isinstance(row, UnpairedRow):
             encoded = EncodedUnpaired(encoded, row.label)
+        elif isinstance(row, ClassificationRow):
+            encoded = EncodedLabelled(encoded, row.label)
         out.append((index, encoded))
     return out

@@ -10,6 +10,7 @@ Messages are accepted in the spellings the common formats use and normalised to
     {"role": "user", "content": "hi"}        OpenAI / ms-swift / TRL
     {"from": "human", "value": "hi"}         ShareGPT / LLaMA-Factory
     {"from": "human", "content": "hi"}       ColossalChat
+    {"role": "human", "text": "hi"}          ms-swift's hh-rlhf-cn
     -> {"role": "user", "content": "hi"}
 """
 
@@ -70,11 +71,11 @@ def message(value: Any, where: str, source: RowSource) -> Message:
     if not isinstance(value, dict):
         raise error(source, where, f"expected a message {{'role': ..., 'content': ...}}, got {type(value).__name__}")
     role_key = "role" if "role" in value else "from"
-    content_key = "content" if "content" in value else "value"
+    content_key = next((key for key in ("content", "value", "text") if key in value), "content")
     if missing(value.get(role_key)):
         raise error(source, where, "message has no 'role' (or 'from')")
     if missing(value.get(content_key)):
-        raise error(source, where, "message has no 'content' (or 'value')")
+        raise error(source, where, "message has no 'content' (or 'value', 'text')")
     role, content = value[role_key], value[content_key]
     role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is no key
     if role not in ROLES:
@@ -134,6 +135,22 @@ def label(record: dict[str, Any], name: str, source: RowSource) -> bool:
     if not isinstance(value, bool):
         raise error(source, name, f"expected true or false, got {value!r} ({type(value).__name__})")
     return value
+
+
+def class_label(record: dict[str, Any], name: str, source: RowSource) -> int | float | list:
+    """A seq_cls label as ms-swift takes it: a number (a class index, or a regression target) or a non-empty list
+    of numbers (class indices for multi-label, targets for multi-output regression). Which one fits is checked
+    against --problem_type and --num_labels before training (``data.validate.check_class_labels``)."""
+    value = required(record, name, source, "a class index, a list of class indices or a number")
+    if isinstance(value, bool):  # true/false as classes 1/0, as ms-swift's int(label)
+        return int(value)
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if number(value) or isinstance(value, list) and value and all(number(x) for x in value):
+        return value
+    raise error(source, name, f"expected a class index, a list of class indices or a number, got {value!r}")
 
 
 def margin(record: dict[str, Any], source: RowSource) -> float | None:

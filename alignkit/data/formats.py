@@ -26,10 +26,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.data import fields as f
-from alignkit.data.rows import ConversationRow, Message, PreferenceRow, PromptRow, Row, RowSource, UnpairedRow
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    Message,
+    PreferenceRow,
+    PromptRow,
+    Row,
+    RowSource,
+    UnpairedRow,
+)
 from alignkit.errors import DataError
 
-KINDS = ("sft", "preference", "unpaired", "prompt")
+KINDS = ("sft", "preference", "unpaired", "prompt", "classification")
 PAIRED = ("preference", "sft", "unpaired", "prompt")  # a pair also gives a conversation, two KTO rows, a prompt
 SINGLE = ("sft", "prompt")
 LABELLED = ("unpaired", "prompt")
@@ -50,6 +59,7 @@ class Parsed:
     label: bool | None = None
     margin: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    class_label: int | float | list | None = None  # seq_cls: the label of the whole conversation
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,36 @@ def parse_sharegpt(record: dict[str, Any], source: RowSource) -> Parsed:
     return _tag(record, source, parsed)
 
 
+# ------------------------------------------------------------------------------------------- seq_cls
+
+
+def parse_classification(record: dict[str, Any], source: RowSource) -> Parsed:
+    """ms-swift seq_cls rows: ``messages`` (+ ``system``), or ``query`` (+ ``response``, ``history``, ``system``),
+    and ``label``. The whole conversation is classified, so it may end with either role::
+
+        {"messages": [{"role": "user", "content": "great phone"}], "label": 1}
+        -> Parsed(prompt=[user "great phone"], class_label=1)
+    """
+    if f.has(record, "messages"):
+        name = "messages"
+        written = f.messages(f.required(record, "messages", source, "a non-empty list of messages"), name, source)
+    else:
+        name = "query"
+        written = f.history(record, source) + [{"role": "user", "content": f.string(record, "query", source)}]
+        if f.has(record, "response"):
+            written.append({"role": "assistant", "content": f.string(record, "response", source)})
+    messages = f.system_turn(record, written, source) + written
+    used = {"messages", "query", "response", "history", "system", "label"}
+    return Parsed(messages, name, extras=f.extras(record, used), class_label=f.class_label(record, "label", source))
+
+
+# Formats of classification rows, read only for seq_cls (their columns overlap KTO's `messages` + `label`).
+CLASSIFICATION_FORMATS: tuple[Format, ...] = (
+    Format("ms-swift seq_cls", ("messages", "label"), ("classification",), parse_classification),
+    Format("ms-swift seq_cls (query)", ("query", "label"), ("classification",), parse_classification),
+)
+
+
 # ------------------------------------------------------------------------------------------- catalogue
 
 
@@ -340,11 +380,12 @@ def detect_format(columns: list[str], kind: str | None, file: str, records: list
     """The first format in ``FORMATS`` whose columns are all present and whose sniff accepts the first record
     holding them; it must be able to give ``kind`` rows (any kind when ``kind`` is None)."""
     present = set(columns)
-    for fmt in FORMATS:
+    catalogue = CLASSIFICATION_FORMATS if kind == "classification" else FORMATS
+    for fmt in catalogue:
         if _matches(fmt, present, records):
             break
     else:
-        known = "; ".join(dict.fromkeys(f"{x.name} ({', '.join(x.columns)})" for x in FORMATS))
+        known = "; ".join(dict.fromkeys(f"{x.name} ({', '.join(x.columns)})" for x in catalogue))
         raise DataError(
             f"unknown dataset format: found columns {', '.join(columns)}; known formats: {known}; "
             "rename columns with --columns '{\"old\": \"new\"}'",
@@ -378,6 +419,8 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     A preference record gives two unpaired rows for KTO (chosen → True, rejected → False), as TRL does;
     every other case gives one row.
     """
+    if kind == "classification":
+        return [ClassificationRow(parsed.prompt, parsed.class_label, source, parsed.extras)]
     if kind == "sft":
         if not parsed.prompt:
             raise f.error(source, parsed.prompt_field, "no prompt: expected a user turn before the answer")

@@ -35,7 +35,18 @@ from typing import Any
 from alignkit.data.builtin import BUILTIN_DATASETS
 from alignkit.data.fields import IMAGE_COLUMNS, has
 from alignkit.data.formats import KINDS, Format, auto_columns, convert, detect_format, natural_kind
-from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow, Row, RowSource, UnpairedRow
+from alignkit.data.hub_datasets import SwiftDataset, find_swift_dataset
+from alignkit.data.mixing import interleave_rows
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    PreferenceRow,
+    PromptRow,
+    Row,
+    RowSource,
+    UnpairedRow,
+)
+from alignkit.data.self_cognition import is_self_cognition, self_cognition_rows
 from alignkit.data.validate import log_kto_balance, warn_identical_pairs
 from alignkit.errors import AlignkitError, DataError
 
@@ -47,6 +58,7 @@ ROW_TYPES = {
     "preference": PreferenceRow,
     "unpaired": UnpairedRow,
     "prompt": PromptRow,
+    "classification": ClassificationRow,
 }
 DISCARD = ("discard", "warning")
 
@@ -62,6 +74,8 @@ class LoadOptions:
     kind: str | None
     columns: dict[str, str] = field(default_factory=dict)
     check_dataset_strategy: str = "none"
+    model_name: list[str] = field(default_factory=list)  # self-cognition's {{NAME}} (Chinese, English)
+    model_author: list[str] = field(default_factory=list)  # and {{AUTHOR}}
 
 
 @dataclass
@@ -336,7 +350,8 @@ def sample_rows(rows: list[Row], n: int, rng: random.Random) -> list[Row]:
 
 
 def load_dataset_spec(spec: str, kind: str | None, *, seed: int, columns: dict[str, str] | None = None,
-                      check_dataset_strategy: str = "none", report: list[FileReport] | None = None) -> list[Row]:
+                      check_dataset_strategy: str = "none", report: list[FileReport] | None = None,
+                      model_name: list[str] | None = None, model_author: list[str] | None = None) -> list[Row]:
     """The rows of one dataset spec (see the module docstring), as canonical rows of ``kind``.
 
     ``kind`` is "sft" (ConversationRow), "preference" (PreferenceRow), "unpaired" (UnpairedRow) or
@@ -345,7 +360,8 @@ def load_dataset_spec(spec: str, kind: str | None, *, seed: int, columns: dict[s
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    options = LoadOptions(kind, dict(columns or {}), check_dataset_strategy)
+    options = LoadOptions(kind, dict(columns or {}), check_dataset_strategy, list(model_name or []),
+                          list(model_author or []))
     name, n = (spec, None) if Path(spec).exists() else _split_sample(spec)
     rows = _load(name, options, seed, report)
     if n is None:
@@ -369,8 +385,18 @@ def _load(name: str, options: LoadOptions, seed: int, report: list[FileReport] |
     base, _, split = name.partition(":")
     if base in BUILTIN_DATASETS:
         return _load_builtin(base, split or "train", options.kind, seed)
+    if is_self_cognition(name):
+        if options.kind not in (None, "sft"):
+            raise AlignkitError(f"dataset '{name}' holds SFT conversations; {options.kind} data needs other rows")
+        rows = self_cognition_rows(name, names=options.model_name, authors=options.model_author)
+        logger.info("builtin:%s: %d rows (self-cognition, --model_name %s, --model_author %s)", name, len(rows),
+                    " ".join(options.model_name), " ".join(options.model_author))
+        return rows
     if path.suffix.lower() in FILE_SUFFIXES or name.startswith((".", "/", "~")):
         raise AlignkitError(f"dataset file '{name}' not found")
+    registered = find_swift_dataset(name)
+    if registered is not None:
+        return _load_swift_dataset(name, *registered, options, report)
     return _load_hub(name, options, report)
 
 
@@ -409,12 +435,49 @@ def _load_builtin(name: str, split: str, kind: str | None, seed: int) -> list[Ro
             for n, build in BUILTIN_DATASETS.items()
             if isinstance(build("test", data_seed=0)[0], ROW_TYPES[kind])
         ]
+        instead = f"use {' or '.join(fitting)}" if fitting else "there is no built-in one: pass a file"
         raise AlignkitError(
             f"built-in dataset '{name}' holds {type(rows[0]).__name__}s, but {kind} data must be "
-            f"{ROW_TYPES[kind].__name__}s: use {' or '.join(fitting)}"
+            f"{ROW_TYPES[kind].__name__}s: {instead}"
         )
     logger.info("builtin:%s: %d rows (split '%s', data_seed %d)", name, len(rows), split, seed)
     return rows
+
+
+def _load_swift_dataset(name: str, dataset: SwiftDataset, subset: str | None, options: LoadOptions,
+                        report: list[FileReport] | None) -> list[Row]:
+    """An ms-swift dataset name (alignkit/data/hub_datasets.py): its Hugging Face copy, read with ms-swift's
+    column mapping; one that only ModelScope holds, or a hub that cannot be reached, stops saying what to pass."""
+    where = f"{dataset.modelscope_id}" + (f", subset {subset}" if subset else "")
+    local = f"pass the local file ({', '.join(FILE_SUFFIXES)}) or folder with --dataset"
+    if dataset.hf_id is None:
+        raise AlignkitError(
+            f"dataset '{name}' is ms-swift's ModelScope dataset {where}, which has no Hugging Face copy that "
+            f"ms-swift names; alignkit downloads from the Hugging Face Hub only. Download it (for example `modelscope "
+            f"download --dataset {dataset.modelscope_id} --local_dir DIR`) and {local}"
+        )
+    import datasets
+
+    try:
+        data = datasets.load_dataset(dataset.hf_id, subset, split="train")
+    except Exception as exc:  # offline, no such dataset or subset: the user's fix is the same
+        raise AlignkitError(
+            f"cannot load dataset '{name}' (ms-swift's {where}) as '{dataset.hf_id}' from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}). If this machine is offline, download it elsewhere and {local}"
+        ) from exc
+    file = f"hub:{dataset.hf_id}"
+    logger.info("dataset '%s': ms-swift's %s, read from the Hugging Face Hub as %s", name, where, dataset.hf_id)
+    records: list[Record] = list(enumerate(data.to_list(), start=1))
+    if dataset.clean is not None:
+        records = [(n, _cleaned(dataset.clean, r, file, n)) for n, r in records]
+    return rows_from_records(rename(records, dataset.columns, file), file, options, report)
+
+
+def _cleaned(clean, record: dict[str, Any], file: str, row: int) -> dict[str, Any] | DataError:
+    try:
+        return clean(record)
+    except KeyError as exc:  # the hub's copy lacks a column ms-swift's clean-up reads
+        return DataError(f"missing column {exc}, which ms-swift's reading of this dataset needs", file=file, row=row)
 
 
 def _load_hub(name: str, options: LoadOptions, report: list[FileReport] | None) -> list[Row]:
@@ -461,20 +524,33 @@ def load_datasets(
     shuffle: bool = True,
     columns: dict[str, str] | None = None,
     check_dataset_strategy: str = "none",
+    model_name: list[str] | None = None,
+    model_author: list[str] | None = None,
+    interleave_prob: list[float] | None = None,
+    stopping_strategy: str = "first_exhausted",
+    val_shuffle: bool = False,
+    cached: list[str] | None = None,
+    cached_val: list[str] | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """Training and validation rows from ``--dataset`` and ``--val_dataset`` (ms-swift semantics).
 
-    With ``val_specs``, validation is exactly those. Without, each built-in named without a split
-    contributes its held-out ``test`` split, and every other dataset gives ``split_dataset_ratio`` of
-    its rows (none when the ratio is 0). Training rows are mixed and, with ``shuffle``, shuffled with
-    ``seed``; validation rows keep their order.
+    With ``val_specs``, validation is exactly those (shuffled with ``val_shuffle``). Without, each built-in named
+    without a split contributes its held-out ``test`` split, and every other dataset gives ``split_dataset_ratio``
+    of its rows (none when the ratio is 0). Training rows are concatenated, or interleaved by ``interleave_prob``
+    (``alignkit.data.mixing``), after the rows of ``cached`` (``--cached_dataset``) and, with ``shuffle``, shuffled
+    with ``seed``; validation rows keep their order. ``model_name``/``model_author`` fill in the self-cognition set.
     """
-    if not specs:
+    cached, cached_val = list(cached or []), list(cached_val or [])
+    if not specs and not cached:
         raise AlignkitError("no training dataset: pass --dataset (a built-in name, a file or a Hub dataset)")
     if not 0 <= split_dataset_ratio < 1:
         raise AlignkitError(f"--split_dataset_ratio must be in [0, 1), got {split_dataset_ratio}")
-    load = {"seed": seed, "columns": columns, "check_dataset_strategy": check_dataset_strategy}
-    train: list[Row] = []
+    load = {"seed": seed, "columns": columns, "check_dataset_strategy": check_dataset_strategy,
+            "model_name": model_name, "model_author": model_author}
+    if (model_name or model_author) and not any(is_self_cognition(s.split("#")[0]) for s in specs + val_specs):
+        logger.warning("--model_name/--model_author have no effect: they fill in the self-cognition set "
+                       "(swift/self-cognition), which no --dataset or --val_dataset names")
+    sets: list[list[Row]] = []
     val: list[Row] = []
     for spec in specs:
         rows = load_dataset_spec(spec, kind, **load)
@@ -484,12 +560,50 @@ def load_datasets(
         elif not val_specs and split_dataset_ratio > 0:
             rows, split_off = split_rows(rows, split_dataset_ratio, random.Random(f"{seed}:split:{spec}"))
             val += split_off
-        train += rows
-    for spec in val_specs:
-        val += load_dataset_spec(spec, kind, **load)
+        sets.append(rows)
+    if interleave_prob:
+        train = interleave_rows(sets, list(interleave_prob), seed=seed, stopping_strategy=stopping_strategy)
+        logger.info("Interleaved %d datasets by --interleave_prob %s (--stopping_strategy %s): %d rows", len(sets),
+                    " ".join(map(str, interleave_prob)), stopping_strategy, len(train))
+    else:
+        train = [row for rows in sets for row in rows]
+    train = [row for spec in cached for row in load_cached_dataset(spec, kind, **load)] + train
+    listed_val = [row for spec in val_specs for row in load_dataset_spec(spec, kind, **load)]
+    if val_shuffle:
+        random.Random(f"{seed}:val").shuffle(listed_val)
+    val = [row for spec in cached_val for row in load_cached_dataset(spec, kind, **load)] + val + listed_val
     if shuffle:
         random.Random(seed).shuffle(train)
     logger.info("%d training rows, %d validation rows (%s data)", len(train), len(val), kind)
     if kind == "unpaired":
         log_kto_balance(train, "training")
     return train, val
+
+
+def load_cached_dataset(spec: str, kind: str | None, *, seed: int, columns: dict[str, str] | None = None,
+                        check_dataset_strategy: str = "none", model_name: list[str] | None = None,
+                        model_author: list[str] | None = None) -> list[Row]:
+    """A ``--cached_dataset`` folder (``name#N`` samples N rows). ms-swift's ``swift export --to_cached_dataset``
+    writes its standardised rows (``messages``, ``rejected_response``, ``label``, ``images``, ...) with
+    ``datasets.save_to_disk`` and adds a ``lengths`` column counted with its own tokenizer; the rows are read as
+    any dataset is and tokenised with this run's tokenizer and template, ``lengths`` and columns that hold no
+    value in any row dropped."""
+    import datasets
+
+    name, n = (spec, None) if Path(spec).exists() else _split_sample(spec)
+    path = Path(name).expanduser()
+    if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        raise AlignkitError(f"--cached_dataset {spec}: '{name}' is not a folder written by `swift export "
+                            "--to_cached_dataset true` (datasets.save_to_disk: no state.json)")
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        raise AlignkitError(f"--cached_dataset {spec}: the folder holds splits {', '.join(data)}; pass the split's "
+                            "own folder (e.g. .../train)")
+    records = data.to_list()
+    empty = {c for c in data.column_names if all(r.get(c) is None for r in records)} | {"lengths"}
+    records = [{k: v for k, v in r.items() if k not in empty} for r in records]
+    options = LoadOptions(kind, dict(columns or {}), check_dataset_strategy)
+    rows = rows_from_records(list(enumerate(records, start=1)), name, options)
+    if n is None:
+        return rows
+    return sample_rows(rows, n, random.Random(f"{seed}:{name}"))

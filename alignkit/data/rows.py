@@ -60,6 +60,17 @@ class UnpairedRow:
 
 
 @dataclass
+class ClassificationRow:
+    """seq_cls: a conversation, classified as a whole, and its label: a class index (single-label), a list of
+    class indices (multi-label), or a number or list of numbers (regression)."""
+
+    messages: list[Message]
+    label: int | float | list
+    source: RowSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PromptRow:
     """Online methods (PPO/GRPO) and evaluation: a prompt only, plus columns for reward functions."""
 
@@ -68,4 +79,4 @@ class PromptRow:
     source: RowSource | None = None
 
 
-Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow
+Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow | ClassificationRow

@@ -16,7 +16,10 @@ Worked example (ChatML, as in SmolLM2)::
 Which assistant turns are trained is ``--loss_scale`` (ms-swift's names): ``default`` trains every
 assistant turn of an SFT conversation and the answer of a preference pair or KTO row (never its
 prompt's earlier turns); ``last_round`` only the final assistant turn; ``all`` every token of an SFT
-conversation, prompts included.
+conversation, prompts included; ``+ignore_empty_think`` / ``+ignore_think_prefix`` leave a trained turn's
+leading think markup untrained. The system prompt is the row's own, else ``--system`` (text or a .txt file),
+else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
+(``encode_plain``).
 
 The prompt's tokens must be a prefix of prompt+answer's tokens; a template that breaks this (one that
 rewrites earlier turns depending on later ones) raises a clear error naming the template.
@@ -24,14 +27,86 @@ rewrites earlier turns depending on later ones) raises a clear error naming the 
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignkit.data.chat_templates import ChatTemplate, resolve_template
-from alignkit.data.rows import ConversationRow, Message, PreferenceRow, PromptRow, RowSource, UnpairedRow
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    Message,
+    PreferenceRow,
+    PromptRow,
+    RowSource,
+    UnpairedRow,
+)
 from alignkit.errors import AlignkitError, DataError
+
+logger = logging.getLogger("alignkit")
 
 IGNORE_INDEX = -100
 LOSS_SCALES = ("default", "last_round", "all")
+# ms-swift's --loss_scale modifiers that untrain an answer's leading think markup (swift/loss_scale/config): the
+# first pattern that matches the start of an assistant turn's rendered text is not trained.
+THINK_PREFIXES: dict[str, tuple[str, ...]] = {
+    "ignore_empty_think": (
+        r"<think>\s*</think>\s*",
+        r"<seed:think><seed:cot_budget_reflect>The current thinking budget is 0, so I will directly start answering "
+        r"the question\.</seed:cot_budget_reflect>\n</seed:think>\s*",
+        r"</think>\s*",
+        r"<\|channel>thought\n<channel\|>",
+        r"</mm:think>\s*",
+    ),
+    "ignore_think_prefix": (r"<think>\n?",),
+}
+# ms-swift's agent loss scales weigh tool-call tokens 2x (a per-token weight alignkit's losses do not take).
+WEIGHTED_LOSS_SCALES = ("react", "hermes", "qwen", "agentflan", "alpha_umi")
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """A parsed --loss_scale: the base strategy and the think-prefix modifiers (``default+ignore_empty_think``)."""
+
+    base: str = "default"
+    modifiers: tuple[str, ...] = ()
+
+    @property
+    def untrained_prefixes(self) -> list[re.Pattern]:
+        return [re.compile(p) for name in self.modifiers for p in THINK_PREFIXES[name]]
+
+
+def parse_loss_scale(text: str) -> LossScale:
+    """``"last_round+ignore_empty_think"`` → LossScale("last_round", ("ignore_empty_think",)); a name without a
+    base strategy takes ``default``, as in ms-swift."""
+    parts = [part.strip() for part in str(text).split("+")]
+    base = parts.pop(0) if parts[0] in LOSS_SCALES else "default"
+    for part in parts:
+        if part in WEIGHTED_LOSS_SCALES:
+            raise AlignkitError(
+                f"--loss_scale {text}: '{part}' weighs tool-call tokens differently from the rest of an answer, and "
+                "alignkit's losses take no per-token weights; use default, last_round or all (optionally "
+                "+ignore_empty_think or +ignore_think_prefix)")
+        if part not in THINK_PREFIXES:
+            raise AlignkitError(
+                f"--loss_scale {text}: unknown '{part}'; expected one of {', '.join(LOSS_SCALES)}, optionally "
+                f"followed by +{' or +'.join(THINK_PREFIXES)}")
+    return LossScale(base, tuple(parts))
+
+
+def read_system(value: str | None) -> str | None:
+    """--system as ms-swift reads it: a value ending in .txt is a file holding the prompt; otherwise the text,
+    with the two characters ``\\n`` read as a newline."""
+    if value is None or not value.endswith(".txt"):
+        return value.replace("\\n", "\n") if value is not None else None
+    try:
+        return Path(value).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise AlignkitError(f"--system {value}: no such file (a value ending in .txt names a file holding the "
+                            "system prompt)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AlignkitError(f"--system {value}: cannot read the file ({exc})") from exc
 
 
 @dataclass
@@ -51,13 +126,12 @@ class Truncated(Exception):
 
 
 def with_system(messages: list[Message], system: str | None, default: str | None = None) -> list[Message]:
-    """Replace (or add) the system message when --system is given; else add ``default`` where there is none."""
-    if system is None:
-        if default is not None and not (messages and messages[0]["role"] == "system"):
-            return [{"role": "system", "content": default}, *messages]
+    """The system message, in ms-swift's order of priority: the row's own, else --system (``system``), else the
+    template's ``default``; none when there is none of them."""
+    if messages and messages[0]["role"] == "system":
         return list(messages)
-    rest = [m for m in messages if m["role"] != "system"]
-    return [{"role": "system", "content": system}, *rest]
+    fallback = system if system is not None else default
+    return [{"role": "system", "content": fallback}, *messages] if fallback is not None else list(messages)
 
 
 class ChatEncoder:
@@ -65,16 +139,20 @@ class ChatEncoder:
 
     def __init__(self, tokenizer, *, max_length: int, max_prompt_length: int | None = None,
                  truncation_strategy: str = "delete", system: str | None = None,
-                 template: ChatTemplate | None = None, loss_scale: str = "default"):
-        if loss_scale not in LOSS_SCALES:
-            raise AlignkitError(f"--loss_scale {loss_scale}: expected one of {', '.join(LOSS_SCALES)}")
+                 template: ChatTemplate | None = None, loss_scale: str = "default", use_chat_template: bool = True):
+        scale = parse_loss_scale(loss_scale)
         self.tokenizer = tokenizer
         self.template = template if template is not None else resolve_template(tokenizer)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.truncation_strategy = truncation_strategy
-        self.system = system
-        self.loss_scale = loss_scale
+        self.system = read_system(system)
+        self.loss_scale = scale.base
+        self.loss_scale_modifiers = scale.modifiers
+        self._untrained_prefixes = scale.untrained_prefixes
+        # use_chat_template=False: ms-swift's generation template (see ``encode_plain``).
+        self.use_chat_template = use_chat_template
+        self._warned_rounds = False
         self._end_ids = self.tokens(self.template.end_of_assistant) if self.template.end_of_assistant else None
 
     @property
@@ -96,6 +174,8 @@ class ChatEncoder:
 
     def encode_prompt(self, prompt: list[Message]) -> list[int]:
         """Token ids of a prompt followed by the assistant header, ready for generation."""
+        if not self.use_chat_template:
+            return self.encode_plain(prompt, set()).input_ids
         return self.tokens(self.render(self.system_applied(prompt), generation_prompt=True))
 
     def prompt_of(self, row: PromptRow) -> list[int]:
@@ -106,6 +186,8 @@ class ChatEncoder:
                *, every_token: bool = False) -> Encoded:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels
         (``every_token``: all tokens do, for ``--loss_scale all``)."""
+        if not self.use_chat_template:
+            return self._fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
         full_text = self.render(messages, generation_prompt=False)
         full_ids = self.tokens(full_text)
         labels = list(full_ids) if every_token else [IGNORE_INDEX] * len(full_ids)
@@ -116,10 +198,71 @@ class ChatEncoder:
             end = self._checked_prefix(messages[: index + 1], full_text, full_ids, generation_prompt=False)
             end = self._end_of_assistant(full_ids, start, end)
             labels[start:end] = full_ids[start:end]
+            untrained = self._untrained_prefix(messages, index, full_text, full_ids, start)
+            labels[start:untrained] = [IGNORE_INDEX] * (untrained - start)
         if train_turns and all(label == IGNORE_INDEX for label in labels):
             # An all-masked sequence makes a mean loss 0/0: the classic NaN. It is never trained on.
             raise DataError("the answer renders to no trainable tokens", **_where(source))
         return self._fit(Encoded(full_ids, labels), source)
+
+    def encode_plain(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
+                     *, every_token: bool = False) -> Encoded:
+        """ms-swift's generation template (--use_chat_template false, for base models): BOS (where the tokenizer
+        adds one) + the last round's query + its answer + EOS, each part tokenised on its own as ms-swift does; no
+        system prompt, no chat markers. Worked example: [user "2+3=", assistant "5"] → ``<s>`` "2+3=" "5" ``</s>``,
+        the answer and EOS trained. A prompt (no answer) ends after the query, ready for generation."""
+        turns = [m for m in messages if m["role"] != "system"]
+        answer = turns[-1]["content"] if turns and turns[-1]["role"] == "assistant" else None
+        before = turns[:-1] if answer is not None else turns
+        query = before[-1]["content"] if before and before[-1]["role"] == "user" else ""
+        if len(before) > 1 and not self._warned_rounds:
+            self._warned_rounds = True
+            logger.warning("--use_chat_template false: the generation template holds one round; earlier turns of "
+                           "multi-round rows are left out, as ms-swift does")
+        bos = [self.tokenizer.bos_token_id] if self._adds_bos() else []
+        ids = bos + self.tokens(query)
+        labels = list(ids) if every_token else [IGNORE_INDEX] * len(ids)
+        if answer is not None:
+            if self.tokenizer.eos_token_id is None:
+                raise AlignkitError("--use_chat_template false ends each answer with the EOS token, but the "
+                                    "tokenizer has none")
+            trained = every_token or bool(train_turns)
+            # A leading think block that --loss_scale ...+ignore_empty_think leaves untrained is its own part.
+            match = next((m for p in self._untrained_prefixes if (m := p.match(answer))), None)
+            skipped = self.tokens(match.group(0)) if match is not None and match.group(0) and not every_token else []
+            rest = self.tokens(answer[len(match.group(0)):] if skipped else answer) + [self.tokenizer.eos_token_id]
+            ids += skipped + rest
+            labels += [IGNORE_INDEX] * len(skipped) + (rest if trained else [IGNORE_INDEX] * len(rest))
+        if train_turns and all(label == IGNORE_INDEX for label in labels):
+            raise DataError("the answer renders to no trainable tokens", **_where(source))
+        return Encoded(ids, labels)
+
+    def _adds_bos(self) -> bool:
+        """Whether the tokenizer puts a BOS token before text by default (ms-swift's auto_add_bos test)."""
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
+
+    def _untrained_prefix(self, messages: list[Message], index: int, full_text: str, full_ids: list[int],
+                          start: int) -> int:
+        """Where training starts in assistant turn ``index`` under --loss_scale ...+ignore_empty_think (or
+        +ignore_think_prefix): after the tokens that lie wholly inside the think markup the turn's rendered text
+        starts with (the answer's own, or one the chat template writes, as Qwen3's does for an answer without)."""
+        if not self._untrained_prefixes:
+            return start
+        prompt_text = self.render(messages[:index], generation_prompt=True)
+        if not full_text.startswith(prompt_text):
+            raise AlignkitError(
+                f"--loss_scale {'+'.join((self.loss_scale, *self.loss_scale_modifiers))}: the chat template renders "
+                "a conversation's beginning differently inside the whole conversation, so the answer's think markup "
+                "cannot be located; drop the modifier or use another --template")
+        match = next((m for p in self._untrained_prefixes if (m := p.match(full_text, len(prompt_text)))), None)
+        if match is None or not match.group(0):
+            return start
+        # Tokens both tokenisations share lie wholly inside prompt + markup; one that runs on into the answer's
+        # text stays trained.
+        prefix = self.tokens(full_text[: match.end()])
+        shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
+        return max(start, shared)
 
     def _end_of_assistant(self, full_ids: list[int], start: int, end: int) -> int:
         """With a template config's ``end_of_assistant``, the trained span ends right after its last occurrence."""
@@ -216,6 +359,21 @@ class ChatEncoder:
             if self.truncation_strategy != "left":
                 raise Truncated(what)
             ids = ids[-self.max_length :]
+        return Encoded(ids, [IGNORE_INDEX] * len(ids))
+
+    def encode_classified(self, row: ClassificationRow) -> Encoded:
+        """seq_cls: the whole conversation, no token trained (the head reads its last token). One that ends with
+        the user's turn gets the assistant header, as ms-swift renders a conversation awaiting a reply. Over
+        --max_length: left cuts the beginning, right the end, raise stops, delete drops the row."""
+        messages = self.system_applied(row.messages)
+        ids = self.tokens(self.render(messages, generation_prompt=messages[-1]["role"] == "user"))
+        if len(ids) > self.max_length:
+            what = f"{len(ids)} tokens exceed --max_length {self.max_length}"
+            if self.truncation_strategy == "raise":
+                raise DataError(what, **_where(row.source))
+            if self.truncation_strategy == "delete":
+                raise Truncated(what)
+            ids = ids[-self.max_length :] if self.truncation_strategy == "left" else ids[: self.max_length]
         return Encoded(ids, [IGNORE_INDEX] * len(ids))
 
     def _encode_answer(self, prompt: list[Message], answer: list[Message], source: RowSource | None) -> Encoded:

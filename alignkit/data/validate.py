@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from alignkit.data.rows import PreferenceRow, Row, UnpairedRow
+from alignkit.data.rows import ClassificationRow, PreferenceRow, Row, UnpairedRow
+from alignkit.errors import DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -65,3 +66,24 @@ def log_kto_balance(rows: list[Row], split: str) -> None:
         )
     else:
         logger.info(text)
+
+
+def check_class_labels(rows: list[ClassificationRow], *, problem_type: str, num_labels: int) -> None:
+    """Every seq_cls label fits --problem_type and --num_labels, or a DataError names the file, row and field:
+    single_label_classification takes a class index in [0, num_labels); multi_label_classification a list of
+    such indices (or one); regression a number when num_labels is 1, else a list of num_labels numbers."""
+    for row in rows:
+        label, labels = row.label, row.label if isinstance(row.label, list) else [row.label]
+        indices = all(float(v).is_integer() and 0 <= v < num_labels for v in labels)
+        if problem_type == "single_label_classification":
+            fits, expected = not isinstance(label, list) and indices, f"a class index in [0, {num_labels})"
+        elif problem_type == "multi_label_classification":
+            fits, expected = indices, f"a list of class indices in [0, {num_labels})"
+        elif num_labels == 1:
+            fits, expected = not isinstance(label, list), "a number"
+        else:
+            fits, expected = isinstance(label, list) and len(label) == num_labels, f"a list of {num_labels} numbers"
+        if not fits:
+            where = {"file": row.source.file, "row": row.source.row} if row.source else {}
+            raise DataError(f"--problem_type {problem_type} with --num_labels {num_labels} expects {expected}, got "
+                            f"{label!r}", field="label", **where)

@@ -19,6 +19,7 @@ from alignkit.losses.preference import (
     dpo_loss,
     kto_kl_estimate,
     kto_loss,
+    kto_reference_point,
     orpo_loss,
     reward_model_loss,
     simpo_loss,
@@ -27,6 +28,7 @@ from alignkit.losses.preference import (
 __all__ = [
     "DPO_LOSS_TYPES", "EXO_DEFAULT_EPS", "F_DIVERGENCE_TYPES",
     "SIMPO_DEFAULT_GAMMA", "_F_DIVERGENCE_LOSS_TYPES", "KTOLoss", "ORPOLoss", "PreferenceLoss",
-    "combine_dpo_losses", "cpo_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "orpo_loss",
+    "combine_dpo_losses", "cpo_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "kto_reference_point",
+    "orpo_loss",
     "reward_model_loss", "simpo_loss",
 ]

@@ -332,11 +332,17 @@ def orpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, *, bet
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     """KTO's reference point z_ref = max(0, mean(log π(y'|x) − log π_ref(y'|x))), detached (Eq. 7 of KTO).
 
-    y' are completions paired with mismatched prompts (shifted within the batch), so the mean is a
-    biased but cheap estimate of KL(π ‖ π_ref). Both inputs (B,) summed log-probs; returns a scalar.
-    Under data parallelism pass the gathered tensors, so every rank clamps the same global mean (as TRL).
+    y' are completions paired with mismatched prompts (``alignkit.data.collate.kl_rows``), so the mean is a
+    biased but cheap estimate of KL(π ‖ π_ref). Both inputs (n,) summed log-probs of all the mismatched pairs
+    of one optimizer step; returns a scalar. ``kto_reference_point`` is the same from sums, for pairs spread
+    over micro-batches and processes.
     """
-    return (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    return kto_reference_point((policy_kl_logps - ref_kl_logps).sum(), len(policy_kl_logps))
+
+
+def kto_reference_point(kl_sum: Tensor, count: int | Tensor) -> Tensor:
+    """z_ref = max(0, Σ (log π(y'|x) − log π_ref(y'|x)) / n) from the sum over n mismatched pairs, detached."""
+    return (kl_sum / count).detach().clamp(min=0)
 
 
 def kto_loss(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -43,9 +44,14 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
     if Path(model).expanduser().exists():
         return AlignkitError(f"cannot load the model in {model} ({detail})")
+    from alignkit.models.registry import model_type_of_hub_id
+
+    entry = model_type_of_hub_id(model)
+    named = f" (ms-swift's --model_type {entry.name})" if entry is not None else ""
     return AlignkitError(
-        f"could not load '{model}' from the model hub ({detail}). "
-        "If this machine is offline, download the model elsewhere and pass its local directory with --model."
+        f"could not load '{model}'{named} from the model hub ({detail}). "
+        "If this machine is offline, download the model elsewhere and pass its local directory with --model "
+        "(ms-swift's offline spelling: --model_id_or_path DIR --check_model_is_latest false)."
     )
 
 
@@ -80,6 +86,32 @@ def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dt
     return model
 
 
+def load_sequence_classifier(model_path: str, revision: str | None = None, *, num_labels: int, problem_type: str,
+                             pad_token_id: int, device_map=None, max_memory: dict | None = None):
+    """The model's backbone with a ``num_labels``-output head (transformers' AutoModelForSequenceClassification:
+    a new head is initialised as the model's other linear layers), pooled at each row's last token that is not
+    ``pad_token_id``; ``problem_type`` is kept in its config, so a checkpoint reloads with the same loss."""
+    from transformers import AutoModelForSequenceClassification
+
+    placement = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder()}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, revision=revision, num_labels=num_labels, problem_type=problem_type, pad_token_id=pad_token_id,
+            **placement)
+    except ValueError as error:
+        if "Unrecognized configuration class" not in str(error):
+            raise _load_error(model_path, error) from error
+        raise AlignkitError(f"--task_type seq_cls: transformers has no sequence-classification class for {model_path} "
+                            f"({str(error).splitlines()[0][:200]})") from error
+    except Exception as error:  # each broken file raises its parser's own error type
+        raise _load_error(model_path, error) from error
+    if split_map(model) is not None:
+        logger.info("Model layers by device (--device_map): %s", describe(split_map(model)))
+    return model
+
+
 def lora_targets(names: list[str]) -> str | list[str]:
     upper = [name.upper() for name in names]
     if upper in (["ALL"], ["ALL-LINEAR"]):
@@ -89,7 +121,10 @@ def lora_targets(names: list[str]) -> str | list[str]:
     return list(names)
 
 
-def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: list[str]):
+def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: list[str],
+             task_type: str = "CAUSAL_LM"):
+    """``task_type`` SEQ_CLS (a sequence classifier) makes peft train and save the classification head in full
+    (its ``modules_to_save``), as ms-swift does for seq_cls."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -97,7 +132,7 @@ def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: li
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=lora_targets(target_modules),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     try:
         return get_peft_model(model, config)
@@ -121,6 +156,39 @@ def load_adapters(model, adapters: list[str], *, trainable: bool):
             detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
             raise AlignkitError(f"--adapters {adapter}: cannot load the adapter ({detail})") from error
     return model
+
+
+def disable_dropout(model) -> int:
+    """Set every ``nn.Dropout``'s probability to 0, LoRA's included, as TRL's ``disable_dropout_in_model``
+    (attention dropout given as a config float is left as the model has it; it is 0 in most causal LMs). Without
+    it a padded and a packed forward of the same rows draw different masks and drift apart; PPO's and GRPO's
+    rollout log-probs would not match their training forward. Returns the number of modules set."""
+    modules = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    for module in modules:
+        module.p = 0.0
+    return len(modules)
+
+
+def model_max_length(model_path: str, revision: str | None = None) -> int | None:
+    """The longest sequence the model takes, as ms-swift reads it (HfConfigFactory.get_max_model_len): the smallest
+    of the length keys in its config or its language model's sub-config (a vision-language model's text_config;
+    never the vision encoder's), else the tokenizer's model_max_length when it names one; None when neither does."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    keys = ("seq_length", "max_position_embeddings", "n_positions", "model_max_length", "seq_len", "max_seq_len",
+            "max_sequence_length", "max_seq_length")
+    try:
+        config = AutoConfig.from_pretrained(model_path, revision=revision)
+    except Exception as error:  # each broken file raises its parser's own error type
+        raise _load_error(model_path, error) from error
+    configs = [config] + [getattr(config, name) for name in ("language_config", "llm_config", "text_config")
+                          if getattr(config, name, None) is not None]
+    found = [[getattr(c, key) for c in configs if isinstance(getattr(c, key, None), int)] for key in keys]
+    limits = [values[0] for values in found if values]  # per key, the first config that has it (as ms-swift)
+    if limits:
+        return min(limits)
+    limit = AutoTokenizer.from_pretrained(model_path, revision=revision).model_max_length
+    return limit if limit < 1e9 else None  # transformers' "no limit" is 1e30
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -152,23 +220,55 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, list[str]]:
-    """--ckpt_dir (ms-swift) names a run's checkpoint: an adapter (base model read from its config) or a
-    full model directory. Returns (model, adapters)."""
+    """--ckpt_dir (ms-swift) names a run's checkpoint: an adapter or a full model directory. An adapter
+    (--ckpt_dir or the first of --adapters) without --model brings its own base (``adapter_base_model``).
+    Returns (model, adapters)."""
     if ckpt_dir is None:
+        if model is None and adapters:
+            model = adapter_base_model(adapters[0])
         return model, list(adapters)
     path = Path(ckpt_dir)
     if (path / "adapter_config.json").is_file():
-        import json
-
-        try:
-            config = json.loads((path / "adapter_config.json").read_text())
-        except (ValueError, OSError) as error:
-            raise AlignkitError(f"--ckpt_dir {ckpt_dir}: adapter_config.json is unreadable ({error})") from error
-        base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-        return model or base, [str(path), *adapters]
+        return model or adapter_base_model(str(path), flag="--ckpt_dir"), [str(path), *adapters]
     if (path / "config.json").is_file():
         return str(path), list(adapters)
     raise AlignkitError(f"--ckpt_dir {ckpt_dir}: neither a LoRA adapter nor a model directory")
+
+
+def adapter_base_model(adapter: str, flag: str = "--adapters") -> str | None:
+    """The model an adapter was trained on: the ``model`` of its run's args.json (in the checkpoint, else its
+    run directory; ms-swift 2.x wrote ``model_id_or_path``/``model_type``), else peft's
+    ``base_model_name_or_path`` in adapter_config.json. A recorded path that no longer exists gives way to
+    the next source. None when nothing names one."""
+    from alignkit.models.registry import SwiftModel, lookup_model_type
+
+    path = Path(adapter).expanduser()
+    candidates: list[tuple[str, str]] = []
+    for args_file in (folder / name for folder in (path, path.parent) for name in ("args.json", "sft_args.json")):
+        saved = _read_json(args_file, flag, adapter)
+        base = saved.get("model") or saved.get("model_id_or_path")
+        if base is None and isinstance(lookup_model_type(str(saved.get("model_type", ""))), SwiftModel):
+            base = lookup_model_type(saved["model_type"]).hf_id
+        if isinstance(base, str) and base:
+            candidates.append((base, str(args_file)))
+    base = _read_json(path / "adapter_config.json", flag, adapter).get("base_model_name_or_path")
+    if isinstance(base, str) and base:
+        candidates.append((base, str(path / "adapter_config.json")))
+    if not candidates:
+        return None
+    chosen, source = next(((b, s) for b, s in candidates if Path(b).expanduser().exists()), candidates[0])
+    logger.info("%s %s: base model %s (from %s)", flag, adapter, chosen, source)
+    return chosen
+
+
+def _read_json(path: Path, flag: str, adapter: str) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise AlignkitError(f"{flag} {adapter}: {path.name} is unreadable ({error})") from error
+    return value if isinstance(value, dict) else {}
 
 
 def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,

@@ -97,9 +97,8 @@ def _lengths(batch: Batch) -> list[int]:
     return lengths
 
 
-def _rows_first_fit(lengths: list[int]) -> list[list[int]]:
-    """Sequence indices per row: first-fit decreasing into rows of the longest sequence's length."""
-    capacity = max(lengths)
+def _rows_first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices per row: first-fit decreasing into rows of ``capacity`` tokens (at least the longest)."""
     rows: list[list[int]] = []
     fill: list[int] = []
     for s in sorted(range(len(lengths)), key=lambda s: -lengths[s]):
@@ -139,16 +138,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int = ROW_TOKENS) -> Packed:
-    """Lay the batch out as packed rows; see the module docstring for the layout."""
+def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -> Packed:
+    """Lay the batch out as packed rows; see the module docstring for the layout. ``row_tokens``: how long a
+    row may grow (--packing_length: a dataset pack becomes one row); unset, ROW_TOKENS with prefix sharing
+    and the longest sequence without."""
     ids = batch.input_ids.tolist()
     labels = batch.labels.tolist()
     lengths = _lengths(batch)
     seqs = [ids[s][: lengths[s]] for s in range(len(ids))]
     if share_prefixes:
-        rows = _rows_by_prefix(seqs, max(row_tokens, *lengths))
+        rows = _rows_by_prefix(seqs, max(row_tokens or ROW_TOKENS, *lengths))
     else:
-        rows = _rows_first_fit(lengths)
+        rows = _rows_first_fit(lengths, max(row_tokens or 0, *lengths))
 
     row_ids, row_parents, paths = [], [], {}  # per row: node tokens, parent node; per sequence: (row, nodes)
     for r, members in enumerate(rows):
@@ -272,10 +273,11 @@ def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> 
 
 
 def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: bool = False,
-                         ld_alpha: float | None = None):
+                         ld_alpha: float | None = None, row_tokens: int | None = None):
     """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order; ``average`` and
-    ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.models.logprobs.sequence_logps``."""
-    packed = pack(batch, share_prefixes=share_prefixes)
+    ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.models.logprobs.sequence_logps``;
+    ``row_tokens`` as in ``pack``."""
+    packed = pack(batch, share_prefixes=share_prefixes, row_tokens=row_tokens)
     logits = model(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
@@ -307,12 +309,17 @@ def length_desensitised_token_weights(target_seqs: torch.Tensor, counts: torch.T
 @dataclass(frozen=True)
 class Layout:
     """How an algorithm lays out its forwards: padded (the default, ``forward_logps``), packed, or packed with
-    common prefixes held once. Same numbers; ``alignkit.training.run`` picks it per run and logs the choice."""
+    common prefixes held once. Same numbers; ``alignkit.training.run`` picks it per run and logs the choice.
+    ``row_tokens``: with --packing, --packing_length, so each dataset pack runs as one row."""
 
     padding_free: bool = False
     prefix_sharing: bool = False
+    row_tokens: int | None = None
     # The run's self-check (alignkit.models.layout_check): its first packed batch also runs padded.
     check: LayoutCheck | None = field(default=None, compare=False, repr=False)
+
+    def pack(self, batch: Batch) -> Packed:
+        return pack(batch, share_prefixes=self.prefix_sharing, row_tokens=self.row_tokens)
 
     def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
         """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
@@ -322,7 +329,7 @@ class Layout:
 
         def packed():
             return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, average=average,
-                                        ld_alpha=ld_alpha)
+                                        ld_alpha=ld_alpha, row_tokens=self.row_tokens)
 
         if self.check is None:
             return packed()

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -72,11 +73,9 @@ def sequence_digests(batch: Batch, ld_alpha: float | None = None) -> list[bytes]
 
 
 def sequence_batches(batch: Batch | UnpairedBatch) -> list[Batch]:
-    """The batches of sequences a collated micro-batch runs through the reference: a pair batch itself; for
-    KTO the completions and the mismatched pairs of its KL estimate."""
-    if isinstance(batch, UnpairedBatch):
-        return [batch.completions] + ([batch.kl] if batch.kl is not None else [])
-    return [batch]
+    """The batch of sequences a collated micro-batch runs through the reference: a pair batch itself; for
+    KTO (rows or their mismatched KL rows) the completions."""
+    return [batch.completions] if isinstance(batch, UnpairedBatch) else [batch]
 
 
 class CachedReference:
@@ -101,36 +100,40 @@ class CachedReference:
         return (logps / counts.clamp(min=1) if average else logps), counts
 
 
-def visited_batches(
-    num_rows: int, config, *, world_size: int = 1, rank: int = 0, dedup: bool = True
-) -> list[list[int]]:
-    """The training micro-batches this process will run under this LoopConfig, in the loop's own data order
-    (``trainer.epoch_batches`` of global batches, this process's shard of each as
-    ``trainer.accumulate_gradients`` takes it, the first row when its shard is empty).
-
-    ``dedup``: each row in the first batch that holds it only, so a run of 50 steps over 2000 rows
-    precomputes 50 batches, not 2000 rows (pairs: a sequence's log-prob does not depend on its batch-mates).
-    KTO needs every micro-batch whole (``dedup=False``): its KL pairs are formed within the micro-batch.
-    Precomputing in the loop's own batches keeps bf16 rounding alike for policy and reference, so the first
-    step's loss is exactly ln 2 as on the plain path."""
+def visited_steps(num_rows: int, config, *, world_size: int = 1) -> Iterator[list[list[int]]]:
+    """The global micro-batches of every optimizer step the loop will take under this LoopConfig, in its order
+    (``data.order.epoch_batches`` of global batches, ``gradient_accumulation_steps`` of them per step)."""
     from alignkit.data.order import epoch_batches, total_steps
 
-    size, global_size = config.batch_size, config.batch_size * world_size
-    per_epoch = math.ceil(num_rows / global_size)
-    steps, step, epoch, seen, out = total_steps(per_epoch, config), 0, 0, set(), []
-    while step < steps and (not dedup or len(seen) < num_rows):
+    global_size, accumulation = config.batch_size * world_size, config.gradient_accumulation_steps
+    steps = total_steps(math.ceil(num_rows / global_size), config)
+    step, epoch = 0, 0
+    while step < steps:
         batches = epoch_batches(num_rows, global_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
-        for start in range(0, len(batches), config.gradient_accumulation_steps):
+        for start in range(0, len(batches), accumulation):
             if step == steps:
-                break
-            for global_batch in batches[start : start + config.gradient_accumulation_steps]:
-                batch = global_batch[rank * size : (rank + 1) * size] or global_batch[:1]
-                new = [i for i in batch if i not in seen] if dedup else batch
-                if new:
-                    out.append(new)
-                    seen.update(new)
+                return
+            yield batches[start : start + accumulation]
             step += 1
         epoch += 1
+
+
+def visited_batches(num_rows: int, config, *, world_size: int = 1, rank: int = 0) -> list[list[int]]:
+    """The training micro-batches this process will run under this LoopConfig, in the loop's own data order:
+    this process's shard of each global batch of ``visited_steps`` as ``training.loop.accumulate_gradients``
+    takes it, the first row when its shard is empty; each row in the first batch that holds it only, so a run
+    of 50 steps over 2000 rows precomputes 50 batches, not 2000 rows (a sequence's log-prob does not depend on
+    its batch-mates). Precomputing in the loop's own batches keeps bf16 rounding alike for policy and
+    reference, so the first step's loss is exactly ln 2 as on the plain path."""
+    size, seen, out = config.batch_size, set(), []
+    for group in visited_steps(num_rows, config, world_size=world_size):
+        if len(seen) == num_rows:
+            break
+        for global_batch in group:
+            new = [i for i in global_batch[rank * size : (rank + 1) * size] or global_batch[:1] if i not in seen]
+            if new:
+                out.append(new)
+                seen.update(new)
     return out
 
 

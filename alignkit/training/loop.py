@@ -17,22 +17,27 @@ from typing import Protocol
 
 import torch
 
-from alignkit.data.collate import Batch
+from alignkit.algorithms.kto import kl_micro_batches
+from alignkit.data.collate import Batch, kl_rows
 from alignkit.data.order import epoch_batches, total_steps
+from alignkit.data.packing import row_ids_of
 from alignkit.training.faults import fault_point
-from alignkit.training.metrics_log import RunningMean
 from alignkit.training.runner import LoopConfig, Runner
 
 logger = logging.getLogger("alignkit")
 
 
 class Algorithm(Protocol):
-    loss_unit: str  # "examples" or "tokens": what a micro-batch's loss is a mean over (alignkit/algorithms)
+    rows: str  # "sft", "preference", "unpaired" (KTO) or "classification" (alignkit/algorithms)
+    loss_unit: str  # "examples" or "tokens": what a micro-batch's loss is a mean over
 
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+    # metrics: name → value, or (mean, count) for a mean over a subset of the rows (``add_metrics``)
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]: ...
 
 
-
+def step_kl(algorithm: Algorithm) -> bool:
+    """KTO with a KL term: its reference point z is a statistic of the whole step, computed before its losses."""
+    return algorithm.rows == "unpaired" and algorithm.needs_kl
 
 
 
@@ -81,7 +86,8 @@ def train(
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, runner,
                                                              step=state.global_step + 1, batch_size=config.batch_size)
                 learning_rate = runner.learning_rate()
-                grad_norm, problem = runner.update(model.parameters(), problem, row_ids=[i for b in group for i in b])
+                step_rows = [r for b in group for i in b for r in row_ids_of(train_rows[i])]  # a pack names its rows
+                grad_norm, problem = runner.update(model.parameters(), problem, row_ids=step_rows)
                 state.global_step += 1
                 state.batches_done_in_epoch += len(group)
                 if state.batches_done_in_epoch >= len(batches):
@@ -109,6 +115,7 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     weighed by its share of the step's loss units (examples, or trained tokens for SFT) counted over all
     micro-batches and processes, so the step's loss and gradient are the mean over the whole step's rows
     however they are split: 1 process × 4 rows, 2 processes × 2 and 4 accumulated micro-batches × 1 agree.
+    KTO's reference point z is likewise one number for the whole step (``kl_micro_batches``), computed first.
 
     Returns the step's metrics (the same weighted mean, over all processes) and, if a loss was NaN/inf on
     any process, (what, row ids): the remaining micro-batches are not run, since the update will be skipped.
@@ -121,7 +128,11 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     batches = [collate([rows[i] for i in (shard or global_batch[:1])]) for shard, global_batch in zip(shards, group)]
     units = [loss_units(algorithm, batch) if shard else 0 for batch, shard in zip(batches, shards)]
     total = max(runner.sum_over_processes(torch.tensor([float(sum(units))])).item(), 1.0)
-    step_metrics: dict[str, float] = {}
+    if step_kl(algorithm):  # KTO: z over the mismatched pairs of all the step's rows, all processes
+        sums = kl_sums(model, algorithm, kl_micro_batches(group, rows, rank=rank, batch_size=batch_size), collate,
+                       accelerator)
+        algorithm = algorithm.for_step(*runner.sum_over_processes(torch.tensor(sums, dtype=torch.float64)).tolist())
+    totals: dict[str, list[float]] = {}
     for position, (batch, count) in enumerate(zip(batches, units)):
         batch = batch.to(accelerator.device)
         weight = count / total
@@ -131,16 +142,49 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
             with accelerator.autocast():
                 loss, metrics = algorithm.loss(model, batch)
             if runner.any_process(not torch.isfinite(loss.detach()).item()):
-                return step_metrics, (f"non-finite loss ({loss.item()})", batch.row_ids)
+                return {}, (f"non-finite loss ({loss.item()})", batch.row_ids)
             # DDP averages gradients over processes; the weights already sum to 1 over all of them.
             accelerator.backward(loss * (weight * world))
-        for key, value in metrics.items():
-            step_metrics[key] = step_metrics.get(key, 0.0) + value * weight
+        add_metrics(totals, metrics, weight)
         if position == 0:
             fault_point("micro_batch", step)
-    keys = sorted(step_metrics)
-    summed = runner.sum_over_processes(torch.tensor([step_metrics[k] for k in keys], dtype=torch.float64))
-    return dict(zip(keys, summed.tolist())), None
+    keys = sorted(totals)
+    summed = runner.sum_over_processes(torch.tensor([totals[k] for k in keys], dtype=torch.float64).reshape(-1, 2))
+    return metric_means(dict(zip(keys, summed.tolist()))), None
+
+
+def add_metrics(totals: dict[str, list[float]], metrics: dict, weight: float) -> None:
+    """Add one micro-batch's metrics to running [Σ value·w, Σ w] totals: a plain value weighs ``weight`` (the
+    micro-batch's share of the step), a (mean, count) pair, a mean over a subset of its rows (KTO's desirable
+    ones), weighs its count, so that a subset's mean is right however the rows are split into micro-batches."""
+    for key, value in metrics.items():
+        mean, w = value if isinstance(value, tuple) else (value, weight)
+        total = totals.setdefault(key, [0.0, 0.0])
+        total[0] += mean * w
+        total[1] += w
+
+
+def metric_means(totals: dict[str, list[float]]) -> dict[str, float]:
+    """Each metric's weighted mean (a subset no row fell in is left out), and TRL's ``rewards/margins``
+    (chosen − rejected) where an algorithm reports both halves but not their margin."""
+    means = {key: value / weight for key, (value, weight) in totals.items() if weight > 0}
+    if "rewards/margins" not in totals and {"rewards/chosen", "rewards/rejected"} <= means.keys():
+        means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+    return means
+
+
+@torch.no_grad()
+def kl_sums(model, algorithm, micro_batches: list[tuple[list, bool]], collate, accelerator) -> tuple[float, float]:
+    """Σ and count of KTO's ``kl_terms`` over mismatched rows, one (items, counted) per micro-batch; a batch
+    run only to keep processes in step is not counted."""
+    total, count = 0.0, 0.0
+    for items, counted in micro_batches:
+        batch = collate(items).to(accelerator.device)
+        with accelerator.autocast():
+            terms = algorithm.kl_terms(model, batch)  # (B,)
+        if counted:
+            total, count = total + terms.double().sum().item(), count + len(terms)
+    return total, count
 
 
 def loss_units(algorithm: Algorithm, batch: Batch) -> int:
@@ -157,18 +201,23 @@ def evaluate(model, algorithm: Algorithm, rows: list, collate, config: LoopConfi
 
     The main process evaluates alone, on the unwrapped model (a DDP forward would wait for the others);
     the others wait and get an empty dict, which they never log."""
-    means = RunningMean()
+    totals: dict[str, list[float]] = {}
     accelerator = runner.accelerator
     if runner.main:
         unwrapped = runner.unwrapped
         unwrapped.eval()
+        if step_kl(algorithm):  # KTO: one z for the held-out set, from the mismatched pairs of all its rows
+            mismatched = kl_rows(rows)
+            size = config.eval_batch_size
+            batches = [(mismatched[start : start + size], True) for start in range(0, len(rows), size)]
+            algorithm = algorithm.for_step(*kl_sums(unwrapped, algorithm, batches, collate, accelerator))
         for start in range(0, len(rows), config.eval_batch_size):
             batch = collate(rows[start : start + config.eval_batch_size]).to(accelerator.device)
             with accelerator.autocast():
                 _, metrics = algorithm.loss(unwrapped, batch)
-            means.add(metrics)
+            add_metrics(totals, metrics, 1.0)  # a mean of the batches' means, a subset's by its rows
         unwrapped.train()
     accelerator.wait_for_everyone()
-    return {f"eval_{key}": value for key, value in means.pop().items()}
+    return {f"eval_{key}": value for key, value in metric_means(totals).items()}
 
 

@@ -136,14 +136,6 @@ class OnlineAlgorithm(Protocol):
     def load_trained(self, checkpoint: Path) -> None: ...  # resume what trained_model() holds besides the policy
 
 
-def disable_dropout(model) -> None:
-    """Rollout log-probs and training log-probs must come from the same function, or the ratio π/π_old is
-    noise even before any update (TRL does the same)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 def step_prompts(num_prompts: int, global_batch: int, *, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
     """The prompt indices of each step of one epoch, ``global_batch`` (prompts per step × processes) each. The
     epoch's last step, if short, is filled from the start of the epoch's order: every step samples as many

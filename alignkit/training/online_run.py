@@ -13,7 +13,7 @@ from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, stop_token_i
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
-from alignkit.data.loading import load_dataset_spec, load_datasets, parse_columns
+from alignkit.data.loading import load_dataset_spec, parse_columns
 from alignkit.data.rows import PromptRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
@@ -21,15 +21,17 @@ from alignkit.losses.rl import GRPO_LOSS_TYPES
 from alignkit.models.load import (
     add_lora,
     count_parameters,
+    disable_dropout,
     load_adapters,
     load_causal_lm,
     load_tokenizer,
     resolve_model_path,
 )
 from alignkit.models.packing import Layout, config_of, supports_packing
-from alignkit.training.online_loop import disable_dropout, make_schedule, train_online
+from alignkit.training.online_loop import make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import loop_config_for, open_run_dir, start_run
+from alignkit.training.run_data import load_training_data
+from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
 from alignkit.training.speedups import layout_check
 
 logger = logging.getLogger("alignkit")
@@ -53,24 +55,22 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         check_vllm_available()
     datasets = defaults["dataset"]
-    train_rows, val_rows = load_datasets(
-        datasets,
-        args.val_dataset,
-        "prompt",
-        split_dataset_ratio=args.split_dataset_ratio,
-        seed=args.data_seed,
-        shuffle=args.dataset_shuffle,
-        columns=parse_columns(args.columns),
-        check_dataset_strategy=args.check_dataset_strategy,
-    )
+    train_rows, val_rows = load_training_data(args, datasets, "prompt")
     model_path = resolve_model_path(args.model)
+    args = with_fit_defaults(args, model_path)
     tokenizer = load_tokenizer(model_path, args.model_revision)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                           truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-                          loss_scale=args.loss_scale)
+                          loss_scale=args.loss_scale, use_chat_template=args.use_chat_template)
     prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
+    if prompt_limit <= 0:
+        raise AlignkitError(
+            f"--max_length {args.max_length} leaves no room for prompts after --max_completion_length "
+            f"{args.max_completion_length} completion tokens; raise --max_length (unset, it is the model's own "
+            "length) or lower --max_completion_length, or set --max_prompt_length"
+        )
     prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
     if not prompts:

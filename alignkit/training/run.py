@@ -16,41 +16,62 @@ from pathlib import Path
 
 from alignkit.algorithms.cpo import CPO, SimPO
 from alignkit.algorithms.dpo import DPO
-from alignkit.algorithms.kto import KTO, check_kto_rows
+from alignkit.algorithms.kto import KTO, check_kto_rows, kl_micro_batches
 from alignkit.algorithms.orpo import ORPO
 from alignkit.algorithms.rm import RewardModeling
+from alignkit.algorithms.seq_cls import SequenceClassification
 from alignkit.algorithms.sft import SFT
-from alignkit.config.checks import check_run_arguments, log_flags_without_work, warn_flags_without_effect
+from alignkit.config.checks import (
+    check_data_flags,
+    check_run_arguments,
+    log_flags_without_work,
+    warn_flags_without_effect,
+)
 from alignkit.config.defaults import resolve
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import (
+    ClassificationCollator,
     PairCollator,
     SequenceCollator,
     UnpairedCollator,
+    kl_rows,
 )
 from alignkit.data.encode import with_row_fields
-from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
+from alignkit.data.validate import check_class_labels
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
     add_lora,
     count_parameters,
+    disable_dropout,
     load_adapters,
     load_causal_lm,
+    load_sequence_classifier,
     load_tokenizer,
     resolve_model_path,
 )
+from alignkit.models.packing import Layout
 from alignkit.models.placement import check_trainable, refuse_for_vision, resolve_flags
 from alignkit.models.reference import make_reference
-from alignkit.models.reference_cache import visited_batches
+from alignkit.models.reference_cache import visited_batches, visited_steps
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import LoopConfig, loop_config, loop_config_for, open_run_dir, start_run
-from alignkit.training.speedups import choose_layout, log_speedups
+from alignkit.training.run_data import load_training_data
+from alignkit.training.runner import (
+    LoopConfig,
+    loop_config,
+    loop_config_for,
+    open_run_dir,
+    rows_per_step,
+    start_run,
+    with_fit_defaults,
+)
+from alignkit.training.speedups import PACKING_SPEEDUPS, choose_layout, log_speedups
 from alignkit.vision.model import is_vision_model
 
 logger = logging.getLogger("alignkit")
@@ -61,9 +82,13 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
     check_run_arguments(args)
+    check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)
     if algorithm_name in ("ppo", "grpo"):
+        if args.packing:
+            logger.info("--packing with grpo: the rollouts' forwards run padding-free (--padding_free); as in "
+                        "ms-swift, the prompts are not packed")
         from alignkit.training.online_run import run_online
 
         return run_online(args, resolve(args, algorithm_name))
@@ -83,26 +108,31 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     kind = algorithm.rows
     datasets = defaults["dataset"]
-    train_data, val_data = load_datasets(
-        datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
-        shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
-        check_dataset_strategy=args.check_dataset_strategy,
-    )
-    logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data), ", ".join(datasets))
+    train_data, val_data = load_training_data(args, datasets, kind)
+    logger.info("Data: %d training rows, %d held-out rows from %s", len(train_data), len(val_data),
+                ", ".join(args.cached_dataset + datasets))
 
+    if algorithm.rows == "classification":
+        check_class_labels(train_data + val_data, problem_type=algorithm.problem_type, num_labels=algorithm.num_labels)
     model_path = resolve_model_path(args.model)
+    # Unset --max_length and --gradient_checkpointing as ms-swift sets them (the model's length; on with a GPU).
+    args = with_fit_defaults(args, model_path)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if args.packing or not args.use_chat_template:
+            raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
+                                "models: rows with images run padded, rendered by the processor's chat template")
         from alignkit.training.vision_run import run_vision_training
 
-        return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, start)
+        return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, start,
+                                   dropout_off=defaults["disable_dropout"])
     tokenizer = load_tokenizer(model_path, args.model_revision)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-        loss_scale=args.loss_scale,
+        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template,
     )
     encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
     train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
@@ -113,13 +143,21 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             f"longer than --max_length {args.max_length}; raise it or choose another --truncation_strategy"
         )
     if algorithm.rows == "unpaired":
-        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
-                                              args.per_device_eval_batch_size)
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, rows_per_step(args))
+    encoded_rows = len(train_rows)
+    if args.packing:  # a pack takes the place of a row from here on: the loop, the order, the reference pass
+        train_rows = pack_rows(train_rows, args.packing_length or args.max_length, args.packing_strategy)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
-                "train_rows": len(train_rows), "train_data_sha256": data_fingerprint(train_rows),
+                "train_rows": encoded_rows, "train_packs": len(train_rows) if args.packing else None,
+                "train_data_sha256": data_fingerprint(train_rows),
                 # The data order follows the global batch (per-device batch × processes): resume with the same.
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
-    model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)
+    if algorithm.rows == "classification":
+        model = load_sequence_classifier(model_path, args.model_revision, num_labels=algorithm.num_labels,
+                                         problem_type=algorithm.problem_type, pad_token_id=tokenizer.pad_token_id,
+                                         device_map=device_map, max_memory=max_memory)
+    else:
+        model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)
     check_trainable(model)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -128,11 +166,14 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    layout, reasons = choose_layout(args, algorithm_name, model, precision)
+    if algorithm.rows == "classification":  # transformers' head pools at the last non-padding token of a row
+        layout, reasons = Layout(), {name: "seq_cls runs padded batches" for name in PACKING_SPEEDUPS}
+    else:
+        layout, reasons = choose_layout(args, algorithm_name, model, precision)
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
-    parts = {"layout": layout}
+    parts = {"layout": layout} if algorithm.rows != "classification" else {}
     if not algorithm.needs_reference:
         reasons["precomputed reference log-probs"] = (
             "--reference_free" if args.reference_free else f"{algorithm_name} has no reference model")
@@ -141,8 +182,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         parts["reference"] = make_reference(
             model, ref_model=args.ref_model, full=args.train_type == "full", precompute=precompute,
             batches=reference_batches(train_rows, val_rows, loop_config(args, precision),
-                                      whole=algorithm.rows == "unpaired", world_size=processes.num_processes,
-                                      rank=processes.process_index)
+                                      kl_pairs=algorithm.rows == "unpaired" and algorithm.needs_kl,
+                                      world_size=processes.num_processes, rank=processes.process_index)
             if precompute else [],
             collate=collate, layout=layout, template=template.source, max_length=args.max_length,
             precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
@@ -154,14 +195,18 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         if args.adapters:
             model = load_adapters(model, args.adapters, trainable=True)
         else:
+            # seq_cls: peft trains and saves the classification head in full (modules_to_save), as ms-swift.
             model = add_lora(
                 model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                 target_modules=args.lora_target_modules,
+                task_type="SEQ_CLS" if algorithm.rows == "classification" else "CAUSAL_LM",
             )
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
     if algorithm.scalar_head:
         model = SequenceRewardModel(model)  # the scalar head is trained in full, LoRA or not
+    if defaults["disable_dropout"]:
+        logger.info("Dropout off (--disable_dropout): %d dropout modules set to p=0", disable_dropout(model))
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
@@ -180,19 +225,24 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
 
 def make_collate(algorithm, pad_id: int):
-    """The collator of the algorithm's rows: conversations, pairs, or unpaired rows (KTO's KL estimate adds
-    each micro-batch's mismatched prompt/completion pairs)."""
+    """The collator of the algorithm's rows: conversations, pairs, unpaired rows (also KTO's mismatched KL rows,
+    which the loop forms per step) or labelled conversations (seq_cls)."""
     if algorithm.rows == "sft":
         return SequenceCollator(pad_id)
+    if algorithm.rows == "classification":
+        return ClassificationCollator(pad_id, problem_type=algorithm.problem_type, num_labels=algorithm.num_labels)
     if algorithm.rows == "unpaired":
-        return UnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
+        return UnpairedCollator(pad_id)
     return PairCollator(pad_id)
+
 
 
 def build_algorithm(args: RunArguments, name: str, defaults: dict):
     """The algorithm object for ``name`` ("sft" or an --rlhf_type), with the method's defaults (``defaults``:
     ``config.defaults.resolve``) and every flag combination checked by the loss functions."""
     if name == "sft":
+        if defaults["task_type"] == "seq_cls":
+            return SequenceClassification(num_labels=defaults["num_labels"], problem_type=defaults["problem_type"])
         return SFT()
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
@@ -232,19 +282,20 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
 
 
 
-def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, whole: bool = False,
+def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, kl_pairs: bool = False,
                       world_size: int = 1, rank: int = 0) -> list[list]:
     """The micro-batches this process's loop and evaluation will form, for the one-off reference pass: its
-    shard of the training batches (each row once, or every batch ``whole`` for KTO's in-batch KL pairs) and,
-    on the main process, which evaluates alone, the held-out batches."""
-    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, dedup=not whole)
+    shard of the training batches (each row once) and, on the main process, which evaluates alone, the
+    held-out batches. With KTO's ``kl_pairs`` also every step's mismatched KL rows, in the micro-batches the
+    loop runs them (``kl_micro_batches``), and the held-out set's."""
+    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank)
     train = [[train_rows[i] for i in batch] for batch in visited]
     size = config.eval_batch_size
     held_out = [val_rows[i : i + size] for i in range(0, len(val_rows), size)] if rank == 0 else []
+    if kl_pairs:
+        for group in visited_steps(len(train_rows), config, world_size=world_size):
+            micro_batches = kl_micro_batches(group, train_rows, rank=rank, batch_size=config.batch_size)
+            train += [items for items, _ in micro_batches]
+        mismatched = kl_rows(val_rows) if rank == 0 and val_rows else []
+        held_out += [mismatched[i : i + size] for i in range(0, len(mismatched), size)]
     return train + held_out
-
-
-
-
-
-

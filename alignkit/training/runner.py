@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import warnings
 from collections.abc import Callable
@@ -30,9 +31,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.config.defaults import fit_defaults
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError, TrainingInterrupted
-from alignkit.models.load import resolve_dtype
+from alignkit.models.load import model_max_length, resolve_dtype
 from alignkit.models.placement import place
 from alignkit.training.checkpoint import TrainerState, load_checkpoint, new_run_dir, save_checkpoint
 from alignkit.training.distributed import on_main
@@ -137,6 +139,20 @@ def loop_config_for(args: RunArguments, start: RunStart) -> LoopConfig:
     return dataclasses.replace(loop_config(args, start.precision),
                                resume_from_checkpoint=str(start.resume) if start.resume else None,
                                engine=start.engine.accelerator_kwargs() if start.engine else None)
+
+
+def with_fit_defaults(args: RunArguments, model_path: str) -> RunArguments:
+    """``args`` with --gradient_checkpointing and --max_length filled in where unset (config.defaults.fit_defaults:
+    on with a GPU as ms-swift, the model's own length), logged; runtime code then reads plain values and the run's
+    args.json records what ran."""
+    limit = model_max_length(model_path, args.model_revision) if args.max_length is None else None
+    return dataclasses.replace(args, **fit_defaults(args, on_gpu=torch.cuda.is_available(), model_max_length=limit))
+
+
+def rows_per_step(args: RunArguments) -> int:
+    """Rows in one optimizer step: per-device batch × accumulation × processes (WORLD_SIZE, as the launchers
+    set it; the run's args.json records the same)."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def open_run_dir(args: RunArguments, resolved: dict, resume: Path | None) -> Path:

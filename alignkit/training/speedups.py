@@ -14,6 +14,7 @@ from alignkit.models.placement import split_map
 
 logger = logging.getLogger("alignkit")
 
+PACKING_SPEEDUPS = ("padding-free packing", "prompt-prefix sharing")
 # Packed rows longer than this run on a GPU with flex_attention's block masks: the dense (L × L) mask of sdpa
 # costs ~3 bytes per entry (boolean, then as the kernel's bias), 48 MB per row here and growing with L².
 FLEX_FROM_TOKENS = 4096
@@ -24,10 +25,15 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
     """The forward layout this run's algorithm uses, and why a speed-up asked for is off. On a GPU the model's
     attention may change to one whose packed rows need no (L × L) mask (``accelerator_attention``)."""
     reasons: dict[str, str] = {}
-    padding_free = args.padding_free
+    # A dataset pack runs as one row of --packing_length tokens: packing implies padding-free forwards, as in
+    # ms-swift. Where they cannot run (below), a pack's rows run padded: the same numbers, more tokens.
+    padding_free = args.padding_free or args.packing
+    if args.packing and not args.padding_free:
+        logger.info("--packing runs packs as padding-free rows (--padding_free false is overridden, as in ms-swift)")
+    row_tokens = (args.packing_length or args.max_length) if args.packing else None
     if padding_free and split_map(model) is None:
         implementation = accelerator_attention(model, prefix_sharing=args.prefix_sharing, precision=precision,
-                                               row_tokens=max(ROW_TOKENS, args.max_length))
+                                               row_tokens=max(ROW_TOKENS, args.max_length, row_tokens or 0))
         if implementation is not None:
             logger.info("Packed rows on the GPU: %s attention instead of %s (docs/performance.md)", implementation,
                         attention_of(model))
@@ -47,7 +53,7 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
     if prefix_sharing and not supports_prefix_sharing(model):
         prefix_sharing = False
         reasons["prompt-prefix sharing"] = f"{attention_of(model)} takes no mask for a trie of sequences"
-    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing,
+    return Layout(padding_free=padding_free, prefix_sharing=prefix_sharing, row_tokens=row_tokens,
                   check=layout_check(args, prefix_sharing) if padding_free else None), reasons
 
 

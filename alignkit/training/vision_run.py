@@ -13,11 +13,11 @@ from alignkit.algorithms.kto import check_kto_rows
 from alignkit.config.run import RunArguments
 from alignkit.data.encode import with_row_fields
 from alignkit.errors import AlignkitError
-from alignkit.models.load import add_lora, count_parameters, load_adapters
+from alignkit.models.load import add_lora, count_parameters, disable_dropout, load_adapters
 from alignkit.models.reference import Reference
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import RunStart, loop_config_for, open_run_dir
+from alignkit.training.runner import RunStart, loop_config_for, open_run_dir, rows_per_step
 from alignkit.vision.collate import VisionPairCollator, VisionUnpairedCollator
 from alignkit.vision.encode import VisionEncoder, encode_vision_rows, image_token_id
 from alignkit.vision.model import (
@@ -32,17 +32,19 @@ from alignkit.vision.shared_images import enable_shared_images
 logger = logging.getLogger("alignkit")
 
 
-def build_vision_training(args: RunArguments, algorithm, model_path: str, train_data: list, val_data: list):
+def build_vision_training(args: RunArguments, algorithm, model_path: str, train_data: list, val_data: list, *,
+                          dropout_off: bool = False):
     """(model, processor, encoded training rows, encoded held-out rows, collate, algorithm with its reference)
     for a vision-language model."""
-    if algorithm.rows == "sft":
+    if algorithm.rows in ("sft", "classification"):
+        what = "sft --task_type seq_cls" if algorithm.rows == "classification" else "sft"
         raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
-                            "methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not sft")
+                            f"methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not {what}")
     processor = load_processor(model_path, args.model_revision)
     model = load_vision_model(model_path, args.model_revision)
     encoder = VisionEncoder(processor, image_token_id(processor, model.config), max_length=args.max_length,
                             max_prompt_length=args.max_prompt_length, truncation_strategy=args.truncation_strategy,
-                            system=args.system)
+                            system=args.system, max_pixels=args.max_pixels)
     train_rows, dropped = encode_vision_rows(encoder, train_data)
     val_rows, val_dropped = encode_vision_rows(encoder, val_data)
     if dropped or val_dropped:
@@ -53,8 +55,7 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
                             f"{args.max_length} (rows with images are never truncated); raise it")
     train_rows, val_rows = with_row_fields(train_rows, train_data), with_row_fields(val_rows, val_data)
     if algorithm.rows == "unpaired":
-        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, args.per_device_train_batch_size,
-                                              args.per_device_eval_batch_size)
+        train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, rows_per_step(args))
 
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -78,27 +79,29 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
         freeze(model, frozen)
     if algorithm.scalar_head:
         model = SequenceRewardModel(model)
+    if dropout_off:
+        logger.info("Dropout off (--disable_dropout): %d dropout modules set to p=0", disable_dropout(model))
     trainable, total = count_parameters(model)
     logger.info("Vision-language model %s: %s training (frozen: %s), %d of %d parameters trainable (%.2f%%)",
                 model_path, args.train_type, ", ".join(sorted(frozen)) or "nothing", trainable, total,
                 100 * trainable / total)
     pad_id = processor.tokenizer.pad_token_id
     if algorithm.rows == "unpaired":
-        collate = VisionUnpairedCollator(pad_id, kl_pairs=algorithm.needs_kl)
+        collate = VisionUnpairedCollator(pad_id)
     else:
         collate = VisionPairCollator(pad_id, share_images=share_images)
     return model, processor, train_rows, val_rows, collate, algorithm
 
 
 def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, model_path: str, train_data: list,
-                        val_data: list, start: RunStart):
+                        val_data: list, start: RunStart, *, dropout_off: bool = False):
     """The tail of ``run_training`` for a vision-language model. Returns the last checkpoint."""
     from alignkit.models.packing import Layout
     from alignkit.training.loop import train
     from alignkit.training.speedups import log_speedups
 
     model, processor, train_rows, val_rows, collate, algorithm = build_vision_training(
-        args, algorithm, model_path, train_data, val_data
+        args, algorithm, model_path, train_data, val_data, dropout_off=dropout_off
     )
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name,
                 "dtype": start.precision, "train_rows": len(train_rows),

@@ -63,14 +63,10 @@ class VisionPairCollator(PairCollator):
 
 
 class VisionUnpairedCollator(UnpairedCollator):
-    """KTO rows → UnpairedBatch with pixel inputs; a KL pair (prompt i, completion i−1) keeps prompt i's images."""
+    """KTO rows → UnpairedBatch with pixel inputs. A mismatched KL row (``kl_rows``: prompt i, completion i−1)
+    carries prompt i's images, so it batches the same way."""
 
     def __call__(self, items) -> UnpairedBatch:
         batch = super().__call__(items)
-        sequences = [row.sequence.pixels for _, row in items]
-        batch.completions.model_inputs = merge_pixels(sequences)
-        if batch.kl is not None:
-            # Images live in the prompt (split_prompt cuts before the first trained token), so prompt i's
-            # pixels are exactly what the mismatched sequence i sees.
-            batch.kl.model_inputs = merge_pixels(sequences)
+        batch.completions.model_inputs = merge_pixels([row.sequence.pixels for _, row in items])
         return batch

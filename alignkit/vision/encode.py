@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.rows import Message, PreferenceRow, RowSource, UnpairedRow
-from alignkit.data.template import IGNORE_INDEX, Encoded, Truncated, with_system
+from alignkit.data.template import IGNORE_INDEX, Encoded, Truncated, read_system, with_system
 from alignkit.errors import AlignkitError, DataError
-from alignkit.vision.images import load_images, row_image_columns
+from alignkit.vision.images import load_images, row_image_columns, within_pixels
 
 logger = logging.getLogger("alignkit")
 
@@ -88,7 +88,7 @@ class VisionEncoder:
     """Encodes preference and KTO rows for an image-text-to-text model through its processor."""
 
     def __init__(self, processor, image_token: int, *, max_length: int, max_prompt_length: int | None = None,
-                 truncation_strategy: str = "delete", system: str | None = None):
+                 truncation_strategy: str = "delete", system: str | None = None, max_pixels: int | None = None):
         if getattr(processor, "chat_template", None) is None:
             raise AlignkitError("the model's processor has no chat template, so conversations with images cannot be "
                                 "rendered; save one with the processor (processor.chat_template)")
@@ -97,7 +97,8 @@ class VisionEncoder:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.truncation_strategy = truncation_strategy
-        self.system = system
+        self.system = read_system(system)
+        self.max_pixels = max_pixels  # --max_pixels: larger images are scaled down before the processor sees them
 
     @property
     def tokenizer(self):
@@ -185,6 +186,9 @@ class VisionEncoder:
         column, rejected_column = row_image_columns(extras)
         images = load_images(extras.get(column), source, column) if column else []
         rejected = load_images(extras[rejected_column], source, rejected_column) if rejected_column else images
+        if self.max_pixels is not None:
+            images = [within_pixels(image, self.max_pixels) for image in images]
+            rejected = [within_pixels(image, self.max_pixels) for image in rejected]
         return images, rejected
 
 

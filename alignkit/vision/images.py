@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,21 @@ def load_images(value: Any, source: RowSource | None, column: str) -> list:
         return []
     items = value if isinstance(value, (list, tuple)) else [value]
     return [load_image(item, source, f"{column}[{i}]") for i, item in enumerate(items)]
+
+
+def within_pixels(image, max_pixels: int):
+    """``image`` scaled down to at most ``max_pixels`` pixels (H*W), keeping its aspect ratio, as ms-swift's
+    ``rescale_image`` does for --max_pixels: 2000x1000 with max_pixels 500000 → 1000x500. Smaller images are
+    returned as they are."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return image
+    ratio = width / height
+    new_height = math.sqrt(max_pixels / ratio)
+    size = (max(1, int(new_height * ratio)), max(1, int(new_height)))
+    from PIL import Image
+
+    return image.resize(size, resample=Image.Resampling.BILINEAR)  # torchvision's Resize default, as ms-swift uses
 
 
 def row_image_columns(extras: dict[str, Any]) -> tuple[str | None, str | None]:
