@@ -274,7 +274,8 @@ def alignkit_run(spec: dict, context: dict) -> dict:
                      max_steps=workload["steps"], learning_rate=workload["learning_rate"],
                      max_length=workload["max_length"], logging_steps=1, save_steps=10**6, dataset_shuffle=False,
                      split_dataset_ratio=0.0, dtype="bf16" if torch.cuda.is_available() else "fp32",
-                     report_to=["none"], lora_rank=rank, lora_alpha=2 * rank, lora_dropout=0.0, seed=42)
+                     report_to=["none"], lora_rank=rank, lora_alpha=2 * rank, lora_dropout=0.0, seed=42,
+                     gradient_checkpointing=False)  # alignkit turns it on with a GPU; off for both it and TRL
     if algorithm == "grpo":
         grpo = workload["grpo"]
         arguments.update(rlhf_type="grpo", dataset=[str(data / "prompts.jsonl")], max_steps=grpo["steps"],

@@ -33,7 +33,7 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
     row_tokens = (args.packing_length or args.max_length) if args.packing else None
     if padding_free and split_map(model) is None:
         implementation = accelerator_attention(model, prefix_sharing=args.prefix_sharing, precision=precision,
-                                               row_tokens=max(ROW_TOKENS, args.max_length, row_tokens or 0))
+                                               row_tokens=max(ROW_TOKENS, args.max_length or 0, row_tokens or 0))
         if implementation is not None:
             logger.info("Packed rows on the GPU: %s attention instead of %s (docs/performance.md)", implementation,
                         attention_of(model))
