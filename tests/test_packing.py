@@ -141,7 +141,7 @@ def test_layout_runs_padded_for_pixel_inputs_and_unsupported_attention(tiny_mode
     batch.model_inputs = {"pixel_values": torch.zeros(1)}
     layout.logps(model, batch)
     batch.model_inputs = None
-    model.config._attn_implementation = "flex_attention"
+    model.config._attn_implementation = "paged_attention"  # takes neither a custom mask nor packed positions
     layout.logps(model, batch)
     Layout().logps(model, batch)
     assert calls == ["packed", "padded", "padded", "padded"]

@@ -227,8 +227,27 @@ def completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperatu
     padding-free ``layout`` (and a model that takes 4-D masks) the same numbers come from packed rows.
     """
     if layout is not None and layout.padding_free and supports_packing(model):
-        return packed_completion_logprobs(model, experience, temperature=temperature, with_entropy=with_entropy,
-                                          share_prefixes=layout.prefix_sharing)
+
+        def packed():
+            return packed_completion_logprobs(model, experience, temperature=temperature, with_entropy=with_entropy,
+                                              share_prefixes=layout.prefix_sharing)
+
+        if layout.check is None:
+            return packed()
+        mask = experience["completion_mask"].float()  # (N, C)
+
+        def difference(fast, padded):  # the largest |Δ completion log-prob| per completion token
+            delta = ((fast[0].detach().float() - padded[0].float()) * mask).sum(-1).abs()
+            return (delta / mask.sum(-1).clamp(min=1)).max()
+
+        return layout.check.run(model, packed, lambda: padded_completion_logprobs(
+            model, experience, temperature=temperature, with_entropy=with_entropy), difference)
+    return padded_completion_logprobs(model, experience, temperature=temperature, with_entropy=with_entropy)
+
+
+def padded_completion_logprobs(model, experience: dict[str, torch.Tensor], *, temperature: float,
+                               with_entropy: bool = False):
+    """``completion_logprobs`` on the padded batch: prompts left-padded, completions right-padded."""
     input_ids, attention_mask, position_ids = sequence_inputs(experience)
     completion_length = experience["completion_ids"].shape[1]
     logits = model(

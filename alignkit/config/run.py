@@ -295,6 +295,11 @@ class RunArguments:
                                   "encoder and language model) frozen (full training and LoRA ALL targets).")
     freeze_llm: bool = option(False, "Vision-language models: keep the language model frozen (full training and "
                               "LoRA targets).")
+    check_speedups: bool = option(
+        True,
+        "With --padding_free: the first packed batch also runs padded (one extra forward) and the log-probs are "
+        "compared; past the dtype's rounding the run says by how much on which architecture and uses padded "
+        "batches (docs/performance.md).")
 
     # --- preference objectives (docs/objectives.md gives every formula) ---
     rlhf_type: str = option(
@@ -384,12 +389,14 @@ class RunArguments:
         True,
         "Batches run without padding: sequences packed into rows, position ids restarting per sequence, no "
         "attention across sequences. Every method (ppo/grpo: the completion log-probs); not rows with images. "
-        "Needs sdpa or eager attention (else the padded path runs, with a warning).",
+        "Needs sdpa, eager, flex or flash attention (else the padded path runs, with a warning); on a GPU, long "
+        "rows run on flex_attention's block masks or flash attention's varlen kernels (docs/performance.md).",
     )
     prefix_sharing: bool = option(
         True,
         "With --padding_free: sequences that begin alike (a pair's prompt, a shared system prompt) run their "
-        "common prefix once, a mask keeping each answer from seeing the others.",
+        "common prefix once, a mask keeping each answer from seeing the others (not with flash attention, which "
+        "takes no mask).",
     )
     precompute_ref_log_probs: bool = option(
         True,

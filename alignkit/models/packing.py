@@ -15,17 +15,25 @@ does. Without sharing, sequences are packed first-fit into rows no longer than t
 way the LM head runs only on positions that predict a labelled token (``logits_to_keep`` as a boolean
 mask).
 
-This needs an attention implementation that takes a 4-D mask (sdpa or eager): see ``supports_packing``.
+Nodes are laid out in the trie's depth-first order (sequences are inserted sorted), so the tokens that see a
+node are the interval of its subtree: key k is seen by query q iff ``k <= q < ends[k]``. That is all the mask
+needs, in O(tokens) memory; how it reaches the attention depends on the implementation (``packed_attention_mask``):
+
+- sdpa, eager: a dense (L × L) 4-D mask, built from ``ends``; the fastest at the lengths of a CPU's rows;
+- flex_attention: a block mask made from ``ends`` without any (L × L) tensor: memory grows with tokens;
+- flash attention: no mask at all, position ids restarting at 0 mark the sequences (its varlen kernels take
+  cu_seqlens from them); a trie's branches cannot be said this way, so prefix sharing needs one of the others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignkit.data.collate import Batch
 from alignkit.data.template import IGNORE_INDEX
+from alignkit.models.layout_check import LayoutCheck, config_of, sequence_difference
 from alignkit.models.logprobs import forward_logps
 
 # Rows of logits turned into log-softmax at once: bounds the fp32 copy to CHUNK × vocab.
@@ -33,13 +41,17 @@ CHUNK = 1024
 # With prefix sharing, rows grow to this many tokens (or the longest sequence): attention over a row is
 # computed densely under the mask, which stays cheap next to the linear layers at this length.
 ROW_TOKENS = 512
+# flex_attention's tile: the block mask says, per (query tile, key tile), none, some or all.
+FLEX_BLOCK = 128
+# Attention implementations that take a custom mask (packing and prefix sharing) or only packed position ids.
+MASK_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 @dataclass
 class Packed:
     input_ids: torch.Tensor  # (R, L)
     position_ids: torch.Tensor  # (R, L)
-    attention_mask: torch.Tensor  # (R, 1, L, L) bool, True where a query may see a key
+    ends: torch.Tensor  # (R, L): key k is seen by the queries k <= q < ends[k] (its subtree); padding by itself
     keep: torch.Tensor  # (R, L) bool: positions whose logits predict a labelled token
     target_rows: torch.Tensor  # (M,) index into the kept logits (row-major order of ``keep``)
     target_ids: torch.Tensor  # (M,) the labelled token each of them predicts
@@ -48,11 +60,33 @@ class Packed:
     num_tokens: int  # tokens actually run through the model (no padding)
     last_rows: torch.Tensor  # (N,) the row holding each sequence's last token
     last_nodes: torch.Tensor  # (N,) that token's column: a reward head reads the hidden state there
+    shared: bool = False  # sequences share prefixes: a row is a trie, not a chain of sequences
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(R, 1, L, L) bool, True where a query may see a key: ``k <= q < ends[k]``."""
+        index = torch.arange(self.ends.shape[1], device=self.ends.device)
+        return ((index.view(1, -1, 1) >= index.view(1, 1, -1)) & (index.view(1, -1, 1) < self.ends.unsqueeze(1))
+                ).unsqueeze(1)
+
+
+def attention_of(model) -> str | None:
+    return getattr(config_of(model), "_attn_implementation", None)
+
+
+def is_flash(implementation: str | None) -> bool:
+    """flash_attention_2, flash_attention_3 or a kernels-hub flash attention: varlen from position ids."""
+    return implementation is not None and "flash" in implementation
 
 
 def supports_packing(model) -> bool:
-    """Packing passes a custom 4-D mask, which sdpa and eager attention take as it is."""
-    return getattr(config_of(model), "_attn_implementation", None) in ("sdpa", "eager")
+    """Packed rows need a custom mask (sdpa, eager, flex_attention) or position ids alone (flash attention)."""
+    return attention_of(model) in MASK_ATTENTION or is_flash(attention_of(model))
+
+
+def supports_prefix_sharing(model) -> bool:
+    """A trie's mask needs an implementation that takes a custom mask: not flash attention's varlen."""
+    return attention_of(model) in MASK_ATTENTION
 
 
 def _lengths(batch: Batch) -> list[int]:
@@ -138,16 +172,20 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
 
     n_rows, length = len(rows), max(len(t) for t in row_ids)
     input_ids = torch.zeros(n_rows, length, dtype=torch.long)  # (R, L)
-    position_ids = torch.zeros(n_rows, length, dtype=torch.long)  # (R, L)
-    # Padding positions see themselves only: a query row with no key at all would give NaN.
-    mask = torch.eye(length, dtype=torch.bool).repeat(n_rows, 1, 1)  # (R, L, L)
-    for r, (tokens, parents) in enumerate(zip(row_ids, row_parents)):
-        input_ids[r, : len(tokens)] = torch.tensor(tokens)
-        # A node sees its ancestors and itself; parents come before children, so this is causal.
+    positions, ends = [], []
+    for tokens, parents in zip(row_ids, row_parents):
+        input_ids[len(positions), : len(tokens)] = torch.tensor(tokens)
+        # Parents come before children, so one pass forward gives depths and one backward subtree ends.
+        depth = [0] * length
         for node, parent in enumerate(parents):
-            if parent >= 0:
-                mask[r, node] |= mask[r, parent]
-                position_ids[r, node] = position_ids[r, parent] + 1
+            depth[node] = depth[parent] + 1 if parent >= 0 else 0
+        end = list(range(1, length + 1))  # padding positions see themselves only (no key at all gives NaN)
+        for node in range(len(parents) - 1, -1, -1):
+            if parents[node] >= 0:
+                end[parents[node]] = max(end[parents[node]], end[node])
+        positions.append(depth)
+        ends.append(end)
+    position_ids = torch.tensor(positions, dtype=torch.long)  # (R, L)
 
     keep = torch.zeros(n_rows, length, dtype=torch.bool)  # (R, L)
     targets = []  # (row, node that predicts the token, token id, sequence)
@@ -162,7 +200,7 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
     return Packed(
         input_ids=input_ids.to(device),
         position_ids=position_ids.to(device),
-        attention_mask=mask.unsqueeze(1).to(device),
+        ends=torch.tensor(ends, dtype=torch.long, device=device),
         keep=keep.to(device),
         target_rows=torch.tensor([int(kept_index[r, n]) for r, n, _, _ in targets], dtype=torch.long, device=device),
         target_ids=torch.tensor([t for _, _, t, _ in targets], dtype=torch.long, device=device),
@@ -171,15 +209,57 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
         num_tokens=sum(len(t) for t in row_ids),
         last_rows=torch.tensor([paths[s][0] for s in range(len(seqs))], dtype=torch.long, device=device),
         last_nodes=torch.tensor([paths[s][1][-1] for s in range(len(seqs))], dtype=torch.long, device=device),
+        shared=share_prefixes,
     )
 
 
-def packed_attention_mask(model, packed: Packed) -> torch.Tensor:
-    """The packed rows' 4-D mask as the model's attention takes it: boolean for sdpa, additive for eager."""
+def packed_attention_mask(model, packed: Packed):
+    """The packed rows' mask as the model's attention takes it (see the module docstring): boolean 4-D for sdpa,
+    additive for eager, a block mask for flex_attention, None for flash attention (position ids alone)."""
+    implementation = attention_of(model)
+    if is_flash(implementation):
+        if packed.shared:
+            raise ValueError(f"{implementation} cannot run prefix-shared rows: it takes no mask")
+        return None
+    if implementation == "flex_attention":
+        return flex_block_mask(packed.ends)
     mask = packed.attention_mask
-    if config_of(model)._attn_implementation == "eager":  # eager adds the mask to the scores
+    if implementation == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
     return mask
+
+
+def flex_block_mask(ends: torch.Tensor):
+    """flex_attention's BlockMask for ``k <= q < ends[k]`` without an (L × L) tensor: per pair of FLEX_BLOCK
+    tiles, none, some or all of the keys are seen, worked out from the intervals. ends (R, L) → a mask of
+    shape (R, 1, L, L); its tables are (R, 1, L/128, L/128)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, length = ends.shape
+    tiles = -(-length // FLEX_BLOCK)
+    index = torch.arange(tiles * FLEX_BLOCK, device=ends.device)
+    # Positions past the row's end (the last tile's tail) see themselves only.
+    ends = torch.cat([ends, index[length:].expand(rows, -1) + 1], dim=1)  # (R, T·B)
+    tile_ends = ends.view(rows, tiles, FLEX_BLOCK)
+    reach = (tile_ends.max(-1).values - 1) // FLEX_BLOCK  # (R, T): the last query tile a key tile reaches
+    shortest = tile_ends.min(-1).values  # (R, T): every key of the tile is seen up to here
+    query = torch.arange(tiles, device=ends.device).view(1, -1, 1)  # query tile i
+    key = torch.arange(tiles, device=ends.device).view(1, 1, -1)  # key tile j
+    # Key tile j is seen from query tiles j..reach[j] (keys see later queries only); wholly where j < i and
+    # every key's interval covers the query tile.
+    some = (key <= query) & (query <= reach.unsqueeze(1))  # (R, T, T)
+    full = (key < query) & (shortest.unsqueeze(1) >= (query + 1) * FLEX_BLOCK)
+    partial = some & ~full
+
+    def tables(blocks: torch.Tensor):  # (R, T, T) bool → counts (R, 1, T), indices (R, 1, T, T), listed first
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True)
+        return blocks.sum(-1, dtype=torch.int32).unsqueeze(1), order.to(torch.int32).unsqueeze(1)
+
+    def mask_mod(b, h, q, k):
+        return (k <= q) & (q < ends[b, k])
+
+    return BlockMask.from_kv_blocks(*tables(partial), *tables(full), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(length, length))
 
 
 def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -226,13 +306,6 @@ def length_desensitised_token_weights(target_seqs: torch.Tensor, counts: torch.T
     return torch.where(position <= shared[target_seqs], 1.0, ld_alpha)
 
 
-def config_of(model):
-    """The model's config, through a DDP or DeepSpeed wrapper, which has none of its own."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return model.config
-
-
 @dataclass(frozen=True)
 class Layout:
     """How an algorithm lays out its forwards: padded (the default, ``forward_logps``), packed, or packed with
@@ -242,6 +315,8 @@ class Layout:
     padding_free: bool = False
     prefix_sharing: bool = False
     row_tokens: int | None = None
+    # The run's self-check (alignkit.models.layout_check): its first packed batch also runs padded.
+    check: LayoutCheck | None = field(default=None, compare=False, repr=False)
 
     def pack(self, batch: Batch) -> Packed:
         return pack(batch, share_prefixes=self.prefix_sharing, row_tokens=self.row_tokens)
@@ -249,8 +324,15 @@ class Layout:
     def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
         """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
         vision-language model's pixels) and attention implementations without 4-D masks run padded."""
-        if self.padding_free and not batch.model_inputs and supports_packing(model):
+        if not (self.padding_free and not batch.model_inputs and supports_packing(model)):
+            return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+
+        def packed():
             return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, average=average,
                                         ld_alpha=ld_alpha, row_tokens=self.row_tokens)
-        return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+
+        if self.check is None:
+            return packed()
+        return self.check.run(model, packed, lambda: forward_logps(model, batch, average=average, ld_alpha=ld_alpha),
+                              lambda fast, padded: sequence_difference(fast, padded, average=average))
 

@@ -56,7 +56,8 @@ def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool
     if not precompute:
         return Reference(frozen, layout=layout)
     source = frozen if frozen is not None else place(model, device)  # the pass runs where training will
+    # The run's layout, so that its self-check (--check_speedups) covers the cached log-probs too.
     reference = precompute_reference(source, batches, collate, template=template, max_length=max_length,
-                                     precision=precision, ld_alpha=ld_alpha)
+                                     precision=precision, layout=layout, ld_alpha=ld_alpha)
     del frozen  # the --ref_model is not needed any more
     return reference

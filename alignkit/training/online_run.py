@@ -32,6 +32,7 @@ from alignkit.training.online_loop import make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
+from alignkit.training.speedups import layout_check
 
 logger = logging.getLogger("alignkit")
 
@@ -140,7 +141,9 @@ def online_layout(args: RunArguments, policy) -> Layout:
     if args.padding_free and not padding_free:
         logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
                        config_of(policy)._attn_implementation)
-    layout = Layout(padding_free=padding_free, prefix_sharing=padding_free and args.prefix_sharing)
+    sharing = padding_free and args.prefix_sharing
+    layout = Layout(padding_free=padding_free, prefix_sharing=sharing,
+                    check=layout_check(args, sharing) if padding_free else None)
     logger.info("Completion log-probs: %s", "packed, shared prompts" if layout.prefix_sharing
                 else "packed" if layout.padding_free else "padded batches")
     return layout

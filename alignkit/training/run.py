@@ -169,7 +169,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if algorithm.rows == "classification":  # transformers' head pools at the last non-padding token of a row
         layout, reasons = Layout(), {name: "seq_cls runs padded batches" for name in PACKING_SPEEDUPS}
     else:
-        layout, reasons = choose_layout(args, algorithm_name, model)
+        layout, reasons = choose_layout(args, algorithm_name, model, precision)
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
