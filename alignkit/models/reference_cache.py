@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -102,24 +101,25 @@ class CachedReference:
 
 
 def visited_batches(
-    num_rows: int, config, *, world_size: int = 1, rank: int = 0, dedup: bool = True
+    num_rows: int, config, *, world_size: int = 1, rank: int = 0, dedup: bool = True,
+    lengths: tuple[int, ...] | None = None,
 ) -> list[list[int]]:
     """The training micro-batches this process will run under this LoopConfig, in the loop's own data order
-    (``trainer.epoch_batches`` of global batches, this process's shard of each as
-    ``trainer.accumulate_gradients`` takes it, the first row when its shard is empty).
+    (``data.order.DataOrder`` of global batches, with ``lengths`` under --group_by_length; this process's shard
+    of each as ``loop.accumulate_gradients`` takes it, the first row when its shard is empty).
 
     ``dedup``: each row in the first batch that holds it only, so a run of 50 steps over 2000 rows
     precomputes 50 batches, not 2000 rows (pairs: a sequence's log-prob does not depend on its batch-mates).
     KTO needs every micro-batch whole (``dedup=False``): its KL pairs are formed within the micro-batch.
     Precomputing in the loop's own batches keeps bf16 rounding alike for policy and reference, so the first
     step's loss is exactly ln 2 as on the plain path."""
-    from alignkit.data.order import epoch_batches, total_steps
+    from alignkit.data.order import DataOrder, total_steps
 
     size, global_size = config.batch_size, config.batch_size * world_size
-    per_epoch = math.ceil(num_rows / global_size)
-    steps, step, epoch, seen, out = total_steps(per_epoch, config), 0, 0, set(), []
-    while step < steps and (not dedup or len(seen) < num_rows):
-        batches = epoch_batches(num_rows, global_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+    order = DataOrder(num_rows, global_size, config.seed, config.shuffle, config.drop_last, lengths)
+    steps, step, epoch, seen, out = total_steps(order.batches_per_epoch, config), 0, 0, set(), []
+    while step < steps and order.batches_per_epoch and (not dedup or len(seen) < num_rows):
+        batches = order.epoch(epoch)
         for start in range(0, len(batches), config.gradient_accumulation_steps):
             if step == steps:
                 break

@@ -29,7 +29,7 @@ from alignkit.models.load import (
 from alignkit.models.packing import Layout, config_of, supports_packing
 from alignkit.training.online_loop import disable_dropout, make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import loop_config_for, open_run_dir, start_run
+from alignkit.training.runner import held_out_ratio, loop_config_for, open_run_dir, start_run
 
 logger = logging.getLogger("alignkit")
 
@@ -40,7 +40,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint. ``defaults``: the method's values of
     unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
-    start = start_run(args)
+    start = start_run(args, name)
     check_online_engine(name, start.engine, use_vllm=args.use_vllm)
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
@@ -56,7 +56,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         datasets,
         args.val_dataset,
         "prompt",
-        split_dataset_ratio=args.split_dataset_ratio,
+        split_dataset_ratio=held_out_ratio(args),
         seed=args.data_seed,
         shuffle=args.dataset_shuffle,
         columns=parse_columns(args.columns),
@@ -81,6 +81,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         experience_batch_size=args.experience_batch_size, num_collect_steps=args.num_collect_steps,
         train_batch_size=args.train_batch_size, update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
         max_steps=args.max_steps, num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs,
+        drop_last=args.dataloader_drop_last,
     )
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))

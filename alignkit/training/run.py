@@ -32,6 +32,7 @@ from alignkit.data.collate import (
 )
 from alignkit.data.encode import with_row_fields
 from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.data.order import encoded_length
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
@@ -49,7 +50,14 @@ from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import LoopConfig, loop_config, loop_config_for, open_run_dir, start_run
+from alignkit.training.runner import (
+    LoopConfig,
+    held_out_ratio,
+    loop_config,
+    loop_config_for,
+    open_run_dir,
+    start_run,
+)
 from alignkit.training.speedups import choose_layout, log_speedups
 from alignkit.vision.model import is_vision_model
 
@@ -67,7 +75,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         from alignkit.training.online_run import run_online
 
         return run_online(args, resolve(args, algorithm_name))
-    start = start_run(args)
+    start = start_run(args, algorithm_name)
     resume, precision = start.resume, start.precision
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
     device_map, max_memory = resolve_flags(
@@ -84,7 +92,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     kind = algorithm.rows
     datasets = defaults["dataset"]
     train_data, val_data = load_datasets(
-        datasets, args.val_dataset, kind, split_dataset_ratio=args.split_dataset_ratio, seed=args.data_seed,
+        datasets, args.val_dataset, kind, split_dataset_ratio=held_out_ratio(args), seed=args.data_seed,
         shuffle=args.dataset_shuffle, columns=parse_columns(args.columns),
         check_dataset_strategy=args.check_dataset_strategy,
     )
@@ -237,7 +245,9 @@ def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, w
     """The micro-batches this process's loop and evaluation will form, for the one-off reference pass: its
     shard of the training batches (each row once, or every batch ``whole`` for KTO's in-batch KL pairs) and,
     on the main process, which evaluates alone, the held-out batches."""
-    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, dedup=not whole)
+    lengths = tuple(encoded_length(row) for row in train_rows) if config.group_by_length else None
+    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, dedup=not whole,
+                              lengths=lengths)
     train = [[train_rows[i] for i in batch] for batch in visited]
     size = config.eval_batch_size
     held_out = [val_rows[i : i + size] for i in range(0, len(val_rows), size)] if rank == 0 else []
