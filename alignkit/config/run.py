@@ -166,7 +166,9 @@ class RunArguments:
         "Where metrics go besides the console and logging.jsonl (accelerate's trackers): tensorboard (<run "
         "dir>/runs), wandb (project $WANDB_PROJECT, default alignkit; WANDB_MODE=offline writes <run dir>/wandb), "
         "swanlab (--swanlab_* flags), all (those installed), none.",
-        nargs="+", may_differ_on_resume=True)
+        nargs="+", may_differ_on_resume=True,
+        differs="tensorboard, wandb and swanlab only (others are refused by name); wandb's project defaults to "
+        "alignkit where ms-swift sets WANDB_PROJECT=ms-swift")
     debug: bool = option(False, "Show full tracebacks for errors.", may_differ_on_resume=True)
 
     # --- when to log, evaluate, save and stop; optimizer; trackers (transformers/ms-swift semantics,
@@ -271,7 +273,9 @@ class RunArguments:
         None, "PyTorch FSDP through accelerate (needs GPUs): true (FSDP2, one shard unit per decoder layer), fsdp2 "
         "(ms-swift's preset, with activation checkpointing), transformers' option words ('full_shard auto_wrap', "
         "shard_grad_op, offload) or ms-swift's FSDP JSON file ({\"fsdp\": ..., \"fsdp_config\": {...}}). "
-        "Checkpoints are always whole safetensors (FULL_STATE_DICT).", nargs="?", const="true")
+        "Checkpoints are always whole safetensors (FULL_STATE_DICT).", nargs="?", const="true",
+        differs="checkpoints are always gathered into whole safetensors (FULL_STATE_DICT), where ms-swift's fsdp2 "
+        "preset writes sharded state dicts; hybrid_shard and no_shard are refused")
     fsdp_config: str | None = option(
         None, "With --fsdp: transformers' fsdp_config as a JSON file or object (version, reshard_after_forward, "
         "auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, offload_params, activation_checkpointing, "

@@ -137,8 +137,10 @@ def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
 def online_layout(args: RunArguments, policy) -> Layout:
     """How the policy's (and reference's) completion log-probs are computed: packed with the prompt held once
     per group (--padding_free, --prefix_sharing; the same numbers as padded batches), or padded."""
-    padding_free = args.padding_free and supports_packing(policy)
-    if args.padding_free and not padding_free:
+    padding_free = args.padding_free and supports_packing(policy) and args.neftune_noise_alpha is None
+    if args.padding_free and args.neftune_noise_alpha is not None:
+        logger.info("--neftune_noise_alpha scales its noise by the padded length: padded batches")
+    elif args.padding_free and not padding_free:
         logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
                        config_of(policy)._attn_implementation)
     layout = Layout(padding_free=padding_free, prefix_sharing=padding_free and args.prefix_sharing)
