@@ -269,8 +269,8 @@ class RunArguments:
         None, "DeepSpeed ZeRO through accelerate: zero0, zero1, zero2, zero3, zero2_offload, zero3_offload (configs "
         "shipped in alignkit/ds_configs) or a path to a DeepSpeed JSON config. Needs deepspeed and a GPU."
     )
-    fsdp: str | None = option(
-        None, "PyTorch FSDP through accelerate (needs GPUs): true (FSDP2, one shard unit per decoder layer), fsdp2 "
+    fsdp: str | bool = option(
+        False, "PyTorch FSDP through accelerate (needs GPUs): true (FSDP2, one shard unit per decoder layer), fsdp2 "
         "(ms-swift's preset, with activation checkpointing), transformers' option words ('full_shard auto_wrap', "
         "shard_grad_op, offload) or ms-swift's FSDP JSON file ({\"fsdp\": ..., \"fsdp_config\": {...}}). "
         "Checkpoints are always whole safetensors (FULL_STATE_DICT).", nargs="?", const="true",
