@@ -109,13 +109,11 @@ def test_epoch_strategies_log_evaluate_and_save_at_each_epoch_end(tiny_model_dir
     assert [r["step"] for r in eval_records(run_dir)] == [4, 8]
     assert [r["step"] for r in train_records(run_dir)] == [4, 8]
     # An epoch's log is the mean over its 4 steps: the first epoch's mean is not step 4's own loss.
-    steps = main_steps_loss(tiny_model_dir, data, tmp_path / "each")
+    each = tmp_path / "each"
+    assert main(dpo(tiny_model_dir, data, each, "--num_train_epochs", "2", "--logging_steps", "1", val=False)) == 0
+    steps = [r["loss"] for r in train_records(only_run_dir(each))]
     assert train_records(run_dir)[0]["loss"] == pytest.approx(sum(steps[:4]) / 4, rel=1e-6)
-
-
-def main_steps_loss(model: str, data: Path, out: Path) -> list[float]:
-    assert main(dpo(model, data, out, "--max_steps", "4", "--logging_steps", "1", val=False)) == 0
-    return [r["loss"] for r in train_records(only_run_dir(out))]
+    assert train_records(run_dir)[0]["loss"] != pytest.approx(steps[3], rel=1e-6)
 
 
 def test_steps_strategies_with_first_step_and_eval_steps_following_save_steps(tiny_model_dir, data, tmp_path):
@@ -199,7 +197,8 @@ def test_save_strategy_best_saves_only_improvements_and_metric_names_are_checked
     assert main(dpo(tiny_model_dir, data, tmp_path / "bad", "--max_steps", "1",
                     "--metric_for_best_model", "rouge-l")) == 2
     err = capsys.readouterr().err
-    assert "--metric_for_best_model rouge-l: the evaluation has no eval_rouge-l; it reports eval_loss" in err
+    assert "--metric_for_best_model rouge-l: the evaluation has no eval_rouge-l; it reports eval_logps/chosen" in err
+    assert "eval_loss, " in err and "Choose one of them" in err
 
 
 def test_early_stop_interval_stops_after_that_many_saves_without_improvement(tiny_model_dir, data, tmp_path):
@@ -292,7 +291,7 @@ def test_group_by_length_runs_and_resumes_bit_identically(tiny_model_dir, tmp_pa
             "--group_by_length", "true", "--lora_dropout", "0"]  # 6 steps per epoch
     assert main([*argv, "--output_dir", str(tmp_path / "a"), "--save_steps", "4"]) == 0
     baseline = only_run_dir(tmp_path / "a")
-    assert main([*argv, "--output_dir", str(tmp_path / "b"),
+    assert main([*argv, "--output_dir", str(tmp_path / "b"), "--save_steps", "4",
                  "--resume_from_checkpoint", str(baseline / "checkpoint-4")]) == 0
     resumed = only_run_dir(tmp_path / "b")
     assert_bit_identical(baseline / "checkpoint-12", resumed / "checkpoint-12")

@@ -37,8 +37,16 @@ SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant
 PLATEAU = "reduce_lr_on_plateau"
 
 
-def check_optimizer(optim: str, optimizer: str | None) -> None:
-    """Refuse an optimizer alignkit cannot build, naming what works."""
+def check_optimizer(config) -> None:
+    """Refuse an optimizer alignkit cannot build (a LoopConfig's), naming what works, and build it once on a
+    throw-away layer so that wrong --optim_args stop the run before any data or model is loaded."""
+    check_optimizer_name(config.optim, config.optimizer)
+    if config.optimizer != "muon":
+        parse_optim_args(config.optim_args)  # transformers' parser fails with a bare ValueError
+    make_optimizer(torch.nn.Linear(2, 2), config)
+
+
+def check_optimizer_name(optim: str, optimizer: str | None) -> None:
     if optimizer is not None and optimizer not in OPTIMIZER_PLUGINS:
         hint = {"galore": "GaLore is not supported", "lorap": "LoRA+ is chosen by --lorap_lr_ratio",
                 "multimodal": "per-part learning rates are chosen by --vit_lr / --aligner_lr"}.get(optimizer)

@@ -222,7 +222,7 @@ def start_run(args: RunArguments, method: str | None = None) -> RunStart:
 
 def check_loop_flags(args: RunArguments, method: str | None) -> None:
     config = loop_config(args, "fp32", method)
-    check_optimizer(config.optim, config.optimizer)
+    check_optimizer(config)
     check_schedule(config.lr_scheduler_type, config.lr_scheduler_kwargs)
     if "swanlab" in config.trackers.report_to:
         check_swanlab(config.trackers.swanlab)
