@@ -173,7 +173,8 @@ def test_fsdp_for_online_rl_stops_with_an_error_naming_it(tiny_model_dir, method
 
 def test_vllm_on_several_processes_stops_with_an_error(tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr("alignkit.training.online_run.start_run", lambda args, method=None: type("S", (), {"engine": None})())
+    monkeypatch.setattr("alignkit.training.online_run.start_run",
+                        lambda args, method=None: type("S", (), {"engine": None})())
     assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "accuracy",
                  "--use_vllm", "true"]) == 2
     assert "--use_vllm with several processes" in capsys.readouterr().err
