@@ -296,3 +296,29 @@ def test_group_by_length_runs_and_resumes_bit_identically(tiny_model_dir, tmp_pa
     resumed = only_run_dir(tmp_path / "b")
     assert_bit_identical(baseline / "checkpoint-12", resumed / "checkpoint-12")
     assert log_records(resumed) == log_records(baseline)
+
+
+def test_the_loop_visits_rows_in_the_length_grouped_order(tiny_model_dir, tmp_path):
+    from test_nonfinite import Poisoned
+
+    from alignkit.data.builtin import BUILTIN_DATASETS
+    from alignkit.data.collate import SequenceCollator
+    from alignkit.data.template import ChatEncoder
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.training.loop import train
+    from alignkit.training.runner import LoopConfig
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    encoder = ChatEncoder(tokenizer, max_length=256)
+    rows = [(i, encoder.encode_conversation(row))
+            for i, row in enumerate(BUILTIN_DATASETS["arith-sft"]("train", data_seed=0)[:8])]
+    algorithm = Poisoned()  # plain SFT that records the rows of each micro-batch
+    train(model=load_causal_lm(tiny_model_dir), tokenizer=tokenizer, algorithm=algorithm, train_rows=rows,
+          val_rows=[], collate=SequenceCollator(tokenizer.pad_token_id), run_dir=tmp_path, args_for_checkpoint={},
+          config=LoopConfig(batch_size=2, num_train_epochs=2, group_by_length=True, save_strategy="no"))
+    lengths = tuple(len(encoded.input_ids) for _, encoded in rows)
+    expected = [b for epoch in range(2) for b in DataOrder(8, 2, seed=42, lengths=lengths).epoch(epoch)]
+    plain = [b for epoch in range(2) for b in epoch_batches(8, 2, seed=42, epoch=epoch, shuffle=True)]
+    assert algorithm.seen == expected and expected != plain
+    for epoch in range(2):  # each epoch starts with its longest row: an out-of-memory shows at once
+        assert lengths[expected[4 * epoch][0]] == max(lengths)
