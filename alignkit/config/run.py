@@ -219,7 +219,7 @@ class RunArguments:
     optim: str = option(
         "adamw_torch_fused", "Optimizer by transformers' name: adamw_torch_fused (torch's fused AdamW where the "
         "device has it, else foreach), adamw_torch, adafactor, sgd, adagrad, rmsprop, and bitsandbytes' adamw_8bit, "
-        "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones need a GPU).")
+        "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones page only on GPUs).")
     optim_args: str | None = option(
         None, "Optimizer options as key=value pairs, transformers' format: 'momentum=0.9,nesterov=true' (sgd), "
         "'momentum=0.9,ns_steps=5' (--optimizer muon).")
