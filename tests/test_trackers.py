@@ -4,6 +4,7 @@ a tracker whose package is missing is named before anything is loaded."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -29,29 +30,38 @@ def wandb_history(run_dir: Path) -> list[dict]:
     """The metrics of the offline wandb run under ``run_dir``, read back from its ``run-*.wandb`` log: a 7-byte
     file header, then LevelDB-log records (a 7-byte header ``<IHB``: crc32, length, type; FULL=1, FIRST=2,
     MIDDLE=3, LAST=4, never crossing a 32 KiB block) holding wandb's protobuf ``Record``s."""
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (log,) = offline.glob("run-*.wandb")
+    # wandb's service process may still be writing when run.finish() returns: wait for the run's exit record.
+    deadline = time.monotonic() + 60
+    while [r.WhichOneof("record_type") for r in wandb_records(log)][-1:] != ["exit"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(log) if record.WhichOneof("record_type") == "history"]
+
+
+def wandb_records(log: Path) -> list:
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    (offline,) = (run_dir / "wandb").glob("offline-run-*")
-    (log,) = offline.glob("run-*.wandb")
-    raw, index, pending, rows = log.read_bytes(), 7, b"", []
+    raw, index, pending, records = log.read_bytes(), 7, b"", []
     assert raw[:4] == b":W&B"
     while index + 7 <= len(raw):
         if 32768 - index % 32768 < 7:  # a block's tail too short for a header is padding
             index += 32768 - index % 32768
             continue
         _, length, kind = struct.unpack("<IHB", raw[index : index + 7])
+        if index + 7 + length > len(raw):  # being written
+            break
         pending += raw[index + 7 : index + 7 + length]
         index += 7 + length
         if kind in (1, 4):  # a whole record, or the last piece of one
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
+            records.append(record)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+    return records
 
 
 def test_tensorboard_gets_every_logged_scalar(tiny_model_dir, tmp_path):

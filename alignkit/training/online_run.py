@@ -27,9 +27,10 @@ from alignkit.models.load import (
     resolve_model_path,
 )
 from alignkit.models.packing import Layout, config_of, supports_packing
+from alignkit.training.loop_config import held_out_ratio
 from alignkit.training.online_loop import disable_dropout, make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import held_out_ratio, loop_config_for, open_run_dir, start_run
+from alignkit.training.runner import loop_config_for, open_run_dir, start_run
 
 logger = logging.getLogger("alignkit")
 

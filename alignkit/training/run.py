@@ -49,15 +49,9 @@ from alignkit.models.reference_cache import visited_batches
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
+from alignkit.training.loop_config import LoopConfig, held_out_ratio, loop_config
 from alignkit.training.resume import data_fingerprint
-from alignkit.training.runner import (
-    LoopConfig,
-    held_out_ratio,
-    loop_config,
-    loop_config_for,
-    open_run_dir,
-    start_run,
-)
+from alignkit.training.runner import loop_config_for, open_run_dir, start_run
 from alignkit.training.speedups import choose_layout, log_speedups
 from alignkit.vision.model import is_vision_model
 
