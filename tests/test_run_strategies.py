@@ -201,6 +201,36 @@ def test_save_strategy_best_saves_only_improvements_and_metric_names_are_checked
     assert "eval_loss, " in err and "Choose one of them" in err
 
 
+def test_load_best_model_at_end_leaves_the_best_checkpoints_weights_in_the_model(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+    from test_nonfinite import Poisoned
+
+    from alignkit.data.builtin import BUILTIN_DATASETS
+    from alignkit.data.collate import SequenceCollator
+    from alignkit.data.template import ChatEncoder
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.training.loop import train
+    from alignkit.training.runner import LoopConfig
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    encoder = ChatEncoder(tokenizer, max_length=256)
+    rows = [(i, encoder.encode_conversation(row))
+            for i, row in enumerate(BUILTIN_DATASETS["arith-sft"]("train", data_seed=0)[:6])]
+    model = load_causal_lm(tiny_model_dir)
+    # The worst loss is the best here: the first evaluation, so the best is not the last checkpoint.
+    config = LoopConfig(batch_size=2, max_steps=3, learning_rate=1e-2, save_steps=1, eval_steps=1,
+                        metric_for_best_model="eval_loss", greater_is_better=True, load_best_model_at_end=True)
+    last = train(model=model, tokenizer=tokenizer, algorithm=Poisoned(), train_rows=rows[:4], val_rows=rows[4:],
+                 collate=SequenceCollator(tokenizer.pad_token_id), config=config, run_dir=tmp_path,
+                 args_for_checkpoint={})
+    best = Path(json.loads((last / "trainer_state.json").read_text())["best_model_checkpoint"])
+    assert best != last
+    saved, final = load_file(best / "model.safetensors"), load_file(last / "model.safetensors")
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], saved[k]) for k in saved)
+    assert not all(torch.equal(weights[k], final[k]) for k in final)
+
+
 def test_early_stop_interval_stops_after_that_many_saves_without_improvement(tiny_model_dir, data, tmp_path):
     out = tmp_path / "out"
     assert main(dpo(tiny_model_dir, data, out, "--max_steps", "8", "--save_steps", "1",

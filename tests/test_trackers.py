@@ -88,6 +88,9 @@ def test_wandb_offline_run_holds_the_metrics(tiny_model_dir, tmp_path, monkeypat
     assert same_points([(h["_step"], h["loss"]) for h in history if "loss" in h],
                        [(r["step"], r["loss"]) for r in logged])
     assert not (run_dir / "runs").exists()  # only the trackers asked for
+    (run,) = [r.run for r in wandb_records(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+              if r.WhichOneof("record_type") == "run"]
+    assert (run.display_name, run.project) == ("tiny-sft", "alignkit")  # --run_name; $WANDB_PROJECT unset
 
 
 def test_all_means_every_installed_tracker_and_none_means_none(tiny_model_dir, tmp_path, monkeypatch):
