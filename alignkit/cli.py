@@ -65,6 +65,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "help": meta.get("help", ""), "default": argparse.SUPPRESS}
         if meta.get("nargs"):
             kwargs["nargs"] = meta["nargs"]
+        if meta.get("const") is not None:
+            kwargs["const"] = meta["const"]
         if kind.startswith("bool"):
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
         elif meta.get("choices"):

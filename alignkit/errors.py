@@ -32,18 +32,24 @@ def _clip(message: str, limit: int = 2000) -> str:
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training after a resumable checkpoint was saved.
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved (resumable unless --save_only_model;
+    none with --save_strategy no).
 
     Not an AlignkitError: nothing was wrong with the input, and the CLI exits with 128 + the signal number
     (130 for Ctrl-C, 143 for SIGTERM), as a shell does for a process stopped by that signal.
     """
 
-    def __init__(self, signum: int, checkpoint):
+    def __init__(self, signum: int, checkpoint, *, resumable: bool = True):
         import signal
 
         self.exit_code = 128 + signum
         self.checkpoint = checkpoint
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name}; saved {checkpoint}. "
-            f"Continue with --resume_from_checkpoint {checkpoint}"
-        )
+        stopped = f"stopped by {signal.Signals(signum).name}"
+        if checkpoint is None:
+            message = f"{stopped}; no checkpoint saved (--save_strategy no)"
+        elif resumable:
+            message = f"{stopped}; saved {checkpoint}. Continue with --resume_from_checkpoint {checkpoint}"
+        else:
+            message = (f"{stopped}; saved the weights to {checkpoint} (--save_only_model: not resumable; "
+                       "train on from them in a new run)")
+        super().__init__(message)

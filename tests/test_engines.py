@@ -4,6 +4,7 @@ resolved on CPU without deepspeed installed."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -126,3 +127,82 @@ def test_launch_variables_become_a_torchrun_command():
     assert torchrun_command(["sft"], {"NNODES": "2", "CUDA_VISIBLE_DEVICES": "0,1,2"})[4] == "3"
     assert torchrun_command(["sft"], {"NPROC_PER_NODE": "2", "LOCAL_RANK": "0"}) is None
     assert torchrun_command(["sft"], {}) is None
+
+
+# ------------------------------------------------------------------ --fsdp values and --fsdp_config, DDP kwargs
+
+
+def fsdp(value, config=None):
+    return resolve_engine(deepspeed=None, fsdp=value, plugin=None, fsdp_config=config)
+
+
+def test_fsdp_accepts_ms_swift_and_transformers_values_and_accelerate_takes_them(tmp_path):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    assert fsdp("true") == fsdp(True) == Engine("fsdp", "--fsdp")  # alignkit's FSDP2 defaults
+    assert fsdp("false") is None and fsdp(None) is None
+    preset = fsdp("fsdp2").fsdp_plugin_options  # ms-swift's swift/config/fsdp2.json
+    assert preset["fsdp_version"] == 2 and preset["activation_checkpointing"] is True
+    assert preset["cpu_ram_efficient_loading"] is True and preset["auto_wrap_policy"] == "transformer_based_wrap"
+    assert preset["state_dict_type"] == "FULL_STATE_DICT"  # checkpoints stay whole safetensors
+    words = fsdp("shard_grad_op auto_wrap offload").fsdp_plugin_options
+    assert (words["reshard_after_forward"], words["cpu_offload"], words["auto_wrap_policy"]) == (
+        False, True, "transformer_based_wrap")
+    assert fsdp("full_shard").fsdp_plugin_options["auto_wrap_policy"] == "no_wrap"
+    swift_file = tmp_path / "fsdp.json"  # ms-swift's FSDP file, documentation keys and all
+    swift_file.write_text(json.dumps({"_description": "x", "fsdp": "full_shard auto_wrap", "fsdp_config": {
+        "fsdp_version": 2, "reshard_after_forward": False, "fsdp_transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+        "activation_cpu_offload": False}}))
+    from_file = fsdp(str(swift_file))
+    assert from_file.source == f"--fsdp {swift_file}"
+    assert from_file.fsdp_plugin_options["transformer_cls_names_to_wrap"] == ["LlamaDecoderLayer"]
+    assert from_file.fsdp_plugin_options["reshard_after_forward"] is False
+    sized = fsdp("true", '{"min_num_params": 1000, "fsdp_offload_params": true}').fsdp_plugin_options
+    assert (sized["auto_wrap_policy"], sized["min_num_params"], sized["cpu_offload"]) == ("size_based_wrap", 1000, True)
+    for engine in (fsdp("fsdp2"), fsdp("shard_grad_op auto_wrap offload"), from_file):
+        FullyShardedDataParallelPlugin(**engine.fsdp_plugin_options)  # accelerate accepts every option on CPU
+
+
+@pytest.mark.parametrize(("value", "config", "message"), [
+    ("hybrid_shard auto_wrap", None, "--fsdp hybrid_shard auto_wrap: hybrid_shard not supported (hybrid sharding"),
+    ("no_shard", None, "no_shard is plain data parallelism: omit --fsdp"),
+    ("true", '{"activation_cpu_offload": true}', "--fsdp_config: activation_cpu_offload is not an FSDP setting"),
+    ("true", '{"xla": true}', "it takes version, reshard_after_forward"),
+    ("missing.json", None, "--fsdp missing.json: neither a JSON file nor a JSON object"),
+    (None, '{"version": 2}', "--fsdp_config configures --fsdp, which is not set"),
+])
+def test_fsdp_values_alignkit_cannot_map_are_refused(value, config, message):
+    with pytest.raises(AlignkitError, match=re.escape(message)):
+        fsdp(value, config)
+
+
+def test_the_cli_takes_a_bare_fsdp_and_its_ms_swift_values():
+    from alignkit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["sft", "--fsdp"]).fsdp == "true"
+    assert parser.parse_args(["sft", "--fsdp", "full_shard auto_wrap"]).fsdp == "full_shard auto_wrap"
+    assert parser.parse_args(["rlhf", "--fsdp", "fsdp2", "--fsdp_config", "c.json"]).fsdp_config == "c.json"
+
+
+def test_ddp_flags_reach_accelerate_and_the_process_group(monkeypatch):
+    from alignkit.config import RunArguments
+    from alignkit.training import runner
+
+    accelerator = runner.make_accelerator(runner.LoopConfig(ddp_find_unused_parameters=True))
+    assert accelerator.ddp_handler.find_unused_parameters is True
+    assert runner.make_accelerator(runner.LoopConfig()).ddp_handler is None  # DDP's own default
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(runner, "process_state", lambda **kwargs: joined.update(kwargs))
+    runner.start_run(RunArguments(ddp_timeout=90), "sft")
+    assert joined == {"timeout": 90}
+    from accelerate import PartialState
+
+    from alignkit.training.distributed import process_state
+
+    monkeypatch.setattr(PartialState, "__init__", lambda self, cpu=False, **kw: joined.update(kw))
+    process_state(timeout=90)
+    from datetime import timedelta
+
+    assert joined["timeout"] == timedelta(seconds=90)  # what torch.distributed.init_process_group receives

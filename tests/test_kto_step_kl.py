@@ -23,8 +23,12 @@ class OneProcess:
 
     def __init__(self):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
-        self.accelerator = Accelerator(cpu=True)
+        # accelerate keeps its precision in a process-wide singleton: a run earlier in this process (bf16
+        # autocast under --dtype auto) would otherwise carry over and round the two splits differently.
+        AcceleratorState._reset_state()
+        self.accelerator = Accelerator(cpu=True, mixed_precision="no")
 
     def sum_over_processes(self, values):
         return values

@@ -72,7 +72,7 @@ def setup(tiny_model_dir, tmp_path):
         torch.manual_seed(0)
         model = load_causal_lm(tiny_model_dir)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
-        settings = {"batch_size": 1, "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 100, "tensorboard": False,
+        settings = {"batch_size": 1, "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 100,
                     **config}
         checkpoint = train(model=model, tokenizer=tokenizer, algorithm=algorithm, train_rows=rows, val_rows=[],
                            collate=SequenceCollator(tokenizer.pad_token_id), config=LoopConfig(**settings),

@@ -15,6 +15,7 @@ from test_online_cli import PLUGIN, build_tiny_reward_model
 
 from alignkit.cli import main
 from alignkit.config import RunArguments
+from alignkit.data.order import DataOrder
 from alignkit.training.online_loop import sampling_seeds, step_prompts
 from alignkit.training.runner import start_run
 
@@ -112,8 +113,10 @@ def test_each_prompt_samples_from_its_own_seed_whatever_process_or_batch_it_land
     assert sampling_seeds(42, 3, [5, 9]) == sampling_seeds(42, 3, [7, 5, 9])[1:]
     assert len(set(sampling_seeds(42, 3, range(100)) + sampling_seeds(42, 4, range(100)))) == 200
     # A short last step is filled from the epoch's start: every step has the same number of prompts.
-    steps = step_prompts(10, 4, seed=0, epoch=0, shuffle=True)
+    steps = step_prompts(DataOrder(10, 4, seed=0, shuffle=True), 0)
     assert [len(s) for s in steps] == [4, 4, 4] and sorted(sum(steps, [])[:10]) == list(range(10))
+    # --dataloader_drop_last: the short last step is dropped instead.
+    assert step_prompts(DataOrder(10, 4, seed=0, shuffle=True, drop_last=True), 0) == steps[:2]
 
 
 def test_seeded_rollouts_do_not_depend_on_the_batch(tiny_model_dir):
@@ -170,7 +173,8 @@ def test_fsdp_for_online_rl_stops_with_an_error_naming_it(tiny_model_dir, method
 
 def test_vllm_on_several_processes_stops_with_an_error(tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr("alignkit.training.online_run.start_run", lambda args: type("S", (), {"engine": None})())
+    monkeypatch.setattr("alignkit.training.online_run.start_run",
+                        lambda args, method=None: type("S", (), {"engine": None})())
     assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "accuracy",
                  "--use_vllm", "true"]) == 2
     assert "--use_vllm with several processes" in capsys.readouterr().err

@@ -326,8 +326,11 @@ def test_resuming_a_finished_run_rewrites_nothing(tiny_model_dir, pairs_file, co
 # The runner (alignkit/training/runner.py) gives the offline and the online loop one shell; these run the
 # same checks on DPO, GRPO and PPO.
 
+# --eval_steps 100: the held-out prompts are evaluated at the end only, whatever --save_steps a test uses
+# (unset, --eval_steps follows --save_steps, as in ms-swift).
 ONLINE = ["--dataset", "arith-prompts#8", "--max_completion_length", "6", "--batch_size", "2", "--max_steps", "4",
-          "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-2", "--logging_steps", "1"]
+          "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-2", "--logging_steps", "1",
+          "--eval_steps", "100"]
 
 
 @pytest.fixture(scope="module")

@@ -152,3 +152,19 @@ def fit_defaults(args, *, on_gpu: bool, model_max_length: int | None) -> dict[st
         values["max_length"] = model_max_length
         logger.info("--max_length not set: %d, the model's own limit (ms-swift's default)", model_max_length)
     return values
+
+
+# --metric_for_best_model when unset: ms-swift's (loss; grpo: reward; ppo: none, so no best checkpoint).
+DEFAULT_METRIC_FOR_BEST_MODEL: dict[str, str | None] = {"grpo": "reward", "ppo": None}
+
+
+def best_model_metric(args, method: str) -> tuple[str | None, bool]:
+    """(--metric_for_best_model, --greater_is_better) for ``method``, the unset ones from ms-swift's rules:
+    the metric from DEFAULT_METRIC_FOR_BEST_MODEL (else loss), greater is better unless its name says loss."""
+    metric = args.metric_for_best_model
+    if metric is None:
+        metric = DEFAULT_METRIC_FOR_BEST_MODEL.get(method, "loss")
+    greater = args.greater_is_better
+    if greater is None:
+        greater = metric is not None and "loss" not in metric
+    return metric, greater

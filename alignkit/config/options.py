@@ -9,18 +9,20 @@ from typing import Any
 
 
 def option(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = (), choices=None, nargs=None,
-           applies_to: tuple[str, ...] | None = None, may_differ_on_resume: bool = False,
+           const=None, applies_to: tuple[str, ...] | None = None, may_differ_on_resume: bool = False,
            no_effect: str | None = None, differs: str | None = None):
     """A dataclass field that carries its CLI help, its alias flag names and its allowed values, and what the
     training code derives from it: ``applies_to``, the methods (``sft`` or an --rlhf_type) it serves (None:
     all), so that setting it for another says once that it has no effect there; ``may_differ_on_resume``,
     whether it only changes where and how often things are written or checked, never the weights a step
-    produces, so that a resumed run may change it (every other flag must match the checkpoint's).
+    produces, so that a resumed run may change it (every other flag must match the checkpoint's); ``const``,
+    the value of the bare flag when ``nargs="?"`` (``--fsdp`` alone means ``--fsdp true``).
 
     Where the flag comes from another tool (docs/compat.md is generated from these): ``no_effect``, why it has
     no work to do in alignkit's design (it is accepted, its value checked, and setting it logs this once);
     ``differs``, how and why its meaning or default differs from ms-swift's on purpose."""
-    meta = {"help": help, "aliases": aliases, "choices": choices, "nargs": nargs, "applies_to": applies_to,
+    meta = {"help": help, "aliases": aliases, "choices": choices, "nargs": nargs, "const": const,
+            "applies_to": applies_to,
             "may_differ_on_resume": may_differ_on_resume or no_effect is not None, "no_effect": no_effect,
             "differs": differs}
     if isinstance(default, list):

@@ -207,8 +207,14 @@ class RunArguments:
     adam_beta2: float = option(0.999, "AdamW beta2.")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.")
     lr_scheduler_type: str = option(
-        "cosine", "Learning-rate schedule after warm-up.", choices=("linear", "cosine", "constant")
-    )
+        "cosine",
+        "Learning-rate schedule (transformers' get_scheduler; options in --lr_scheduler_kwargs). "
+        "reduce_lr_on_plateau lowers it when --metric_for_best_model stops improving at evaluations.",
+        choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay"),
+        differs="constant with a warm-up (--warmup_steps/--warmup_ratio) warms up first (constant_with_warmup); "
+        "transformers' constant ignores the warm-up, which is never what a user who set one meant")
     warmup_ratio: float = option(0.0, "Fraction of the steps spent warming up linearly from 0.")
     warmup_steps: int = option(0, "Warm-up steps (overrides --warmup_ratio when > 0).")
     max_grad_norm: float = option(
@@ -216,9 +222,11 @@ class RunArguments:
     )
     logging_steps: int = option(5, "Log metrics every N optimizer steps.", may_differ_on_resume=True)
     eval_steps: int | None = option(
-        None, "Evaluate every N steps (default: only at the end).", may_differ_on_resume=True
-    )
-    save_steps: int = option(500, "Save a checkpoint every N steps (and always at the end).", may_differ_on_resume=True)
+        None, "Evaluate every N steps (with --eval_strategy steps; unset: --save_steps, as ms-swift).",
+        may_differ_on_resume=True)
+    save_steps: int = option(
+        500, "Save a checkpoint every N steps (with --save_strategy steps; the last step is always saved).",
+        may_differ_on_resume=True)
     save_total_limit: int | None = option(
         None, "Keep at most this many checkpoints (the newest is always kept).", may_differ_on_resume=True)
     resume_from_checkpoint: str | None = option(
@@ -237,16 +245,123 @@ class RunArguments:
     seed: int = option(42, "Seed for initialisation, dropout and data order.")
     report_to: list[str] = option(
         ["tensorboard"],
-        "Where metrics go besides the console and logging.jsonl: tensorboard or none.",
-        nargs="+", may_differ_on_resume=True)
+        "Where metrics go besides the console and logging.jsonl (accelerate's trackers): tensorboard (<run "
+        "dir>/runs), wandb (project $WANDB_PROJECT, default alignkit; WANDB_MODE=offline writes <run dir>/wandb), "
+        "swanlab (--swanlab_* flags), all (those installed), none.",
+        nargs="+", may_differ_on_resume=True,
+        differs="tensorboard, wandb and swanlab only (others are refused by name); wandb's project defaults to "
+        "alignkit where ms-swift sets WANDB_PROJECT=ms-swift")
     debug: bool = option(False, "Show full tracebacks for errors.", may_differ_on_resume=True)
+
+    # --- when to log, evaluate, save and stop; optimizer; trackers (transformers/ms-swift semantics,
+    #     docs/reliability.md; alignkit/training/cadence.py, optimizers.py, trackers.py) ---
+    save_strategy: str = option(
+        "steps", "When checkpoints are written: steps (every --save_steps), epoch (each epoch's end), best (when "
+        "--metric_for_best_model improves) or no (never, not even at the end). Except with no, the last step is "
+        "always saved (as ms-swift).", choices=("steps", "epoch", "best", "no"), may_differ_on_resume=True)
+    save_only_model: bool = option(
+        False, "Checkpoints hold the weights (LoRA adapter or model) and tokenizer only: no optimizer, schedule or "
+        "RNG state. Smaller, but not resumable: train on from one with --adapters/--model in a new run.",
+        may_differ_on_resume=True)
+    eval_strategy: str | None = option(
+        None, "When the held-out data is evaluated: steps (every --eval_steps), epoch or no. Unset: as "
+        "--save_strategy (steps for best), as ms-swift. Except with no, the last step is evaluated.",
+        aliases=("--evaluation_strategy",), choices=("steps", "epoch", "no"), may_differ_on_resume=True)
+    logging_strategy: str = option(
+        "steps", "When training metrics are logged: steps (every --logging_steps, and the last step), epoch or no "
+        "(evaluation metrics are logged either way).", choices=("steps", "epoch", "no"), may_differ_on_resume=True)
+    logging_first_step: bool = option(True, "Also log the first step's metrics.", may_differ_on_resume=True)
+    metric_for_best_model: str | None = option(
+        None, "Held-out metric that picks the best checkpoint (the eval_ prefix optional): loss, rewards/accuracies, "
+        "accuracy, reward, ... Unset: loss (grpo: reward; ppo: none), as ms-swift. The best checkpoint is recorded "
+        "(best_model_checkpoint, best_metric in trainer_state.json and the final log line) and --save_total_limit "
+        "never deletes it.", may_differ_on_resume=True)
+    greater_is_better: bool | None = option(
+        None, "Whether a larger --metric_for_best_model is better. Unset: false when the metric's name contains "
+        "loss, else true.", may_differ_on_resume=True)
+    load_best_model_at_end: bool = option(
+        False, "At the end, load the best checkpoint's weights into the model (with --save_total_limit 1 only the "
+        "best checkpoint is kept). Needs --eval_strategy equal to --save_strategy.", may_differ_on_resume=True)
+    early_stop_interval: int | None = option(
+        None, "Stop when --metric_for_best_model has not improved for this many saves in a row (ms-swift counts "
+        "saves: evaluate at every save). Needs held-out data.")
+    max_epochs: int | None = option(
+        None, "Stop at the end of this epoch even when --num_train_epochs or --max_steps ask for more (evaluated and "
+        "saved there); the learning-rate schedule still spans the full run, as ms-swift.")
+    dataloader_drop_last: bool = option(
+        False, "Drop each epoch's last micro-batch (over all processes) when it is short, so steps per epoch may be "
+        "fewer. ppo/grpo: drop the epoch's last short rollout instead of topping it up from the epoch's start.")
+    group_by_length: bool = option(
+        False, "Order each epoch so that micro-batches hold rows of similar length (transformers' length-grouped "
+        "order, seeded per epoch: shuffled, cut into mega-batches, each sorted longest first); a pair counts its "
+        "longer answer; ppo/grpo: prompts.")
+    lr_scheduler_kwargs: str | None = option(
+        None, "Options of --lr_scheduler_type as a JSON object or file: '{\"min_lr\": 1e-6}' (cosine_with_min_lr), "
+        "'{\"num_cycles\": 2}', '{\"num_decay_steps\": 20}' (warmup_stable_decay), '{\"factor\": 0.5}'.")
+    optim: str = option(
+        "adamw_torch_fused", "Optimizer by transformers' name: adamw_torch_fused (torch's fused AdamW where the "
+        "device has it, else foreach), adamw_torch, adafactor, sgd, adagrad, rmsprop, and bitsandbytes' adamw_8bit, "
+        "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones page only on GPUs).")
+    optim_args: str | None = option(
+        None, "Optimizer options as key=value pairs, transformers' format: 'momentum=0.9,nesterov=true' (sgd), "
+        "'momentum=0.9,ns_steps=5' (--optimizer muon).")
+    optimizer: str | None = option(
+        None, "ms-swift's optimizer plugin, before --optim: muon (torch.optim.Muon on the 2-D hidden matrices, AdamW "
+        "on embeddings, LM head and 1-D parameters, as ms-swift splits them) or default (--optim).")
+    neftune_noise_alpha: float | None = option(
+        None, "NEFTune: uniform noise of scale alpha/sqrt(length x hidden size) on the input embeddings in training "
+        "forwards (never in evaluation or rollouts), as transformers. The paper uses 5 to 15.")
+    run_name: str | None = option(
+        None, "The run's name in wandb and swanlab. Unset: the run directory (ms-swift names a run by its output "
+        "directory).", may_differ_on_resume=True)
+    swanlab_token: str | None = option(None, "swanlab API key (else swanlab's login or SWANLAB_API_KEY).",
+                                       may_differ_on_resume=True)
+    swanlab_project: str | None = option(
+        None, "swanlab project.", may_differ_on_resume=True,
+        differs="unset: alignkit, where ms-swift uses ms-swift")
+    swanlab_workspace: str | None = option(None, "swanlab workspace (unset: the API key's user).",
+                                           may_differ_on_resume=True)
+    swanlab_exp_name: str | None = option(None, "swanlab experiment name (unset: --run_name).",
+                                          may_differ_on_resume=True)
+    swanlab_mode: str = option("cloud", "swanlab mode: cloud (upload) or local (files under <run dir>/swanlog only); "
+                               "swanlab's own online, offline and disabled too.",
+                               choices=("cloud", "local", "online", "offline", "disabled"), may_differ_on_resume=True)
+    swanlab_notification_method: str | None = option(
+        None, "Notify when the run ends or fails: dingtalk, lark, email, discord, wxwork or slack (swanlab's "
+        "plugins).", may_differ_on_resume=True)
+    swanlab_webhook_url: str | None = option(None, "Webhook of --swanlab_notification_method.",
+                                             may_differ_on_resume=True)
+    swanlab_secret: str | None = option(None, "Secret of the webhook (email: the SMTP password).",
+                                        may_differ_on_resume=True)
+    swanlab_sender_email: str | None = option(None, "Email notification: sender.", may_differ_on_resume=True)
+    swanlab_receiver_email: str | None = option(None, "Email notification: receiver.", may_differ_on_resume=True)
+    swanlab_smtp_server: str | None = option(None, "Email notification: SMTP server.", may_differ_on_resume=True)
+    swanlab_smtp_port: int | None = option(None, "Email notification: SMTP port.", may_differ_on_resume=True)
+    swanlab_email_language: str = option("zh", "Email notification language: zh or en.", choices=("zh", "en"),
+                                         may_differ_on_resume=True)
+    ddp_find_unused_parameters: bool | None = option(
+        None, "DDP's find_unused_parameters (accelerate's DistributedDataParallelKwargs): true when some trained "
+        "parameters get no gradient in a step. Unset: DDP's default (false).", may_differ_on_resume=True)
+    ddp_timeout: int = option(
+        18000000, "Seconds a collective operation may wait for the other processes (accelerate's "
+        "InitProcessGroupKwargs); ms-swift's default.", may_differ_on_resume=True)
 
     # --- distribution (see docs/distributed.md); processes come from torchrun, accelerate or NPROC_PER_NODE ---
     deepspeed: str | None = option(
         None, "DeepSpeed ZeRO through accelerate: zero0, zero1, zero2, zero3, zero2_offload, zero3_offload (configs "
         "shipped in alignkit/ds_configs) or a path to a DeepSpeed JSON config. Needs deepspeed and a GPU."
     )
-    fsdp: bool = option(False, "PyTorch FSDP2 through accelerate, wrapping each transformer decoder layer. Needs GPUs.")
+    fsdp: str | bool = option(
+        False, "PyTorch FSDP through accelerate (needs GPUs): true (FSDP2, one shard unit per decoder layer), fsdp2 "
+        "(ms-swift's preset, with activation checkpointing), transformers' option words ('full_shard auto_wrap', "
+        "shard_grad_op, offload) or ms-swift's FSDP JSON file ({\"fsdp\": ..., \"fsdp_config\": {...}}). "
+        "Checkpoints are always whole safetensors (FULL_STATE_DICT).", nargs="?", const="true",
+        differs="checkpoints are always gathered into whole safetensors (FULL_STATE_DICT), where ms-swift's fsdp2 "
+        "preset writes sharded state dicts; hybrid_shard and no_shard are refused")
+    fsdp_config: str | None = option(
+        None, "With --fsdp: transformers' fsdp_config as a JSON file or object (version, reshard_after_forward, "
+        "auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, offload_params, activation_checkpointing, "
+        "cpu_ram_efficient_loading, ...; the fsdp_ prefix optional).")
     plugin: str | None = option(
         None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
         "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",

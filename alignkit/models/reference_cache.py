@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -100,16 +99,19 @@ class CachedReference:
         return (logps / counts.clamp(min=1) if average else logps), counts
 
 
-def visited_steps(num_rows: int, config, *, world_size: int = 1) -> Iterator[list[list[int]]]:
+def visited_steps(num_rows: int, config, *, world_size: int = 1,
+                  lengths: tuple[int, ...] | None = None) -> Iterator[list[list[int]]]:
     """The global micro-batches of every optimizer step the loop will take under this LoopConfig, in its order
-    (``data.order.epoch_batches`` of global batches, ``gradient_accumulation_steps`` of them per step)."""
-    from alignkit.data.order import epoch_batches, total_steps
+    (``data.order.DataOrder`` of global batches, with ``lengths`` under --group_by_length;
+    ``gradient_accumulation_steps`` of them per step)."""
+    from alignkit.data.order import DataOrder, total_steps
 
     global_size, accumulation = config.batch_size * world_size, config.gradient_accumulation_steps
-    steps = total_steps(math.ceil(num_rows / global_size), config)
+    order = DataOrder(num_rows, global_size, config.seed, config.shuffle, config.drop_last, lengths)
+    steps = total_steps(order.batches_per_epoch, config)
     step, epoch = 0, 0
-    while step < steps:
-        batches = epoch_batches(num_rows, global_size, seed=config.seed, epoch=epoch, shuffle=config.shuffle)
+    while step < steps and order.batches_per_epoch:
+        batches = order.epoch(epoch)
         for start in range(0, len(batches), accumulation):
             if step == steps:
                 return
@@ -118,7 +120,8 @@ def visited_steps(num_rows: int, config, *, world_size: int = 1) -> Iterator[lis
         epoch += 1
 
 
-def visited_batches(num_rows: int, config, *, world_size: int = 1, rank: int = 0) -> list[list[int]]:
+def visited_batches(num_rows: int, config, *, world_size: int = 1, rank: int = 0,
+                    lengths: tuple[int, ...] | None = None) -> list[list[int]]:
     """The training micro-batches this process will run under this LoopConfig, in the loop's own data order:
     this process's shard of each global batch of ``visited_steps`` as ``training.loop.accumulate_gradients``
     takes it, the first row when its shard is empty; each row in the first batch that holds it only, so a run
@@ -126,7 +129,7 @@ def visited_batches(num_rows: int, config, *, world_size: int = 1, rank: int = 0
     its batch-mates). Precomputing in the loop's own batches keeps bf16 rounding alike for policy and
     reference, so the first step's loss is exactly ln 2 as on the plain path."""
     size, seen, out = config.batch_size, set(), []
-    for group in visited_steps(num_rows, config, world_size=world_size):
+    for group in visited_steps(num_rows, config, world_size=world_size, lengths=lengths):
         if len(seen) == num_rows:
             break
         for global_batch in group:

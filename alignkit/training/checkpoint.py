@@ -7,6 +7,9 @@ Layout::
         checkpoint-50/                        adapter or model (safetensors), tokenizer, args.json,
                                               trainer_state.json, optimizer.pt, scheduler.pt, rng_state.pt
 
+With ``--save_only_model`` a checkpoint holds the weights, tokenizer, args.json and trainer_state.json only
+(``"save_only_model": true`` there); it cannot be resumed, only trained on from as new weights.
+
 A checkpoint is written into ``checkpoint-N.tmp`` and renamed to ``checkpoint-N`` only when every file
 is on disk, so a run killed mid-write leaves the previous checkpoint as the newest complete one.
 ``trainer_state.json`` lists the size of every file written; ``verify_checkpoint`` checks them (and
@@ -75,6 +78,12 @@ class TrainerState:
     nonfinite_steps: int = 0  # updates skipped because the loss or the gradient was NaN/inf
     nonfinite_in_a_row: int = 0  # ... since the last applied update
     running_metrics: dict = field(default_factory=dict)  # metric sums since the last log (RunningMean)
+    # --metric_for_best_model (transformers' names): the best value, its step, its checkpoint if saved.
+    best_metric: float | None = None
+    best_global_step: int | None = None
+    best_model_checkpoint: str | None = None
+    early_stop_best: float | None = None  # --early_stop_interval: the best metric at the last improving save
+    early_stop_count: int = 0  # ... and the saves since without improvement
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,7 +114,10 @@ def save_checkpoint(
     scheduler,
     args: dict,
     save_total_limit: int | None,
+    keep: str | None = None,
 ) -> Path:
+    """Write ``checkpoint-N`` (see the module docstring). ``optimizer`` None (``--save_only_model``): weights
+    only. ``keep``: the best checkpoint, which rotation never deletes."""
     final = run_dir / f"checkpoint-{state.global_step}"
     if final.exists():
         raise AlignkitError(f"{final} already exists; a run never overwrites a checkpoint")
@@ -117,12 +129,14 @@ def save_checkpoint(
     fault_point("checkpoint", state.global_step)
     tokenizer.save_pretrained(partial)
     (partial / "args.json").write_text(json.dumps(args, indent=2, default=str))
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-    torch.save(rng_state(), partial / "rng_state.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+        torch.save(rng_state(), partial / "rng_state.pt")
     files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
     # The state file is written last and lists every other file: verify_checkpoint compares sizes.
-    (partial / STATE_FILE).write_text(json.dumps({**state.to_json(), "files": files}, indent=2))
+    weights_only = {"save_only_model": True} if optimizer is None else {}
+    (partial / STATE_FILE).write_text(json.dumps({**state.to_json(), **weights_only, "files": files}, indent=2))
     # Flush to disk before the rename makes the checkpoint visible, so a power loss cannot leave a
     # complete-looking checkpoint with empty files.
     for path in partial.rglob("*"):
@@ -131,7 +145,7 @@ def save_checkpoint(
     _fsync(partial)
     partial.rename(final)
     _fsync(run_dir)
-    rotate(run_dir, save_total_limit)
+    rotate(run_dir, save_total_limit, keep=keep)
     return final
 
 
@@ -150,11 +164,18 @@ def check_finite_weights(model, checkpoint: Path) -> None:
             raise AlignkitError(f"not saving {checkpoint.name}: parameter {name} holds NaN or inf values")
 
 
-def rotate(run_dir: Path, save_total_limit: int | None) -> None:
+def rotate(run_dir: Path, save_total_limit: int | None, keep: str | None = None) -> None:
+    """Delete the oldest checkpoints beyond ``save_total_limit``, never the newest nor ``keep`` (the best
+    checkpoint): transformers' ``rotate_checkpoints``, where both protected ones may exceed a limit of 1."""
     if not save_total_limit or save_total_limit < 1:
         return
     checkpoints = list_checkpoints(run_dir)
-    for old in checkpoints[: -save_total_limit]:  # the newest is always among the kept ones
+    protected = {checkpoints[-1].name} if checkpoints else set()
+    if keep is not None and Path(keep).parent.resolve() == run_dir.resolve():
+        protected.add(Path(keep).name)
+    excess = len(checkpoints) - max(save_total_limit, len(protected))
+    doomed_ones = [c for c in checkpoints if c.name not in protected][: max(excess, 0)]
+    for old in doomed_ones:
         # Renamed first, so a kill during the removal never leaves a half-deleted checkpoint-N.
         doomed = old.with_name(old.name + ".deleting")
         shutil.rmtree(doomed, ignore_errors=True)  # left by a run killed while removing it
@@ -237,6 +258,11 @@ def _safetensors_problem(path: Path) -> str | None:
     if 8 + header_len + max(ends, default=0) != size:
         return f"{size} bytes, but its header describes {8 + header_len + max(ends, default=0)}"
     return None
+
+
+def is_weights_only(checkpoint: Path) -> bool:
+    """Whether a (verified) checkpoint was written with --save_only_model."""
+    return bool(json.loads((Path(checkpoint) / STATE_FILE).read_text()).get("save_only_model"))
 
 
 def read_trainer_state(checkpoint: Path) -> TrainerState:

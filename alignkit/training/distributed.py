@@ -20,11 +20,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def process_state():
-    """accelerate's process state, which joins the process group (gloo on CPU, NCCL on GPUs) when launched."""
+def process_state(timeout: int | None = None):
+    """accelerate's process state, which joins the process group (gloo on CPU, NCCL on GPUs) when launched;
+    ``timeout`` (seconds, --ddp_timeout) applies to the first call, which joins it."""
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    extra = {"timeout": timedelta(seconds=timeout)} if timeout else {}
+    return PartialState(cpu=not torch.cuda.is_available(), **extra)
 
 
 def on_main(make: Callable[[], T]) -> T:

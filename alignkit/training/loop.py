@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Protocol
@@ -19,8 +18,9 @@ import torch
 
 from alignkit.algorithms.kto import kl_micro_batches
 from alignkit.data.collate import Batch, kl_rows
-from alignkit.data.order import epoch_batches, total_steps
+from alignkit.data.order import DataOrder, total_steps
 from alignkit.data.packing import row_ids_of
+from alignkit.errors import AlignkitError
 from alignkit.training.faults import fault_point
 from alignkit.training.runner import LoopConfig, Runner
 
@@ -61,8 +61,11 @@ def train(
     # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
     # its slice, so N processes × B rows follow the same data order as 1 process × N·B rows.
     global_batch = config.batch_size * runner.num_processes
-    batches_per_epoch = math.ceil(len(train_rows) / global_batch)
-    steps = total_steps(batches_per_epoch, config)
+    order = DataOrder.for_rows(train_rows, global_batch, config)
+    if order.batches_per_epoch == 0:
+        raise AlignkitError(f"--dataloader_drop_last: the {len(train_rows)} training rows do not fill one micro-batch "
+                            f"of {global_batch} rows, so every batch would be dropped")
+    steps = total_steps(order.batches_per_epoch, config)
     model = runner.prepare(model, optimizer_steps=steps)
     runner.resume(config.resume_from_checkpoint)
     state = runner.state
@@ -72,13 +75,11 @@ def train(
 
     model.train()
     with runner.running(steps, desc="train"):
-        while state.global_step < steps:
+        while state.global_step < steps and not runner.should_stop:
             epoch = state.epoch
-            batches = epoch_batches(
-                len(train_rows), global_batch, seed=config.seed, epoch=epoch, shuffle=config.shuffle
-            )
+            batches = order.epoch(epoch)
             # Each epoch has its own order: leave this loop at the epoch's end so the next one is drawn.
-            while state.epoch == epoch and state.global_step < steps:
+            while state.epoch == epoch and state.global_step < steps and not runner.should_stop:
                 group = batches[
                     state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps
                 ]
@@ -90,7 +91,8 @@ def train(
                 grad_norm, problem = runner.update(model.parameters(), problem, row_ids=step_rows)
                 state.global_step += 1
                 state.batches_done_in_epoch += len(group)
-                if state.batches_done_in_epoch >= len(batches):
+                epoch_end = state.batches_done_in_epoch >= len(batches)
+                if epoch_end:
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
                 metrics = None
@@ -103,7 +105,7 @@ def train(
                     runner.skip_nonfinite(problem)
                 runner.end_step(metrics, postfix="loss",
                                 log_extra={"epoch": state.epoch + state.batches_done_in_epoch / len(batches)},
-                                evaluate=evaluate_held_out if val_rows else None)
+                                evaluate=evaluate_held_out if val_rows else None, epoch_end=epoch_end)
         return runner.finish(evaluate_held_out if val_rows else None)
 
 

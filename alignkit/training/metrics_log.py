@@ -1,4 +1,5 @@
-"""Metrics to the console (through the progress bar), to ``logging.jsonl`` and to TensorBoard."""
+"""Metrics to the console (through the progress bar), to ``logging.jsonl`` and to the ``--report_to``
+trackers (``alignkit.training.trackers``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,13 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, *, tensorboard: bool, write_console, purge_step: int | None = None,
-                 enabled: bool = True):
-        """``purge_step``: on resume, the first step logged again; TensorBoard hides the stopped run's events
-        from that step on, which the resumed run writes anew. ``enabled=False`` (every process but the main
-        one of a distributed run) writes nothing."""
+    def __init__(self, run_dir: Path, *, trackers: list, write_console, enabled: bool = True):
+        """``trackers``: started accelerate trackers (TensorBoard, wandb, swanlab). ``enabled=False`` (every
+        process but the main one of a distributed run) writes nothing."""
         self.path = run_dir / "logging.jsonl"
         self.enabled = enabled
         self.write_console = write_console
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(run_dir / "runs"), purge_step=purge_step)
+        self.trackers = trackers
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -28,15 +23,16 @@ class MetricsLog:
         record = {"step": step, **{k: round(v, 8) if isinstance(v, float) else v for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, step)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if scalars:
+            for tracker in self.trackers:
+                tracker.log(scalars, step=step)
         self.write_console(" ".join(f"{k}={_short(v)}" for k, v in record.items()))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 class RunningMean:

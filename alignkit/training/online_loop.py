@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignkit.algorithms.rollout import EncodedPrompt
-from alignkit.data.order import epoch_batches
+from alignkit.data.order import DataOrder
 from alignkit.errors import AlignkitError
 from alignkit.training.faults import fault_point
 from alignkit.training.metrics_log import RunningMean
@@ -53,7 +53,7 @@ class Schedule:
 def make_schedule(*, num_prompts: int, num_generations: int, per_device_train_batch_size: int,
                   gradient_accumulation_steps: int, num_mini_batches: int, experience_batch_size: int | None,
                   num_collect_steps: int, train_batch_size: int | None, update_epochs: int, max_steps: int,
-                  num_episodes: int | None, num_train_epochs: float) -> Schedule:
+                  num_episodes: int | None, num_train_epochs: float, drop_last: bool = False) -> Schedule:
     """How much each step samples and trains, from ms-swift/TRL's and ColossalChat's flags.
 
     ======================  ==========================================================================
@@ -63,7 +63,8 @@ def make_schedule(*, num_prompts: int, num_generations: int, per_device_train_ba
     mini-batch              ``--train_batch_size`` completions, else completions / ``--num_mini_batches``;
                             one optimizer step each
     micro-batch             ``--per_device_train_batch_size`` completions
-    steps                   ``--max_steps``, else ``--num_episodes``, else epochs over the prompts
+    steps                   ``--max_steps``, else ``--num_episodes``, else epochs over the prompts (whole
+                            steps only with ``--dataloader_drop_last``)
     ======================  ==========================================================================
     """
     for name, value in (("--per_device_train_batch_size", per_device_train_batch_size),
@@ -100,6 +101,10 @@ def make_schedule(*, num_prompts: int, num_generations: int, per_device_train_ba
         steps = max_steps
     elif num_episodes is not None:
         steps = num_episodes
+    elif drop_last:
+        if num_prompts < prompts:
+            raise AlignkitError(f"--dataloader_drop_last: the {num_prompts} prompts do not fill one step of {prompts}")
+        steps = max(1, math.ceil(num_train_epochs * (num_prompts // prompts)))
     else:
         steps = max(1, math.ceil(num_train_epochs * num_prompts / prompts))
     return Schedule(prompts, sequences, minibatch, min(per_device_train_batch_size, minibatch), update_epochs, steps)
@@ -136,14 +141,15 @@ class OnlineAlgorithm(Protocol):
     def load_trained(self, checkpoint: Path) -> None: ...  # resume what trained_model() holds besides the policy
 
 
-def step_prompts(num_prompts: int, global_batch: int, *, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
-    """The prompt indices of each step of one epoch, ``global_batch`` (prompts per step × processes) each. The
-    epoch's last step, if short, is filled from the start of the epoch's order: every step samples as many
-    prompts, so the schedule holds and every process gets its share."""
-    order = epoch_batches(num_prompts, num_prompts, seed=seed, epoch=epoch, shuffle=shuffle)[0]
-    steps = [order[i : i + global_batch] for i in range(0, num_prompts, global_batch)]
-    while len(steps[-1]) < global_batch:
-        steps[-1] += order[: global_batch - len(steps[-1])]
+def step_prompts(order: DataOrder, epoch: int) -> list[list[int]]:
+    """The prompt indices of each step of one epoch, ``order.batch_size`` (prompts per step × processes) each,
+    in ``order`` (shuffled, or grouped by length). The epoch's last step, if short, is filled from the start
+    of the epoch's order, so every step samples as many prompts and every process gets its share; with
+    --dataloader_drop_last (``order.drop_last``) it is dropped instead."""
+    steps = order.epoch(epoch)
+    flat = [i for step in steps for i in step]
+    while steps and len(steps[-1]) < order.batch_size:
+        steps[-1] += flat[: order.batch_size - len(steps[-1])]
     return steps
 
 
@@ -184,6 +190,7 @@ def train_online(
                 schedule.update_epochs)
     state, rank, share = runner.state, runner.rank, schedule.prompts_per_step
     global_batch = share * runner.num_processes
+    order = DataOrder.for_rows([p.ids for p in prompts], global_batch, config)
 
     def sum_all(values: torch.Tensor) -> torch.Tensor:
         return runner.sum_over_processes(values).to(values.device)
@@ -194,11 +201,13 @@ def train_online(
             return evaluate(policy, algorithm, val_prompts, runner.accelerator) if main else {}
 
     with runner.running(schedule.steps, desc=args_for_checkpoint["algorithm"]):
-        while state.global_step < schedule.steps:
-            steps = step_prompts(
-                len(prompts), global_batch, seed=config.seed, epoch=state.epoch, shuffle=config.shuffle
-            )
-            while state.batches_done_in_epoch < len(steps) and state.global_step < schedule.steps:
+        while state.global_step < schedule.steps and not runner.should_stop:
+            steps = step_prompts(order, state.epoch)
+            if not steps:
+                raise AlignkitError(f"--dataloader_drop_last: the {len(prompts)} prompts do not fill one step of "
+                                    f"{global_batch} prompts over all processes")
+            while (state.batches_done_in_epoch < len(steps) and state.global_step < schedule.steps
+                   and not runner.should_stop):
                 started = time.perf_counter()
                 mine = steps[state.batches_done_in_epoch][rank * share : (rank + 1) * share]
                 policy.eval()  # generate() keeps its KV cache only outside training mode with gradient checkpointing
@@ -220,7 +229,8 @@ def train_online(
 
                 state.global_step += 1
                 state.batches_done_in_epoch += 1
-                if state.batches_done_in_epoch >= len(steps):
+                epoch_end = state.batches_done_in_epoch >= len(steps)
+                if epoch_end:
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
                 metrics = None
@@ -232,9 +242,9 @@ def train_online(
                     runner.skip_nonfinite(problem)
                 runner.end_step(metrics, postfix="reward", log_extra={"episode": state.global_step * global_batch},
                                 evaluate=evaluate_held_out if val_prompts else None,
-                                log_more=functools.partial(log_samples, run_dir, state.global_step, samples))
-        final_eval = val_prompts and not (config.eval_steps and state.global_step % config.eval_steps == 0)
-        return runner.finish(evaluate_held_out if final_eval else None)
+                                log_more=functools.partial(log_samples, run_dir, state.global_step, samples),
+                                epoch_end=epoch_end)
+        return runner.finish(evaluate_held_out if val_prompts else None)
 
 
 def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, seed: int,

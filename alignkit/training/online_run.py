@@ -43,7 +43,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint. ``defaults``: the method's values of
     unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
-    start = start_run(args)
+    start = start_run(args, name)
     check_online_engine(name, start.engine, use_vllm=args.use_vllm)
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
@@ -82,6 +82,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         experience_batch_size=args.experience_batch_size, num_collect_steps=args.num_collect_steps,
         train_batch_size=args.train_batch_size, update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
         max_steps=args.max_steps, num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs,
+        drop_last=args.dataloader_drop_last,
     )
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
@@ -137,8 +138,10 @@ def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
 def online_layout(args: RunArguments, policy) -> Layout:
     """How the policy's (and reference's) completion log-probs are computed: packed with the prompt held once
     per group (--padding_free, --prefix_sharing; the same numbers as padded batches), or padded."""
-    padding_free = args.padding_free and supports_packing(policy)
-    if args.padding_free and not padding_free:
+    padding_free = args.padding_free and supports_packing(policy) and args.neftune_noise_alpha is None
+    if args.padding_free and args.neftune_noise_alpha is not None:
+        logger.info("--neftune_noise_alpha scales its noise by the padded length: padded batches")
+    elif args.padding_free and not padding_free:
         logger.warning("--padding_free needs sdpa or eager attention, not %s: using padded batches",
                        config_of(policy)._attn_implementation)
     sharing = padding_free and args.prefix_sharing

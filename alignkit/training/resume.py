@@ -33,6 +33,7 @@ from alignkit.training.checkpoint import (
     CHECKPOINT_PATTERN,
     STATE_FILE,
     checkpoint_step,
+    is_weights_only,
     list_checkpoints,
     new_run_dir,
     run_dirs,
@@ -52,7 +53,21 @@ MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunArguments) if f.met
 
 
 def find_checkpoint(spec: str, output_dir: str) -> Path:
-    """The checkpoint ``--resume_from_checkpoint spec`` names (see the module docstring)."""
+    """The checkpoint ``--resume_from_checkpoint spec`` names (see the module docstring); one written with
+    --save_only_model is refused, since it cannot continue the run exactly."""
+    checkpoint = _find_checkpoint(spec, output_dir)
+    if is_weights_only(checkpoint):
+        lora = (checkpoint / "adapter_config.json").is_file()
+        flag = f"--adapters {checkpoint}" if lora else f"--model {checkpoint}"
+        raise AlignkitError(
+            f"--resume_from_checkpoint {spec}: {checkpoint} was saved with --save_only_model: it holds the "
+            f"{'LoRA adapter' if lora else 'model weights'} but no optimizer, learning-rate schedule or RNG state, "
+            f"so the run cannot continue exactly where it stopped. To train on from these weights, start a new run "
+            f"with {flag} (a fresh optimizer and schedule); to make runs resumable, leave --save_only_model off.")
+    return checkpoint
+
+
+def _find_checkpoint(spec: str, output_dir: str) -> Path:
     root = Path(output_dir if spec == LAST else spec).expanduser()
     flag = f"--resume_from_checkpoint {spec}"
     if spec != LAST and (

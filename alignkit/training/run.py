@@ -39,6 +39,7 @@ from alignkit.data.collate import (
     kl_rows,
 )
 from alignkit.data.encode import with_row_fields
+from alignkit.data.order import encoded_length
 from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
 from alignkit.data.validate import check_class_labels
@@ -60,11 +61,10 @@ from alignkit.models.reference_cache import visited_batches, visited_steps
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
+from alignkit.training.loop_config import LoopConfig, loop_config
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import (
-    LoopConfig,
-    loop_config,
     loop_config_for,
     open_run_dir,
     rows_per_step,
@@ -92,7 +92,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         from alignkit.training.online_run import run_online
 
         return run_online(args, resolve(args, algorithm_name))
-    start = start_run(args)
+    start = start_run(args, algorithm_name)
     resume, precision = start.resume, start.precision
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
     device_map, max_memory = resolve_flags(
@@ -288,12 +288,13 @@ def reference_batches(train_rows: list, val_rows: list, config: LoopConfig, *, k
     shard of the training batches (each row once) and, on the main process, which evaluates alone, the
     held-out batches. With KTO's ``kl_pairs`` also every step's mismatched KL rows, in the micro-batches the
     loop runs them (``kl_micro_batches``), and the held-out set's."""
-    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank)
+    lengths = tuple(encoded_length(row) for row in train_rows) if config.group_by_length else None
+    visited = visited_batches(len(train_rows), config, world_size=world_size, rank=rank, lengths=lengths)
     train = [[train_rows[i] for i in batch] for batch in visited]
     size = config.eval_batch_size
     held_out = [val_rows[i : i + size] for i in range(0, len(val_rows), size)] if rank == 0 else []
     if kl_pairs:
-        for group in visited_steps(len(train_rows), config, world_size=world_size):
+        for group in visited_steps(len(train_rows), config, world_size=world_size, lengths=lengths):
             micro_batches = kl_micro_batches(group, train_rows, rank=rank, batch_size=config.batch_size)
             train += [items for items, _ in micro_batches]
         mismatched = kl_rows(val_rows) if rank == 0 and val_rows else []

@@ -7,13 +7,14 @@ import logging
 
 from alignkit.config.run import RunArguments
 from alignkit.data.loading import load_datasets, parse_columns
+from alignkit.training.loop_config import held_out_ratio
 
 logger = logging.getLogger("alignkit")
 
 
 def load_training_data(args: RunArguments, datasets: list[str], kind: str) -> tuple[list, list]:
     """Training and held-out rows from --dataset, --val_dataset, --cached_dataset, ... (docs/data.md)."""
-    split_ratio = args.split_dataset_ratio
+    split_ratio = held_out_ratio(args)  # 0 with --eval_strategy no, as ms-swift
     if args.streaming and split_ratio > 0:
         logger.info("--streaming true: --split_dataset_ratio %s set to 0, as ms-swift does", split_ratio)
         split_ratio = 0.0

@@ -7,7 +7,10 @@ online loop (PPO, GRPO) keep only their step; everything a run guarantees is wri
 - the run directory, made once on the main process (or the resumed run's, its log trimmed);
 - resume: weights, optimizer, schedule, RNG and where the loop was;
 - metrics and progress on the main process only, checkpoints written by the main process only;
-- SIGINT/SIGTERM: finish the step, save, exit; too many non-finite steps in a row stop the run.
+- SIGINT/SIGTERM: finish the step, save, exit; too many non-finite steps in a row stop the run;
+- when to log, evaluate and save, the best checkpoint, early stopping (``alignkit.training.cadence``), the
+  trackers (``trackers``), the optimizer and schedule by name (``optimizers``), NEFTune (``neftune``);
+  the settings come from the flags through ``loop_config``.
 
 A loop reads: ``runner = Runner(...)``; ``model = runner.prepare(model, optimizer_steps)``;
 ``runner.resume(...)``; ``with runner.running(total, desc) as stop:`` its steps, each ending in
@@ -21,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import warnings
 from collections.abc import Callable
@@ -36,72 +40,19 @@ from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError, TrainingInterrupted
 from alignkit.models.load import model_max_length, resolve_dtype
 from alignkit.models.placement import place
-from alignkit.training.checkpoint import TrainerState, load_checkpoint, new_run_dir, save_checkpoint
-from alignkit.training.distributed import on_main
+from alignkit.models.weights import load_model_weights
+from alignkit.training import cadence
+from alignkit.training.checkpoint import TrainerState, list_checkpoints, load_checkpoint, new_run_dir, save_checkpoint
+from alignkit.training.distributed import launched, on_main, process_state
 from alignkit.training.interrupts import StopRequests
+from alignkit.training.loop_config import LoopConfig, check_loop_flags, loop_config
 from alignkit.training.metrics_log import MetricsLog, RunningMean
+from alignkit.training.optimizers import PLATEAU, make_optimizer, make_scheduler
 from alignkit.training.resume import check_resume_args, find_checkpoint, resume_run_dir
 from alignkit.training.sharding import Engine, check_available, resolve_engine
+from alignkit.training.trackers import make_trackers
 
 logger = logging.getLogger("alignkit")
-
-
-@dataclass
-class LoopConfig:
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 1
-    eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 5
-    eval_steps: int | None = None
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    seed: int = 42
-    shuffle: bool = True
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    tensorboard: bool = True
-    resume_from_checkpoint: str | None = None
-    max_nonfinite_steps: int = 10
-    engine: dict | None = (
-        None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
-    )
-
-
-def loop_config(args: RunArguments, precision: str) -> LoopConfig:
-    return LoopConfig(
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        batch_size=args.per_device_train_batch_size,
-        eval_batch_size=args.per_device_eval_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        adam_betas=(args.adam_beta1, args.adam_beta2),
-        adam_epsilon=args.adam_epsilon,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_ratio=args.warmup_ratio,
-        warmup_steps=args.warmup_steps,
-        max_grad_norm=args.max_grad_norm,
-        logging_steps=args.logging_steps,
-        eval_steps=args.eval_steps,
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
-        shuffle=args.dataset_shuffle,
-        mixed_precision={"fp32": "no"}.get(precision, precision),
-        tensorboard="tensorboard" in args.report_to,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        max_nonfinite_steps=args.max_nonfinite_steps,
-    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +62,7 @@ class RunStart:
     resume: Path | None  # the checkpoint --resume_from_checkpoint names (last | run dir | checkpoint)
     precision: str  # fp32 | bf16 | fp16
     engine: Engine | None  # DeepSpeed / FSDP through accelerate; None: DDP across processes, or one process
+    method: str | None = None  # "sft" or the --rlhf_type
 
     def check_engine(self) -> None:
         """Stop now if the engine cannot run here (no GPU, package missing); callers first check their own
@@ -120,9 +72,11 @@ class RunStart:
             logger.info("Engine: %s (%s)", self.engine.kind, self.engine.source)
 
 
-def start_run(args: RunArguments) -> RunStart:
+def start_run(args: RunArguments, method: str | None = None) -> RunStart:
     """The checkpoint to resume from, the precision and the sharding engine of any training run: the
-    offline methods, vision-language rows and ppo/grpo alike, so a flag means the same for all of them."""
+    offline methods, vision-language rows and ppo/grpo alike, so a flag means the same for all of them.
+    The loop's flags (cadence, best metric, optimizer, schedule, trackers) are checked here too, before any
+    data or model is loaded."""
     resume = find_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     torch.manual_seed(args.seed)
     precision = resolve_dtype(args.dtype)
@@ -131,12 +85,15 @@ def start_run(args: RunArguments) -> RunStart:
     engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
-                            max_grad_norm=args.max_grad_norm, precision=precision)
-    return RunStart(resume, precision, engine)
+                            max_grad_norm=args.max_grad_norm, precision=precision, fsdp_config=args.fsdp_config)
+    check_loop_flags(args, method)
+    if launched():  # the process group is joined once, with --ddp_timeout
+        process_state(timeout=args.ddp_timeout)
+    return RunStart(resume, precision, engine, method)
 
 
 def loop_config_for(args: RunArguments, start: RunStart) -> LoopConfig:
-    return dataclasses.replace(loop_config(args, start.precision),
+    return dataclasses.replace(loop_config(args, start.precision, start.method),
                                resume_from_checkpoint=str(start.resume) if start.resume else None,
                                engine=start.engine.accelerator_kwargs() if start.engine else None)
 
@@ -174,28 +131,19 @@ def open_run_dir(args: RunArguments, resolved: dict, resume: Path | None) -> Pat
     return run_dir
 
 
-def make_accelerator(mixed_precision: str, engine: dict | None):
+def make_accelerator(config: LoopConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process (the
     # Python API, the demo, tests) may ask for another precision, so start from a clean state.
     AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), **(engine or {}))
-
-
-def make_optimizer(model, config) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            # Biases and norm scales are 1-D; weight decay on them only hurts (as in transformers' Trainer).
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"lr": config.learning_rate, "betas": config.adam_betas, "eps": config.adam_epsilon}
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # fused kernels need a supported device and dtype
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    handlers = []
+    if config.ddp_find_unused_parameters is not None:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters))
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=handlers, **(config.engine or {}))
 
 
 class Runner:
@@ -208,12 +156,15 @@ class Runner:
         self.args_for_checkpoint = args_for_checkpoint
         self.tokenizer = tokenizer
         self.row_sources = row_sources
-        self.accelerator = make_accelerator(config.mixed_precision, config.engine)
+        self.accelerator = make_accelerator(config)
         self.main = self.accelerator.is_main_process
         self.state = TrainerState()
         self.last_checkpoint: Path | None = None
         self.model = self.optimizer = self.scheduler = None
         self.saved_model = None  # what a checkpoint saves (has save_pretrained)
+        self.should_stop = False  # early stop or --max_epochs: the loops leave at the end of this step
+        self.stopped_early = False  # by --early_stop_interval: nothing more is evaluated or saved
+        self.evaluated_at = self.saved_at = None  # the step last evaluated / saved
         torch.manual_seed(config.seed)
 
     @property
@@ -228,15 +179,16 @@ class Runner:
         """Place ``model``, build its optimizer and schedule over ``optimizer_steps``, and wrap it for the
         sharding engine (DDP across processes, DeepSpeed, FSDP). Returns the wrapped model, which the step's
         forward must go through; ``saved_model`` (default: the unwrapped model) is what checkpoints save."""
-        from transformers import get_scheduler
-
         config = self.config
         model = place(model, self.accelerator.device)  # a model split by --device_map stays split
+        if config.neftune_noise_alpha is not None:
+            from alignkit.training.neftune import activate_neftune
+
+            activate_neftune(model, config.neftune_noise_alpha)
         optimizer = make_optimizer(model, config)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * optimizer_steps)
-        # transformers' "constant" ignores warm-up; users who ask for warm-up with it mean this one.
-        kind = "constant_with_warmup" if config.lr_scheduler_type == "constant" and warmup else config.lr_scheduler_type
-        self.scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=optimizer_steps)
+        self.scheduler = make_scheduler(optimizer, kind=config.lr_scheduler_type, warmup=warmup, total=optimizer_steps,
+                                        kwargs=config.lr_scheduler_kwargs)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
         return self.model
@@ -258,6 +210,7 @@ class Runner:
             load_more(checkpoint)
         if checkpoint.parent.resolve() == self.run_dir.resolve():
             self.last_checkpoint = checkpoint  # never written again
+            self.saved_at = self.state.global_step
         logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.global_step,
                     self.state.epoch, self.state.batches_done_in_epoch)
 
@@ -267,8 +220,9 @@ class Runner:
         resumed = self.state.global_step > 0
         self.total_steps = total_steps
         # Only the main process logs and shows progress; every process loaded the checkpoint.
-        self.log = MetricsLog(self.run_dir, tensorboard=self.config.tensorboard and self.main, write_console=tqdm.write,
-                              purge_step=self.state.global_step + 1 if resumed else None, enabled=self.main)
+        trackers = make_trackers(self.config.trackers, self.run_dir, resumed_at=self.state.global_step if resumed
+                                 else None, config=self.args_for_checkpoint) if self.main else []
+        self.log = MetricsLog(self.run_dir, trackers=trackers, write_console=tqdm.write, enabled=self.main)
         self.running_mean = RunningMean.from_json(self.state.running_metrics)
         self.bar = tqdm(total=total_steps, initial=self.state.global_step, desc=desc, dynamic_ncols=True,
                         disable=not self.main)
@@ -298,15 +252,18 @@ class Runner:
         if problem is None:
             self.optimizer.step()
             self.state.nonfinite_in_a_row = 0
-        with warnings.catch_warnings():
-            # The schedule follows the step count even when the first update was skipped.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            self.scheduler.step()
+        if self.config.lr_scheduler_type != PLATEAU:  # the plateau schedule steps on evaluations
+            with warnings.catch_warnings():
+                # The schedule follows the step count even when the first update was skipped.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return (float(grad_norm) if grad_norm is not None else None), problem
 
     def learning_rate(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        from alignkit.training.optimizers import learning_rate
+
+        return learning_rate(self.optimizer, self.scheduler)
 
     def skip_nonfinite(self, problem: tuple[str, list[int]]) -> None:
         """Count and log a step whose update was skipped; stop the run after --max_nonfinite_steps in a row.
@@ -332,14 +289,18 @@ class Runner:
                 "check the rows named above.")
 
     def end_step(self, metrics: dict[str, float] | None, *, log_extra: dict, postfix: str,
-                 evaluate: Callable[[], dict] | None, log_more: Callable[[], None] | None = None) -> None:
-        """After ``state.global_step`` was advanced: keep the step's metrics (None for a skipped step), log,
-        evaluate and save on their cadence, and stop cleanly if a signal arrived on any process."""
+                 evaluate: Callable[[], dict] | None, log_more: Callable[[], None] | None = None,
+                 epoch_end: bool = False) -> None:
+        """After ``state.global_step`` was advanced (``epoch_end``: and an epoch finished): keep the step's metrics
+        (None for a skipped step), log, evaluate and save as ``cadence.due`` says, track the best checkpoint,
+        stop early or at --max_epochs (``should_stop``), and stop cleanly if a signal arrived on any process."""
         config, state = self.config, self.state
         if metrics is not None:
             self.running_mean.add(metrics)
         self.bar.update(1)
-        if state.global_step % config.logging_steps == 0 or state.global_step == self.total_steps:
+        due = cadence.due(config, step=state.global_step, total=self.total_steps, epoch_end=epoch_end,
+                          epochs_done=state.epoch)
+        if due.log:
             logged = self.running_mean.pop()
             if postfix in logged:
                 self.bar.set_postfix({postfix: f"{logged[postfix]:.4f}"})
@@ -348,39 +309,100 @@ class Runner:
             self.log.log(state.global_step, {**logged, **log_extra})
             if log_more is not None and self.main:
                 log_more()
-        if config.eval_steps and state.global_step % config.eval_steps == 0 and evaluate is not None:
-            self.log.log(state.global_step, evaluate())
-        if state.global_step % config.save_steps == 0 and state.global_step < self.total_steps:
+        new_best = False
+        if due.evaluate and evaluate is not None:
+            new_best = self._evaluate(evaluate)
+        if due.save or (config.save_strategy == "best" and new_best):
             self.save()
+            if cadence.early_stop(state, interval=config.early_stop_interval,
+                                  greater_is_better=config.greater_is_better):
+                logger.info("Stopping at step %d: %s has not improved for %d saves (--early_stop_interval)",
+                            state.global_step, config.metric_for_best_model, config.early_stop_interval)
+                self.should_stop = self.stopped_early = True
+        if due.stop:
+            logger.info("Stopping at the end of epoch %d (--max_epochs %d)", state.epoch, config.max_epochs)
+            self.should_stop = True
         if self.any_process(bool(self.stop.requested)):
             self._save_once()
             # Another process may have been signalled (a launcher forwards signals to all, but not always at once).
-            raise TrainingInterrupted(self.stop.requested or int(signal.SIGTERM), self.last_checkpoint)
+            raise TrainingInterrupted(self.stop.requested or int(signal.SIGTERM), self.last_checkpoint,
+                                      resumable=not config.save_only_model)
 
-    def finish(self, evaluate: Callable[[], dict] | None) -> Path:
-        """The final evaluation and checkpoint. A signal from here on lets the run finish: nothing else is left."""
+    def _evaluate(self, evaluate: Callable[[], dict]) -> bool:
+        """Evaluate, log, and track the best metric (every process gets the main process's metrics, so all
+        agree on the best checkpoint, the plateau schedule and early stopping). True for a new best."""
+        from accelerate.utils import broadcast_object_list
+
+        config = self.config
+        metrics = evaluate()
+        self.evaluated_at = self.state.global_step
+        if self.num_processes > 1:
+            box = [metrics if self.main else None]
+            broadcast_object_list(box, from_process=0)
+            metrics = box[0]
+        self.log.log(self.state.global_step, metrics)
+        new_best = cadence.update_best(self.state, metrics, metric=config.metric_for_best_model,
+                                       greater_is_better=config.greater_is_better, save_strategy=config.save_strategy)
+        if config.lr_scheduler_type == PLATEAU and config.metric_for_best_model in metrics:
+            self.scheduler.step(metrics[config.metric_for_best_model])
+        return new_best
+
+    def finish(self, evaluate: Callable[[], dict] | None) -> Path | None:
+        """The end of a run: the last step's evaluation and checkpoint where the loop has not done them yet
+        (none after an early stop, which stopped at a save), the best checkpoint reported (and loaded with
+        --load_best_model_at_end), and the last checkpoint returned (None with --save_strategy no). A signal
+        from here on lets the run finish: nothing else is left."""
+        config, state = self.config, self.state
         self.bar.close()
-        if evaluate is not None:
-            self.log.log(self.state.global_step, evaluate())
-        self._save_once()
+        if not self.stopped_early:
+            if evaluate is not None and config.eval_strategy != "no" and self.evaluated_at != state.global_step:
+                self._evaluate(evaluate)
+            if config.save_strategy != "no":
+                self._save_once()
+        best = state.best_model_checkpoint
+        if best and config.save_total_limit == 1 and self.main:
+            self._keep_only(Path(best))  # transformers: with a limit of 1 the best checkpoint is the one kept
+        if best and config.load_best_model_at_end:
+            load_model_weights(self.saved_model, Path(best))
+            logger.info("Loaded the best checkpoint's weights (--load_best_model_at_end)")
         logger.info("last checkpoint: %s", self.last_checkpoint)
+        if config.metric_for_best_model:
+            logger.info("best checkpoint: %s (%s %s)", best, config.metric_for_best_model, state.best_metric)
         return self.last_checkpoint
 
+    def _keep_only(self, best: Path) -> None:
+        for checkpoint in list_checkpoints(self.run_dir):
+            if checkpoint.resolve() != best.resolve():
+                logger.info("Deleting %s: --save_total_limit 1 keeps the best checkpoint only", checkpoint)
+                shutil.rmtree(checkpoint)
+        if self.last_checkpoint is not None and not self.last_checkpoint.exists():
+            self.last_checkpoint = best
+
     def _save_once(self) -> None:
-        if self.last_checkpoint is None or self.last_checkpoint.name != f"checkpoint-{self.state.global_step}":
+        if self.config.save_strategy == "no":
+            return  # not even when stopped by a signal: the run was asked to write no checkpoint
+        if self.saved_at != self.state.global_step:
             self.save()
 
     def save(self) -> Path:
-        """A checkpoint of the current step, written by the main process while the others wait."""
-        self.state.running_metrics = self.running_mean.to_json()
+        """A checkpoint of the current step, written by the main process while the others wait. It records the
+        best checkpoint so far (transformers: the checkpoint of the step that set the best metric, if saved)."""
+        config, state = self.config, self.state
+        state.running_metrics = self.running_mean.to_json()
         self.accelerator.wait_for_everyone()
-        path = self.run_dir / f"checkpoint-{self.state.global_step}"
+        path = self.run_dir / f"checkpoint-{state.global_step}"
+        if state.best_global_step is not None:
+            best = self.run_dir / f"checkpoint-{state.best_global_step}"
+            if best == path or best.is_dir():
+                state.best_model_checkpoint = str(best)
         if self.main:
-            path = save_checkpoint(self.run_dir, self.state, model=self.saved_model, tokenizer=self.tokenizer,
-                                   optimizer=self.optimizer, scheduler=self.scheduler, args=self.args_for_checkpoint,
-                                   save_total_limit=self.config.save_total_limit)
+            path = save_checkpoint(self.run_dir, state, model=self.saved_model, tokenizer=self.tokenizer,
+                                   optimizer=None if config.save_only_model else self.optimizer,
+                                   scheduler=self.scheduler, args=self.args_for_checkpoint,
+                                   save_total_limit=config.save_total_limit, keep=state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
+        self.saved_at = state.global_step
         return path
 
     def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,14 @@
 """Which engine shards the model: plain DDP, DeepSpeed ZeRO or FSDP2, all through accelerate.
 
-``--deepspeed``, ``--fsdp`` and ColossalChat's ``--plugin/--tp/--pp/--sp`` resolve here to one ``Engine``;
-the loop hands ``Engine.accelerator_kwargs()`` to ``Accelerator``. alignkit never shards anything itself.
+``--deepspeed``, ``--fsdp`` (with ``--fsdp_config``) and ColossalChat's ``--plugin/--tp/--pp/--sp`` resolve
+here to one ``Engine``; the loop hands ``Engine.accelerator_kwargs()`` to ``Accelerator``. alignkit never
+shards anything itself.
+
+    --fsdp / --fsdp true  → FSDP2, one shard unit per decoder layer (``fsdp_options``)
+    --fsdp fsdp2          → ms-swift's preset (full_shard auto_wrap, activation checkpointing)
+    --fsdp "full_shard auto_wrap offload"  → transformers' option words
+    --fsdp config.json    → ms-swift's FSDP file: {"fsdp": "<option words>", "fsdp_config": {...}}
+    --fsdp_config F|JSON  → transformers' fsdp_config keys (the fsdp_ prefix optional), over the above
 
     --plugin ddp          → plain DDP (the default whenever several processes run)
     --plugin zero2        → --deepspeed zero2
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +30,8 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
 
 DS_CONFIG_DIR = Path(__file__).parent.parent / "ds_configs"  # package data, named in --deepspeed's help
 DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
@@ -38,6 +48,7 @@ class Engine:
     kind: str  # "deepspeed" or "fsdp"
     source: str  # what the user asked for, for messages
     deepspeed_config: dict | None = None  # complete: no "auto" left that alignkit can fill
+    fsdp_plugin_options: dict | None = None  # FullyShardedDataParallelPlugin's arguments; None: fsdp_options()
 
     def accelerator_kwargs(self) -> dict:
         """Keyword arguments for ``accelerate.Accelerator``; checks that the engine can run here."""
@@ -46,7 +57,7 @@ class Engine:
 
         if self.kind == "deepspeed":
             return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=self.deepspeed_config)}
-        return {"fsdp_plugin": FullyShardedDataParallelPlugin(**fsdp_options())}
+        return {"fsdp_plugin": FullyShardedDataParallelPlugin(**(self.fsdp_plugin_options or fsdp_options()))}
 
 
 def fsdp_options() -> dict:
@@ -56,10 +67,13 @@ def fsdp_options() -> dict:
             "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False}
 
 
-def resolve_engine(*, deepspeed: str | None, fsdp: bool, plugin: str | None, tp: int = 1, pp: int = 1, sp: int = 1,
-                   batch_size: int = 1, gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0,
-                   precision: str = "fp32") -> Engine | None:
+def resolve_engine(*, deepspeed: str | None, fsdp: bool | str | None, plugin: str | None, tp: int = 1, pp: int = 1,
+                   sp: int = 1, batch_size: int = 1, gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0,
+                   precision: str = "fp32", fsdp_config: str | None = None) -> Engine | None:
     """The engine the flags ask for, or None for plain data parallelism (DDP, or one process)."""
+    fsdp = fsdp_asked(fsdp)
+    if fsdp_config and not fsdp:
+        raise AlignkitError("--fsdp_config configures --fsdp, which is not set; add --fsdp true (or drop it)")
     for name, size in (("--tp", tp), ("--pp", pp), ("--sp", sp)):
         if size != 1:
             raise AlignkitError(
@@ -76,12 +90,103 @@ def resolve_engine(*, deepspeed: str | None, fsdp: bool, plugin: str | None, tp:
     if plugin == "ddp" or not asked:
         return None
     if fsdp:
-        return Engine("fsdp", "--fsdp")
+        if fsdp is True and not fsdp_config:
+            return Engine("fsdp", "--fsdp")
+        source = "--fsdp" + ("" if fsdp is True else f" {fsdp}") + (f" --fsdp_config {fsdp_config}" if fsdp_config
+                                                                    else "")
+        return Engine("fsdp", source, fsdp_plugin_options=resolve_fsdp(fsdp, fsdp_config))
     source = f"--plugin {plugin}" if plugin else f"--deepspeed {deepspeed}"
     config = load_deepspeed_config(PLUGIN_TO_DEEPSPEED[plugin] if plugin else deepspeed)
     fill_auto(config, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
               max_grad_norm=max_grad_norm, precision=precision)
     return Engine("deepspeed", source, config)
+
+
+def fsdp_asked(value: bool | str | None) -> bool | str:
+    """``--fsdp``'s value: False (off), True (on, alignkit's options) or the text to resolve."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = value.strip()
+    if text.lower() in ("", "false", "0", "no", "off"):
+        return False
+    return True if text.lower() in ("true", "1", "yes", "on") else text
+
+
+# ms-swift's swift/config/fsdp2.json (its documentation keys left out).
+FSDP_PRESETS = {"fsdp2": {"fsdp": "full_shard auto_wrap", "fsdp_config": {
+    "fsdp_version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "cpu_ram_efficient_loading": True, "state_dict_type": "SHARDED_STATE_DICT", "activation_checkpointing": True}}}
+FSDP_WORDS = ("full_shard", "shard_grad_op", "offload", "auto_wrap")
+# transformers' fsdp_config keys (without "fsdp_") -> FullyShardedDataParallelPlugin's; values passed as given.
+FSDP_CONFIG_KEYS = {
+    "version": "fsdp_version", "reshard_after_forward": "reshard_after_forward", "auto_wrap_policy": "auto_wrap_policy",
+    "transformer_layer_cls_to_wrap": "transformer_cls_names_to_wrap", "min_num_params": "min_num_params",
+    "cpu_ram_efficient_loading": "cpu_ram_efficient_loading", "activation_checkpointing": "activation_checkpointing",
+    "offload_params": "cpu_offload", "cpu_offload": "cpu_offload", "backward_prefetch": "backward_prefetch",
+    "forward_prefetch": "forward_prefetch", "limit_all_gathers": "limit_all_gathers",
+    "use_orig_params": "use_orig_params", "sync_module_states": "sync_module_states",
+    "state_dict_type": "state_dict_type",
+}
+
+
+def resolve_fsdp(fsdp: bool | str, fsdp_config: str | None) -> dict:
+    """FullyShardedDataParallelPlugin's arguments for ``--fsdp`` (true, a preset, option words or an ms-swift
+    FSDP file) and ``--fsdp_config``. Checkpoints stay whole safetensors written by the main process, so
+    the state dict is always gathered (FULL_STATE_DICT); a config asking for another says so in the log."""
+    words, config = "full_shard auto_wrap", {}
+    if fsdp is not True:
+        if fsdp in FSDP_PRESETS:
+            words, config = FSDP_PRESETS[fsdp]["fsdp"], dict(FSDP_PRESETS[fsdp]["fsdp_config"])
+        elif fsdp.lstrip().startswith("{") or fsdp.endswith(".json") or Path(fsdp).expanduser().is_file():
+            whole = read_json_option("--fsdp", fsdp)
+            words, config = whole.get("fsdp", words), dict(whole.get("fsdp_config") or {})
+        else:
+            words = fsdp
+    if fsdp_config:
+        config.update(read_json_option("--fsdp_config", fsdp_config))
+    options = {**fsdp_options(), **fsdp_word_options(words)}
+    for key, value in config.items():
+        name = key.removeprefix("fsdp_")
+        if key.startswith("_") or (name == "activation_cpu_offload" and not value):
+            continue  # ms-swift's documentation keys; a feature left off
+        if name not in FSDP_CONFIG_KEYS:
+            raise AlignkitError(f"--fsdp_config: {key} is not an FSDP setting alignkit passes to accelerate; it takes "
+                                f"{', '.join(FSDP_CONFIG_KEYS)} (each optionally prefixed fsdp_)")
+        options[FSDP_CONFIG_KEYS[name]] = value.lower() if name == "auto_wrap_policy" else value
+    if options.get("min_num_params") and "auto_wrap_policy" not in {k.removeprefix("fsdp_") for k in config}:
+        options["auto_wrap_policy"] = "size_based_wrap"
+    if str(options["state_dict_type"]).upper() != "FULL_STATE_DICT":
+        logger.info("FSDP state_dict_type %s: alignkit writes every checkpoint as whole safetensors from the main "
+                    "process, so it gathers the full state dict (FULL_STATE_DICT)", options["state_dict_type"])
+        options["state_dict_type"] = "FULL_STATE_DICT"
+    return options
+
+
+def fsdp_word_options(words: str) -> dict:
+    """transformers' ``--fsdp`` option words: full_shard (reshard parameters after forward, ZeRO-3-like),
+    shard_grad_op (keep them, ZeRO-2-like), offload (parameters and gradients in CPU memory), auto_wrap (one
+    shard unit per decoder layer; without it the whole model is one unit)."""
+    given = words.replace(",", " ").split()
+    refused = [w for w in given if w not in FSDP_WORDS]
+    if refused:
+        hint = (" (hybrid sharding needs a 2-D device mesh alignkit does not build; no_shard is plain data "
+                "parallelism: omit --fsdp)") if any(w.startswith(("hybrid", "no_shard")) for w in refused) else ""
+        raise AlignkitError(f"--fsdp {words}: {' '.join(refused)} not supported{hint}; alignkit takes "
+                            f"{', '.join(FSDP_WORDS)}, fsdp2, true or an ms-swift FSDP JSON file")
+    return {"reshard_after_forward": "shard_grad_op" not in given, "cpu_offload": "offload" in given,
+            "auto_wrap_policy": "transformer_based_wrap" if "auto_wrap" in given else "no_wrap"}
+
+
+def read_json_option(flag: str, value: str) -> dict:
+    """A JSON object given inline or as a file."""
+    path = Path(value).expanduser()
+    try:
+        data = json.loads(path.read_text() if path.is_file() else value)
+    except (ValueError, OSError) as exc:
+        raise AlignkitError(f"{flag} {value}: neither a JSON file nor a JSON object ({exc})") from exc
+    if not isinstance(data, dict):
+        raise AlignkitError(f"{flag} {value}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_deepspeed_config(name_or_path: str) -> dict:

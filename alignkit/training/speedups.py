@@ -42,6 +42,10 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
         # The packed logits mask reaches the model on its first device, the last hidden states sit on its last.
         padding_free = False
         reasons["padding-free packing"] = "a model split by --device_map runs padded batches"
+    elif padding_free and args.neftune_noise_alpha is not None:
+        # transformers scales NEFTune's noise by the batch's padded length; a packed row is far longer.
+        padding_free = False
+        reasons["padding-free packing"] = "--neftune_noise_alpha scales its noise by the padded length"
     elif padding_free and not supports_packing(model):
         padding_free = False
         reasons["padding-free packing"] = (f"needs sdpa, eager, flex or flash attention, not "
