@@ -182,8 +182,9 @@ class RunArguments:
         no_effect="training encodes the answers as the data holds them; ms-swift applies this prefix at inference only")
     add_non_thinking_prefix: bool = option(
         True, "ms-swift: add a hybrid-thinking template's empty think block to answers without one.",
-        no_effect="alignkit renders conversations with the tokenizer's own chat template, which adds (or does not "
-        "add) the model's non-thinking prefix itself; there is no separate template table holding one")
+        differs="alignkit renders conversations with the tokenizer's own chat template and adds no prefix of its "
+        "own: ms-swift's default (true) puts an empty think block before answers without one for hybrid-thinking "
+        "templates (Qwen3), alignkit trains them as the chat template renders them, as ms-swift does with false")
     max_pixels: int | None = option(
         None, "Vision-language models: images larger than this many pixels (H*W) are scaled down, keeping their "
         "aspect ratio, before the processor sees them.")
