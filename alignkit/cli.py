@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import AlignkitError, TrainingInterrupted
+from alignkit.models.hub_kernels import keep_hub_kernels_offline_off
 
 logger = logging.getLogger("alignkit")
 
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         setup_logging()
+        keep_hub_kernels_offline_off()  # before transformers reads it (alignkit/models/hub_kernels.py)
         if command in TRAIN_COMMANDS:
             from alignkit.training.launch import relaunch, torchrun_command
 

@@ -29,6 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# transformers >= 5.2x loads Hub kernels (kernels-community/rotary, ...) by default whenever the `kernels`
+# package is installed; the GPU machine has no network, so every from_pretrained there failed with "not
+# available in the local cache". Both alignkit and TRL then run transformers' own PyTorch code, like for like.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
 HERE = Path(__file__).resolve().parent
 CARRY = HERE.parent / ".gpu_carry"  # what bench/fetch_gpu_wheels.sh fills: wheels/ and tokenizer/
 

@@ -115,17 +115,25 @@ def save_checkpoint(
     args: dict,
     save_total_limit: int | None,
     keep: str | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Write ``checkpoint-N`` (see the module docstring). ``optimizer`` None (``--save_only_model``): weights
-    only. ``keep``: the best checkpoint, which rotation never deletes."""
+    only. ``keep``: the best checkpoint, which rotation never deletes. ``state_dict``: the whole weights gathered
+    from a sharding engine (ZeRO-3, FSDP), written instead of ``model``'s own (sharded) tensors."""
     final = run_dir / f"checkpoint-{state.global_step}"
     if final.exists():
         raise AlignkitError(f"{final} already exists; a run never overwrites a checkpoint")
-    check_finite_weights(model, final)
+    if state_dict is None:
+        check_finite_weights(model, final)
+    else:
+        check_finite_tensors(state_dict, final)
     partial = run_dir / f"checkpoint-{state.global_step}.tmp"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    model.save_pretrained(partial, safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(partial, safe_serialization=True)
+    else:
+        model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
     fault_point("checkpoint", state.global_step)
     tokenizer.save_pretrained(partial)
     (partial / "args.json").write_text(json.dumps(args, indent=2, default=str))
@@ -162,6 +170,12 @@ def check_finite_weights(model, checkpoint: Path) -> None:
     for name, param in model.named_parameters():
         if param.requires_grad and not torch.isfinite(param).all():
             raise AlignkitError(f"not saving {checkpoint.name}: parameter {name} holds NaN or inf values")
+
+
+def check_finite_tensors(state_dict: dict, checkpoint: Path) -> None:
+    for name, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AlignkitError(f"not saving {checkpoint.name}: weight {name} holds NaN or inf values")
 
 
 def rotate(run_dir: Path, save_total_limit: int | None, keep: str | None = None) -> None:

@@ -162,6 +162,7 @@ class Runner:
         self.last_checkpoint: Path | None = None
         self.model = self.optimizer = self.scheduler = None
         self.saved_model = None  # what a checkpoint saves (has save_pretrained)
+        self._warned_optimizer_shards = False
         self.should_stop = False  # early stop or --max_epochs: the loops leave at the end of this step
         self.stopped_early = False  # by --early_stop_interval: nothing more is evaluated or saved
         self.evaluated_at = self.saved_at = None  # the step last evaluated / saved
@@ -191,11 +192,38 @@ class Runner:
                                         kwargs=config.lr_scheduler_kwargs)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
+        if self.shards_parameters and self.saved_model is not self.unwrapped:
+            raise AlignkitError(f"{self.engine_kind}: this method's checkpoint holds more than the trained model "
+                                "(a scalar head or value model), whose sharded weights alignkit does not gather yet; "
+                                "use --deepspeed zero2 (or zero0/zero1) instead")
         return self.model
 
     @property
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def engine_kind(self) -> str:
+        stage = self.zero_stage
+        if stage is not None:
+            return f"DeepSpeed ZeRO-{stage}"
+        return "FSDP" if self.accelerator.distributed_type == "FSDP" else "DDP"
+
+    @property
+    def zero_stage(self) -> int | None:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return plugin.zero_stage if plugin is not None else None
+
+    @property
+    def shards_parameters(self) -> bool:
+        """ZeRO-3 or FSDP: the unwrapped model's parameters are this process's shards (also on one process)."""
+        return self.zero_stage == 3 or self.accelerator.distributed_type == "FSDP"
+
+    @property
+    def shards_optimizer_state(self) -> bool:
+        """ZeRO-1/2/3 or FSDP across processes: each process's optimizer holds its part of the state only."""
+        sharded = (self.zero_stage or 0) >= 1 or self.accelerator.distributed_type == "FSDP"
+        return sharded and self.num_processes > 1
 
     def resume(self, checkpoint: str | None, *, weights=None, load_more: Callable[[Path], None] | None = None) -> None:
         """Continue from ``checkpoint`` (already resolved by ``resume.find_checkpoint``): every process loads it.
@@ -204,6 +232,11 @@ class Runner:
         if not checkpoint:
             return
         checkpoint = Path(checkpoint)
+        if self.shards_parameters:
+            raise AlignkitError(f"--resume_from_checkpoint {checkpoint}: resuming under {self.engine_kind} is not "
+                                "supported yet (the weights would have to be scattered into the shards); resume "
+                                "with --deepspeed zero2 or without an engine, or start from the weights with "
+                                f"--model {checkpoint} (full) / --adapters {checkpoint} (LoRA)")
         self.state = load_checkpoint(checkpoint, model=weights if weights is not None else self.unwrapped,
                                      optimizer=self.optimizer, scheduler=self.scheduler)
         if load_more is not None:
@@ -395,11 +428,23 @@ class Runner:
             best = self.run_dir / f"checkpoint-{state.best_global_step}"
             if best == path or best.is_dir():
                 state.best_model_checkpoint = str(best)
+        # ZeRO-3 and FSDP hold each parameter as shards: every process takes part in gathering the whole
+        # weights, which the main process then writes (the unwrapped model's own tensors are shards there).
+        state_dict = self.accelerator.get_state_dict(self.model) if self.shards_parameters else None
+        sharded_optimizer = self.shards_optimizer_state
+        if sharded_optimizer and not config.save_only_model and not self._warned_optimizer_shards:
+            logger.warning("%s with %d processes: each process holds part of the optimizer state; checkpoints hold "
+                           "the whole weights but no optimizer state, so a resume restarts the optimizer (AdamW "
+                           "moments) and the schedule from the checkpoint's weights", self.engine_kind,
+                           self.num_processes)
+            self._warned_optimizer_shards = True
         if self.main:
+            weights_only = config.save_only_model or sharded_optimizer
             path = save_checkpoint(self.run_dir, state, model=self.saved_model, tokenizer=self.tokenizer,
-                                   optimizer=None if config.save_only_model else self.optimizer,
+                                   optimizer=None if weights_only else self.optimizer,
                                    scheduler=self.scheduler, args=self.args_for_checkpoint,
-                                   save_total_limit=config.save_total_limit, keep=state.best_model_checkpoint)
+                                   save_total_limit=config.save_total_limit, keep=state.best_model_checkpoint,
+                                   state_dict=state_dict if self.saved_model is self.unwrapped else None)
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
         self.saved_at = state.global_step
