@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_arguments(
             sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), RunArguments
         )
+    # ms-swift 2.x's names of today's commands: `swift app-ui` is `app`.
+    aliases = {"app": ["app-ui"]}
     for name, cls, help_text in (
         ("infer", InferArguments, "Chat with a model or adapter, or answer a dataset's prompts to JSONL."),
         ("eval", EvalArguments, "Preference accuracy and margins, and built-in task accuracy."),
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("app", AppArguments, "A chat web page (Gradio) for a model or adapter."),
         ("cache", CacheArguments, "Sizes of the tokenised-data and reference log-prob caches; --clear deletes them."),
     ):
-        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
+        add_dataclass_arguments(sub.add_parser(name, aliases=aliases.get(name, []), help=help_text,
+                                               description=help_text, allow_abbrev=False), cls)
     return parser
 
 
@@ -232,6 +235,9 @@ def expand_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list
     return [argv[0], *config.argv, *argv[2:]]
 
 
+COMMAND_ALIASES = {"app-ui": "app"}
+
+
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str | None, dict, list[str]]:
     """(sub-command, its flags' values, the command line with any config file expanded)."""
     argv = expand_config_file(parser, argv)
@@ -239,7 +245,8 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tupl
     if namespace.command is not None and unknown:
         reject_unknown(parser, namespace.command, unknown)
     values = vars(namespace)
-    return values.pop("command"), values, argv
+    command = values.pop("command")
+    return COMMAND_ALIASES.get(command, command), values, argv
 
 
 def main(argv: list[str] | None = None) -> int:
