@@ -145,3 +145,31 @@ def test_layout_runs_padded_for_pixel_inputs_and_unsupported_attention(tiny_mode
     layout.logps(model, batch)
     Layout().logps(model, batch)
     assert calls == ["packed", "padded", "padded", "padded"]
+
+
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_transformers_without_mask_keep_get_every_logit_then_the_kept_ones(tiny_model_dir, share_prefixes,
+                                                                          monkeypatch):
+    """transformers 5.17 and earlier take no 2-D boolean ``logits_to_keep`` (the H200 image has 5.17): the packed
+    path then asks for every position's logits and keeps the labelled ones itself, with the same numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models import packing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = PairCollator(0)(pair_items())
+    expected, _ = packed_forward_logps(model, batch, share_prefixes=share_prefixes)
+    monkeypatch.setattr(packing, "_KEEPS_BY_MASK", [False])
+    asked = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: asked.append(kw["logits_to_keep"]) or original(**kw))
+    got, _ = packed_forward_logps(model, batch, share_prefixes=share_prefixes)
+    assert asked == [0]
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_mask_keep_probe_answers_for_this_transformers():
+    from alignkit.models import packing
+
+    packing._KEEPS_BY_MASK.clear()
+    assert packing.keeps_by_mask() is True  # the tested stack (transformers 5.25) slices by the mask

@@ -262,6 +262,25 @@ def flex_block_mask(ends: torch.Tensor):
                                     seq_lengths=(length, length))
 
 
+_KEEPS_BY_MASK: list[bool] = []
+
+
+def keeps_by_mask() -> bool:
+    """Whether this transformers takes ``logits_to_keep`` as a 2-D boolean mask of positions (its
+    ``slice_logits_to_keep``, in 5.2x; 5.17 and earlier index the sequence axis with it, which fails or keeps the
+    wrong positions for packed rows). Asked once, of the function itself."""
+    if not _KEEPS_BY_MASK:
+        try:
+            from transformers.modeling_utils import slice_logits_to_keep
+
+            hidden = torch.arange(6.0).reshape(2, 3, 1)
+            kept = slice_logits_to_keep(hidden, torch.tensor([[True, False, True], [False, True, False]]))
+            _KEEPS_BY_MASK.append(kept.shape == (3, 1) and kept.flatten().tolist() == [0.0, 2.0, 4.0])
+        except Exception:  # absent, or a signature of another time
+            _KEEPS_BY_MASK.append(False)
+    return _KEEPS_BY_MASK[0]
+
+
 def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)[rows, ids]`` in fp32, the log-sum-exp taken CHUNK rows at a time.
 
@@ -278,13 +297,16 @@ def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: 
     ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.models.logprobs.sequence_logps``;
     ``row_tokens`` as in ``pack``."""
     packed = pack(batch, share_prefixes=share_prefixes, row_tokens=row_tokens)
+    mask_keep = keeps_by_mask()
     logits = model(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
         attention_mask=packed_attention_mask(model, packed),
-        logits_to_keep=packed.keep,
+        logits_to_keep=packed.keep if mask_keep else 0,
         use_cache=False,
     ).logits  # (K, V)
+    if not mask_keep:  # every position's logits, then the kept ones: the same numbers, more memory
+        logits = logits[packed.keep]
     per_token = token_logps(logits, packed.target_rows, packed.target_ids)  # (M,)
     counts = torch.bincount(packed.target_seqs, minlength=packed.num_sequences)  # (N,)
     if ld_alpha is not None:
