@@ -33,7 +33,8 @@ SEED_002 = {
            + _TAIL.format(targets="DEFAULT"),
     "rm": "swift rlhf \\\n    --rlhf_type rm \\\n    --model_type  internvl2-2b \\\n" + _TAIL.format(targets="ALL"),
     "cpo": "swift rlhf \\\n    --rlhf_type cpo \\\n" + _LLAVA + "    --beta 0.1 \\\n" + _TAIL.format(targets="DEFAULT"),
-    "orpo": "swift rlhf \\\n    --rlhf_type orpo \\\n" + _LLAVA + "    --beta 0.1 \\\n" + _TAIL.format(targets="DEFAULT"),
+    "orpo": "swift rlhf \\\n    --rlhf_type orpo \\\n" + _LLAVA + "    --beta 0.1 \\\n"
+            + _TAIL.format(targets="DEFAULT"),
     "simpo": "swift rlhf \\\n    --rlhf_type simpo \\\n" + _LLAVA + "    --beta 2.0 \\\n    --simpo_gamma 1.0 \\\n"
              + _TAIL.format(targets="DEFAULT"),
 }
