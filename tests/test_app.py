@@ -156,3 +156,74 @@ def test_serving_commands_without_their_packages_say_what_to_install(monkeypatch
         monkeypatch.delitem(sys.modules, f"alignkit.{command}", raising=False)
         assert main([command]) == 2
         assert f"`alignkit {command}` needs {package}: pip install 'alignkit[serve]'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the page as a client of a server (--base_url)
+
+
+@pytest.fixture(scope="module")
+def deploy_url(tiny_chat_model_dir, tmp_path_factory):
+    port = free_port()
+    process = start_server(["deploy", "--model", tiny_chat_model_dir, "--served_model_name", "tiny", "--port",
+                            str(port), "--dtype", "fp32", "--api_key", "k3y"],
+                           tmp_path_factory.mktemp("deploy") / "deploy.log", f"http://127.0.0.1:{port}/v1/models",
+                           {"Authorization": "Bearer k3y"})
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_server_answers_stream_to_the_served_models_answer(deploy_url, tiny_chat_model_dir):
+    from openai import OpenAI
+
+    from alignkit.commands.app import final_only, server_answer_stream
+
+    client = OpenAI(base_url=deploy_url, api_key="k3y", max_retries=0)
+    question = "What is 12 + 30?"
+    answer = expected_answer(tiny_chat_model_dir, [{"role": "user", "content": question}])
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
+    pieces = list(server_answer_stream(client, "tiny", question, [], "", params))
+    assert pieces[-1].split() == answer.split()
+    assert len(pieces) > 1 and all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))  # it streams
+    whole = list(server_answer_stream(client, "tiny", question, [], "", params, stream=False))
+    assert whole == [pieces[-1]]
+    assert list(final_only(iter(pieces))) == [pieces[-1]]
+    with pytest.raises(RuntimeError, match="the server at .* answered"):  # a wrong key is the server's 401
+        list(server_answer_stream(OpenAI(base_url=deploy_url, api_key="wrong", max_retries=0), "tiny", question, [],
+                                  "", params))
+
+
+def test_the_served_model_is_the_servers_first_unless_named(deploy_url):
+    from alignkit.commands.app import server_client
+    from alignkit.config.commands import AppArguments
+
+    assert server_client(AppArguments(base_url=deploy_url, api_key="k3y"))[1] == "tiny"
+    assert server_client(AppArguments(base_url=deploy_url, api_key="k3y", model="other"))[1] == "other"
+
+
+def test_base_url_with_a_local_adapter_is_refused(capsys):
+    from alignkit.cli import main
+
+    assert main(["app", "--base_url", "http://127.0.0.1:9/v1", "--ckpt_dir", "somewhere"]) == 2
+    assert "serve them with `alignkit deploy`" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def client_app_url(deploy_url, tmp_path_factory):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    process = start_server(["app", "--base_url", deploy_url, "--api_key", "k3y", "--server_port", str(port),
+                            "--max_new_tokens", str(MAX_NEW_TOKENS), "--lang", "zh", "--studio_title", "Tiny 聊天"],
+                           tmp_path_factory.mktemp("client-app") / "app.log", url, {})
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@needs_browser
+def test_chat_page_as_a_client_of_deploy_shows_the_served_answer(client_app_url, browser, tiny_chat_model_dir):
+    browser.get(client_app_url)
+    question = [{"role": "user", "content": "What is 12 + 30?"}]
+    send(browser, question[0]["content"], 1, expected_answer(tiny_chat_model_dir, question))
+    page = browser.page_source
+    assert "Tiny 聊天" in page and "系统提示词" in page  # --studio_title, --lang zh

@@ -158,6 +158,16 @@ class AppArguments:
     dtype: str = dtype_option()
     device_map: str | None = inference_device_map_option()
     device_max_memory: list[str] = inference_device_max_memory_option()
+    # --- the page as a client of a server; its look (ms-swift's app flags) ---
+    base_url: str | None = option(
+        None, "An OpenAI-compatible server to chat with (e.g. http://127.0.0.1:8000/v1, ours or any other): the "
+        "page sends it the conversation and loads no model itself. --model then names the served model "
+        "(default: the first one the server lists).")
+    api_key: str | None = option(None, "With --base_url: the server's API key (default: $OPENAI_API_KEY, else "
+                                 "none).")
+    stream: bool = option(True, "Show answers as they are generated; false shows each answer when complete.")
+    lang: str = option("en", "The page's language.", choices=("en", "zh"))
+    studio_title: str | None = option(None, "The page's title (default: alignkit chat: <model>).")
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
