@@ -83,10 +83,10 @@ def server_answer_stream(client, model: str, message: str, history: list[dict], 
 
 def final_only(answers):
     """--stream false: the page shows each answer once, complete."""
-    answer = ""
-    for answer in answers:
+    last = ""
+    for last in answers:  # noqa: B007  (the loop's last value is the complete answer)
         pass
-    yield answer
+    yield last
 
 
 # The page's words (--lang).
