@@ -122,9 +122,15 @@ def test_ckpt_dir_export_goes_beside_the_checkpoint_and_never_overwrites(tiny_mo
     merged = checkpoint.with_name("checkpoint-1-merged")
     assert (merged / "model.safetensors").is_file()
     before = (merged / "model.safetensors").stat().st_mtime_ns
-    assert main(["export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true"]) == 2
-    assert "exists; alignkit never overwrites" in capsys.readouterr().err
+    capsys.readouterr()
+    # Again: ms-swift keeps the merged directory and uses it; nothing is written.
+    assert main(["export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true"]) == 0
+    assert f"exported: {merged}" in capsys.readouterr().out
     assert (merged / "model.safetensors").stat().st_mtime_ns == before
+    # Anything else already there is never overwritten.
+    assert main(["export", "--ckpt_dir", str(checkpoint), "--merge_lora", "true", "--output_dir",
+                 str(checkpoint)]) == 2
+    assert "exists; alignkit never overwrites" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -52,6 +52,11 @@ def run_export(args: ExportArguments) -> int:
         raise AlignkitError(f"{model_path} is a vision-language model: alignkit exports it merged (--merge_lora true) "
                             "but does not quantise it (--quant_bits)")
     output = Path(args.output_dir) if args.output_dir else default_output(args, adapters, model_path)
+    if output.exists() and args.merge_lora and args.quant_bits is None and (output / "config.json").is_file():
+        # ms-swift's merge_lora: an existing merged directory is kept and used, never written again.
+        logger.info("%s exists: kept as it is, not merged again (as ms-swift); pass --output_dir for a new one", output)
+        print(f"exported: {output}")
+        return 0
     if output.exists():
         raise AlignkitError(f"--output_dir {output} exists; alignkit never overwrites. Pass another --output_dir")
 
@@ -69,6 +74,10 @@ def run_export(args: ExportArguments) -> int:
     if value_head is not None:
         shutil.copy2(value_head, partial / value_head.name)
         logger.info("Reward model: %s copied beside the merged weights", value_head.name)
+    run_args = Path(args.ckpt_dir or (adapters[0] if adapters else "")) / "args.json"
+    if (args.ckpt_dir or adapters) and run_args.is_file():
+        # As ms-swift: the run's arguments travel, so `infer --ckpt_dir <merged> --load_dataset_config` works.
+        shutil.copy2(run_args, partial / "args.json")
     if args.quant_bits is not None:
         quantised = output.with_name(output.name + ".quant.tmp")
         shutil.rmtree(quantised, ignore_errors=True)
