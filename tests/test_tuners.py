@@ -124,6 +124,21 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_model_dir, 
     assert rates == [pytest.approx(1e-2), pytest.approx(0.16)]
 
 
+@pytest.mark.parametrize("optimizer", [None, "muon"])
+def test_per_parameter_learning_rates_reach_adamw_and_muon_groups(optimizer):
+    from alignkit.training.loop_config import LoopConfig
+    from alignkit.training.optimizers import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))  # 0.weight 0.bias 1.weight 1.bias
+    config = LoopConfig(learning_rate=1e-3, weight_decay=0.1, optimizer=optimizer,
+                        learning_rate_of=lambda name, param: 1e-2 if name.startswith("1.") else 1e-3)
+    groups = make_optimizer(model, config).param_groups
+    rate = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert rate[id(model[0].weight)] == (1e-3, 0.1) and rate[id(model[0].bias)] == (1e-3, 0.0)
+    assert rate[id(model[1].weight)] == (1e-2, 0.1) and rate[id(model[1].bias)] == (1e-2, 0.0)
+    assert groups[0]["lr"] == 1e-3  # the logged learning rate is --learning_rate's
+
+
 def test_lora_plus_groups_name_by_name():
     from alignkit.models.tuners import lora_plus_learning_rate
 
