@@ -29,7 +29,7 @@ import torch
 from alignkit.config.commands import ExportArguments
 from alignkit.data.chat_templates import resolve_template
 from alignkit.errors import AlignkitError
-from alignkit.models.load import load_causal_lm, resolve_checkpoint, resolve_model_path
+from alignkit.models.load import fit_embeddings_to_adapter, load_causal_lm, resolve_checkpoint, resolve_model_path
 from alignkit.vision.model import is_vision_model
 
 logger = logging.getLogger("alignkit")
@@ -118,6 +118,7 @@ def write_merged(model_path: str, adapter: str | None, directory: Path, dtype: s
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise AlignkitError(f"--adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
+        fit_embeddings_to_adapter(lm, adapter)
         lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
         logger.info("Merged adapter %s into %s", adapter, model_path)
     # The checkpoint's tokenizer is the one training used; the base's when the adapter has none.
@@ -173,23 +174,15 @@ def generation_config_for(lm, stop_ids: tuple[int, ...]):
 
 
 def write_bnb_quantised(source: Path, directory: Path, bits: int) -> None:
-    """Reload ``source`` through bitsandbytes (NF4 with double quantisation, or LLM.int8) and save it.
+    """Reload ``source`` through bitsandbytes (NF4 with double quantisation, or LLM.int8) and save it, with the
+    quantisation config QLoRA training loads with (alignkit/models/quantization.py). Linear layers are quantised;
+    embeddings, norms and the LM head stay in their saved precision."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    bitsandbytes quantises while loading; since 0.45 it has CPU kernels, so this runs without a GPU.
-    Linear layers are quantised; embeddings, norms and the LM head stay in their saved precision.
-    """
-    try:
-        import bitsandbytes  # noqa: F401
-    except ModuleNotFoundError as error:
-        raise AlignkitError("--quant_method bnb needs bitsandbytes: pip install 'alignkit[quant]'") from error
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from alignkit.models.quantization import bnb_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if bits == 4:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
+    config = bnb_config(bits, compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     logger.info("Quantising to %d bits with bitsandbytes on %s", bits, device)
     lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=device)
     lm.save_pretrained(directory, safe_serialization=True)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 
+from alignkit.config.model_checks import check_model_flags
 from alignkit.config.run import RunArguments
 from alignkit.data.template import parse_loss_scale
 from alignkit.errors import AlignkitError
@@ -70,6 +71,7 @@ def check_run_arguments(args: RunArguments) -> None:
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")
+    check_model_flags(args)
     if args.rlhf_type == "dpo":
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:

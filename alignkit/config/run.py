@@ -11,7 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from alignkit.config.options import dtype_option, option
+from alignkit.config.options import DTYPE_CHOICES, option
+
+# ms-swift's --tuner_type values: alignkit trains the first ones through peft and refuses the last four.
+TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "longlora", "llamapro",
+               "adapter", "reft")
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 LOADER_HAS_NO_WORK = (
     "batches are collated in the training process from rows tokenised before training starts, so there is no "
@@ -47,12 +52,13 @@ class RunArguments:
         None, "ms-swift's registry name of the reference model, resolved like --model_type for --ref_model (the "
         "same name as --model_type: the policy's starting weights).", may_differ_on_resume=True)
     adapters: list[str] = option([], "LoRA adapter directories to load on top of --model.", nargs="*")
-    dtype: str = dtype_option(
-        "Compute precision: auto (bf16 autocast on GPUs and CPUs with native bf16, else fp32), fp32, bf16, fp16."
-    )
+    dtype: str = option(
+        "auto", "Compute precision with fp32 weights: auto (bf16 autocast on GPUs and CPUs with native bf16, else "
+        "fp32), fp32, bf16 or fp16 autocast. --torch_dtype also loads the weights in its precision.",
+        choices=DTYPE_CHOICES)
     gradient_checkpointing: bool | None = option(
-        None, "Recompute activations in the backward pass to save memory. Unset: on with a GPU (ms-swift's "
-        "default), off on CPU.", may_differ_on_resume=True,
+        None, "Recompute activations in the backward pass to save memory (--gradient_checkpointing_kwargs: its "
+        "options). Unset: on with a GPU (ms-swift's default), off on CPU.", may_differ_on_resume=True,
         differs="unset, it is on with a GPU as in ms-swift but off on a CPU, where memory is rarely the limit and it "
         "only costs time (logged once)")
 
@@ -384,9 +390,16 @@ class RunArguments:
     # --- LoRA / full ---
     train_type: str = option(
         "lora",
-        "lora (peft adapters) or full fine-tuning.",
+        "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
+        "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
+        "model, the vision encoder and aligner trained in full). ms-swift's longlora, llamapro, adapter and reft "
+        "stop with an error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
-        choices=("lora", "full"),
+        choices=TUNER_TYPES,
+        differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
+        "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
+        "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
+        "text model is lora; longlora, llamapro, adapter and reft stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -404,6 +417,116 @@ class RunArguments:
         choices=("peft", "swift"),
         may_differ_on_resume=True,
     )
+    # --- model loading, quantisation and peft's tuners (docs/performance.md, "Memory") ---
+    torch_dtype: str | None = option(
+        None, "Load the weights in this precision and compute in it: bfloat16 / bf16, float16 / fp16 (GPU), float32. "
+        "Frozen weights stay in it; trained parameters (LoRA and other adapters, or every weight in full "
+        "fine-tuning) and their AdamW states are held in fp32. Unset or auto: --dtype decides (fp32 weights).",
+        choices=TORCH_DTYPES,
+        differs="frozen weights load in it and the compute runs in it as in ms-swift, but the trained parameters "
+        "are kept in fp32 (full fine-tuning too: bf16 weights lose updates below 2^-8 of their size; DeepSpeed keeps "
+        "fp32 master weights the same way); float32 computes in fp32 (ms-swift turns fp16 autocast on unless "
+        "--fp16 false); unset means --dtype auto (fp32 weights, bf16 autocast where native), not config.json's "
+        "dtype")
+    attn_impl: str | None = option(
+        None, "Attention implementation the model loads with: sdpa, eager, flex_attention, flash_attn (= "
+        "flash_attention_2), flash_attention_2, flash_attention_3 (flash-attn packages and a CUDA GPU). Unset: "
+        "transformers' choice (sdpa). Padding-free packing needs sdpa or eager; with another the padded path runs "
+        "and the log says so.", aliases=("--attn_implementation",),
+        choices=("sdpa", "eager", "flex_attention", "flash_attn", "flash_attention_2", "flash_attention_3"))
+    experts_impl: str | None = option(
+        None, "Mixture-of-experts models: how the experts run (transformers' experts_implementation): grouped_mm, "
+        "batched_mm, eager. A dense model logs once that it has no effect.",
+        choices=("grouped_mm", "batched_mm", "eager"))
+    router_aux_loss_coef: float = option(
+        0.0, "Mixture-of-experts models: weight of the router's load-balancing loss (the model's aux_loss) added "
+        "to the training loss. A dense model logs once that it has no effect.",
+        differs="added to the offline methods' loss (sft, dpo, kto, ...); ppo and grpo with a mixture-of-experts "
+        "model stop with an error instead of leaving it out")
+    rope_scaling: str | None = option(
+        None, "RoPE scaling written into the model's config: linear, dynamic or yarn (the factor from "
+        "--max_model_len over the model's max_position_embeddings), or a JSON object such as "
+        "'{\"rope_type\": \"yarn\", \"factor\": 2.0}'.")
+    max_model_len: int | None = option(
+        None, "The model's context length: overrides max_position_embeddings in its config (with --rope_scaling "
+        "linear|dynamic|yarn it sets the scaling factor).")
+    new_special_tokens: list[str] = option(
+        [], "Special tokens added to the tokenizer (or .txt files, one token per whitespace-separated word); the "
+        "embeddings grow to a multiple of 128. With an adapter, --modules_to_save embed_tokens (lm_head) trains them.",
+        nargs="+", differs="with an adapter it needs --modules_to_save embed_tokens (as ms-swift's own example "
+        "passes): otherwise the new tokens' embeddings would stay random and be lost with the adapter")
+    gradient_checkpointing_kwargs: str | None = option(
+        None, "JSON object passed to gradient_checkpointing_enable, e.g. '{\"use_reentrant\": true}' (default "
+        "{\"use_reentrant\": false}).", may_differ_on_resume=True)
+    vit_gradient_checkpointing: bool | None = option(
+        None, "Vision-language models: gradient checkpointing in the vision encoder. Unset: --gradient_checkpointing. "
+        "A text model logs once that it has no effect.", may_differ_on_resume=True)
+    vit_lr: float | None = option(
+        None, "Vision-language models: learning rate of the vision encoder's trained parameters (default "
+        "--learning_rate). A text model logs once that it has no effect.")
+    aligner_lr: float | None = option(
+        None, "Vision-language models: learning rate of the aligner's trained parameters (default --learning_rate). "
+        "A text model logs once that it has no effect.")
+    quant_method: str | None = option(
+        None, "Quantise the base model as it loads, for QLoRA: bnb (bitsandbytes, CPU or GPU). hqq, eetq, quanto "
+        "and fp8 stop with an error.", choices=("bnb", "hqq", "eetq", "quanto", "fp8"),
+        differs="bnb only: hqq, eetq, quanto and fp8 stop with an error naming --quant_method bnb")
+    quant_bits: int | None = option(
+        None, "Bits of --quant_method bnb: 4 (NF4 / FP4) or 8 (LLM.int8). Without --quant_method the model loads "
+        "unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+    bnb_4bit_compute_dtype: str | None = option(
+        None, "4-bit bnb: precision of the matmuls. Unset: bfloat16 with --torch_dtype bfloat16, else float32.",
+        choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
+    bnb_4bit_quant_type: str = option("nf4", "4-bit bnb: the 4-bit data type.", choices=("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = option(True, "4-bit bnb: quantise the quantisation constants too.")
+    bnb_4bit_quant_storage: str | None = option(
+        None, "4-bit bnb: the dtype the packed 4-bit weights are stored in (e.g. bfloat16 for FSDP). Unset: uint8.",
+        choices=("uint8", "float32", "bfloat16", "float16"))
+    use_dora: bool = option(False, "LoRA: DoRA (weight-decomposed LoRA: a trained magnitude per output feature).")
+    use_rslora: bool = option(False, "LoRA: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
+    init_weights: str = option(
+        "true", "Adapter initialisation as peft takes it. LoRA: true (B = 0), false (random), gaussian, pissa, "
+        "olora, loftq, orthogonal; bone: true, false, bat. pissa/olora/loftq rewrite the base "
+        "weights (peft recomputes them when it loads the adapter): a live adapter-disabled reference is refused.",
+        differs="pissa_niter_N stops with an error (peft draws its randomised SVD again when the adapter loads, so a "
+        "checkpoint would not reload to the trained model), as do lora-ga, eva and corda; loftq quantises to "
+        "--quant_bits (default 4) and, as peft computes it, needs a CUDA GPU")
+    lorap_lr_ratio: float | None = option(
+        None, "LoRA+: the B matrices (and 1-D trained parameters) learn at --learning_rate x this ratio, LoRA "
+        "embeddings at 1e-6 (ms-swift's and peft's LoRA+ groups). Unset: off.")
+    modules_to_save: list[str] = option(
+        [], "Modules trained in full beside the adapter and saved in it, e.g. embed_tokens lm_head; all-embedding "
+        "and all-norm name every embedding / norm layer.", nargs="+")
+    lora_bias: str = option("none", "LoRA: train the biases of the adapted layers too (all).",
+                            choices=("none", "all"))
+    lora_dtype: str | None = option(
+        None, "Precision of the LoRA weights. Unset: fp32 (peft's default, whatever the base's precision).",
+        choices=("float32", "bfloat16", "float16"))
+    target_regex: str | None = option(
+        None, "Modules to adapt, as one regular expression matched against full module names (replaces "
+        "--lora_target_modules).")
+    adalora_target_r: int = option(8, "adalora: average rank the budget is pruned to.")
+    adalora_init_r: int = option(12, "adalora: initial rank of each adapted layer.")
+    adalora_tinit: int = option(0, "adalora: steps of warm-up before ranks are pruned.")
+    adalora_tfinal: int = option(0, "adalora: final steps that train with the budget fixed.")
+    adalora_deltaT: int = option(1, "adalora: steps between two budget allocations.")
+    adalora_beta1: float = option(0.85, "adalora: EMA factor of the importance sensitivity.")
+    adalora_beta2: float = option(0.85, "adalora: EMA factor of the importance uncertainty.")
+    adalora_orth_reg_weight: float = option(
+        0.5, "adalora: weight of the orthogonality regulariser of P and Q added to the loss.")
+    vera_rank: int = option(256, "vera: rank of the shared random projections.")
+    vera_projection_prng_key: int = option(0, "vera: seed of the shared random projections.")
+    vera_dropout: float = option(0.0, "vera: dropout on the adapter's input.")
+    vera_d_initial: float = option(0.1, "vera: initial value of the trained d vector.")
+    boft_block_size: int = option(4, "boft: block size of the orthogonal butterfly factors.")
+    boft_block_num: int = option(0, "boft: number of blocks (set this or --boft_block_size).")
+    boft_n_butterfly_factor: int = option(1, "boft: number of butterfly factors.")
+    boft_dropout: float = option(0.0, "boft: multiplicative dropout on the blocks.")
+    fourier_n_frequency: int = option(2000, "fourierft: spectral coefficients trained per layer.")
+    fourier_scaling: float = option(300.0, "fourierft: scaling of the spectral update.")
+    reft_rank: int = option(
+        4, "bone: the rank r of its blocks (ms-swift reads bone's rank from this flag; ReFT itself is not "
+        "supported).")
     # --- vision-language models (docs/vision.md) ---
     freeze_vit: bool = option(True, "Vision-language models: keep the vision encoder frozen (full training and "
                               "LoRA ALL/all-linear targets).")

@@ -10,6 +10,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.models.builtin import BUILTIN_MODEL_NAME, builtin_model_dir
+from alignkit.models.load_options import LoadOptions
 from alignkit.models.placement import (
     check_adapter_placement,
     describe,
@@ -70,15 +71,18 @@ def load_tokenizer(model_path: str, revision: str | None = None):
 
 
 def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
-                   device_map=None, max_memory: dict | None = None):
-    """``device_map``/``max_memory``: transformers' own (see alignkit/models/placement.py); None loads on the CPU."""
+                   device_map=None, max_memory: dict | None = None, options: LoadOptions | None = None):
+    """``device_map``/``max_memory``: transformers' own (see alignkit/models/placement.py); None loads on the CPU
+    (a quantised model on this process's device). ``options``: attention, quantisation, config overrides."""
     from transformers import AutoModelForCausalLM
 
     placement = {}
     if device_map is not None:
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder()}
+    extra = options.from_pretrained_kwargs(model_path, revision, device_map) if options else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype, **placement)
+        model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype,
+                                                     **{**placement, **extra})
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
     if split_map(model) is not None:
@@ -86,8 +90,9 @@ def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dt
     return model
 
 
-def load_sequence_classifier(model_path: str, revision: str | None = None, *, num_labels: int, problem_type: str,
-                             pad_token_id: int, device_map=None, max_memory: dict | None = None):
+def load_sequence_classifier(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
+                             num_labels: int, problem_type: str, pad_token_id: int, device_map=None,
+                             max_memory: dict | None = None, options: LoadOptions | None = None):
     """The model's backbone with a ``num_labels``-output head (transformers' AutoModelForSequenceClassification:
     a new head is initialised as the model's other linear layers), pooled at each row's last token that is not
     ``pad_token_id``; ``problem_type`` is kept in its config, so a checkpoint reloads with the same loss."""
@@ -96,10 +101,15 @@ def load_sequence_classifier(model_path: str, revision: str | None = None, *, nu
     placement = {}
     if device_map is not None:
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder()}
+    extra = options.from_pretrained_kwargs(model_path, revision, device_map) if options else {}
+    head = {"num_labels": num_labels, "problem_type": problem_type, "pad_token_id": pad_token_id}
+    if "config" in extra:  # a config the options rewrote: the head's settings go into it, not beside it
+        for key, value in head.items():
+            setattr(extra["config"], key, value)
+        head = {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, revision=revision, num_labels=num_labels, problem_type=problem_type, pad_token_id=pad_token_id,
-            **placement)
+            model_path, revision=revision, dtype=dtype, **head, **{**placement, **extra})
     except ValueError as error:
         if "Unrecognized configuration class" not in str(error):
             raise _load_error(model_path, error) from error
@@ -147,6 +157,7 @@ def load_adapters(model, adapters: list[str], *, trainable: bool):
     for index, adapter in enumerate(adapters):
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise AlignkitError(f"--adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
+        fit_embeddings_to_adapter(model, adapter)
         try:
             if index == 0:
                 model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
@@ -189,6 +200,27 @@ def model_max_length(model_path: str, revision: str | None = None) -> int | None
         return min(limits)
     limit = AutoTokenizer.from_pretrained(model_path, revision=revision).model_max_length
     return limit if limit < 1e9 else None  # transformers' "no limit" is 1e30
+
+
+def fit_embeddings_to_adapter(model, adapter: str) -> None:
+    """An adapter trained with --new_special_tokens saves the grown embeddings (--modules_to_save embed_tokens):
+    the base's are resized to their row count before the adapter loads."""
+    import json
+    import struct
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    rows = {entry["shape"][0] for key, entry in header.items() if "embed_tokens" in key and key.endswith("weight")
+            and isinstance(entry, dict) and "lora_" not in key}
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(rows) == 1 and vocab not in rows:
+        model.resize_token_embeddings(rows.pop())
+        logger.info("Embeddings resized from %d to %d rows to take the adapter %s", vocab,
+                    model.get_input_embeddings().weight.shape[0], adapter)
 
 
 def count_parameters(model) -> tuple[int, int]:

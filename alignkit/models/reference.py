@@ -36,13 +36,13 @@ class Reference:
 
 def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool, batches: list[list], collate,
                    layout: Layout, template: str, max_length: int, precision: str, device,
-                   ld_alpha: float | None = None):
+                   ld_alpha: float | None = None, load_dtype: torch.dtype = torch.float32):
     """The run's reference, built from ``model`` before any adapter is attached (its starting weights).
 
     ``precompute``: one no-grad pass over ``batches`` (this process's training micro-batches and, on the main
     process, the held-out ones) into the disk cache of alignkit.models.reference_cache, and no reference model is
     kept. Otherwise a live ``Reference`` on ``device``: a frozen copy for full fine-tuning or the --ref_model,
-    the adapter-disabled policy for LoRA.
+    the adapter-disabled policy for LoRA. ``load_dtype``: the precision a --ref_model loads in (--torch_dtype).
     """
     from alignkit.models.load import load_causal_lm, resolve_model_path
     from alignkit.models.reference_cache import precompute_reference
@@ -51,7 +51,8 @@ def make_reference(model, *, ref_model: str | None, full: bool, precompute: bool
     if ref_model or (full and not precompute):
         # A full copy on every process's own device (DDP and ZeRO-1/2 alike); it is frozen, so never sharded.
         # A policy split by --device_map gets a reference split by the same map.
-        frozen = place(load_causal_lm(resolve_model_path(ref_model, "--ref_model"), None, device_map=split_map(model))
+        frozen = place(load_causal_lm(resolve_model_path(ref_model, "--ref_model"), None, load_dtype,
+                                          device_map=split_map(model))
                        if ref_model else frozen_copy(model), device)
     if not precompute:
         return Reference(frozen, layout=layout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from alignkit.config.defaults import best_model_metric
@@ -68,6 +69,11 @@ class LoopConfig:
     engine: dict | None = (
         None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
     )
+    # (name, parameter) -> its learning rate, where parameters differ (LoRA+, --vit_lr, --aligner_lr; set by
+    # alignkit.training.model_setup.loop_additions); None: all at learning_rate. after_step: called with the
+    # step's number after each applied update (AdaLoRA's budget allocation).
+    learning_rate_of: Callable | None = None
+    after_step: tuple = ()
 
 
 def loop_config(args: RunArguments, precision: str, method: str | None = None) -> LoopConfig:

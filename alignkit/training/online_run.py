@@ -19,15 +19,26 @@ from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.losses.rl import GRPO_LOSS_TYPES
 from alignkit.models.load import (
-    add_lora,
     count_parameters,
     disable_dropout,
-    load_adapters,
     load_causal_lm,
     load_tokenizer,
     resolve_model_path,
 )
 from alignkit.models.packing import Layout, config_of, supports_packing
+from alignkit.training.model_setup import (
+    add_special_tokens,
+    check_live_reference,
+    fit_embeddings,
+    is_adapter,
+    load_options,
+    loop_additions,
+    make_trainable,
+    prepare_loaded,
+    text_targets,
+    tuner_settings,
+    weights_dtype,
+)
 from alignkit.training.online_loop import make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
@@ -59,6 +70,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     model_path = resolve_model_path(args.model)
     args = with_fit_defaults(args, model_path)
     tokenizer = load_tokenizer(model_path, args.model_revision)
+    add_special_tokens(args, tokenizer)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
@@ -87,7 +99,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
 
-    policy, frozen_reference = load_policy(args, model_path, needs_reference=name == "ppo" or grpo["beta"] != 0)
+    policy, frozen_reference = load_policy(args, model_path, tokenizer,
+                                           needs_reference=name == "ppo" or grpo["beta"] != 0)
     forward_batch = args.local_rollout_forward_batch_size
     if args.use_vllm:
         from alignkit.generation.vllm import VllmRollout
@@ -118,8 +131,12 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                 "train_prompts": len(prompts), "train_data_sha256": data_fingerprint([p.ids for p in prompts]),
                 # Each step samples prompts per process × processes: resume with the same number of processes.
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    config, terms = loop_additions(loop_config_for(args, start), args, policy, vision=False)
+    if terms:  # the online losses are their own (alignkit/algorithms/ppo.py, grpo.py)
+        raise AlignkitError(f"--router_aux_loss_coef with --rlhf_type {name}: the router's load-balancing loss is "
+                            "added to the offline methods' loss only; set it to 0")
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
-                        val_prompts=val_prompts, schedule=schedule, config=loop_config_for(args, start),
+                        val_prompts=val_prompts, schedule=schedule, config=config,
                         run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
 
 
@@ -152,26 +169,23 @@ def online_layout(args: RunArguments, policy) -> Layout:
     return layout
 
 
-def load_policy(args: RunArguments, model_path: str, *, needs_reference: bool):
-    """The trained policy (LoRA or full, dropout off) and, when the reference cannot be the adapter-disabled
+def load_policy(args: RunArguments, model_path: str, tokenizer, *, needs_reference: bool):
+    """The trained policy (an adapter or full, dropout off) and, when the reference cannot be the adapter-disabled
     policy (full fine-tuning, or --ref_model), a frozen reference model. Returns (policy, reference or None)."""
-    policy = load_causal_lm(model_path, args.model_revision)
-    if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy = load_causal_lm(model_path, args.model_revision, weights_dtype(args), options=load_options(args))
+    fit_embeddings(policy, tokenizer)
+    prepare_loaded(policy, args)
+    settings = tuner_settings(args, total_steps=0)  # adalora is refused for the online methods
+    check_live_reference(args, settings, live_adapter_reference=needs_reference and is_adapter(args)
+                         and not args.ref_model)
     frozen_reference = None
-    if needs_reference and (args.train_type == "full" or args.ref_model):
+    if needs_reference and (not is_adapter(args) or args.ref_model):
         frozen_reference = (
-            load_causal_lm(resolve_model_path(args.ref_model)) if args.ref_model else copy.deepcopy(policy)
+            load_causal_lm(resolve_model_path(args.ref_model), None, weights_dtype(args)) if args.ref_model
+            else copy.deepcopy(policy)
         )
         frozen_reference.eval().requires_grad_(False)
-    if args.train_type == "lora":
-        if args.adapters:
-            policy = load_adapters(policy, args.adapters, trainable=True)
-        else:
-            policy = add_lora(policy, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                              target_modules=args.lora_target_modules)
-        if args.gradient_checkpointing:
-            policy.enable_input_require_grads()
+    policy = make_trainable(policy, args, settings=settings, targets=text_targets(args))
     disable_dropout(policy)
     trainable, total = count_parameters(policy)
     logger.info("Policy %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
@@ -270,7 +284,10 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
             "value model starts from the reward model and reads the policy's tokens, so they must match"
         )
     lora = None
-    if args.train_type == "lora":
+    if is_adapter(args):
+        if args.train_type != "lora":
+            logger.info("PPO's value model trains LoRA (--lora_rank %d) beside the policy's --tuner_type %s",
+                        args.lora_rank, args.train_type)
         lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                 "target_modules": args.lora_target_modules}
     value_model = value_model_from(reward_model, lora=lora)

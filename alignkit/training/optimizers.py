@@ -11,7 +11,10 @@
   transformers' ``get_scheduler``; ``reduce_lr_on_plateau`` steps on the evaluation metric instead of every
   update (``Runner`` does that), as transformers' Trainer does.
 
-Weight decay goes to parameters with 2 or more dimensions only (biases and norm scales are 1-D).
+Weight decay goes to parameters with 2 or more dimensions only (biases and norm scales are 1-D). Parameters
+may learn at their own rates (LoRA+'s ``--lorap_lr_ratio``, ``--vit_lr``, ``--aligner_lr``:
+``LoopConfig.learning_rate_of``): one parameter group per (learning rate, decayed or not), the first two at
+``--learning_rate``, so the logged learning rate is that one.
 """
 
 from __future__ import annotations
@@ -81,8 +84,7 @@ def make_optimizer(model, config) -> torch.optim.Optimizer:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if config.optimizer == "muon":
         return make_muon(named, config)
-    groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    groups = parameter_groups(named, config)
     optimizer_cls, kwargs = optimizer_class(config)
     try:
         return optimizer_cls(groups, **kwargs)
@@ -93,6 +95,18 @@ def make_optimizer(model, config) -> torch.optim.Optimizer:
         raise AlignkitError(f"--optim {config.optim}: {optimizer_cls.__name__} cannot be built here ({exc})") from exc
     except ValueError as exc:
         raise AlignkitError(f"--optim {config.optim} --optim_args {config.optim_args!r}: {exc}") from exc
+
+
+def parameter_groups(named: list, config) -> list[dict]:
+    """One group per (learning rate, decayed or not) of the named trainable parameters; the first two are always
+    those at --learning_rate (kept when empty), so the schedule's first learning rate is --learning_rate's."""
+    base = config.learning_rate
+    by_key: dict[tuple[float, bool], list] = {(base, True): [], (base, False): []}
+    for name, param in named:
+        rate = config.learning_rate_of(name, param) if config.learning_rate_of else base
+        by_key.setdefault((rate, param.ndim >= 2), []).append(param)
+    return [{"params": params, "lr": rate, "weight_decay": config.weight_decay if decays else 0.0}
+            for (rate, decays), params in by_key.items() if params or rate == base]
 
 
 def optimizer_class(config) -> tuple[type, dict]:
@@ -127,20 +141,20 @@ def make_muon(named: list, config) -> torch.optim.Optimizer:
     if options:
         raise AlignkitError(f"--optimizer muon --optim_args: unknown {', '.join(options)} (Muon takes momentum, "
                             "nesterov, eps, ns_steps, adjust_lr_fn)")
-    matrices = [p for name, p in named if hidden_matrix(name, p)]
+    matrices = [(name, p) for name, p in named if hidden_matrix(name, p)]
     rest = [(name, p) for name, p in named if not hidden_matrix(name, p)]
     optimizers = []
     if matrices:
         try:
-            optimizers.append(torch.optim.Muon(matrices, lr=config.learning_rate, weight_decay=config.weight_decay,
+            optimizers.append(torch.optim.Muon([g for g in parameter_groups(matrices, config) if g["params"]],
+                                               lr=config.learning_rate, weight_decay=config.weight_decay,
                                                **muon_kwargs))
         except (ValueError, TypeError) as exc:
             raise AlignkitError(f"--optimizer muon --optim_args: {exc}") from exc
-    groups = [{"params": [p for _, p in rest if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for _, p in rest if p.ndim < 2], "weight_decay": 0.0}]
     if rest:
-        optimizers.append(torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
-                                            betas=config.adam_betas, eps=config.adam_epsilon))
+        optimizers.append(torch.optim.AdamW([g for g in parameter_groups(rest, config) if g["params"]],
+                                            lr=config.learning_rate, betas=config.adam_betas,
+                                            eps=config.adam_epsilon))
     return Combined(optimizers)
 
 

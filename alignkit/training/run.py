@@ -39,16 +39,14 @@ from alignkit.data.collate import (
     kl_rows,
 )
 from alignkit.data.encode import with_row_fields
-from alignkit.data.order import encoded_length
+from alignkit.data.order import batches_per_epoch, encoded_length, total_steps
 from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
 from alignkit.data.validate import check_class_labels
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
-    add_lora,
     count_parameters,
     disable_dropout,
-    load_adapters,
     load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
@@ -62,6 +60,20 @@ from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop import train
 from alignkit.training.loop_config import LoopConfig, loop_config
+from alignkit.training.model_setup import (
+    WithModelLosses,
+    add_special_tokens,
+    check_live_reference,
+    fit_embeddings,
+    is_adapter,
+    load_options,
+    loop_additions,
+    make_trainable,
+    prepare_loaded,
+    text_targets,
+    tuner_settings,
+    weights_dtype,
+)
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import (
@@ -127,6 +139,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         return run_vision_training(args, algorithm, algorithm_name, model_path, train_data, val_data, start,
                                    dropout_off=defaults["disable_dropout"])
     tokenizer = load_tokenizer(model_path, args.model_revision)
+    add_special_tokens(args, tokenizer)
     template = resolve_template(tokenizer, template=args.template, template_config=args.template_config)
     tokenizer.chat_template = template.source  # checkpoints then carry the template that trained them
     encoder = ChatEncoder(
@@ -153,15 +166,16 @@ def run_training(args: RunArguments, *, task: str) -> Path:
                 # The data order follows the global batch (per-device batch × processes): resume with the same.
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if algorithm.rows == "classification":
-        model = load_sequence_classifier(model_path, args.model_revision, num_labels=algorithm.num_labels,
-                                         problem_type=algorithm.problem_type, pad_token_id=tokenizer.pad_token_id,
-                                         device_map=device_map, max_memory=max_memory)
+        model = load_sequence_classifier(model_path, args.model_revision, weights_dtype(args),
+                                         num_labels=algorithm.num_labels, problem_type=algorithm.problem_type,
+                                         pad_token_id=tokenizer.pad_token_id, device_map=device_map,
+                                         max_memory=max_memory, options=load_options(args))
     else:
-        model = load_causal_lm(model_path, args.model_revision, device_map=device_map, max_memory=max_memory)
+        model = load_causal_lm(model_path, args.model_revision, weights_dtype(args), device_map=device_map,
+                               max_memory=max_memory, options=load_options(args))
+    fit_embeddings(model, tokenizer)
     check_trainable(model)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    prepare_loaded(model, args)
     collate = make_collate(algorithm, tokenizer.pad_token_id)
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
@@ -173,36 +187,33 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
+    processes = process_state()
+    config = loop_config_for(args, start)
+    settings = tuner_settings(args, total_steps=total_steps(batches_per_epoch(
+        len(train_rows), args.per_device_train_batch_size * processes.num_processes, drop_last=config.drop_last),
+        config), task_type="SEQ_CLS" if algorithm.rows == "classification" else "CAUSAL_LM")
+    check_live_reference(args, settings, live_adapter_reference=algorithm.needs_reference and not precompute
+                         and is_adapter(args) and not args.ref_model)
     parts = {"layout": layout} if algorithm.rows != "classification" else {}
     if not algorithm.needs_reference:
         reasons["precomputed reference log-probs"] = (
             "--reference_free" if args.reference_free else f"{algorithm_name} has no reference model")
     else:
-        processes = process_state()
         parts["reference"] = make_reference(
-            model, ref_model=args.ref_model, full=args.train_type == "full", precompute=precompute,
+            model, ref_model=args.ref_model, full=not is_adapter(args), precompute=precompute,
             batches=reference_batches(train_rows, val_rows, loop_config(args, precision),
                                       kl_pairs=algorithm.rows == "unpaired" and algorithm.needs_kl,
                                       world_size=processes.num_processes, rank=processes.process_index)
             if precompute else [],
             collate=collate, layout=layout, template=template.source, max_length=args.max_length,
             precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
+            load_dtype=weights_dtype(args),
         )
     algorithm = dataclasses.replace(algorithm, **parts)
     log_speedups(layout, precompute=precompute, precision=precision,
                  gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
-    if args.train_type == "lora":
-        if args.adapters:
-            model = load_adapters(model, args.adapters, trainable=True)
-        else:
-            # seq_cls: peft trains and saves the classification head in full (modules_to_save), as ms-swift.
-            model = add_lora(
-                model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                target_modules=args.lora_target_modules,
-                task_type="SEQ_CLS" if algorithm.rows == "classification" else "CAUSAL_LM",
-            )
-        if args.gradient_checkpointing:
-            model.enable_input_require_grads()
+    # seq_cls: peft trains and saves the classification head in full (task_type SEQ_CLS), as ms-swift.
+    model = make_trainable(model, args, settings=settings, targets=text_targets(args))
     if algorithm.scalar_head:
         model = SequenceRewardModel(model)  # the scalar head is trained in full, LoRA or not
     if defaults["disable_dropout"]:
@@ -210,14 +221,15 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     trainable, total = count_parameters(model)
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
+    config, terms = loop_additions(config, args, model, vision=False)
     return train(
         model=model,
         tokenizer=tokenizer,
-        algorithm=algorithm,
+        algorithm=WithModelLosses(algorithm, tuple(terms)) if terms else algorithm,
         train_rows=train_rows,
         val_rows=val_rows,
         collate=collate,
-        config=loop_config_for(args, start),
+        config=config,
         run_dir=open_run_dir(args, resolved, resume),
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],

@@ -79,9 +79,12 @@ def start_run(args: RunArguments, method: str | None = None) -> RunStart:
     data or model is loaded."""
     resume = find_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     torch.manual_seed(args.seed)
-    precision = resolve_dtype(args.dtype)
+    # --torch_dtype loads the weights in its precision and computes in it; --dtype only sets the compute's.
+    weights_set = args.torch_dtype not in (None, "auto")
+    flag, value = ("--torch_dtype", args.torch_dtype) if weights_set else ("--dtype", args.dtype)
+    precision = resolve_dtype(value)
     if precision == "fp16" and not torch.cuda.is_available():
-        raise AlignkitError("--dtype fp16 needs a GPU; on CPU use fp32 or bf16")
+        raise AlignkitError(f"{flag} {value} needs a GPU; on CPU use fp32 or bf16")
     engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -285,6 +288,8 @@ class Runner:
         if problem is None:
             self.optimizer.step()
             self.state.nonfinite_in_a_row = 0
+            for hook in self.config.after_step:  # AdaLoRA's budget: after the update, before zero_grad
+                hook(self.state.global_step + 1)
         if self.config.lr_scheduler_type != PLATEAU:  # the plateau schedule steps on evaluations
             with warnings.catch_warnings():
                 # The schedule follows the step count even when the first update was skipped.

@@ -46,6 +46,11 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
         # transformers scales NEFTune's noise by the batch's padded length; a packed row is far longer.
         padding_free = False
         reasons["padding-free packing"] = "--neftune_noise_alpha scales its noise by the padded length"
+    elif padding_free and getattr(model.config.get_text_config(), "output_router_logits", False):
+        # transformers' load-balancing loss weighs tokens by a 2-D attention mask; packed rows carry a 4-D one.
+        padding_free = False
+        reasons["padding-free packing"] = "the router's load-balancing loss (--router_aux_loss_coef) needs 2-D masks"
+        logger.info("--padding_free: using padded batches, since %s", reasons["padding-free packing"])
     elif padding_free and not supports_packing(model):
         padding_free = False
         reasons["padding-free packing"] = (f"needs sdpa, eager, flex or flash attention, not "

@@ -12,10 +12,26 @@ import logging
 from alignkit.algorithms.kto import check_kto_rows
 from alignkit.config.run import RunArguments
 from alignkit.data.encode import with_row_fields
+from alignkit.data.order import batches_per_epoch, total_steps
 from alignkit.errors import AlignkitError
-from alignkit.models.load import add_lora, count_parameters, disable_dropout, load_adapters
+from alignkit.models.load import count_parameters, disable_dropout
 from alignkit.models.reference import Reference
 from alignkit.models.reward_model import SequenceRewardModel
+from alignkit.training.distributed import process_state
+from alignkit.training.loop_config import loop_config
+from alignkit.training.model_setup import (
+    WithModelLosses,
+    add_special_tokens,
+    check_live_reference,
+    fit_embeddings,
+    is_adapter,
+    load_options,
+    loop_additions,
+    make_trainable,
+    prepare_loaded,
+    tuner_settings,
+    weights_dtype,
+)
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.runner import RunStart, loop_config_for, open_run_dir, rows_per_step
 from alignkit.vision.collate import VisionPairCollator, VisionUnpairedCollator
@@ -25,6 +41,7 @@ from alignkit.vision.model import (
     frozen_parts,
     load_processor,
     load_vision_model,
+    outermost_part_modules,
     vision_lora_targets,
 )
 from alignkit.vision.shared_images import enable_shared_images
@@ -41,7 +58,10 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
         raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
                             f"methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not {what}")
     processor = load_processor(model_path, args.model_revision)
-    model = load_vision_model(model_path, args.model_revision)
+    add_special_tokens(args, processor.tokenizer)
+    model = load_vision_model(model_path, args.model_revision, weights_dtype(args),
+                              options=load_options(args, vision=True))
+    fit_embeddings(model, processor.tokenizer)
     encoder = VisionEncoder(processor, image_token_id(processor, model.config), max_length=args.max_length,
                             max_prompt_length=args.max_prompt_length, truncation_strategy=args.truncation_strategy,
                             system=args.system, max_pixels=args.max_pixels)
@@ -57,26 +77,36 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, rows_per_step(args))
 
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if algorithm.needs_reference and (args.train_type == "full" or args.ref_model):
-        reference = load_vision_model(args.ref_model) if args.ref_model else copy.deepcopy(model)
+    prepare_loaded(model, args, vision=True)
+    config = loop_config(args, "fp32")
+    settings = tuner_settings(args, total_steps=total_steps(batches_per_epoch(
+        len(train_rows), args.per_device_train_batch_size * process_state().num_processes,
+        drop_last=config.drop_last), config))
+    # The reference is live here (no precomputed log-probs for pixels): the adapter-disabled policy with an adapter.
+    check_live_reference(args, settings, live_adapter_reference=algorithm.needs_reference and is_adapter(args)
+                         and not args.ref_model)
+    if algorithm.needs_reference and (not is_adapter(args) or args.ref_model):
+        reference = (load_vision_model(args.ref_model, None, weights_dtype(args)) if args.ref_model
+                     else copy.deepcopy(model))
         enable_shared_images(reference)
         algorithm = dataclasses.replace(algorithm, reference=Reference(reference))
     share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
     frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
-    if args.train_type == "lora":
-        if args.adapters:
-            model = load_adapters(model, args.adapters, trainable=True)
-        else:
-            targets = vision_lora_targets(model, args.lora_target_modules, frozen)
-            model = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                             target_modules=targets)
-        if args.gradient_checkpointing:
-            model.enable_input_require_grads()
-    else:
+    if not is_adapter(args):
         freeze(model, frozen)
+        model = make_trainable(model, args, settings=None, targets=None)
+    elif args.train_type == "lora_llm":
+        # ms-swift's lora_llm: LoRA on the language model, the vision encoder and aligner trained in full (here as
+        # peft's modules_to_save, so the adapter-disabled model keeps their starting weights for the reference).
+        targets = (args.target_regex if args.target_regex
+                   else vision_lora_targets(model, args.lora_target_modules, {"vit", "aligner"}))
+        saved = list(args.modules_to_save) + outermost_part_modules(model, {"vit", "aligner"})
+        logger.info("--tuner_type lora_llm: LoRA on the language model; %s trained in full", ", ".join(saved))
+        model = make_trainable(model, args, settings=settings, targets=targets, modules_to_save=saved)
+    else:
+        targets = args.target_regex if args.target_regex else vision_lora_targets(model, args.lora_target_modules,
+                                                                                  frozen)
+        model = make_trainable(model, args, settings=settings, targets=targets)
     if algorithm.scalar_head:
         model = SequenceRewardModel(model)
     if dropout_off:
@@ -85,12 +115,16 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     logger.info("Vision-language model %s: %s training (frozen: %s), %d of %d parameters trainable (%.2f%%)",
                 model_path, args.train_type, ", ".join(sorted(frozen)) or "nothing", trainable, total,
                 100 * trainable / total)
+    return model, processor, train_rows, val_rows, _collate(algorithm, processor, share_images), algorithm
+
+
+def _collate(algorithm, processor, share_images: bool):
     pad_id = processor.tokenizer.pad_token_id
     if algorithm.rows == "unpaired":
         collate = VisionUnpairedCollator(pad_id)
     else:
         collate = VisionPairCollator(pad_id, share_images=share_images)
-    return model, processor, train_rows, val_rows, collate, algorithm
+    return collate
 
 
 def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, model_path: str, train_data: list,
@@ -118,9 +152,10 @@ def run_vision_training(args: RunArguments, algorithm, algorithm_name: str, mode
             "precomputed reference log-probs": "the cache is keyed by tokens, not pixels",
         },
     )
+    config, terms = loop_additions(loop_config_for(args, start), args, model, vision=True)
     return train(
-        model=model, tokenizer=processor, algorithm=algorithm, train_rows=train_rows, val_rows=val_rows,
-        collate=collate,
-        config=loop_config_for(args, start),
+        model=model, tokenizer=processor, algorithm=WithModelLosses(algorithm, tuple(terms)) if terms else algorithm,
+        train_rows=train_rows, val_rows=val_rows, collate=collate,
+        config=config,
         run_dir=run_dir, args_for_checkpoint=resolved, row_sources=[row.source for row in train_data],
     )

@@ -19,6 +19,7 @@ import torch
 
 from alignkit.errors import AlignkitError
 from alignkit.models.load import DEFAULT_LORA_TARGETS, _load_error
+from alignkit.models.load_options import LoadOptions
 
 VIT_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
 ALIGNER_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector")
@@ -34,11 +35,14 @@ def is_vision_model(model_path: str) -> bool:
         return False
 
 
-def load_vision_model(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32):
+def load_vision_model(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
+                      options: LoadOptions | None = None):
+    """``options``: attention, quantisation and config overrides (alignkit.models.load_options)."""
     from transformers import AutoModelForImageTextToText
 
+    extra = options.from_pretrained_kwargs(model_path, revision, None) if options else {}
     try:
-        return AutoModelForImageTextToText.from_pretrained(model_path, revision=revision, dtype=dtype)
+        return AutoModelForImageTextToText.from_pretrained(model_path, revision=revision, dtype=dtype, **extra)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
 
@@ -117,6 +121,21 @@ def freeze(model, frozen: set[str]) -> None:
     for name, parameter in model.named_parameters():
         if part_of(name) in frozen:
             parameter.requires_grad_(False)
+
+
+def outermost_part_modules(model, parts: set[str]) -> list[str]:
+    """The names (last segment) of the outermost modules of the given parts ("vit", "aligner"): what peft's
+    modules_to_save matches to train them in full beside an adapter."""
+    names = set()
+    for name, _ in model.named_modules():
+        segments = name.split(".")
+        for segment in segments:
+            kind = "aligner" if segment in ALIGNER_NAMES else "vit" if segment in VIT_NAMES else None
+            if kind is not None:
+                if kind in parts:
+                    names.add(segment)
+                break
+    return sorted(names)
 
 
 def vision_lora_targets(model, names: list[str], frozen: set[str]) -> list[str]:
