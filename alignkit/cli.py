@@ -7,6 +7,7 @@
     alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
     alignkit export --ckpt_dir CKPT --merge_lora true
     alignkit deploy / app                  (OpenAI-compatible server / Gradio chat page)
+    alignkit colossal train_dpo [flags]    (ColossalChat's scripts and flags, alignkit/commands/colossal/)
 """
 
 from __future__ import annotations
@@ -112,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("cache", CacheArguments, "Sizes of the tokenised-data and reference log-prob caches; --clear deletes them."),
     ):
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
+    colossal = sub.add_parser("colossal", help=COLOSSAL_HELP, description=COLOSSAL_HELP, allow_abbrev=False,
+                              add_help=False)
+    colossal.add_argument("colossal_argv", nargs=argparse.REMAINDER, help="SCRIPT [its flags]")
     return parser
+
+
+COLOSSAL_HELP = ("ColossalChat's scripts with their own flags: train_sft, train_rm, train_dpo, train_kto, train_orpo "
+                 "(`alignkit colossal train_dpo --help`; docs/colossal.md).")
 
 
 def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
@@ -252,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         setup_logging()
-        if command in TRAIN_COMMANDS:
+        if command in TRAIN_COMMANDS or command == "colossal":
             from alignkit.training.launch import relaunch, torchrun_command
 
             launch = torchrun_command(argv, dict(os.environ))
@@ -302,6 +310,10 @@ def training_task(command: str) -> str:
 
 
 def dispatch(command: str, values: dict) -> int:
+    if command == "colossal":  # its own flags, translated into RunArguments there
+        from alignkit.commands.colossal import run_colossal
+
+        return run_colossal(values["colossal_argv"])
     args = typed_arguments(command, values)
     if command in TRAIN_COMMANDS:
         from alignkit.training.run import run_training

@@ -1,0 +1,126 @@
+"""Run one ColossalChat script: parse its flags, translate, train, and write what ColossalChat writes."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from alignkit.commands.colossal.flags import SCRIPTS, build_script_parser, script_name
+from alignkit.commands.colossal.translate import Translation, translate
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+# The files a Hugging Face tokenizer is saved as; --tokenizer_dir brings these, --pretrain the rest.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def script_names() -> list[str]:
+    return list(SCRIPTS)
+
+
+def parse_script(argv: list[str]) -> tuple[str, dict]:
+    """(script, the flags given on its command line)."""
+    if not argv or argv[0].startswith("-"):
+        raise AlignkitError(f"`alignkit colossal` needs a script name: {', '.join(SCRIPTS)}")
+    script = script_name(argv[0])
+    if script not in SCRIPTS:
+        close = difflib.get_close_matches(script, list(SCRIPTS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise AlignkitError(f"`alignkit colossal {argv[0]}`: unknown ColossalChat script; {hint}alignkit runs "
+                            f"{', '.join(SCRIPTS)}")
+    parser = build_script_parser(script)
+    namespace, unknown = parser.parse_known_args(argv[1:])
+    if unknown:
+        known = [s for action in parser._actions for s in action.option_strings]
+        token = unknown[0]
+        if not token.startswith("-"):
+            raise AlignkitError(f"unexpected argument {token!r} for `alignkit colossal {script}`")
+        flag = token.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; see `alignkit colossal {script} --help`"
+        raise AlignkitError(f"unknown flag {flag} for ColossalChat's {script}.py{hint}")
+    return script, vars(namespace)
+
+
+def run_colossal(argv: list[str]) -> int:
+    script, given = parse_script(argv)
+    translation = translate(script, given)
+    write_config_file(translation)
+    values = dict(translation.values)
+    if translation.tokenizer_dir:
+        values["model"] = model_with_tokenizer(values["model"], translation.tokenizer_dir,
+                                               translation.save_dir or Path.cwd())
+    from alignkit.config.run import RunArguments
+    from alignkit.training.run import run_training
+
+    checkpoint = run_training(RunArguments(**values), task=translation.task)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"last checkpoint: {checkpoint}")
+    if translation.save_dir is not None and checkpoint is not None:
+        print(f"model: {save_modeling(Path(checkpoint), translation.save_dir)}")
+    return 0
+
+
+def write_config_file(translation: Translation) -> None:
+    """ColossalChat writes every flag's value to --config_file as JSON; so does alignkit (main process)."""
+    if not translation.config_file or int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = Path(translation.config_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(translation.settings, indent=4))
+    logger.info("Configuration written to %s", path)
+
+
+def model_with_tokenizer(model: str, tokenizer_dir: str, where: Path) -> str:
+    """--pretrain's weights with --tokenizer_dir's tokenizer, as one model directory of links (a ColossalChat
+    modeling/ dir has no tokenizer files). The same directory when the tokenizer is the model's own."""
+    model_dir, tokenizer_path = Path(model).expanduser(), Path(tokenizer_dir).expanduser()
+    if not tokenizer_path.is_dir():
+        raise AlignkitError(f"--tokenizer_dir {tokenizer_dir} is not a directory")
+    if not model_dir.is_dir():
+        raise AlignkitError(f"--pretrain {model} with --tokenizer_dir: --pretrain must be a local directory")
+    if model_dir.resolve() == tokenizer_path.resolve():
+        return model
+    tokenizer_files = [p for p in tokenizer_path.iterdir() if p.name in TOKENIZER_FILES]
+    if not tokenizer_files:
+        raise AlignkitError(f"--tokenizer_dir {tokenizer_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    combined = where / ".pretrain_with_tokenizer"
+    combined.mkdir(parents=True, exist_ok=True)
+    links = {p.name: p for p in model_dir.iterdir() if p.name not in TOKENIZER_FILES}
+    links.update({p.name: p for p in tokenizer_files})
+    for stale in combined.iterdir():
+        if stale.name not in links:
+            stale.unlink()
+    for name, target in links.items():
+        link = combined / name
+        if link.is_symlink() and Path(os.readlink(link)) == target.resolve():
+            continue
+        link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(target.resolve())
+        except FileExistsError:  # another process of the same run made it
+            pass
+    logger.info("--pretrain %s with --tokenizer_dir %s: loading %s", model, tokenizer_dir, combined)
+    return str(combined)
+
+
+def save_modeling(checkpoint: Path, save_dir: Path) -> Path:
+    """save_dir/modeling: the merged model (a LoRA run's adapter merged in), its tokenizer, and a reward model's
+    value head, as a plain Hugging Face directory. ColossalChat writes the weights there; alignkit adds the
+    tokenizer so the directory loads alone. A previous run's modeling/ is replaced, as ColossalChat does."""
+    from alignkit.commands.export import run_export
+    from alignkit.config.commands import ExportArguments
+
+    modeling = save_dir / "modeling"
+    if modeling.exists():
+        logger.info("Replacing %s", modeling)
+        shutil.rmtree(modeling)
+    run_export(ExportArguments(ckpt_dir=str(checkpoint), merge_lora=True, output_dir=str(modeling)))
+    return modeling

@@ -1,0 +1,223 @@
+"""One ColossalChat command line → alignkit's typed RunArguments, with ColossalChat's meaning and defaults.
+
+    alignkit colossal train_dpo --pretrain M --dataset D --plugin zero2 --batch_size 4 --lr 5e-6 --save_dir S
+
+What ColossalChat does that alignkit's own defaults do not, and so is set here: full fine-tuning unless
+--lora_config gives r > 0; AdamW betas (0.9, 0.95) and weight decay 0.1; a cosine schedule down to 0.1 x lr
+(CosineAnnealingWarmupLR(eta_min=0.1 * lr)) with 2.5% of the steps warming up when --warmup_steps is unset;
+epochs, batch size, accumulation, clipping and saving every 1000 steps; checkpoints under --save_dir and the
+final model in save_dir/modeling (written by ``run.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.commands.colossal.flags import SCRIPTS, Flag
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+# ColossalChat's LoraConfig (coati/models/lora.py) and its defaults.
+LORA_KEYS = {"r": 0, "lora_alpha": 32, "linear_lora_dropout": 0.1, "embedding_lora_dropout": 0.0,
+             "lora_train_bias": "none", "lora_initialization_method": "kaiming_uniform", "target_modules": None}
+TASKS = {"train_sft": ("sft", None), "train_rm": ("rlhf", "rm"), "train_dpo": ("rlhf", "dpo"),
+         "train_kto": ("rlhf", "kto"), "train_orpo": ("rlhf", "orpo")}
+
+
+@dataclass
+class Translation:
+    task: str  # "sft" or "rlhf", as run_training takes it
+    values: dict[str, Any]  # RunArguments fields
+    save_dir: Path | None = None  # where save_dir/modeling goes
+    tokenizer_dir: str | None = None
+    config_file: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # every ColossalChat flag's value (for --config_file)
+
+
+def with_defaults(script: str, given: dict[str, Any]) -> dict[str, Any]:
+    """ColossalChat's value of every flag of ``script``: the given ones, else the script's defaults."""
+    return {item.name: given.get(item.name, item.default) for item in SCRIPTS[script]}
+
+
+def translate(script: str, given: dict[str, Any]) -> Translation:
+    """The RunArguments values of a ColossalChat command line (``given``: only the flags on it)."""
+    task, rlhf_type = TASKS[script]
+    flags: dict[str, Flag] = {item.name: item for item in SCRIPTS[script]}
+    colossal = with_defaults(script, given)
+    values: dict[str, Any] = {"train_type": "full", "adam_beta1": 0.9, "adam_beta2": 0.95,
+                              "lr_scheduler_type": "cosine_with_min_lr",
+                              "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}),
+                              "gradient_checkpointing": False, "report_to": ["none"], "logging_steps": 1}
+    if rlhf_type:
+        values["rlhf_type"] = rlhf_type
+    for name, item in flags.items():
+        if item.to:
+            values[item.to] = colossal[name]
+        elif item.no_effect and name in given and given[name] != item.default:
+            logger.info("--%s %s has no effect in alignkit: %s", name, given[name], item.no_effect)
+    if colossal["pretrain"] is None:
+        raise AlignkitError(f"{script}: --pretrain (the model to train) is required")
+    values["model"] = colossal["pretrain"]
+    if not colossal["dataset"]:
+        raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
+    if colossal["warmup_steps"] is None:
+        values.update(warmup_steps=0, warmup_ratio=0.025)
+    else:
+        values.update(warmup_steps=colossal["warmup_steps"], warmup_ratio=0.0)
+    values["dtype"] = precision(colossal["mixed_precision"])
+    values.update(engine_values(colossal, given))
+    values.update(lora_values(colossal["lora_config"]))
+    if colossal["grad_checkpoint"]:
+        values["gradient_checkpointing"] = True
+    report = (["tensorboard"] if colossal["log_dir"] else []) + (["wandb"] if colossal["use_wandb"] else [])
+    if report:
+        values["report_to"] = report
+    if colossal["log_dir"]:
+        logger.info("--log_dir %s: tensorboard logs go to the run directory's runs/ folder", colossal["log_dir"])
+    save_dir = colossal.get("save_dir") or colossal.get("save_path")
+    if save_dir:
+        values["output_dir"] = save_dir
+    checkpoint = colossal["checkpoint_path"]
+    if checkpoint:
+        if "modeling" in checkpoint:  # ColossalChat: a saved model to continue from, not a resumable state
+            values["model"] = checkpoint
+            logger.info("--checkpoint_path %s: continuing from these weights (a new run, as ColossalChat)", checkpoint)
+        else:
+            values["resume_from_checkpoint"] = checkpoint
+    values.update(method_values(script, colossal, given))
+    return Translation(task, values, Path(save_dir) if save_dir else None, colossal["tokenizer_dir"],
+                       colossal["config_file"], colossal)
+
+
+def precision(mixed_precision: str) -> str:
+    """ColossalChat's --mixed_precision as --dtype; fp16 needs a GPU here, so a CPU machine falls back."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        from alignkit.models.load import cpu_supports_bf16
+
+        fallback = "bf16" if cpu_supports_bf16() else "fp32"
+        logger.info("--mixed_precision fp16 needs a GPU; no GPU here, so this run uses %s", fallback)
+        return fallback
+    return mixed_precision
+
+
+def engine_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """--plugin (and --zero_stage / --zero_cpu_offload of --plugin 3d) onto the engines alignkit uses."""
+    plugin = colossal["plugin"]
+    if colossal["enable_sequence_parallelism"]:
+        raise AlignkitError("--enable_sequence_parallelism: no engine alignkit uses splits sequences across GPUs; "
+                            "drop it (long rows: --grad_checkpoint, or DeepSpeed/FSDP sharding through --plugin)")
+    if colossal.get("ref_tp", 1) != 1:
+        raise AlignkitError(f"--ref_tp {colossal['ref_tp']}: tensor parallelism has no equivalent in alignkit; a "
+                            "large reference model is sharded with the policy by --plugin gemini (ZeRO-3)")
+    if plugin != "3d":
+        for name in ("zero_stage", "zero_cpu_offload"):
+            if given.get(name):
+                logger.info("--%s has no effect with --plugin %s (only --plugin 3d reads it, as in ColossalChat)",
+                            name, plugin or "unset")
+    if plugin is None:
+        logger.info("--plugin unset: data parallel (ColossalChat's default gemini, ZeRO-3, is not forced: pass "
+                    "--plugin gemini for it)")
+        return {}
+    if plugin == "3d":
+        if any(colossal[name] != 1 for name in ("tp", "pp", "sp")):
+            return {"plugin": "3d", "tp": colossal["tp"], "pp": colossal["pp"], "sp": colossal["sp"]}  # refused there
+        stage, offload = colossal["zero_stage"], colossal["zero_cpu_offload"]
+        if stage == 0:
+            return {}
+        if offload and stage == 1:
+            raise AlignkitError("--plugin 3d --zero_stage 1 --zero_cpu_offload: alignkit's DeepSpeed presets offload "
+                                "with ZeRO-2 or 3; use --zero_stage 2 (or --plugin zero2_cpu)")
+        deepspeed = f"zero{stage}" + ("_offload" if offload else "")
+        return no_gpu_fallback(f"--plugin 3d --zero_stage {stage}", {"deepspeed": deepspeed})
+    if plugin == "ddp":
+        return {}
+    return no_gpu_fallback(f"--plugin {plugin}", {"plugin": plugin})
+
+
+def no_gpu_fallback(asked: str, values: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed needs GPUs: on a machine without one the same command still runs, data parallel (logged)."""
+    if torch.cuda.is_available():
+        return values
+    logger.info("%s: DeepSpeed ZeRO needs GPUs; no GPU here, so this run is data parallel", asked)
+    return {}
+
+
+def lora_values(path: str | None) -> dict[str, Any]:
+    """ColossalChat's --lora_config JSON: r 0 (or no file) is full fine-tuning, as there."""
+    if path is None:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise AlignkitError(f"--lora_config {path}: {error}") from error
+    unknown = sorted(set(config) - set(LORA_KEYS))
+    if unknown:
+        raise AlignkitError(f"--lora_config {path}: unknown key(s) {', '.join(unknown)} (ColossalChat's LoraConfig "
+                            f"has {', '.join(LORA_KEYS)})")
+    config = {**LORA_KEYS, **config}
+    if config["r"] <= 0:
+        logger.info("--lora_config %s: r %s, full fine-tuning (as ColossalChat)", path, config["r"])
+        return {}
+    if str(config["lora_initialization_method"]).lower() != "kaiming_uniform":
+        raise AlignkitError(f"--lora_config {path}: lora_initialization_method {config['lora_initialization_method']} "
+                            "is not supported by alignkit's front-end yet (peft's default kaiming_uniform only)")
+    if config["lora_train_bias"] != "none":
+        raise AlignkitError(f"--lora_config {path}: lora_train_bias {config['lora_train_bias']} is not supported: "
+                            "alignkit trains the LoRA matrices only (lora_train_bias none)")
+    if config["embedding_lora_dropout"]:
+        logger.info("--lora_config %s: embedding_lora_dropout has no effect (alignkit adapts linear layers only)", path)
+    values = {"train_type": "lora", "lora_rank": int(config["r"]), "lora_alpha": int(config["lora_alpha"]),
+              "lora_dropout": float(config["linear_lora_dropout"])}
+    if config["target_modules"]:
+        values["lora_target_modules"] = list(config["target_modules"])
+    return values
+
+
+def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """What each script's own flags mean in alignkit's terms."""
+    if colossal.get("disable_loss_mask"):
+        if script != "train_sft":
+            raise AlignkitError(f"{script} --disable_loss_mask (the loss over prompt tokens too) is not supported for "
+                                "preference and KTO training: alignkit trains the answers' tokens only")
+    if script == "train_sft":
+        return {"loss_scale": "all"} if colossal["disable_loss_mask"] else {}
+    if script == "train_rm":
+        return {"loss_type": [colossal["loss_fn"]]}
+    if script == "train_orpo":
+        return {"beta": colossal["lam"]}
+    if script == "train_kto":
+        if colossal["auto_weight"]:
+            raise AlignkitError("train_kto --auto_weight is not supported yet: set --desirable_weight so that "
+                                "desirable_weight x desirable rows / (undesirable_weight x undesirable rows) lies in "
+                                "[1, 4/3] (KTO paper, Eq. 8)")
+        return {}
+    return dpo_values(colossal, given)
+
+
+def dpo_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """ColossalChat's DpoLoss: -logsigmoid(beta * (pi_c - pi_r - (ref_c - ref_r)) - gamma), the log-probs summed
+    or, with length normalisation, averaged over the answer's tokens; no reference: ref terms 0.
+    simpo_loss turns length normalisation on and sets gamma 1.4 unless given (train_dpo.py's "fool proof")."""
+    gamma, normalise = colossal["gamma"], colossal["length_normalization"]
+    if colossal["loss_type"] == "simpo_loss":
+        normalise = True
+        gamma = gamma if gamma > 0 else 1.4
+    no_reference = colossal["disable_reference_model"]
+    if normalise:
+        if not no_reference:
+            raise AlignkitError("train_dpo with length normalisation (--loss_type simpo_loss or "
+                                "--length_normalization) and a reference model is not supported; add "
+                                "--disable_reference_model for SimPO (ColossalChat's shipped SimPO setting)")
+        # SimPO: -logsigmoid(beta * (avg_c - avg_r) - gamma), alignkit's --rlhf_type simpo without the NLL term.
+        return {"rlhf_type": "simpo", "simpo_gamma": gamma, "cpo_alpha": 0.0}
+    if gamma:
+        raise AlignkitError(f"train_dpo --gamma {gamma} without length normalisation (a margin on summed log-probs) "
+                            "is not supported; use --loss_type simpo_loss --disable_reference_model for SimPO")
+    return {"loss_type": ["sigmoid"], "reference_free": bool(no_reference)}

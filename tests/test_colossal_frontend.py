@@ -1,0 +1,142 @@
+"""`alignkit colossal <script>`: ColossalChat's command lines run through alignkit with ColossalChat's meaning
+and defaults (alignkit/commands/colossal/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignkit.cli import main
+from alignkit.commands.colossal.flags import SCRIPTS
+from alignkit.commands.colossal.run import parse_script
+from alignkit.commands.colossal.translate import translate
+from alignkit.errors import AlignkitError
+
+DATA = Path(__file__).parent / "fixtures" / "data"
+SCRIPT_DATA = {"train_sft": "colossalchat_sft.jsonl", "train_rm": "colossalchat_preference.jsonl",
+               "train_dpo": "colossalchat_preference.jsonl", "train_kto": "colossalchat_kto.jsonl",
+               "train_orpo": "colossalchat_preference.jsonl"}
+
+
+def values_of(argv: list[str]) -> dict:
+    script, given = parse_script(argv)
+    return translate(script, given).values
+
+
+def test_every_flag_is_translated_explained_or_refused():
+    for script, flags in SCRIPTS.items():
+        for item in flags:
+            assert sum(bool(x) for x in (item.to, item.how, item.no_effect)) == 1, (script, item.name)
+
+
+def test_colossalchat_defaults_full_fine_tuning_betas_schedule_and_sizes():
+    values = values_of(["train_dpo.py", "--pretrain", "m", "--dataset", "d"])
+    assert values["train_type"] == "full"
+    assert (values["adam_beta1"], values["adam_beta2"], values["weight_decay"]) == (0.9, 0.95, 0.1)
+    assert values["lr_scheduler_type"] == "cosine_with_min_lr"
+    assert json.loads(values["lr_scheduler_kwargs"]) == {"min_lr_rate": 0.1}
+    assert (values["warmup_steps"], values["warmup_ratio"]) == (0, 0.025)
+    assert (values["num_train_epochs"], values["per_device_train_batch_size"], values["learning_rate"]) == (3, 4, 5e-6)
+    assert values["gradient_accumulation_steps"] == 1  # train_dpo's own default; the others' is 8
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d"])["gradient_accumulation_steps"] == 8
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d"])["max_length"] == 512  # --max_len
+    assert values["gradient_checkpointing"] is False
+    assert values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--warmup_steps", "0"])["warmup_ratio"] == 0
+
+
+def test_remeant_flags_carry_colossalchat_meaning():
+    assert values_of(["train_orpo", "--pretrain", "m", "--dataset", "d", "--lam", "0.5"])["beta"] == 0.5
+    simpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--loss_type", "simpo_loss",
+                       "--disable_reference_model", "--beta", "2.0"])
+    assert (simpo["rlhf_type"], simpo["simpo_gamma"], simpo["cpo_alpha"], simpo["beta"]) == ("simpo", 1.4, 0.0, 2.0)
+    gamma = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--length_normalization",
+                       "--disable_reference_model", "--gamma", "0.3"])
+    assert (gamma["rlhf_type"], gamma["simpo_gamma"]) == ("simpo", 0.3)
+    dpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--disable_reference_model"])
+    assert (dpo["rlhf_type"], dpo["loss_type"], dpo["reference_free"]) == ("dpo", ["sigmoid"], True)
+    assert values_of(["train_rm", "--pretrain", "m", "--dataset", "d", "--loss_fn", "log_exp"])["loss_type"] == [
+        "log_exp"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train_dpo", "--loss_type", "simpo_loss"], "--disable_reference_model"),
+    (["train_dpo", "--gamma", "0.5"], "--gamma 0.5"),
+    (["train_dpo", "--disable_loss_mask"], "--disable_loss_mask"),
+    (["train_kto", "--auto_weight"], "--auto_weight"),
+    (["train_sft", "--plugin", "3d", "--zero_stage", "1", "--zero_cpu_offload"], "--zero_stage 1"),
+    (["train_dpo", "--ref_tp", "2"], "--ref_tp 2"),
+    (["train_sft", "--enable_sequence_parallelism"], "--enable_sequence_parallelism"),
+])
+def test_values_alignkit_cannot_honour_stop_with_the_flag_named(argv, message):
+    with pytest.raises(AlignkitError, match=message.replace("-", r"\-")):
+        values_of([*argv, "--pretrain", "m", "--dataset", "d"])
+
+
+def test_lora_config_maps_rank_alpha_dropout_targets_and_refuses_pissa(tmp_path):
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"r": 4, "lora_alpha": 8, "linear_lora_dropout": 0.0, "target_modules": ["q_proj"]}))
+    values = values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])
+    assert (values["train_type"], values["lora_rank"], values["lora_alpha"], values["lora_dropout"],
+            values["lora_target_modules"]) == ("lora", 4, 8, 0.0, ["q_proj"])
+    config.write_text(json.dumps({"r": 0}))
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])[
+        "train_type"] == "full"
+    config.write_text(json.dumps({"r": 4, "lora_initialization_method": "PiSSA"}))
+    with pytest.raises(AlignkitError, match="PiSSA"):
+        values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])
+
+
+def test_plugin_maps_onto_deepspeed_and_3d_sizes_are_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "zero2"])["plugin"] == "zero2"
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "3d", "--zero_stage", "2",
+                      "--zero_cpu_offload"])["deepspeed"] == "zero2_offload"
+    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "ddp"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "zero2"])
+
+
+def test_unknown_flag_and_script_are_named(capsys):
+    assert main(["colossal", "train_dpo", "--pretrian", "m"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown flag --pretrian for ColossalChat's train_dpo.py; did you mean --pretrain?" in error
+    assert main(["colossal", "train_dpx.py"]) == 2
+    assert "did you mean train_dpo?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", list(SCRIPT_DATA))
+def test_each_script_trains_one_step_and_writes_modeling(script, tiny_model_dir, tmp_path):
+    save_dir, config_file = tmp_path / "save", tmp_path / "configs" / "run.json"
+    code = main(["colossal", f"{script}.py", "--pretrain", tiny_model_dir, "--dataset",
+                 str(DATA / SCRIPT_DATA[script]), "--plugin", "ddp", "--batch_size", "2", "--accumulation_steps", "1",
+                 "--max_epochs", "1", "--lr", "1e-3", "--mixed_precision", "bf16", "--save_interval", "1000",
+                 "--config_file", str(config_file), "--save_path" if script == "train_sft" else "--save_dir",
+                 str(save_dir)])
+    assert code == 0
+    assert json.loads(config_file.read_text())["lr"] == 1e-3
+    (run_dir,) = [p for p in save_dir.iterdir() if p.name.startswith("v")]
+    args = json.loads((run_dir / "args.json").read_text())
+    assert (args["train_type"], args["adam_beta2"], args["per_device_train_batch_size"]) == ("full", 0.95, 2)
+    modeling = save_dir / "modeling"
+    assert (modeling / "model.safetensors").is_file() and (modeling / "tokenizer_config.json").is_file()
+    if script == "train_rm":
+        assert (modeling / "value_head.safetensors").is_file()
+
+
+def test_modeling_dir_plus_tokenizer_dir_loads_as_the_model(tiny_model_dir, tmp_path):
+    """A ColossalChat modeling/ dir has weights only; --tokenizer_dir supplies the tokenizer."""
+    import shutil
+
+    modeling = tmp_path / "modeling"
+    shutil.copytree(tiny_model_dir, modeling, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    save_dir = tmp_path / "save"
+    code = main(["colossal", "train_sft", "--pretrain", str(modeling), "--tokenizer_dir", tiny_model_dir,
+                 "--dataset", str(DATA / "colossalchat_sft.jsonl"), "--plugin", "ddp", "--batch_size", "2",
+                 "--accumulation_steps", "1", "--max_epochs", "1", "--mixed_precision", "bf16",
+                 "--save_path", str(save_dir)])
+    assert code == 0
+    assert (save_dir / "modeling" / "tokenizer_config.json").is_file()
