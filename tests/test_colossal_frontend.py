@@ -140,3 +140,75 @@ def test_modeling_dir_plus_tokenizer_dir_loads_as_the_model(tiny_model_dir, tmp_
                  "--save_path", str(save_dir)])
     assert code == 0
     assert (save_dir / "modeling" / "tokenizer_config.json").is_file()
+
+
+def online(script: str, *flags: str) -> dict:
+    return values_of([script, "--pretrain", "m", "--prompt_dataset", "p", "--rm_checkpoint_path", "rm/modeling",
+                      *flags])
+
+
+def test_ppo_flags_keep_colossalchat_meaning(monkeypatch):
+    values = online("train_ppo", "--kl_coef", "0.3", "--train_batch_size", "2", "--accumulation_steps", "2",
+                    "--experience_batch_size", "4", "--num_collect_steps", "2", "--num_update_steps", "3",
+                    "--max_length", "300", "--max_seq_len", "100")
+    assert (values["rlhf_type"], values["kl_coef"], values["reward_model"]) == ("ppo", 0.3, ["rm/modeling"])
+    # --train_batch_size is ColossalChat's per-device micro-batch; an optimizer step takes it x accumulation.
+    assert (values["per_device_train_batch_size"], values["train_batch_size"]) == (2, 4)
+    assert (values["experience_batch_size"], values["num_collect_steps"], values["num_ppo_epochs"]) == (4, 2, 3)
+    assert (values["max_completion_length"], values["max_prompt_length"], values["temperature"]) == (100, 200, 0.7)
+    assert online("train_ppo")["kl_coef"] == 0.1  # ColossalChat's default, not alignkit's 0.05
+    monkeypatch.setenv("WORLD_SIZE", "2")  # per-device sizes become a step's totals over the processes
+    values = online("train_ppo", "--train_batch_size", "2", "--accumulation_steps", "1", "--experience_batch_size", "4")
+    assert (values["experience_batch_size"], values["train_batch_size"]) == (8, 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--critic_lr", "1e-5"), "--critic_lr"),
+    (("--no_neural_reward_model", "--reward_functions", "gsm8k_reward_fn"), "gsm8k_reward_fn"),
+    (("--critic_checkpoint_path", "critic/modeling"), "--critic_checkpoint_path"),
+    (("--ptx_dataset", "x", "--ptx_coef", "0.1"), "--ptx_batch_size 4"),
+])
+def test_ppo_values_without_an_equivalent_are_refused(flags, message):
+    with pytest.raises(AlignkitError, match=message):
+        online("train_ppo", *flags)
+
+
+def test_grpo_refuses_kl_in_the_reward_and_annealing_and_maps_the_rest():
+    with pytest.raises(AlignkitError, match="--kl_coef 0.7"):
+        online("train_grpo")
+    with pytest.raises(AlignkitError, match="annealing"):
+        online("train_grpo", "--kl_coef", "0")
+    values = online("train_grpo", "--kl_coef", "0", "--initial_temperature", "0.8", "--final_temperature", "0.8",
+                    "--num_generations", "4", "--num_update_steps", "2")
+    assert (values["rlhf_type"], values["beta"], values["temperature"], values["num_generations"],
+            values["num_iterations"]) == ("grpo", 0.0, 0.8, 4, 2)
+
+
+def test_rm_then_ppo_and_grpo_on_its_modeling_dir(tiny_model_dir, tmp_path):
+    """prepare nothing, train_rm → save_dir/modeling → train_ppo / train_grpo score with it."""
+    rm = tmp_path / "rm"
+    assert main(["colossal", "train_rm", "--pretrain", tiny_model_dir, "--dataset",
+                 str(DATA / "colossalchat_preference.jsonl"), "--batch_size", "2", "--accumulation_steps", "1",
+                 "--max_epochs", "1", "--mixed_precision", "bf16", "--save_dir", str(rm)]) == 0
+    common = ["--pretrain", tiny_model_dir, "--rm_pretrain", tiny_model_dir, "--rm_checkpoint_path",
+              str(rm / "modeling"), "--prompt_dataset", str(DATA / "colossalchat_ppo_prompts.jsonl"),
+              "--num_episodes", "1", "--num_collect_steps", "1", "--experience_batch_size", "2",
+              "--train_batch_size", "2", "--accumulation_steps", "1", "--num_update_steps", "1",
+              "--max_seq_len", "8", "--mixed_precision", "bf16"]
+    assert main(["colossal", "train_ppo.py", *common, "--save_path", str(tmp_path / "ppo")]) == 0
+    assert (tmp_path / "ppo" / "actor" / "modeling" / "model.safetensors").is_file()
+    assert main(["colossal", "train_grpo", *common, "--num_generations", "2", "--kl_coef", "0",
+                 "--initial_temperature", "0.9", "--final_temperature", "0.9", "--train_batch_size", "4",
+                 "--save_path", str(tmp_path / "grpo")]) == 0
+    assert (tmp_path / "grpo" / "actor" / "modeling" / "model.safetensors").is_file()
+
+
+def test_nproc_per_node_relaunches_the_colossal_command(monkeypatch):
+    launched = []
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    for name in ("LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("alignkit.training.launch.relaunch", lambda command: launched.append(command) or 0)
+    assert main(["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]) == 0
+    assert launched[0][3:5] == ["--nproc_per_node", "2"]
+    assert launched[0][-6:] == ["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]

@@ -41,7 +41,7 @@ def with_defaults(flags: tuple[Flag, ...], **defaults: Any) -> tuple[Flag, ...]:
     return tuple(dataclasses.replace(f, default=defaults[f.name]) if f.name in defaults else f for f in flags)
 
 
-# --- shared by the offline scripts (train_sft, train_rm, train_dpo, train_kto, train_orpo) ---
+# --- shared by every training script ---
 ENGINE = (
     flag("plugin", None, "ColossalAI booster plugin (ColossalChat's default: gemini).", choices=PLUGINS,
          how="ddp: data parallel; zero2 / zero2_cpu / gemini / gemini_auto: DeepSpeed ZeRO-2 / ZeRO-2 + CPU offload / "
@@ -67,15 +67,9 @@ ENGINE = (
     flag("pretrain", None, "The model to train.", how="--model (required)"),
     flag("tokenizer_dir", None, "The tokenizer (unset: --pretrain's).",
          how="a model directory whose weights are --pretrain's and whose tokenizer files are this directory's"),
-    flag("dataset", [], "Training data: ColossalChat's prepared dirs or raw jsonl files.", nargs="+", to="dataset"),
-    flag("eval_dataset", [], "Held-out data.", nargs="+", to="val_dataset"),
     flag("checkpoint_path", None, "Resume from a checkpoint.",
          how="an alignkit checkpoint (save_dir/vN-*/checkpoint-X): --resume_from_checkpoint; a path containing "
          "'modeling' (a saved model): training continues from those weights, as ColossalChat"),
-    flag("config_file", None, "Where to write the run's arguments as JSON.",
-         how="written, as ColossalChat: every flag's value as JSON"),
-    flag("max_epochs", 3, "Epochs.", type=int, to="num_train_epochs"),
-    flag("batch_size", 4, "Per-device batch size.", type=int, to="per_device_train_batch_size"),
     flag("lora_config", None, "LoRA config JSON (r, lora_alpha, linear_lora_dropout, lora_train_bias, "
          "lora_initialization_method, target_modules).",
          how="unset or r 0: full fine-tuning; r > 0: LoRA with its rank, alpha, dropout and targets; PiSSA "
@@ -93,6 +87,16 @@ ENGINE = (
          "on GPUs where flash_attn is installed and the precision is bf16/fp16, else sdpa (docs/performance.md)"),
 )
 
+# --- the offline scripts' data and loop flags ---
+OFFLINE = (
+    flag("dataset", [], "Training data: ColossalChat's prepared dirs or raw jsonl files.", nargs="+", to="dataset"),
+    flag("eval_dataset", [], "Held-out data.", nargs="+", to="val_dataset"),
+    flag("config_file", None, "Where to write the run's arguments as JSON.",
+         how="written, as ColossalChat: every flag's value as JSON"),
+    flag("max_epochs", 3, "Epochs.", type=int, to="num_train_epochs"),
+    flag("batch_size", 4, "Per-device batch size.", type=int, to="per_device_train_batch_size"),
+)
+
 SAVE_DIR = flag("save_dir", None, "Where checkpoints and the final model (save_dir/modeling) go.",
                 how="--output_dir (runs in save_dir/vN-*/); the final merged model and tokenizer in save_dir/modeling")
 MAX_LENGTH = flag("max_length", 2048, "Most tokens of a row.", type=int, to="max_length")
@@ -106,20 +110,59 @@ DISABLE_REFERENCE = flag("disable_reference_model", False, "Run without a refere
 MICROBATCH = flag("microbatch_size", 1, "Pipeline micro-batch size.", type=int,
                   no_effect="only pipeline parallelism (--pp > 1, refused) splits batches into micro-batches")
 
+# --- train_ppo and train_grpo (ColossalChat's online scripts) ---
+ONLINE = (
+    flag("prompt_dataset", [], "Prompts: ColossalChat's prepared prompt dirs or jsonl files.", nargs="+",
+         how="--dataset (required)"),
+    flag("ptx_dataset", [], "SFT data whose LM loss is mixed into the actor loss.", nargs="+",
+         how="--pretrain_dataset when --ptx_coef > 0 (with --ptx_coef 0 it has no work, logged)"),
+    flag("ptx_batch_size", 4, "Rows per ptx batch.", type=int,
+         how="with ptx data it must equal --train_batch_size (alignkit's ptx batch is the micro-batch), else refused"),
+    flag("ptx_coef", 0.0, "Weight p of (1 - p) PPO + p LM loss.", type=float, to="ptx_coef"),
+    flag("conversation_template_config", None, "ColossalChat's template config JSON.", to="template_config"),
+    flag("rm_pretrain", None, "The reward model's (and critic's) backbone.",
+         how="logged: --rm_checkpoint_path holds the whole reward model in alignkit's layout"),
+    flag("rm_checkpoint_path", None, "The reward model: train_rm's save_dir/modeling.", how="--reward_model"),
+    flag("critic_checkpoint_path", None, "The critic's starting weights.",
+         how="alignkit's value model starts as a copy of the reward model: only --rm_checkpoint_path's path is "
+         "accepted here, others are refused"),
+    flag("no_neural_reward_model", False, "Score with --reward_functions instead of a reward model.", type=bool,
+         how="refused: ColossalChat's verifiable rewards (gsm8k_reward_fn, math_competition_reward_fn) are not built"),
+    flag("reward_functions", None, "Verifiable reward functions.", nargs="+",
+         how="refused (see --no_neural_reward_model)"),
+    flag("save_path", "actor_checkpoint_prompts", "Where checkpoints and the final actor (save_path/actor/modeling) "
+         "go.", how="--output_dir; the final merged actor and tokenizer in save_path/actor/modeling"),
+    flag("num_episodes", 1, "Episodes (collect + update).", type=int, to="num_episodes"),
+    flag("num_collect_steps", 2, "Collect steps per episode.", type=int, to="num_collect_steps"),
+    flag("num_update_steps", 5, "Passes over the collected experience per episode.", type=int,
+         how="--num_ppo_epochs (ppo) / --num_iterations (grpo)"),
+    flag("train_batch_size", 16, "Per-device micro-batch of the update phase.", type=int,
+         how="--per_device_train_batch_size; one optimizer step per train_batch_size x accumulation_steps x processes "
+         "completions (--train_batch_size), at most the episode's experience (logged when capped)"),
+    flag("experience_batch_size", 16, "Per-device prompts per collect step.", type=int,
+         how="--experience_batch_size x the number of processes (alignkit counts a step's prompts over all processes)"),
+    flag("critic_lr", 9e-6, "The critic's learning rate.", type=float,
+         how="equal to --lr only: alignkit trains policy and value model with one optimizer; refused otherwise"),
+    flag("disable_loss_mask", False, "Train on every token.", type=bool, how="refused for ppo and grpo"),
+    flag("max_length", 2048, "Most tokens of prompt + completion.", type=int,
+         how="--max_length; prompts longer than max_length - max_seq_len are cut from the left, as ColossalChat"),
+    flag("max_seq_len", 256, "Most new tokens per completion.", type=int, to="max_completion_length"),
+)
+
 SCRIPTS: dict[str, tuple[Flag, ...]] = {
     "train_sft": (
-        *with_defaults(ENGINE, mixed_precision="bf16"), DISABLE_LOSS_MASK, MICROBATCH,
+        *with_defaults(ENGINE, mixed_precision="bf16"), *OFFLINE, DISABLE_LOSS_MASK, MICROBATCH,
         flag("save_path", None, "Where checkpoints and the final model (save_path/modeling) go.",
              how="as train_rm's --save_dir"),
         flag("max_len", 512, "Most tokens of a row.", type=int, to="max_length"),
     ),
     "train_rm": (
-        *ENGINE, SAVE_DIR, MAX_LENGTH,
+        *ENGINE, *OFFLINE, SAVE_DIR, MAX_LENGTH,
         flag("loss_fn", "log_sig", "Reward-model loss.", choices=("log_sig", "log_exp"),
              how="--loss_type log_sig | log_exp (the same formulas)"),
     ),
     "train_dpo": (
-        *with_defaults(ENGINE, accumulation_steps=1), SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK, MODEL_TYPE,
+        *with_defaults(ENGINE, accumulation_steps=1), *OFFLINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK, MODEL_TYPE,
         DISABLE_REFERENCE,
         flag("microbatch_size", 2, "Pipeline micro-batch size.", type=int, no_effect=MICROBATCH.no_effect),
         flag("loss_type", "dpo_loss", "dpo_loss or simpo_loss.", choices=("dpo_loss", "simpo_loss"),
@@ -134,7 +177,7 @@ SCRIPTS: dict[str, tuple[Flag, ...]] = {
              how="1 only: tensor parallelism is refused"),
     ),
     "train_kto": (
-        *ENGINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK,
+        *ENGINE, *OFFLINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK,
         flag("beta", 0.1, "beta of the KTO loss.", type=float, to="beta"),
         flag("desirable_weight", 1.0, "Weight of desirable rows.", type=float, to="desirable_weight"),
         flag("undesirable_weight", 1.0, "Weight of undesirable rows.", type=float, to="undesirable_weight"),
@@ -143,12 +186,35 @@ SCRIPTS: dict[str, tuple[Flag, ...]] = {
              "(undesirable_weight x undesirable rows) lies in [1, 4/3]"),
     ),
     "train_orpo": (
-        *ENGINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK, MODEL_TYPE,
+        *ENGINE, *OFFLINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK, MODEL_TYPE,
         flag("lam", 0.1, "lambda of the ORPO loss.", type=float, how="--beta (alignkit's ORPO lambda)"),
         flag("disable_reference_model", False, "Parsed by ColossalChat's ORPO script; ORPO has no reference.",
              type=bool, no_effect="ORPO has no reference model"),
     ),
 }
+
+
+SCRIPTS["train_ppo"] = (
+    *with_defaults(ENGINE, lr=9e-6), *ONLINE,
+    flag("kl_coef", 0.1, "Weight of the per-token KL penalty in the reward.", type=float, to="kl_coef"),
+)
+SCRIPTS["train_grpo"] = (
+    *with_defaults(ENGINE, lr=1e-6), *ONLINE,
+    flag("num_generations", 8, "Completions per prompt.", type=int, to="num_generations"),
+    flag("inference_batch_size", None, "Sequences per generate call.", type=int,
+         how="--local_rollout_forward_batch_size (unset: alignkit's 64)"),
+    flag("logits_forward_batch_size", 1, "Sequences per log-prob forward.", type=int,
+         no_effect="alignkit's rollout forwards batch --inference_batch_size sequences (padding-free)"),
+    flag("kl_coef", 0.7, "Weight of the KL to the reference, folded into the reward.", type=float,
+         how="0 only: ColossalChat subtracts kl_coef x KL from each reward, alignkit's GRPO has the KL as a loss term "
+         "(alignkit rlhf --rlhf_type grpo --beta); other values are refused"),
+    flag("max_tokens_thinking", 2000, "Thinking budget of a completion.", type=int,
+         how="no work when >= --max_seq_len (the completion ends first); smaller budgets are refused"),
+    flag("initial_temperature", 1.0, "Sampling temperature at the start.", type=float,
+         how="--temperature when equal to --final_temperature; annealing is refused"),
+    flag("final_temperature", 0.9, "Sampling temperature at the end.", type=float,
+         how="see --initial_temperature"),
+)
 
 
 def script_name(text: str) -> str:

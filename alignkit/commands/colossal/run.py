@@ -55,7 +55,7 @@ def run_colossal(argv: list[str]) -> int:
     values = dict(translation.values)
     if translation.tokenizer_dir:
         values["model"] = model_with_tokenizer(values["model"], translation.tokenizer_dir,
-                                               translation.save_dir or Path.cwd())
+                                               Path(values.get("output_dir", ".")))
     from alignkit.config.run import RunArguments
     from alignkit.training.run import run_training
 
@@ -63,8 +63,8 @@ def run_colossal(argv: list[str]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"last checkpoint: {checkpoint}")
-    if translation.save_dir is not None and checkpoint is not None:
-        print(f"model: {save_modeling(Path(checkpoint), translation.save_dir)}")
+    if translation.modeling is not None and checkpoint is not None:
+        print(f"model: {save_modeling(Path(checkpoint), translation.modeling)}")
     return 0
 
 
@@ -111,14 +111,14 @@ def model_with_tokenizer(model: str, tokenizer_dir: str, where: Path) -> str:
     return str(combined)
 
 
-def save_modeling(checkpoint: Path, save_dir: Path) -> Path:
-    """save_dir/modeling: the merged model (a LoRA run's adapter merged in), its tokenizer, and a reward model's
-    value head, as a plain Hugging Face directory. ColossalChat writes the weights there; alignkit adds the
-    tokenizer so the directory loads alone. A previous run's modeling/ is replaced, as ColossalChat does."""
+def save_modeling(checkpoint: Path, modeling: Path) -> Path:
+    """save_dir/modeling (train_ppo, train_grpo: save_path/actor/modeling): the merged model (a LoRA run's
+    adapter merged in), its tokenizer, and a reward model's value head, as a plain Hugging Face directory.
+    ColossalChat writes the weights there; alignkit adds the tokenizer so the directory loads alone.
+    A previous run's modeling/ is replaced, as ColossalChat does."""
     from alignkit.commands.export import run_export
     from alignkit.config.commands import ExportArguments
 
-    modeling = save_dir / "modeling"
     if modeling.exists():
         logger.info("Replacing %s", modeling)
         shutil.rmtree(modeling)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,16 @@ logger = logging.getLogger("alignkit")
 LORA_KEYS = {"r": 0, "lora_alpha": 32, "linear_lora_dropout": 0.1, "embedding_lora_dropout": 0.0,
              "lora_train_bias": "none", "lora_initialization_method": "kaiming_uniform", "target_modules": None}
 TASKS = {"train_sft": ("sft", None), "train_rm": ("rlhf", "rm"), "train_dpo": ("rlhf", "dpo"),
-         "train_kto": ("rlhf", "kto"), "train_orpo": ("rlhf", "orpo")}
+         "train_kto": ("rlhf", "kto"), "train_orpo": ("rlhf", "orpo"), "train_ppo": ("rlhf", "ppo"),
+         "train_grpo": ("rlhf", "grpo")}
+PPO_TEMPERATURE = 0.7  # train_ppo.py hard-codes PPOTrainer(temperature=0.7, top_k=50)
 
 
 @dataclass
 class Translation:
     task: str  # "sft" or "rlhf", as run_training takes it
     values: dict[str, Any]  # RunArguments fields
-    save_dir: Path | None = None  # where save_dir/modeling goes
+    modeling: Path | None = None  # where the final merged model goes (save_dir/modeling)
     tokenizer_dir: str | None = None
     config_file: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # every ColossalChat flag's value (for --config_file)
@@ -65,8 +68,6 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
     if colossal["pretrain"] is None:
         raise AlignkitError(f"{script}: --pretrain (the model to train) is required")
     values["model"] = colossal["pretrain"]
-    if not colossal["dataset"]:
-        raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
     if colossal["warmup_steps"] is None:
         values.update(warmup_steps=0, warmup_ratio=0.025)
     else:
@@ -81,9 +82,6 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
         values["report_to"] = report
     if colossal["log_dir"]:
         logger.info("--log_dir %s: tensorboard logs go to the run directory's runs/ folder", colossal["log_dir"])
-    save_dir = colossal.get("save_dir") or colossal.get("save_path")
-    if save_dir:
-        values["output_dir"] = save_dir
     checkpoint = colossal["checkpoint_path"]
     if checkpoint:
         if "modeling" in checkpoint:  # ColossalChat: a saved model to continue from, not a resumable state
@@ -91,9 +89,20 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
             logger.info("--checkpoint_path %s: continuing from these weights (a new run, as ColossalChat)", checkpoint)
         else:
             values["resume_from_checkpoint"] = checkpoint
-    values.update(method_values(script, colossal, given))
-    return Translation(task, values, Path(save_dir) if save_dir else None, colossal["tokenizer_dir"],
-                       colossal["config_file"], colossal)
+    if script in ("train_ppo", "train_grpo"):
+        values.update(online_values(script, colossal))
+        save = Path(colossal["save_path"])
+        modeling = save / "actor" / "modeling"
+    else:
+        if not colossal["dataset"]:
+            raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
+        values.update(method_values(script, colossal, given))
+        save_dir = colossal.get("save_dir") or colossal.get("save_path")
+        save = Path(save_dir) if save_dir else None
+        modeling = save / "modeling" if save else None
+    if save is not None:
+        values["output_dir"] = str(save)
+    return Translation(task, values, modeling, colossal["tokenizer_dir"], colossal.get("config_file"), colossal)
 
 
 def precision(mixed_precision: str) -> str:
@@ -221,3 +230,84 @@ def dpo_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         raise AlignkitError(f"train_dpo --gamma {gamma} without length normalisation (a margin on summed log-probs) "
                             "is not supported; use --loss_type simpo_loss --disable_reference_model for SimPO")
     return {"loss_type": ["sigmoid"], "reference_free": bool(no_reference)}
+
+
+def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
+    """train_ppo / train_grpo onto alignkit's PPO / GRPO: what maps, and a named refusal for what does not."""
+    if not colossal["prompt_dataset"]:
+        raise AlignkitError(f"{script}: --prompt_dataset is required")
+    if colossal["no_neural_reward_model"] or colossal["reward_functions"]:
+        raise AlignkitError(f"{script} --no_neural_reward_model / --reward_functions: ColossalChat's verifiable "
+                            "rewards (gsm8k_reward_fn, math_competition_reward_fn) are not built in alignkit; score "
+                            "with a reward model (--rm_checkpoint_path), or use `alignkit rlhf --rlhf_type grpo "
+                            "--reward_funcs ...` with a function of your own")
+    reward = colossal["rm_checkpoint_path"]
+    if reward is None:
+        raise AlignkitError(f"{script} needs --rm_checkpoint_path (train_rm's save_dir/modeling): with --rm_pretrain "
+                            "alone ColossalChat scores with an untrained value head")
+    if colossal["rm_pretrain"]:
+        logger.info("--rm_pretrain %s: the reward model is --rm_checkpoint_path %s whole (backbone and head)",
+                    colossal["rm_pretrain"], reward)
+    critic = colossal["critic_checkpoint_path"]
+    if critic is not None and Path(critic).resolve() != Path(reward).resolve():
+        raise AlignkitError(f"--critic_checkpoint_path {critic}: alignkit's value model starts as a copy of the reward "
+                            "model (--rm_checkpoint_path); a separate critic checkpoint is not supported")
+    if colossal["critic_lr"] != colossal["lr"] and script == "train_ppo":
+        raise AlignkitError(f"--critic_lr {colossal['critic_lr']} differs from --lr {colossal['lr']}: alignkit trains "
+                            "the policy and the value model with one optimizer and one learning rate; pass the same "
+                            "value to both")
+    if colossal["disable_loss_mask"]:
+        raise AlignkitError(f"{script} --disable_loss_mask is not supported: alignkit trains the completions' tokens")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    group = colossal["num_generations"] if script == "train_grpo" else 1
+    micro, accumulation = colossal["train_batch_size"], colossal["accumulation_steps"]
+    experience = colossal["experience_batch_size"] * colossal["num_collect_steps"] * world * group
+    minibatch = micro * accumulation * world
+    if minibatch > experience:
+        logger.info("--train_batch_size %d x --accumulation_steps %d x %d processes = %d completions per optimizer "
+                    "step exceeds the %d of an episode; alignkit steps once per episode's experience (ColossalChat "
+                    "carries the accumulation over into the next episode)", micro, accumulation, world, minibatch,
+                    experience)
+        minibatch = experience
+    values: dict[str, Any] = {
+        "dataset": colossal["prompt_dataset"], "reward_model": [reward],
+        "experience_batch_size": colossal["experience_batch_size"] * world,
+        "per_device_train_batch_size": micro, "train_batch_size": minibatch,
+        "max_length": colossal["max_length"], "truncation_strategy": "left",
+    }
+    if colossal["max_length"] > colossal["max_seq_len"]:
+        values["max_prompt_length"] = colossal["max_length"] - colossal["max_seq_len"]
+    if colossal["ptx_dataset"]:
+        if colossal["ptx_coef"] == 0:
+            logger.info("--ptx_dataset with --ptx_coef 0 has no work (its loss weighs 0), as in ColossalChat")
+        elif colossal["ptx_batch_size"] != micro:
+            raise AlignkitError(f"--ptx_batch_size {colossal['ptx_batch_size']}: alignkit's ptx batch is the update "
+                                f"micro-batch; pass --ptx_batch_size {micro} (--train_batch_size)")
+        else:
+            values["pretrain_dataset"] = colossal["ptx_dataset"]
+    if script == "train_ppo":
+        values.update(num_ppo_epochs=colossal["num_update_steps"], temperature=PPO_TEMPERATURE)
+        logger.info("train_ppo samples at temperature %.1f as ColossalChat; its top_k 50 is not applied (alignkit "
+                    "samples from the whole distribution)", PPO_TEMPERATURE)
+        return values
+    return {**values, **grpo_values(colossal)}
+
+
+def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
+    if colossal["kl_coef"] != 0:
+        raise AlignkitError(f"train_grpo --kl_coef {colossal['kl_coef']}: ColossalChat subtracts kl_coef x KL from "
+                            "each reward; alignkit's GRPO has the KL as a loss term instead. Pass --kl_coef 0 (no KL), "
+                            "or use `alignkit rlhf --rlhf_type grpo --beta B` for the loss-term KL")
+    if colossal["initial_temperature"] != colossal["final_temperature"]:
+        raise AlignkitError(f"train_grpo --initial_temperature {colossal['initial_temperature']} --final_temperature "
+                            f"{colossal['final_temperature']}: temperature annealing is not supported; pass equal "
+                            "values for a fixed temperature")
+    if colossal["max_tokens_thinking"] < colossal["max_seq_len"]:
+        raise AlignkitError(f"train_grpo --max_tokens_thinking {colossal['max_tokens_thinking']} below --max_seq_len "
+                            f"{colossal['max_seq_len']}: the thinking budget is not supported; set it to at least "
+                            "--max_seq_len")
+    values = {"beta": 0.0, "temperature": colossal["initial_temperature"],
+              "num_iterations": colossal["num_update_steps"]}
+    if colossal["inference_batch_size"] is not None:
+        values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
+    return values
