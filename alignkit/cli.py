@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COLOSSAL_HELP = ("ColossalChat's scripts with their own flags: train_sft, train_rm, train_dpo, train_kto, train_orpo "
-                 "(`alignkit colossal train_dpo --help`; docs/colossal.md).")
+COLOSSAL_HELP = ("ColossalChat's scripts with their own flags: train_sft, train_rm, train_dpo, train_kto, train_orpo, "
+                 "train_ppo, train_grpo, prepare_dataset, inference (`alignkit colossal train_dpo --help`; "
+                 "docs/colossal.md).")
 
 
 def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         setup_logging()
-        if command in TRAIN_COMMANDS or command == "colossal":
+        if command in TRAIN_COMMANDS or (command == "colossal" and colossal_trains(values["colossal_argv"])):
             from alignkit.training.launch import relaunch, torchrun_command
 
             launch = torchrun_command(argv, dict(os.environ))
@@ -278,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130
+
+
+def colossal_trains(argv: list[str]) -> bool:
+    from alignkit.commands.colossal import trains
+
+    return trains(argv)
 
 
 def typed_arguments(command: str, values: dict):

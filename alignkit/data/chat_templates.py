@@ -109,7 +109,7 @@ def _builtin(name: str, tokenizer) -> ChatTemplate:
     return ChatTemplate(name, BUILTIN_TEMPLATES[name], stop_ids=tuple(dict.fromkeys(stop)))
 
 
-_CONFIG_KEYS = ("chat_template", "system_message", "end_of_assistant", "stop_ids")
+_CONFIG_KEYS = ("chat_template", "system_message", "end_of_assistant", "stop_ids", "response_format_tags")
 
 
 def load_template_config(path: str, tokenizer) -> ChatTemplate:
@@ -126,6 +126,13 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
     unknown = sorted(set(config) - set(_CONFIG_KEYS))
     if unknown:
         raise AlignkitError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(_CONFIG_KEYS)}")
+    if config.get("response_format_tags") is not None:
+        if not isinstance(config["response_format_tags"], dict):
+            raise AlignkitError(f"{where}: 'response_format_tags' must be an object, got "
+                                f"{type(config['response_format_tags']).__name__}")
+        # ColossalChat's verifiable rewards check answers against these tags; alignkit's rendering has no use for them.
+        logger.info("%s: response_format_tags are not used by alignkit's rendering (they serve ColossalChat's "
+                    "verifiable rewards)", where)
     for key in ("chat_template", "system_message", "end_of_assistant"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise AlignkitError(f"{where}: '{key}' must be a string, got {type(config[key]).__name__}")

@@ -415,6 +415,9 @@ def _load_folder(path: Path, name: str, options: LoadOptions, report: list[FileR
             data = data[split]
         return rows_from_records(list(enumerate(data.to_list(), start=1)), name, options, report)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+    saved = sorted(p for p in path.iterdir() if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+    if not files and saved:  # e.g. ColossalChat's arrow/ folder of part-00000/ ... save_to_disk parts
+        return [row for part in saved for row in _load_folder(part, str(Path(name) / part.name), options, report)]
     if not files:
         raise AlignkitError(
             f"dataset folder '{name}' holds no {', '.join(FILE_SUFFIXES)} files and was not written by "

@@ -187,7 +187,7 @@ class ChatEncoder:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels
         (``every_token``: all tokens do, for ``--loss_scale all``)."""
         if not self.use_chat_template:
-            return self._fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
+            return self.fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
         full_text = self.render(messages, generation_prompt=False)
         full_ids = self.tokens(full_text)
         labels = list(full_ids) if every_token else [IGNORE_INDEX] * len(full_ids)
@@ -203,7 +203,7 @@ class ChatEncoder:
         if train_turns and all(label == IGNORE_INDEX for label in labels):
             # An all-masked sequence makes a mean loss 0/0: the classic NaN. It is never trained on.
             raise DataError("the answer renders to no trainable tokens", **_where(source))
-        return self._fit(Encoded(full_ids, labels), source)
+        return self.fit(Encoded(full_ids, labels), source)
 
     def encode_plain(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
                      *, every_token: bool = False) -> Encoded:
@@ -296,7 +296,7 @@ class ChatEncoder:
             )
         return len(prefix)
 
-    def _fit(self, encoded: Encoded, source: RowSource | None) -> Encoded:
+    def fit(self, encoded: Encoded, source: RowSource | None) -> Encoded:
         """Apply --max_prompt_length / --max_length per --truncation_strategy (never silently)."""
         ids, labels = encoded.input_ids, encoded.labels
         first_trained = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))

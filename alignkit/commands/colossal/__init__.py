@@ -8,6 +8,6 @@ the run goes through the same ``run_training`` as ``alignkit sft`` / ``alignkit 
 ColossalChat's side effects (--config_file, save_dir/modeling). docs/colossal.md lists every flag.
 """
 
-from alignkit.commands.colossal.run import run_colossal, script_names
+from alignkit.commands.colossal.run import run_colossal, script_names, trains
 
-__all__ = ["run_colossal", "script_names"]
+__all__ = ["run_colossal", "script_names", "trains"]

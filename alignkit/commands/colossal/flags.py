@@ -217,6 +217,39 @@ SCRIPTS["train_grpo"] = (
 )
 
 
+# --- the scripts that do not train ---
+TOOLS: dict[str, tuple[Flag, ...]] = {
+    "prepare_dataset": (
+        flag("type", None, "sft, prompt, preference or kto.", choices=("sft", "prompt", "preference", "kto"),
+             how="the kind of rows written (required)"),
+        flag("data_input_dirs", None, "Comma-separated folders of .jsonl files.", how="read (required)"),
+        flag("tokenizer_dir", None, "The tokenizer.", how="tokenises (required)"),
+        flag("conversation_template_config", "conversation_template_config", "Template config JSON.",
+             how="renders the rows; when the file does not exist, the tokenizer's template with ColossalChat's "
+             "default system message is used and written there, as ColossalChat"),
+        flag("data_cache_dir", "cache", "datasets' cache folder.",
+             no_effect="alignkit reads the files directly; tokenised data is cached under $ALIGNKIT_CACHE"),
+        flag("data_jsonl_output_dir", "jsonl_output", "Where the jsonl parts go.", how="written (must not exist)"),
+        flag("data_arrow_output_dir", "arrow_output", "Where the arrow parts go.", how="written (must not exist)"),
+        flag("max_length", 4096, "Rows longer than this are dropped.", type=int, how="dropped and counted"),
+        flag("num_spliced_dataset_bins", 10, "Number of parts.", type=int, how="the rows cut into this many parts"),
+        flag("num_samples_per_datafile", -1, "Rows sampled per file (-1: all).", type=int,
+             how="sampled without repeats"),
+    ),
+    "inference": (
+        flag("model_path", None, "The model (a save_dir/modeling).", how="alignkit infer --model (required)"),
+        flag("tokenizer_path", None, "The tokenizer (unset: --model_path's).", how="as training's --tokenizer_dir"),
+        flag("conversation_template_config", None, "Template config JSON.",
+             how="its system_message is the system prompt; a chat_template other than the tokenizer's is refused"),
+        flag("model_max_length", 2048, "Longest prompt + answer.", type=int, how="--max_length"),
+        flag("max_new_tokens", 512, "Most new tokens per answer.", type=int, to="max_new_tokens"),
+        flag("io", "rich", "Console style.", choices=("simple", "rich", "dummy"),
+             no_effect="alignkit's chat prints plain streamed text; 'clear' and 'exit' work as in ColossalChat"),
+    ),
+}
+ALL_SCRIPTS = {**SCRIPTS, **TOOLS}
+
+
 def script_name(text: str) -> str:
     """``train_dpo`` or ``train_dpo.py`` (also with a directory, as the .sh files name it) → ``train_dpo``."""
     name = text.rsplit("/", 1)[-1]
@@ -228,7 +261,7 @@ def build_script_parser(script: str) -> argparse.ArgumentParser:
     knows which flags were given (ColossalChat's defaults come from the table)."""
     parser = argparse.ArgumentParser(prog=f"alignkit colossal {script}", allow_abbrev=False,
                                      description=f"ColossalChat's {script}.py, run by alignkit (docs/colossal.md).")
-    for item in SCRIPTS[script]:
+    for item in ALL_SCRIPTS[script]:
         kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS,
                                   "help": f"{item.help} (default {item.default!r}) -> " + (
                                       f"--{item.to}" if item.to else item.how or f"no effect: {item.no_effect}")}

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from alignkit.commands.colossal.flags import SCRIPTS, build_script_parser, script_name
+from alignkit.commands.colossal.flags import ALL_SCRIPTS, SCRIPTS, TOOLS, build_script_parser, script_name
 from alignkit.commands.colossal.translate import Translation, translate
 from alignkit.errors import AlignkitError
 
@@ -21,19 +21,24 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def script_names() -> list[str]:
-    return list(SCRIPTS)
+    return list(ALL_SCRIPTS)
+
+
+def trains(argv: list[str]) -> bool:
+    """Whether ``alignkit colossal <argv>`` is a training script (which NPROC_PER_NODE runs in N processes)."""
+    return bool(argv) and script_name(argv[0]) in SCRIPTS
 
 
 def parse_script(argv: list[str]) -> tuple[str, dict]:
     """(script, the flags given on its command line)."""
     if not argv or argv[0].startswith("-"):
-        raise AlignkitError(f"`alignkit colossal` needs a script name: {', '.join(SCRIPTS)}")
+        raise AlignkitError(f"`alignkit colossal` needs a script name: {', '.join(ALL_SCRIPTS)}")
     script = script_name(argv[0])
-    if script not in SCRIPTS:
-        close = difflib.get_close_matches(script, list(SCRIPTS), n=1)
+    if script not in ALL_SCRIPTS:
+        close = difflib.get_close_matches(script, list(ALL_SCRIPTS), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise AlignkitError(f"`alignkit colossal {argv[0]}`: unknown ColossalChat script; {hint}alignkit runs "
-                            f"{', '.join(SCRIPTS)}")
+                            f"{', '.join(ALL_SCRIPTS)}")
     parser = build_script_parser(script)
     namespace, unknown = parser.parse_known_args(argv[1:])
     if unknown:
@@ -50,6 +55,8 @@ def parse_script(argv: list[str]) -> tuple[str, dict]:
 
 def run_colossal(argv: list[str]) -> int:
     script, given = parse_script(argv)
+    if script in TOOLS:
+        return run_tool(script, given)
     translation = translate(script, given)
     write_config_file(translation)
     values = dict(translation.values)
@@ -124,3 +131,51 @@ def save_modeling(checkpoint: Path, modeling: Path) -> Path:
         shutil.rmtree(modeling)
     run_export(ExportArguments(ckpt_dir=str(checkpoint), merge_lora=True, output_dir=str(modeling)))
     return modeling
+
+
+def run_tool(script: str, given: dict) -> int:
+    """prepare_dataset and inference: checked, then run by prepare.py / alignkit infer."""
+    colossal = {item.name: given.get(item.name, item.default) for item in TOOLS[script]}
+    for item in TOOLS[script]:
+        if item.no_effect and item.name in given and given[item.name] != item.default:
+            logger.info("--%s %s has no effect in alignkit: %s", item.name, given[item.name], item.no_effect)
+    if script == "prepare_dataset":
+        for name in ("type", "data_input_dirs", "tokenizer_dir"):
+            if colossal[name] is None:
+                raise AlignkitError(f"prepare_dataset: --{name} is required")
+        from alignkit.commands.colossal.prepare import run_prepare
+
+        return run_prepare(colossal)
+    return run_inference(colossal)
+
+
+def run_inference(colossal: dict) -> int:
+    """ColossalChat's inference.py as alignkit's interactive chat: sampled at temperature 0.7 (its value), stopping
+    at the template's end of turn."""
+    from alignkit.commands.infer import run_infer
+    from alignkit.config.commands import InferArguments
+
+    if colossal["model_path"] is None:
+        raise AlignkitError("inference: --model_path is required")
+    model = colossal["model_path"]
+    if colossal["tokenizer_path"]:
+        model = model_with_tokenizer(model, colossal["tokenizer_path"], Path(model).parent)
+    system = None
+    if colossal["conversation_template_config"]:
+        system = template_config_system(colossal["conversation_template_config"], model)
+    return run_infer(InferArguments(model=model, system=system, max_new_tokens=colossal["max_new_tokens"],
+                                    max_length=colossal["model_max_length"], temperature=0.7))
+
+
+def template_config_system(path: str, model: str) -> str | None:
+    """The config's system message; its chat template must be the tokenizer's own (alignkit infer renders with it)."""
+    from alignkit.data.chat_templates import load_template_config
+    from alignkit.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    template = load_template_config(path, tokenizer)
+    if template.source != tokenizer.chat_template:
+        raise AlignkitError(f"inference --conversation_template_config {path}: its chat_template differs from the "
+                            f"tokenizer's own in {model}; alignkit's chat renders with the tokenizer's template (the "
+                            "modeling/ dirs alignkit writes carry the template that trained them)")
+    return template.system_message

@@ -1,0 +1,126 @@
+"""ColossalChat's prepared data (prepare_dataset.py's jsonl and arrow parts) is trained from its token ids,
+and `alignkit colossal prepare_dataset` writes that layout (alignkit/data/prepared.py, commands/colossal/prepare.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignkit.cli import main
+from alignkit.data.encode import encode_rows, with_row_fields
+from alignkit.data.loading import load_dataset_spec
+from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError, DataError
+
+DATA = Path(__file__).parent / "fixtures" / "data"
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def encoder(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return ChatEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), max_length=512)
+
+
+def encoded(spec: str, kind: str, encoder):
+    rows = load_dataset_spec(spec, kind, seed=0)
+    items, dropped = encode_rows(encoder, rows)
+    assert dropped == 0
+    return [e for _, e in with_row_fields(items, rows)]
+
+
+def test_prepared_rows_train_on_their_stored_ids_not_on_their_text(tmp_path, encoder):
+    """The text columns say one thing, the ids another: the ids are what trains."""
+    sft = write_jsonl(tmp_path / "sft" / "part-00000.jsonl", [
+        {"input_ids": [7, 8, 9, 10], "labels": [-100, -100, 9, 10], "inputs_decode": "What is 2 + 3?",
+         "labels_decode": ["Answer: 5"], "seq_length": 4, "seq_category": "None"}])
+    (row,) = encoded(str(sft), "sft", encoder)
+    assert (row.input_ids, row.labels) == ([7, 8, 9, 10], [-100, -100, 9, 10])
+
+    pref = write_jsonl(tmp_path / "pref.jsonl", [
+        {"chosen_input_ids": [1, 2, 3], "chosen_loss_mask": [0, 0, 1], "chosen_label_decode": ["Answer: 5"],
+         "rejected_input_ids": [1, 2, 4, 5], "rejected_loss_mask": [0, 0, 1, 1], "rejected_label_decode": ["x"]}])
+    (pair,) = encoded(str(pref), "preference", encoder)
+    assert (pair.chosen.input_ids, pair.chosen.labels) == ([1, 2, 3], [-100, -100, 3])
+    assert (pair.rejected.input_ids, pair.rejected.labels) == ([1, 2, 4, 5], [-100, -100, 4, 5])
+
+    kto = write_jsonl(tmp_path / "kto.jsonl", [
+        {"prompt": [1, 2], "completion": [6, 7], "label": False, "input_id_decode": "a", "completion_decode": "b"}])
+    (unpaired,) = encoded(str(kto), "unpaired", encoder)
+    assert (unpaired.sequence.input_ids, unpaired.sequence.labels, unpaired.desirable) == (
+        [1, 2, 6, 7], [-100, -100, 6, 7], False)
+
+
+def test_a_mask_that_does_not_fit_its_ids_names_the_row_and_field(tmp_path):
+    bad = write_jsonl(tmp_path / "pref.jsonl", [
+        {"chosen_input_ids": [1, 2, 3], "chosen_loss_mask": [0, 1], "rejected_input_ids": [1, 2],
+         "rejected_loss_mask": [0, 1]}])
+    with pytest.raises(DataError, match=r"row 1, field 'chosen_loss_mask': 2 values for the 3 tokens"):
+        load_dataset_spec(str(bad), "preference", seed=0)
+
+
+def test_prepare_dataset_writes_colossalchat_layout_and_training_reads_the_arrow_parent(tiny_model_dir, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "pairs.jsonl").write_text((DATA / "colossalchat_preference.jsonl").read_text() * 2)
+    out = tmp_path / "prepared"
+    assert main(["colossal", "prepare_dataset", "--type", "preference", "--data_input_dirs", str(raw),
+                 "--tokenizer_dir", tiny_model_dir, "--conversation_template_config", str(tmp_path / "tpl.json"),
+                 "--data_jsonl_output_dir", str(out / "jsonl"), "--data_arrow_output_dir", str(out / "arrow"),
+                 "--num_spliced_dataset_bins", "2"]) == 0
+    assert sorted(p.name for p in (out / "jsonl").iterdir()) == ["part-00000.jsonl", "part-00001.jsonl"]
+    assert sorted(p.name for p in (out / "arrow").iterdir()) == ["part-00000", "part-00001"]
+    record = json.loads((out / "jsonl" / "part-00000.jsonl").read_text().splitlines()[0])
+    assert {"chosen_input_ids", "chosen_loss_mask", "chosen_label_decode", "rejected_input_ids", "rejected_loss_mask",
+            "rejected_label_decode"} == set(record)
+    assert json.loads((tmp_path / "tpl.json").read_text())["system_message"].startswith("A chat between")
+    # The parent arrow/ folder, one part and the jsonl folder all read as the same rows.
+    rows = load_dataset_spec(str(out / "arrow"), "preference", seed=0)
+    from_jsonl = load_dataset_spec(str(out / "jsonl"), "preference", seed=0)
+    assert len(rows) == 4 and [r.sequences for r in rows] == [r.sequences for r in from_jsonl]
+    assert main(["colossal", "train_dpo", "--pretrain", tiny_model_dir, "--dataset", str(out / "arrow"),
+                 "--batch_size", "2", "--max_epochs", "1", "--mixed_precision", "bf16",
+                 "--save_dir", str(tmp_path / "dpo")]) == 0
+
+
+@pytest.mark.parametrize("kind, source", [("sft", "colossalchat_sft.jsonl"), ("kto", "colossalchat_kto.jsonl")])
+def test_prepared_sft_and_kto_round_trip_to_the_same_tokens(kind, source, tiny_model_dir, tmp_path, encoder):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "data.jsonl").write_text((DATA / source).read_text())
+    out = tmp_path / "prepared"
+    assert main(["colossal", "prepare_dataset", "--type", kind, "--data_input_dirs", str(raw), "--tokenizer_dir",
+                 tiny_model_dir, "--conversation_template_config", str(tmp_path / "tpl.json"),
+                 "--data_jsonl_output_dir", str(out / "jsonl"), "--data_arrow_output_dir", str(out / "arrow"),
+                 "--num_spliced_dataset_bins", "1"]) == 0
+    row_kind = "unpaired" if kind == "kto" else "sft"
+    prepared = encoded(str(out / "arrow" / "part-00000"), row_kind, encoder)
+    system_encoder = ChatEncoder(encoder.tokenizer, max_length=512, system=json.loads(
+        (tmp_path / "tpl.json").read_text())["system_message"])
+    direct = encoded(str(raw / "data.jsonl"), row_kind, system_encoder)
+    assert prepared == direct
+
+
+def test_prepared_prompts_are_refused_with_what_to_pass(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"input_ids": [1, 2], "inputs_decode": "hi", "seq_length": 2,
+                                                  "seq_category": "None"}])
+    with pytest.raises(AlignkitError, match="pass the prompt jsonl it was prepared from"):
+        load_dataset_spec(str(prompts), "prompt", seed=0)
+
+
+def test_shipped_template_config_with_response_format_tags_loads(tmp_path, encoder):
+    from alignkit.data.chat_templates import load_template_config
+
+    config = tmp_path / "Qwen_Qwen2.5-3B.json"
+    config.write_text(json.dumps({"chat_template": encoder.tokenizer.chat_template, "system_message": "s",
+                                  "stop_ids": [2], "end_of_assistant": "<|im_end|>",
+                                  "response_format_tags": {"think_start": {"text": "<think>", "num_occur": 1}}}))
+    assert load_template_config(str(config), encoder.tokenizer).system_message == "s"
