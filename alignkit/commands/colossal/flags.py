@@ -172,7 +172,8 @@ SCRIPTS: dict[str, tuple[Flag, ...]] = {
         flag("gamma", 0.0, "The SimPO margin.", type=float,
              how="the margin gamma of ColossalChat's loss -logsigmoid(beta * (pi_ratio - ref_ratio) - gamma)"),
         flag("length_normalization", False, "Average the answers' log-probs over their tokens.", type=bool,
-             how="with --disable_reference_model: SimPO (--rlhf_type simpo); with a reference: refused"),
+             how="with --disable_reference_model: SimPO (--rlhf_type simpo); with a reference: --loss_type "
+             "sigmoid_norm (both models' log-probs averaged), a --gamma margin there refused"),
         flag("ref_tp", 1, "Tensor-parallel size of the reference model.", type=int,
              how="1 only: tensor parallelism is refused"),
     ),
@@ -182,8 +183,8 @@ SCRIPTS: dict[str, tuple[Flag, ...]] = {
         flag("desirable_weight", 1.0, "Weight of desirable rows.", type=float, to="desirable_weight"),
         flag("undesirable_weight", 1.0, "Weight of undesirable rows.", type=float, to="undesirable_weight"),
         flag("auto_weight", False, "Rescale the desirable weight into KTO's bounds.", type=bool,
-             how="refused (not built yet): set --desirable_weight so that desirable_weight x desirable rows / "
-             "(undesirable_weight x undesirable rows) lies in [1, 4/3]"),
+             how="as ColossalChat: when desirable_weight x desirable rows / (undesirable_weight x undesirable rows) "
+             "is outside [1, 4/3], --desirable_weight is divided by it (without --auto_weight the run stops)"),
     ),
     "train_orpo": (
         *ENGINE, *OFFLINE, SAVE_DIR, MAX_LENGTH, DISABLE_LOSS_MASK, MODEL_TYPE,

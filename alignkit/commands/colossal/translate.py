@@ -200,13 +200,12 @@ def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) 
     if script == "train_rm":
         return {"loss_type": [colossal["loss_fn"]]}
     if script == "train_orpo":
+        logger.info("train_orpo --lam %s is ORPO's lambda (alignkit's --beta); the odds are taken of each answer's "
+                    "mean token log-prob (TRL, ms-swift), where ColossalChat averages per-token odds "
+                    "(docs/objectives.md)", colossal["lam"])
         return {"beta": colossal["lam"]}
     if script == "train_kto":
-        if colossal["auto_weight"]:
-            raise AlignkitError("train_kto --auto_weight is not supported yet: set --desirable_weight so that "
-                                "desirable_weight x desirable rows / (undesirable_weight x undesirable rows) lies in "
-                                "[1, 4/3] (KTO paper, Eq. 8)")
-        return {}
+        return kto_weights(colossal)
     return dpo_values(colossal, given)
 
 
@@ -219,16 +218,17 @@ def dpo_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         normalise = True
         gamma = gamma if gamma > 0 else 1.4
     no_reference = colossal["disable_reference_model"]
-    if normalise:
-        if not no_reference:
-            raise AlignkitError("train_dpo with length normalisation (--loss_type simpo_loss or "
-                                "--length_normalization) and a reference model is not supported; add "
-                                "--disable_reference_model for SimPO (ColossalChat's shipped SimPO setting)")
+    if normalise and no_reference:
         # SimPO: -logsigmoid(beta * (avg_c - avg_r) - gamma), alignkit's --rlhf_type simpo without the NLL term.
         return {"rlhf_type": "simpo", "simpo_gamma": gamma, "cpo_alpha": 0.0}
     if gamma:
-        raise AlignkitError(f"train_dpo --gamma {gamma} without length normalisation (a margin on summed log-probs) "
-                            "is not supported; use --loss_type simpo_loss --disable_reference_model for SimPO")
+        raise AlignkitError(f"train_dpo --gamma {gamma} (from --loss_type simpo_loss unless given) with a reference "
+                            "model: a margin on DPO's log-ratios is not supported; add --disable_reference_model for "
+                            "SimPO (ColossalChat's shipped SimPO setting), or drop the margin with --gamma 0 and "
+                            "--loss_type dpo_loss")
+    if normalise:
+        # Both models' log-probs averaged over each answer's tokens: Tulu 3's length-normalised DPO.
+        return {"loss_type": ["sigmoid_norm"], "reference_free": False}
     return {"loss_type": ["sigmoid"], "reference_free": bool(no_reference)}
 
 
@@ -311,3 +311,35 @@ def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
     if colossal["inference_batch_size"] is not None:
         values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
     return values
+
+
+def kto_weights(colossal: dict[str, Any]) -> dict[str, Any]:
+    """train_kto.py's check of the KTO paper's bound (Eq. 8): desirable_weight x desirable rows /
+    (undesirable_weight x undesirable rows) in [1, 4/3]. Outside it ColossalChat stops, or with --auto_weight
+    divides --desirable_weight by that ratio (which makes it 1)."""
+    desirable, undesirable = count_kto_labels(colossal["dataset"])
+    weights = {"desirable_weight": colossal["desirable_weight"], "undesirable_weight": colossal["undesirable_weight"]}
+    if not desirable or not undesirable:
+        raise AlignkitError(f"train_kto: the training data has {desirable} desirable and {undesirable} undesirable "
+                            "rows; KTO needs both")
+    ratio = weights["desirable_weight"] * desirable / (weights["undesirable_weight"] * undesirable)
+    if 1 <= ratio <= 4 / 3:
+        return weights
+    if not colossal["auto_weight"]:
+        raise AlignkitError(f"train_kto: desirable_weight x {desirable} desirable rows / (undesirable_weight x "
+                            f"{undesirable} undesirable rows) = {ratio:.4g} is outside [1, 4/3] (KTO paper, Eq. 8), "
+                            "which ColossalChat refuses: adjust --desirable_weight / --undesirable_weight or add "
+                            "--auto_weight")
+    weights["desirable_weight"] = colossal["desirable_weight"] / ratio
+    logger.info("train_kto --auto_weight: the weighted ratio %.4g is outside [1, 4/3]; --desirable_weight set to %.6g "
+                "(undesirable_weight %s), as ColossalChat", ratio, weights["desirable_weight"],
+                weights["undesirable_weight"])
+    return weights
+
+
+def count_kto_labels(datasets: list[str]) -> tuple[int, int]:
+    """(desirable, undesirable) rows of the KTO training data, read as the run will read it."""
+    from alignkit.data.loading import load_dataset_spec
+
+    labels = [row.label for spec in datasets for row in load_dataset_spec(spec, "unpaired", seed=42)]
+    return sum(1 for label in labels if label), sum(1 for label in labels if not label)
