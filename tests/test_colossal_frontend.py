@@ -211,3 +211,12 @@ def test_nproc_per_node_relaunches_the_colossal_command(monkeypatch):
     assert main(["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]) == 0
     assert launched[0][3:5] == ["--nproc_per_node", "2"]
     assert launched[0][-6:] == ["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]
+
+
+def test_docs_colossal_md_lists_every_flag_as_the_tables_say():
+    from alignkit.commands.colossal.flags import render_markdown
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "colossal.md").read_text()
+    marker = "<!-- generated: python -m alignkit.commands.colossal.flags -->\n"
+    assert text.split(marker)[1] == render_markdown(), (
+        "regenerate the tables of docs/colossal.md: python -m alignkit.commands.colossal.flags")

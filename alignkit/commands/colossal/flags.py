@@ -43,7 +43,7 @@ def with_defaults(flags: tuple[Flag, ...], **defaults: Any) -> tuple[Flag, ...]:
 
 # --- shared by every training script ---
 ENGINE = (
-    flag("plugin", None, "ColossalAI booster plugin (ColossalChat's default: gemini).", choices=PLUGINS,
+    flag("plugin", "gemini", "ColossalAI booster plugin.", choices=PLUGINS,
          how="ddp: data parallel; zero2 / zero2_cpu / gemini / gemini_auto: DeepSpeed ZeRO-2 / ZeRO-2 + CPU offload / "
          "ZeRO-3 / ZeRO-3 + offload (on a machine without a GPU: data parallel, logged); 3d: --zero_stage's ZeRO "
          "with --tp/--pp/--sp 1, else refused. Unset: data parallel (ColossalChat's default gemini is not forced)"),
@@ -276,3 +276,24 @@ def build_script_parser(script: str) -> argparse.ArgumentParser:
                 kwargs["choices"] = item.choices
         parser.add_argument(f"--{item.name}", **kwargs)
     return parser
+
+
+def render_markdown() -> str:
+    """docs/colossal.md's flag tables (``python -m alignkit.commands.colossal.flags``)."""
+    lines = []
+    for script, flags in ALL_SCRIPTS.items():
+        lines += [f"### {script}", "", "| flag | ColossalChat default | in alignkit |", "|---|---|---|"]
+        for item in flags:
+            if item.to:
+                what = f"`--{item.to}`"
+            elif item.how:
+                what = item.how.replace("%%", "%")
+            else:
+                what = f"no effect (logged): {item.no_effect}"
+            lines.append(f"| `--{item.name}` | `{item.default!r}` | {what.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -117,8 +117,9 @@ def precision(mixed_precision: str) -> str:
 
 
 def engine_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """--plugin (and --zero_stage / --zero_cpu_offload of --plugin 3d) onto the engines alignkit uses."""
-    plugin = colossal["plugin"]
+    """--plugin (and --zero_stage / --zero_cpu_offload of --plugin 3d) onto the engines alignkit uses. Unset, it is
+    not ColossalChat's gemini (ZeRO-3, which needs GPUs and DeepSpeed) but plain data parallelism."""
+    plugin = given.get("plugin")
     if colossal["enable_sequence_parallelism"]:
         raise AlignkitError("--enable_sequence_parallelism: no engine alignkit uses splits sequences across GPUs; "
                             "drop it (long rows: --grad_checkpoint, or DeepSpeed/FSDP sharding through --plugin)")
