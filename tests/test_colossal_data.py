@@ -124,3 +124,11 @@ def test_shipped_template_config_with_response_format_tags_loads(tmp_path, encod
                                   "stop_ids": [2], "end_of_assistant": "<|im_end|>",
                                   "response_format_tags": {"think_start": {"text": "<think>", "num_occur": 1}}}))
     assert load_template_config(str(config), encoder.tokenizer).system_message == "s"
+
+
+def test_a_line_that_is_a_list_of_messages_reads_as_a_conversation(tmp_path):
+    """ColossalChat's lora_finetune.py data: each line a JSON list of messages."""
+    path = tmp_path / "lora_sft_data.jsonl"
+    path.write_text(json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) + "\n")
+    (row,) = load_dataset_spec(str(path), "sft", seed=0)
+    assert row.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]

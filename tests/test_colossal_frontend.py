@@ -220,3 +220,23 @@ def test_docs_colossal_md_lists_every_flag_as_the_tables_say():
     marker = "<!-- generated: python -m alignkit.commands.colossal.flags -->\n"
     assert text.split(marker)[1] == render_markdown(), (
         "regenerate the tables of docs/colossal.md: python -m alignkit.commands.colossal.flags")
+
+
+def test_lora_config_run_writes_a_merged_model_and_checkpoints_resume(tiny_model_dir, tmp_path):
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"r": 4, "lora_alpha": 8, "linear_lora_dropout": 0.0}))
+    save = tmp_path / "save"
+    common = ["colossal", "train_sft", "--pretrain", tiny_model_dir, "--dataset", str(DATA / "colossalchat_sft.jsonl"),
+              "--batch_size", "2", "--accumulation_steps", "1", "--max_epochs", "2", "--save_interval", "1",
+              "--lora_config", str(config), "--mixed_precision", "bf16", "--save_path", str(save)]
+    assert main(common) == 0
+    (run_dir,) = [p for p in save.iterdir() if p.name.startswith("v")]
+    assert (run_dir / "checkpoint-1" / "adapter_config.json").is_file()
+    assert (save / "modeling" / "model.safetensors").is_file()  # merged: a plain model, no adapter
+    assert not (save / "modeling" / "adapter_config.json").exists()
+    # --checkpoint_path resumes an alignkit checkpoint: the run goes on in its directory to the same end.
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoint-2")
+    assert main([*common, "--checkpoint_path", str(run_dir / "checkpoint-1")]) == 0
+    assert (run_dir / "checkpoint-2" / "adapter_config.json").is_file()

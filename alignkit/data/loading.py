@@ -191,6 +191,8 @@ def _read_json_array(text: str, file: str) -> list[Record]:
 
 
 def _object(record: Any, file: str, number: int) -> dict[str, Any] | DataError:
+    if isinstance(record, list) and record and all(isinstance(m, dict) and "role" in m for m in record):
+        return {"messages": record}  # a line that is a conversation itself (ColossalChat's lora_finetune.py data)
     if not isinstance(record, dict):
         return DataError(f"expected a JSON object, got {type(record).__name__}", file=file, row=number)
     return record
