@@ -132,3 +132,55 @@ def test_a_line_that_is_a_list_of_messages_reads_as_a_conversation(tmp_path):
     path.write_text(json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) + "\n")
     (row,) = load_dataset_spec(str(path), "sft", seed=0)
     assert row.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
+COLOSSAL_TEMPLATES = sorted((Path(__file__).parent / "fixtures" / "templates" / "colossalchat").glob("*.json"))
+
+
+def colossal_trained_text(rendered: str, contents: list[str], end_of_assistant: str) -> list[str]:
+    """ColossalChat's split_templated_prompt_into_chunks, for the assistant turns: each answer's text, and up to
+    the first end_of_assistant after it when one follows anywhere."""
+    spans, position = [], 0
+    for content in contents:
+        at = rendered.find(content, position)
+        stop = at + len(content)
+        following = rendered.find(end_of_assistant, stop)
+        if following >= 0:
+            stop = following + len(end_of_assistant)
+        spans.append(rendered[at:stop])
+        position = stop
+    return spans
+
+
+@pytest.mark.parametrize("config", COLOSSAL_TEMPLATES, ids=[p.stem for p in COLOSSAL_TEMPLATES])
+def test_the_14_shipped_template_configs_train_the_spans_colossalchat_would(config, tmp_path):
+    """ColossalChat's conversation_template/*.json (copied from ColossalAI @4f9953b): each loads, and the trained
+    tokens of a two-round conversation are the answers up to their end_of_assistant, as its rule gives. The
+    configs' stop_ids are their models' ids, outside the tiny test vocabulary: set to its EOS here."""
+    from tests.conftest import build_tiny_tokenizer
+
+    from alignkit.data.chat_templates import load_template_config
+    from alignkit.data.rows import ConversationRow
+
+    tokenizer = build_tiny_tokenizer()
+    settings = json.loads(config.read_text())
+    assert len(COLOSSAL_TEMPLATES) == 14
+    local = tmp_path / config.name
+    local.write_text(json.dumps({**settings, "stop_ids": [tokenizer.eos_token_id]}))
+    template = load_template_config(str(local), tokenizer)
+    encoder = ChatEncoder(tokenizer, max_length=1024, template=template)
+    answers = ["Answer: 5", "Answer: 6"]
+    messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": answers[0]},
+                {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": answers[1]}]
+    row = encoder.encode_conversation(ConversationRow(messages))
+    segments, current = [], []
+    for label in row.labels + [-100]:
+        if label != -100:
+            current.append(label)
+        elif current:
+            segments.append(tokenizer.decode(current)), current.clear()
+    rendered = encoder.render(encoder.system_applied(messages), generation_prompt=False)
+    expected = colossal_trained_text(rendered, answers, settings["end_of_assistant"])
+    # alignkit starts a span right after the generation prompt (ColossalChat at the answer's text): whitespace
+    # the template puts between them may differ; the text and where it ends may not.
+    assert [s.lstrip() for s in segments] == [e.lstrip() for e in expected]
