@@ -157,7 +157,7 @@ def test_the_14_shipped_template_configs_train_the_spans_colossalchat_would(conf
     """ColossalChat's conversation_template/*.json (copied from ColossalAI @4f9953b): each loads, and the trained
     tokens of a two-round conversation are the answers up to their end_of_assistant, as its rule gives. The
     configs' stop_ids are their models' ids, outside the tiny test vocabulary: set to its EOS here."""
-    from tests.conftest import build_tiny_tokenizer
+    from conftest import build_tiny_tokenizer
 
     from alignkit.data.chat_templates import load_template_config
     from alignkit.data.rows import ConversationRow
@@ -184,3 +184,16 @@ def test_the_14_shipped_template_configs_train_the_spans_colossalchat_would(conf
     # alignkit starts a span right after the generation prompt (ColossalChat at the answer's text): whitespace
     # the template puts between them may differ; the text and where it ends may not.
     assert [s.lstrip() for s in segments] == [e.lstrip() for e in expected]
+
+
+def test_a_chat_template_naming_a_model_borrows_its_tokenizers_template(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from alignkit.data.chat_templates import load_template_config
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"chat_template": tiny_model_dir, "end_of_assistant": "<|im_end|>"}))
+    other = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other.chat_template = "{{ 'not this one' }}"
+    own = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    assert load_template_config(str(config), other).source == own

@@ -136,7 +136,7 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
     for key in ("chat_template", "system_message", "end_of_assistant"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise AlignkitError(f"{where}: '{key}' must be a string, got {type(config[key]).__name__}")
-    source = config.get("chat_template") or getattr(tokenizer, "chat_template", None)
+    source = borrowed_template(config.get("chat_template"), where) or getattr(tokenizer, "chat_template", None)
     if not source:
         raise AlignkitError(f"{where}: 'chat_template' is empty and the tokenizer has no chat template of its own")
     stop_ids = config.get("stop_ids")
@@ -156,3 +156,17 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
         end_of_assistant=config.get("end_of_assistant") or None,
         stop_ids=tuple(stop_ids),
     )
+
+
+def borrowed_template(value: str | None, where: str) -> str | None:
+    """A config's ``chat_template``; a local model directory there (no Jinja in it) lends its tokenizer's template,
+    as ColossalChat's setup_conversation_template does."""
+    if not value or "{" in value or not Path(value).expanduser().is_dir():
+        return value
+    from transformers import AutoTokenizer
+
+    template = getattr(AutoTokenizer.from_pretrained(str(Path(value).expanduser())), "chat_template", None)
+    if not template:
+        raise AlignkitError(f"{where}: 'chat_template' names the model {value}, whose tokenizer has no chat template")
+    logger.info("%s: the chat template of %s's tokenizer", where, value)
+    return template
