@@ -240,3 +240,28 @@ def test_lora_config_run_writes_a_merged_model_and_checkpoints_resume(tiny_model
     shutil.rmtree(run_dir / "checkpoint-2")
     assert main([*common, "--checkpoint_path", str(run_dir / "checkpoint-1")]) == 0
     assert (run_dir / "checkpoint-2" / "adapter_config.json").is_file()
+
+
+def test_inference_chats_with_a_modeling_dir_and_its_template_configs_system(tiny_chat_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    config = tmp_path / "template.json"
+    config.write_text(json.dumps({"chat_template": AutoTokenizer.from_pretrained(tiny_chat_model_dir).chat_template,
+                                  "system_message": "Be brief.", "end_of_assistant": "<|im_end|>"}))
+    seen = {}
+
+    def fake_infer(args):
+        seen.update(model=args.model, system=args.system, temperature=args.temperature,
+                    max_new_tokens=args.max_new_tokens, max_length=args.max_length)
+        return 0
+
+    monkeypatch.setattr("alignkit.commands.infer.run_infer", fake_infer)
+    assert main(["colossal", "inference", "--model_path", tiny_chat_model_dir, "--conversation_template_config",
+                 str(config), "--max_new_tokens", "8", "--model_max_length", "256", "--io", "simple"]) == 0
+    assert seen == {"model": tiny_chat_model_dir, "system": "Be brief.", "temperature": 0.7, "max_new_tokens": 8,
+                    "max_length": 256}
+    config.write_text(json.dumps({"chat_template": "{{ 'other' }}", "end_of_assistant": "x"}))
+    assert main(["colossal", "inference", "--model_path", tiny_chat_model_dir, "--conversation_template_config",
+                 str(config)]) == 2
+    assert "differs from the tokenizer's own" in capsys.readouterr().err
