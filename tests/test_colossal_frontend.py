@@ -20,6 +20,9 @@ SCRIPT_DATA = {"train_sft": "colossalchat_sft.jsonl", "train_rm": "colossalchat_
                "train_orpo": "colossalchat_preference.jsonl"}
 
 
+PAIRS = str(Path(__file__).parent / "fixtures" / "data" / "colossalchat_preference.jsonl")
+
+
 def values_of(argv: list[str]) -> dict:
     script, given = parse_script(argv)
     return translate(script, given).values
@@ -32,31 +35,31 @@ def test_every_flag_is_translated_explained_or_refused():
 
 
 def test_colossalchat_defaults_full_fine_tuning_betas_schedule_and_sizes():
-    values = values_of(["train_dpo.py", "--pretrain", "m", "--dataset", "d"])
+    values = values_of(["train_dpo.py", "--pretrain", "m", "--dataset", PAIRS])
     assert values["train_type"] == "full"
     assert (values["adam_beta1"], values["adam_beta2"], values["weight_decay"]) == (0.9, 0.95, 0.1)
     assert values["lr_scheduler_type"] == "cosine_with_min_lr"
     assert json.loads(values["lr_scheduler_kwargs"]) == {"min_lr_rate": 0.1}
-    assert (values["warmup_steps"], values["warmup_ratio"]) == (0, 0.025)
+    assert (values["warmup_steps"], values["warmup_ratio"], values["dataloader_drop_last"]) == (0, 0.0, True)
     assert (values["num_train_epochs"], values["per_device_train_batch_size"], values["learning_rate"]) == (3, 4, 5e-6)
     assert values["gradient_accumulation_steps"] == 1  # train_dpo's own default; the others' is 8
-    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d"])["gradient_accumulation_steps"] == 8
-    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d"])["max_length"] == 512  # --max_len
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS])["gradient_accumulation_steps"] == 8
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS])["max_length"] == 512  # --max_len
     assert values["gradient_checkpointing"] is False
-    assert values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--warmup_steps", "0"])["warmup_ratio"] == 0
+    assert values_of(["train_dpo", "--pretrain", "m", "--dataset", PAIRS, "--warmup_steps", "0"])["warmup_ratio"] == 0
 
 
 def test_remeant_flags_carry_colossalchat_meaning():
-    assert values_of(["train_orpo", "--pretrain", "m", "--dataset", "d", "--lam", "0.5"])["beta"] == 0.5
-    simpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--loss_type", "simpo_loss",
+    assert values_of(["train_orpo", "--pretrain", "m", "--dataset", PAIRS, "--lam", "0.5"])["beta"] == 0.5
+    simpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", PAIRS, "--loss_type", "simpo_loss",
                        "--disable_reference_model", "--beta", "2.0"])
     assert (simpo["rlhf_type"], simpo["simpo_gamma"], simpo["cpo_alpha"], simpo["beta"]) == ("simpo", 1.4, 0.0, 2.0)
-    gamma = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--length_normalization",
+    gamma = values_of(["train_dpo", "--pretrain", "m", "--dataset", PAIRS, "--length_normalization",
                        "--disable_reference_model", "--gamma", "0.3"])
     assert (gamma["rlhf_type"], gamma["simpo_gamma"]) == ("simpo", 0.3)
-    dpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", "d", "--disable_reference_model"])
+    dpo = values_of(["train_dpo", "--pretrain", "m", "--dataset", PAIRS, "--disable_reference_model"])
     assert (dpo["rlhf_type"], dpo["loss_type"], dpo["reference_free"]) == ("dpo", ["sigmoid"], True)
-    assert values_of(["train_rm", "--pretrain", "m", "--dataset", "d", "--loss_fn", "log_exp"])["loss_type"] == [
+    assert values_of(["train_rm", "--pretrain", "m", "--dataset", PAIRS, "--loss_fn", "log_exp"])["loss_type"] == [
         "log_exp"]
 
 
@@ -70,33 +73,33 @@ def test_remeant_flags_carry_colossalchat_meaning():
 ])
 def test_values_alignkit_cannot_honour_stop_with_the_flag_named(argv, message):
     with pytest.raises(AlignkitError, match=message.replace("-", r"\-")):
-        values_of([*argv, "--pretrain", "m", "--dataset", "d"])
+        values_of([*argv, "--pretrain", "m", "--dataset", PAIRS])
 
 
 def test_lora_config_maps_rank_alpha_dropout_targets_and_refuses_pissa(tmp_path):
     config = tmp_path / "lora.json"
     config.write_text(json.dumps({"r": 4, "lora_alpha": 8, "linear_lora_dropout": 0.0, "target_modules": ["q_proj"]}))
-    values = values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])
+    values = values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--lora_config", str(config)])
     assert (values["train_type"], values["lora_rank"], values["lora_alpha"], values["lora_dropout"],
             values["lora_target_modules"]) == ("lora", 4, 8, 0.0, ["q_proj"])
     config.write_text(json.dumps({"r": 0}))
-    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])[
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--lora_config", str(config)])[
         "train_type"] == "full"
     config.write_text(json.dumps({"r": 4, "lora_initialization_method": "PiSSA"}))
     with pytest.raises(AlignkitError, match="PiSSA"):
-        values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--lora_config", str(config)])
+        values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--lora_config", str(config)])
 
 
 def test_plugin_maps_onto_deepspeed_and_3d_sizes_are_refused(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "zero2"])["plugin"] == "zero2"
-    assert values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "3d", "--zero_stage", "2",
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--plugin", "zero2"])["plugin"] == "zero2"
+    assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--plugin", "3d", "--zero_stage", "2",
                       "--zero_cpu_offload"])["deepspeed"] == "zero2_offload"
-    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "ddp"])
+    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--plugin", "ddp"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", "d", "--plugin", "zero2"])
+    assert "plugin" not in values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS, "--plugin", "zero2"])
 
 
 def test_unknown_flag_and_script_are_named(capsys):
@@ -208,9 +211,9 @@ def test_nproc_per_node_relaunches_the_colossal_command(monkeypatch):
     for name in ("LOCAL_RANK", "RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("alignkit.training.launch.relaunch", lambda command: launched.append(command) or 0)
-    assert main(["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]) == 0
+    assert main(["colossal", "train_sft", "--pretrain", "m", "--dataset", PAIRS]) == 0
     assert launched[0][3:5] == ["--nproc_per_node", "2"]
-    assert launched[0][-6:] == ["colossal", "train_sft", "--pretrain", "m", "--dataset", "d"]
+    assert launched[0][-6:] == ["colossal", "train_sft", "--pretrain", "m", "--dataset", PAIRS]
 
 
 def test_docs_colossal_md_lists_every_flag_as_the_tables_say():

@@ -61,7 +61,8 @@ ENGINE = (
     flag("grad_clip", 1.0, "Gradient clipping value.", type=float, to="max_grad_norm"),
     flag("weight_decay", 0.1, "Weight decay.", type=float, to="weight_decay"),
     flag("warmup_steps", None, "Warm-up steps.", type=int,
-         how="--warmup_steps; unset: 2.5%% of the optimizer steps (ColossalChat's rule) via --warmup_ratio 0.025"),
+         how="--warmup_steps; unset: ColossalChat's int(0.025 x optimizer steps), counted from the data at the "
+         "edge (PPO/GRPO: int(0.025 x --num_episodes))"),
     flag("mixed_precision", "fp16", "Mixed precision.", choices=("fp16", "bf16"),
          how="--dtype; fp16 on a machine without a GPU runs bf16 (or fp32 without native bf16), logged"),
     flag("pretrain", None, "The model to train.", how="--model (required)"),

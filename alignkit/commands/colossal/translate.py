@@ -68,10 +68,11 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
     if colossal["pretrain"] is None:
         raise AlignkitError(f"{script}: --pretrain (the model to train) is required")
     values["model"] = colossal["pretrain"]
-    if colossal["warmup_steps"] is None:
-        values.update(warmup_steps=0, warmup_ratio=0.025)
-    else:
-        values.update(warmup_steps=colossal["warmup_steps"], warmup_ratio=0.0)
+    warmup = colossal["warmup_steps"]
+    if warmup is None:
+        warmup = colossal_warmup(script, colossal)
+        logger.info("--warmup_steps unset: %d, 2.5%% of the optimizer steps rounded down, as ColossalChat", warmup)
+    values.update(warmup_steps=warmup, warmup_ratio=0.0)  # 0 and 0: no warm-up
     values["dtype"] = precision(colossal["mixed_precision"])
     values.update(engine_values(colossal, given))
     values.update(lora_values(colossal["lora_config"]))
@@ -97,6 +98,7 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
         if not colossal["dataset"]:
             raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
         values.update(method_values(script, colossal, given))
+        values["dataloader_drop_last"] = True  # ColossalChat's data loaders drop the last short batch
         save_dir = colossal.get("save_dir") or colossal.get("save_path")
         save = Path(save_dir) if save_dir else None
         modeling = save / "modeling" if save else None
@@ -199,6 +201,8 @@ def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) 
     if script == "train_sft":
         return {"loss_scale": "all"} if colossal["disable_loss_mask"] else {}
     if script == "train_rm":
+        logger.info("train_rm: alignkit's value head is bias-free with weights from N(0, 1/(d+1)) (variance); "
+                    "ColossalChat's has a bias and weights from N(0, std 1/(d+1)): the same role, a different start")
         return {"loss_type": [colossal["loss_fn"]]}
     if script == "train_orpo":
         logger.info("train_orpo --lam %s is ORPO's lambda (alignkit's --beta); the odds are taken of each answer's "
@@ -344,3 +348,21 @@ def count_kto_labels(datasets: list[str]) -> tuple[int, int]:
 
     labels = [row.label for spec in datasets for row in load_dataset_spec(spec, "unpaired", seed=42)]
     return sum(1 for label in labels if label), sum(1 for label in labels if not label)
+
+
+ROW_KINDS = {"train_sft": "sft", "train_rm": "preference", "train_dpo": "preference", "train_orpo": "preference",
+             "train_kto": "unpaired"}
+
+
+def colossal_warmup(script: str, colossal: dict[str, Any]) -> int:
+    """ColossalChat's warm-up when --warmup_steps is unset: int(0.025 x num_episodes) for PPO/GRPO, else
+    int(max_epochs x 0.025 x optimizer steps per epoch), an epoch being len(dataloader) // accumulation_steps
+    with the last short batch dropped (train_*.py)."""
+    if script in ("train_ppo", "train_grpo"):
+        return int(0.025 * colossal["num_episodes"])
+    from alignkit.data.loading import load_dataset_spec
+
+    rows = sum(len(load_dataset_spec(spec, ROW_KINDS[script], seed=42)) for spec in colossal["dataset"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = rows // (colossal["batch_size"] * world) // colossal["accumulation_steps"]
+    return int(colossal["max_epochs"] * 0.025 * per_epoch)
