@@ -113,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("cache", CacheArguments, "Sizes of the tokenised-data and reference log-prob caches; --clear deletes them."),
     ):
         add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
-    colossal = sub.add_parser("colossal", help=COLOSSAL_HELP, description=COLOSSAL_HELP, allow_abbrev=False,
-                              add_help=False)
+    colossal = sub.add_parser("colossal", help=COLOSSAL_HELP, description=COLOSSAL_HELP, allow_abbrev=False)
     colossal.add_argument("colossal_argv", nargs=argparse.REMAINDER, help="SCRIPT [its flags]")
     return parser
 

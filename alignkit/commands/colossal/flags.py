@@ -84,8 +84,9 @@ ENGINE = (
     flag("grad_checkpoint", False, "Gradient checkpointing.", type=bool,
          how="--gradient_checkpointing (false when unset, ColossalChat's default)"),
     flag("use_flash_attn", False, "Flash attention 2.", type=bool,
-         no_effect="alignkit chooses the attention kernel itself: packed rows run flash attention's varlen kernels "
-         "on GPUs where flash_attn is installed and the precision is bf16/fp16, else sdpa (docs/performance.md)"),
+         no_effect="alignkit chooses the attention kernel itself: on GPUs, packed rows run flash attention's varlen "
+         "kernels where flash_attn is installed (bf16/fp16, no prefix sharing), else flex or sdpa "
+         "(docs/performance.md)"),
 )
 
 # --- the offline scripts' data and loop flags ---

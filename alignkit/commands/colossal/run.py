@@ -32,7 +32,8 @@ def trains(argv: list[str]) -> bool:
 def parse_script(argv: list[str]) -> tuple[str, dict]:
     """(script, the flags given on its command line)."""
     if not argv or argv[0].startswith("-"):
-        raise AlignkitError(f"`alignkit colossal` needs a script name: {', '.join(ALL_SCRIPTS)}")
+        raise AlignkitError(f"`alignkit colossal` needs a script name: {', '.join(ALL_SCRIPTS)} (`alignkit colossal "
+                            "train_dpo --help` lists its flags; docs/colossal.md)")
     script = script_name(argv[0])
     if script not in ALL_SCRIPTS:
         close = difflib.get_close_matches(script, list(ALL_SCRIPTS), n=1)
