@@ -189,6 +189,9 @@ def lora_values(path: str | None) -> dict[str, Any]:
               "lora_dropout": float(config["linear_lora_dropout"])}
     if config["target_modules"]:
         values["lora_target_modules"] = list(config["target_modules"])
+    else:
+        logger.info("--lora_config %s without target_modules: LoRA on every linear layer but the LM head (ColossalChat "
+                    "converts the LM head too)", path)
     return values
 
 
