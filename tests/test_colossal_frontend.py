@@ -41,6 +41,7 @@ def test_colossalchat_defaults_full_fine_tuning_betas_schedule_and_sizes():
     assert values["lr_scheduler_type"] == "cosine_with_min_lr"
     assert json.loads(values["lr_scheduler_kwargs"]) == {"min_lr_rate": 0.1}
     assert (values["warmup_steps"], values["warmup_ratio"], values["dataloader_drop_last"]) == (0, 0.0, True)
+    assert values["truncation_strategy"] == "right"  # ColossalChat's collators cut at the end
     assert (values["num_train_epochs"], values["per_device_train_batch_size"], values["learning_rate"]) == (3, 4, 5e-6)
     assert values["gradient_accumulation_steps"] == 1  # train_dpo's own default; the others' is 8
     assert values_of(["train_sft", "--pretrain", "m", "--dataset", PAIRS])["gradient_accumulation_steps"] == 8

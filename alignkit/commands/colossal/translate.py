@@ -99,6 +99,7 @@ def translate(script: str, given: dict[str, Any]) -> Translation:
             raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
         values.update(method_values(script, colossal, given))
         values["dataloader_drop_last"] = True  # ColossalChat's data loaders drop the last short batch
+        values["truncation_strategy"] = "right"  # and its collators cut rows to --max_length at the end
         save_dir = colossal.get("save_dir") or colossal.get("save_path")
         save = Path(save_dir) if save_dir else None
         modeling = save / "modeling" if save else None
