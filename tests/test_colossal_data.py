@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignkit.cli import main
 from alignkit.data.encode import encode_rows, with_row_fields
 from alignkit.data.loading import load_dataset_spec
 from alignkit.data.template import ChatEncoder
-from alignkit.errors import AlignkitError, DataError
+from alignkit.errors import DataError
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -109,11 +110,30 @@ def test_prepared_sft_and_kto_round_trip_to_the_same_tokens(kind, source, tiny_m
     assert prepared == direct
 
 
-def test_prepared_prompts_are_refused_with_what_to_pass(tmp_path):
+def test_prepared_prompts_are_read_as_ids_and_grpo_refuses_them(tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"input_ids": [1, 2], "inputs_decode": "hi", "seq_length": 2,
-                                                  "seq_category": "None"}])
-    with pytest.raises(AlignkitError, match="pass the prompt jsonl it was prepared from"):
-        load_dataset_spec(str(prompts), "prompt", seed=0)
+                                                  "seq_category": "None", "gt_answer": "5"}])
+    (row,) = load_dataset_spec(str(prompts), "prompt", seed=0)
+    assert (row.kind, row.sequences[0][0], row.extras) == ("prompt", [1, 2], {"gt_answer": "5"})
+
+
+def test_token_id_scoring_equals_scoring_the_rendered_conversation(tiny_model_dir, tmp_path):
+    """PPO on prepared prompts scores prompt + completion ids as they are: the same reward as rendering the
+    conversation when the ids are its rendering."""
+    from test_online_cli import build_tiny_reward_model
+    from transformers import AutoTokenizer
+
+    from alignkit.models.scalar_model import load_scalar_model, score_conversations, score_token_ids
+
+    rm_dir = build_tiny_reward_model(tmp_path / "rm", AutoTokenizer.from_pretrained(tiny_model_dir))
+    model, tokenizer = load_scalar_model(str(rm_dir), adapters=[])
+    encoder = ChatEncoder(tokenizer, max_length=256, truncation_strategy="left")
+    conversations = [[{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": a}]
+                     for a in ("Answer: 5", "Answer: 6 or so")]
+    ids = [encoder.encode(encoder.system_applied(c), {1}).input_ids for c in conversations]
+    by_ids = score_token_ids(model, ids, pad_id=tokenizer.pad_token_id, batch_size=2)
+    by_text = score_conversations(model, encoder, conversations, batch_size=2)
+    assert torch.allclose(by_ids, by_text, atol=1e-5) and not torch.allclose(by_ids[0], by_ids[1])
 
 
 def test_shipped_template_config_with_response_format_tags_loads(tmp_path, encoder):
@@ -197,3 +217,30 @@ def test_a_chat_template_naming_a_model_borrows_its_tokenizers_template(tiny_mod
     other.chat_template = "{{ 'not this one' }}"
     own = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
     assert load_template_config(str(config), other).source == own
+
+
+def test_prepare_prompts_then_rm_then_ppo_trains_on_the_prepared_ids(tiny_model_dir, tmp_path):
+    """prepare_prompt_dataset.sh → train_rm.sh → train_ppo.sh, with only the launcher changed."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "prompts.jsonl").write_text((DATA / "colossalchat_ppo_prompts.jsonl").read_text())
+    out, template = tmp_path / "prompts", tmp_path / "tpl.json"
+    assert main(["colossal", "prepare_dataset", "--type", "prompt", "--data_input_dirs", str(raw), "--tokenizer_dir",
+                 tiny_model_dir, "--conversation_template_config", str(template), "--data_jsonl_output_dir",
+                 str(out / "jsonl"), "--data_arrow_output_dir", str(out / "arrow"), "--num_spliced_dataset_bins",
+                 "1"]) == 0
+    assert main(["colossal", "train_rm", "--pretrain", tiny_model_dir, "--dataset",
+                 str(DATA / "colossalchat_preference.jsonl"), "--batch_size", "2", "--accumulation_steps", "1",
+                 "--max_epochs", "1", "--mixed_precision", "bf16", "--save_dir", str(tmp_path / "rm")]) == 0
+    common = ["--pretrain", tiny_model_dir, "--rm_pretrain", tiny_model_dir, "--rm_checkpoint_path",
+              str(tmp_path / "rm" / "modeling"), "--prompt_dataset", str(out / "arrow"),
+              "--conversation_template_config", str(template), "--num_episodes", "1", "--num_collect_steps", "1",
+              "--experience_batch_size", "2", "--train_batch_size", "2", "--accumulation_steps", "1",
+              "--num_update_steps", "1", "--max_seq_len", "8", "--mixed_precision", "bf16"]
+    assert main(["colossal", "train_ppo", *common, "--save_path", str(tmp_path / "ppo")]) == 0
+    (run_dir,) = [p for p in (tmp_path / "ppo").iterdir() if p.name.startswith("v")]
+    completions = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert completions and completions[0]["prompt"].startswith("<|im_start|>system\nA chat between")
+    assert main(["colossal", "train_grpo", *common, "--kl_coef", "0", "--initial_temperature", "0.9",
+                 "--final_temperature", "0.9", "--num_generations", "2", "--train_batch_size", "4",
+                 "--save_path", str(tmp_path / "grpo")]) == 2

@@ -7,7 +7,7 @@ save_to_disk), with these columns (the ``*_decode`` columns are text for reading
     preference  chosen_input_ids, chosen_loss_mask (1 = trained token), rejected_input_ids, rejected_loss_mask,
                 chosen_label_decode, rejected_label_decode
     kto         prompt (ids, with the assistant header), completion (ids), label, input_id_decode, completion_decode
-    prompt      input_ids, inputs_decode, seq_length, seq_category (+ gt_answer)
+    prompt      input_ids, inputs_decode, seq_length, seq_category (+ gt_answer): PPO prompts, scored as ids
 
 Such a row becomes a ``TokenizedRow``: its ids and masks are trained exactly as stored (no chat template,
 --system or --loss_scale touches them); only --max_length and --truncation_strategy apply. Example::
@@ -74,8 +74,11 @@ def kto_row(record: dict[str, Any], source: RowSource) -> TokenizedRow:
 
 
 def prompt_row(record: dict[str, Any], source: RowSource) -> TokenizedRow:
-    raise f.error(source, "input_ids", "ColossalChat's prepared prompt data holds token ids only, but alignkit's "
-                  "reward models score the conversation as text; pass the prompt jsonl it was prepared from")
+    """A PPO prompt as ids (ending in the assistant header): sampled from as stored, and scored as ids by a reward
+    model that shares the policy's vocabulary, as ColossalChat does."""
+    ids = _ids(record, "input_ids", source)
+    extras = {"gt_answer": record["gt_answer"]} if record.get("gt_answer") is not None else {}
+    return TokenizedRow("prompt", [(ids, [IGNORE_INDEX] * len(ids))], source=source, extras=extras)
 
 
 def holds_token_ids(column: str):

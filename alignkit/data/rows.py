@@ -86,7 +86,7 @@ class TokenizedRow:
     -100 where no loss is taken: one for sft and unpaired (KTO, judged by ``label``) rows, chosen and rejected
     for preference rows."""
 
-    kind: str  # sft | preference | unpaired
+    kind: str  # sft | preference | unpaired | prompt
     sequences: list[tuple[list[int], list[int]]]
     label: bool | None = None
     source: RowSource | None = None
