@@ -7,6 +7,7 @@
     alignkit data  --dataset D [--model M]  (formats, counts, token lengths, rows with their trained tokens)
     alignkit export --ckpt_dir CKPT --merge_lora true
     alignkit deploy / app                  (OpenAI-compatible server / Gradio chat page)
+    alignkit colossal train_dpo [flags]    (ColossalChat's scripts and flags, alignkit/commands/colossal/)
 """
 
 from __future__ import annotations
@@ -116,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add_dataclass_arguments(sub.add_parser(name, aliases=aliases.get(name, []), help=help_text,
                                                description=help_text, allow_abbrev=False), cls)
+    colossal = sub.add_parser("colossal", help=COLOSSAL_HELP, description=COLOSSAL_HELP, allow_abbrev=False)
+    colossal.add_argument("colossal_argv", nargs=argparse.REMAINDER, help="SCRIPT [its flags]")
     return parser
+
+
+COLOSSAL_HELP = ("ColossalChat's scripts with their own flags: train_sft, train_rm, train_dpo, train_kto, train_orpo, "
+                 "train_ppo, train_grpo, prepare_dataset, inference (`alignkit colossal train_dpo --help`; "
+                 "docs/colossal.md).")
 
 
 def reject_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         setup_logging()
         keep_hub_kernels_offline_off()  # before transformers reads it (alignkit/models/hub_kernels.py)
-        if command in TRAIN_COMMANDS:
+        if command in TRAIN_COMMANDS or (command == "colossal" and colossal_trains(values["colossal_argv"])):
             from alignkit.training.launch import relaunch, torchrun_command
 
             launch = torchrun_command(argv, dict(os.environ))
@@ -279,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130
+
+
+def colossal_trains(argv: list[str]) -> bool:
+    from alignkit.commands.colossal import trains
+
+    return trains(argv)
 
 
 def typed_arguments(command: str, values: dict):
@@ -311,6 +325,10 @@ def training_task(command: str) -> str:
 
 
 def dispatch(command: str, values: dict) -> int:
+    if command == "colossal":  # its own flags, translated into RunArguments there
+        from alignkit.commands.colossal import run_colossal
+
+        return run_colossal(values["colossal_argv"])
     args = typed_arguments(command, values)
     if command in TRAIN_COMMANDS:
         from alignkit.training.run import run_training

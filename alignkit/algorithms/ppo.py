@@ -29,7 +29,7 @@ from alignkit.algorithms.rollout import (
 from alignkit.algorithms.sft import SFT
 from alignkit.losses import rl as rl_math
 from alignkit.models.packing import Layout, pack, supports_packing
-from alignkit.models.scalar_model import TokenScalarModel, score_conversations
+from alignkit.models.scalar_model import TokenScalarModel, score_conversations, score_token_ids
 
 
 def completion_values(value_model: TokenScalarModel, experience: dict[str, torch.Tensor],
@@ -110,10 +110,16 @@ class PPO:
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
                                stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length)
         texts = decode_completions(self.tokenizer, rollout)
-        conversations = [[*p.messages, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
-        scores = score_conversations(self.reward_model, self.reward_encoder, conversations,
-                                     batch_size=self.forward_batch_size,
-                                     packed=self.layout is not None and self.layout.padding_free)  # (N,)
+        packed = self.layout is not None and self.layout.padding_free
+        if prompts and prompts[0].messages is None:  # token-id prompts: prompt + completion ids, as ColossalChat
+            sequences = [p.ids + ids[mask.bool()].tolist()
+                         for p, ids, mask in zip(prompts, rollout.completion_ids, rollout.completion_mask)]
+            scores = score_token_ids(self.reward_model, sequences, pad_id=self.reward_encoder.tokenizer.pad_token_id,
+                                     batch_size=self.forward_batch_size, packed=packed)  # (N,)
+        else:
+            conversations = [[*p.messages, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
+            scores = score_conversations(self.reward_model, self.reward_encoder, conversations,
+                                         batch_size=self.forward_batch_size, packed=packed)  # (N,)
         if self.missing_eos_penalty:
             scores = scores - self.missing_eos_penalty * (~rollout.stopped).float()
         return rollout, texts, scores
@@ -154,7 +160,8 @@ class PPO:
             "objective/rlhf_reward": (scores - self.kl_coef * kl_sum).mean().item(),
             **rollout_metrics(rollout),
         }
-        samples = [{"prompt": p.messages[-1]["content"], "completion": t, "score": s.item()}
+        samples = [{"prompt": p.messages[-1]["content"] if p.messages else self.tokenizer.decode(p.ids),
+                    "completion": t, "score": s.item()}
                    for p, t, s in zip(prompts, texts, scores)]
         return experience, metrics, samples
 

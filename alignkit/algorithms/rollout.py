@@ -336,7 +336,7 @@ def reference_logprobs(policy, frozen_reference, experience: dict[str, torch.Ten
 class EncodedPrompt:
     """One prompt row, ready to sample from: its messages, token ids (with the assistant header) and extra columns."""
 
-    messages: list
+    messages: list | None  # None: a prompt that arrived as token ids (ColossalChat's prepared prompts)
     ids: list[int]
     extras: dict
 

@@ -109,7 +109,7 @@ def _builtin(name: str, tokenizer) -> ChatTemplate:
     return ChatTemplate(name, BUILTIN_TEMPLATES[name], stop_ids=tuple(dict.fromkeys(stop)))
 
 
-_CONFIG_KEYS = ("chat_template", "system_message", "end_of_assistant", "stop_ids")
+_CONFIG_KEYS = ("chat_template", "system_message", "end_of_assistant", "stop_ids", "response_format_tags")
 
 
 def load_template_config(path: str, tokenizer) -> ChatTemplate:
@@ -126,10 +126,17 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
     unknown = sorted(set(config) - set(_CONFIG_KEYS))
     if unknown:
         raise AlignkitError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(_CONFIG_KEYS)}")
+    if config.get("response_format_tags") is not None:
+        if not isinstance(config["response_format_tags"], dict):
+            raise AlignkitError(f"{where}: 'response_format_tags' must be an object, got "
+                                f"{type(config['response_format_tags']).__name__}")
+        # ColossalChat's verifiable rewards check answers against these tags; alignkit's rendering has no use for them.
+        logger.info("%s: response_format_tags are not used by alignkit's rendering (they serve ColossalChat's "
+                    "verifiable rewards)", where)
     for key in ("chat_template", "system_message", "end_of_assistant"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise AlignkitError(f"{where}: '{key}' must be a string, got {type(config[key]).__name__}")
-    source = config.get("chat_template") or getattr(tokenizer, "chat_template", None)
+    source = borrowed_template(config.get("chat_template"), where) or getattr(tokenizer, "chat_template", None)
     if not source:
         raise AlignkitError(f"{where}: 'chat_template' is empty and the tokenizer has no chat template of its own")
     stop_ids = config.get("stop_ids")
@@ -149,3 +156,17 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
         end_of_assistant=config.get("end_of_assistant") or None,
         stop_ids=tuple(stop_ids),
     )
+
+
+def borrowed_template(value: str | None, where: str) -> str | None:
+    """A config's ``chat_template``; a local model directory there (no Jinja in it) lends its tokenizer's template,
+    as ColossalChat's setup_conversation_template does."""
+    if not value or "{" in value or not Path(value).expanduser().is_dir():
+        return value
+    from transformers import AutoTokenizer
+
+    template = getattr(AutoTokenizer.from_pretrained(str(Path(value).expanduser())), "chat_template", None)
+    if not template:
+        raise AlignkitError(f"{where}: 'chat_template' names the model {value}, whose tokenizer has no chat template")
+    logger.info("%s: the chat template of %s's tokenizer", where, value)
+    return template

@@ -13,7 +13,16 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from alignkit.data.collate import EncodedLabelled, EncodedPair, EncodedUnpaired
-from alignkit.data.rows import ClassificationRow, ConversationRow, PreferenceRow, PromptRow, Row, UnpairedRow
+from alignkit.data.prepared import encode_tokenized
+from alignkit.data.rows import (
+    ClassificationRow,
+    ConversationRow,
+    PreferenceRow,
+    PromptRow,
+    Row,
+    TokenizedRow,
+    UnpairedRow,
+)
 from alignkit.data.template import ChatEncoder, Encoded, Truncated
 from alignkit.errors import AlignkitError
 
@@ -32,6 +41,8 @@ def encode_row(encoder: ChatEncoder, row: Row) -> Encoded | tuple[Encoded, Encod
         return encoder.encode_prompt_row(row)
     if isinstance(row, ClassificationRow):
         return encoder.encode_classified(row)
+    if isinstance(row, TokenizedRow):
+        return encode_tokenized(encoder, row)
     raise AlignkitError(f"cannot encode rows of type {type(row).__name__}")
 
 
@@ -70,6 +81,8 @@ def with_row_fields(items: list, rows: list) -> list:
         row = rows[index]
         if isinstance(row, PreferenceRow):
             encoded = EncodedPair(encoded[0], encoded[1], margin=row.margin)
+        elif isinstance(row, TokenizedRow) and row.kind != "sft":
+            encoded = EncodedPair(*encoded) if row.kind == "preference" else EncodedUnpaired(encoded, row.label)
         elif isinstance(row, UnpairedRow):
             encoded = EncodedUnpaired(encoded, row.label)
         elif isinstance(row, ClassificationRow):

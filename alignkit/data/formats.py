@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.data import fields as f
+from alignkit.data import prepared
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
@@ -34,6 +35,7 @@ from alignkit.data.rows import (
     PromptRow,
     Row,
     RowSource,
+    TokenizedRow,
     UnpairedRow,
 )
 from alignkit.errors import DataError
@@ -69,6 +71,7 @@ class Format:
     kinds: tuple[str, ...]
     parse: Callable[[dict[str, Any], RowSource], Parsed]
     sniff: Callable[[dict[str, Any]], bool] | None = None
+    tokenized: Callable[[dict[str, Any], RowSource], TokenizedRow] | None = None  # rows that arrive as token ids
 
 
 # ------------------------------------------------------------------------------------------- ms-swift
@@ -314,6 +317,15 @@ def _whole_conversation(record: dict[str, Any]) -> bool:
     return starts_with_prompt(record.get("chosen")) and starts_with_prompt(record.get("rejected"))
 
 
+def _tokenized_only(record: dict[str, Any], source: RowSource) -> Parsed:
+    raise f.error(source, None, "this format holds token ids, not messages")
+
+
+def _prepared(name: str, columns: tuple[str, ...], kind: str, read, sniff=None) -> Format:
+    """A format of already tokenised rows (alignkit/data/prepared.py): read as they are, never re-rendered."""
+    return Format(name, columns, (kind,), _tokenized_only, sniff, tokenized=read)
+
+
 FORMATS: tuple[Format, ...] = (
     Format("ms-swift preference", ("messages", "rejected_response"), PAIRED, parse_swift_messages),
     Format("ms-swift preference (rejected_messages)", ("messages", "rejected_messages"), PAIRED, parse_swift_messages),
@@ -338,6 +350,14 @@ FORMATS: tuple[Format, ...] = (
     Format("ms-swift query (prompt-only)", ("query",), ("prompt",), parse_swift_query),
     Format("Anthropic hh-rlhf", ("chosen", "rejected"), PAIRED, parse_hh, _is_transcript),
     Format("TRL preference (implicit prompt)", ("chosen", "rejected"), PAIRED, parse_trl),
+    # ColossalChat's prepare_dataset output: token ids (its KTO rows share the raw ones' column names).
+    _prepared("ColossalChat prepared preference (token ids)", prepared.PREFERENCE_COLUMNS, "preference",
+              prepared.preference_row),
+    _prepared("ColossalChat prepared SFT (token ids)", prepared.SFT_COLUMNS, "sft", prepared.sft_row),
+    _prepared("ColossalChat prepared KTO (token ids)", prepared.KTO_COLUMNS, "unpaired", prepared.kto_row,
+              prepared.holds_token_ids("completion")),
+    _prepared("ColossalChat prepared prompts (token ids)", prepared.PROMPT_COLUMNS, "prompt", prepared.prompt_row,
+              prepared.holds_token_ids("input_ids")),
     Format("ColossalChat KTO", ("prompt", "completion", "label"), LABELLED, parse_trl,
            _first_message_has("from", "completion")),
     Format("TRL unpaired", ("prompt", "completion", "label"), LABELLED, parse_trl),
@@ -402,6 +422,8 @@ def detect_format(columns: list[str], kind: str | None, file: str, records: list
 
 def natural_kind(fmt: Format, record: dict[str, Any], source: RowSource) -> str:
     """The kind of row a record holds by itself: a pair, a labelled answer, a conversation or a prompt."""
+    if fmt.tokenized is not None:
+        return fmt.kinds[0]
     try:
         parsed = fmt.parse(record, source)
     except DataError:
@@ -453,4 +475,6 @@ def convert(record: dict[str, Any], fmt: Format, kind: str, source: RowSource) -
         if f.missing(record.get(column)):
             raise f.error(source, column, f"missing value; format '{fmt.name}' needs {', '.join(fmt.columns)}")
     f.check_images(record, source)
+    if fmt.tokenized is not None:
+        return [fmt.tokenized(record, source)]
     return to_rows(fmt.parse(record, source), kind, source)

@@ -191,6 +191,8 @@ def _read_json_array(text: str, file: str) -> list[Record]:
 
 
 def _object(record: Any, file: str, number: int) -> dict[str, Any] | DataError:
+    if isinstance(record, list) and record and all(isinstance(m, dict) and "role" in m for m in record):
+        return {"messages": record}  # a line that is a conversation itself (ColossalChat's lora_finetune.py data)
     if not isinstance(record, dict):
         return DataError(f"expected a JSON object, got {type(record).__name__}", file=file, row=number)
     return record
@@ -415,6 +417,9 @@ def _load_folder(path: Path, name: str, options: LoadOptions, report: list[FileR
             data = data[split]
         return rows_from_records(list(enumerate(data.to_list(), start=1)), name, options, report)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+    saved = sorted(p for p in path.iterdir() if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+    if not files and saved:  # e.g. ColossalChat's arrow/ folder of part-00000/ ... save_to_disk parts
+        return [row for part in saved for row in _load_folder(part, str(Path(name) / part.name), options, report)]
     if not files:
         raise AlignkitError(
             f"dataset folder '{name}' holds no {', '.join(FILE_SUFFIXES)} files and was not written by "

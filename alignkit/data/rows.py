@@ -79,4 +79,18 @@ class PromptRow:
     source: RowSource | None = None
 
 
-Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow | ClassificationRow
+@dataclass
+class TokenizedRow:
+    """A row that arrives tokenised (ColossalChat's prepare_dataset output, alignkit/data/prepared.py): its ids
+    and labels are trained as they are, never re-rendered. ``sequences`` holds (input_ids, labels) pairs, labels
+    -100 where no loss is taken: one for sft and unpaired (KTO, judged by ``label``) rows, chosen and rejected
+    for preference rows."""
+
+    kind: str  # sft | preference | unpaired | prompt
+    sequences: list[tuple[list[int], list[int]]]
+    label: bool | None = None
+    source: RowSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow | ClassificationRow | TokenizedRow

@@ -187,7 +187,7 @@ class ChatEncoder:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels
         (``every_token``: all tokens do, for ``--loss_scale all``)."""
         if not self.use_chat_template:
-            return self._fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
+            return self.fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
         full_text = self.render(messages, generation_prompt=False)
         full_ids = self.tokens(full_text)
         labels = list(full_ids) if every_token else [IGNORE_INDEX] * len(full_ids)
@@ -196,14 +196,14 @@ class ChatEncoder:
                 raise DataError("only assistant turns can be trained", **_where(source), field="messages")
             start = self._checked_prefix(messages[:index], full_text, full_ids, generation_prompt=True)
             end = self._checked_prefix(messages[: index + 1], full_text, full_ids, generation_prompt=False)
-            end = self._end_of_assistant(full_ids, start, end)
+            end = self._end_of_assistant(full_text, full_ids, messages, index, start, end)
             labels[start:end] = full_ids[start:end]
             untrained = self._untrained_prefix(messages, index, full_text, full_ids, start)
             labels[start:untrained] = [IGNORE_INDEX] * (untrained - start)
         if train_turns and all(label == IGNORE_INDEX for label in labels):
             # An all-masked sequence makes a mean loss 0/0: the classic NaN. It is never trained on.
             raise DataError("the answer renders to no trainable tokens", **_where(source))
-        return self._fit(Encoded(full_ids, labels), source)
+        return self.fit(Encoded(full_ids, labels), source)
 
     def encode_plain(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
                      *, every_token: bool = False) -> Encoded:
@@ -264,18 +264,27 @@ class ChatEncoder:
         shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
         return max(start, shared)
 
-    def _end_of_assistant(self, full_ids: list[int], start: int, end: int) -> int:
-        """With a template config's ``end_of_assistant``, the trained span ends right after its last occurrence."""
+    def _end_of_assistant(self, full_text: str, full_ids: list[int], messages: list[Message], index: int,
+                          start: int, end: int) -> int:
+        """With a template config's ``end_of_assistant``, ColossalChat's rule (split_templated_prompt_into_chunks):
+        the trained span ends after the first ``end_of_assistant`` that follows the answer's text, wherever it is
+        (chatglm3's ``<|user|>`` opens the next turn); when none follows, after the answer's text. A token that
+        runs on past that point is left untrained."""
         if not self._end_ids:
             return end
-        n = len(self._end_ids)
-        for stop in range(end, start + n - 1, -1):
-            if full_ids[stop - n : stop] == self._end_ids:
-                return stop
-        raise AlignkitError(
-            f"end_of_assistant {self.template.end_of_assistant!r} of {self.template.name} does not occur in the "
-            f"rendered assistant turn {self.tokenizer.decode(full_ids[start:end])!r}; fix the template config"
-        )
+        content = messages[index]["content"]
+        at = full_text.find(content, len(self.render(messages[:index], generation_prompt=True))) if content else -1
+        if at < 0:  # the template rewrites the answer (trims it, ...): its turn's own markers decide
+            n = len(self._end_ids)
+            return next((stop for stop in range(end, start + n - 1, -1) if full_ids[stop - n : stop] == self._end_ids),
+                        end)
+        stop = at + len(content)
+        following = full_text.find(self.template.end_of_assistant, stop)
+        if following >= 0:
+            stop = following + len(self.template.end_of_assistant)
+        prefix = self.tokens(full_text[:stop])
+        shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
+        return max(start, shared)
 
     def _checked_prefix(self, messages: list[Message], full_text: str, full_ids: list[int], *,
                         generation_prompt: bool) -> int:
@@ -296,7 +305,7 @@ class ChatEncoder:
             )
         return len(prefix)
 
-    def _fit(self, encoded: Encoded, source: RowSource | None) -> Encoded:
+    def fit(self, encoded: Encoded, source: RowSource | None) -> Encoded:
         """Apply --max_prompt_length / --max_length per --truncation_strategy (never silently)."""
         ids, labels = encoded.input_ids, encoded.labels
         first_trained = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))

@@ -21,7 +21,7 @@ from torch import nn
 
 from alignkit.data.collate import SequenceCollator
 from alignkit.data.rows import Message
-from alignkit.data.template import ChatEncoder, Truncated
+from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded, Truncated
 from alignkit.errors import AlignkitError
 from alignkit.models.packing import Packed, pack, packed_attention_mask, supports_packing
 from alignkit.models.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
@@ -163,7 +163,22 @@ def score_conversations(
             raise AlignkitError(
                 f"the answer of completion {index} alone is too long for the reward model ({error})"
             ) from error
-    collate = SequenceCollator(encoder.tokenizer.pad_token_id)
+    return _score_encoded(model, encoded, encoder.tokenizer.pad_token_id, batch_size=batch_size, packed=packed)
+
+
+def score_token_ids(model: TokenScalarModel, sequences: list[list[int]], *, pad_id: int, batch_size: int,
+                    packed: bool = True) -> torch.Tensor:
+    """The reward of each token sequence, read at its last token: prompts that arrived as ids (ColossalChat's
+    prepared prompts) + their completions, scored without re-rendering, as ColossalChat's reward model does.
+    The reward model reads the policy's vocabulary (checked when it is loaded). (N,) fp32 on the CPU."""
+    encoded = [(i, Encoded(list(ids), [IGNORE_INDEX] * (len(ids) - 1) + [ids[-1]]))
+               for i, ids in enumerate(sequences)]
+    return _score_encoded(model, encoded, pad_id, batch_size=batch_size, packed=packed)
+
+
+def _score_encoded(model: TokenScalarModel, encoded: list, pad_id: int, *, batch_size: int,
+                   packed: bool) -> torch.Tensor:
+    collate = SequenceCollator(pad_id)
     device = model.head.weight.device
     use_packing = packed and supports_packing(model.backbone)
     scores = []

@@ -14,7 +14,7 @@ from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.loading import load_dataset_spec, parse_columns
-from alignkit.data.rows import PromptRow
+from alignkit.data.rows import PromptRow, TokenizedRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.losses.rl import GRPO_LOSS_TYPES
@@ -87,6 +87,11 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
     if not prompts:
         raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_length − --max_completion_length)")
+    as_ids = sum(p.messages is None for p in prompts + val_prompts)
+    if as_ids and (name != "ppo" or as_ids < len(prompts) + len(val_prompts)):
+        raise AlignkitError("prompts given as token ids (ColossalChat's prepare_dataset --type prompt) are scored on "
+                            "their ids by PPO's reward model, for all prompts of a run; GRPO's rewards, and prompts "
+                            "mixed with text ones, read conversations: pass the prompt jsonl they were prepared from")
     schedule = make_schedule(
         num_prompts=len(prompts), num_generations=grpo["num_generations"] if grpo else 1,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -200,8 +205,11 @@ def encode_prompts(
     --truncation_strategy (delete: dropped and counted; left/right: their beginning is cut; raise)."""
     encoded, dropped = [], 0
     for row in rows:
-        messages = encoder.system_applied(row.prompt)
-        ids = encoder.encode_prompt(row.prompt)
+        if isinstance(row, TokenizedRow):  # stored ids, used as they are
+            messages, ids = None, list(row.sequences[0][0])
+        else:
+            messages = encoder.system_applied(row.prompt)
+            ids = encoder.encode_prompt(row.prompt)
         if len(ids) > limit:
             if strategy == "raise":
                 source = row.source

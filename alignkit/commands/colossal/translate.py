@@ -1,0 +1,372 @@
+"""One ColossalChat command line → alignkit's typed RunArguments, with ColossalChat's meaning and defaults.
+
+    alignkit colossal train_dpo --pretrain M --dataset D --plugin zero2 --batch_size 4 --lr 5e-6 --save_dir S
+
+What ColossalChat does that alignkit's own defaults do not, and so is set here: full fine-tuning unless
+--lora_config gives r > 0; AdamW betas (0.9, 0.95) and weight decay 0.1; a cosine schedule down to 0.1 x lr
+(CosineAnnealingWarmupLR(eta_min=0.1 * lr)) with 2.5% of the steps warming up when --warmup_steps is unset;
+epochs, batch size, accumulation, clipping and saving every 1000 steps; checkpoints under --save_dir and the
+final model in save_dir/modeling (written by ``run.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.commands.colossal.flags import SCRIPTS, Flag
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+# ColossalChat's LoraConfig (coati/models/lora.py) and its defaults.
+LORA_KEYS = {"r": 0, "lora_alpha": 32, "linear_lora_dropout": 0.1, "embedding_lora_dropout": 0.0,
+             "lora_train_bias": "none", "lora_initialization_method": "kaiming_uniform", "target_modules": None}
+TASKS = {"train_sft": ("sft", None), "train_rm": ("rlhf", "rm"), "train_dpo": ("rlhf", "dpo"),
+         "train_kto": ("rlhf", "kto"), "train_orpo": ("rlhf", "orpo"), "train_ppo": ("rlhf", "ppo"),
+         "train_grpo": ("rlhf", "grpo")}
+PPO_TEMPERATURE = 0.7  # train_ppo.py hard-codes PPOTrainer(temperature=0.7, top_k=50)
+
+
+@dataclass
+class Translation:
+    task: str  # "sft" or "rlhf", as run_training takes it
+    values: dict[str, Any]  # RunArguments fields
+    modeling: Path | None = None  # where the final merged model goes (save_dir/modeling)
+    tokenizer_dir: str | None = None
+    config_file: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # every ColossalChat flag's value (for --config_file)
+
+
+def with_defaults(script: str, given: dict[str, Any]) -> dict[str, Any]:
+    """ColossalChat's value of every flag of ``script``: the given ones, else the script's defaults."""
+    return {item.name: given.get(item.name, item.default) for item in SCRIPTS[script]}
+
+
+def translate(script: str, given: dict[str, Any]) -> Translation:
+    """The RunArguments values of a ColossalChat command line (``given``: only the flags on it)."""
+    task, rlhf_type = TASKS[script]
+    flags: dict[str, Flag] = {item.name: item for item in SCRIPTS[script]}
+    colossal = with_defaults(script, given)
+    values: dict[str, Any] = {"train_type": "full", "adam_beta1": 0.9, "adam_beta2": 0.95,
+                              "lr_scheduler_type": "cosine_with_min_lr",
+                              "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}),
+                              "gradient_checkpointing": False, "report_to": ["none"], "logging_steps": 1}
+    if rlhf_type:
+        values["rlhf_type"] = rlhf_type
+    for name, item in flags.items():
+        if item.to:
+            values[item.to] = colossal[name]
+        elif item.no_effect and name in given and given[name] != item.default:
+            logger.info("--%s %s has no effect in alignkit: %s", name, given[name], item.no_effect)
+    if colossal["pretrain"] is None:
+        raise AlignkitError(f"{script}: --pretrain (the model to train) is required")
+    values["model"] = colossal["pretrain"]
+    warmup = colossal["warmup_steps"]
+    if warmup is None:
+        warmup = colossal_warmup(script, colossal)
+        logger.info("--warmup_steps unset: %d, 2.5%% of the optimizer steps rounded down, as ColossalChat", warmup)
+    values.update(warmup_steps=warmup, warmup_ratio=0.0)  # 0 and 0: no warm-up
+    values["dtype"] = precision(colossal["mixed_precision"])
+    values.update(engine_values(colossal, given))
+    values.update(lora_values(colossal["lora_config"]))
+    if colossal["grad_checkpoint"]:
+        values["gradient_checkpointing"] = True
+    report = (["tensorboard"] if colossal["log_dir"] else []) + (["wandb"] if colossal["use_wandb"] else [])
+    if report:
+        values["report_to"] = report
+    if colossal["log_dir"]:
+        logger.info("--log_dir %s: tensorboard logs go to the run directory's runs/ folder", colossal["log_dir"])
+    checkpoint = colossal["checkpoint_path"]
+    if checkpoint:
+        if "modeling" in checkpoint:  # ColossalChat: a saved model to continue from, not a resumable state
+            values["model"] = checkpoint
+            logger.info("--checkpoint_path %s: continuing from these weights (a new run, as ColossalChat)", checkpoint)
+        else:
+            values["resume_from_checkpoint"] = checkpoint
+    if script in ("train_ppo", "train_grpo"):
+        values.update(online_values(script, colossal))
+        save = Path(colossal["save_path"])
+        modeling = save / "actor" / "modeling"
+    else:
+        if not colossal["dataset"]:
+            raise AlignkitError(f"{script}: --dataset is required (ColossalChat's prepared data or jsonl files)")
+        values.update(method_values(script, colossal, given))
+        values["dataloader_drop_last"] = True  # ColossalChat's data loaders drop the last short batch
+        values["truncation_strategy"] = "right"  # and its collators cut rows to --max_length at the end
+        save_dir = colossal.get("save_dir") or colossal.get("save_path")
+        save = Path(save_dir) if save_dir else None
+        modeling = save / "modeling" if save else None
+    if save is not None:
+        values["output_dir"] = str(save)
+    return Translation(task, values, modeling, colossal["tokenizer_dir"], colossal.get("config_file"), colossal)
+
+
+def precision(mixed_precision: str) -> str:
+    """ColossalChat's --mixed_precision as --dtype; fp16 needs a GPU here, so a CPU machine falls back."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        from alignkit.models.load import cpu_supports_bf16
+
+        fallback = "bf16" if cpu_supports_bf16() else "fp32"
+        logger.info("--mixed_precision fp16 needs a GPU; no GPU here, so this run uses %s", fallback)
+        return fallback
+    return mixed_precision
+
+
+def engine_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """--plugin (and --zero_stage / --zero_cpu_offload of --plugin 3d) onto the engines alignkit uses. Unset, it is
+    not ColossalChat's gemini (ZeRO-3, which needs GPUs and DeepSpeed) but plain data parallelism."""
+    plugin = given.get("plugin")
+    if colossal["enable_sequence_parallelism"]:
+        raise AlignkitError("--enable_sequence_parallelism: no engine alignkit uses splits sequences across GPUs; "
+                            "drop it (long rows: --grad_checkpoint, or DeepSpeed/FSDP sharding through --plugin)")
+    if colossal.get("ref_tp", 1) != 1:
+        raise AlignkitError(f"--ref_tp {colossal['ref_tp']}: tensor parallelism has no equivalent in alignkit; a "
+                            "large reference model is sharded with the policy by --plugin gemini (ZeRO-3)")
+    if plugin != "3d":
+        for name in ("zero_stage", "zero_cpu_offload"):
+            if given.get(name):
+                logger.info("--%s has no effect with --plugin %s (only --plugin 3d reads it, as in ColossalChat)",
+                            name, plugin or "unset")
+    if plugin is None:
+        logger.info("--plugin unset: data parallel (ColossalChat's default gemini, ZeRO-3, is not forced: pass "
+                    "--plugin gemini for it)")
+        return {}
+    if plugin == "3d":
+        if any(colossal[name] != 1 for name in ("tp", "pp", "sp")):
+            return {"plugin": "3d", "tp": colossal["tp"], "pp": colossal["pp"], "sp": colossal["sp"]}  # refused there
+        stage, offload = colossal["zero_stage"], colossal["zero_cpu_offload"]
+        if stage == 0:
+            return {}
+        if offload and stage == 1:
+            raise AlignkitError("--plugin 3d --zero_stage 1 --zero_cpu_offload: alignkit's DeepSpeed presets offload "
+                                "with ZeRO-2 or 3; use --zero_stage 2 (or --plugin zero2_cpu)")
+        deepspeed = f"zero{stage}" + ("_offload" if offload else "")
+        return no_gpu_fallback(f"--plugin 3d --zero_stage {stage}", {"deepspeed": deepspeed})
+    if plugin == "ddp":
+        return {}
+    return no_gpu_fallback(f"--plugin {plugin}", {"plugin": plugin})
+
+
+def no_gpu_fallback(asked: str, values: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed needs GPUs: on a machine without one the same command still runs, data parallel (logged)."""
+    if torch.cuda.is_available():
+        return values
+    logger.info("%s: DeepSpeed ZeRO needs GPUs; no GPU here, so this run is data parallel", asked)
+    return {}
+
+
+def lora_values(path: str | None) -> dict[str, Any]:
+    """ColossalChat's --lora_config JSON: r 0 (or no file) is full fine-tuning, as there."""
+    if path is None:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise AlignkitError(f"--lora_config {path}: {error}") from error
+    unknown = sorted(set(config) - set(LORA_KEYS))
+    if unknown:
+        raise AlignkitError(f"--lora_config {path}: unknown key(s) {', '.join(unknown)} (ColossalChat's LoraConfig "
+                            f"has {', '.join(LORA_KEYS)})")
+    config = {**LORA_KEYS, **config}
+    if config["r"] <= 0:
+        logger.info("--lora_config %s: r %s, full fine-tuning (as ColossalChat)", path, config["r"])
+        return {}
+    if str(config["lora_initialization_method"]).lower() != "kaiming_uniform":
+        raise AlignkitError(f"--lora_config {path}: lora_initialization_method {config['lora_initialization_method']} "
+                            "is not supported by alignkit's front-end yet (peft's default kaiming_uniform only)")
+    if config["lora_train_bias"] != "none":
+        raise AlignkitError(f"--lora_config {path}: lora_train_bias {config['lora_train_bias']} is not supported: "
+                            "alignkit trains the LoRA matrices only (lora_train_bias none)")
+    if config["embedding_lora_dropout"]:
+        logger.info("--lora_config %s: embedding_lora_dropout has no effect (alignkit adapts linear layers only)", path)
+    values = {"train_type": "lora", "lora_rank": int(config["r"]), "lora_alpha": int(config["lora_alpha"]),
+              "lora_dropout": float(config["linear_lora_dropout"])}
+    if config["target_modules"]:
+        values["lora_target_modules"] = list(config["target_modules"])
+    else:
+        logger.info("--lora_config %s without target_modules: LoRA on every linear layer but the LM head (ColossalChat "
+                    "converts the LM head too)", path)
+    return values
+
+
+def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """What each script's own flags mean in alignkit's terms."""
+    if colossal.get("disable_loss_mask"):
+        if script != "train_sft":
+            raise AlignkitError(f"{script} --disable_loss_mask (the loss over prompt tokens too) is not supported for "
+                                "preference and KTO training: alignkit trains the answers' tokens only")
+    if script == "train_sft":
+        return {"loss_scale": "all"} if colossal["disable_loss_mask"] else {}
+    if script == "train_rm":
+        logger.info("train_rm: alignkit's value head is bias-free with weights from N(0, 1/(d+1)) (variance); "
+                    "ColossalChat's has a bias and weights from N(0, std 1/(d+1)): the same role, a different start")
+        return {"loss_type": [colossal["loss_fn"]]}
+    if script == "train_orpo":
+        logger.info("train_orpo --lam %s is ORPO's lambda (alignkit's --beta); the odds are taken of each answer's "
+                    "mean token log-prob (TRL, ms-swift), where ColossalChat averages per-token odds "
+                    "(docs/objectives.md)", colossal["lam"])
+        return {"beta": colossal["lam"]}
+    if script == "train_kto":
+        return kto_weights(colossal)
+    return dpo_values(colossal, given)
+
+
+def dpo_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """ColossalChat's DpoLoss: -logsigmoid(beta * (pi_c - pi_r - (ref_c - ref_r)) - gamma), the log-probs summed
+    or, with length normalisation, averaged over the answer's tokens; no reference: ref terms 0.
+    simpo_loss turns length normalisation on and sets gamma 1.4 unless given (train_dpo.py's "fool proof")."""
+    gamma, normalise = colossal["gamma"], colossal["length_normalization"]
+    if colossal["loss_type"] == "simpo_loss":
+        normalise = True
+        gamma = gamma if gamma > 0 else 1.4
+    no_reference = colossal["disable_reference_model"]
+    if normalise and no_reference:
+        # SimPO: -logsigmoid(beta * (avg_c - avg_r) - gamma), alignkit's --rlhf_type simpo without the NLL term.
+        return {"rlhf_type": "simpo", "simpo_gamma": gamma, "cpo_alpha": 0.0}
+    if gamma:
+        raise AlignkitError(f"train_dpo --gamma {gamma} (from --loss_type simpo_loss unless given) with a reference "
+                            "model: a margin on DPO's log-ratios is not supported; add --disable_reference_model for "
+                            "SimPO (ColossalChat's shipped SimPO setting), or drop the margin with --gamma 0 and "
+                            "--loss_type dpo_loss")
+    if normalise:
+        # Both models' log-probs averaged over each answer's tokens: Tulu 3's length-normalised DPO.
+        return {"loss_type": ["sigmoid_norm"], "reference_free": False}
+    return {"loss_type": ["sigmoid"], "reference_free": bool(no_reference)}
+
+
+def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
+    """train_ppo / train_grpo onto alignkit's PPO / GRPO: what maps, and a named refusal for what does not."""
+    if not colossal["prompt_dataset"]:
+        raise AlignkitError(f"{script}: --prompt_dataset is required")
+    if colossal["no_neural_reward_model"] or colossal["reward_functions"]:
+        raise AlignkitError(f"{script} --no_neural_reward_model / --reward_functions: ColossalChat's verifiable "
+                            "rewards (gsm8k_reward_fn, math_competition_reward_fn) are not built in alignkit; score "
+                            "with a reward model (--rm_checkpoint_path), or use `alignkit rlhf --rlhf_type grpo "
+                            "--reward_funcs ...` with a function of your own")
+    reward = colossal["rm_checkpoint_path"]
+    if reward is None:
+        raise AlignkitError(f"{script} needs --rm_checkpoint_path (train_rm's save_dir/modeling): with --rm_pretrain "
+                            "alone ColossalChat scores with an untrained value head")
+    if colossal["rm_pretrain"]:
+        logger.info("--rm_pretrain %s: the reward model is --rm_checkpoint_path %s whole (backbone and head)",
+                    colossal["rm_pretrain"], reward)
+    critic = colossal["critic_checkpoint_path"]
+    if critic is not None and Path(critic).resolve() != Path(reward).resolve():
+        raise AlignkitError(f"--critic_checkpoint_path {critic}: alignkit's value model starts as a copy of the reward "
+                            "model (--rm_checkpoint_path); a separate critic checkpoint is not supported")
+    if colossal["critic_lr"] != colossal["lr"] and script == "train_ppo":
+        raise AlignkitError(f"--critic_lr {colossal['critic_lr']} differs from --lr {colossal['lr']}: alignkit trains "
+                            "the policy and the value model with one optimizer and one learning rate; pass the same "
+                            "value to both")
+    if colossal["disable_loss_mask"]:
+        raise AlignkitError(f"{script} --disable_loss_mask is not supported: alignkit trains the completions' tokens")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    group = colossal["num_generations"] if script == "train_grpo" else 1
+    micro, accumulation = colossal["train_batch_size"], colossal["accumulation_steps"]
+    experience = colossal["experience_batch_size"] * colossal["num_collect_steps"] * world * group
+    minibatch = micro * accumulation * world
+    if minibatch > experience:
+        logger.info("--train_batch_size %d x --accumulation_steps %d x %d processes = %d completions per optimizer "
+                    "step exceeds the %d of an episode; alignkit steps once per episode's experience (ColossalChat "
+                    "carries the accumulation over into the next episode)", micro, accumulation, world, minibatch,
+                    experience)
+        minibatch = experience
+    values: dict[str, Any] = {
+        "dataset": colossal["prompt_dataset"], "reward_model": [reward],
+        "experience_batch_size": colossal["experience_batch_size"] * world,
+        "per_device_train_batch_size": micro, "train_batch_size": minibatch,
+        "max_length": colossal["max_length"], "truncation_strategy": "left",
+    }
+    if colossal["max_length"] > colossal["max_seq_len"]:
+        values["max_prompt_length"] = colossal["max_length"] - colossal["max_seq_len"]
+    if colossal["ptx_dataset"]:
+        if colossal["ptx_coef"] == 0:
+            logger.info("--ptx_dataset with --ptx_coef 0 has no work (its loss weighs 0), as in ColossalChat")
+        elif colossal["ptx_batch_size"] != micro:
+            raise AlignkitError(f"--ptx_batch_size {colossal['ptx_batch_size']}: alignkit's ptx batch is the update "
+                                f"micro-batch; pass --ptx_batch_size {micro} (--train_batch_size)")
+        else:
+            values["pretrain_dataset"] = colossal["ptx_dataset"]
+    if script == "train_ppo":
+        values.update(num_ppo_epochs=colossal["num_update_steps"], temperature=PPO_TEMPERATURE)
+        logger.info("train_ppo samples at temperature %.1f as ColossalChat; its top_k 50 is not applied (alignkit "
+                    "samples from the whole distribution)", PPO_TEMPERATURE)
+        return values
+    return {**values, **grpo_values(colossal)}
+
+
+def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
+    if colossal["kl_coef"] != 0:
+        raise AlignkitError(f"train_grpo --kl_coef {colossal['kl_coef']}: ColossalChat subtracts kl_coef x KL from "
+                            "each reward; alignkit's GRPO has the KL as a loss term instead. Pass --kl_coef 0 (no KL), "
+                            "or use `alignkit rlhf --rlhf_type grpo --beta B` for the loss-term KL")
+    if colossal["initial_temperature"] != colossal["final_temperature"]:
+        raise AlignkitError(f"train_grpo --initial_temperature {colossal['initial_temperature']} --final_temperature "
+                            f"{colossal['final_temperature']}: temperature annealing is not supported; pass equal "
+                            "values for a fixed temperature")
+    if colossal["max_tokens_thinking"] < colossal["max_seq_len"]:
+        raise AlignkitError(f"train_grpo --max_tokens_thinking {colossal['max_tokens_thinking']} below --max_seq_len "
+                            f"{colossal['max_seq_len']}: the thinking budget is not supported; set it to at least "
+                            "--max_seq_len")
+    values = {"beta": 0.0, "temperature": colossal["initial_temperature"],
+              "num_iterations": colossal["num_update_steps"]}
+    if colossal["inference_batch_size"] is not None:
+        values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
+    return values
+
+
+def kto_weights(colossal: dict[str, Any]) -> dict[str, Any]:
+    """train_kto.py's check of the KTO paper's bound (Eq. 8): desirable_weight x desirable rows /
+    (undesirable_weight x undesirable rows) in [1, 4/3]. Outside it ColossalChat stops, or with --auto_weight
+    divides --desirable_weight by that ratio (which makes it 1)."""
+    desirable, undesirable = count_kto_labels(colossal["dataset"])
+    weights = {"desirable_weight": colossal["desirable_weight"], "undesirable_weight": colossal["undesirable_weight"]}
+    if not desirable or not undesirable:
+        raise AlignkitError(f"train_kto: the training data has {desirable} desirable and {undesirable} undesirable "
+                            "rows; KTO needs both")
+    ratio = weights["desirable_weight"] * desirable / (weights["undesirable_weight"] * undesirable)
+    if 1 <= ratio <= 4 / 3:
+        return weights
+    if not colossal["auto_weight"]:
+        raise AlignkitError(f"train_kto: desirable_weight x {desirable} desirable rows / (undesirable_weight x "
+                            f"{undesirable} undesirable rows) = {ratio:.4g} is outside [1, 4/3] (KTO paper, Eq. 8), "
+                            "which ColossalChat refuses: adjust --desirable_weight / --undesirable_weight or add "
+                            "--auto_weight")
+    weights["desirable_weight"] = colossal["desirable_weight"] / ratio
+    logger.info("train_kto --auto_weight: the weighted ratio %.4g is outside [1, 4/3]; --desirable_weight set to %.6g "
+                "(undesirable_weight %s), as ColossalChat", ratio, weights["desirable_weight"],
+                weights["undesirable_weight"])
+    return weights
+
+
+def count_kto_labels(datasets: list[str]) -> tuple[int, int]:
+    """(desirable, undesirable) rows of the KTO training data, read as the run will read it."""
+    from alignkit.data.loading import load_dataset_spec
+
+    labels = [row.label for spec in datasets for row in load_dataset_spec(spec, "unpaired", seed=42)]
+    return sum(1 for label in labels if label), sum(1 for label in labels if not label)
+
+
+ROW_KINDS = {"train_sft": "sft", "train_rm": "preference", "train_dpo": "preference", "train_orpo": "preference",
+             "train_kto": "unpaired"}
+
+
+def colossal_warmup(script: str, colossal: dict[str, Any]) -> int:
+    """ColossalChat's warm-up when --warmup_steps is unset: int(0.025 x num_episodes) for PPO/GRPO, else
+    int(max_epochs x 0.025 x optimizer steps per epoch), an epoch being len(dataloader) // accumulation_steps
+    with the last short batch dropped (train_*.py)."""
+    if script in ("train_ppo", "train_grpo"):
+        return int(0.025 * colossal["num_episodes"])
+    from alignkit.data.loading import load_dataset_spec
+
+    rows = sum(len(load_dataset_spec(spec, ROW_KINDS[script], seed=42)) for spec in colossal["dataset"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = rows // (colossal["batch_size"] * world) // colossal["accumulation_steps"]
+    return int(colossal["max_epochs"] * 0.025 * per_epoch)
