@@ -434,6 +434,13 @@ class RunArguments:
         "transformers' choice (sdpa). Padding-free packing needs sdpa or eager; with another the padded path runs "
         "and the log says so.", aliases=("--attn_implementation",),
         choices=("sdpa", "eager", "flex_attention", "flash_attn", "flash_attention_2", "flash_attention_3"))
+    use_liger_kernel: bool = option(
+        False, "Liger's Triton kernels (RMSNorm, SwiGLU, RoPE, ...) in place of the model's own modules, for the "
+        "model types Liger supports (llama, mistral, qwen2/3, gemma, phi3, ... and their vision-language models); "
+        "needs a CUDA GPU and the liger-kernel package, and stops with an error naming what is missing.",
+        differs="the kernels replace the model's modules as in ms-swift, but Liger's fused linear cross-entropy (and "
+        "TRL's fused Liger DPO / GRPO losses) are not used: alignkit's losses take per-token log-probs from the "
+        "logits; a model type Liger has no kernels for stops with an error (ms-swift then trains without them)")
     experts_impl: str | None = option(
         None, "Mixture-of-experts models: how the experts run (transformers' experts_implementation): grouped_mm, "
         "batched_mm, eager. A dense model logs once that it has no effect.",
