@@ -45,7 +45,6 @@ def rlhf(model, data, out, *extra):
     (["--save_steps", "0"], "--save_steps 0: expected a positive integer"),
     (["--logging_steps=-1"], "--logging_steps -1: expected a positive integer"),
     (["--max_length", "0"], "--max_length 0: expected a positive integer"),
-    (["--save_total_limit", "0"], "--save_total_limit 0: expected a positive integer"),
     (["--max_nonfinite_steps", "0"], "--max_nonfinite_steps 0: expected a positive integer"),
     (["--learning_rate", "nan"], "--learning_rate nan: expected a value in [0.0, inf)"),
     (["--learning_rate=-1e-4"], "--learning_rate -0.0001: expected a value in [0.0, inf)"),

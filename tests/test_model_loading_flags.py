@@ -201,3 +201,34 @@ def test_rope_scaling_loads_into_the_trained_model(tiny_model_dir, tmp_path, tra
 def test_bad_loading_flags_stop_with_the_flag_named(tiny_model_dir, tmp_path, capsys, argv, message):
     assert main(sft(tiny_model_dir, tmp_path / "out", *argv)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_model_loss_terms_keep_ktos_step_wide_reference_point():
+    # The loop asks the algorithm for its rows, KL terms and a per-step copy (KTO's z); the wrapper that adds the
+    # model's loss terms (router aux loss, AdaLoRA's penalty) must pass them through and stay wrapped.
+    import dataclasses
+
+    from alignkit.training.model_setup import WithModelLosses
+
+    @dataclasses.dataclass(frozen=True)
+    class StepWide:
+        rows: str = "unpaired"
+        needs_kl: bool = True
+        loss_unit: str = "examples"
+        z: float = 0.0
+
+        def for_step(self, kl_sum, count):
+            return dataclasses.replace(self, z=kl_sum / count)
+
+        def kl_terms(self, model, batch):
+            return torch.ones(2)
+
+        def loss(self, model, batch):
+            return torch.tensor(self.z), {"loss": self.z}
+
+    wrapped = WithModelLosses(StepWide(), (("aux_loss", lambda: torch.tensor(1.0)),))
+    assert wrapped.rows == "unpaired" and wrapped.needs_kl and wrapped.kl_terms(None, None).tolist() == [1.0, 1.0]
+    step = wrapped.for_step(3.0, 2.0)
+    assert isinstance(step, WithModelLosses)
+    loss, metrics = step.loss(None, None)
+    assert float(loss) == 2.5 and metrics == {"loss": 2.5, "aux_loss": 1.0}

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 
+from alignkit.config.defaults import UNSUPPORTED_TASK_TYPES
 from alignkit.config.model_checks import check_model_flags
 from alignkit.config.run import RunArguments
 from alignkit.data.template import parse_loss_scale
@@ -23,7 +24,7 @@ AT_LEAST_ONE = (
     "save_steps", "lora_rank", "max_nonfinite_steps",
 )
 AT_LEAST_ONE_IF_SET = (
-    "max_prompt_length", "save_total_limit", "eval_steps", "packing_length", "max_pixels", "max_length", "num_labels",
+    "max_prompt_length", "eval_steps", "packing_length", "max_pixels", "max_length", "num_labels",
 )
 # name -> (low, high, high included)
 RANGES = {
@@ -41,7 +42,8 @@ RANGES = {
 FINITE_IF_SET = ("max_grad_norm", "beta", "rpo_alpha")
 
 
-def check_run_arguments(args: RunArguments) -> None:
+def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
+    """``method``: "sft" or the --rlhf_type (unset: --rlhf_type's)."""
     for name in AT_LEAST_ONE:
         _at_least_one(name, getattr(args, name))
     for name in AT_LEAST_ONE_IF_SET:
@@ -72,7 +74,19 @@ def check_run_arguments(args: RunArguments) -> None:
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")
     check_model_flags(args)
-    if args.rlhf_type == "dpo":
+    # Before --loss_type: a reranker's or an embedding model's losses (pointwise_reranker, infonce, ...) are the
+    # task's, and the task is what alignkit does not train.
+    if args.task_type in UNSUPPORTED_TASK_TYPES:
+        raise AlignkitError(f"--task_type {args.task_type}: {UNSUPPORTED_TASK_TYPES[args.task_type]}")
+    if (method or args.rlhf_type) == "sft":
+        unknown = [t for t in args.loss_type if t != "cross_entropy"]
+        if unknown:
+            raise AlignkitError(
+                f"--loss_type {' '.join(unknown)}: sft trains with cross_entropy (ms-swift's default sft loss); "
+                "ms-swift's other loss types belong to --task_type embedding (infonce, cosine_similarity, contrastive, "
+                "online_contrastive) and reranker (pointwise_reranker, listwise_reranker), which alignkit does not "
+                "train; per-token weights are --loss_scale")
+    elif (method or args.rlhf_type) == "dpo":
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:
             raise AlignkitError(

@@ -147,6 +147,14 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "agent_template": "agent templates (tool definitions and tool calls written as hermes, react_en, ...) are not "
                       "supported: alignkit trains conversations of system, user and assistant turns; write tool calls "
                       "into the assistant text, or render them with the tokenizer's own chat template beforehand",
+    **{name: "EvalScope benchmarks during training (--eval_use_evalscope with --eval_dataset gsm8k, ...) are not "
+       "supported; held-out rows are scored by the method's own metrics; evaluate saved checkpoints afterwards with "
+       "`alignkit eval` or EvalScope"
+       for name in ("eval_use_evalscope", "eval_dataset", "eval_dataset_args", "eval_limit", "eval_generation_config",
+                    "extra_eval_args")},
+    "predict_with_generate": "evaluation by generating answers during training (ms-swift's ROUGE/BLEU metrics) is not "
+                             "supported; held-out rows are scored by the training loss; generate from a checkpoint "
+                             "with `alignkit infer` or `alignkit eval`",
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
 }

@@ -24,6 +24,9 @@ REFUSED_TUNERS = {
     "adapter": "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use --tuner_type "
                "lora, vera, boft, fourierft, bone or adalora",
     "reft": "ReFT is not supported; use --tuner_type lora",
+    "dummy": "ms-swift's dummy tuner leaves the model as loaded, for a model plugin that chooses what trains (its "
+             "Phi-4-multimodal example trains the model's built-in LoRA); alignkit has no model plugins: use "
+             "--tuner_type lora or full",
 }
 ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm")
 LORA_LIKE = ("lora", "lora_llm", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
@@ -56,6 +59,9 @@ def _check_precision(args: RunArguments) -> None:
 
 def _check_tuner(args: RunArguments) -> None:
     tuner = args.train_type
+    if args.tuner_backend == "unsloth":
+        raise AlignkitError("--tuner_backend unsloth: Unsloth's patched models and kernels are not supported; "
+                            "adapters run on peft (--tuner_backend peft); for faster kernels see --use_liger_kernel")
     if tuner in REFUSED_TUNERS:
         raise AlignkitError(f"--tuner_type {tuner}: {REFUSED_TUNERS[tuner]}")
     if tuner == "adalora" and args.resume_from_checkpoint:

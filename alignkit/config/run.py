@@ -13,9 +13,9 @@ from typing import Any
 
 from alignkit.config.options import DTYPE_CHOICES, option
 
-# ms-swift's --tuner_type values: alignkit trains the first ones through peft and refuses the last four.
+# ms-swift's --tuner_type values: alignkit trains the first ones through peft and refuses the last five.
 TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "longlora", "llamapro",
-               "adapter", "reft")
+               "adapter", "reft", "dummy")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 LOADER_HAS_NO_WORK = (
@@ -235,7 +235,8 @@ class RunArguments:
         500, "Save a checkpoint every N steps (with --save_strategy steps; the last step is always saved).",
         may_differ_on_resume=True)
     save_total_limit: int | None = option(
-        None, "Keep at most this many checkpoints (the newest is always kept).", may_differ_on_resume=True)
+        None, "Keep at most this many checkpoints (the newest is always kept). Unset, 0 or negative: keep every "
+        "checkpoint (transformers' rule).", may_differ_on_resume=True)
     resume_from_checkpoint: str | None = option(
         None,
         "Continue a run exactly: a checkpoint directory, a run directory (its newest complete checkpoint) or "
@@ -392,14 +393,14 @@ class RunArguments:
         "lora",
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
-        "model, the vision encoder and aligner trained in full). ms-swift's longlora, llamapro, adapter and reft "
-        "stop with an error (docs/performance.md, \"Memory\").",
+        "model, the vision encoder and aligner trained in full). ms-swift's longlora, llamapro, adapter, reft and "
+        "dummy stop with an error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
-        "text model is lora; longlora, llamapro, adapter and reft stop with an error",
+        "text model is lora; longlora, llamapro, adapter, reft and dummy stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -413,8 +414,10 @@ class RunArguments:
     )
     tuner_backend: str = option(
         "peft",
-        "ms-swift compatibility: LoRA always runs on peft.",
-        choices=("peft", "swift"),
+        "ms-swift compatibility: LoRA always runs on peft (swift: the same adapters); unsloth stops with an error.",
+        choices=("peft", "swift", "unsloth"),
+        differs="swift runs peft's adapters too (ms-swift's own implementations of the same tuners); unsloth stops "
+        "with an error: Unsloth's patched models are not supported",
         may_differ_on_resume=True,
     )
     # --- model loading, quantisation and peft's tuners (docs/performance.md, "Memory") ---
@@ -434,6 +437,13 @@ class RunArguments:
         "transformers' choice (sdpa). Padding-free packing needs sdpa or eager; with another the padded path runs "
         "and the log says so.", aliases=("--attn_implementation",),
         choices=("sdpa", "eager", "flex_attention", "flash_attn", "flash_attention_2", "flash_attention_3"))
+    use_liger_kernel: bool = option(
+        False, "Liger's Triton kernels (RMSNorm, SwiGLU, RoPE, ...) in place of the model's own modules, for the "
+        "model types Liger supports (llama, mistral, qwen2/3, gemma, phi3, ... and their vision-language models); "
+        "needs a CUDA GPU and the liger-kernel package, and stops with an error naming what is missing.",
+        differs="the kernels replace the model's modules as in ms-swift, but Liger's fused linear cross-entropy (and "
+        "TRL's fused Liger DPO / GRPO losses) are not used: alignkit's losses take per-token log-probs from the "
+        "logits; a model type Liger has no kernels for stops with an error (ms-swift then trains without them)")
     experts_impl: str | None = option(
         None, "Mixture-of-experts models: how the experts run (transformers' experts_implementation): grouped_mm, "
         "batched_mm, eager. A dense model logs once that it has no effect.",
@@ -557,9 +567,9 @@ class RunArguments:
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
-        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
-        "and orpo take none.",
-        nargs="+", applies_to=("dpo", "cpo", "kto", "rm", "grpo",))
+        "hinge; grpo: grpo, bnpo, dr_grpo; sft: cross_entropy (its only loss). Unset: sigmoid (dpo, cpo), kto (kto), "
+        "log_sig (rm), grpo (grpo). simpo and orpo take none.",
+        nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
         [],
         "dpo: one weight per --loss_type, the loss being their weighted sum (MPO). Unset: 1 each.",

@@ -19,6 +19,7 @@ import torch
 from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
+from alignkit.models.liger import apply_liger_kernels
 from alignkit.models.load import load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
 from alignkit.models.quantization import DTYPES, bnb_config, is_quantized, prepare_quantized_for_training
@@ -108,7 +109,10 @@ def fit_embeddings(model, tokenizer) -> None:
 
 
 def prepare_loaded(model, args: RunArguments, *, vision: bool = False) -> None:
-    """After loading, before the reference and the adapter: QLoRA's preparation and gradient checkpointing."""
+    """After loading, before the reference and the adapter: Liger's kernels, QLoRA's preparation and gradient
+    checkpointing."""
+    if args.use_liger_kernel:
+        apply_liger_kernels(model)
     if is_quantized(model):
         prepare_quantized_for_training(model)
         logger.info("QLoRA: %d-bit %s base weights (bitsandbytes), norms and embeddings in fp32", args.quant_bits,

@@ -93,7 +93,7 @@ logger = logging.getLogger("alignkit")
 def run_training(args: RunArguments, *, task: str) -> Path:
     """Run SFT (task="sft") or a preference method (task="rlhf", per args.rlhf_type). Returns the last checkpoint."""
     algorithm_name = "sft" if task == "sft" else args.rlhf_type
-    check_run_arguments(args)
+    check_run_arguments(args, algorithm_name)
     check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from alignkit.config.defaults import fit_defaults
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError, TrainingInterrupted
+from alignkit.models.liger import check_liger_available
 from alignkit.models.load import model_max_length, resolve_dtype
 from alignkit.models.placement import place
 from alignkit.models.weights import load_model_weights
@@ -85,6 +86,8 @@ def start_run(args: RunArguments, method: str | None = None) -> RunStart:
     precision = resolve_dtype(value)
     if precision == "fp16" and not torch.cuda.is_available():
         raise AlignkitError(f"{flag} {value} needs a GPU; on CPU use fp32 or bf16")
+    if args.use_liger_kernel:
+        check_liger_available()
     engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
