@@ -165,7 +165,7 @@ def test_fsdp_for_online_rl_stops_with_an_error_naming_it(tiny_model_dir, method
     import alignkit.training.runner as runner
 
     monkeypatch.setattr(runner, "check_available", lambda engine: None)
-    extra = ["--reward_funcs", "accuracy"] if method == "grpo" else []
+    extra = ["--reward_funcs", "arith_accuracy"] if method == "grpo" else []
     assert main(["rlhf", "--rlhf_type", method, "--model", tiny_model_dir, "--fsdp", "true", *extra]) == 2
     err = capsys.readouterr().err
     assert f"--fsdp with --rlhf_type {method}" in err and "--deepspeed zero2 or zero3" in err
@@ -175,6 +175,6 @@ def test_vllm_on_several_processes_stops_with_an_error(tiny_model_dir, monkeypat
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr("alignkit.training.online_run.start_run",
                         lambda args, method=None: type("S", (), {"engine": None})())
-    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "accuracy",
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "arith_accuracy",
                  "--use_vllm", "true"]) == 2
     assert "--use_vllm with several processes" in capsys.readouterr().err

@@ -434,7 +434,8 @@ class RunArguments:
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
-        "hinge; grpo: grpo, bnpo, dr_grpo. Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo "
+        "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md). Unset: sigmoid (dpo, cpo), kto "
+        "(kto), log_sig (rm), grpo (grpo). simpo "
         "and orpo take none.",
         nargs="+", applies_to=("dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
@@ -643,10 +644,11 @@ class RunArguments:
     )
     num_generations: int = option(8, "grpo: completions sampled per prompt (a group).", applies_to=("grpo",))
     num_iterations: int = option(1, "grpo: passes over each rollout.", applies_to=("grpo",))
-    scale_rewards: str = option(
-        "group",
+    scale_rewards: str | None = option(
+        None,
         "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, "
-        "false = none.",
+        "false = none. Unset: group for --advantage_estimator grpo, none for rloo, batch for reinforce_plus_plus "
+        "(ms-swift).",
         choices=("group", "batch", "none", "true", "false"),
         applies_to=("grpo",),
     )
@@ -666,8 +668,82 @@ class RunArguments:
         applies_to=("grpo",),
     )
     external_plugins: list[str] = option(
-        [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
-    )
+        [], "grpo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files (classes "
+        "subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
+        nargs="+", applies_to=("grpo",))
+    # --- online RL: ms-swift's GRPO family (docs/online.md, docs/objectives.md) ---
+    steps_per_generation: int | None = option(
+        None,
+        "grpo: micro-batches (of --per_device_train_batch_size completions) each generation serves, as ms-swift: "
+        "a generation samples per_device_train_batch_size x processes x steps_per_generation completions, one "
+        "optimizer step per --gradient_accumulation_steps of them. Unset: --gradient_accumulation_steps.",
+        applies_to=("grpo",))
+    generation_batch_size: int | None = option(
+        None,
+        "grpo: completions per generation over all processes (ms-swift); the other way to say "
+        "--steps_per_generation (it must be per_device_train_batch_size x processes x steps_per_generation).",
+        applies_to=("grpo",))
+    advantage_estimator: str = option(
+        "grpo",
+        "grpo: the advantage: grpo (reward - group mean), rloo (leave-one-out: reward - mean of the other "
+        "completions of the prompt), reinforce_plus_plus (reward - group mean, scaled by the batch's std of the "
+        "advantages). Sets the defaults of --scale_rewards and --kl_in_reward, as ms-swift.",
+        choices=("grpo", "rloo", "reinforce_plus_plus"), applies_to=("grpo",))
+    kl_in_reward: bool | None = option(
+        None,
+        "grpo: take beta x KL(pi_old || pi_ref) (summed over the completion's tokens) off the reward before "
+        "advantages instead of adding beta x KL to the loss. Unset: false for --advantage_estimator grpo, true "
+        "for rloo and reinforce_plus_plus (ms-swift).", applies_to=("grpo",))
+    importance_sampling_level: str = option(
+        "token",
+        "grpo: the importance ratio: token (per token), sequence (GSPO: the geometric mean of the token ratios of "
+        "the completion), sequence_token (GSPO-token: that value, each token's own gradient).",
+        choices=("token", "sequence", "sequence_token"), applies_to=("grpo",))
+    delta: float | None = option(
+        None,
+        "grpo: two-sided clipping (INTELLECT-2): the unclipped ratio is capped at delta (recommended > 1 + "
+        "--epsilon). Unset: off.", applies_to=("grpo",))
+    tau_pos: float = option(
+        1.0, "grpo --loss_type sapo: temperature of the soft gate for positive advantages.", applies_to=("grpo",))
+    tau_neg: float = option(
+        1.05, "grpo --loss_type sapo: temperature of the soft gate for negative advantages.", applies_to=("grpo",))
+    dynamic_sample: bool = option(
+        False,
+        "grpo (DAPO): replace the groups whose rewards are all equal (no learning signal) with groups of fresh "
+        "training prompts, up to --max_resample_times extra generations per step.", applies_to=("grpo",))
+    max_resample_times: int = option(
+        3, "grpo --dynamic_sample: most extra generations per step.", applies_to=("grpo",))
+    overlong_filter: bool = option(
+        False, "grpo (DAPO): completions cut at --max_completion_length (no stop token) carry no loss.",
+        applies_to=("grpo",))
+    top_entropy_quantile: float = option(
+        1.0,
+        "grpo: only the tokens whose entropy is in this top quantile of the batch carry the policy loss "
+        "(Beyond the 80/20 rule; 0.2 in the paper). 1.0: all tokens.", applies_to=("grpo",))
+    log_entropy: bool = option(
+        False, "grpo: log the mean, max and min of the completions' mean token entropy per step.",
+        applies_to=("grpo",))
+    cosine_min_len_value_wrong: float = option(
+        -0.5, "grpo --reward_funcs cosine: reward of a wrong answer of length 0.", applies_to=("grpo",))
+    cosine_max_len_value_wrong: float = option(
+        0.0, "grpo --reward_funcs cosine: reward of a wrong answer of length --cosine_max_len.", applies_to=("grpo",))
+    cosine_min_len_value_correct: float = option(
+        1.0, "grpo --reward_funcs cosine: reward of a correct answer of length 0.", applies_to=("grpo",))
+    cosine_max_len_value_correct: float = option(
+        0.5, "grpo --reward_funcs cosine: reward of a correct answer of length --cosine_max_len.",
+        applies_to=("grpo",))
+    cosine_max_len: int | None = option(
+        None, "grpo --reward_funcs cosine: L_max in tokens. Unset: --max_completion_length.", applies_to=("grpo",))
+    repetition_n_grams: int = option(
+        3, "grpo --reward_funcs repetition: n of the word n-grams counted.", applies_to=("grpo",))
+    repetition_max_penalty: float = option(
+        -1.0, "grpo --reward_funcs repetition: the reward when every n-gram is a repeat.", applies_to=("grpo",))
+    soft_max_length: int | None = option(
+        None, "grpo --reward_funcs soft_overlong: L_max in tokens. Unset: --max_completion_length.",
+        applies_to=("grpo",))
+    soft_cache_length: int | None = option(
+        None, "grpo --reward_funcs soft_overlong: L_cache, the length before L_max over which the penalty grows "
+        "from 0 to -1 (required by soft_overlong).", applies_to=("grpo",))
 
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(

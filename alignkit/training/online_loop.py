@@ -263,9 +263,15 @@ def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, 
         minibatch = order[start : start + schedule.minibatch_size].sort().values
         micro_starts = range(0, len(minibatch), schedule.micro_batch_size)
         problem = None
+        # The optimizer step's completion tokens per process, a token-level loss's normaliser (TRL's
+        # num_items_in_batch / processes).
+        tokens = experience["completion_mask"][minibatch.to(experience["completion_mask"].device)].sum().float()
+        num_items = runner.sum_over_processes(tokens.reshape(1)).item() / runner.num_processes
         for micro_start in micro_starts:
             micro = minibatch[micro_start : micro_start + schedule.micro_batch_size]
             batch = select(experience, micro.to(experience["completion_ids"].device))
+            batch["num_items_in_batch"] = torch.tensor(num_items)
+            batch["micro_share"] = torch.tensor(len(micro) / len(minibatch))
             last = micro_start == micro_starts[-1]
             with contextlib.nullcontext() if last else runner.accelerator.no_sync(model):
                 with runner.accelerator.autocast():

@@ -36,8 +36,6 @@ from alignkit.training.speedups import layout_check
 
 logger = logging.getLogger("alignkit")
 
-SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none", "true": "group", "false": "none"}
-
 
 def run_online(args: RunArguments, defaults: dict) -> Path:
     """Run PPO or GRPO (``args.rlhf_type``) and return the last checkpoint. ``defaults``: the method's values of
@@ -64,26 +62,14 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                           truncation_strategy=args.truncation_strategy, system=args.system, template=template,
                           loss_scale=args.loss_scale, use_chat_template=args.use_chat_template)
-    prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
-    if prompt_limit <= 0:
-        raise AlignkitError(
-            f"--max_length {args.max_length} leaves no room for prompts after --max_completion_length "
-            f"{args.max_completion_length} completion tokens; raise --max_length (unset, it is the model's own "
-            "length) or lower --max_completion_length, or set --max_prompt_length"
-        )
+    # ms-swift's --max_length for ppo/grpo limits the prompt (its rows are prompts); completions add up to
+    # --max_completion_length tokens on top.
+    prompt_limit = args.max_prompt_length or args.max_length
     prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
     if not prompts:
-        raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_length − --max_completion_length)")
-    schedule = make_schedule(
-        num_prompts=len(prompts), num_generations=grpo["num_generations"] if grpo else 1,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, num_mini_batches=args.num_mini_batches,
-        experience_batch_size=args.experience_batch_size, num_collect_steps=args.num_collect_steps,
-        train_batch_size=args.train_batch_size, update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
-        max_steps=args.max_steps, num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs,
-        drop_last=args.dataloader_drop_last,
-    )
+        raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_prompt_length, else --max_length)")
+    schedule = online_schedule(args, len(prompts), grpo)
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
 
@@ -109,7 +95,13 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          reward_weights=grpo["reward_weights"], num_generations=grpo["num_generations"],
                          beta=grpo["beta"], epsilon=args.epsilon, epsilon_high=grpo["epsilon_high"],
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
-                         needs_old_logprobs=schedule.optimizer_steps_per_step > 1)
+                         needs_old_logprobs=schedule.optimizer_steps_per_step > 1,
+                         advantage_estimator=args.advantage_estimator, kl_in_reward=grpo["kl_in_reward"],
+                         delta=args.delta, tau_pos=args.tau_pos, tau_neg=args.tau_neg,
+                         importance_sampling_level=args.importance_sampling_level,
+                         top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
+                         overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
+                         max_resample_times=args.max_resample_times, resample_pool=prompts)
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder)
 
@@ -121,6 +113,35 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=loop_config_for(args, start),
                         run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
+
+
+def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
+    """The online schedule: for grpo ms-swift's generation batch (alignkit.training.generation_batch), unless
+    ColossalChat's flags (--experience_batch_size, --train_batch_size) or TRL's --num_mini_batches say it."""
+    batch = None
+    if grpo and args.experience_batch_size is None and args.train_batch_size is None and args.num_mini_batches == 1:
+        from alignkit.training.generation_batch import generation_batch
+
+        batch = generation_batch(
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            num_processes=int(os.environ.get("WORLD_SIZE", "1")), num_generations=grpo["num_generations"],
+            steps_per_generation=args.steps_per_generation, generation_batch_size=args.generation_batch_size,
+            num_iterations=args.num_iterations, max_steps=args.max_steps)
+    elif grpo and (args.steps_per_generation is not None or args.generation_batch_size is not None):
+        raise AlignkitError("--steps_per_generation/--generation_batch_size (ms-swift's generation batch) do not "
+                            "combine with --experience_batch_size, --train_batch_size or --num_mini_batches")
+    return make_schedule(
+        num_prompts=num_prompts, num_generations=grpo["num_generations"] if grpo else 1,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, num_mini_batches=args.num_mini_batches,
+        experience_batch_size=batch.prompts_per_process if batch else args.experience_batch_size,
+        num_collect_steps=args.num_collect_steps,
+        train_batch_size=batch.minibatch_completions if batch else args.train_batch_size,
+        update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
+        max_steps=batch.rollout_steps or 0 if batch and args.max_steps > 0 else args.max_steps,
+        num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs, drop_last=args.dataloader_drop_last,
+    )
 
 
 def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
@@ -208,9 +229,10 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     from alignkit.algorithms.rewards import resolve_reward_funcs
 
     if not args.reward_funcs and not args.reward_model:
-        raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `accuracy format` for the built-in "
-                            "task, or your own functions) and/or --reward_model")
-    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins)
+        raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `arith_accuracy arith_format` "
+                            "for the built-in task, `accuracy format` for math data with a solution column, or your "
+                            "own functions) and/or --reward_model")
+    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins, args)
     count = len(funcs) + len(args.reward_model)
     weights = list(args.reward_weights) or [1.0] * count
     if len(weights) != count:
@@ -225,8 +247,8 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
     return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
-            "num_generations": args.num_generations, "scale_rewards": SCALE_REWARDS[args.scale_rewards],
-            "epsilon_high": defaults["epsilon_high"]}
+            "num_generations": args.num_generations, "scale_rewards": defaults["scale_rewards"],
+            "kl_in_reward": defaults["kl_in_reward"], "epsilon_high": defaults["epsilon_high"]}
 
 
 def _check_ppo_flags(args: RunArguments) -> None:
