@@ -51,9 +51,10 @@ def test_cispo_detaches_the_clipped_ratio_and_keeps_every_gradient():
     out = rl.grpo_policy_losses(logprobs, OLD, ADV, MASK, loss_type="cispo", eps_low=0.2, eps_high=1.5)
     # Row 0 token 1: min(e^0.5, 1.5) = 1.5 → −1.5·1·(−0.5) = 0.75; token 0: −1·1·(−1) = 1.
     assert out.losses[0, :2].tolist() == pytest.approx([1.0, 0.75])
-    out.losses[0, 1].backward()
-    # d/dlogπ of −sg[1.5]·A·logπ is −1.5 even though the ratio is past the bound: the token keeps its gradient.
-    assert logprobs.grad[0, 1].item() == pytest.approx(-1.5)
+    out.losses[0, :2].sum().backward()
+    # d/dlogπ of −sg[min(ρ, 1.5)]·A·logπ: −1.5 on token 1 though its ratio is past the bound (the token keeps its
+    # gradient), −1 on token 0 (ρ = 1; no gradient through the ratio, which would make it −ρ(1 + log π)·A = 0).
+    assert logprobs.grad[0, :2].tolist() == pytest.approx([-1.0, -1.5])
 
 
 def test_sapo_soft_gate_by_hand():

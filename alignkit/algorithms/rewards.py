@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from alignkit.algorithms import reward_funcs as builtin
-from alignkit.algorithms.swift_shim import swift_orms
+from alignkit.algorithms.swift_shim import is_shim_active, swift_orms
 from alignkit.errors import AlignkitError
 
 
@@ -96,6 +96,12 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
     try:
         spec.loader.exec_module(module)
     except Exception as error:
+        missing = getattr(error, "name", None) or ""
+        if isinstance(error, ImportError) and missing.startswith("swift") and is_shim_active():
+            raise AlignkitError(
+                f"--external_plugins {path}: it imports {missing}, a part of ms-swift that alignkit does not stand in "
+                "for (without ms-swift, only swift.rewards / swift.plugin with ORM, AsyncORM and orms resolve); "
+                "install ms-swift, or keep the reward classes in a file of their own") from error
         raise AlignkitError(
             f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})"
         ) from error

@@ -35,6 +35,10 @@ def swift_orms() -> dict[str, type]:
             if not getattr(cls, "__module__", "").startswith("swift.")}
 
 
+def is_shim_active() -> bool:
+    return bool(getattr(sys.modules.get("swift"), SHIM_ATTRIBUTE, False))
+
+
 def _install() -> None:
     exported = {"ORM": reward_funcs.ORM, "AsyncORM": reward_funcs.AsyncORM, "orms": reward_funcs.orms}
     package = types.ModuleType("swift", "alignkit's stand-in for ms-swift's reward plugin API")
