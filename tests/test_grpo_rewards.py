@@ -154,8 +154,8 @@ def test_reward_functions_see_completion_token_ids_and_messages(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignkit.algorithms.grpo import GRPO
-    from alignkit.algorithms.rollout import EncodedPrompt
     from alignkit.algorithms.rewards import RewardFunction
+    from alignkit.algorithms.rollout import EncodedPrompt
 
     seen = {}
 

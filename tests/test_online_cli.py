@@ -105,7 +105,8 @@ def test_grpo_runs_end_to_end_with_a_user_reward_function(tiny_model_dir, tmp_pa
         assert record["reward_std"] > 0
     assert "eval_reward" in logged[-1]
     samples = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 * 8 and {"prompt", "completion", "reward", "length_reward", "arith_accuracy"} <= set(samples[0])
+    assert len(samples) == 2 * 8
+    assert {"prompt", "completion", "reward", "length_reward", "arith_accuracy"} <= set(samples[0])
     # Two prompts × 4 generations per step; LoRA's B matrices start at zero, so any change is training.
     assert any(t.abs().sum() > 0 for t in lora_b(run_dir / "checkpoint-2").values())
 
