@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -67,6 +67,7 @@ class GRPO:
     dynamic_sample: bool = False
     max_resample_times: int = 3
     resample_pool: list[EncodedPrompt] | None = None  # --dynamic_sample draws replacement prompts from these
+    stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
 
     def trained_model(self, policy):
         return policy
@@ -83,7 +84,8 @@ class GRPO:
         if seeds is not None:  # one per completion: the prompt's seed and the copy's number
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
-                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length)
+                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
+                               stop_words=self.stop_words, tokenizer=self.tokenizer)
         texts = decode_completions(self.tokenizer, rollout)
         token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
@@ -182,6 +184,7 @@ class GRPO:
         completions = [r.completion_ids[i][r.completion_mask[i].bool()].tolist() for r, span in raw for i in span]
         rollout = make_rollout(prompt_ids, completions, pad_id=pad_id, stop_ids=self.stop_ids,
                                max_new_tokens=self.max_completion_length)
+        rollout.stopped = torch.cat([r.stopped[span.start:span.stop] for r, span in raw])  # stop words included
         return prompts, rollout, texts, per_function, total
 
     def loss(self, policy, batch: dict[str, torch.Tensor]):

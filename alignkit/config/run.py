@@ -744,6 +744,69 @@ class RunArguments:
     soft_cache_length: int | None = option(
         None, "grpo --reward_funcs soft_overlong: L_cache, the length before L_max over which the penalty grows "
         "from 0 to -1 (required by soft_overlong).", applies_to=("grpo",))
+    top_k: int = option(
+        -1, "ppo, grpo: sample from the k most likely tokens only; -1 or 0: no limit (log-probs in the loss are the "
+        "full tempered softmax's, as ms-swift and TRL).", applies_to=("ppo", "grpo",))
+    top_p: float = option(
+        1.0, "ppo, grpo: sample from the smallest set of tokens whose probability reaches top_p (nucleus).",
+        applies_to=("ppo", "grpo",))
+    min_p: float = option(
+        0.0, "ppo, grpo: drop tokens less likely than min_p x the most likely token's probability.",
+        applies_to=("ppo", "grpo",))
+    repetition_penalty: float = option(
+        1.0, "ppo, grpo: transformers' repetition penalty in rollouts (1.0: none).", applies_to=("ppo", "grpo",))
+    stop_words: list[str] = option(
+        [], "ppo, grpo: strings that end a completion (kept in it, like a stop token).", nargs="+",
+        applies_to=("ppo", "grpo",))
+    enable_thinking: bool | None = option(
+        None,
+        "ppo, grpo: the chat template's thinking switch (Qwen3-style templates read enable_thinking) when rendering "
+        "prompts. Unset: the template's default.", applies_to=("ppo", "grpo",),
+        differs="ms-swift's template flag applies to every command; here it reaches the ppo/grpo prompts only")
+    log_completions: bool = option(
+        False, "grpo: log the sampled completions.", applies_to=("grpo",),
+        no_effect="alignkit always writes every step's completions, rewards and advantages to completions.jsonl in "
+        "the run directory and shows one on the console")
+    vllm_mode: str | None = option(
+        None,
+        "ppo, grpo with --use_vllm: colocate (the vLLM engine runs in the training process; also what --use_vllm "
+        "alone means here, where ms-swift asks for a mode). ms-swift's server mode (a `swift rollout` server) is "
+        "refused.", choices=("colocate", "server"), applies_to=("ppo", "grpo",))
+    vllm_max_model_len: int | None = option(
+        None, "ppo, grpo with --use_vllm: vLLM's context length. Unset: the longest prompt allowed + "
+        "--max_completion_length.", applies_to=("ppo", "grpo",))
+    vllm_tensor_parallel_size: int = option(
+        1, "ppo, grpo with --use_vllm: tensor parallelism of the colocated engine; only 1.",
+        applies_to=("ppo", "grpo",))
+    vllm_enable_prefix_caching: bool = option(
+        True, "ppo, grpo with --use_vllm: vLLM's automatic prefix caching.", applies_to=("ppo", "grpo",))
+    vllm_enable_lora: bool = option(
+        False, "ppo, grpo with --use_vllm: sync only the LoRA adapter into vLLM.", applies_to=("ppo", "grpo",),
+        no_effect="alignkit syncs the merged LoRA weights into vLLM after each update; the samples are the same, "
+        "only the sync's cost differs")
+    sleep_level: int = option(
+        0, "ppo, grpo with --use_vllm: ms-swift's vLLM sleep level (0, 1, 2).", choices=(0, 1, 2),
+        applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    offload_model: bool = option(
+        False, "ppo, grpo with --use_vllm: offload the policy to CPU during generation.", applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    offload_optimizer: bool = option(
+        False, "ppo, grpo with --use_vllm: offload optimizer states to CPU during generation.",
+        applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    move_model_batches: int | None = option(
+        None, "ppo, grpo with --use_vllm: move weights to vLLM in this many batches.", applies_to=("ppo", "grpo",),
+        no_effect="alignkit writes the weights into the colocated engine tensor by tensor; the samples are the same")
+    async_generate: bool = option(
+        False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
+        applies_to=("grpo",))
 
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(

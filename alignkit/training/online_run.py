@@ -62,6 +62,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                           truncation_strategy=args.truncation_strategy, system=args.system, template=template,
                           loss_scale=args.loss_scale, use_chat_template=args.use_chat_template)
+    if args.enable_thinking is not None:  # the template's thinking switch, read by Qwen3-style templates
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
     # ms-swift's --max_length for ppo/grpo limits the prompt (its rows are prompts); completions add up to
     # --max_completion_length tokens on top.
     prompt_limit = args.max_prompt_length or args.max_length
@@ -80,13 +82,17 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         generator = VllmRollout(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                                   temperature=args.temperature, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                                  max_model_len=prompt_limit + args.max_completion_length, seed=args.seed)
+                                  max_model_len=args.vllm_max_model_len or prompt_limit + args.max_completion_length,
+                                  seed=args.seed, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                                  repetition_penalty=args.repetition_penalty,
+                                  enable_prefix_caching=args.vllm_enable_prefix_caching)
     else:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
-                                batch_size=forward_batch)
+                                batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
+                                min_p=args.min_p, repetition_penalty=args.repetition_penalty)
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
-                  forward_batch_size=forward_batch, frozen_reference=frozen_reference,
+                  forward_batch_size=forward_batch, frozen_reference=frozen_reference, stop_words=list(args.stop_words),
                   layout=online_layout(args, policy))
     if grpo:
         from alignkit.algorithms.grpo import GRPO
