@@ -15,6 +15,15 @@ from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 
 
+@pytest.fixture(autouse=True)
+def clean_orms():
+    """Plugin files register into one process-wide `orms` table, as in ms-swift: restore it after each test."""
+    before = dict(reward_funcs.orms)
+    yield
+    reward_funcs.orms.clear()
+    reward_funcs.orms.update(before)
+
+
 def test_accuracy_verifies_math_answers_against_the_solution():
     accuracy = reward_funcs.MathAccuracy()
     completions = [

@@ -278,7 +278,9 @@ def _reward_model_funcs(args: RunArguments) -> list:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for path in args.reward_model:
         model, tokenizer = load_scalar_model(path, adapters=args.reward_adapters)
-        encoder = ChatEncoder(tokenizer, max_length=args.max_length, truncation_strategy="left", system=args.system)
+        # It reads prompt + completion: --max_length (the prompt's limit) + --max_completion_length tokens.
+        encoder = ChatEncoder(tokenizer, max_length=args.max_length + args.max_completion_length,
+                              truncation_strategy="left", system=args.system)
         name = f"reward_model:{Path(path).name}"
         scorer = RewardModelFunction(model.to(device), encoder, args.local_rollout_forward_batch_size, name,
                                      packed=args.padding_free)
@@ -303,7 +305,8 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                 "target_modules": args.lora_target_modules}
     value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
-    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length, truncation_strategy="left",
+    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length + args.max_completion_length,
+                                 truncation_strategy="left",
                                  system=args.system)
     pretrain = None
     if args.pretrain_dataset:
