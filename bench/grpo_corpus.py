@@ -85,6 +85,11 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     args = RunArguments(**values)
     check_run_arguments(args)
     defaults = resolve(args, args.rlhf_type)
+    if args.rlhf_type in ("ppo", "grpo"):  # what run_online checks before loading data
+        from alignkit.training.online_run import check_online_engine
+
+        os.environ["WORLD_SIZE"] = str(nproc)
+        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm)
     if args.rlhf_type == "grpo":
         from alignkit.training.generation_batch import generation_batch
 

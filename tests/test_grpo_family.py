@@ -175,11 +175,14 @@ def test_generation_batch_counts_as_ms_swift():
     assert (spread.prompts_per_process, spread.optimizer_steps_per_generation, spread.minibatch_completions,
             spread.rollout_steps) == (4, 2, 8, 3)
     assert batch(generation_batch_size=32, num_processes=2) == batch(steps_per_generation=4, num_processes=2)
+    # A group of 4 over 2 processes of 2 completions: every process gets the step's prompt, samples its half.
+    split = batch(per_device_train_batch_size=2, num_processes=2)
+    assert (split.split_groups, split.global_prompts, split.completions_per_process) == (True, 1, 2)
+    assert not batch(per_device_train_batch_size=4, num_processes=2).split_groups
 
 
 @pytest.mark.parametrize("settings, message", [
     (dict(per_device_train_batch_size=3), "= 3 completions cannot hold whole groups of --num_generations 4"),
-    (dict(per_device_train_batch_size=2, num_processes=2), "groups split across processes are not supported"),
     (dict(generation_batch_size=6), "--generation_batch_size 6 must be a multiple of"),
     (dict(steps_per_generation=2, generation_batch_size=4), "must equal --per_device_train_batch_size × processes"),
     (dict(steps_per_generation=3, gradient_accumulation_steps=2, num_generations=2),

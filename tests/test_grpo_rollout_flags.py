@@ -186,3 +186,37 @@ def test_overlong_filter_drops_truncated_completions_from_the_loss(tiny_model_di
     kept = tiny_grpo(tiny_model_dir, None, len).loss(model, batch)[0]
     assert filtered.item() == pytest.approx(alone.item(), abs=1e-6)
     assert kept.item() != pytest.approx(alone.item(), abs=1e-3)
+
+
+def test_groups_split_across_processes_see_the_whole_group(tiny_model_dir):
+    """ms-swift's generation batch may split a group across processes: each samples its slice of the step's
+    completions, and the rewards are summed over the processes so the advantages are the whole group's."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.algorithms.rollout import EncodedPrompt
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def generator(ids, greedy, seeds):  # the completion depends on its seed alone, as the seeded sampler's does
+        return [[5 + seed % 7, 2] for seed in seeds]
+
+    def reward(completions, response_token_ids, **kwargs):
+        return [float(ids[0]) for ids in response_token_ids]
+
+    grpo = tiny_grpo(tiny_model_dir, generator, reward, num_generations=4)
+    prompts = [EncodedPrompt(messages=[{"role": "user", "content": "q"}], ids=[3, 4], extras={})]
+    whole, _, _ = grpo.experience(model, prompts, seeds=[11])
+    sent = {}
+
+    def record(rank):  # what a process contributes to the sum
+        return lambda values: sent.setdefault(rank, values.clone())
+
+    for rank in (0, 1):
+        grpo.experience(model, prompts, seeds=[11], part=(rank, 2), sum_all=record(rank))
+    # Now each process's sum over processes: its own vector plus the other's.
+    first, _, _ = grpo.experience(model, prompts, seeds=[11], part=(0, 2), sum_all=lambda v: v + sent[1])
+    second, _, _ = grpo.experience(model, prompts, seeds=[11], part=(1, 2), sum_all=lambda v: v + sent[0])
+    assert torch.equal(torch.cat([first["completion_ids"], second["completion_ids"]]), whole["completion_ids"])
+    assert torch.cat([first["advantages"], second["advantages"]]).tolist() == pytest.approx(
+        whole["advantages"].tolist())
+    assert whole["advantages"].abs().sum() > 0

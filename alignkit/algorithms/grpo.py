@@ -78,11 +78,15 @@ class GRPO:
     def load_trained(self, checkpoint) -> None:
         """Nothing beyond the policy is trained."""
 
-    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None):
+    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
+                rows: slice | None = None):
+        """``rows``: this process's slice of the completions, when groups span processes."""
         prompts = [p for p in prompts for _ in range(copies)]  # the G completions of a prompt are adjacent
-        ids = [p.ids for p in prompts]
         if seeds is not None:  # one per completion: the prompt's seed and the copy's number
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
+        if rows is not None:
+            prompts, seeds = prompts[rows], (seeds[rows] if seeds is not None else None)
+        ids = [p.ids for p in prompts]
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
                                stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
                                stop_words=self.stop_words, tokenizer=self.tokenizer)
@@ -96,11 +100,20 @@ class GRPO:
         return prompts, rollout, texts, per_function, total
 
     @torch.no_grad()
-    def experience(self, policy, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None, sum_all=None):
+    def experience(self, policy, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None, sum_all=None,
+                   part: tuple[int, int] | None = None):
         """Sample, score and compute advantages. Returns (tensors with leading dim N, metrics, samples).
-        ``seeds``: one per prompt (see ``HFGenerator``); ``sum_all``: sums over processes (batch statistics)."""
+        ``seeds``: one per prompt (see ``HFGenerator``); ``sum_all``: sums over processes (batch statistics);
+        ``part``: (rank, processes) when every process gets the step's prompts and samples its slice of their
+        completions (groups that span processes, as ms-swift's); rewards are then summed over the processes so
+        that each group's advantage sees all of it."""
+        rows = None
+        if part is not None:
+            rank, processes = part
+            share = len(prompts) * self.num_generations // processes
+            rows = slice(rank * share, (rank + 1) * share)
         prompts, rollout, texts, per_function, total = self._sample(prompts, self.num_generations, greedy=False,
-                                                                    seeds=seeds)
+                                                                    seeds=seeds, rows=rows)
         resampled = 0
         if self.dynamic_sample:
             (prompts, rollout, texts, per_function, total), resampled = self._dynamic_sample(
@@ -121,8 +134,16 @@ class GRPO:
                                              experience["completion_mask"]).cpu()  # (N,)
             rewards = total - self.beta * kl
             metrics["kl"] = kl.mean().item()
-        advantages, group_std = rl_math.group_advantages(rewards, self.num_generations, scale=self.scale_rewards,
-                                                         estimator=self.advantage_estimator, sum_all=sum_all)
+        if rows is None:
+            advantages, group_std = rl_math.group_advantages(rewards, self.num_generations, scale=self.scale_rewards,
+                                                             estimator=self.advantage_estimator, sum_all=sum_all)
+        else:  # every process's rewards in one vector (zeros elsewhere, then summed), advantages of the whole step
+            everyone = torch.zeros(share * part[1])  # (all completions of the step,)
+            everyone[rows] = rewards
+            everyone = sum_all(everyone) if sum_all is not None else everyone
+            advantages, group_std = rl_math.group_advantages(everyone, self.num_generations, scale=self.scale_rewards,
+                                                             estimator=self.advantage_estimator)
+            advantages, group_std = advantages[rows], group_std[rows]
         experience["advantages"] = advantages.to(device)
         metrics.update({
             "reward": total.mean().item(),

@@ -8,9 +8,10 @@ ms-swift counts over all processes (``RolloutTrainerArgumentsMixin._init_generat
 and the generation batch must hold whole groups of ``num_generations``. Each optimizer step takes
 per_device_train_batch_size × gradient_accumulation_steps completions per process, so one generation serves
 steps_per_generation / gradient_accumulation_steps optimizer steps, × ``--num_iterations`` passes; ``--max_steps``
-counts optimizer steps. Here a step samples on every process its own whole groups (a group's advantages are
-computed where it was sampled), so each process's share, per_device_train_batch_size × steps_per_generation,
-must hold whole groups too.
+counts optimizer steps. When each process's share, per_device_train_batch_size × steps_per_generation, holds
+whole groups, each process samples its own prompts; otherwise (``split_groups``) every process receives all the
+step's prompts and samples its slice of their completions, and the rewards are summed over the processes so
+that each group's advantages see the whole group, as ms-swift gathers them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class GenerationBatch:
     optimizer_steps_per_generation: int  # per pass over the generation (× --num_iterations passes)
     minibatch_completions: int  # per process per optimizer step: per_device_train_batch_size × grad. accumulation
     rollout_steps: int | None  # steps (generations) for --max_steps optimizer steps; None without --max_steps
+    split_groups: bool = False  # groups span processes: every process gets all global_prompts
+    global_prompts: int = 0  # prompts per step over all processes
+    completions_per_process: int = 0
 
 
 def generation_batch(*, per_device_train_batch_size: int, gradient_accumulation_steps: int, num_processes: int,
@@ -56,14 +60,6 @@ def generation_batch(*, per_device_train_batch_size: int, gradient_accumulation_
             f"process(es) × --steps_per_generation {steps_per_generation} = {total} completions cannot hold whole "
             f"groups of --num_generations {num_generations}; make it a multiple (as ms-swift requires)")
     per_process = per_device_train_batch_size * steps_per_generation
-    if per_process % num_generations:
-        raise AlignkitError(
-            f"each process samples --per_device_train_batch_size {per_device_train_batch_size} × "
-            f"--steps_per_generation {steps_per_generation} = {per_process} completions, not whole groups of "
-            f"--num_generations {num_generations}: alignkit computes a group's advantages on the process that "
-            f"sampled it, and groups split across processes are not supported. Raise --steps_per_generation (or "
-            f"--per_device_train_batch_size) so that their product is a multiple of {num_generations}; the "
-            f"generation then holds {num_processes} × that many completions")
     if steps_per_generation % gradient_accumulation_steps:
         raise AlignkitError(
             f"--steps_per_generation {steps_per_generation} must be a multiple of --gradient_accumulation_steps "
@@ -76,4 +72,6 @@ def generation_batch(*, per_device_train_batch_size: int, gradient_accumulation_
             logger.warning("--max_steps %d optimizer steps: %d generations of %d optimizer steps each make %d",
                            max_steps, rollout_steps, updates * num_iterations, rollout_steps * updates * num_iterations)
     return GenerationBatch(per_process // num_generations, updates,
-                           per_device_train_batch_size * gradient_accumulation_steps, rollout_steps)
+                           per_device_train_batch_size * gradient_accumulation_steps, rollout_steps,
+                           split_groups=per_process % num_generations != 0, global_prompts=total // num_generations,
+                           completions_per_process=per_process)

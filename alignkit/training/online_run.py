@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from alignkit.models.load import (
     resolve_model_path,
 )
 from alignkit.models.packing import Layout, config_of, supports_packing
-from alignkit.training.online_loop import make_schedule, train_online
+from alignkit.training.online_loop import Schedule, make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
@@ -134,6 +135,8 @@ def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
             num_processes=int(os.environ.get("WORLD_SIZE", "1")), num_generations=grpo["num_generations"],
             steps_per_generation=args.steps_per_generation, generation_batch_size=args.generation_batch_size,
             num_iterations=args.num_iterations, max_steps=args.max_steps)
+        if batch.split_groups:
+            return split_group_schedule(args, batch, num_prompts)
     elif grpo and (args.steps_per_generation is not None or args.generation_batch_size is not None):
         raise AlignkitError("--steps_per_generation/--generation_batch_size (ms-swift's generation batch) do not "
                             "combine with --experience_batch_size, --train_batch_size or --num_mini_batches")
@@ -148,6 +151,28 @@ def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
         max_steps=batch.rollout_steps or 0 if batch and args.max_steps > 0 else args.max_steps,
         num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs, drop_last=args.dataloader_drop_last,
     )
+
+
+def split_group_schedule(args: RunArguments, batch, num_prompts: int) -> Schedule:
+    """The schedule when a generation's groups span processes: every process gets the step's prompts and samples
+    its slice of their completions (``Schedule.shared_prompts``)."""
+    if args.dynamic_sample:
+        raise AlignkitError("--dynamic_sample with groups split across processes (--per_device_train_batch_size × "
+                            "--steps_per_generation not a multiple of --num_generations) is not supported; make "
+                            "each process's share hold whole groups")
+    if args.max_steps > 0:
+        steps = batch.rollout_steps
+    elif args.num_episodes is not None:
+        steps = args.num_episodes
+    elif args.dataloader_drop_last:
+        steps = max(1, math.ceil(args.num_train_epochs * (num_prompts // batch.global_prompts)))
+    else:
+        steps = max(1, math.ceil(args.num_train_epochs * num_prompts / batch.global_prompts))
+    logger.info("Groups of --num_generations %d span processes: each of them samples %d completions of the step's "
+                "%d prompts", args.num_generations, batch.completions_per_process, batch.global_prompts)
+    return Schedule(batch.global_prompts, batch.completions_per_process, batch.minibatch_completions,
+                    min(args.per_device_train_batch_size, batch.minibatch_completions), args.num_iterations, steps,
+                    shared_prompts=True)
 
 
 def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
