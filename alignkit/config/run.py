@@ -80,8 +80,9 @@ class RunArguments:
     dataset_shuffle: bool = option(True, "Shuffle the training data each epoch.")
     data_seed: int = option(42, "Seed for dataset sampling and splitting.")
     max_length: int | None = option(
-        None, "Maximum tokens of prompt + answer. Unset: the model's own limit (its config's max_position_embeddings "
-        "and kin, as ms-swift), logged.")
+        None, "Maximum tokens of prompt + answer (ppo, grpo: of the prompt, as ms-swift; completions add "
+        "--max_completion_length). Unset: the model's own limit (its config's max_position_embeddings and kin, as "
+        "ms-swift), logged.")
     max_prompt_length: int | None = option(
         None, "Maximum prompt tokens (longer prompts follow --truncation_strategy)."
     )
