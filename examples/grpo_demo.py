@@ -2,8 +2,8 @@
 
 SmolLM2-135M-Instruct never answers in the task's strict ``Answer: <number>`` format by itself (held-out
 accuracy 0.0), so GRPO's rewards would all be 0 and carry no signal. As in DeepSeek-R1's "cold start", a
-short SFT first teaches the format; GRPO then trains that adapter with the built-in rewards ``accuracy``
-and ``format``. The numbers that matter are held-out accuracy after SFT (GRPO's start) and after GRPO.
+short SFT first teaches the format; GRPO then trains that adapter with the built-in task's rewards
+``arith_accuracy`` and ``arith_format``. The numbers that matter are held-out accuracy after SFT (GRPO's start) and after GRPO.
 
     python examples/grpo_demo.py                       # about 30 minutes on 2 CPU cores (GRPO: about 22)
     python examples/grpo_demo.py --grpo_steps 20       # shorter
@@ -62,7 +62,7 @@ def main() -> None:
         rlhf_type="grpo",
         dataset=["arith-prompts"],
         val_dataset=["arith-prompts:test#8"],
-        reward_funcs=["accuracy", "format"],
+        reward_funcs=["arith_accuracy", "arith_format"],
         num_generations=options.num_generations,
         # One optimizer step per rollout of prompts_per_step prompts, in two micro-batches.
         per_device_train_batch_size=options.prompts_per_step * options.num_generations // 2,

@@ -69,7 +69,15 @@ def test_one_defaults_table_fills_unset_flags_per_method_and_says_so(caplog):
     assert resolve(RunArguments(), "simpo") == {"beta": 2.0, "loss_type": [], "dataset": ["arith-pref"], **causal}
     assert "--beta not set: using simpo's default 2.0 (alignkit/config/defaults.py)" in caplog.text
     grpo = resolve(RunArguments(rlhf_type="grpo", epsilon=0.3), "grpo")
-    assert grpo == {"beta": 0.04, "loss_type": ["grpo"], "dataset": ["arith-prompts"], "epsilon_high": 0.3, **causal}
+    assert grpo == {"beta": 0.04, "loss_type": ["grpo"], "dataset": ["arith-prompts"], "epsilon_high": 0.3,
+                    "scale_rewards": "group", "kl_in_reward": False, **causal}
+    # ms-swift ties --scale_rewards and --kl_in_reward to --advantage_estimator; what the user says wins.
+    rloo = resolve(RunArguments(rlhf_type="grpo", advantage_estimator="rloo"), "grpo")
+    assert (rloo["scale_rewards"], rloo["kl_in_reward"]) == ("none", True)
+    assert "--kl_in_reward not set: true for --advantage_estimator rloo (ms-swift's default)" in caplog.text
+    said = resolve(RunArguments(rlhf_type="grpo", advantage_estimator="reinforce_plus_plus", scale_rewards="true",
+                                kl_in_reward=False), "grpo")
+    assert (said["scale_rewards"], said["kl_in_reward"]) == ("group", False)
     said = RunArguments(beta=0.5, loss_type=["ipo"], dataset=["mine.jsonl"], disable_dropout=True)
     caplog.clear()
     assert resolve(said, "dpo") == {"beta": 0.5, "loss_type": ["ipo"], "dataset": ["mine.jsonl"], **causal}

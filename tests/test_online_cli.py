@@ -74,7 +74,7 @@ def test_grpo_runs_end_to_end_with_a_user_reward_function(tiny_model_dir, tmp_pa
             str(plugin),
             "--reward_funcs",
             "length_reward",
-            "accuracy",
+            "arith_accuracy",
             "--reward_weights",
             "1",
             "0.5",
@@ -86,8 +86,8 @@ def test_grpo_runs_end_to_end_with_a_user_reward_function(tiny_model_dir, tmp_pa
             "2",
             "--num_iterations",
             "2",
-            "--max_steps",
-            "2",
+            "--max_steps",  # optimizer steps, as ms-swift: 2 generations × 2 passes
+            "4",
             "--output_dir",
             str(out),
         ]
@@ -99,13 +99,14 @@ def test_grpo_runs_end_to_end_with_a_user_reward_function(tiny_model_dir, tmp_pa
     assert [r["step"] for r in train] == [1, 2]
     for record in train:
         for key in ("loss", "kl", "entropy", "reward", "reward_std", "rewards/length_reward/mean",
-                    "rewards/accuracy/mean", "clip_ratio/region_mean", "completions/mean_length",
+                    "rewards/arith_accuracy/mean", "clip_ratio/region_mean", "completions/mean_length",
                     "completions/stopped_ratio", "grad_norm"):
             assert math.isfinite(record[key]), key
         assert record["reward_std"] > 0
     assert "eval_reward" in logged[-1]
     samples = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 * 8 and {"prompt", "completion", "reward", "length_reward", "accuracy"} <= set(samples[0])
+    assert len(samples) == 2 * 8
+    assert {"prompt", "completion", "reward", "length_reward", "arith_accuracy"} <= set(samples[0])
     # Two prompts × 4 generations per step; LoRA's B matrices start at zero, so any change is training.
     assert any(t.abs().sum() > 0 for t in lora_b(run_dir / "checkpoint-2").values())
 
@@ -190,13 +191,13 @@ def test_online_flag_errors(tiny_model_dir, capsys):
     assert "--rlhf_type grpo needs rewards: --reward_funcs" in capsys.readouterr().err
     assert main(["rlhf", "--rlhf_type", "ppo", "--model", tiny_model_dir]) == 2
     assert "--rlhf_type ppo needs one --reward_model" in capsys.readouterr().err
-    assert main(["rlhf", "--rlhf_type", "grpo", "--reward_funcs", "accuracy", "--loss_type", "sigmoid"]) == 2
+    assert main(["rlhf", "--rlhf_type", "grpo", "--reward_funcs", "arith_accuracy", "--loss_type", "sigmoid"]) == 2
     assert "takes one --loss_type of grpo, bnpo, dr_grpo" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
 def test_use_vllm_without_gpu_is_a_clear_error(tiny_model_dir, capsys):
-    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "accuracy",
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "arith_accuracy",
                  "--use_vllm"]) == 2
     err = capsys.readouterr().err
     assert "--use_vllm needs" in err and ("vllm package" in err or "CUDA GPU" in err)

@@ -109,6 +109,24 @@ def test_two_processes_of_b_prompts_train_like_one_process_of_2b(tiny_model_dir,
     assert len(samples) == 2 * 2  # rank 0's own 2 completions per step
 
 
+def test_a_group_split_across_two_processes_trains_like_one_process(tiny_model_dir, plugin, reward_model_dir,
+                                                                     tmp_path):
+    """ms-swift's generation batch: 2 processes × 2 completions hold one group of 4, each process sampling half of
+    it; the advantages see the whole group, so the run equals one process sampling the group whole."""
+    args = [*method_args("grpo", tiny_model_dir, tmp_path / "one", plugin, reward_model_dir), "--num_generations", "4"]
+    assert main([*args, "--batch_size", "2", "--gradient_accumulation_steps", "2"]) == 0
+    two = [*method_args("grpo", tiny_model_dir, tmp_path / "two", plugin, reward_model_dir), "--num_generations", "4"]
+    log = tmp_path / "two.log"
+    wait(launch([*two, "--batch_size", "2"], log, NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), log)
+    single, double = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["loss"] for r in double if "loss" in r] == pytest.approx([r["loss"] for r in single if "loss" in r],
+                                                                       abs=1e-4)
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0, msg=key)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+
+
 def test_each_prompt_samples_from_its_own_seed_whatever_process_or_batch_it_lands_in():
     assert sampling_seeds(42, 3, [5, 9]) == sampling_seeds(42, 3, [7, 5, 9])[1:]
     assert len(set(sampling_seeds(42, 3, range(100)) + sampling_seeds(42, 4, range(100)))) == 200
@@ -165,7 +183,7 @@ def test_fsdp_for_online_rl_stops_with_an_error_naming_it(tiny_model_dir, method
     import alignkit.training.runner as runner
 
     monkeypatch.setattr(runner, "check_available", lambda engine: None)
-    extra = ["--reward_funcs", "accuracy"] if method == "grpo" else []
+    extra = ["--reward_funcs", "arith_accuracy"] if method == "grpo" else []
     assert main(["rlhf", "--rlhf_type", method, "--model", tiny_model_dir, "--fsdp", "true", *extra]) == 2
     err = capsys.readouterr().err
     assert f"--fsdp with --rlhf_type {method}" in err and "--deepspeed zero2 or zero3" in err
@@ -175,6 +193,6 @@ def test_vllm_on_several_processes_stops_with_an_error(tiny_model_dir, monkeypat
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr("alignkit.training.online_run.start_run",
                         lambda args, method=None: type("S", (), {"engine": None})())
-    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "accuracy",
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "arith_accuracy",
                  "--use_vllm", "true"]) == 2
     assert "--use_vllm with several processes" in capsys.readouterr().err

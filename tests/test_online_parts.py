@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from alignkit.algorithms.reward_funcs import arith_accuracy, arith_format
 from alignkit.algorithms.rewards import (
-    accuracy,
-    format,
     resolve_reward_funcs,
     reward_arguments,
     score_completions,
@@ -111,9 +110,9 @@ def test_select_trims_padding_columns():
 
 def test_builtin_rewards():
     completions = ["Answer: 85", "  Answer: 84\n", "The sum is 85. Answer: 85", "85"]
-    assert accuracy(completions, solution=["85"] * 4) == [1.0, 0.0, 1.0, 0.0]
-    assert format(completions) == [1.0, 1.0, 0.0, 0.0]
-    assert accuracy(["Answer: 1"], solution=[None]) == [None]
+    assert arith_accuracy(completions, solution=["85"] * 4) == [1.0, 0.0, 1.0, 0.0]
+    assert arith_format(completions) == [1.0, 1.0, 0.0, 0.0]
+    assert arith_accuracy(["Answer: 1"], solution=[None]) == [None]
 
 
 PLUGIN = '''
@@ -131,7 +130,7 @@ def named_only(completions, difficulty):
 def test_user_reward_function_gets_extra_columns(tmp_path):
     plugin = tmp_path / "my_rewards.py"
     plugin.write_text(PLUGIN)
-    funcs = resolve_reward_funcs(["echo_solution", "named_only", "accuracy"], [str(plugin)])
+    funcs = resolve_reward_funcs(["echo_solution", "named_only", "arith_accuracy"], [str(plugin)])
     prompts = [[{"role": "user", "content": "What is 1 + 1?"}], [{"role": "user", "content": "And 2 + 2?"}]]
     arguments = reward_arguments(prompts, ["Answer: 2", "Answer: 5"],
                                  [{"solution": "2", "difficulty": "hard"}, {"solution": "4", "difficulty": "skip"}])
@@ -153,12 +152,14 @@ def test_reward_function_errors(tmp_path):
     (func,) = resolve_reward_funcs(["named_only"], [str(plugin)])
     with pytest.raises(AlignkitError, match="named_only needs the argument.s. difficulty.*extra columns: solution"):
         func(reward_arguments([[]], ["x"], [{"solution": "1"}]))
-    with pytest.raises(AlignkitError, match="--reward_funcs nope: unknown; known: accuracy, format, echo_solution"):
+    known = ("accuracy, format, react_format, cosine, repetition, soft_overlong, arith_accuracy, arith_format, "
+             "echo_solution")
+    with pytest.raises(AlignkitError, match=f"--reward_funcs nope: unknown; known: {known}"):
         resolve_reward_funcs(["nope"], [str(plugin)])
     with pytest.raises(AlignkitError, match="has no function missing"):
         resolve_reward_funcs([f"{plugin}:missing"], [])
     with pytest.raises(AlignkitError, match="--external_plugins nowhere.py: no such file"):
-        resolve_reward_funcs(["accuracy"], ["nowhere.py"])
+        resolve_reward_funcs(["arith_accuracy"], ["nowhere.py"])
 
 
 def test_schedule_follows_trl_and_colossalchat_flags():

@@ -2,13 +2,20 @@
 
 Per prompt, G = ``--num_generations`` completions are sampled and scored by the reward functions; each
 completion's advantage is its reward relative to its group (``rl_math.group_advantages``), the same for
-all its tokens. The loss per token is PPO's clipped surrogate plus β·KL(π ‖ π_ref) (k3 estimator),
-reduced per ``--loss_type`` (``rl_math.aggregate_token_loss``). No value model, no reward model needed.
+all its tokens (--advantage_estimator grpo, rloo or reinforce_plus_plus). The loss per token is the
+--loss_type's policy loss (``rl_math.grpo_policy_losses``: PPO's clipped surrogate, CISPO, SAPO; GSPO's
+sequence-level ratio with --importance_sampling_level) plus β·KL(π ‖ π_ref) (k3 estimator; with
+--kl_in_reward the KL is taken off the reward instead), reduced per ``--loss_type``
+(``rl_math.aggregate_token_loss``). No value model, no reward model needed. DAPO's pieces: --dynamic_sample
+(groups whose rewards are all equal are replaced by fresh prompts), --overlong_filter (completions cut at
+--max_completion_length carry no loss).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +31,8 @@ from alignkit.algorithms.rollout import (
 )
 from alignkit.losses import rl as rl_math
 from alignkit.models.packing import Layout
+
+logger = logging.getLogger("alignkit")
 
 
 @dataclass
@@ -46,6 +55,19 @@ class GRPO:
     needs_old_logprobs: bool  # more than one optimizer step per rollout: π_old must be kept
     frozen_reference: object = None
     layout: Layout | None = None  # packed/shared-prompt log-probs (alignkit.models.packing)
+    advantage_estimator: str = "grpo"
+    kl_in_reward: bool = False
+    delta: float | None = None
+    tau_pos: float = 1.0
+    tau_neg: float = 1.05
+    importance_sampling_level: str = "token"
+    top_entropy_quantile: float = 1.0
+    log_entropy: bool = False
+    overlong_filter: bool = False
+    dynamic_sample: bool = False
+    max_resample_times: int = 3
+    resample_pool: list[EncodedPrompt] | None = None  # --dynamic_sample draws replacement prompts from these
+    stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
 
     def trained_model(self, policy):
         return policy
@@ -56,15 +78,21 @@ class GRPO:
     def load_trained(self, checkpoint) -> None:
         """Nothing beyond the policy is trained."""
 
-    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None):
+    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
+                rows: slice | None = None):
+        """``rows``: this process's slice of the completions, when groups span processes."""
         prompts = [p for p in prompts for _ in range(copies)]  # the G completions of a prompt are adjacent
-        ids = [p.ids for p in prompts]
         if seeds is not None:  # one per completion: the prompt's seed and the copy's number
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
+        if rows is not None:
+            prompts, seeds = prompts[rows], (seeds[rows] if seeds is not None else None)
+        ids = [p.ids for p in prompts]
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
-                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length)
+                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
+                               stop_words=self.stop_words, tokenizer=self.tokenizer)
         texts = decode_completions(self.tokenizer, rollout)
-        arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts])
+        token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
+        arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
         per_function = score_completions(self.reward_funcs, arguments)  # (N, F)
         total = rl_math.weighted_reward(per_function, torch.tensor(self.reward_weights))  # (N,)
         if self.missing_eos_penalty:
@@ -72,17 +100,27 @@ class GRPO:
         return prompts, rollout, texts, per_function, total
 
     @torch.no_grad()
-    def experience(self, policy, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None, sum_all=None):
+    def experience(self, policy, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None, sum_all=None,
+                   part: tuple[int, int] | None = None):
         """Sample, score and compute advantages. Returns (tensors with leading dim N, metrics, samples).
-        ``seeds``: one per prompt (see ``HFGenerator``); ``sum_all``: sums over processes (batch statistics)."""
+        ``seeds``: one per prompt (see ``HFGenerator``); ``sum_all``: sums over processes (batch statistics);
+        ``part``: (rank, processes) when every process gets the step's prompts and samples its slice of their
+        completions (groups that span processes, as ms-swift's); rewards are then summed over the processes so
+        that each group's advantage sees all of it."""
+        rows = None
+        if part is not None:
+            rank, processes = part
+            share = len(prompts) * self.num_generations // processes
+            rows = slice(rank * share, (rank + 1) * share)
         prompts, rollout, texts, per_function, total = self._sample(prompts, self.num_generations, greedy=False,
-                                                                    seeds=seeds)
-        advantages, group_std = rl_math.group_advantages(total, self.num_generations, scale=self.scale_rewards,
-                                                         sum_all=sum_all)
+                                                                    seeds=seeds, rows=rows)
+        resampled = 0
+        if self.dynamic_sample:
+            (prompts, rollout, texts, per_function, total), resampled = self._dynamic_sample(
+                (prompts, rollout, texts, per_function, total), seeds)
         device = next(policy.parameters()).device
         experience = {k: v.to(device) for k, v in rollout.as_dict().items()}
-        experience["advantages"] = advantages.to(device)
-        if self.needs_old_logprobs:
+        if self.needs_old_logprobs or self.kl_in_reward and self.beta:
             experience["old_logprobs"] = batched_logprobs(
                 policy, experience, temperature=self.temperature, batch_size=self.forward_batch_size,
                 layout=self.layout)[0]
@@ -90,12 +128,31 @@ class GRPO:
             experience["ref_logprobs"] = reference_logprobs(
                 policy, self.frozen_reference, experience, temperature=self.temperature,
                 batch_size=self.forward_batch_size, layout=self.layout)
-        metrics = {
+        rewards, metrics = total, {}
+        if self.kl_in_reward and self.beta:
+            kl = rl_math.sequence_kl_penalty(experience["old_logprobs"], experience["ref_logprobs"],
+                                             experience["completion_mask"]).cpu()  # (N,)
+            rewards = total - self.beta * kl
+            metrics["kl"] = kl.mean().item()
+        if rows is None:
+            advantages, group_std = rl_math.group_advantages(rewards, self.num_generations, scale=self.scale_rewards,
+                                                             estimator=self.advantage_estimator, sum_all=sum_all)
+        else:  # every process's rewards in one vector (zeros elsewhere, then summed), advantages of the whole step
+            everyone = torch.zeros(share * part[1])  # (all completions of the step,)
+            everyone[rows] = rewards
+            everyone = sum_all(everyone) if sum_all is not None else everyone
+            advantages, group_std = rl_math.group_advantages(everyone, self.num_generations, scale=self.scale_rewards,
+                                                             estimator=self.advantage_estimator)
+            advantages, group_std = advantages[rows], group_std[rows]
+        experience["advantages"] = advantages.to(device)
+        metrics.update({
             "reward": total.mean().item(),
             "reward_std": total.std().item() if len(total) > 1 else 0.0,
             "frac_reward_zero_std": (group_std == 0).float().mean().item(),
             **rollout_metrics(rollout),
-        }
+        })
+        if self.dynamic_sample:
+            metrics["dynamic_sample/resamples"] = float(resampled)
         for index, func in enumerate(self.reward_funcs):
             column = per_function[:, index]
             metrics[f"rewards/{func.name}/mean"] = column.nanmean().item()
@@ -109,22 +166,73 @@ class GRPO:
         ]
         return experience, metrics, samples
 
+    def _dynamic_sample(self, sampled: tuple, seeds: list[int] | None):
+        """DAPO's dynamic sampling, as ms-swift's: keep the groups whose rewards differ (std > 0); while fewer
+        than the batch's groups are kept, sample fresh prompts from the training set (up to
+        --max_resample_times batches). Enough kept: the batch is the first of them; else the original batch
+        (with a warning). Returns (the batch, the number of batches resampled)."""
+        prompts, rollout, texts, per_function, total = sampled
+        groups = len(prompts) // self.num_generations
+        kept: list[tuple] = []
+        batch, resamples = sampled, 0
+        rng = random.Random(seeds[0] if seeds else 0)
+        while True:
+            std = batch[4].view(-1, self.num_generations).std(-1)  # (groups,)
+            kept += [(batch, g) for g in range(len(std)) if std[g] > 0]
+            if len(kept) >= groups or resamples >= self.max_resample_times or not self.resample_pool:
+                break
+            resamples += 1
+            fresh = rng.sample(self.resample_pool, min(groups, len(self.resample_pool)))
+            fresh_seeds = [rng.getrandbits(63) for _ in fresh] if seeds is not None else None
+            batch = self._sample(fresh, self.num_generations, greedy=False, seeds=fresh_seeds)
+        if len(kept) < groups:
+            logger.warning("--dynamic_sample: groups whose rewards are all equal remain after %d resample(s) "
+                           "(--max_resample_times); training on the original batch", resamples)
+            return sampled, resamples
+        return self._concat_groups(kept[:groups]), resamples
+
+    def _concat_groups(self, kept: list[tuple]) -> tuple:
+        """(batch, group index) pairs → one batch of those groups, in order."""
+        g = self.num_generations
+        rows = [(batch, range(index * g, (index + 1) * g)) for batch, index in kept]
+        prompts = [batch[0][i] for batch, span in rows for i in span]
+        texts = [batch[2][i] for batch, span in rows for i in span]
+        per_function = torch.cat([batch[3][span.start:span.stop] for batch, span in rows])
+        total = torch.cat([batch[4][span.start:span.stop] for batch, span in rows])
+        raw = [(batch[1], span) for batch, span in rows]
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids = [r.prompt_ids[i][r.prompt_mask[i].bool()].tolist() for r, span in raw for i in span]
+        completions = [r.completion_ids[i][r.completion_mask[i].bool()].tolist() for r, span in raw for i in span]
+        rollout = make_rollout(prompt_ids, completions, pad_id=pad_id, stop_ids=self.stop_ids,
+                               max_new_tokens=self.max_completion_length)
+        rollout.stopped = torch.cat([r.stopped[span.start:span.stop] for r, span in raw])  # stop words included
+        return prompts, rollout, texts, per_function, total
+
     def loss(self, policy, batch: dict[str, torch.Tensor]):
-        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=True,
+        with_entropy = True  # the entropy metric (and --top_entropy_quantile's mask) come from the same forward
+        logprobs, entropy = completion_logprobs(policy, batch, temperature=self.temperature, with_entropy=with_entropy,
                                                 layout=self.layout)
         mask = batch["completion_mask"]
+        if self.overlong_filter:  # completions cut at --max_completion_length carry no loss
+            mask = mask * batch["stopped"].unsqueeze(-1).to(mask.dtype)
         # With one optimizer step per rollout π_old is the current policy: ratio 1, gradient −A·∇log π.
         old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()
-        surrogate = rl_math.clipped_surrogate(logprobs, old, batch["advantages"].unsqueeze(-1),
-                                              eps_low=self.epsilon, eps_high=self.epsilon_high)
+        surrogate = rl_math.grpo_policy_losses(
+            logprobs, old, batch["advantages"].unsqueeze(-1), mask, loss_type=self.loss_type, eps_low=self.epsilon,
+            eps_high=self.epsilon_high, delta=self.delta, tau_pos=self.tau_pos, tau_neg=self.tau_neg,
+            level=self.importance_sampling_level)
         per_token = surrogate.losses  # (n, C)
         metrics = {}
-        if self.beta:
+        if self.top_entropy_quantile < 1.0:
+            keep = rl_math.entropy_mask(entropy, mask, self.top_entropy_quantile)
+            per_token = per_token * keep
+        if self.beta and not self.kl_in_reward:
             kl = rl_math.kl_k3(logprobs, batch["ref_logprobs"])  # (n, C)
             per_token = per_token + self.beta * kl
             metrics["kl"] = rl_math.masked_mean(kl, mask).item()
         loss = rl_math.aggregate_token_loss(per_token, mask, loss_type=self.loss_type,
-                                            max_completion_length=self.max_completion_length)
+                                            max_completion_length=self.max_completion_length,
+                                            num_items=_num_items(batch))
         low = rl_math.masked_mean(surrogate.clipped_low.float(), mask).item()
         high = rl_math.masked_mean(surrogate.clipped_high.float(), mask).item()
         metrics.update({
@@ -134,6 +242,10 @@ class GRPO:
             "clip_ratio/high_mean": high,
             "clip_ratio/region_mean": low + high,
         })
+        if self.log_entropy:
+            per_completion = rl_math.masked_mean(entropy, mask, dim=-1)  # (n,)
+            metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
+                            "entropy/min": per_completion.min().item()})
         return loss, metrics
 
     @torch.no_grad()
@@ -145,3 +257,12 @@ class GRPO:
         for index, func in enumerate(self.reward_funcs):
             metrics[f"eval_rewards/{func.name}/mean"] = per_function[:, index].nanmean().item()
         return metrics
+
+
+def _num_items(batch: dict[str, torch.Tensor]) -> float | None:
+    """dapo/cispo's normaliser for this micro-batch: the optimizer step's completion tokens per process (TRL's
+    num_items_in_batch / processes), divided by this micro-batch's share of the step, since the loop weighs each
+    micro-batch's loss by that share. None when the loop did not say (a lone batch)."""
+    if "num_items_in_batch" not in batch:
+        return None
+    return float(batch["num_items_in_batch"]) * float(batch["micro_share"])

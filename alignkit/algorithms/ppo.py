@@ -96,6 +96,7 @@ class PPO:
     layout: Layout | None = None  # packed/shared-prompt log-probs (alignkit.models.packing)
     ptx_coef: float = 0.0
     pretrain: PretrainBatches | None = None
+    stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
 
     def trained_model(self, policy) -> PolicyAndValue:
         """The policy and the value model as one module, so that one forward (and the sharding engine's
@@ -108,7 +109,8 @@ class PPO:
     def _sample(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None = None):
         ids = [p.ids for p in prompts]
         rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
-                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length)
+                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
+                               stop_words=self.stop_words, tokenizer=self.tokenizer)
         texts = decode_completions(self.tokenizer, rollout)
         packed = self.layout is not None and self.layout.padding_free
         if prompts and prompts[0].messages is None:  # token-id prompts: prompt + completion ids, as ColossalChat

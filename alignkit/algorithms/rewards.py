@@ -1,4 +1,5 @@
-"""Reward functions for GRPO: built-ins for the built-in task, the user's own Python functions, reward models.
+"""Reward functions for GRPO: ms-swift's built-ins, the built-in task's, the user's own Python functions and
+ms-swift reward plugins, reward models.
 
 A reward function takes keyword arguments and returns one float (or None: "no opinion") per completion::
 
@@ -6,19 +7,24 @@ A reward function takes keyword arguments and returns one float (or None: "no op
         return [1.0 if s in c else 0.0 for c, s in zip(completions, solution)]
 
 It is called with ``completions`` (the sampled answers as text), ``prompts`` (each completion's prompt
-messages) and one list per extra dataset column (``solution`` above: every column of the data beyond the
-prompt). A function without ``**kwargs`` receives only the arguments it names.
+messages), ``messages`` (the prompt messages and the completion as the assistant's turn, as ms-swift passes
+them), ``response_token_ids`` (each completion's token ids) and one list per extra dataset column
+(``solution`` above: every column of the data beyond the prompt). A function without ``**kwargs`` receives
+only the arguments it names.
 
-``--reward_funcs`` names them: ``accuracy`` and ``format`` (built in), a function defined in a file given
-to ``--external_plugins my_rewards.py``, or ``module:function`` / ``path/to/file.py:function``.
+``--reward_funcs`` names them: ms-swift's built-ins (``accuracy format react_format cosine repetition
+soft_overlong``, alignkit.algorithms.reward_funcs), the built-in task's (``arith_accuracy arith_format``), a
+function defined in a file given to ``--external_plugins my_rewards.py`` or a class such a file registers in
+ms-swift's ``orms`` table (``from swift.rewards import ORM, orms``; ``orms['name'] = MyReward``), or
+``module:function`` / ``path/to/file.py:function``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,24 +32,9 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.builtin import is_correct
+from alignkit.algorithms import reward_funcs as builtin
+from alignkit.algorithms.swift_shim import is_shim_active, swift_orms
 from alignkit.errors import AlignkitError
-
-_WHOLE_ANSWER = re.compile(r"\s*Answer:[ \t]*-?\d+\s*")
-
-
-def accuracy(completions: list[str], solution: list, **kwargs) -> list[float | None]:
-    """1.0 when the completion's first ``Answer: <integer>`` equals the row's ``solution``, else 0.0
-    (None for rows without a solution)."""
-    return [None if s is None else float(is_correct(c, s)) for c, s in zip(completions, solution)]
-
-
-def format(completions: list[str], **kwargs) -> list[float]:  # noqa: A001 - ms-swift's reward name
-    """1.0 when the whole completion is ``Answer: <integer>`` (surrounding whitespace aside), else 0.0."""
-    return [float(_WHOLE_ANSWER.fullmatch(c) is not None) for c in completions]
-
-
-BUILTIN_REWARD_FUNCS: dict[str, Callable] = {"accuracy": accuracy, "format": format}
 
 
 @dataclass
@@ -78,7 +69,10 @@ class RewardFunction:
                 f"not provide (extra columns: {columns})"
             )
         passed = arguments if self.takes_all else {k: v for k, v in arguments.items() if k in self.parameters}
-        values = list(self.func(**passed))
+        values = self.func(**passed)
+        if inspect.iscoroutine(values):  # an ms-swift AsyncORM
+            values = asyncio.run(values)
+        values = list(values)
         if len(values) != len(arguments["completions"]):
             raise AlignkitError(
                 f"reward function {self.name} returned {len(values)} values for "
@@ -88,10 +82,13 @@ class RewardFunction:
 
 
 def load_plugin_file(path: str) -> dict[str, Callable]:
-    """The top-level functions of a Python file (``--external_plugins``), by name."""
+    """The top-level functions of a Python file (``--external_plugins``), by name. An ms-swift plugin file
+    (``from swift.rewards import ORM, orms``, or the older ``swift.plugin``) imports; the classes it registers
+    in ``orms`` are found by ``resolve_reward_funcs``."""
     file = Path(path)
     if not file.is_file():
         raise AlignkitError(f"--external_plugins {path}: no such file")
+    swift_orms()  # without ms-swift installed, `swift.rewards` / `swift.plugin` resolve to alignkit's own
     module_name = f"alignkit_plugin_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(spec)
@@ -99,6 +96,12 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
     try:
         spec.loader.exec_module(module)
     except Exception as error:
+        missing = getattr(error, "name", None) or ""
+        if isinstance(error, ImportError) and missing.startswith("swift") and is_shim_active():
+            raise AlignkitError(
+                f"--external_plugins {path}: it imports {missing}, a part of ms-swift that alignkit does not stand in "
+                "for (without ms-swift, only swift.rewards / swift.plugin with ORM, AsyncORM and orms resolve); "
+                "install ms-swift, or keep the reward classes in a file of their own") from error
         raise AlignkitError(
             f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})"
         ) from error
@@ -107,26 +110,48 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
     }
 
 
-def resolve_reward_funcs(names: list[str], plugin_files: list[str]) -> list[RewardFunction]:
-    """``--reward_funcs`` names → functions: built-ins, then plugin functions, then ``module:function``."""
+def resolve_reward_funcs(names: list[str], plugin_files: list[str], args=None) -> list[RewardFunction]:
+    """``--reward_funcs`` names → functions, looked up as ms-swift does first: its ``orms`` table (built-ins and
+    what plugin files registered there; classes are built as ``cls(args=args)``), then the built-in task's,
+    then plugin functions, then ``module:function``. ``args``: the run's arguments, which ORM classes read
+    (--cosine_*, --repetition_*, --soft_*)."""
     plugins: dict[str, Callable] = {}
     for path in plugin_files:
         plugins.update(load_plugin_file(path))
+    registry = {**builtin.orms, **swift_orms()}
     resolved = []
     for name in names:
-        if name in BUILTIN_REWARD_FUNCS:
-            resolved.append(RewardFunction.wrap(name, BUILTIN_REWARD_FUNCS[name]))
+        if name in registry:
+            resolved.append(RewardFunction.wrap(name, _build_orm(name, registry[name], args)))
+        elif name in builtin.ARITH_REWARD_FUNCS:
+            resolved.append(RewardFunction.wrap(name, builtin.ARITH_REWARD_FUNCS[name]))
         elif name in plugins:
             resolved.append(RewardFunction.wrap(name, plugins[name]))
         elif ":" in name:
             resolved.append(RewardFunction.wrap(name, _import_function(name)))
+        elif name in builtin.UNSUPPORTED_REWARD_FUNCS:
+            raise AlignkitError(f"--reward_funcs {name}: {builtin.UNSUPPORTED_REWARD_FUNCS[name]}")
         else:
-            known = ", ".join([*BUILTIN_REWARD_FUNCS, *plugins])
+            known = ", ".join(dict.fromkeys([*registry, *builtin.ARITH_REWARD_FUNCS, *plugins]))
             raise AlignkitError(
                 f"--reward_funcs {name}: unknown; known: {known}. A function of your own: define it in a file passed "
-                "to --external_plugins, or name it as module:function or path/to/file.py:function"
+                "to --external_plugins (a function, or an ORM class registered in orms), or name it as "
+                "module:function or path/to/file.py:function"
             )
     return resolved
+
+
+def _build_orm(name: str, cls, args):
+    """An ``orms`` entry → the callable: a class is built with the run's arguments, as ms-swift builds it."""
+    if not inspect.isclass(cls):
+        return cls
+    try:
+        return cls(args=args)
+    except AlignkitError:
+        raise
+    except Exception as error:
+        raise AlignkitError(f"--reward_funcs {name}: building {cls.__name__}(args) failed "
+                            f"({type(error).__name__}: {error})") from error
 
 
 def _import_function(spec: str) -> Callable:
@@ -143,12 +168,16 @@ def _import_function(spec: str) -> Callable:
     return functions[function]
 
 
-def reward_arguments(prompts: list, completions: list[str], extras: list[dict]) -> dict[str, list]:
-    """Keyword arguments for reward functions: completions, prompts and one list per extra column
-    (None where a row lacks the column)."""
+def reward_arguments(prompts: list, completions: list[str], extras: list[dict],
+                     response_token_ids: list[list[int]] | None = None) -> dict[str, list]:
+    """Keyword arguments for reward functions: completions, prompts, messages (prompt + the completion as the
+    assistant's turn), response_token_ids and one list per extra column (None where a row lacks the column)."""
     columns = list(dict.fromkeys(key for row in extras for key in row))
     arguments = {column: [row.get(column) for row in extras] for column in columns}
-    return {**arguments, "completions": completions, "prompts": prompts}
+    messages = [[*prompt, {"role": "assistant", "content": completion}] for prompt, completion in zip(prompts,
+                                                                                                     completions)]
+    tokens = {"response_token_ids": response_token_ids} if response_token_ids is not None else {}
+    return {**arguments, "messages": messages, **tokens, "completions": completions, "prompts": prompts}
 
 
 def score_completions(funcs: list[RewardFunction], arguments: dict[str, list]) -> torch.Tensor:

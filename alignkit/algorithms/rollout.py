@@ -56,18 +56,20 @@ def stop_token_ids(encoder: ChatEncoder) -> list[int]:
 
 
 
-def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id: int, max_new_tokens: int):
+def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id: int, max_new_tokens: int,
+                       stopped_by_word: list[bool] | None = None):
     """Raw generated ids (stop token and whatever follows included) → (ids (N, C), mask (N, C), stopped (N,)).
 
     Everything after the first stop token is padding. C is the longest kept completion (at least 1).
+    ``stopped_by_word``: completions already cut at a stop word (``cut_at_stop_words``) count as stopped.
     """
     kept, stopped = [], []
     stops = set(stop_ids)
-    for ids in completions:
+    for index, ids in enumerate(completions):
         ids = list(ids)[:max_new_tokens]
         end = next((i for i, t in enumerate(ids) if t in stops), None)
         kept.append(ids if end is None else ids[: end + 1])
-        stopped.append(end is not None)
+        stopped.append(end is not None or bool(stopped_by_word and stopped_by_word[index]))
     length = max(1, max(len(k) for k in kept))
     out = torch.full((len(kept), length), pad_id, dtype=torch.long)  # (N, C)
     mask = torch.zeros((len(kept), length), dtype=torch.long)  # (N, C)
@@ -78,10 +80,19 @@ def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id
 
 
 def make_rollout(prompts: list[list[int]], completions: list[list[int]], *, pad_id: int, stop_ids: list[int],
-                 max_new_tokens: int) -> Rollout:
-    """Prompt ids and the raw generated ids of each prompt → a padded Rollout."""
+                 max_new_tokens: int, stop_words: list[str] | None = None, tokenizer=None) -> Rollout:
+    """Prompt ids and the raw generated ids of each prompt → a padded Rollout; with ``stop_words`` (--stop_words)
+    each completion also ends where one of them is complete."""
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    ids, mask, stopped = completion_tensors(completions, stop_ids, pad_id, max_new_tokens)
+    by_word = None
+    if stop_words:
+        # A stop token before the word ends the completion first: cut there, then look for the words.
+        stop_set = set(stop_ids)
+        completions = [ids[: next((i + 1 for i, t in enumerate(ids) if t in stop_set), len(ids))]
+                       for ids in (list(c)[:max_new_tokens] for c in completions)]
+        cut = cut_at_stop_words(completions, tokenizer, stop_words)
+        completions, by_word = [ids for ids, _ in cut], [found for _, found in cut]
+    ids, mask, stopped = completion_tensors(completions, stop_ids, pad_id, max_new_tokens, by_word)
     return Rollout(prompt_ids, prompt_mask, ids, mask, stopped)
 
 
@@ -90,8 +101,10 @@ class PerRowSampler:
     trick: argmax(z/T + g), g ~ Gumbel(0, 1), is distributed as softmax(z/T)), run as a logits processor under
     greedy decoding. A row's tokens then depend on its seed alone, not on the rows batched with it."""
 
-    def __init__(self, seeds: list[int], temperature: float):
+    def __init__(self, seeds: list[int], temperature: float, *, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0):
         self.seeds, self.temperature = seeds, temperature
+        self.top_k, self.top_p, self.min_p = top_k, top_p, min_p
         self.generators: list[torch.Generator] | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -100,7 +113,41 @@ class PerRowSampler:
         uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
                                for g in self.generators])  # (n, V)
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
-        return scores.float() / self.temperature + gumbel
+        return filter_logits(scores.float() / self.temperature, top_k=self.top_k, top_p=self.top_p,
+                             min_p=self.min_p) + gumbel
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """Tempered logits (n, V) with the tokens outside top-k, outside the nucleus top-p, or below min_p × the most
+    likely token's probability set to −inf (the most likely token always stays), as transformers' and vLLM's
+    samplers filter them. top_k 0 (or −1), top_p 1, min_p 0: unchanged."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (n, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before the token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def cut_at_stop_words(completions: list[list[int]], tokenizer, stop_words: list[str]) -> list[tuple[list[int], bool]]:
+    """Each completion's ids up to and including the token that completes the first of ``stop_words`` (kept, as
+    a stop token is), and whether one was found. Decoding is incremental, token by token."""
+    out = []
+    for ids in completions:
+        text, end = "", None
+        for index, token in enumerate(ids):
+            text += tokenizer.decode([token])
+            if any(word in text[-(len(word) + 32):] for word in stop_words):
+                end = index
+                break
+        out.append((list(ids) if end is None else list(ids[: end + 1]), end is not None))
+    return out
 
 
 @dataclass
@@ -120,6 +167,8 @@ class HFGenerator:
     batch_size: int
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     share_prompt_prefill: bool = True
 
     @torch.no_grad()
@@ -127,18 +176,21 @@ class HFGenerator:
                  seeds: list[int] | None = None) -> list[list[int]]:
         """Raw completion ids per prompt (the stop token and any padding after it included). ``seeds``: one per
         prompt; each completion is then drawn from its own generator, whatever batch it shares."""
-        # top_k=0 / top_p=1 spelled out, whatever a model's generation config says: the tokens must come from
-        # the plain tempered softmax whose log-probs the loss uses.
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        # top_k / top_p / min_p spelled out, whatever a model's generation config says: the tokens come from the
+        # tempered softmax filtered by these flags only (--top_k, --top_p, --min_p; off by default).
+        top_k = max(self.top_k, 0)
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": top_k,
+                    "min_p": self.min_p or None}
         greedy = greedy or self.temperature <= 0
         if greedy or seeds is not None:
-            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None}
+        if self.repetition_penalty != 1.0:  # a logits processor, so it acts under the seeded sampler too
+            sampling["repetition_penalty"] = self.repetition_penalty
         seeded = seeds is not None and not greedy
-        if seeded and (self.top_p < 1.0 or self.top_k):
-            raise ValueError("seeded sampling draws from the plain tempered softmax: top_p 1 and top_k 0 only")
         completions, done = [], 0
         for chunk in self._chunks(prompts):
-            processors = [PerRowSampler(seeds[done : done + len(chunk)], self.temperature)] if seeded else None
+            processors = [PerRowSampler(seeds[done : done + len(chunk)], self.temperature, top_k=top_k,
+                                        top_p=self.top_p, min_p=self.min_p)] if seeded else None
             completions += self._generate(chunk, sampling, processors)
             done += len(chunk)
         return completions

@@ -12,6 +12,7 @@ import math
 
 from alignkit.config.defaults import UNSUPPORTED_TASK_TYPES
 from alignkit.config.model_checks import check_model_flags
+from alignkit.config.online_checks import check_online_flags
 from alignkit.config.run import RunArguments
 from alignkit.data.template import parse_loss_scale
 from alignkit.errors import AlignkitError
@@ -70,6 +71,7 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
             "is not supported; for long sequences use --gradient_checkpointing, DeepSpeed ZeRO-3 (--deepspeed "
             "zero3) or --device_map, or a shorter --max_length"
         )
+    check_online_flags(args)
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")

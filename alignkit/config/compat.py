@@ -104,6 +104,23 @@ SWIFT_TRAINING_FLAGS: dict[str, tuple[str, ...]] = {
     "GRPOArguments": (
         "num_generations", "reward_funcs", "reward_weights", "log_completions", "num_iterations",
     ),
+    "GRPOArgumentsMixin (ms-swift 4.x)": (
+        "epsilon", "epsilon_high", "delta", "cosine_min_len_value_wrong", "cosine_max_len_value_wrong",
+        "cosine_min_len_value_correct", "cosine_max_len_value_correct", "cosine_max_len", "repetition_n_grams",
+        "repetition_max_penalty", "reward_model_plugin", "chord_sft_dataset", "multi_turn_scheduler", "max_turns",
+        "completion_length_limit_scope", "vllm_server_pass_dataset", "use_gym_env", "gym_env", "dynamic_sample",
+        "max_resample_times", "overlong_filter", "soft_max_length", "soft_cache_length", "scale_rewards",
+        "log_entropy", "top_entropy_quantile", "importance_sampling_level", "tau_pos", "tau_neg", "real_tau",
+        "advantage_estimator", "kl_in_reward", "teacher_kl_coef", "rollout_importance_sampling_mode",
+        "log_rollout_offpolicy_metrics", "off_policy_sequence_mask_delta",
+    ),
+    "RolloutTrainerArgumentsMixin (ms-swift 4.x)": (
+        "top_k", "top_p", "min_p", "repetition_penalty", "stop_words", "use_vllm", "vllm_mode", "vllm_enable_lora",
+        "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "async_generate",
+        "structured_outputs_regex", "sleep_level", "move_model_batches", "offload_optimizer", "offload_model",
+        "generation_batch_size", "steps_per_generation", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
+        "vllm_max_model_len", "vllm_enable_prefix_caching",
+    ),
     "DPOConfig": (
         "ref_adapter_name", "reference_free",
     ),
@@ -157,6 +174,32 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
                              "with `alignkit infer` or `alignkit eval`",
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
+    # ms-swift's GRPO features beyond alignkit's (docs/online.md says what there is instead).
+    **{name: "multi-turn GRPO (schedulers, gym environments, rollouts passed the dataset) is not supported: "
+             "alignkit samples one completion per prompt"
+       for name in ("multi_turn_scheduler", "max_turns", "completion_length_limit_scope", "use_gym_env", "gym_env",
+                    "vllm_server_pass_dataset")},
+    **{name: "ms-swift's rollout server (`swift rollout`, --vllm_mode server) is not supported; use --use_vllm "
+             "--vllm_mode colocate"
+       for name in ("vllm_server_host", "vllm_server_port", "vllm_server_base_url", "vllm_server_timeout",
+                    "vllm_server_group_port")},
+    **{name: "CHORD (SFT data mixed into GRPO) is not supported"
+       for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
+                    "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},
+    **{name: "--loss_type fipo is not supported"
+       for name in ("fipo_decay_rate", "fipo_clip_range", "fipo_clip_high_only", "fipo_safety_threshold")},
+    "real_tau": "--loss_type real is not supported",
+    **{name: "vLLM rollout importance-sampling correction (training/inference mismatch) is not supported: "
+             "alignkit's vLLM rollouts take their log-probs from the trained model"
+       for name in ("rollout_importance_sampling_mode", "rollout_importance_sampling_threshold",
+                    "log_rollout_offpolicy_metrics", "off_policy_sequence_mask_delta")},
+    "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "
+                           "other scoring as a reward function (--external_plugins)",
+    "structured_outputs_regex": "guided decoding is not supported",
+    **{name: "on-policy distillation from a teacher (--rlhf_type gkd, GRPO's OPD-RL) is not supported"
+       for name in ("teacher_model", "teacher_adapters", "teacher_model_type", "teacher_model_revision",
+                    "teacher_deepspeed", "teacher_model_server", "offload_teacher_model", "teacher_kl_coef",
+                    "lmbda", "seq_kd", "gkd_logits_topk", "sft_alpha")},
 }
 
 

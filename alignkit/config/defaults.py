@@ -87,7 +87,29 @@ def resolve(args, method: str) -> dict[str, Any]:
         logger.info("--dataset not set: using the built-in %s", dataset)
     if method == "grpo":
         values["epsilon_high"] = args.epsilon_high if args.epsilon_high is not None else args.epsilon
+        values.update(grpo_estimator_defaults(args))
     return values
+
+
+# ms-swift ties --scale_rewards and --kl_in_reward to --advantage_estimator (RLHFArguments._init_grpo).
+DEFAULT_SCALE_REWARDS = {"grpo": "group", "rloo": "none", "reinforce_plus_plus": "batch"}
+DEFAULT_KL_IN_REWARD = {"grpo": False, "rloo": True, "reinforce_plus_plus": True}
+SCALE_REWARDS_SPELLINGS = {"true": "group", "false": "none"}  # ms-swift < 3.10's boolean
+
+
+def grpo_estimator_defaults(args) -> dict[str, Any]:
+    """--scale_rewards and --kl_in_reward, each filled in from --advantage_estimator when unset, logged once."""
+    estimator = args.advantage_estimator
+    scale = SCALE_REWARDS_SPELLINGS.get(args.scale_rewards, args.scale_rewards)
+    if scale is None:
+        scale = DEFAULT_SCALE_REWARDS[estimator]
+        logger.info("--scale_rewards not set: %s for --advantage_estimator %s (ms-swift's default)", scale, estimator)
+    kl_in_reward = args.kl_in_reward
+    if kl_in_reward is None:
+        kl_in_reward = DEFAULT_KL_IN_REWARD[estimator]
+        logger.info("--kl_in_reward not set: %s for --advantage_estimator %s (ms-swift's default)",
+                    str(kl_in_reward).lower(), estimator)
+    return {"scale_rewards": scale, "kl_in_reward": kl_in_reward}
 
 
 def task(args, method: str) -> dict[str, Any]:

@@ -86,8 +86,9 @@ class RunArguments:
     dataset_shuffle: bool = option(True, "Shuffle the training data each epoch.")
     data_seed: int = option(42, "Seed for dataset sampling and splitting.")
     max_length: int | None = option(
-        None, "Maximum tokens of prompt + answer. Unset: the model's own limit (its config's max_position_embeddings "
-        "and kin, as ms-swift), logged.")
+        None, "Maximum tokens of prompt + answer (ppo, grpo: of the prompt, as ms-swift; completions add "
+        "--max_completion_length). Unset: the model's own limit (its config's max_position_embeddings and kin, as "
+        "ms-swift), logged.")
     max_prompt_length: int | None = option(
         None, "Maximum prompt tokens (longer prompts follow --truncation_strategy)."
     )
@@ -567,8 +568,8 @@ class RunArguments:
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
-        "hinge; grpo: grpo, bnpo, dr_grpo; sft: cross_entropy (its only loss). Unset: sigmoid (dpo, cpo), kto (kto), "
-        "log_sig (rm), grpo (grpo). simpo and orpo take none.",
+        "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
+        "loss). Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
         [],
@@ -776,10 +777,11 @@ class RunArguments:
     )
     num_generations: int = option(8, "grpo: completions sampled per prompt (a group).", applies_to=("grpo",))
     num_iterations: int = option(1, "grpo: passes over each rollout.", applies_to=("grpo",))
-    scale_rewards: str = option(
-        "group",
+    scale_rewards: str | None = option(
+        None,
         "grpo: divide advantages by the std of the group, of the batch, or none (Dr. GRPO); true = group, "
-        "false = none.",
+        "false = none. Unset: group for --advantage_estimator grpo, none for rloo, batch for reinforce_plus_plus "
+        "(ms-swift).",
         choices=("group", "batch", "none", "true", "false"),
         applies_to=("grpo",),
     )
@@ -799,8 +801,145 @@ class RunArguments:
         applies_to=("grpo",),
     )
     external_plugins: list[str] = option(
-        [], "grpo: Python files whose functions --reward_funcs may name.", nargs="+", applies_to=("grpo",)
-    )
+        [], "grpo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files (classes "
+        "subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
+        nargs="+", applies_to=("grpo",))
+    # --- online RL: ms-swift's GRPO family (docs/online.md, docs/objectives.md) ---
+    steps_per_generation: int | None = option(
+        None,
+        "grpo: micro-batches (of --per_device_train_batch_size completions) each generation serves, as ms-swift: "
+        "a generation samples per_device_train_batch_size x processes x steps_per_generation completions, one "
+        "optimizer step per --gradient_accumulation_steps of them. Unset: --gradient_accumulation_steps.",
+        applies_to=("grpo",))
+    generation_batch_size: int | None = option(
+        None,
+        "grpo: completions per generation over all processes (ms-swift); the other way to say "
+        "--steps_per_generation (it must be per_device_train_batch_size x processes x steps_per_generation).",
+        applies_to=("grpo",))
+    advantage_estimator: str = option(
+        "grpo",
+        "grpo: the advantage: grpo (reward - group mean), rloo (leave-one-out: reward - mean of the other "
+        "completions of the prompt), reinforce_plus_plus (reward - group mean, scaled by the batch's std of the "
+        "advantages). Sets the defaults of --scale_rewards and --kl_in_reward, as ms-swift.",
+        choices=("grpo", "rloo", "reinforce_plus_plus"), applies_to=("grpo",))
+    kl_in_reward: bool | None = option(
+        None,
+        "grpo: take beta x KL(pi_old || pi_ref) (summed over the completion's tokens) off the reward before "
+        "advantages instead of adding beta x KL to the loss. Unset: false for --advantage_estimator grpo, true "
+        "for rloo and reinforce_plus_plus (ms-swift).", applies_to=("grpo",))
+    importance_sampling_level: str = option(
+        "token",
+        "grpo: the importance ratio: token (per token), sequence (GSPO: the geometric mean of the token ratios of "
+        "the completion), sequence_token (GSPO-token: that value, each token's own gradient).",
+        choices=("token", "sequence", "sequence_token"), applies_to=("grpo",))
+    delta: float | None = option(
+        None,
+        "grpo: two-sided clipping (INTELLECT-2): the unclipped ratio is capped at delta (recommended > 1 + "
+        "--epsilon). Unset: off.", applies_to=("grpo",))
+    tau_pos: float = option(
+        1.0, "grpo --loss_type sapo: temperature of the soft gate for positive advantages.", applies_to=("grpo",))
+    tau_neg: float = option(
+        1.05, "grpo --loss_type sapo: temperature of the soft gate for negative advantages.", applies_to=("grpo",))
+    dynamic_sample: bool = option(
+        False,
+        "grpo (DAPO): replace the groups whose rewards are all equal (no learning signal) with groups of fresh "
+        "training prompts, up to --max_resample_times extra generations per step.", applies_to=("grpo",))
+    max_resample_times: int = option(
+        3, "grpo --dynamic_sample: most extra generations per step.", applies_to=("grpo",))
+    overlong_filter: bool = option(
+        False, "grpo (DAPO): completions cut at --max_completion_length (no stop token) carry no loss.",
+        applies_to=("grpo",))
+    top_entropy_quantile: float = option(
+        1.0,
+        "grpo: only the tokens whose entropy is in this top quantile of the batch carry the policy loss "
+        "(Beyond the 80/20 rule; 0.2 in the paper). 1.0: all tokens.", applies_to=("grpo",))
+    log_entropy: bool = option(
+        False, "grpo: log the mean, max and min of the completions' mean token entropy per step.",
+        applies_to=("grpo",))
+    cosine_min_len_value_wrong: float = option(
+        -0.5, "grpo --reward_funcs cosine: reward of a wrong answer of length 0.", applies_to=("grpo",))
+    cosine_max_len_value_wrong: float = option(
+        0.0, "grpo --reward_funcs cosine: reward of a wrong answer of length --cosine_max_len.", applies_to=("grpo",))
+    cosine_min_len_value_correct: float = option(
+        1.0, "grpo --reward_funcs cosine: reward of a correct answer of length 0.", applies_to=("grpo",))
+    cosine_max_len_value_correct: float = option(
+        0.5, "grpo --reward_funcs cosine: reward of a correct answer of length --cosine_max_len.",
+        applies_to=("grpo",))
+    cosine_max_len: int | None = option(
+        None, "grpo --reward_funcs cosine: L_max in tokens. Unset: --max_completion_length.", applies_to=("grpo",))
+    repetition_n_grams: int = option(
+        3, "grpo --reward_funcs repetition: n of the word n-grams counted.", applies_to=("grpo",))
+    repetition_max_penalty: float = option(
+        -1.0, "grpo --reward_funcs repetition: the reward when every n-gram is a repeat.", applies_to=("grpo",))
+    soft_max_length: int | None = option(
+        None, "grpo --reward_funcs soft_overlong: L_max in tokens. Unset: --max_completion_length.",
+        applies_to=("grpo",))
+    soft_cache_length: int | None = option(
+        None, "grpo --reward_funcs soft_overlong: L_cache, the length before L_max over which the penalty grows "
+        "from 0 to -1 (required by soft_overlong).", applies_to=("grpo",))
+    top_k: int = option(
+        -1, "ppo, grpo: sample from the k most likely tokens only; -1 or 0: no limit (log-probs in the loss are the "
+        "full tempered softmax's, as ms-swift and TRL).", applies_to=("ppo", "grpo",))
+    top_p: float = option(
+        1.0, "ppo, grpo: sample from the smallest set of tokens whose probability reaches top_p (nucleus).",
+        applies_to=("ppo", "grpo",))
+    min_p: float = option(
+        0.0, "ppo, grpo: drop tokens less likely than min_p x the most likely token's probability.",
+        applies_to=("ppo", "grpo",))
+    repetition_penalty: float = option(
+        1.0, "ppo, grpo: transformers' repetition penalty in rollouts (1.0: none).", applies_to=("ppo", "grpo",))
+    stop_words: list[str] = option(
+        [], "ppo, grpo: strings that end a completion (kept in it, like a stop token).", nargs="+",
+        applies_to=("ppo", "grpo",))
+    enable_thinking: bool | None = option(
+        None,
+        "ppo, grpo: the chat template's thinking switch (Qwen3-style templates read enable_thinking) when rendering "
+        "prompts. Unset: the template's default.", applies_to=("ppo", "grpo",),
+        differs="ms-swift's template flag applies to every command; here it reaches the ppo/grpo prompts only")
+    log_completions: bool = option(
+        False, "grpo: log the sampled completions.", applies_to=("grpo",),
+        no_effect="alignkit always writes every step's completions, rewards and advantages to completions.jsonl in "
+        "the run directory and shows one on the console")
+    vllm_mode: str | None = option(
+        None,
+        "ppo, grpo with --use_vllm: colocate (the vLLM engine runs in the training process; also what --use_vllm "
+        "alone means here, where ms-swift asks for a mode). ms-swift's server mode (a `swift rollout` server) is "
+        "refused.", choices=("colocate", "server"), applies_to=("ppo", "grpo",))
+    vllm_max_model_len: int | None = option(
+        None, "ppo, grpo with --use_vllm: vLLM's context length. Unset: the longest prompt allowed + "
+        "--max_completion_length.", applies_to=("ppo", "grpo",))
+    vllm_tensor_parallel_size: int = option(
+        1, "ppo, grpo with --use_vllm: tensor parallelism of the colocated engine; only 1.",
+        applies_to=("ppo", "grpo",))
+    vllm_enable_prefix_caching: bool = option(
+        True, "ppo, grpo with --use_vllm: vLLM's automatic prefix caching.", applies_to=("ppo", "grpo",))
+    vllm_enable_lora: bool = option(
+        False, "ppo, grpo with --use_vllm: sync only the LoRA adapter into vLLM.", applies_to=("ppo", "grpo",),
+        no_effect="alignkit syncs the merged LoRA weights into vLLM after each update; the samples are the same, "
+        "only the sync's cost differs")
+    sleep_level: int = option(
+        0, "ppo, grpo with --use_vllm: ms-swift's vLLM sleep level (0, 1, 2).", choices=(0, 1, 2),
+        applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    offload_model: bool = option(
+        False, "ppo, grpo with --use_vllm: offload the policy to CPU during generation.", applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    offload_optimizer: bool = option(
+        False, "ppo, grpo with --use_vllm: offload optimizer states to CPU during generation.",
+        applies_to=("ppo", "grpo",),
+        no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
+        "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
+        "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
+    move_model_batches: int | None = option(
+        None, "ppo, grpo with --use_vllm: move weights to vLLM in this many batches.", applies_to=("ppo", "grpo",),
+        no_effect="alignkit writes the weights into the colocated engine tensor by tensor; the samples are the same")
+    async_generate: bool = option(
+        False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
+        applies_to=("grpo",))
 
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(

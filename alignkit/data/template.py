@@ -160,10 +160,12 @@ class ChatEncoder:
         """Token ids that end an answer in generation."""
         return list(self.template.stop_ids) or [self.tokenizer.eos_token_id]
 
+    chat_template_kwargs: dict = {}  # extra variables of the chat template (--enable_thinking); set per encoder
+
     def render(self, messages: list[Message], *, generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template.source, tokenize=False, add_generation_prompt=generation_prompt
-        )
+            messages, chat_template=self.template.source, tokenize=False, add_generation_prompt=generation_prompt,
+            **self.chat_template_kwargs)
 
     def system_applied(self, messages: list[Message]) -> list[Message]:
         return with_system(messages, self.system, self.template.system_message)

@@ -81,7 +81,8 @@ def check_vllm_available() -> None:
 
 class VllmRollout:
     def __init__(self, policy, model_path: str, *, stop_ids: list[int], max_new_tokens: int, temperature: float,
-                 gpu_memory_utilization: float, max_model_len: int, seed: int):
+                 gpu_memory_utilization: float, max_model_len: int, seed: int, top_p: float = 1.0, top_k: int = -1,
+                 min_p: float = 0.0, repetition_penalty: float = 1.0, enable_prefix_caching: bool = True):
         check_vllm_available()
         from vllm import LLM
 
@@ -93,8 +94,12 @@ class VllmRollout:
         self.stop_ids = stop_ids
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        # --top_p --top_k --min_p --repetition_penalty, in vLLM's spelling (top_k -1: no limit)
+        self.filters = {"top_p": top_p, "top_k": top_k if top_k > 0 else -1, "min_p": min_p,
+                        "repetition_penalty": repetition_penalty}
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       seed=seed, distributed_executor_backend="external_launcher")
+                       seed=seed, distributed_executor_backend="external_launcher",
+                       enable_prefix_caching=enable_prefix_caching)
         self.sync_weights()  # --adapters or a resumed checkpoint already differ from the files on disk
 
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False,
@@ -104,7 +109,7 @@ class VllmRollout:
 
         def params_for(seed):
             return SamplingParams(n=1, temperature=0.0 if greedy else self.temperature, max_tokens=self.max_new_tokens,
-                                  stop_token_ids=self.stop_ids, seed=seed)
+                                  stop_token_ids=self.stop_ids, seed=seed, **({} if greedy else self.filters))
 
         params = [params_for(s) for s in seeds] if seeds is not None and not greedy else params_for(None)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)

@@ -9,7 +9,13 @@ References:
   GAE: Schulman et al. 2015, https://arxiv.org/abs/1506.02438 (Eq. 16).
   GRPO: Shao et al. 2024, https://arxiv.org/abs/2402.03300 (Eq. 3); Dr. GRPO: Liu et al. 2025,
        https://arxiv.org/abs/2503.20783; DAPO's clip-higher: Yu et al. 2025, https://arxiv.org/abs/2503.14476.
+  GSPO: Zheng et al. 2025, https://arxiv.org/abs/2507.18071 (sequence-level ratio, Eq. 7).
+  CISPO: MiniMax-M1, https://arxiv.org/abs/2506.13585 (Eq. 4). SAPO: https://arxiv.org/abs/2511.20347.
+  Two-sided clipping (delta): INTELLECT-2, https://arxiv.org/abs/2505.07291. RLOO: Ahmadian et al. 2024,
+       https://arxiv.org/abs/2402.14740. REINFORCE++: Hu 2025, https://arxiv.org/abs/2501.03262.
+  Entropy mask: Wang et al. 2025, https://arxiv.org/abs/2506.01939.
   k3 KL estimator: Schulman, "Approximating KL divergence", http://joschu.net/blog/kl-approx.html.
+The GRPO family follows ms-swift's GRPOTrainer (swift/rlhf_trainers/grpo_trainer.py, swift/rl_core/advantage.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import NamedTuple
 
 import torch
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -149,26 +157,42 @@ def group_advantages(
     num_generations: int,
     *,
     scale: str,
+    estimator: str = "grpo",
     sum_all: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO's advantage: each completion's reward minus the mean of its prompt's group (Eq. 3 of the GRPO paper).
+    """Each completion's advantage from the rewards of its prompt's group (the G = ``num_generations`` completions
+    of a prompt adjacent). rewards (N,) → (advantages (N,), group std of the rewards (N,)).
 
-    rewards (N,), the G = ``num_generations`` completions of a prompt adjacent → (advantages (N,), group std (N,)).
+    ``estimator``: grpo, A = r − mean(group) (Eq. 3 of the GRPO paper); rloo, A = r − mean of the *other* G − 1
+    rewards = (r − mean(group))·G/(G − 1); reinforce_plus_plus, A = r − mean(group), then scaled by the std of
+    the advantages (not of the rewards).
     ``scale``: "group" divides by the group's std (+1e-4, so a group of equal rewards gives 0, not NaN),
-    "batch" by the std of all N rewards, "none" not at all (Dr. GRPO). ``sum_all`` (a distributed run: sums
-    over the processes) makes "batch" the std of every process's rewards, as on one process.
+    "batch" by the std of all N (+1e-4), "none" not at all (Dr. GRPO). ``sum_all`` (a distributed run: sums
+    over the processes) makes "batch" the std over every process, as on one process.
     """
     groups = rewards.view(-1, num_generations)  # (N/G, G)
     mean = groups.mean(-1).repeat_interleave(num_generations)  # (N,)
     std = groups.std(-1).repeat_interleave(num_generations)  # (N,) unbiased, as torch.std
     advantages = rewards - mean
+    if estimator == "rloo":
+        advantages = advantages * num_generations / (num_generations - 1)
+    elif estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, got {estimator!r}")
+    scaled = advantages if estimator == "reinforce_plus_plus" else rewards
     if scale == "group":
-        advantages = advantages / (std + 1e-4)
+        spread = scaled.view(-1, num_generations).std(-1).repeat_interleave(num_generations)
+        advantages = advantages / (spread + 1e-4)
     elif scale == "batch":
-        advantages = advantages / (_batch_std(rewards, sum_all) + 1e-4)
+        advantages = advantages / (_batch_std(scaled, sum_all) + 1e-4)
     elif scale != "none":
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
     return advantages, std
+
+
+def sequence_kl_penalty(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """--kl_in_reward's per-completion KL: Σ_t (log π_old − log π_ref) over its tokens (k1, as ms-swift);
+    β times it is subtracted from the reward before advantages. (N, T) → (N,)."""
+    return ((old_logprobs - ref_logprobs) * mask.to(old_logprobs.dtype)).sum(-1)
 
 
 def _batch_std(values: torch.Tensor, sum_all) -> torch.Tensor:
@@ -186,16 +210,99 @@ def weighted_reward(per_function: torch.Tensor, weights: torch.Tensor) -> torch.
     return torch.nansum(per_function * weights.unsqueeze(0), dim=-1)
 
 
-def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, *, loss_type: str, max_completion_length: int):
+def importance_log_weights(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, *,
+                           level: str) -> torch.Tensor:
+    """log of the importance ratio π/π_old per token, (N, T), by --importance_sampling_level:
+
+    token:          log ρ_t = log π(o_t) − log π_old(o_t);
+    sequence:       GSPO's log s = mean_t log ρ_t over the completion's tokens, the same for all its tokens;
+    sequence_token: GSPO-token, log π(o_t) − sg[log π(o_t)] + sg[log s]: the value of s, the gradient of
+                    each token's own log π.
+    """
+    log_ratio = logprobs - old_logprobs
+    if level == "token":
+        return log_ratio
+    if level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(IMPORTANCE_SAMPLING_LEVELS)}, got {level!r}")
+    mask = mask.to(log_ratio.dtype)
+    sequence = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (N, 1)
+    if level == "sequence":
+        return sequence.expand_as(log_ratio)
+    return logprobs - logprobs.detach() + sequence.detach()
+
+
+def grpo_policy_losses(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    eps_low: float,
+    eps_high: float,
+    delta: float | None = None,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+    level: str = "token",
+) -> Surrogate:
+    """The GRPO family's per-token policy loss (before the KL term and the reduction), ρ from
+    ``importance_log_weights``; advantages (N, 1) or (N, T):
+
+    grpo, bnpo, dr_grpo, dapo: PPO's clipped surrogate −min(ρ'A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), where
+        ρ' = min(ρ, δ) with --delta (two-sided clipping) and ρ' = ρ without;
+    cispo: −sg[min(ρ, ε_high)]·A·log π (CISPO, Eq. 4: the ratio clipped from above and detached, so every
+        token keeps a gradient; ε_high is an absolute bound here, as in ms-swift);
+    sapo:  −g(ρ)·A with the soft gate g(ρ) = σ(τ(ρ − 1))·4/τ, τ = --tau_pos where A > 0 else --tau_neg.
+    """
+    ratio = torch.exp(importance_log_weights(logprobs, old_logprobs, mask, level=level))
+    advantages = advantages.expand_as(ratio)
+    if loss_type == "cispo":
+        losses = -torch.clamp(ratio, max=eps_high).detach() * advantages * logprobs
+        clipped_high = (ratio > eps_high) & (advantages > 0)
+        return Surrogate(losses, ratio, torch.zeros_like(clipped_high), clipped_high)
+    if loss_type == "sapo":
+        gate_pos = torch.sigmoid(tau_pos * (ratio - 1)) * (4.0 / tau_pos)
+        gate_neg = torch.sigmoid(tau_neg * (ratio - 1)) * (4.0 / tau_neg)
+        losses = -torch.where(advantages > 0, gate_pos, gate_neg) * advantages
+        none = torch.zeros_like(ratio, dtype=torch.bool)
+        return Surrogate(losses, ratio, none, none)
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
+    unclipped = (torch.clamp(ratio, max=delta) if delta is not None else ratio) * advantages
+    return Surrogate(
+        losses=-torch.min(unclipped, clipped),
+        ratio=ratio,
+        clipped_low=(ratio < 1 - eps_low) & (advantages < 0),
+        clipped_high=(ratio > 1 + eps_high) & (advantages > 0),
+    )
+
+
+def entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: float) -> torch.Tensor:
+    """--top_entropy_quantile q: 1 on the tokens whose entropy is at or above the (1 − q) quantile of the batch's
+    completion tokens, 0 elsewhere (only those tokens carry the policy loss). (N, T) → (N, T) bool."""
+    values = entropy.float().masked_fill(mask == 0, float("nan"))
+    threshold = torch.nanquantile(values.flatten(), 1 - top_quantile)
+    return values >= threshold
+
+
+def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, *, loss_type: str, max_completion_length: int,
+                         num_items: float | None = None):
     """Reduce GRPO's per-token losses (N, T) to a scalar, per ``--loss_type``:
 
-    grpo:    mean over each sequence's tokens, then over sequences (the paper's 1/|o_i| normalisation);
-    bnpo:    mean over all tokens of the batch;
-    dr_grpo: sum over all tokens / (N · max_completion_length), a constant, so long answers are not
-             favoured or penalised by their length (Dr. GRPO).
+    grpo, sapo:   mean over each sequence's tokens, then over sequences (the paper's 1/|o_i| normalisation);
+    bnpo:         mean over all tokens of the batch;
+    dr_grpo:      sum over all tokens / (N · max_completion_length), a constant, so long answers are not
+                  favoured or penalised by their length (Dr. GRPO);
+    dapo, cispo:  sum over the tokens / ``num_items``, the completion tokens of the whole optimizer step (all
+                  micro-batches, divided by the processes, as TRL's num_items_in_batch): a token-level mean over
+                  the step (DAPO's token-level loss). Without ``num_items``: the tokens of this batch.
     """
     mask = mask.to(losses.dtype)
-    if loss_type == "grpo":
+    if loss_type in ("dapo", "cispo"):
+        normaliser = num_items if num_items is not None else mask.sum().clamp(min=1)
+        return (losses * mask).sum() / normaliser
+    if loss_type in ("grpo", "sapo"):
         return (masked_mean(losses, mask, dim=-1)).mean()
     if loss_type == "bnpo":
         return masked_mean(losses, mask)

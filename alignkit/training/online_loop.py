@@ -44,6 +44,9 @@ class Schedule:
     micro_batch_size: int  # completions per forward/backward (gradients accumulate up to a mini-batch)
     update_epochs: int  # passes over each rollout (PPO --num_ppo_epochs, GRPO --num_iterations)
     steps: int
+    # True: prompts_per_step counts the prompts of the whole step, which every process receives; each samples its
+    # own slice of their completions (ms-swift's GRPO groups split across processes; see generation_batch.py).
+    shared_prompts: bool = False
 
     @property
     def optimizer_steps_per_step(self) -> int:
@@ -189,7 +192,7 @@ def train_online(
                 schedule.optimizer_steps_per_step, schedule.minibatch_size, schedule.micro_batch_size,
                 schedule.update_epochs)
     state, rank, share = runner.state, runner.rank, schedule.prompts_per_step
-    global_batch = share * runner.num_processes
+    global_batch = share if schedule.shared_prompts else share * runner.num_processes
     order = DataOrder.for_rows([p.ids for p in prompts], global_batch, config)
 
     def sum_all(values: torch.Tensor) -> torch.Tensor:
@@ -209,12 +212,15 @@ def train_online(
             while (state.batches_done_in_epoch < len(steps) and state.global_step < schedule.steps
                    and not runner.should_stop):
                 started = time.perf_counter()
-                mine = steps[state.batches_done_in_epoch][rank * share : (rank + 1) * share]
+                mine = steps[state.batches_done_in_epoch]
+                if not schedule.shared_prompts:
+                    mine = mine[rank * share : (rank + 1) * share]
+                split = {"part": (rank, runner.num_processes)} if schedule.shared_prompts else {}
                 policy.eval()  # generate() keeps its KV cache only outside training mode with gradient checkpointing
                 with runner.accelerator.autocast(), runner.whole_parameters():
                     experience, rollout_metrics, samples = algorithm.experience(
                         policy, [prompts[i] for i in mine], seeds=sampling_seeds(config.seed, state.global_step, mine),
-                        sum_all=sum_all if runner.num_processes > 1 else None)
+                        sum_all=sum_all if runner.num_processes > 1 else None, **split)
                 policy.train()
                 fault_point("micro_batch", state.global_step + 1)  # tests: a signal between rollout and update
                 rollout_seconds = time.perf_counter() - started
@@ -263,9 +269,15 @@ def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, 
         minibatch = order[start : start + schedule.minibatch_size].sort().values
         micro_starts = range(0, len(minibatch), schedule.micro_batch_size)
         problem = None
+        # The optimizer step's completion tokens per process, a token-level loss's normaliser (TRL's
+        # num_items_in_batch / processes).
+        tokens = experience["completion_mask"][minibatch.to(experience["completion_mask"].device)].sum().float()
+        num_items = runner.sum_over_processes(tokens.reshape(1)).item() / runner.num_processes
         for micro_start in micro_starts:
             micro = minibatch[micro_start : micro_start + schedule.micro_batch_size]
             batch = select(experience, micro.to(experience["completion_ids"].device))
+            batch["num_items_in_batch"] = torch.tensor(num_items)
+            batch["micro_share"] = torch.tensor(len(micro) / len(minibatch))
             last = micro_start == micro_starts[-1]
             with contextlib.nullcontext() if last else runner.accelerator.no_sync(model):
                 with runner.accelerator.autocast():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -39,15 +40,13 @@ from alignkit.training.model_setup import (
     tuner_settings,
     weights_dtype,
 )
-from alignkit.training.online_loop import make_schedule, train_online
+from alignkit.training.online_loop import Schedule, make_schedule, train_online
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
 from alignkit.training.speedups import layout_check
 
 logger = logging.getLogger("alignkit")
-
-SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none", "true": "group", "false": "none"}
 
 
 def run_online(args: RunArguments, defaults: dict) -> Path:
@@ -76,31 +75,21 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                           truncation_strategy=args.truncation_strategy, system=args.system, template=template,
                           loss_scale=args.loss_scale, use_chat_template=args.use_chat_template)
-    prompt_limit = args.max_prompt_length or args.max_length - args.max_completion_length
-    if prompt_limit <= 0:
-        raise AlignkitError(
-            f"--max_length {args.max_length} leaves no room for prompts after --max_completion_length "
-            f"{args.max_completion_length} completion tokens; raise --max_length (unset, it is the model's own "
-            "length) or lower --max_completion_length, or set --max_prompt_length"
-        )
+    if args.enable_thinking is not None:  # the template's thinking switch, read by Qwen3-style templates
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
+    # ms-swift's --max_length for ppo/grpo limits the prompt (its rows are prompts); completions add up to
+    # --max_completion_length tokens on top.
+    prompt_limit = args.max_prompt_length or args.max_length
     prompts = encode_prompts(encoder, train_rows, prompt_limit, args.truncation_strategy, "training")
     val_prompts = encode_prompts(encoder, val_rows, prompt_limit, args.truncation_strategy, "held-out")
     if not prompts:
-        raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_length − --max_completion_length)")
+        raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_prompt_length, else --max_length)")
     as_ids = sum(p.messages is None for p in prompts + val_prompts)
     if as_ids and (name != "ppo" or as_ids < len(prompts) + len(val_prompts)):
         raise AlignkitError("prompts given as token ids (ColossalChat's prepare_dataset --type prompt) are scored on "
                             "their ids by PPO's reward model, for all prompts of a run; GRPO's rewards, and prompts "
                             "mixed with text ones, read conversations: pass the prompt jsonl they were prepared from")
-    schedule = make_schedule(
-        num_prompts=len(prompts), num_generations=grpo["num_generations"] if grpo else 1,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, num_mini_batches=args.num_mini_batches,
-        experience_batch_size=args.experience_batch_size, num_collect_steps=args.num_collect_steps,
-        train_batch_size=args.train_batch_size, update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
-        max_steps=args.max_steps, num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs,
-        drop_last=args.dataloader_drop_last,
-    )
+    schedule = online_schedule(args, len(prompts), grpo)
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
 
@@ -112,13 +101,17 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         generator = VllmRollout(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                                   temperature=args.temperature, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                                  max_model_len=prompt_limit + args.max_completion_length, seed=args.seed)
+                                  max_model_len=args.vllm_max_model_len or prompt_limit + args.max_completion_length,
+                                  seed=args.seed, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                                  repetition_penalty=args.repetition_penalty,
+                                  enable_prefix_caching=args.vllm_enable_prefix_caching)
     else:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
-                                batch_size=forward_batch)
+                                batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
+                                min_p=args.min_p, repetition_penalty=args.repetition_penalty)
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
-                  forward_batch_size=forward_batch, frozen_reference=frozen_reference,
+                  forward_batch_size=forward_batch, frozen_reference=frozen_reference, stop_words=list(args.stop_words),
                   layout=online_layout(args, policy))
     if grpo:
         from alignkit.algorithms.grpo import GRPO
@@ -127,7 +120,13 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          reward_weights=grpo["reward_weights"], num_generations=grpo["num_generations"],
                          beta=grpo["beta"], epsilon=args.epsilon, epsilon_high=grpo["epsilon_high"],
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
-                         needs_old_logprobs=schedule.optimizer_steps_per_step > 1)
+                         needs_old_logprobs=schedule.optimizer_steps_per_step > 1,
+                         advantage_estimator=args.advantage_estimator, kl_in_reward=grpo["kl_in_reward"],
+                         delta=args.delta, tau_pos=args.tau_pos, tau_neg=args.tau_neg,
+                         importance_sampling_level=args.importance_sampling_level,
+                         top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
+                         overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
+                         max_resample_times=args.max_resample_times, resample_pool=prompts)
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder)
 
@@ -143,6 +142,59 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=config,
                         run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
+
+
+def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
+    """The online schedule: for grpo ms-swift's generation batch (alignkit.training.generation_batch), unless
+    ColossalChat's flags (--experience_batch_size, --train_batch_size) or TRL's --num_mini_batches say it."""
+    batch = None
+    if grpo and args.experience_batch_size is None and args.train_batch_size is None and args.num_mini_batches == 1:
+        from alignkit.training.generation_batch import generation_batch
+
+        batch = generation_batch(
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            num_processes=int(os.environ.get("WORLD_SIZE", "1")), num_generations=grpo["num_generations"],
+            steps_per_generation=args.steps_per_generation, generation_batch_size=args.generation_batch_size,
+            num_iterations=args.num_iterations, max_steps=args.max_steps)
+        if batch.split_groups:
+            return split_group_schedule(args, batch, num_prompts)
+    elif grpo and (args.steps_per_generation is not None or args.generation_batch_size is not None):
+        raise AlignkitError("--steps_per_generation/--generation_batch_size (ms-swift's generation batch) do not "
+                            "combine with --experience_batch_size, --train_batch_size or --num_mini_batches")
+    return make_schedule(
+        num_prompts=num_prompts, num_generations=grpo["num_generations"] if grpo else 1,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, num_mini_batches=args.num_mini_batches,
+        experience_batch_size=batch.prompts_per_process if batch else args.experience_batch_size,
+        num_collect_steps=args.num_collect_steps,
+        train_batch_size=batch.minibatch_completions if batch else args.train_batch_size,
+        update_epochs=args.num_iterations if grpo else args.num_ppo_epochs,
+        max_steps=batch.rollout_steps or 0 if batch and args.max_steps > 0 else args.max_steps,
+        num_episodes=args.num_episodes, num_train_epochs=args.num_train_epochs, drop_last=args.dataloader_drop_last,
+    )
+
+
+def split_group_schedule(args: RunArguments, batch, num_prompts: int) -> Schedule:
+    """The schedule when a generation's groups span processes: every process gets the step's prompts and samples
+    its slice of their completions (``Schedule.shared_prompts``)."""
+    if args.dynamic_sample:
+        raise AlignkitError("--dynamic_sample with groups split across processes (--per_device_train_batch_size × "
+                            "--steps_per_generation not a multiple of --num_generations) is not supported; make "
+                            "each process's share hold whole groups")
+    if args.max_steps > 0:
+        steps = batch.rollout_steps
+    elif args.num_episodes is not None:
+        steps = args.num_episodes
+    elif args.dataloader_drop_last:
+        steps = max(1, math.ceil(args.num_train_epochs * (num_prompts // batch.global_prompts)))
+    else:
+        steps = max(1, math.ceil(args.num_train_epochs * num_prompts / batch.global_prompts))
+    logger.info("Groups of --num_generations %d span processes: each of them samples %d completions of the step's "
+                "%d prompts", args.num_generations, batch.completions_per_process, batch.global_prompts)
+    return Schedule(batch.global_prompts, batch.completions_per_process, batch.minibatch_completions,
+                    min(args.per_device_train_batch_size, batch.minibatch_completions), args.num_iterations, steps,
+                    shared_prompts=True)
 
 
 def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
@@ -230,9 +282,10 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     from alignkit.algorithms.rewards import resolve_reward_funcs
 
     if not args.reward_funcs and not args.reward_model:
-        raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `accuracy format` for the built-in "
-                            "task, or your own functions) and/or --reward_model")
-    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins)
+        raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `arith_accuracy arith_format` "
+                            "for the built-in task, `accuracy format` for math data with a solution column, or your "
+                            "own functions) and/or --reward_model")
+    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins, args)
     count = len(funcs) + len(args.reward_model)
     weights = list(args.reward_weights) or [1.0] * count
     if len(weights) != count:
@@ -247,8 +300,8 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
     return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
-            "num_generations": args.num_generations, "scale_rewards": SCALE_REWARDS[args.scale_rewards],
-            "epsilon_high": defaults["epsilon_high"]}
+            "num_generations": args.num_generations, "scale_rewards": defaults["scale_rewards"],
+            "kl_in_reward": defaults["kl_in_reward"], "epsilon_high": defaults["epsilon_high"]}
 
 
 def _check_ppo_flags(args: RunArguments) -> None:
@@ -272,7 +325,9 @@ def _reward_model_funcs(args: RunArguments) -> list:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for path in args.reward_model:
         model, tokenizer = load_scalar_model(path, adapters=args.reward_adapters)
-        encoder = ChatEncoder(tokenizer, max_length=args.max_length, truncation_strategy="left", system=args.system)
+        # It reads prompt + completion: --max_length (the prompt's limit) + --max_completion_length tokens.
+        encoder = ChatEncoder(tokenizer, max_length=args.max_length + args.max_completion_length,
+                              truncation_strategy="left", system=args.system)
         name = f"reward_model:{Path(path).name}"
         scorer = RewardModelFunction(model.to(device), encoder, args.local_rollout_forward_batch_size, name,
                                      packed=args.padding_free)
@@ -300,7 +355,8 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                 "target_modules": args.lora_target_modules}
     value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
-    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length, truncation_strategy="left",
+    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length + args.max_completion_length,
+                                 truncation_strategy="left",
                                  system=args.system)
     pretrain = None
     if args.pretrain_dataset:

@@ -1,0 +1,53 @@
+"""``swift.rewards`` for ms-swift reward plugin files when ms-swift is not installed.
+
+An ms-swift plugin file (``--external_plugins plugin.py``) starts with ``from swift.rewards import ORM, orms``
+(ms-swift 4.x) or ``from swift.plugin import ORM, orms`` (3.x), subclasses ``ORM`` and registers its classes:
+``orms['my_reward'] = MyReward``. Without ms-swift, those two modules are provided here, holding alignkit's
+``ORM``, ``AsyncORM`` and ``orms`` (alignkit.algorithms.reward_funcs), so such a file loads unchanged. With
+ms-swift installed nothing is replaced: the file imports ms-swift's own, and what it registered in ms-swift's
+``orms`` is read from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+from alignkit.algorithms import reward_funcs
+
+SHIM_ATTRIBUTE = "__alignkit_shim__"
+
+
+def swift_orms() -> dict[str, type]:
+    """The ``orms`` entries plugin files may have registered: alignkit's table when the shim is in place (installed
+    here on first call if ms-swift is absent), else what ms-swift's table holds beyond ms-swift's own classes."""
+    if "swift" not in sys.modules and importlib.util.find_spec("swift") is None:
+        _install()
+    module = sys.modules.get("swift.rewards")
+    if module is None:
+        if getattr(sys.modules.get("swift"), SHIM_ATTRIBUTE, False):
+            return reward_funcs.orms
+        return {}  # real ms-swift, whose rewards no plugin has imported yet
+    if getattr(module, SHIM_ATTRIBUTE, False):
+        return reward_funcs.orms
+    return {name: cls for name, cls in getattr(module, "orms", {}).items()
+            if not getattr(cls, "__module__", "").startswith("swift.")}
+
+
+def is_shim_active() -> bool:
+    return bool(getattr(sys.modules.get("swift"), SHIM_ATTRIBUTE, False))
+
+
+def _install() -> None:
+    exported = {"ORM": reward_funcs.ORM, "AsyncORM": reward_funcs.AsyncORM, "orms": reward_funcs.orms}
+    package = types.ModuleType("swift", "alignkit's stand-in for ms-swift's reward plugin API")
+    package.__path__ = []  # a package, so `import swift.rewards` looks in sys.modules
+    setattr(package, SHIM_ATTRIBUTE, True)
+    sys.modules["swift"] = package
+    for name in ("rewards", "plugin"):
+        module = types.ModuleType(f"swift.{name}")
+        module.__dict__.update(exported)
+        setattr(module, SHIM_ATTRIBUTE, True)
+        setattr(package, name, module)
+        sys.modules[f"swift.{name}"] = module

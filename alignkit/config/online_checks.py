@@ -1,0 +1,49 @@
+"""Checks of the online-RL flags (ppo, grpo) that need more than a range: values and combinations alignkit
+does not run, each refused before anything loads with what to use instead."""
+
+from __future__ import annotations
+
+from alignkit.errors import AlignkitError
+from alignkit.losses.rl import GRPO_LOSS_TYPES
+
+REFUSED_GRPO_LOSS_TYPES = {
+    "real": "REAL's group-contrastive loss is not implemented",
+    "fipo": "FIPO's future-influence weighting is not implemented",
+    "luspo": "LUSPO is not implemented",
+    "vespo": "VESPO is not implemented",
+}
+
+
+def check_online_flags(args) -> None:
+    """Raises AlignkitError for what the online methods cannot run (see the module doc)."""
+    if args.rlhf_type == "grpo":
+        loss_type = args.loss_type[0] if len(args.loss_type) == 1 else None
+        if loss_type in REFUSED_GRPO_LOSS_TYPES:
+            raise AlignkitError(f"--loss_type {loss_type}: {REFUSED_GRPO_LOSS_TYPES[loss_type]}; --rlhf_type grpo "
+                                f"takes one of {', '.join(GRPO_LOSS_TYPES)}")
+        if args.loss_type and (len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES):
+            raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
+                                f"got {' '.join(args.loss_type)}")
+        if not 0 < args.top_entropy_quantile <= 1:
+            raise AlignkitError(f"--top_entropy_quantile {args.top_entropy_quantile}: expected a value in (0, 1]")
+        if args.max_resample_times < 0:
+            raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
+        if args.async_generate:
+            raise AlignkitError("--async_generate true: asynchronous generation (ms-swift's server mode, one step "
+                                "off-policy) is not supported; rollouts run between updates, with --use_vllm "
+                                "--vllm_mode colocate for speed on a GPU")
+    if args.rlhf_type not in ("ppo", "grpo"):
+        return
+    if args.vllm_mode is not None and not args.use_vllm:
+        raise AlignkitError(f"--vllm_mode {args.vllm_mode} needs --use_vllm true (as in ms-swift)")
+    if args.vllm_mode == "server":
+        raise AlignkitError("--vllm_mode server: alignkit has no client for ms-swift's rollout server (`swift "
+                            "rollout`); use --vllm_mode colocate, which runs vLLM inside the training process")
+    if args.vllm_tensor_parallel_size != 1:
+        raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
+                            "runs on one GPU here; only 1")
+    if not (args.top_k == -1 or args.top_k >= 0) or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:
+        raise AlignkitError(f"--top_k {args.top_k} / --top_p {args.top_p} / --min_p {args.min_p}: expected top_k -1 "
+                            "or >= 0, top_p in (0, 1], min_p in [0, 1)")
+    if args.repetition_penalty <= 0:
+        raise AlignkitError(f"--repetition_penalty {args.repetition_penalty}: expected a positive number")

@@ -1,0 +1,139 @@
+"""Acceptance of ms-swift's own GRPO/GKD/rollout example invocations by alignkit's CLI.
+
+Extracts every `swift rlhf --rlhf_type grpo|gkd` and `swift rollout` command line from the ms-swift example
+shell scripts (default: /work/swiftex/examples), runs each through alignkit's parser, its flag checks, the
+per-method defaults and, for grpo, ms-swift's generation-batch accounting with the script's NPROC_PER_NODE
+processes, and prints how many are accepted and why the rest stop. Model and dataset paths are replaced by
+local stand-ins (no downloads happen); `$VAR` values by 4.
+
+    python bench/grpo_corpus.py [EXAMPLES_DIR] [--list]
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import re
+import shlex
+import sys
+from pathlib import Path
+
+logging.disable(logging.CRITICAL)
+
+
+def invocations(root: Path):
+    """(file, sub-command, {flag: [values]}, processes) of each swift rlhf grpo/gkd and swift rollout line."""
+    for path in sorted(root.rglob("*.sh")):
+        text = re.sub(r"\\\s*\n", " ", path.read_text(errors="replace"))
+        for line in text.splitlines():
+            match = re.search(r"\bswift\s+(rlhf|rollout)\b(.*)", line)
+            if not match:
+                continue
+            prefix = line[: match.start()]
+            procs = re.search(r"NPROC_PER_NODE=(\S+)", prefix) or re.search(r"NPROC_PER_NODE=(\S+)", text)
+            nproc = int(procs.group(1)) if procs and procs.group(1).isdigit() else 1
+            try:
+                words = shlex.split(re.split(r"\s#|\s&&\s|\s\|\s|\s&\s*$", match.group(2))[0])
+            except ValueError:
+                continue
+            flags: dict[str, list[str]] = {}
+            key = None
+            for word in words:
+                if word.startswith("--"):
+                    key = word[2:].replace("-", "_")
+                    flags[key] = []
+                elif key is not None:
+                    flags[key].append(word)
+            if match.group(1) == "rlhf" and flags.get("rlhf_type", [""])[0] not in ("grpo", "gkd"):
+                continue
+            yield str(path.relative_to(root.parent)), match.group(1), flags, nproc
+
+
+def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
+    """Raises what alignkit would stop with before loading data (SystemExit from argparse included)."""
+    import os
+
+    from alignkit.cli import build_parser, reject_unknown
+    from alignkit.config.checks import check_run_arguments
+    from alignkit.config.defaults import resolve
+    from alignkit.config.run import RunArguments
+    from alignkit.errors import AlignkitError
+
+    argv = [command]
+    for key, values in flags.items():
+        if key == "model":
+            values = ["/tmp/tiny-model"]
+        elif key in ("dataset", "val_dataset"):
+            values = ["/tmp/local.jsonl"]
+        elif key == "external_plugins":
+            values = [str(Path("/work/swiftex") / v) for v in values]
+        values = ["4" if "$" in v else v for v in values]
+        argv += [f"--{key}", *values]
+    parser = build_parser()
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            namespace, unknown = parser.parse_known_args(argv)
+    except SystemExit:
+        raise SystemExit(errors.getvalue().strip().splitlines()[-1]) from None
+    if unknown:
+        reject_unknown(parser, command, unknown)
+    values = vars(namespace)
+    values.pop("command")
+    args = RunArguments(**values)
+    check_run_arguments(args)
+    defaults = resolve(args, args.rlhf_type)
+    if args.rlhf_type in ("ppo", "grpo"):  # what run_online checks before loading data
+        from alignkit.training.online_run import check_online_engine
+
+        os.environ["WORLD_SIZE"] = str(nproc)
+        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm)
+    if args.rlhf_type == "grpo":
+        from alignkit.training.generation_batch import generation_batch
+
+        if args.num_generations < 2:
+            raise AlignkitError("--num_generations must be at least 2")
+        os.environ["WORLD_SIZE"] = str(nproc)
+        generation_batch(per_device_train_batch_size=args.per_device_train_batch_size,
+                         gradient_accumulation_steps=args.gradient_accumulation_steps, num_processes=nproc,
+                         num_generations=args.num_generations, steps_per_generation=args.steps_per_generation,
+                         generation_batch_size=args.generation_batch_size, num_iterations=args.num_iterations,
+                         max_steps=args.max_steps)
+    del defaults
+
+
+def main() -> None:
+    root = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), "/work/swiftex/examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    found = list(invocations(root))
+    accepted, refused = 0, collections.Counter()
+    for file, command, flags, nproc in found:
+        try:
+            check(command, flags, nproc)
+            accepted += 1
+            reason = None
+        except SystemExit as error:
+            reason = f"argparse: {str(error)[:110]}"
+        except Exception as error:  # noqa: BLE001 - every refusal is counted by its message
+            reason = f"{type(error).__name__}: {str(error)[:150]}"
+        if reason:
+            refused[reason] += 1
+        if "--list" in sys.argv:
+            print(f"{'OK ' if reason is None else 'NO '} {file} {command} {flags.get('rlhf_type', [''])[0]}"
+                  f"{'' if reason is None else '  <- ' + reason}")
+    if "--flags" in sys.argv:  # every flag the parser does not know, by the number of invocations using it
+        from alignkit.cli import build_parser
+
+        known = {o.lstrip("-") for a in build_parser()._subparsers._group_actions[0].choices["rlhf"]._actions
+                 for o in a.option_strings}
+        unknown = collections.Counter(k for _, c, flags, _ in found if c == "rlhf" for k in flags if k not in known)
+        print(", ".join(f"{k} {n}" for k, n in unknown.most_common()))
+    print(f"{accepted} of {len(found)} accepted ({accepted / max(1, len(found)):.0%})")
+    for reason, count in refused.most_common():
+        print(f"{count:3d}  {reason}")
+
+
+if __name__ == "__main__":
+    main()
