@@ -152,6 +152,19 @@ REGISTRY_FLAGS = (
 )
 
 
+def resolve_quantization_bit(values: dict) -> None:
+    """ms-swift 2.x's ``--quantization_bit N`` (its QLoRA: bitsandbytes) is 3.x/4.x's ``--quant_method bnb
+    --quant_bits N``."""
+    bits = values.get("quantization_bit") or 0
+    if not bits:
+        return
+    if values.get("quant_method") not in (None, "bnb") or values.get("quant_bits") not in (None, bits):
+        raise AlignkitError(f"--quantization_bit {bits} is --quant_method bnb --quant_bits {bits}; it contradicts "
+                            f"--quant_method {values.get('quant_method')} --quant_bits {values.get('quant_bits')}")
+    values["quant_method"], values["quant_bits"] = "bnb", bits
+    logger.info("--quantization_bit %d (ms-swift 2.x): --quant_method bnb --quant_bits %d", bits, bits)
+
+
 def resolve_legacy_model_flags(values: dict) -> None:
     """ms-swift's registry names (--model_type llama3-8b-instruct, --ref_model_type, --reward_model_type).
     Beside the flag that names the model (--model / --model_id_or_path, ...) a name only says which family
@@ -301,6 +314,7 @@ def typed_arguments(command: str, values: dict):
     values = dict(values)
     if command in TRAIN_COMMANDS:
         resolve_legacy_model_flags(values)
+        resolve_quantization_bit(values)
         if command == "dpo":
             values["rlhf_type"] = "dpo"
     fill_model_from_adapters(values)

@@ -210,3 +210,15 @@ def test_grpo_policy_in_bf16_weights_with_peft_tuners(tiny_model_dir, tmp_path, 
     assert all(math.isfinite(x) for x in losses(run_dir))
     config = json.loads((run_dir / "checkpoint-2" / "adapter_config.json").read_text())
     assert config["peft_type"] == tuner.upper()
+
+
+def test_quantization_bit_is_ms_swift_2x_qlora(model64_dir, tmp_path, trained, capsys):
+    """shared/seeds 003: `--quantization_bit 4` (bitsandbytes) is --quant_method bnb --quant_bits 4."""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "out"
+    assert main(["sft", "--dataset", "arith-sft#4", "--quantization_bit", "4", *common(model64_dir, out)]) == 0
+    assert any(type(m).__name__ == "Linear4bit" for m in trained["model"].modules())
+    saved = json.loads((run_dir_of(out) / "args.json").read_text())
+    assert (saved["quant_method"], saved["quant_bits"]) == ("bnb", 4)
+    assert main(["sft", "--quantization_bit", "4", "--quant_bits", "8", *common(model64_dir, tmp_path / "x")]) == 2
+    assert "--quantization_bit 4 is --quant_method bnb --quant_bits 4" in capsys.readouterr().err

@@ -485,6 +485,9 @@ class RunArguments:
     quant_bits: int | None = option(
         None, "Bits of --quant_method bnb: 4 (NF4 / FP4) or 8 (LLM.int8). Without --quant_method the model loads "
         "unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+    quantization_bit: int = option(
+        0, "ms-swift 2.x's QLoRA flag: 4 or 8 loads the base quantised by bitsandbytes, the same as --quant_method "
+        "bnb --quant_bits N (0: unquantised).", choices=(0, 4, 8))
     bnb_4bit_compute_dtype: str | None = option(
         None, "4-bit bnb: precision of the matmuls. Unset: bfloat16 with --torch_dtype bfloat16, else float32.",
         choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
