@@ -74,3 +74,21 @@ def test_seed_002_vision_methods(method, llava, rlaif_v, tmp_path, monkeypatch):
     assert step["step"] == 1 and step["loss"] == step["loss"]  # a finite loss was logged
     if method == "rm":
         assert (checkpoint / "value_head.safetensors").is_file()  # the document: "saved in value_head.safetensors"
+
+
+def test_seed_002_internvl2_itself_needs_remote_code_and_the_error_says_so(rlaif_v, tmp_path, monkeypatch, capsys):
+    """The document's RM model, InternVL2, exists only as remote code (its repository's own modeling files):
+    alignkit stops before training, naming that and the transformers port to use."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "InternVL2-2B"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                     "AutoModel": "modeling_internvl_chat.InternVLChatModel"}}))
+    argv = shlex.split(SEED_002["rm"].replace("\\\n", " "))[1:]
+    argv[argv.index("--dataset") + 1] = rlaif_v
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))  # transformers asks on a terminal; here it must not wait
+    assert main([*argv, "--model_id_or_path", str(model), "--check_model_is_latest", "false", "--max_steps", "1"]) == 2
+    assert "needs its own Python code (transformers' trust_remote_code)" in capsys.readouterr().err
+    assert not Path("output").exists() or not any(Path("output").rglob("checkpoint-*"))

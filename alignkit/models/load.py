@@ -43,6 +43,12 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     """A local directory that does not load (broken config.json, missing or truncated weights, a tokenizer
     file cut short) or a hub id that cannot be fetched: either way the message names it."""
     detail = f"{type(error).__name__}: {str(error).strip()[:500]}"
+    if "trust_remote_code" in str(error):
+        # ms-swift runs a model's own Python code by default (InternVL2, ...); transformers and alignkit do not.
+        return AlignkitError(
+            f"{model} needs its own Python code (transformers' trust_remote_code) to load, which alignkit does not "
+            "run for training: it trains the architectures transformers implements (for InternVL use the "
+            "transformers port, e.g. OpenGVLab/InternVL3-2B-hf; docs/vision.md lists the families)")
     if Path(model).expanduser().exists():
         return AlignkitError(f"cannot load the model in {model} ({detail})")
     from alignkit.models.registry import model_type_of_hub_id
