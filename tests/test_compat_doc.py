@@ -52,3 +52,14 @@ def test_sequence_parallelism_above_one_is_refused_with_what_to_use(capsys):
     assert main(["sft", "--sequence_parallel_size", "4", "--dataset", "arith-sft#4"]) == 2
     assert "sequence parallelism" in capsys.readouterr().err
     assert main(["sft", "--dataloader_num_workers", "-1", "--dataset", "arith-sft#4"]) == 2
+
+
+def test_every_seed_command_names_a_test_that_exists():
+    from pathlib import Path
+
+    from alignkit.config.seed_status import SEED_COMMANDS
+
+    root = Path(__file__).resolve().parents[1]
+    for command in SEED_COMMANDS:
+        path, _, name = command.test.partition("::")
+        assert f"def {name}(" in (root / path).read_text(), command
