@@ -213,3 +213,17 @@ def test_an_image_part_sent_to_a_text_model_gets_400(client):
     assert caught.value.body["code"] == "image_input_not_supported"
     assert caught.value.body["message"] == ("messages[0].content[1].image_url: the model 'tiny' is a text-only model "
                                             "and takes no images")
+
+
+def test_an_empty_completion_prompt_starts_from_the_bos_token(client):
+    reply = client.completions.create(model="tiny", prompt="", max_tokens=4, temperature=0)
+    assert reply.usage.prompt_tokens == 1  # the beginning-of-sequence token alone
+    assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("stop", "length")
+    two = client.completions.create(model="tiny", prompt=["", "hello"], max_tokens=4, temperature=0)
+    assert two.choices[0].text == reply.choices[0].text
+
+
+def test_the_openapi_spec_names_both_endpoints(server):
+    spec = httpx.get(f"{server['base_url'].removesuffix('/v1')}/openapi.json",
+                     headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert {"/v1/models", "/v1/chat/completions", "/v1/completions"} <= set(spec["paths"])

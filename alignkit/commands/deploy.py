@@ -79,7 +79,8 @@ class GenerationRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # vLLM's extension
-    repetition_penalty: float | None = Field(None, gt=0)  # vLLM's extension
+    # vLLM's extension; bounded so that logits divided by it stay finite (a fuzzer found 5e-324 → NaN)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -166,6 +167,17 @@ class Server:
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
 
+    def completion_prompt(self, prompt: str, index: int) -> list[int]:
+        """A raw prompt's ids. An empty prompt starts from the beginning-of-sequence token, as in vLLM; a
+        model without one has nothing to continue from, so that is a 400."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if ids:
+            return ids
+        if self.tokenizer.bos_token_id is None:
+            raise RequestError(400, f"prompt[{index}]: the prompt is empty and the model has no beginning-of-sequence "
+                               "token to start from", param="prompt")
+        return [self.tokenizer.bos_token_id]
+
     def chat_prompt(self, request: ChatCompletionRequest) -> tuple[list[int], dict | None]:
         """The prompt's token ids and, for a vision-language model, its pixel inputs. Image parts become
         ``<image>`` placeholders where they stand, and their images are read (downloads included: call it off
@@ -235,7 +247,21 @@ def sse(payload: dict | str) -> str:
 
 
 def create_app(server: Server, *, api_key: str | None) -> FastAPI:
-    app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI spec (GET /openapi.json) lets schema-driven clients and fuzzers read the API.
+    app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    schema_of_app = app.openapi
+
+    def openapi_with_served_models() -> dict:
+        """The spec names the served models, so a client (or fuzzer) built from it can reach generation."""
+        if app.openapi_schema is None:
+            spec = schema_of_app()
+            for schema in spec.get("components", {}).get("schemas", {}).values():
+                if schema.get("title") in ("ChatCompletionRequest", "CompletionRequest"):
+                    schema["properties"]["model"]["enum"] = list(server.models)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi_with_served_models
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
@@ -290,8 +316,8 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
         if not prompts:
             raise RequestError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
         loop = asyncio.get_running_loop()
-        jobs = [server.submit(request, server.tokenizer(p, add_special_tokens=False)["input_ids"], request.max_tokens,
-                              loop) for p in prompts]
+        jobs = [server.submit(request, server.completion_prompt(p, i), request.max_tokens, loop)
+                for i, p in enumerate(prompts)]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
             return StreamingResponse(completion_stream(jobs, head), media_type="text/event-stream")
