@@ -58,6 +58,24 @@ def answer_stream(engine: BatchEngine, encoder: ChatEncoder, message: str, histo
         job.cancelled = True  # the user pressed stop or left: free the row
 
 
+# The page's words in --lang en|zh (ms-swift's app offers both).
+LABELS = {
+    "en": {"description": "Answers stream as they are generated. Settings are under *Generation settings*.",
+           "system": "System prompt", "max_new_tokens": "Max new tokens", "temperature": "Temperature (0: greedy)",
+           "top_p": "Top-p", "settings": "Generation settings"},
+    "zh": {"description": "回答边生成边显示。生成参数在「生成设置」中。", "system": "系统提示词",
+           "max_new_tokens": "最大生成长度", "temperature": "温度（0：贪心解码）", "top_p": "Top-p",
+           "settings": "生成设置"},
+}
+
+
+def whole_answers(pieces):
+    """--stream false: nothing until the answer is complete, then all of it."""
+    answers = list(pieces)
+    if answers:
+        yield answers[-1]
+
+
 def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, title: str):
     import gradio as gr
 
@@ -65,21 +83,23 @@ def build_app(engine: BatchEngine, encoder: ChatEncoder, args: AppArguments, tit
                 top_p: float):
         params = SamplingParams(max_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         try:
-            yield from answer_stream(engine, encoder, message, history, system, params)
+            pieces = answer_stream(engine, encoder, message, history, system, params)
+            yield from pieces if args.stream else whole_answers(pieces)
         except RuntimeError as error:
             raise gr.Error(str(error)) from error
 
+    words = LABELS[args.lang]
     return gr.ChatInterface(
         respond,
         title=title,
-        description="Answers stream as they are generated. Settings are under *Generation settings*.",
+        description=words["description"],
         additional_inputs=[
-            gr.Textbox(value=args.system or "", label="System prompt", lines=2),
-            gr.Slider(1, 2048, value=args.max_new_tokens, step=1, label="Max new tokens"),
-            gr.Slider(0.0, 2.0, value=args.temperature, step=0.05, label="Temperature (0: greedy)"),
-            gr.Slider(0.05, 1.0, value=args.top_p, step=0.05, label="Top-p"),
+            gr.Textbox(value=args.system or "", label=words["system"], lines=2),
+            gr.Slider(1, 2048, value=args.max_new_tokens, step=1, label=words["max_new_tokens"]),
+            gr.Slider(0.0, 2.0, value=args.temperature, step=0.05, label=words["temperature"]),
+            gr.Slider(0.05, 1.0, value=args.top_p, step=0.05, label=words["top_p"]),
         ],
-        additional_inputs_accordion="Generation settings",
+        additional_inputs_accordion=words["settings"],
         flagging_mode="never",
         analytics_enabled=False,
     )
@@ -94,7 +114,8 @@ def run_app(args: AppArguments) -> int:
                             "messages) with `alignkit infer`, or serve it with `alignkit deploy`")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
-                              max_memory=args.device_max_memory)  # prompts up to the model's context
+                              max_memory=args.device_max_memory,  # prompts up to the model's context
+                              trust_remote_code=args.trust_remote_code)
     encoder = loaded.encoder
     engine = BatchEngine(loaded.model, encoder).start()
     source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"

@@ -77,6 +77,7 @@ class Server:
                                        ("frequency_penalty", request.frequency_penalty, 0)):
             if value != supported:
                 raise RequestError(400, f"{name}: only {supported} is supported, got {value}", param=name)
+        prompt_ids = self.fit(prompt_ids, max_tokens or 1, pixels is not None)
         room = self.max_length - len(prompt_ids)
         if max_tokens is None:
             max_tokens = min(self.defaults.max_new_tokens, room)
@@ -97,6 +98,15 @@ class Server:
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         return [self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
                 for _ in range(request.n)]
+
+    def fit(self, prompt_ids: list[int], max_tokens: int, has_images: bool) -> list[int]:
+        """--truncation_strategy left|right: a prompt that leaves no room for ``max_tokens`` keeps its end or its
+        beginning (a prompt with images is never cut); delete and raise leave it to the context check (a 400)."""
+        limit = self.max_length - max_tokens
+        strategy = self.defaults.truncation_strategy
+        if len(prompt_ids) <= limit or limit < 1 or has_images or strategy not in ("left", "right"):
+            return prompt_ids
+        return prompt_ids[-limit:] if strategy == "left" else prompt_ids[:limit]
 
     def completion_prompt(self, prompt: str, index: int) -> list[int]:
         """A raw prompt's ids. An empty prompt starts from the beginning-of-sequence token, as in vLLM; a
@@ -352,7 +362,7 @@ def load_served_model(args: DeployArguments):
     default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
     model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
     loaded = load_for_answers(model, [], None, args.dtype, device_map=args.device_map,
-                              max_memory=args.device_max_memory)
+                              max_memory=args.device_max_memory, trust_remote_code=args.trust_remote_code)
     lm, tokenizer = loaded.model, loaded.saved_with  # tokenizer: a vision-language model's processor
     served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
     adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
@@ -382,7 +392,7 @@ def run_deploy(args: DeployArguments) -> int:
     from alignkit.generation.loader import context_length, encoder_for
 
     lm, tokenizer, models = load_served_model(args)
-    max_length = context_length(lm)
+    max_length = args.max_length or context_length(lm)
     encoder = encoder_for(lm, tokenizer, max_length=max_length)
     engine = BatchEngine(lm, encoder, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)

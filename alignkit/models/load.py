@@ -55,11 +55,11 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     )
 
 
-def load_tokenizer(model_path: str, revision: str | None = None):
+def load_tokenizer(model_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
     if tokenizer.pad_token is None:
@@ -70,15 +70,17 @@ def load_tokenizer(model_path: str, revision: str | None = None):
 
 
 def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
-                   device_map=None, max_memory: dict | None = None):
-    """``device_map``/``max_memory``: transformers' own (see alignkit/models/placement.py); None loads on the CPU."""
+                   device_map=None, max_memory: dict | None = None, trust_remote_code: bool = False):
+    """``device_map``/``max_memory``: transformers' own (see alignkit/models/placement.py); None loads on the CPU.
+    ``trust_remote_code``: run the model repository's own code (--trust_remote_code; off, as in transformers)."""
     from transformers import AutoModelForCausalLM
 
     placement = {}
     if device_map is not None:
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype, **placement)
+        model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, **placement)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
     if split_map(model) is not None:
@@ -272,17 +274,18 @@ def _read_json(path: Path, flag: str, adapter: str) -> dict:
 
 
 def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,
-                       device_map: str | None = None, max_memory: list[str] = ()):
+                       device_map: str | None = None, max_memory: list[str] = (), trust_remote_code: bool = False):
     """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer).
     ``device_map``/``max_memory``: the --device_map/--device_max_memory flags (alignkit/models/placement.py)."""
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
     model_path = resolve_model_path(model)
     placement, memory = resolve_flags(device_map, list(max_memory))
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     # Scores and generations should not depend on autocast: on CPU, "auto" keeps exact fp32 weights.
     precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory)
+    lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory,
+                        trust_remote_code=trust_remote_code)
     if adapters:
         check_adapter_placement(lm)
         lm = load_adapters(lm, adapters, trainable=False)
