@@ -204,3 +204,19 @@ def test_a_reward_model_given_to_infer_scores_the_pairs(tiny_model_dir, tmp_path
     expected = scorer.score([row.prompt + row.chosen for row in rows])
     assert [r["chosen_reward"] for r in results(scores)] == pytest.approx(expected, abs=1e-5)
     assert all("response" not in r for r in results(scores))  # scored, not chat-generated
+
+
+@pytest.mark.parametrize("command", ["infer", "deploy", "export"])
+def test_task_types_other_than_causal_lm_are_refused_naming_the_feature(command, capsys):
+    assert main([command, "--model", "/nonexistent", "--task_type", "embedding"]) == 2
+    assert f"--task_type embedding: `alignkit {command}` handles generative models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["infer", "deploy", "app", "export"])
+def test_adapters_alone_take_the_base_they_were_trained_on(command, tiny_chat_model_dir, tmp_path):
+    from alignkit.cli import build_parser, parse_command_line, typed_arguments
+
+    adapter = save_random_lora(tiny_chat_model_dir, tmp_path / "adapter")
+    entry = f"named={adapter}" if command == "deploy" else adapter
+    _, values, _ = parse_command_line(build_parser(), [command, "--adapters", entry])
+    assert typed_arguments(command, values).model == tiny_chat_model_dir

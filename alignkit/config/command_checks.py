@@ -16,6 +16,14 @@ ENGINE_PREFIXES = {"vllm": "vllm_", "sglang": "sglang_", "lmdeploy": "lmdeploy_"
 
 def check_command_arguments(command: str, args) -> None:
     """Raise ``AlignkitError`` for a flag value ``command`` cannot honour."""
+    task_type = getattr(args, "task_type", "causal_lm")
+    if task_type != "causal_lm":
+        raise AlignkitError(
+            f"--task_type {task_type}: `alignkit {command}` handles generative models (causal_lm) and alignkit's "
+            "reward models (recognised by their value_head.safetensors); sequence-classification, embedding, "
+            f"reranker and process-reward models are not supported by {command} yet (a seq_cls model trains with "
+            "`alignkit sft --task_type seq_cls`)"
+        )
     backend = getattr(args, "infer_backend", "transformers")
     if command in ("deploy", "app") and backend not in ("transformers", "pt"):
         raise AlignkitError(

@@ -13,6 +13,13 @@ from alignkit.config.options import (
 
 INFER_BACKENDS = ("transformers", "pt", "vllm", "sglang", "lmdeploy")
 TRUNCATION_STRATEGIES = ("delete", "left", "right", "raise")
+TASK_TYPES = ("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm")
+
+
+def task_type_option():
+    return option("causal_lm", "What the model is: causal_lm (generation; a reward model with alignkit's value head "
+                  "is recognised by its files). seq_cls, embedding, reranker, generative_reranker and prm are "
+                  "refused with what to use instead.", choices=TASK_TYPES)
 
 
 def infer_backend_option(help: str):
@@ -70,6 +77,7 @@ class InferArguments:
     )
     stop_words: list[str] = option([], "Strings that end an answer (cut before them).", nargs="*")
     truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
     trust_remote_code: bool = option(
         False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
     )
@@ -156,6 +164,7 @@ class ExportArguments:
     group_size: int = option(128, "Weights sharing one scale (gptq/awq).")
     max_length: int = option(2048, "Longest calibration row in tokens (gptq/awq).")
     truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
     bnb_4bit_quant_type: str = option("nf4", "bnb 4-bit data type: nf4 or fp4.", choices=("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = option(True, "bnb 4-bit: quantise the quantisation constants too.")
     bnb_4bit_compute_dtype: str | None = option(
@@ -215,6 +224,7 @@ class DeployArguments:
         "--truncation_strategy."
     )
     truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
     trust_remote_code: bool = option(
         False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
     )
