@@ -344,6 +344,10 @@ def dispatch(command: str, values: dict) -> int:
 
         return run_colossal(values["colossal_argv"])
     args = typed_arguments(command, values)
+    if command in ("infer", "deploy", "app", "export"):
+        from alignkit.config.command_checks import check_command_arguments
+
+        check_command_arguments(command, args)
     if command in TRAIN_COMMANDS:
         from alignkit.training.run import run_training
 

@@ -132,7 +132,9 @@ def test_wrong_or_missing_api_key_gets_401(server):
     ('{"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}', 400, "messages.0.role"),
     ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}', 400, "max_tokens"),
     ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "context"),
-    ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n: only 1"),
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n: Input should be"),
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', 400,
+     "set logprobs to true"),
     ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}', 400,
      "unsupported parameter 'logit_bias'"),
     ('{"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}', 404, "the model 'gpt-5' does not exist"),
@@ -213,3 +215,101 @@ def test_an_image_part_sent_to_a_text_model_gets_400(client):
     assert caught.value.body["code"] == "image_input_not_supported"
     assert caught.value.body["message"] == ("messages[0].content[1].image_url: the model 'tiny' is a text-only model "
                                             "and takes no images")
+
+
+def test_an_empty_completion_prompt_starts_from_the_bos_token(client):
+    reply = client.completions.create(model="tiny", prompt="", max_tokens=4, temperature=0)
+    assert reply.usage.prompt_tokens == 1  # the beginning-of-sequence token alone
+    assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("stop", "length")
+    two = client.completions.create(model="tiny", prompt=["", "hello"], max_tokens=4, temperature=0)
+    assert two.choices[0].text == reply.choices[0].text
+
+
+def test_the_openapi_spec_names_both_endpoints(server):
+    spec = httpx.get(f"{server['base_url'].removesuffix('/v1')}/openapi.json",
+                     headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert {"/v1/models", "/v1/chat/completions", "/v1/completions"} <= set(spec["paths"])
+
+
+def test_n_answers_are_sampled_rows_and_a_seed_repeats_them(client):
+    def ask(seed):
+        return [c.message.content for c in client.chat.completions.create(
+            model="tiny", messages=QUESTION, max_tokens=8, temperature=1.0, n=3, seed=seed).choices]
+
+    first = ask(7)
+    assert len(first) == 3 and len(set(first)) > 1, first  # three draws, not one answer copied
+    assert ask(7) == first
+    assert ask(8) != first
+    greedy = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    assert greedy.usage.prompt_tokens == client.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=8, temperature=0).usage.prompt_tokens  # the prompt counts once
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client):
+    reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=10, max_completion_tokens=3,
+                                           temperature=0)
+    assert reply.usage.completion_tokens == 3 and reply.choices[0].finish_reason == "length"
+
+
+def reference_logprobs(model_dir: str, prompt_ids: list[int], steps: int):
+    """Greedy tokens and the log-softmax of the model's logits at each step, computed here."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=steps, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
+    logprobs = torch.log_softmax(torch.stack(out.logits, 1)[0].float(), -1)  # (steps, V)
+    tokens = out.sequences[0, len(prompt_ids):].tolist()
+    return tokens, logprobs
+
+
+def test_chat_logprobs_are_the_models_log_softmax(client, tiny_chat_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    prompt_ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True, return_dict=True)
+    tokens, expected = reference_logprobs(tiny_chat_model_dir, prompt_ids["input_ids"], len(content))
+    for step, (entry, token) in enumerate(zip(content, tokens)):
+        assert entry.token == tokenizer.decode([token])
+        assert abs(entry.logprob - expected[step, token].item()) < 1e-4
+        top = expected[step].topk(3)
+        assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([i]) for i in top.indices.tolist()]
+        assert max(abs(t.logprob - v) for t, v in zip(entry.top_logprobs, top.values.tolist())) < 1e-4
+    plain = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6, temperature=0)
+    assert plain.choices[0].logprobs is None
+    streamed = list(client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6, temperature=0,
+                                                   logprobs=True, stream=True))
+    assert [e.logprob for c in streamed if c.choices and c.choices[0].logprobs
+            for e in c.choices[0].logprobs.content] == [e.logprob for e in content]
+
+
+def test_completion_logprobs_and_streamed_usage(client):
+    reply = client.completions.create(model="tiny", prompt=["The quick brown fox", "hello"], max_tokens=5,
+                                      temperature=0, logprobs=2, n=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    for choice in reply.choices:
+        lp = choice.logprobs
+        assert "".join(lp.tokens) == choice.text and len(lp.token_logprobs) == len(lp.tokens)
+        assert all(len(top) <= 2 and max(top.values()) >= logprob - 1e-6
+                   for top, logprob in zip(lp.top_logprobs, lp.token_logprobs))
+        assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    chunks = list(client.completions.create(model="tiny", prompt=["The quick brown fox", "hello"], max_tokens=5,
+                                            temperature=0, n=2, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == reply.usage.model_dump()
+    texts = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(4)]
+    assert texts == [c.text for c in reply.choices]
+
+
+def test_streamed_chat_usage_covers_every_answer(client):
+    whole = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=5, temperature=0, n=2)
+    chunks = list(client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=5, temperature=0, n=2,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}

@@ -115,6 +115,7 @@ def build_app(answer, args: AppArguments, title: str):
         except RuntimeError as error:
             raise gr.Error(str(error)) from error
 
+    words = LABELS[args.lang]
     return gr.ChatInterface(
         respond,
         title=args.studio_title or title,
@@ -181,7 +182,8 @@ def run_app(args: AppArguments) -> int:
         raise AlignkitError("alignkit app is a text chat page; chat with a vision-language model (images in the "
                             "messages) with `alignkit infer`, or serve it with `alignkit deploy`")
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
-                              max_memory=args.device_max_memory)  # prompts up to the model's context
+                              max_memory=args.device_max_memory,  # prompts up to the model's context
+                              trust_remote_code=args.trust_remote_code)
     encoder = loaded.encoder
     engine = BatchEngine(loaded.model, encoder).start()
     source = args.ckpt_dir or (args.adapters[0] if args.adapters else args.model) or "smollm2-135m-instruct"

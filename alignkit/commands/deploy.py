@@ -24,104 +24,31 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from alignkit.commands.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    RequestError,
+    TextPart,
+    chat_logprobs,
+    completion_logprobs,
+    describe_validation,
+    error_response,
+    usage,
+)
 from alignkit.config.commands import DeployArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
-from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, SamplingParams
+from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, Job, SamplingParams, TokenLogprob
 from alignkit.vision.encode import PLACEHOLDER, VisionEncoder
 
 logger = logging.getLogger("alignkit")
-
-
-# ----------------------------------------------------------------------------------------- requests
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ImageURL(BaseModel):
-    url: str
-    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's; the processor decides the resolution here
-
-
-class ImagePart(BaseModel):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
-    name: str | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class GenerationRequest(BaseModel):
-    """Fields shared by both endpoints. Unknown fields are refused by name rather than ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # vLLM's extension
-    repetition_penalty: float | None = Field(None, gt=0)  # vLLM's extension
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    user: str | None = None
-
-
-class ChatCompletionRequest(GenerationRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(GenerationRequest):
-    prompt: str | list[str]
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.body = status, {"message": message, "type": type, "param": param, "code": code}
-
-
-def error_response(status: int, message: str, **fields) -> JSONResponse:
-    body = {"message": message, "type": "invalid_request_error", "param": None, "code": None, **fields}
-    return JSONResponse({"error": body}, status_code=status)
-
-
-def describe_validation(errors: list[dict]) -> str:
-    """Pydantic's errors as one line, e.g. ``messages.0.role: Input should be 'system', ...``."""
-    parts = []
-    for error in errors:
-        where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
-        if error.get("type") == "extra_forbidden":
-            parts.append(f"unsupported parameter '{where}'")
-        elif error.get("type") == "json_invalid":
-            parts.append(f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})".strip())
-        else:
-            parts.append(f"{where or 'body'}: {error.get('msg')}")
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -142,12 +69,15 @@ class Server:
                                param="model", code="model_not_found")
         return self.models[name]
 
-    def submit(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int | None, loop, pixels=None):
+    def submit(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int | None, loop, pixels=None,
+               logprobs: int | None = None) -> list[Job]:
+        """``request.n`` jobs for one prompt, each its own row of a batch."""
         adapter = self.adapter_for(request.model)
-        for name, value, supported in (("n", request.n, 1), ("presence_penalty", request.presence_penalty, 0),
+        for name, value, supported in (("presence_penalty", request.presence_penalty, 0),
                                        ("frequency_penalty", request.frequency_penalty, 0)):
             if value != supported:
                 raise RequestError(400, f"{name}: only {supported} is supported, got {value}", param=name)
+        prompt_ids = self.fit(prompt_ids, max_tokens or 1, pixels is not None)
         room = self.max_length - len(prompt_ids)
         if max_tokens is None:
             max_tokens = min(self.defaults.max_new_tokens, room)
@@ -162,9 +92,32 @@ class Server:
             top_p=d.top_p if request.top_p is None else request.top_p,
             top_k=request.top_k or 0,
             repetition_penalty=request.repetition_penalty or 1.0,
+            seed=request.seed,
+            logprobs=logprobs,
         )
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
-        return self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
+        return [self.engine.submit(prompt_ids, params, adapter=adapter, stop=stop, loop=loop, pixels=pixels)
+                for _ in range(request.n)]
+
+    def fit(self, prompt_ids: list[int], max_tokens: int, has_images: bool) -> list[int]:
+        """--truncation_strategy left|right: a prompt that leaves no room for ``max_tokens`` keeps its end or its
+        beginning (a prompt with images is never cut); delete and raise leave it to the context check (a 400)."""
+        limit = self.max_length - max_tokens
+        strategy = self.defaults.truncation_strategy
+        if len(prompt_ids) <= limit or limit < 1 or has_images or strategy not in ("left", "right"):
+            return prompt_ids
+        return prompt_ids[-limit:] if strategy == "left" else prompt_ids[:limit]
+
+    def completion_prompt(self, prompt: str, index: int) -> list[int]:
+        """A raw prompt's ids. An empty prompt starts from the beginning-of-sequence token, as in vLLM; a
+        model without one has nothing to continue from, so that is a 400."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if ids:
+            return ids
+        if self.tokenizer.bos_token_id is None:
+            raise RequestError(400, f"prompt[{index}]: the prompt is empty and the model has no beginning-of-sequence "
+                               "token to start from", param="prompt")
+        return [self.tokenizer.bos_token_id]
 
     def chat_prompt(self, request: ChatCompletionRequest) -> tuple[list[int], dict | None]:
         """The prompt's token ids and, for a vision-language model, its pixel inputs. Image parts become
@@ -213,20 +166,16 @@ def request_image(url: str, allowed_dir: str | None, field: str):
         raise RequestError(400, str(error), param=field) from error
 
 
-def usage(finished: Finished) -> dict:
-    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
-
-
-async def collect(job) -> tuple[str, Finished]:
-    """The whole answer of a job and its closing event."""
-    pieces, event = [], None
+async def collect(job: Job) -> tuple[str, Finished, list[TokenLogprob]]:
+    """The whole answer of a job, its closing event and its tokens' log-probs (when asked for)."""
+    pieces, logprobs, event = [], [], None
     async for event in job.aevents():  # the last event is the Finished one
         if isinstance(event, Delta):
             pieces.append(event.text)
+            logprobs += event.logprobs
     if event.reason == "error":
         raise RequestError(500, f"generation failed: {event.error}", type="server_error")
-    return "".join(pieces), event
+    return "".join(pieces), event, logprobs
 
 
 def sse(payload: dict | str) -> str:
@@ -235,7 +184,21 @@ def sse(payload: dict | str) -> str:
 
 
 def create_app(server: Server, *, api_key: str | None) -> FastAPI:
-    app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI spec (GET /openapi.json) lets schema-driven clients and fuzzers read the API.
+    app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    schema_of_app = app.openapi
+
+    def openapi_with_served_models() -> dict:
+        """The spec names the served models, so a client (or fuzzer) built from it can reach generation."""
+        if app.openapi_schema is None:
+            spec = schema_of_app()
+            for schema in spec.get("components", {}).get("schemas", {}).values():
+                if schema.get("title") in ("ChatCompletionRequest", "CompletionRequest"):
+                    schema["properties"]["model"]["enum"] = list(server.models)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi_with_served_models
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
@@ -270,19 +233,24 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
+        if request.top_logprobs is not None and not request.logprobs:
+            raise RequestError(400, "top_logprobs: set logprobs to true to ask for them", param="top_logprobs")
         if isinstance(server.encoder, VisionEncoder):  # images may be downloaded: not on the event loop
             prompt_ids, pixels = await asyncio.to_thread(server.chat_prompt, request)
         else:
             prompt_ids, pixels = server.chat_prompt(request)
-        job = server.submit(request, prompt_ids, request.max_completion_tokens or request.max_tokens,
-                            asyncio.get_running_loop(), pixels)
+        jobs = server.submit(request, prompt_ids, request.max_completion_tokens or request.max_tokens,
+                             asyncio.get_running_loop(), pixels,
+                             logprobs=(request.top_logprobs or 0) if request.logprobs else None)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
-            return StreamingResponse(chat_stream(job, head, request), media_type="text/event-stream")
-        text, finished = await collect(job)
-        return {**head, "object": "chat.completion", "usage": usage(finished), "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finished.reason,
-             "logprobs": None}]}
+            return StreamingResponse(chat_stream(jobs, head, request, server.tokenizer),
+                                     media_type="text/event-stream")
+        results = [await collect(job) for job in jobs]
+        return {**head, "object": "chat.completion", "usage": usage([f for _, f, _ in results]), "choices": [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": f.reason,
+             "logprobs": chat_logprobs(lps, server.tokenizer) if request.logprobs else None}
+            for i, (text, f, lps) in enumerate(results)]}
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
@@ -290,55 +258,74 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
         if not prompts:
             raise RequestError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
         loop = asyncio.get_running_loop()
-        jobs = [server.submit(request, server.tokenizer(p, add_special_tokens=False)["input_ids"], request.max_tokens,
-                              loop) for p in prompts]
+        # OpenAI's order: the n answers of prompt 0, then those of prompt 1, ...
+        jobs = [job for i, p in enumerate(prompts)
+                for job in server.submit(request, server.completion_prompt(p, i), request.max_tokens, loop,
+                                         logprobs=request.logprobs)]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
-            return StreamingResponse(completion_stream(jobs, head), media_type="text/event-stream")
+            return StreamingResponse(completion_stream(jobs, head, request, server.tokenizer, len(prompts)),
+                                     media_type="text/event-stream")
         results = [await collect(job) for job in jobs]
-        total = {
-            k: sum(usage(f)[k] for _, f in results) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-        }
-        return {**head, "object": "text_completion", "usage": total, "choices": [
-            {"index": i, "text": text, "finish_reason": f.reason, "logprobs": None}
-            for i, (text, f) in enumerate(results)]}
+        tokenizer = server.tokenizer
+        return {**head, "object": "text_completion", "usage": usage([f for _, f, _ in results], len(prompts)),
+                "choices": [{"index": i, "text": text, "finish_reason": f.reason,
+                             "logprobs": None if request.logprobs is None else completion_logprobs(lps, tokenizer)}
+                            for i, (text, f, lps) in enumerate(results)]}
 
     return app
 
 
-async def chat_stream(job, head: dict, request: ChatCompletionRequest):
-    def chunk(delta: dict, finish_reason: str | None = None) -> str:
-        return sse({**head, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in job.aevents():
-            if isinstance(event, Delta):
-                yield chunk({"content": event.text})
-            elif event.reason == "error":
-                yield sse({"error": {"message": f"generation failed: {event.error}", "type": "server_error"}})
-            else:
-                yield chunk({}, event.reason)
-                if request.stream_options and request.stream_options.include_usage:
-                    yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
-        yield sse("[DONE]")
-    finally:
-        job.cancelled = True  # a client that hangs up stops its row at the next token
+def wants_usage(request: GenerationRequest) -> bool:
+    return bool(request.stream_options and request.stream_options.include_usage)
 
 
-async def completion_stream(jobs, head: dict):
+async def chat_stream(jobs: list[Job], head: dict, request: ChatCompletionRequest, tokenizer):
+    def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+        return sse({**head, "object": "chat.completion.chunk", "choices": [
+            {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]})
+
+    finished = []
     try:
         for index, job in enumerate(jobs):  # generated together; their events wait in their queues
+            yield chunk(index, {"role": "assistant", "content": ""})
             async for event in job.aevents():
                 if isinstance(event, Delta):
-                    choice = {"index": index, "text": event.text, "finish_reason": None, "logprobs": None}
+                    logprobs = chat_logprobs(event.logprobs, tokenizer) if request.logprobs else None
+                    yield chunk(index, {"content": event.text}, logprobs=logprobs)
+                elif event.reason == "error":
+                    yield sse({"error": {"message": f"generation failed: {event.error}", "type": "server_error"}})
+                else:
+                    finished.append(event)
+                    yield chunk(index, {}, event.reason)
+        if wants_usage(request):  # OpenAI's last chunk: no choices, the whole request's usage
+            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(finished)})
+        yield sse("[DONE]")
+    finally:
+        for job in jobs:
+            job.cancelled = True  # a client that hangs up stops its rows at the next token
+
+
+async def completion_stream(jobs: list[Job], head: dict, request: CompletionRequest, tokenizer, prompts: int):
+    finished = []
+    try:
+        for index, job in enumerate(jobs):
+            offset = 0
+            async for event in job.aevents():
+                if isinstance(event, Delta):
+                    logprobs = (None if request.logprobs is None
+                                else completion_logprobs(event.logprobs, tokenizer, offset))
+                    offset += len(event.text)
+                    choice = {"index": index, "text": event.text, "finish_reason": None, "logprobs": logprobs}
                 elif event.reason == "error":
                     yield sse({"error": {"message": f"generation failed: {event.error}", "type": "server_error"}})
                     continue
                 else:
+                    finished.append(event)
                     choice = {"index": index, "text": "", "finish_reason": event.reason, "logprobs": None}
                 yield sse({**head, "object": "text_completion", "choices": [choice]})
+        if wants_usage(request):
+            yield sse({**head, "object": "text_completion", "choices": [], "usage": usage(finished, prompts)})
         yield sse("[DONE]")
     finally:
         for job in jobs:
@@ -375,7 +362,7 @@ def load_served_model(args: DeployArguments):
     default_dir, named = parse_adapters(args.adapters, args.ckpt_dir)
     model, default_adapters = resolve_checkpoint(args.model, [], default_dir)
     loaded = load_for_answers(model, [], None, args.dtype, device_map=args.device_map,
-                              max_memory=args.device_max_memory)
+                              max_memory=args.device_max_memory, trust_remote_code=args.trust_remote_code)
     lm, tokenizer = loaded.model, loaded.saved_with  # tokenizer: a vision-language model's processor
     served_name = args.served_model_name or Path(default_dir or model or "smollm2-135m-instruct").name
     adapters = ({"default": default_adapters[0]} if default_adapters else {}) | named
@@ -405,7 +392,7 @@ def run_deploy(args: DeployArguments) -> int:
     from alignkit.generation.loader import context_length, encoder_for
 
     lm, tokenizer, models = load_served_model(args)
-    max_length = context_length(lm)
+    max_length = args.max_length or context_length(lm)
     encoder = encoder_for(lm, tokenizer, max_length=max_length)
     engine = BatchEngine(lm, encoder, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)

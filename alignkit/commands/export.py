@@ -29,7 +29,13 @@ import torch
 from alignkit.config.commands import ExportArguments
 from alignkit.data.chat_templates import resolve_template
 from alignkit.errors import AlignkitError
-from alignkit.models.load import fit_embeddings_to_adapter, load_causal_lm, resolve_checkpoint, resolve_model_path
+from alignkit.models.load import (
+    fit_embeddings_to_adapter,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_checkpoint,
+    resolve_model_path,
+)
 from alignkit.vision.model import is_vision_model
 
 logger = logging.getLogger("alignkit")
@@ -38,21 +44,42 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
+def quant_method(args: ExportArguments) -> str | None:
+    """--quant_method, or bnb when only --quant_bits is given."""
+    return args.quant_method or ("bnb" if args.quant_bits is not None else None)
+
+
 def run_export(args: ExportArguments) -> int:
     model, adapters = resolve_checkpoint(args.model, args.adapters, args.ckpt_dir)
     if len(adapters) > 1:
         raise AlignkitError(f"export merges one adapter at a time; got {len(adapters)}: {', '.join(adapters)}")
-    if args.quant_bits is None and not args.merge_lora:
-        raise AlignkitError("nothing to export: pass --merge_lora true (with an adapter) and/or --quant_bits 4|8")
+    method = quant_method(args)
+    if method is None and not args.merge_lora and not args.to_ollama:
+        if args.push_to_hub:  # ms-swift pushes the checkpoint (or adapter) as it is
+            from alignkit.commands.export_targets import push_to_hub
+
+            source = Path(adapters[0] if adapters else resolve_model_path(model))
+            print(f"pushed: {push_to_hub(source, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=args.commit_message)}")  # noqa: E501
+            return 0
+        raise AlignkitError("nothing to export: pass --merge_lora true (with an adapter), --quant_bits 4|8 / "
+                            "--quant_method, --to_ollama true or --push_to_hub true")
     if adapters and not args.merge_lora:
-        logger.info("--quant_bits with an adapter: merging the adapter first")
+        logger.info("Exporting with an adapter: merging the adapter first")
     model_path = resolve_model_path(model)
     vision = is_vision_model(model_path)
-    if vision and args.quant_bits is not None:
+    if vision and method is not None:
         raise AlignkitError(f"{model_path} is a vision-language model: alignkit exports it merged (--merge_lora true) "
-                            "but does not quantise it (--quant_bits)")
+                            "but does not quantise it (--quant_method/--quant_bits)")
+    calibration = None
+    if method in ("gptq", "gptq_v2", "awq", "fp8"):  # data first, so a wrong --dataset shows on any machine
+        from alignkit.commands.export_quant import CALIBRATED, calibration_ids, check_gpu_method
+
+        if method in CALIBRATED:
+            calibration = calibration_ids(args, load_tokenizer(adapters[0] if adapters and (
+                Path(adapters[0]) / "tokenizer_config.json").is_file() else model_path))
+        check_gpu_method(method)
     output = Path(args.output_dir) if args.output_dir else default_output(args, adapters, model_path)
-    if output.exists() and args.merge_lora and args.quant_bits is None and (output / "config.json").is_file():
+    if output.exists() and args.merge_lora and method is None and (output / "config.json").is_file():
         # ms-swift's merge_lora: an existing merged directory is kept and used, never written again.
         logger.info("%s exists: kept as it is, not merged again (as ms-swift); pass --output_dir for a new one", output)
         print(f"exported: {output}")
@@ -69,7 +96,7 @@ def run_export(args: ExportArguments) -> int:
     else:
         write_merged(model_path, adapters[0] if adapters else None, partial, args.dtype)
     value_head = value_head_of(adapters[0] if adapters else args.ckpt_dir)
-    if value_head is not None and args.quant_bits is not None:
+    if value_head is not None and method is not None:
         raise AlignkitError("a reward model (with value_head.safetensors) is exported merged, not quantised")
     if value_head is not None:
         shutil.copy2(value_head, partial / value_head.name)
@@ -78,15 +105,30 @@ def run_export(args: ExportArguments) -> int:
     if (args.ckpt_dir or adapters) and run_args.is_file():
         # As ms-swift: the run's arguments travel, so `infer --ckpt_dir <merged> --load_dataset_config` works.
         shutil.copy2(run_args, partial / "args.json")
-    if args.quant_bits is not None:
+    if method is not None:
         quantised = output.with_name(output.name + ".quant.tmp")
         shutil.rmtree(quantised, ignore_errors=True)
-        write_bnb_quantised(partial, quantised, args.quant_bits)
+        if method == "bnb":
+            write_bnb_quantised(partial, quantised, args)
+        else:
+            from alignkit.commands.export_quant import write_gpu_quantised
+
+            write_gpu_quantised(partial, quantised, method, args, calibration)
         shutil.rmtree(partial)
         partial = quantised
+    if args.to_ollama:
+        from transformers import AutoTokenizer
+
+        from alignkit.commands.export_targets import write_modelfile
+
+        write_modelfile(partial, output, AutoTokenizer.from_pretrained(partial))
     partial.rename(output)
     logger.info("Exported %s", output)
     print(f"exported: {output}")
+    if args.push_to_hub:
+        from alignkit.commands.export_targets import push_to_hub
+
+        print(f"pushed: {push_to_hub(output, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=args.commit_message)}")  # noqa: E501
     return 0
 
 
@@ -101,7 +143,9 @@ def value_head_of(checkpoint: str | None) -> Path | None:
 def default_output(args: ExportArguments, adapters: list[str], model_path: str) -> Path:
     """ms-swift's naming: beside the checkpoint (``<ckpt>-merged``), else in the working directory."""
     source = Path(adapters[0]) if adapters else Path(args.ckpt_dir or model_path)
-    suffix = f"-{args.quant_method}-int{args.quant_bits}" if args.quant_bits is not None else "-merged"
+    method = quant_method(args)
+    suffix = "-merged" if method is None else f"-{method}" + (f"-int{args.quant_bits}" if args.quant_bits else "")
+    suffix += "-ollama" if args.to_ollama and method is None else ""
     if adapters or args.ckpt_dir:
         return source.with_name(source.name + suffix)
     return Path.cwd() / (source.name + suffix)
@@ -173,16 +217,21 @@ def generation_config_for(lm, stop_ids: tuple[int, ...]):
     return config
 
 
-def write_bnb_quantised(source: Path, directory: Path, bits: int) -> None:
-    """Reload ``source`` through bitsandbytes (NF4 with double quantisation, or LLM.int8) and save it, with the
-    quantisation config QLoRA training loads with (alignkit/models/quantization.py). Linear layers are quantised;
-    embeddings, norms and the LM head stay in their saved precision."""
+def write_bnb_quantised(source: Path, directory: Path, args: ExportArguments) -> None:
+    """Reload ``source`` through bitsandbytes (4 bits: --bnb_4bit_quant_type nf4|fp4, double quantisation per
+    --bnb_4bit_use_double_quant, --bnb_4bit_compute_dtype; 8 bits: LLM.int8) and save it, with the quantisation
+    config QLoRA training loads with (alignkit/models/quantization.py). Linear layers are quantised; embeddings,
+    norms and the LM head stay in their saved precision."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignkit.models.quantization import bnb_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = bnb_config(bits, compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    bits = args.quant_bits
+    compute = DTYPES[args.bnb_4bit_compute_dtype] if args.bnb_4bit_compute_dtype else (
+        torch.bfloat16 if device == "cuda" else torch.float32)
+    config = bnb_config(bits, compute_dtype=compute, quant_type=args.bnb_4bit_quant_type,
+                        double_quant=args.bnb_4bit_use_double_quant)
     logger.info("Quantising to %d bits with bitsandbytes on %s", bits, device)
     lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=device)
     lm.save_pretrained(directory, safe_serialization=True)

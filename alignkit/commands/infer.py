@@ -6,6 +6,7 @@ Interactive commands: `clear` forgets the history, `exit` (or Ctrl-D) quits.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +32,13 @@ def run_infer(args: InferArguments) -> int:
     held_out = None
     if args.load_dataset_config:
         args, held_out = with_run_data_config(args)
+    if held_out is None and args.dataset:
+        held_out = dataset_prompts(args)
+    if args.reward_model is None and reward_checkpoint(args) is not None:  # a reward model scores, as in ms-swift
+        logger.info("%s is a reward model: scoring the rows of --val_dataset instead of generating",
+                    reward_checkpoint(args))
+        args = dataclasses.replace(args, reward_model=reward_checkpoint(args), ckpt_dir=None, adapters=[],
+                                   model=None if reward_checkpoint(args) == args.model else args.model)
     result_path = None
     if args.val_dataset or held_out is not None:
         result_path = Path(args.result_path or f"infer_result/{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
@@ -41,52 +49,86 @@ def run_infer(args: InferArguments) -> int:
             raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
-    if args.infer_backend == "vllm":
-        return vllm_infer(args, result_path, held_out)
+    if args.infer_backend in ("vllm", "sglang", "lmdeploy"):
+        return engine_infer(args, result_path, held_out)
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
-                              max_memory=args.device_max_memory, max_length=args.max_length, system=args.system)
+                              max_memory=args.device_max_memory, max_length=args.max_length, system=args.system,
+                              trust_remote_code=args.trust_remote_code)
     if result_path is None:
         return chat(loaded, args)
     rows = held_out if held_out is not None else load_prompts(args)
     return batch_infer(loaded, rows, args, result_path)
 
 
-def vllm_infer(args: InferArguments, result_path: Path | None, held_out: list[PromptRow] | None) -> int:
+def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[PromptRow] | None) -> int:
+    """--infer_backend vllm|sglang|lmdeploy: batch inference of text prompts, rendered by alignkit's template."""
+    backend = args.infer_backend
     if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:
-        raise AlignkitError("--infer_backend vllm generates from text prompts only; answer a vision-language model's "
-                            "prompts with --infer_backend transformers")
+        raise AlignkitError(f"--infer_backend {backend} generates from text prompts only; answer a vision-language "
+                            "model's prompts with --infer_backend transformers")
     if args.device_map or args.device_max_memory:
-        raise AlignkitError("--device_map applies to --infer_backend transformers; vLLM places the model itself")
+        raise AlignkitError(f"--device_map applies to --infer_backend transformers; {backend} places the model itself")
     if result_path is None:
-        raise AlignkitError("--infer_backend vllm answers datasets (--val_dataset); interactive chat uses transformers")
-    from alignkit.generation.vllm import VllmInference
+        raise AlignkitError(f"--infer_backend {backend} answers datasets (--val_dataset); interactive chat uses "
+                            "transformers")
+    from alignkit.generation import external_engines
+    from alignkit.models.load import load_tokenizer, resolve_checkpoint, resolve_model_path
 
-    generator = VllmInference(args)
-    encoder = ChatEncoder(generator.tokenizer, max_length=args.max_length, system=args.system)
+    if backend == "vllm":
+        from alignkit.generation.vllm import VllmInference
+
+        generator = VllmInference(args)
+        tokenizer = generator.tokenizer
+    else:
+        tokenizer = load_tokenizer(resolve_model_path(resolve_checkpoint(args.model, args.adapters, args.ckpt_dir)[0]),
+                                   trust_remote_code=args.trust_remote_code)
+        generator = (external_engines.SglangInference(args) if backend == "sglang"
+                     else external_engines.LmdeployInference(args, tokenizer))
+    encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
     rows = held_out if held_out is not None else load_prompts(args)
     rows = [(row, encoder.encode_prompt(row.prompt)) for row in rows]
-    return write_answers(lambda chunk: generator.generate([row.prompt for row, _ in chunk]), encoder.tokenizer,
-                         rows, args, result_path)
+    return write_answers(lambda chunk: generator.generate([ids for _, ids in chunk]), tokenizer, rows, args,
+                         result_path)
 
 
 def load_prompts(args: InferArguments) -> list[PromptRow]:
     return [row for spec in args.val_dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
 
 
+def dataset_prompts(args: InferArguments) -> list[PromptRow]:
+    """ms-swift's `infer --dataset D --split_dataset_ratio r`: the held-out share r of D, split as training
+    splits it (seed --seed, training's --data_seed default 42); with r = 0 every row of D."""
+    from alignkit.data.loading import load_datasets
+
+    if args.split_dataset_ratio <= 0:
+        return [row for spec in args.dataset for row in load_dataset_spec(spec, "prompt", seed=args.seed)]
+    _, held_out = load_datasets(args.dataset, [], "sft", split_dataset_ratio=args.split_dataset_ratio,
+                                seed=args.seed, shuffle=False)
+    return [as_prompt(row) for row in held_out]
+
+
+def reward_checkpoint(args: InferArguments) -> str | None:
+    """The model, checkpoint or adapter of an alignkit reward model (it carries a scalar head), if infer got one."""
+    from alignkit.models.reward_model import VALUE_HEAD_FILE
+
+    for candidate in [args.ckpt_dir, *args.adapters, args.model]:
+        if candidate and (Path(candidate) / VALUE_HEAD_FILE).is_file():
+            return candidate
+    return None
+
+
 def with_run_data_config(args: InferArguments) -> tuple[InferArguments, list[PromptRow] | None]:
     """ms-swift's --load_dataset_config: the run's --system and --max_length, and its held-out rows (its
     --val_dataset, or the part of --dataset it split off), for flags left at their defaults.
     Returns the arguments and the held-out rows (None when --val_dataset is given)."""
-    import dataclasses
-
     from alignkit.config.defaults import DEFAULT_DATASET
     from alignkit.data.loading import load_datasets
 
-    if args.ckpt_dir is None or not (Path(args.ckpt_dir) / "args.json").is_file():
-        raise AlignkitError(
-            "--load_dataset_config true needs --ckpt_dir, a checkpoint of an alignkit run (with args.json)"
-        )
-    run = json.loads((Path(args.ckpt_dir) / "args.json").read_text())
+    run_dir = args.ckpt_dir or (args.adapters[0] if args.adapters else None)
+    if run_dir is None or not (Path(run_dir) / "args.json").is_file():
+        raise AlignkitError("--load_data_args (--load_dataset_config) true needs --ckpt_dir or --adapters, a "
+                            "checkpoint of an alignkit run (with args.json)")
+    run = json.loads((Path(run_dir) / "args.json").read_text())
     defaults = InferArguments()
     changes = {key: run[key] for key in ("system", "max_length")
                if getattr(args, key) == getattr(defaults, key) and run.get(key) is not None}
@@ -99,10 +141,10 @@ def with_run_data_config(args: InferArguments) -> tuple[InferArguments, list[Pro
             split_dataset_ratio=run.get("split_dataset_ratio", 0.0), seed=run.get("data_seed", 42), shuffle=False,
         )
         if not held_out:
-            raise AlignkitError(f"{args.ckpt_dir}/args.json: the run had no held-out rows; pass --val_dataset")
+            raise AlignkitError(f"{run_dir}/args.json: the run had no held-out rows; pass --val_dataset")
         rows = [as_prompt(row) for row in held_out]
     logger.info("--load_dataset_config: %s from %s/args.json", ", ".join(
-        [*changes, *(["held-out rows"] if rows else [])]) or "nothing", args.ckpt_dir)
+        [*changes, *(["held-out rows"] if rows else [])]) or "nothing", run_dir)
     return args, rows
 
 
@@ -121,19 +163,24 @@ def batch_infer(loaded: Loaded, rows: list[PromptRow], args: InferArguments, res
     def answer(chunk):
         return generate(loaded.model, loaded.encoder, [prompt for _, prompt in chunk],
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+                        top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                        stop_words=tuple(args.stop_words))
 
     return write_answers(answer, loaded.tokenizer, encoded, args, result_path)
 
 
 def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result_path: Path) -> int:
     """``answer(chunk of (row, prompt)) -> answers`` for the prompts that fit --max_length (image tokens
-    included), in chunks of --max_batch_size, written as JSONL with the row's other columns."""
-    kept = [(row, prompt) for row, prompt in encoded if len(ids_of(prompt)) <= args.max_length]
+    included; longer ones per --truncation_strategy), in chunks of --max_batch_size, written as JSONL with the
+    row's other columns and flushed every --write_batch_size rows."""
+    fitted = [(row, fit_prompt(prompt, args.max_length, args.truncation_strategy, index))
+              for index, (row, prompt) in enumerate(encoded)]
+    kept = [(row, prompt) for row, prompt in fitted if prompt is not None]
     if len(kept) < len(encoded):
         logger.warning("Skipped %d prompts longer than --max_length %d", len(encoded) - len(kept), args.max_length)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     start, new_tokens = time.perf_counter(), 0
+    written = 0
     with result_path.open("x") as out:
         for i in range(0, len(kept), args.max_batch_size):
             chunk = kept[i : i + args.max_batch_size]
@@ -141,12 +188,31 @@ def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result
                 new_tokens += len(tokenizer(response, add_special_tokens=False)["input_ids"])
                 out.write(json.dumps({"messages": row.prompt, "response": response, **row.extras},
                                      default=_inline_bytes) + "\n")
+                written += 1
+                if args.write_batch_size > 0 and written % args.write_batch_size == 0:
+                    out.flush()  # results so far are on disk, as ms-swift writes them in batches
             logger.info("%d/%d prompts answered", min(i + args.max_batch_size, len(kept)), len(kept))
     seconds = time.perf_counter() - start
     logger.info("Wrote %s: %d answers in %.1f s (%.2f answers/s, %.1f tokens/s)", result_path, len(kept), seconds,
                 len(kept) / seconds, new_tokens / seconds)
     print(f"results: {result_path}")
     return 0
+
+
+def fit_prompt(prompt, max_length: int, strategy: str, index: int):
+    """A prompt (ids, or a vision prompt) within ``max_length`` per --truncation_strategy; None: skip it."""
+    ids = ids_of(prompt)
+    if len(ids) <= max_length:
+        return prompt
+    if strategy == "raise":
+        raise AlignkitError(f"prompt {index}: {len(ids)} tokens exceed --max_length {max_length} "
+                            "(--truncation_strategy raise)")
+    if strategy == "delete":
+        return None
+    if not isinstance(prompt, list):
+        raise AlignkitError(f"prompt {index}: --truncation_strategy {strategy} would cut a prompt with images; use "
+                            "delete or raise, or a larger --max_length")
+    return ids[-max_length:] if strategy == "left" else ids[:max_length]
 
 
 def _inline_bytes(value):
@@ -224,5 +290,6 @@ def chat(loaded: Loaded, args: InferArguments) -> int:
         images += new_images
         answer = stream_answer(loaded.model, loaded.encoder, loaded.encode(history, images),
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stream=args.stream)
+                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stream=args.stream,
+                               stop_words=tuple(args.stop_words))
         history.append({"role": "assistant", "content": answer})

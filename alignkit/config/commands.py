@@ -11,6 +11,27 @@ from alignkit.config.options import (
     option,
 )
 
+INFER_BACKENDS = ("transformers", "pt", "vllm", "sglang", "lmdeploy")
+TRUNCATION_STRATEGIES = ("delete", "left", "right", "raise")
+TASK_TYPES = ("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm")
+
+
+def task_type_option():
+    return option("causal_lm", "What the model is: causal_lm (generation; a reward model with alignkit's value head "
+                  "is recognised by its files). seq_cls, embedding, reranker, generative_reranker and prm are "
+                  "refused with what to use instead.", choices=TASK_TYPES)
+
+
+def infer_backend_option(help: str):
+    return option("transformers", help, choices=INFER_BACKENDS)
+
+
+def truncation_option():
+    return option(
+        "delete", "A prompt longer than --max_length: delete (skip it, counted; deploy answers 400), left (keep its "
+        "end), right (keep its beginning), raise (stop with an error).", choices=TRUNCATION_STRATEGIES,
+    )
+
 
 @dataclass
 class InferArguments:
@@ -37,14 +58,42 @@ class InferArguments:
     device_map: str | None = inference_device_map_option()
     device_max_memory: list[str] = inference_device_max_memory_option()
     seed: int = option(42, "Sampling seed.")
-    infer_backend: str = option(
-        "transformers", "Generation engine: transformers, or vllm (needs the vllm package and a CUDA GPU).",
-        choices=("transformers", "vllm"),
+    infer_backend: str = infer_backend_option(
+        "Generation engine: transformers (pt is ms-swift 3's name of it), vllm (the vllm package and a CUDA GPU), "
+        "sglang or lmdeploy (their packages; batch inference of text prompts)."
     )
     load_dataset_config: bool = option(
         False, "Take --val_dataset (or the run's held-out split), --system and --max_length from the args.json "
-        "of the --ckpt_dir run, for flags not given.",
+        "of the --ckpt_dir (or --adapters) run, for flags not given.", aliases=("--load_data_args",),
     )
+    # --- infer: ms-swift's batch-inference and engine flags ---
+    dataset: list[str] = option(
+        [], "Answer the prompts of these datasets: the held-out part when --split_dataset_ratio > 0 (the same "
+        "seeded split as training), else every row.", nargs="+",
+    )
+    split_dataset_ratio: float = option(0.0, "Share of --dataset held out (and answered), as in training.")
+    write_batch_size: int = option(
+        1000, "Results are flushed to --result_path every this many rows (-1: at the end), as in ms-swift."
+    )
+    stop_words: list[str] = option([], "Strings that end an answer (cut before them).", nargs="*")
+    truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
+    trust_remote_code: bool = option(
+        False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
+    )
+    vllm_gpu_memory_utilization: float = option(0.9, "vLLM: share of GPU memory for weights and KV cache.")
+    vllm_max_model_len: int | None = option(None, "vLLM: context length (default --max_length + --max_new_tokens).")
+    vllm_tensor_parallel_size: int = option(1, "vLLM: GPUs the model is split across (tensor parallel).")
+    vllm_enforce_eager: bool = option(False, "vLLM: no CUDA graphs (less memory, slower).")
+    vllm_enable_prefix_caching: bool = option(False, "vLLM: reuse the KV cache of shared prompt prefixes.")
+    vllm_max_num_seqs: int = option(256, "vLLM: most sequences in one engine step.")
+    vllm_limit_mm_per_prompt: str | None = option(
+        None, "vLLM: most images/videos per prompt, a JSON object such as '{\"image\": 5}'."
+    )
+    sglang_tp_size: int = option(1, "sglang: GPUs the model is split across (tensor parallel).")
+    sglang_context_length: int | None = option(None, "sglang: context length (default: the model's).")
+    lmdeploy_tp: int = option(1, "lmdeploy: GPUs the model is split across (tensor parallel).")
+    lmdeploy_session_len: int | None = option(None, "lmdeploy: longest session in tokens (default: the model's).")
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -100,12 +149,44 @@ class ExportArguments:
     ckpt_dir: str | None = option(None, "A checkpoint of an alignkit run (adapter or full model).")
     merge_lora: bool = option(False, "Merge the adapter into the base weights and write a plain HF model.")
     quant_bits: int | None = option(
-        None, "Quantise the (merged) model to 4 or 8 bits with --quant_method. Runs on CPU and GPU.", choices=(4, 8)
+        None, "Quantise the (merged) model to 4 or 8 bits with --quant_method (bnb when not given).", choices=(4, 8)
     )
-    quant_method: str = option(
-        "bnb", "bnb: bitsandbytes NF4 (4 bits) / LLM.int8 (8 bits), CPU or GPU; the result loads with "
-        "transformers + bitsandbytes. (ms-swift's gptq/awq need a CUDA GPU and are not available.)",
-        choices=("bnb",),
+    quant_method: str | None = option(
+        None, "bnb: bitsandbytes NF4/FP4 (4 bits) or LLM.int8 (8 bits), CPU or GPU, loading with transformers + "
+        "bitsandbytes. gptq/gptq_v2 (gptqmodel through transformers' GPTQConfig, calibrated on --dataset), awq "
+        "(llm-compressor, calibrated on --dataset) and fp8 (transformers' FineGrainedFP8Config, no calibration) "
+        "need a CUDA GPU.", choices=("bnb", "gptq", "gptq_v2", "awq", "fp8"),
+    )
+    # --- export: ms-swift's quantisation, hub and ollama flags ---
+    dataset: list[str] = option([], "Calibration data of gptq/awq (same forms as for training).", nargs="+")
+    quant_n_samples: int = option(256, "Calibration rows (gptq/awq).")
+    quant_batch_size: int = option(1, "Calibration rows per forward pass (gptq/awq).")
+    group_size: int = option(128, "Weights sharing one scale (gptq/awq).")
+    max_length: int = option(2048, "Longest calibration row in tokens (gptq/awq).")
+    truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
+    bnb_4bit_quant_type: str = option("nf4", "bnb 4-bit data type: nf4 or fp4.", choices=("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = option(True, "bnb 4-bit: quantise the quantisation constants too.")
+    bnb_4bit_compute_dtype: str | None = option(
+        None, "bnb 4-bit compute precision (default bf16 on GPU, fp32 on CPU).",
+        choices=("float16", "bfloat16", "float32"),
+    )
+    to_ollama: bool = option(
+        False, "Also write an Ollama Modelfile (FROM the exported weights, the chat template, stop words) into "
+        "--output_dir, for `ollama create NAME -f DIR/Modelfile`."
+    )
+    push_to_hub: bool = option(False, "Upload the exported directory to the Hugging Face Hub as --hub_model_id.")
+    hub_model_id: str | None = option(None, "The Hub repository to push to (user/name).")
+    hub_token: str | None = option(None, "Hub token (default: the logged-in one, or HF_TOKEN).")
+    hub_private_repo: bool = option(False, "Create the Hub repository private.")
+    commit_message: str = option("update files", "Commit message of the upload.")
+    use_hf: bool = option(
+        False, "ms-swift: true uses the Hugging Face Hub, false ModelScope. alignkit pushes to the Hugging Face Hub "
+        "only: --push_to_hub needs --use_hf true."
+    )
+    to_cached_dataset: bool = option(
+        False, "ms-swift's pre-tokenised dataset export; refused: alignkit tokenises and caches datasets itself on "
+        "first use (see `alignkit cache`)."
     )
     output_dir: str | None = option(
         None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
@@ -133,6 +214,20 @@ class DeployArguments:
     temperature: float = option(0.0, "Temperature when a request gives none; 0 decodes greedily.")
     top_p: float = option(1.0, "Nucleus sampling mass when a request gives none.")
     max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
+    # --- deploy: ms-swift's serving flags ---
+    infer_backend: str = infer_backend_option(
+        "Serving engine: transformers (pt: ms-swift 3's name), alignkit's batching engine. vllm, sglang and lmdeploy "
+        "are refused here: serve with their own OpenAI servers (`vllm serve DIR`), or batch-infer with alignkit infer."
+    )
+    max_length: int | None = option(
+        None, "Longest prompt + answer in tokens (default: the model's context); longer prompts follow "
+        "--truncation_strategy."
+    )
+    truncation_strategy: str = truncation_option()
+    task_type: str = task_type_option()
+    trust_remote_code: bool = option(
+        False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
+    )
     allowed_local_media_path: str | None = option(
         None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
         "inside this directory; without it only data: and http(s):// URLs are taken.",
@@ -155,6 +250,16 @@ class AppArguments:
     server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the page to the network).")
     server_port: int = option(7860, "Port to listen on.")
     share: bool = option(False, "Also publish the page through a public Gradio share link.")
+    # --- app: ms-swift's page flags ---
+    stream: bool = option(True, "Show answers as they are generated (false: each answer whole, when done).")
+    lang: str = option("en", "Language of the page's labels: en or zh.", choices=("en", "zh"))
+    infer_backend: str = infer_backend_option(
+        "Engine: transformers (pt: ms-swift 3's name), alignkit's batching engine; vllm, sglang and lmdeploy are "
+        "refused here (serve with their own OpenAI servers)."
+    )
+    trust_remote_code: bool = option(
+        False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
+    )
     dtype: str = dtype_option()
     device_map: str | None = inference_device_map_option()
     device_max_memory: list[str] = inference_device_max_memory_option()
@@ -165,8 +270,6 @@ class AppArguments:
         "(default: the first one the server lists).")
     api_key: str | None = option(None, "With --base_url: the server's API key (default: $OPENAI_API_KEY, else "
                                  "none).")
-    stream: bool = option(True, "Show answers as they are generated; false shows each answer when complete.")
-    lang: str = option("en", "The page's language.", choices=("en", "zh"))
     studio_title: str | None = option(None, "The page's title (default: alignkit chat: <model>).")
     debug: bool = option(False, "Show full tracebacks for errors.")
 

@@ -247,8 +247,10 @@ def render_markdown() -> str:
     total = sum(counts.values())
     summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     rows[6:6] = [f"In all {total} flags: {summary}.", ""]
+    from alignkit.config.command_compat import render_command_sections
     from alignkit.config.seed_status import render_seed_table
 
+    rows += render_command_sections()
     rows += render_seed_table()
     return "\n".join(rows) + "\n"
 

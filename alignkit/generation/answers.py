@@ -37,9 +37,9 @@ def generate_answers(model, encoder: ChatEncoder, prompts: list[list[Message]], 
 
 @torch.no_grad()
 def generate(model, encoder, prompts: list, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             top_k: int = 0, repetition_penalty: float = 1.0) -> list[str]:
+             top_k: int = 0, repetition_penalty: float = 1.0, stop_words: tuple[str, ...] = ()) -> list[str]:
     """Answer encoded prompts in one batched ``generate``: token-id lists, or ``VisionEncoded`` prompts whose
-    pixel inputs go along."""
+    pixel inputs go along. An answer reaching one of ``stop_words`` ends there, cut before it."""
     tokenizer = encoder.tokenizer
     input_ids, attention_mask = left_pad([ids_of(p) for p in prompts], tokenizer.pad_token_id)  # (B, T)
     device = input_device(model)
@@ -47,12 +47,26 @@ def generate(model, encoder, prompts: list, *, max_new_tokens: int, temperature:
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
         **pixels_for(model, merge_pixels([pixels_of(p) or {} for p in prompts])),
         **generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
+        **stop_kwargs(tokenizer, stop_words),
     )  # (B, T + new)
-    return [tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True) for row in output]
+    return [cut_at_stop(tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True), stop_words)
+            for row in output]
+
+
+def stop_kwargs(tokenizer, stop_words) -> dict:
+    """transformers' own stop strings: a row stops once its text contains one."""
+    return {"stop_strings": list(stop_words), "tokenizer": tokenizer} if stop_words else {}
+
+
+def cut_at_stop(text: str, stop_words) -> str:
+    """The answer before its first stop word (as OpenAI's ``stop``)."""
+    cut = min((i for word in stop_words if (i := text.find(word)) >= 0), default=len(text))
+    return text[:cut]
 
 
 def stream_answer(model, encoder, prompt, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                  top_k: int = 0, repetition_penalty: float = 1.0, stream: bool = True) -> str:
+                  top_k: int = 0, repetition_penalty: float = 1.0, stream: bool = True,
+                  stop_words: tuple[str, ...] = ()) -> str:
     """Answer one encoded prompt (as ``generate`` takes it) in a thread, printing the answer as it comes
     (``stream``) or whole at the end. Returns the answer."""
     from transformers import TextIteratorStreamer
@@ -63,7 +77,8 @@ def stream_answer(model, encoder, prompt, *, max_new_tokens: int, temperature: f
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "streamer": streamer,
               **pixels_for(model, pixels_of(prompt)),
-              **generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty)}
+              **generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, repetition_penalty),
+              **stop_kwargs(tokenizer, stop_words)}
     thread = threading.Thread(target=model.generate, kwargs=kwargs)
     thread.start()
     print(">>> ", end="", flush=True)
@@ -73,7 +88,7 @@ def stream_answer(model, encoder, prompt, *, max_new_tokens: int, temperature: f
         if stream:
             print(piece, end="", flush=True)
     thread.join()
-    answer = "".join(pieces)
+    answer = cut_at_stop("".join(pieces), stop_words)  # a streamed stop word shows; the kept answer ends before it
     print("" if stream else answer)
     sys.stdout.flush()
     return answer

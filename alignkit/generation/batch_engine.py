@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from alignkit.data.collate import left_pad
 from alignkit.generation.answers import pixels_for, sampling_kwargs
@@ -44,11 +44,24 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    seed: int | None = None  # seeds torch's generator before the batch (only same-seed requests share one)
+    logprobs: int | None = None  # None: no log-probs; k: each token's log-prob and the k likeliest alternatives
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model (after repetition_penalty, before temperature,
+    top-p and top-k, as transformers orders its processors) and the ``top`` likeliest (token, log-prob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
 class Delta:
     text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens this text completes
 
 
 @dataclass
@@ -70,9 +83,11 @@ class Job:
     loop: asyncio.AbstractEventLoop | None = None
     pixels: dict[str, torch.Tensor] | None = None  # a vision-language prompt's pixel inputs (processor output)
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     done: bool = False
     cancelled: bool = False
     _sent: int = 0  # characters of the decoded answer already emitted
+    _sent_logprobs: int = 0  # entries of ``logprobs`` already emitted
 
     def __post_init__(self):
         self._events = asyncio.Queue() if self.loop is not None else queue.Queue()
@@ -103,7 +118,7 @@ class Job:
             self.done = True
             self._emit(Finished(reason, len(self.prompt_ids), len(self.tokens), error))
 
-    def advance(self, token: int, tokenizer, eos_ids: set[int]) -> None:
+    def advance(self, token: int, tokenizer, eos_ids: set[int], logprob: TokenLogprob | None = None) -> None:
         """Take one generated token: emit the new text, hold back a possible stop string's beginning."""
         if self.cancelled:
             self.finish("cancelled")
@@ -113,6 +128,8 @@ class Job:
             self.finish("stop")
             return
         self.tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         text = tokenizer.decode(self.tokens, skip_special_tokens=True)
         cut = min((i for s in self.stop if (i := text.find(s, max(0, self._sent - len(s)))) >= 0), default=-1)
         if cut >= 0:
@@ -131,9 +148,27 @@ class Job:
                 end -= 1
             # Keep back a tail that may grow into a stop string, so no stop string is ever streamed.
             end -= max((k for s in self.stop for k in range(1, len(s)) if text[:end].endswith(s[:k])), default=0)
-        if end > self._sent:
-            self._emit(Delta(text[self._sent : end]))
-            self._sent = end
+        pending = self.logprobs[self._sent_logprobs :]
+        if end > self._sent or (final and pending):
+            self._emit(Delta(text[self._sent : max(end, self._sent)], pending))
+            self._sent, self._sent_logprobs = max(end, self._sent), len(self.logprobs)
+
+
+class LogprobRecorder(LogitsProcessor):
+    """Keeps the log-softmax of each step's scores, (B, V), for ``RowTracker`` to read once the step's tokens
+    are chosen. transformers runs user processors after repetition_penalty and before the sampling warpers."""
+
+    latest: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.latest = torch.log_softmax(scores.float(), dim=-1)  # (B, V)
+        return scores
+
+    def entry(self, row: int, token: int, k: int) -> TokenLogprob:
+        logprobs = self.latest[row]  # (V,)
+        top = torch.topk(logprobs, k) if k else None
+        return TokenLogprob(token, logprobs[token].item(),
+                            list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [])
 
 
 class RowTracker(StoppingCriteria):
@@ -141,14 +176,16 @@ class RowTracker(StoppingCriteria):
 
     transformers calls it once per decoding step with the sequences so far, (B, T + t)."""
 
-    def __init__(self, jobs: list[Job], tokenizer, eos_ids: set[int]):
-        self.jobs, self.tokenizer, self.eos_ids = jobs, tokenizer, eos_ids
+    def __init__(self, jobs: list[Job], tokenizer, eos_ids: set[int], recorder: LogprobRecorder | None = None):
+        self.jobs, self.tokenizer, self.eos_ids, self.recorder = jobs, tokenizer, eos_ids, recorder
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         newest = input_ids[:, -1].tolist()  # (B,)
-        for job, token in zip(self.jobs, newest):
+        for row, (job, token) in enumerate(zip(self.jobs, newest)):
             if not job.done:
-                job.advance(token, self.tokenizer, self.eos_ids)
+                wanted = job.params.logprobs is not None and self.recorder is not None
+                entry = self.recorder.entry(row, token, job.params.logprobs) if wanted else None
+                job.advance(token, self.tokenizer, self.eos_ids, entry)
         return torch.tensor([job.done for job in self.jobs], dtype=torch.bool, device=input_ids.device)  # (B,)
 
 
@@ -176,6 +213,8 @@ class BatchEngine:
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, adapter: str | None = None,
                stop: tuple[str, ...] = (), loop: asyncio.AbstractEventLoop | None = None,
                pixels: dict[str, torch.Tensor] | None = None) -> Job:
+        if not prompt_ids:
+            raise ValueError("an empty prompt has nothing to continue from")
         job = Job(list(prompt_ids), params, adapter, tuple(s for s in stop if s), loop, pixels)
         self._queue.put(job)
         return job
@@ -224,6 +263,11 @@ class BatchEngine:
             kwargs["adapter_names"] = [job.adapter or BASE_ADAPTER for job in jobs]
         if any(job.pixels for job in jobs):  # batched as in training: alignkit/vision/collate.py
             kwargs.update(pixels_for(self.model, merge_pixels([job.pixels or {} for job in jobs])))
+        recorder = LogprobRecorder() if any(job.params.logprobs is not None for job in jobs) else None
+        if recorder is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([recorder])
+        if p.seed is not None:
+            torch.manual_seed(p.seed)
         device = input_device(self.model)
         self.batch_sizes.append(len(jobs))
         logger.info("Generating a batch of %d request(s)", len(jobs))
@@ -231,7 +275,7 @@ class BatchEngine:
             with torch.no_grad():
                 self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    stopping_criteria=StoppingCriteriaList([RowTracker(jobs, self.tokenizer, self.eos_ids)]),
+                    stopping_criteria=StoppingCriteriaList([RowTracker(jobs, self.tokenizer, self.eos_ids, recorder)]),
                     **kwargs,
                 )
         except Exception as error:  # the requests get the error; the engine keeps serving
@@ -243,7 +287,7 @@ class BatchEngine:
 
 
 def _batch_key(params: SamplingParams) -> tuple:
-    """Requests batch together when everything but max_tokens agrees (each row stops at its own)."""
-    return (params.temperature, params.top_p, params.top_k, params.repetition_penalty)
+    """Requests batch together when everything but max_tokens and logprobs agrees (each row stops at its own)."""
+    return (params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.seed)
 
 

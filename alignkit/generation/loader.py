@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.data.template import ChatEncoder
+from alignkit.errors import AlignkitError
 from alignkit.models.load import load_for_inference
 from alignkit.models.placement import refuse_for_vision
 from alignkit.vision.encode import VisionEncoder, image_token_id
@@ -42,15 +43,20 @@ class Loaded:
 
 def load_for_answers(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str, *,
                      device_map: str | None = None, max_memory: list[str] = (), max_length: int | None = None,
-                     system: str | None = None) -> Loaded:
+                     system: str | None = None, trust_remote_code: bool = False) -> Loaded:
     """``--model``/``--adapters``/``--ckpt_dir`` (a vision-language model when its config says so, which then
     runs on one device: ``--device_map`` is refused for it), in ``--dtype``. ``max_length``: the longest prompt
-    the encoder takes; None: the model's context length."""
+    the encoder takes; None: the model's context length. ``trust_remote_code``: a text model's repository code
+    may run (--trust_remote_code)."""
     if vision_model_path(model, adapters, ckpt_dir) is not None:  # prompts with images: docs/vision.md
+        if trust_remote_code:
+            raise AlignkitError("--trust_remote_code: alignkit loads vision-language models with transformers' own "
+                                "code only; leave it off for this model")
         refuse_for_vision(device_map, list(max_memory))
         lm, saved_with = load_vision_for_inference(model, adapters, ckpt_dir, dtype)
     else:
-        lm, saved_with = load_for_inference(model, adapters, ckpt_dir, dtype, device_map, max_memory)
+        lm, saved_with = load_for_inference(model, adapters, ckpt_dir, dtype, device_map, max_memory,
+                                            trust_remote_code)
     max_length = max_length or context_length(lm)
     return Loaded(lm, encoder_for(lm, saved_with, max_length=max_length, system=system), saved_with)
 

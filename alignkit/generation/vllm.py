@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from alignkit.config.commands import InferArguments
-from alignkit.data.rows import Message
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError
 from alignkit.models.load import load_tokenizer, resolve_checkpoint, resolve_model_path
@@ -55,18 +54,36 @@ class VllmInference:
         dtype = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
                  "fp16": "float16", "float16": "float16"}.get(args.dtype, "auto")
         self.llm = vllm.LLM(model=model_path, dtype=dtype, seed=args.seed, enable_lora=bool(adapters),
-                            max_lora_rank=max(rank, 8), max_model_len=args.max_length + args.max_new_tokens)
+                            max_lora_rank=max(rank, 8), trust_remote_code=args.trust_remote_code,
+                            **vllm_engine_kwargs(args))
         self.params = vllm.SamplingParams(
             max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k if args.top_k > 0 else -1, repetition_penalty=args.repetition_penalty,
             stop_token_ids=self.encoder.stop_ids,  # the chat template's end of turn, as the transformers backend
+            stop=list(args.stop_words) or None,
         )
         logger.info("vLLM %s on %s%s", vllm.__version__, model_path, f" with adapter {adapters[0]}" if adapters else "")
 
-    def generate(self, prompts: list[list[Message]]) -> list[str]:
-        inputs = [{"prompt_token_ids": self.encoder.encode_prompt(p)} for p in prompts]
+    def generate(self, prompts: list[list[int]]) -> list[str]:
+        """Answers to prompts given as token ids (rendered by alignkit's chat template)."""
+        inputs = [{"prompt_token_ids": ids} for ids in prompts]
         outputs = self.llm.generate(inputs, self.params, lora_request=self.lora, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
+
+
+def vllm_engine_kwargs(args: InferArguments) -> dict:
+    """ms-swift's --vllm_* flags as ``vllm.LLM`` keyword arguments."""
+    kwargs = {
+        "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+        "max_model_len": args.vllm_max_model_len or args.max_length + args.max_new_tokens,
+        "tensor_parallel_size": args.vllm_tensor_parallel_size,
+        "enforce_eager": args.vllm_enforce_eager,
+        "enable_prefix_caching": args.vllm_enable_prefix_caching,
+        "max_num_seqs": args.vllm_max_num_seqs,
+    }
+    if args.vllm_limit_mm_per_prompt:
+        kwargs["limit_mm_per_prompt"] = json.loads(args.vllm_limit_mm_per_prompt)
+    return kwargs
 
 
 def check_vllm_available() -> None:

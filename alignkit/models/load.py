@@ -46,9 +46,10 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     if "trust_remote_code" in str(error):
         # ms-swift runs a model's own Python code by default (InternVL2, ...); transformers and alignkit do not.
         return AlignkitError(
-            f"{model} needs its own Python code (transformers' trust_remote_code) to load, which alignkit does not "
-            "run for training: it trains the architectures transformers implements (for InternVL use the "
-            "transformers port, e.g. OpenGVLab/InternVL3-2B-hf; docs/vision.md lists the families)")
+            f"{model} needs its own Python code (transformers' trust_remote_code) to load: infer, deploy, app and "
+            "export run it with --trust_remote_code true; training runs the architectures transformers implements "
+            "(for InternVL use the transformers port, e.g. OpenGVLab/InternVL3-2B-hf; docs/vision.md lists the "
+            "families)")
     if Path(model).expanduser().exists():
         return AlignkitError(f"cannot load the model in {model} ({detail})")
     from alignkit.models.registry import model_type_of_hub_id
@@ -62,11 +63,11 @@ def _load_error(model: str, error: Exception) -> AlignkitError:
     )
 
 
-def load_tokenizer(model_path: str, revision: str | None = None):
+def load_tokenizer(model_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
     if tokenizer.pad_token is None:
@@ -77,9 +78,11 @@ def load_tokenizer(model_path: str, revision: str | None = None):
 
 
 def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32, *,
-                   device_map=None, max_memory: dict | None = None, options: LoadOptions | None = None):
+                   device_map=None, max_memory: dict | None = None, options: LoadOptions | None = None,
+                   trust_remote_code: bool = False):
     """``device_map``/``max_memory``: transformers' own (see alignkit/models/placement.py); None loads on the CPU
-    (a quantised model on this process's device). ``options``: attention, quantisation, config overrides."""
+    (a quantised model on this process's device). ``options``: attention, quantisation, config overrides.
+    ``trust_remote_code``: run the model repository's own code (--trust_remote_code; off, as in transformers)."""
     from transformers import AutoModelForCausalLM
 
     placement = {}
@@ -88,7 +91,7 @@ def load_causal_lm(model_path: str, revision: str | None = None, dtype: torch.dt
     extra = options.from_pretrained_kwargs(model_path, revision, device_map) if options else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype,
-                                                     **{**placement, **extra})
+                                                     trust_remote_code=trust_remote_code, **{**placement, **extra})
     except Exception as error:  # each broken file raises its parser's own error type
         raise _load_error(model_path, error) from error
     if split_map(model) is not None:
@@ -310,17 +313,18 @@ def _read_json(path: Path, flag: str, adapter: str) -> dict:
 
 
 def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,
-                       device_map: str | None = None, max_memory: list[str] = ()):
+                       device_map: str | None = None, max_memory: list[str] = (), trust_remote_code: bool = False):
     """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer).
     ``device_map``/``max_memory``: the --device_map/--device_max_memory flags (alignkit/models/placement.py)."""
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
     model_path = resolve_model_path(model)
     placement, memory = resolve_flags(device_map, list(max_memory))
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     # Scores and generations should not depend on autocast: on CPU, "auto" keeps exact fp32 weights.
     precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory)
+    lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory,
+                        trust_remote_code=trust_remote_code)
     if adapters:
         check_adapter_placement(lm)
         lm = load_adapters(lm, adapters, trainable=False)

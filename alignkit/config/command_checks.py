@@ -1,0 +1,86 @@
+"""Checks of the non-training commands' arguments (infer, deploy, app) that need no model: a value the command
+cannot honour stops it here, naming the flag, before anything is loaded. (Training: config/checks.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
+
+ENGINE_PREFIXES = {"vllm": "vllm_", "sglang": "sglang_", "lmdeploy": "lmdeploy_"}
+
+
+def check_command_arguments(command: str, args) -> None:
+    """Raise ``AlignkitError`` for a flag value ``command`` cannot honour."""
+    task_type = getattr(args, "task_type", "causal_lm")
+    if task_type != "causal_lm":
+        raise AlignkitError(
+            f"--task_type {task_type}: `alignkit {command}` handles generative models (causal_lm) and alignkit's "
+            "reward models (recognised by their value_head.safetensors); sequence-classification, embedding, "
+            f"reranker and process-reward models are not supported by {command} yet (a seq_cls model trains with "
+            "`alignkit sft --task_type seq_cls`)"
+        )
+    backend = getattr(args, "infer_backend", "transformers")
+    if command in ("deploy", "app") and backend not in ("transformers", "pt"):
+        raise AlignkitError(
+            f"`alignkit {command} --infer_backend {backend}`: alignkit {command} serves with its own transformers "
+            f"batching engine only. Serve with {backend}'s own OpenAI-compatible server (e.g. `vllm serve DIR`), "
+            f"or batch-infer with `alignkit infer --infer_backend {backend}`"
+        )
+    if command == "infer":
+        check_infer(args)
+    if command == "export":
+        check_export(args)
+    if command == "deploy" and args.max_length is not None and args.max_length < 2:
+        raise AlignkitError(f"--max_length {args.max_length}: a prompt and an answer need at least 2 tokens")
+
+
+def check_infer(args) -> None:
+    if args.dataset and args.val_dataset:
+        raise AlignkitError("--dataset and --val_dataset: give one (--val_dataset answers every row; --dataset "
+                            "with --split_dataset_ratio answers its held-out share)")
+    if not 0 <= args.split_dataset_ratio < 1:
+        raise AlignkitError(f"--split_dataset_ratio {args.split_dataset_ratio}: a share in [0, 1)")
+    if args.write_batch_size == 0 or args.write_batch_size < -1:
+        raise AlignkitError(f"--write_batch_size {args.write_batch_size}: a number of rows > 0, or -1 (at the end)")
+    if args.vllm_limit_mm_per_prompt:
+        try:
+            json.loads(args.vllm_limit_mm_per_prompt)
+        except json.JSONDecodeError as error:
+            raise AlignkitError(f"--vllm_limit_mm_per_prompt {args.vllm_limit_mm_per_prompt!r}: not a JSON object "
+                                f"({error})") from None
+    # ms-swift ignores another engine's flags; alignkit says so once rather than silently.
+    defaults = type(args)()
+    for engine, prefix in ENGINE_PREFIXES.items():
+        changed = [f"--{f.name}" for f in dataclasses.fields(args)
+                   if f.name.startswith(prefix) and getattr(args, f.name) != getattr(defaults, f.name)]
+        if changed and args.infer_backend != engine:
+            logger.warning("%s: no effect with --infer_backend %s (they configure %s)", ", ".join(changed),
+                           args.infer_backend, engine)
+
+
+def check_export(args) -> None:
+    if args.to_cached_dataset:
+        raise AlignkitError("--to_cached_dataset: alignkit tokenises and caches each dataset itself the first time "
+                            "a run reads it (see `alignkit cache`); run training on the dataset directly")
+    method = args.quant_method or ("bnb" if args.quant_bits is not None else None)
+    if method in ("bnb", "gptq", "gptq_v2", "awq") and args.quant_bits is None:
+        raise AlignkitError(f"--quant_method {method} needs --quant_bits 4 or 8")
+    if method == "fp8" and args.quant_bits is not None:
+        raise AlignkitError("--quant_method fp8 stores 8-bit floats: leave out --quant_bits")
+    if method == "awq" and args.quant_bits != 4:
+        raise AlignkitError("--quant_method awq writes 4-bit weights (W4A16): pass --quant_bits 4")
+    if method in ("gptq", "gptq_v2", "awq") and not args.dataset:
+        raise AlignkitError(f"--quant_method {method} calibrates on data: pass --dataset (e.g. a few hundred rows of "
+                            "the training data)")
+    if args.dataset and method not in ("gptq", "gptq_v2", "awq"):
+        raise AlignkitError("--dataset on export is calibration data for --quant_method gptq/gptq_v2/awq")
+    if args.push_to_hub and not args.use_hf:
+        raise AlignkitError("--push_to_hub --use_hf false pushes to ModelScope in ms-swift; alignkit pushes to the "
+                            "Hugging Face Hub only: pass --use_hf true")
+    if args.push_to_hub and not args.hub_model_id:
+        raise AlignkitError("--push_to_hub needs --hub_model_id user/name")
