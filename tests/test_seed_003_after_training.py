@@ -85,3 +85,22 @@ def test_seed_003_app_ui_serves_the_chat_page(line, checkpoint, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+INFER_BASE_DATASET = "swift infer --model_id_or_path qwen/Qwen-7B-Chat --dataset AI-ModelScope/blossom-math-v2"
+
+
+def test_seed_003_original_model_dataset_evaluation(tiny_chat_model_dir, tmp_path, monkeypatch):
+    """原始模型 / 使用数据集评估: the base model answers the dataset's prompts into infer_result/ (the model and the
+    dataset swapped for local ones in ms-swift's rows; --max_new_tokens bounds the tiny model's answers)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"query": f"What is {a} times 3?", "response": f"{3 * a}\n\nAnswer: {3 * a}"} for a in range(4)]
+    data = tmp_path / "blossom-math-v2.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = shlex.split(INFER_BASE_DATASET)[1:]
+    argv[argv.index("--model_id_or_path") + 1] = tiny_chat_model_dir
+    argv[argv.index("--dataset") + 1] = str(data)
+    assert main([*argv, "--max_new_tokens", "4"]) == 0
+    (result,) = Path("infer_result").glob("*.jsonl")
+    written = answers(result)
+    assert len(written) == len(rows) and all("response" in r for r in written)

@@ -47,6 +47,8 @@ SEED_COMMANDS = (
                 "tests/test_api.py::test_the_seed_script_trains_merges_and_answers"),
     SeedCommand("003", "swift sft ... --quantization_bit 4", "runs (bitsandbytes QLoRA)",
                 "tests/test_precision_and_qlora.py::test_quantization_bit_is_ms_swift_2x_qlora"),
+    SeedCommand("003", "swift infer --model_id_or_path qwen/Qwen-7B-Chat --dataset AI-ModelScope/blossom-math-v2",
+                "runs (answers to infer_result/*.jsonl)", f"{_AFTER}::test_seed_003_original_model_dataset_evaluation"),
     SeedCommand("003", "swift export --ckpt_dir 'xxx/vx-xxx/checkpoint-xxx' --merge_lora true", "runs",
                 f"{_AFTER}::test_seed_003_dataset_evaluation_direct_then_merged"),
     SeedCommand("003", "swift infer --ckpt_dir 'xxx/vx-xxx/checkpoint-xxx[-merged]' --load_dataset_config true", "runs",
