@@ -377,6 +377,8 @@ def dispatch(command: str, values: dict) -> int:
         return run_export(args)
     if command == "deploy":
         with serve_extra(command):
+            import fastapi  # noqa: F401  (checked here, also when alignkit.commands.deploy is already imported)
+
             from alignkit.commands.deploy import run_deploy
         return run_deploy(args)
     if command == "app":

@@ -153,7 +153,7 @@ def test_serving_commands_without_their_packages_say_what_to_install(monkeypatch
 
     for command, package in (("deploy", "fastapi"), ("app", "gradio")):
         monkeypatch.setitem(sys.modules, package, None)  # as if not installed
-        monkeypatch.delitem(sys.modules, f"alignkit.{command}", raising=False)
+        monkeypatch.delitem(sys.modules, f"alignkit.commands.{command}", raising=False)
         assert main([command]) == 2
         assert f"`alignkit {command}` needs {package}: pip install 'alignkit[serve]'" in capsys.readouterr().err
 
