@@ -446,3 +446,13 @@ def test_inference_answers_with_the_trained_modeling_dir(prepared, tiny_model_di
     assert out.count("<<< ") == 2 and out.count(">>> ") == 1  # the question, its answer, then `exit`
     answer = out.split(">>> ", 1)[1].split("\n<<< ", 1)[0]
     assert answer.strip()  # the tiny model's (random) answer, at most 8 tokens
+
+
+def test_only_what_colossalai_run_launches_drops_the_blank(tiny_model_dir, tmp_path, capsys):
+    """prepare_dataset.py runs under python, with no second shell: bash's ' ' from a `\\  # comment` line stays an
+    argument its argparse rejects; alignkit names it and says why."""
+    argv, missed = bash_reads("alignkit colossal prepare_dataset --type sft \\  # comment\n", "")
+    assert argv == ["colossal", "prepare_dataset", "--type", "sft", " "] and not missed
+    assert main(argv) == 2
+    assert "unexpected argument ' ' for `alignkit colossal prepare_dataset` (bash's reading of a `\\ # comment` " \
+           "line" in capsys.readouterr().err
