@@ -41,17 +41,55 @@ def parse_script(argv: list[str]) -> tuple[str, dict]:
         raise AlignkitError(f"`alignkit colossal {argv[0]}`: unknown ColossalChat script; {hint}alignkit runs "
                             f"{', '.join(ALL_SCRIPTS)}")
     parser = build_script_parser(script)
-    namespace, unknown = parser.parse_known_args(argv[1:])
+    args = as_colossalai_run_passes(argv[1:]) if script in SCRIPTS else argv[1:]
+    namespace, unknown = parser.parse_known_args(args)
     if unknown:
         known = [s for action in parser._actions for s in action.option_strings]
         token = unknown[0]
         if not token.startswith("-"):
-            raise AlignkitError(f"unexpected argument {token!r} for `alignkit colossal {script}`")
+            hint = (" (bash's reading of a `\\ # comment` line: `\\ ` is an escaped blank, and the command ends "
+                    "on that line)" if not token.strip() or token.lstrip().startswith("#") else "")
+            raise AlignkitError(f"unexpected argument {token!r} for `alignkit colossal {script}`{hint}")
         flag = token.split("=", 1)[0]
+        renamed = RENAMED_FLAGS.get((script, flag))
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else f"; see `alignkit colossal {script} --help`"
+        if renamed:
+            hint = f"; {renamed}"
+        else:
+            hint = f"; did you mean {close[0]}?" if close else f"; see `alignkit colossal {script} --help`"
         raise AlignkitError(f"unknown flag {flag} for ColossalChat's {script}.py{hint}")
     return script, vars(namespace)
+
+
+# Flags the examples README (seed 004) gives that ColossalChat's own scripts reject: named with what to use.
+RENAMED_FLAGS = {
+    **{(script, "--pretrain_dataset"): "ColossalChat's script rejects it too (the examples README's name for the "
+       "ptx data): use --ptx_dataset" for script in ("train_ppo", "train_grpo")},
+    **{(script, "--lora_rank"): "ColossalChat's scripts reject it too (an older version's flag): LoRA is "
+       "--lora_config FILE, a JSON such as {\"r\": 32, \"lora_alpha\": 32}" for script in SCRIPTS},
+}
+
+
+def as_colossalai_run_passes(args: list[str]) -> list[str]:
+    """The arguments as ColossalChat's script receives them from `colossalai run`, which joins them with blanks
+    and runs them through a shell (colossalai/cli/launcher/run.py): an argument of blanks vanishes there, and one
+    whose first non-blank character is '#' starts a comment to the end. The examples README's `--tp 4 \\ # TP
+    size` lines hand bash exactly those (`\\ ` is an escaped blank, so bash passes ' ' or ' # TP size, ...' and
+    ends the command on that line). Other arguments pass unchanged (alignkit does not split them again)."""
+    kept = []
+    for index, arg in enumerate(args):
+        if arg.lstrip().startswith("#"):
+            logger.warning("%s: a comment to colossalai run's shell, dropped as it drops it. bash ended the command "
+                           "on that line: flags on the lines after it were not passed (bash runs them as a command "
+                           "of their own, e.g. '--lr: command not found')", " ".join(args[index:]).strip())
+            break
+        if not arg.strip():
+            logger.warning("argument %r (a backslash-escaped blank, `\\ ` before a comment) dropped, as colossalai "
+                           "run's shell drops it. bash ended the command on that line: flags on the lines after it "
+                           "were not passed", arg)
+            continue
+        kept.append(arg)
+    return kept
 
 
 def run_colossal(argv: list[str]) -> int:
