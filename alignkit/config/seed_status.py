@@ -18,6 +18,7 @@ class SeedCommand:
 _ALIGN = "tests/test_seed_commands.py"
 _VISION = "tests/test_seed_002_vision.py"
 _AFTER = "tests/test_seed_003_after_training.py"
+_COLOSSAL = "tests/test_seed_004_colossal.py"
 _INTERNVL = "test_seed_002_internvl2_itself_needs_remote_code_and_the_error_says_so"
 SEED_COMMANDS = (
     SeedCommand("000", "swift dpo --model_type yi-6b-chat --ref_model_type yi-6b-chat --sft_type lora "
@@ -57,6 +58,21 @@ SEED_COMMANDS = (
                 f"{_AFTER}::test_seed_003_human_evaluation_chats_from_stdin"),
     SeedCommand("003", "swift app-ui --ckpt_dir 'xxx/vx-xxx/checkpoint-xxx[-merged]'", "runs (the chat page)",
                 f"{_AFTER}::test_seed_003_app_ui_serves_the_chat_page"),
+    SeedCommand("004", "colossalai run --nproc_per_node 4 ... train_sft.py --plugin gemini|gemini_auto|zero2|zero2_cpu "
+                "... (also --grad_checkpoint, --use_flash_attn)", "runs as `NPROC_PER_NODE=4 alignkit colossal "
+                "train_sft ...`; the README's `\\ # comment` lines end the command there, as bash does "
+                "(docs/colossal.md)", f"{_COLOSSAL}::test_training_commands_train_and_write_the_modeling_dir"),
+    SeedCommand("004", "colossalai run ... train_sft.py --plugin 3d --tp 4 --sp 1 --sp_mode split_gather "
+                "--enable_sequence_parallelism ...", "stops: --tp 4 (tensor parallelism) is refused by name",
+                f"{_COLOSSAL}::test_sp_split_gather_command_refuses_tp_4_by_name"),
+    SeedCommand("004", "colossalai run ... train_ppo.py --plugin 3d --tp 4 --pretrain_dataset ... --rm_pretrain ...",
+                "stops: --pretrain_dataset (ColossalChat's own scripts refuse it too: --ptx_dataset), then --tp 4",
+                f"{_COLOSSAL}::test_tp_ppo_command_stops_at_the_readmes_pretrain_dataset_then_at_tp_4"),
+    SeedCommand("004", "colossalai run ... train_sft.py --lora_rank 32 ...", "stops: LoRA is --lora_config FILE "
+                "(as in ColossalChat's scripts)", f"{_COLOSSAL}::test_lora_command_names_lora_config"),
+    SeedCommand("004", "python prepare_dataset.py --type sft|prompt ... ; python inference.py --model_path ...",
+                "runs as `alignkit colossal prepare_dataset|inference ...`",
+                f"{_COLOSSAL}::test_prepare_commands_write_colossalchat_layout"),
 )
 
 
@@ -66,5 +82,8 @@ def render_seed_table() -> list[str]:
             "it with the documents' offline tip (`--model_id_or_path <local dir> --check_model_is_latest false`), "
             "a tiny local model and a local file in the named dataset's format.", "",
             "| seed | command | status | test |", "|---|---|---|---|"]
-    rows += [f"| {c.seed} | `{c.command}` | {c.status} | `{c.test}` |" for c in SEED_COMMANDS]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a bar inside a table cell, even in code, ends the cell
+
+    rows += [f"| {c.seed} | `{cell(c.command)}` | {cell(c.status)} | `{c.test}` |" for c in SEED_COMMANDS]
     return [*rows, ""]
