@@ -78,9 +78,10 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
 
     for model in models:
         main, liger = f"main:{model}", f"liger:{model}"
-        # Untimed: packed rows of over 4k tokens run flex_attention, which torch compiles per shape into
-        # inductor's disk cache. On the first H200 run the first measured section paid it (alignkit's LoRA DPO
-        # at 0.885 s/step, the same run in a later worker 0.312): every measured section now finds it warm.
+        # Untimed: on the first H200 run alignkit's LoRA DPO, the first section of its worker, ran at 0.885
+        # s/step and the same run with Liger, in another worker, at 0.312 (cause not identified). A warm-up
+        # run first takes any one-time cost of the process off the measured sections; each section's JSON
+        # keeps every step's time so the next run shows where the time goes.
         add("warmup", "alignkit", model, main, 60, algorithm="dpo", train_type="lora")
         add("parity", "parity", model, main, 40)
         add("dpo_lora", "alignkit", model, main, 45, algorithm="dpo", train_type="lora")

@@ -252,7 +252,9 @@ def throughput(context: dict, model: str, step_seconds: list[float], tokens_per_
     tokens_per_s = tokens_per_step / per_step
     per_token = flops_per_token(hf_config(context, model), sequence_lengths)
     peak = prepared(context)["meta"]["peak_tflops"]
-    return {"steps_timed": len(timed), "s_per_step": round(per_step, 4), "tokens_per_step": round(tokens_per_step),
+    return {"steps_timed": len(timed), "s_per_step": round(per_step, 4),
+            "step_seconds": [round(x, 4) for x in step_seconds],  # every step, the warm-up included
+            "tokens_per_step": round(tokens_per_step),
             "tokens_per_s": round(tokens_per_s, 1), "flops_per_token": per_token,
             "mfu": round(tokens_per_s * per_token / (peak * 1e12), 4) if peak else None,
             "peak_memory_gib": peak_memory_gib()}
