@@ -149,6 +149,7 @@ REGISTRY_FLAGS = (
     ("model_type", "model", "--model_id_or_path"),
     ("ref_model_type", "ref_model", "--ref_model_id_or_path"),
     ("reward_model_type", "reward_model", "--reward_model_id_or_path"),
+    ("teacher_model_type", "teacher_model", "--teacher_model"),
 )
 
 

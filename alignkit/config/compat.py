@@ -196,10 +196,12 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "
                            "other scoring as a reward function (--external_plugins)",
     "structured_outputs_regex": "guided decoding is not supported",
-    **{name: "on-policy distillation from a teacher (--rlhf_type gkd, GRPO's OPD-RL) is not supported"
-       for name in ("teacher_model", "teacher_adapters", "teacher_model_type", "teacher_model_revision",
-                    "teacher_deepspeed", "teacher_model_server", "offload_teacher_model", "teacher_kl_coef",
-                    "lmbda", "seq_kd", "gkd_logits_topk", "sft_alpha")},
+    "teacher_adapters": "LoRA adapters on the teacher are not supported; merge them into the teacher "
+                        "(`alignkit export --merge_lora true`) and pass the merged model as --teacher_model",
+    "teacher_model_server": "a teacher behind an API (top-k log-probs from a server) is not supported; pass the "
+                            "teacher's weights as --teacher_model",
+    "gkd_logits_topk": "GKD over the teacher's top-k logits is not supported; alignkit's JSD reads full logits",
+    "teacher_kl_coef": "GRPO's on-policy distillation term (OPD-RL) is not supported; use --rlhf_type gkd",
 }
 
 

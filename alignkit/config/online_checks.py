@@ -16,6 +16,8 @@ REFUSED_GRPO_LOSS_TYPES = {
 
 def check_online_flags(args) -> None:
     """Raises AlignkitError for what the online methods cannot run (see the module doc)."""
+    if args.rlhf_type == "gkd":
+        check_gkd_flags(args)
     if args.rlhf_type == "grpo":
         loss_type = args.loss_type[0] if len(args.loss_type) == 1 else None
         if loss_type in REFUSED_GRPO_LOSS_TYPES:
@@ -47,3 +49,41 @@ def check_online_flags(args) -> None:
                             "or >= 0, top_p in (0, 1], min_p in [0, 1)")
     if args.repetition_penalty <= 0:
         raise AlignkitError(f"--repetition_penalty {args.repetition_penalty}: expected a positive number")
+
+
+def check_gkd_flags(args) -> None:
+    """--rlhf_type gkd: a teacher to distil from, λ and β in [0, 1], and what its sampling does not run on."""
+    if not args.teacher_model:
+        raise AlignkitError("--rlhf_type gkd needs --teacher_model (a model directory or hub id with the student's "
+                            "tokenizer); self-distillation without a teacher is not supported")
+    for flag in ("lmbda", "beta"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            raise AlignkitError(f"--{flag} {value}: expected a value in [0, 1] for --rlhf_type gkd")
+    if args.sft_alpha < 0:
+        raise AlignkitError(f"--sft_alpha {args.sft_alpha}: expected 0 or more")
+    if args.teacher_deepspeed:
+        raise AlignkitError(f"--teacher_deepspeed {args.teacher_deepspeed}: the teacher runs as a plain frozen model "
+                            "on each process (no DeepSpeed engine of its own); drop the flag, or use "
+                            "--offload_teacher_model true to keep it on the CPU between its forwards")
+    if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
+        raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
+                            "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
+                            "parallel)")
+    if args.use_vllm or args.vllm_mode:
+        raise AlignkitError("--use_vllm with --rlhf_type gkd: gkd samples with transformers' generate; drop "
+                            "--use_vllm/--vllm_mode")
+    if args.async_generate:
+        raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
+
+
+def _zero3(deepspeed: str | None) -> bool:
+    """--deepspeed names ZeRO-3 (a shipped name, or a JSON config whose zero_optimization stage is 3)."""
+    import json
+    from pathlib import Path
+
+    if not deepspeed:
+        return False
+    if Path(deepspeed).is_file():
+        return json.loads(Path(deepspeed).read_text()).get("zero_optimization", {}).get("stage") == 3
+    return "zero3" in deepspeed or deepspeed.startswith("gemini")
