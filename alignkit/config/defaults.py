@@ -23,7 +23,8 @@ DEFAULT_DATASET = {
 DEFAULT_PROMPT_DATASET = "arith-prompts"  # ppo, grpo
 
 # --beta when unset; rm has no beta, ppo's KL weight is --kl_coef.
-DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04, "gkd": 0.5}
+DEFAULT_BETA: dict[str, float] = {
+    "dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04, "gkd": 0.5}
 # --loss_type when unset; simpo and orpo have a single loss and take no --loss_type.
 DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": "kto", "rm": "log_sig", "grpo": "grpo"}
 
