@@ -179,10 +179,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
              "alignkit samples one completion per prompt"
        for name in ("multi_turn_scheduler", "max_turns", "completion_length_limit_scope", "use_gym_env", "gym_env",
                     "vllm_server_pass_dataset")},
-    **{name: "ms-swift's rollout server (`swift rollout`, --vllm_mode server) is not supported; use --use_vllm "
-             "--vllm_mode colocate"
-       for name in ("vllm_server_host", "vllm_server_port", "vllm_server_base_url", "vllm_server_timeout",
-                    "vllm_server_group_port")},
     **{name: "CHORD (SFT data mixed into GRPO) is not supported"
        for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
                     "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},

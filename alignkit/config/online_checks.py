@@ -39,9 +39,15 @@ def check_online_flags(args) -> None:
     if args.vllm_mode is not None and not args.use_vllm:
         raise AlignkitError(f"--vllm_mode {args.vllm_mode} needs --use_vllm true (as in ms-swift)")
     if args.vllm_mode == "server":
-        raise AlignkitError("--vllm_mode server: alignkit has no client for ms-swift's rollout server (`swift "
-                            "rollout`); use --vllm_mode colocate, which runs vLLM inside the training process")
-    if args.vllm_tensor_parallel_size != 1:
+        if not args.vllm_server_host and not args.vllm_server_base_url:
+            raise AlignkitError("--vllm_mode server needs --vllm_server_host (or --vllm_server_base_url): the "
+                                "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
+        if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
+            raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
+        from alignkit.commands.rollout import check_server_packages
+
+        check_server_packages("--vllm_mode server")
+    elif args.vllm_tensor_parallel_size != 1:
         raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
                             "runs on one GPU here; only 1")
     if not (args.top_k == -1 or args.top_k >= 0) or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:
