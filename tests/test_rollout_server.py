@@ -137,3 +137,32 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
     name = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(client.pushes[0][name], base[name])  # LoRA's B starts at 0
     assert not torch.equal(client.pushes[2][name], client.pushes[0][name])  # the update reached the server
+
+
+def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monkeypatch, tiny_model_dir,
+                                                                           tiny_chat_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    FakeClient.instances = []
+    FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
+                          tokenizer.encode("7", add_special_tokens=False)]
+    monkeypatch.setattr(rollout_command, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,
+                 "--dataset", "arith-sft#4", "--lmbda", "1", "--max_steps", "3", "--per_device_train_batch_size", "2",
+                 "--max_completion_length", "6", "--report_to", "none", "--dtype", "fp32", "--learning_rate", "1e-1",
+                 "--split_dataset_ratio", "0", "--eval_strategy", "no", "--logging_steps", "1", *SERVER,
+                 "--output_dir", str(tmp_path)]) == 0
+    (client,) = FakeClient.instances
+    assert len(client.calls) == 3 and all(len(c["prompts"]) == 2 for c in client.calls)
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    logged = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+    lengths = [len(a) + 1 for a in FakeClient.answers]  # each answer and its stop token; what follows is cut
+    assert [r["completion_length"] for r in logged] == [sum(lengths) / 2] * 3
+    # pushed at the start, then before the samples of steps 2 and 3 (after each update)
+    assert len(client.pushes) == 3
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(client.pushes[1][name], client.pushes[0][name])
+    assert not torch.equal(client.pushes[2][name], client.pushes[1][name])

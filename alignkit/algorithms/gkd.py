@@ -88,6 +88,7 @@ class GKD:
     top_p: float = 1.0
     student: torch.nn.Module | None = field(default=None, repr=False)  # the unwrapped student, for sampling
     layout: Layout | None = None  # given by the builder; unused: the JSD reads full logits of padded batches
+    server: object = None  # --vllm_mode server: the student samples on the rollout server (ServerRollout)
 
     rows: ClassVar[str] = "sft"
     loss_unit: ClassVar[str] = "examples"  # a micro-batch's loss is a mean over its own completion tokens
@@ -96,7 +97,11 @@ class GKD:
     draws_per_step: ClassVar[bool] = True  # the loop calls at_step() before each optimizer step
 
     def at_step(self, step: int) -> GKD:
-        return replace(self, source=step_source(self.seed, step, self.lmbda, self.seq_kd))
+        source = step_source(self.seed, step, self.lmbda, self.seq_kd)
+        if source == "student" and self.server is not None and self.server.synced_step != step:
+            self.server.sync_weights()  # the server samples with the weights of the last `step` updates
+            self.server.synced_step = step
+        return replace(self, source=source)
 
     @contextmanager
     def _teacher_on(self, device):
@@ -110,6 +115,9 @@ class GKD:
 
     def _sample(self, model, batch: Batch) -> Batch:
         prompts = split_prompts(batch)
+        if model is self.student and self.server is not None:
+            return with_completions(prompts, self.server(prompts), pad_id=self.pad_id, stop_ids=self.stop_ids,
+                                    max_new_tokens=self.max_completion_length, row_ids=batch.row_ids)
         generator = HFGenerator(model, self.pad_id, self.stop_ids, self.max_completion_length, self.temperature,
                                 batch_size=self.generation_batch_size, top_k=self.top_k, top_p=self.top_p)
         was_training = model.training

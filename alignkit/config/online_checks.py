@@ -34,7 +34,7 @@ def check_online_flags(args) -> None:
             raise AlignkitError("--async_generate true: asynchronous generation (ms-swift's server mode, one step "
                                 "off-policy) is not supported; rollouts run between updates, with --use_vllm "
                                 "--vllm_mode colocate for speed on a GPU")
-    if args.rlhf_type not in ("ppo", "grpo"):
+    if args.rlhf_type not in ("ppo", "grpo", "gkd"):
         return
     if args.vllm_mode is not None and not args.use_vllm:
         raise AlignkitError(f"--vllm_mode {args.vllm_mode} needs --use_vllm true (as in ms-swift)")
@@ -76,9 +76,10 @@ def check_gkd_flags(args) -> None:
         raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
                             "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
                             "parallel)")
-    if args.use_vllm or args.vllm_mode:
-        raise AlignkitError("--use_vllm with --rlhf_type gkd: gkd samples with transformers' generate; drop "
-                            "--use_vllm/--vllm_mode")
+    if (args.use_vllm or args.vllm_mode) and args.vllm_mode != "server":
+        raise AlignkitError("--use_vllm with --rlhf_type gkd: the student samples with transformers' generate, or "
+                            "on an `alignkit rollout` server with --use_vllm true --vllm_mode server; a colocated "
+                            "vLLM engine is not supported for gkd")
     if args.async_generate:
         raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
 

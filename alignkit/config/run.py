@@ -739,11 +739,8 @@ class RunArguments:
     )
     use_vllm: bool = option(
         False,
-        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.",
-        applies_to=(
-            "ppo",
-            "grpo",
-        ),
+        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update (gkd: with --vllm_mode server).",
+        applies_to=("ppo", "grpo", "gkd",),
     )
     vllm_gpu_memory_utilization: float = option(
         0.9,
@@ -902,7 +899,7 @@ class RunArguments:
         "ppo, grpo with --use_vllm: colocate (the vLLM engine runs in the training process; also what --use_vllm "
         "alone means here, where ms-swift asks for a mode) or server (rollouts from an `alignkit rollout` server, "
         "TRL's vLLM server, through TRL's VLLMClient; weights pushed after each update).",
-        choices=("colocate", "server"), applies_to=("ppo", "grpo",))
+        choices=("colocate", "server"), applies_to=("ppo", "grpo", "gkd",))
     vllm_max_model_len: int | None = option(
         None, "ppo, grpo with --use_vllm: vLLM's context length. Unset: the longest prompt allowed + "
         "--max_completion_length.", applies_to=("ppo", "grpo",))
@@ -939,19 +936,19 @@ class RunArguments:
         False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
         applies_to=("grpo",))
     vllm_server_host: list[str] = option(
-        [], "ppo, grpo with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server); one.",
-        nargs="+", applies_to=("ppo", "grpo",))
+        [], "ppo, grpo, gkd with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server).",
+        nargs="+", applies_to=("ppo", "grpo", "gkd",))
     vllm_server_port: list[int] = option(
-        [8000], "ppo, grpo with --vllm_mode server: its port.", nargs="+", applies_to=("ppo", "grpo",))
+        [8000], "ppo, grpo with --vllm_mode server: its port.", nargs="+", applies_to=("ppo", "grpo", "gkd",))
     vllm_server_base_url: list[str] = option(
         [], "ppo, grpo with --vllm_mode server: its URL, instead of host and port.", nargs="+",
-        applies_to=("ppo", "grpo",))
+        applies_to=("ppo", "grpo", "gkd",))
     vllm_server_group_port: list[int] = option(
         [], "ppo, grpo with --vllm_mode server: the port of the weight-sync (NCCL) group (TRL's default 51216).",
-        nargs="+", applies_to=("ppo", "grpo",))
+        nargs="+", applies_to=("ppo", "grpo", "gkd",))
     vllm_server_timeout: float = option(
         240.0, "ppo, grpo with --vllm_mode server: seconds to wait for the server at start.",
-        applies_to=("ppo", "grpo",))
+        applies_to=("ppo", "grpo", "gkd",))
     # gkd: on-policy distillation (alignkit/algorithms/gkd.py), ms-swift's RLHFArguments/TeacherModelArguments
     teacher_model: str | None = option(
         None, "gkd: the teacher, loaded frozen (a local directory or hub id); needs the student's tokenizer.",

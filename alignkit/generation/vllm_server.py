@@ -43,6 +43,7 @@ class ServerRollout:
     def __init__(self, policy, client, *, stop_ids: list[int], max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0, repetition_penalty: float = 1.0):
         self.policy, self.client = policy, client
+        self.synced_step = 0  # gkd: the optimizer steps whose weights the server holds (connect() pushes step 0's)
         self.stop_ids, self.max_new_tokens, self.temperature = stop_ids, max_new_tokens, temperature
         # TRL's client spells "no top-k limit" 0 (ms-swift's and vLLM's -1)
         self.filters = {"top_p": top_p, "top_k": max(top_k, 0), "min_p": min_p,

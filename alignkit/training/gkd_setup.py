@@ -44,5 +44,12 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
     logger.info("GKD: teacher %s (frozen%s), lmbda %s, beta %s, seq_kd %s, sft_alpha %s", path,
                 ", on the CPU between forwards" if args.offload_teacher_model else "", args.lmbda, algorithm.beta,
                 args.seq_kd, args.sft_alpha)
+    stop_ids = stop_token_ids(encoder)
+    server = None
+    if args.vllm_mode == "server":  # the student's samples come from an `alignkit rollout` server
+        from alignkit.generation.vllm_server import connect
+
+        server = connect(student, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
+                         temperature=args.temperature)
     return dataclasses.replace(algorithm, teacher=teacher, student=student, pad_id=encoder.tokenizer.pad_token_id,
-                               stop_ids=stop_token_ids(encoder))
+                               stop_ids=stop_ids, server=server)
