@@ -166,3 +166,28 @@ def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monke
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(client.pushes[1][name], client.pushes[0][name])
     assert not torch.equal(client.pushes[2][name], client.pushes[1][name])
+
+
+def test_several_processes_share_one_client_on_the_first(monkeypatch):
+    """Process 0 sends every process's prompts in one request and hands each its own completions; the others hold
+    no client and push no weights."""
+    import alignkit.generation.vllm_server as server
+
+    sent = {0: [[1, 2]], 1: [[3], [4, 5]]}
+    monkeypatch.setattr(server, "_gather", lambda prompts, world: [sent[0], sent[1]])
+    handed = {}
+    monkeypatch.setattr(server, "_scatter", lambda answers, world: handed.setdefault(world[0], answers)[world[0]])
+
+    class Echo:
+        def generate(self, prompts, n, **kwargs):
+            return {"completion_ids": [[p[-1] + 10] for p in prompts]}
+
+    monkeypatch.setattr(server, "_world", lambda: (0, 2))
+    first = server.ServerRollout(None, Echo(), stop_ids=[0], max_new_tokens=4, temperature=1.0)
+    assert first(sent[0]) == [[12]]
+    assert handed[0] == [[[12]], [[13], [15]]]
+    monkeypatch.setattr(server, "_world", lambda: (1, 2))
+    monkeypatch.setattr(server, "_scatter", lambda answers, world: [[[12]], [[13], [15]]][world[0]])
+    second = server.ServerRollout(None, None, stop_ids=[0], max_new_tokens=4, temperature=1.0)
+    assert second(sent[1]) == [[13], [15]]
+    second.sync_weights()  # no client: nothing to push, and no error

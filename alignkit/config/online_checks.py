@@ -44,6 +44,10 @@ def check_online_flags(args) -> None:
                                 "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
         if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
             raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
+        if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
+            raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
+                                "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
+                                "parallel)")
         from alignkit.commands.rollout import check_server_packages
 
         check_server_packages("--vllm_mode server")

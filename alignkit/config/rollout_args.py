@@ -37,6 +37,13 @@ class RolloutArguments:
         False, "ms-swift: receive only LoRA adapters from the trainer.",
         no_effect="the trainer sends the merged weights after each update; the samples are the same, only the "
         "sync's size differs")
+    external_plugins: list[str] = option(
+        [], "ms-swift: plugin files for the rollout server (multi-turn schedulers, gym environments).", nargs="+",
+        no_effect="the server generates one completion per prompt and runs no plugins; reward plugins are loaded by "
+        "the trainer (its own --external_plugins)")
+    enable_thinking: bool | None = option(
+        None, "ms-swift: the chat template's thinking switch.",
+        no_effect="the trainer renders the prompts (its own --enable_thinking) and sends token ids")
     multi_turn_scheduler: str | None = option(None, "ms-swift: multi-turn scheduler; refused.")
     max_turns: int | None = option(None, "ms-swift: most turns of a multi-turn rollout; refused.")
     use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")

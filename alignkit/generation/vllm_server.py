@@ -38,7 +38,10 @@ def merged_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 class ServerRollout:
-    """prompt ids → raw completion ids from the server; ``sync_weights`` pushes the policy after an update."""
+    """prompt ids → raw completion ids from the server; ``sync_weights`` pushes the policy after an update.
+
+    With several training processes only the first holds the client (one weight-sync group, as TRL's trainers):
+    every process's prompts are gathered there, sent in one request, and each gets its own completions back."""
 
     def __init__(self, policy, client, *, stop_ids: list[int], max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0, repetition_penalty: float = 1.0):
@@ -52,20 +55,52 @@ class ServerRollout:
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False,
                  seeds: list[int] | None = None) -> list[list[int]]:
         sampling = {"temperature": 0.0} if greedy else {"temperature": self.temperature, **self.filters}
-        answer = self.client.generate(prompts=prompts, n=1, max_tokens=self.max_new_tokens, logprobs=None,
-                                      generation_kwargs={"stop_token_ids": self.stop_ids}, **sampling)
-        completions = answer["completion_ids"]
-        if len(completions) != len(prompts):
-            raise AlignkitError(f"the rollout server answered {len(completions)} completions for {len(prompts)} "
-                                "prompts")
-        return [list(ids) for ids in completions]
+        world = _world()
+        everyone = [prompts] if world is None else _gather(prompts, world)
+        answers = None
+        if self.client is not None:
+            flat = [p for share in everyone for p in share]
+            completions = self.client.generate(prompts=flat, n=1, max_tokens=self.max_new_tokens, logprobs=None,
+                                               generation_kwargs={"stop_token_ids": self.stop_ids},
+                                               **sampling)["completion_ids"]
+            if len(completions) != len(flat):
+                raise AlignkitError(f"the rollout server answered {len(completions)} completions for {len(flat)} "
+                                    "prompts")
+            answers, start = [], 0
+            for share in everyone:
+                answers.append([list(ids) for ids in completions[start : start + len(share)]])
+                start += len(share)
+        return answers[0] if world is None else _scatter(answers, world)
 
     @torch.no_grad()
     def sync_weights(self) -> None:
+        if self.client is None:  # another process pushes; under DDP every process holds the same weights
+            return
         with self.client.weight_update():
             for name, tensor in merged_weights(self.policy):
                 self.client.update_named_param(name, tensor)
         self.client.reset_prefix_cache()  # cached prompts were computed with the old weights
+
+
+def _world() -> tuple[int, int] | None:
+    """(rank, processes) when several processes train, else None."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return None
+
+
+def _gather(prompts: list[list[int]], world: tuple[int, int]) -> list[list[list[int]]]:
+    shares: list = [None] * world[1]
+    torch.distributed.all_gather_object(shares, prompts)
+    return shares
+
+
+def _scatter(answers: list | None, world: tuple[int, int]) -> list[list[int]]:
+    """The first process's per-process answers → this process's."""
+    box = [answers]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0][world[0]]
 
 
 def connect(policy, args, **sampling) -> ServerRollout:
@@ -76,14 +111,16 @@ def connect(policy, args, **sampling) -> ServerRollout:
     check_server_packages("--vllm_mode server")
     from trl.generation.vllm_client import VLLMClient
 
-    base_url = args.vllm_server_base_url[0] if args.vllm_server_base_url else None
-    host = args.vllm_server_host[0] if args.vllm_server_host else None
-    port = args.vllm_server_port[0]
-    client = VLLMClient(base_url=base_url, host=host or "0.0.0.0", server_port=port,
-                        group_port=args.vllm_server_group_port[0] if args.vllm_server_group_port else 51216,
-                        connection_timeout=args.vllm_server_timeout)
-    client.init_communicator(device=torch.cuda.current_device())
-    logger.info("Rollouts from the vLLM server at %s", client.base_url)
+    client = None
+    world = _world()
+    if world is None or world[0] == 0:
+        base_url = args.vllm_server_base_url[0] if args.vllm_server_base_url else None
+        host = args.vllm_server_host[0] if args.vllm_server_host else None
+        client = VLLMClient(base_url=base_url, host=host or "0.0.0.0", server_port=args.vllm_server_port[0],
+                            group_port=args.vllm_server_group_port[0] if args.vllm_server_group_port else 51216,
+                            connection_timeout=args.vllm_server_timeout)
+        client.init_communicator(device=torch.cuda.current_device())
+        logger.info("Rollouts from the vLLM server at %s", client.base_url)
     rollout = ServerRollout(policy, client, **sampling)
     rollout.sync_weights()  # the server loaded --model from disk; a resumed or adapter-started policy differs
     return rollout

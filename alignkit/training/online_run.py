@@ -54,7 +54,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
     start = start_run(args, name)
-    check_online_engine(name, start.engine, use_vllm=args.use_vllm)
+    check_online_engine(name, start.engine, use_vllm=args.use_vllm and args.vllm_mode != "server")
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
