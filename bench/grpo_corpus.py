@@ -84,8 +84,8 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     values = vars(namespace)
     values.pop("command")
     if command == "rollout":  # what `alignkit rollout` checks before starting TRL's vLLM server
-        from alignkit.commands.rollout import check_server_packages, serve_arguments
-        from alignkit.config.rollout_args import RolloutArguments
+        from alignkit.commands.rollout import serve_arguments
+        from alignkit.config.rollout_args import RolloutArguments, check_server_packages
 
         check_server_packages("alignkit rollout")
         serve_arguments(RolloutArguments(**values))
@@ -115,7 +115,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
 def main() -> None:
     root = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), "/work/swiftex/examples"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import alignkit.commands.rollout as rollout
+    import alignkit.config.rollout_args as rollout
 
     # The rule: an invocation is accepted when it passes every check before model loading or the engine's
     # start. The vllm package (and a GPU) that --vllm_mode server and `rollout` then need are this machine's

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import alignkit.commands.rollout as rollout_command
+import alignkit.config.rollout_args as rollout_args
 from alignkit.cli import main
 
 GRPO = ["rlhf", "--rlhf_type", "grpo", "--dataset", "arith-prompts#8", "--max_completion_length", "6",
@@ -25,7 +25,7 @@ def test_rollout_passes_swift_flags_to_trl_vllm_serve(monkeypatch, tiny_model_di
     from trl.scripts.vllm_serve import build_command
 
     started = []
-    monkeypatch.setattr(rollout_command, "check_server_packages", lambda what: None)
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args: started.append(script_args))
     assert main(["rollout", "--model", tiny_model_dir, "--port", "8011", "--host", "127.0.0.1",
                  "--vllm_tensor_parallel_size", "2", "--vllm_data_parallel_size", "2",
@@ -45,7 +45,7 @@ def test_rollout_passes_swift_flags_to_trl_vllm_serve(monkeypatch, tiny_model_di
 
 def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
     pytest.importorskip("trl")
-    if rollout_command.importlib.util.find_spec("vllm") is not None:
+    if rollout_args.importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     assert main(["rollout", "--model", tiny_model_dir]) == 2
     assert "alignkit rollout runs on TRL's vLLM server and client, which need vllm" in capsys.readouterr().err
@@ -59,7 +59,7 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server"], "--vllm_mode server needs --vllm_server_host"),
 ])
 def test_refusals(monkeypatch, argv, message, capsys):
-    monkeypatch.setattr(rollout_command, "check_server_packages", lambda what: None)
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -105,7 +105,7 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
     FakeClient.instances = []
     FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
                           tokenizer.encode("7", add_special_tokens=False)]
-    monkeypatch.setattr(rollout_command, "check_server_packages", lambda what: None)
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main([*GRPO, "--model", tiny_model_dir, *SERVER, "--top_k", "-1", "--top_p", "0.9", "--temperature",
@@ -147,7 +147,7 @@ def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monke
     FakeClient.instances = []
     FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
                           tokenizer.encode("7", add_special_tokens=False)]
-    monkeypatch.setattr(rollout_command, "check_server_packages", lambda what: None)
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,

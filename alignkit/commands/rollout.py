@@ -5,23 +5,15 @@ translates ms-swift's flags into its arguments."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
+from alignkit.config import rollout_args
 from alignkit.config.rollout_args import NO_MULTI_TURN, RolloutArguments
 from alignkit.errors import AlignkitError
 
 logger = logging.getLogger("alignkit")
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-
-
-def check_server_packages(what: str) -> None:
-    """vLLM and TRL are what the rollout server and its client are; say so before anything else runs."""
-    missing = [name for name in ("vllm", "trl") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise AlignkitError(f"{what} runs on TRL's vLLM server and client, which need {' and '.join(missing)} "
-                            f"(`pip install trl[vllm]`; vLLM needs a CUDA GPU)")
 
 
 def serve_arguments(args: RolloutArguments):
@@ -43,7 +35,7 @@ def serve_arguments(args: RolloutArguments):
 
 
 def run_rollout(args: RolloutArguments) -> int:
-    check_server_packages("alignkit rollout")
+    rollout_args.check_server_packages("alignkit rollout")
     script_args = serve_arguments(args)
     from trl.scripts.vllm_serve import main
 

@@ -48,9 +48,9 @@ def check_online_flags(args) -> None:
             raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
                                 "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
                                 "parallel)")
-        from alignkit.commands.rollout import check_server_packages
+        from alignkit.config import rollout_args
 
-        check_server_packages("--vllm_mode server")
+        rollout_args.check_server_packages("--vllm_mode server")
     elif args.vllm_tensor_parallel_size != 1:
         raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
                             "runs on one GPU here; only 1")
@@ -72,10 +72,6 @@ def check_gkd_flags(args) -> None:
             raise AlignkitError(f"--{flag} {value}: expected a value in [0, 1] for --rlhf_type gkd")
     if args.sft_alpha < 0:
         raise AlignkitError(f"--sft_alpha {args.sft_alpha}: expected 0 or more")
-    if args.teacher_deepspeed:
-        raise AlignkitError(f"--teacher_deepspeed {args.teacher_deepspeed}: the teacher runs as a plain frozen model "
-                            "on each process (no DeepSpeed engine of its own); drop the flag, or use "
-                            "--offload_teacher_model true to keep it on the CPU between its forwards")
     if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
         raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
                             "which needs whole weights on every process; use --deepspeed zero2 (or plain data "

@@ -3,12 +3,22 @@ served by TRL's vLLM server (``trl vllm-serve``, trl/scripts/vllm_serve.py) for 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from alignkit.config.options import option
+from alignkit.errors import AlignkitError
 
 NO_MULTI_TURN = ("multi-turn rollouts (schedulers, gym environments) are not supported: the server generates one "
                  "completion per prompt")
+
+
+def check_server_packages(what: str) -> None:
+    """vLLM and TRL are what the rollout server and its client are; say so before anything else runs."""
+    missing = [name for name in ("vllm", "trl") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AlignkitError(f"{what} runs on TRL's vLLM server and client, which need {' and '.join(missing)} "
+                            f"(`pip install trl[vllm]`; vLLM needs a CUDA GPU)")
 
 
 @dataclass

@@ -958,9 +958,6 @@ class RunArguments:
         applies_to=("gkd",), may_differ_on_resume=True)
     teacher_model_revision: str | None = option(
         None, "gkd: hub revision of --teacher_model.", applies_to=("gkd",))
-    teacher_deepspeed: str | None = option(
-        None, "gkd: a DeepSpeed config for the teacher; refused (the teacher runs as a plain frozen model on each "
-        "process).", applies_to=("gkd",))
     offload_teacher_model: bool = option(
         False, "gkd: keep the teacher on the CPU, moved to the device for its forwards only.", applies_to=("gkd",),
         may_differ_on_resume=True)

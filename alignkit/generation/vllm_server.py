@@ -106,9 +106,9 @@ def _scatter(answers: list | None, world: tuple[int, int]) -> list[list[int]]:
 def connect(policy, args, **sampling) -> ServerRollout:
     """A client of the server that --vllm_server_host/--vllm_server_port (or --vllm_server_base_url) name, its
     weight-sync group opened on this process's GPU, waiting up to --vllm_server_timeout seconds for it."""
-    from alignkit.commands.rollout import check_server_packages
+    from alignkit.config import rollout_args
 
-    check_server_packages("--vllm_mode server")
+    rollout_args.check_server_packages("--vllm_mode server")
     from trl.generation.vllm_client import VLLMClient
 
     client = None
