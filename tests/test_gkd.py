@@ -158,7 +158,8 @@ def test_sft_alpha_adds_cross_entropy_off_the_students_samples(tiny_model_dir, t
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "needs --teacher_model"),
     (["--teacher_model", "T", "--lmbda", "1.5"], "--lmbda 1.5"),
-    (["--teacher_model", "T", "--teacher_deepspeed", "zero3"], "--teacher_deepspeed is not supported by alignkit: a DeepSpeed engine"),
+    (["--teacher_model", "T", "--teacher_deepspeed", "zero3"],
+     "--teacher_deepspeed is not supported by alignkit: a DeepSpeed engine"),
     (["--teacher_model", "T", "--deepspeed", "zero3"], "ZeRO-3 or FSDP"),
     (["--teacher_model", "T", "--use_vllm", "true"], "--use_vllm with --rlhf_type gkd"),
     (["--teacher_model", "T", "--teacher_model_server", "http://x"], "teacher behind an API"),
