@@ -54,6 +54,10 @@ class RolloutArguments:
     enable_thinking: bool | None = option(
         None, "ms-swift: the chat template's thinking switch.",
         no_effect="the trainer renders the prompts (its own --enable_thinking) and sends token ids")
+    max_length: int | None = option(
+        None, "ms-swift: the template's length limit for the requests it encodes.",
+        no_effect="the trainer sends token ids already cut to its own --max_length; the server's limit is "
+        "--vllm_max_model_len")
     multi_turn_scheduler: str | None = option(None, "ms-swift: multi-turn scheduler; refused.")
     max_turns: int | None = option(None, "ms-swift: most turns of a multi-turn rollout; refused.")
     use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")
