@@ -131,6 +131,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     args = with_fit_defaults(args, model_path)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if algorithm_name == "gkd":
+            raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
+                                "conversations")
         if args.packing or not args.use_chat_template:
             raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
                                 "models: rows with images run padded, rendered by the processor's chat template")
