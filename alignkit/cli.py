@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         InferArguments,
         RunArguments,
     )
+    from alignkit.config.rollout_args import RolloutArguments
 
     parser = argparse.ArgumentParser(
         prog="alignkit", description="Align language models with human preferences.", allow_abbrev=False
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", ExportArguments, "Merge a LoRA adapter into its base and/or quantise: a plain HF model directory."),
         ("deploy", DeployArguments, "Serve a model and its adapters over an OpenAI-compatible HTTP API."),
         ("app", AppArguments, "A chat web page (Gradio) for a model or adapter."),
+        ("rollout", RolloutArguments, "TRL's vLLM server for --vllm_mode server (ms-swift's `swift rollout`)."),
         ("cache", CacheArguments, "Sizes of the tokenised-data and reference log-prob caches; --clear deletes them."),
     ):
         add_dataclass_arguments(sub.add_parser(name, aliases=aliases.get(name, []), help=help_text,
@@ -149,6 +151,7 @@ REGISTRY_FLAGS = (
     ("model_type", "model", "--model_id_or_path"),
     ("ref_model_type", "ref_model", "--ref_model_id_or_path"),
     ("reward_model_type", "reward_model", "--reward_model_id_or_path"),
+    ("teacher_model_type", "teacher_model", "--teacher_model"),
 )
 
 
@@ -328,10 +331,17 @@ def arguments_class(command: str) -> type:
         return config.RunArguments
     classes = {"infer": config.InferArguments, "eval": config.EvalArguments, "demo": config.DemoArguments,
                "data": config.DataArguments, "export": config.ExportArguments, "deploy": config.DeployArguments,
-               "app": config.AppArguments, "cache": config.CacheArguments}
+               "app": config.AppArguments, "cache": config.CacheArguments,
+               "rollout": rollout_arguments()}
     if command not in classes:
         raise AlignkitError(f"unknown command {command}")
     return classes[command]
+
+
+def rollout_arguments() -> type:
+    from alignkit.config.rollout_args import RolloutArguments
+
+    return RolloutArguments
 
 
 def training_task(command: str) -> str:
@@ -387,6 +397,10 @@ def dispatch(command: str, values: dict) -> int:
 
             from alignkit.commands.app import run_app
         return run_app(args)
+    if command == "rollout":
+        from alignkit.commands.rollout import run_rollout
+
+        return run_rollout(args)
     from alignkit.commands.cache import run_cache
 
     return run_cache(args)

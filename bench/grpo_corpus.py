@@ -26,9 +26,10 @@ logging.disable(logging.CRITICAL)
 def invocations(root: Path):
     """(file, sub-command, {flag: [values]}, processes) of each swift rlhf grpo/gkd and swift rollout line."""
     for path in sorted(root.rglob("*.sh")):
-        text = re.sub(r"\\\s*\n", " ", path.read_text(errors="replace"))
+        # Continuation lines join; in commented-out commands ("# swift rollout \\ #   --model ...") their "#" goes too.
+        text = re.sub(r"\\\s*\n\s*#?", " ", path.read_text(errors="replace"))
         for line in text.splitlines():
-            match = re.search(r"\bswift\s+(rlhf|rollout)\b(.*)", line)
+            match = re.search(r"\bswift\s+(rlhf|rollout)\b(?!`)(.*)", line)  # not prose naming `swift rollout`
             if not match:
                 continue
             prefix = line[: match.start()]
@@ -63,7 +64,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
 
     argv = [command]
     for key, values in flags.items():
-        if key == "model":
+        if key in ("model", "teacher_model"):
             values = ["/tmp/tiny-model"]
         elif key in ("dataset", "val_dataset"):
             values = ["/tmp/local.jsonl"]
@@ -82,6 +83,13 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
         reject_unknown(parser, command, unknown)
     values = vars(namespace)
     values.pop("command")
+    if command == "rollout":  # what `alignkit rollout` checks before starting TRL's vLLM server
+        from alignkit.commands.rollout import serve_arguments
+        from alignkit.config.rollout_args import RolloutArguments, check_server_packages
+
+        check_server_packages("alignkit rollout")
+        serve_arguments(RolloutArguments(**values))
+        return
     args = RunArguments(**values)
     check_run_arguments(args)
     defaults = resolve(args, args.rlhf_type)
@@ -89,7 +97,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
         from alignkit.training.online_run import check_online_engine
 
         os.environ["WORLD_SIZE"] = str(nproc)
-        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm)
+        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm and args.vllm_mode != "server")
     if args.rlhf_type == "grpo":
         from alignkit.training.generation_batch import generation_batch
 
@@ -107,12 +115,29 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
 def main() -> None:
     root = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), "/work/swiftex/examples"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import alignkit.config.rollout_args as rollout
+
+    # The rule: an invocation is accepted when it passes every check before model loading or the engine's
+    # start. The vllm package (and a GPU) that --vllm_mode server and `rollout` then need are this machine's
+    # lack, not a refusal: counted apart, and the checks after it still run.
+    needs_vllm = []
+    present = rollout.check_server_packages
+
+    def record_missing(what: str) -> None:
+        try:
+            present(what)
+        except Exception:  # noqa: BLE001 - the missing package is recorded, the checks go on
+            needs_vllm.append(what)
+
+    rollout.check_server_packages = record_missing
     found = list(invocations(root))
-    accepted, refused = 0, collections.Counter()
+    accepted, refused, on_gpu = 0, collections.Counter(), 0
     for file, command, flags, nproc in found:
+        needs_vllm.clear()
         try:
             check(command, flags, nproc)
             accepted += 1
+            on_gpu += bool(needs_vllm)
             reason = None
         except SystemExit as error:
             reason = f"argparse: {str(error)[:110]}"
@@ -130,7 +155,8 @@ def main() -> None:
                  for o in a.option_strings}
         unknown = collections.Counter(k for _, c, flags, _ in found if c == "rlhf" for k in flags if k not in known)
         print(", ".join(f"{k} {n}" for k, n in unknown.most_common()))
-    print(f"{accepted} of {len(found)} accepted ({accepted / max(1, len(found)):.0%})")
+    print(f"{accepted} of {len(found)} accepted ({accepted / max(1, len(found)):.0%}); {on_gpu} of them then start "
+          "TRL's vLLM server or client, which need vllm and a GPU (not on this machine)")
     for reason, count in refused.most_common():
         print(f"{count:3d}  {reason}")
 

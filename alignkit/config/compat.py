@@ -179,10 +179,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
              "alignkit samples one completion per prompt"
        for name in ("multi_turn_scheduler", "max_turns", "completion_length_limit_scope", "use_gym_env", "gym_env",
                     "vllm_server_pass_dataset")},
-    **{name: "ms-swift's rollout server (`swift rollout`, --vllm_mode server) is not supported; use --use_vllm "
-             "--vllm_mode colocate"
-       for name in ("vllm_server_host", "vllm_server_port", "vllm_server_base_url", "vllm_server_timeout",
-                    "vllm_server_group_port")},
     **{name: "CHORD (SFT data mixed into GRPO) is not supported"
        for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
                     "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},
@@ -196,10 +192,15 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "
                            "other scoring as a reward function (--external_plugins)",
     "structured_outputs_regex": "guided decoding is not supported",
-    **{name: "on-policy distillation from a teacher (--rlhf_type gkd, GRPO's OPD-RL) is not supported"
-       for name in ("teacher_model", "teacher_adapters", "teacher_model_type", "teacher_model_revision",
-                    "teacher_deepspeed", "teacher_model_server", "offload_teacher_model", "teacher_kl_coef",
-                    "lmbda", "seq_kd", "gkd_logits_topk", "sft_alpha")},
+    "teacher_adapters": "LoRA adapters on the teacher are not supported; merge them into the teacher "
+                        "(`alignkit export --merge_lora true`) and pass the merged model as --teacher_model",
+    "teacher_deepspeed": "a DeepSpeed engine for the teacher is not supported: the teacher runs as a plain frozen "
+                         "model on each process; drop the flag, or keep it on the CPU between its forwards with "
+                         "--offload_teacher_model true",
+    "teacher_model_server": "a teacher behind an API (top-k log-probs from a server) is not supported; pass the "
+                            "teacher's weights as --teacher_model",
+    "gkd_logits_topk": "GKD over the teacher's top-k logits is not supported; alignkit's JSD reads full logits",
+    "teacher_kl_coef": "GRPO's on-policy distillation term (OPD-RL) is not supported; use --rlhf_type gkd",
 }
 
 

@@ -18,12 +18,13 @@ DEFAULT_DATASET = {
     "sft": "arith-sft", "dpo": "arith-pref", "cpo": "arith-pref", "simpo": "arith-pref", "orpo": "arith-pref",
     # rm: the pairs a reward head can learn on a CPU budget; on arith-pref's near misses it stays near chance
     # (docs/objectives.md, "Measured on the built-in model").
-    "kto": "arith-kto", "rm": "arith-pref-mismatch",
+    "kto": "arith-kto", "rm": "arith-pref-mismatch", "gkd": "arith-sft",
 }
 DEFAULT_PROMPT_DATASET = "arith-prompts"  # ppo, grpo
 
 # --beta when unset; rm has no beta, ppo's KL weight is --kl_coef.
-DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04}
+DEFAULT_BETA: dict[str, float] = {
+    "dpo": 0.1, "cpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.04, "gkd": 0.5}
 # --loss_type when unset; simpo and orpo have a single loss and take no --loss_type.
 DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": "kto", "rm": "log_sig", "grpo": "grpo"}
 
@@ -33,7 +34,7 @@ DEFAULT_LOSS_TYPE: dict[str, str] = {"dpo": "sigmoid", "cpo": "sigmoid", "kto": 
 # sft: transformers' Trainer leaves dropout as the model has it.
 DEFAULT_DISABLE_DROPOUT: dict[str, bool] = {
     "sft": False, "dpo": True, "kto": True, "cpo": True, "simpo": True, "orpo": True, "rm": True, "ppo": True,
-    "grpo": True,
+    "grpo": True, "gkd": True,
 }
 
 # The per-method defaults of flags left unset, and where each comes from: (flag, table).

@@ -16,6 +16,8 @@ REFUSED_GRPO_LOSS_TYPES = {
 
 def check_online_flags(args) -> None:
     """Raises AlignkitError for what the online methods cannot run (see the module doc)."""
+    if args.rlhf_type == "gkd":
+        check_gkd_flags(args)
     if args.rlhf_type == "grpo":
         loss_type = args.loss_type[0] if len(args.loss_type) == 1 else None
         if loss_type in REFUSED_GRPO_LOSS_TYPES:
@@ -32,14 +34,24 @@ def check_online_flags(args) -> None:
             raise AlignkitError("--async_generate true: asynchronous generation (ms-swift's server mode, one step "
                                 "off-policy) is not supported; rollouts run between updates, with --use_vllm "
                                 "--vllm_mode colocate for speed on a GPU")
-    if args.rlhf_type not in ("ppo", "grpo"):
+    if args.rlhf_type not in ("ppo", "grpo", "gkd"):
         return
     if args.vllm_mode is not None and not args.use_vllm:
         raise AlignkitError(f"--vllm_mode {args.vllm_mode} needs --use_vllm true (as in ms-swift)")
     if args.vllm_mode == "server":
-        raise AlignkitError("--vllm_mode server: alignkit has no client for ms-swift's rollout server (`swift "
-                            "rollout`); use --vllm_mode colocate, which runs vLLM inside the training process")
-    if args.vllm_tensor_parallel_size != 1:
+        if not args.vllm_server_host and not args.vllm_server_base_url:
+            raise AlignkitError("--vllm_mode server needs --vllm_server_host (or --vllm_server_base_url): the "
+                                "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
+        if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
+            raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
+        if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
+            raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
+                                "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
+                                "parallel)")
+        from alignkit.config import rollout_args
+
+        rollout_args.check_server_packages("--vllm_mode server")
+    elif args.vllm_tensor_parallel_size != 1:
         raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
                             "runs on one GPU here; only 1")
     if not (args.top_k == -1 or args.top_k >= 0) or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:
@@ -47,3 +59,38 @@ def check_online_flags(args) -> None:
                             "or >= 0, top_p in (0, 1], min_p in [0, 1)")
     if args.repetition_penalty <= 0:
         raise AlignkitError(f"--repetition_penalty {args.repetition_penalty}: expected a positive number")
+
+
+def check_gkd_flags(args) -> None:
+    """--rlhf_type gkd: a teacher to distil from, λ and β in [0, 1], and what its sampling does not run on."""
+    if not args.teacher_model:
+        raise AlignkitError("--rlhf_type gkd needs --teacher_model (a model directory or hub id with the student's "
+                            "tokenizer); self-distillation without a teacher is not supported")
+    for flag in ("lmbda", "beta"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            raise AlignkitError(f"--{flag} {value}: expected a value in [0, 1] for --rlhf_type gkd")
+    if args.sft_alpha < 0:
+        raise AlignkitError(f"--sft_alpha {args.sft_alpha}: expected 0 or more")
+    if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
+        raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
+                            "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
+                            "parallel)")
+    if (args.use_vllm or args.vllm_mode) and args.vllm_mode != "server":
+        raise AlignkitError("--use_vllm with --rlhf_type gkd: the student samples with transformers' generate, or "
+                            "on an `alignkit rollout` server with --use_vllm true --vllm_mode server; a colocated "
+                            "vLLM engine is not supported for gkd")
+    if args.async_generate:
+        raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
+
+
+def _zero3(deepspeed: str | None) -> bool:
+    """--deepspeed names ZeRO-3 (a shipped name, or a JSON config whose zero_optimization stage is 3)."""
+    import json
+    from pathlib import Path
+
+    if not deepspeed:
+        return False
+    if Path(deepspeed).is_file():
+        return json.loads(Path(deepspeed).read_text()).get("zero_optimization", {}).get("stage") == 3
+    return "zero3" in deepspeed or deepspeed.startswith("gemini")

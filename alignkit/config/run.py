@@ -558,14 +558,16 @@ class RunArguments:
     rlhf_type: str = option(
         "dpo",
         "Algorithm: dpo, cpo, simpo, orpo, kto (unpaired rows with a label), rm (reward model: a scalar head "
-        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md).",
-        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"),
+        "trained on pairs); ppo or grpo (online RL on prompts, docs/online.md); gkd (on-policy distillation from "
+        "--teacher_model on conversations, docs/online.md).",
+        choices=("dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo", "gkd"),
     )
     beta: float | None = option(
         None,
         "Strength beta (ORPO: the paper's lambda). Unset: the algorithm's default from the table DEFAULT_BETA in "
-        "alignkit/config/defaults.py (0.1; simpo 2.0; grpo 0.04), logged when applied. Not used by rm, nor by ppo "
-        "(its KL weight is --kl_coef).", applies_to=("dpo", "cpo", "simpo", "orpo", "kto", "grpo",))
+        "alignkit/config/defaults.py (0.1; simpo 2.0; grpo 0.04; gkd 0.5: the JSD's mixture weight), logged when "
+        "applied. Not used by rm, nor by ppo (its KL weight is --kl_coef).",
+        applies_to=("dpo", "cpo", "simpo", "orpo", "kto", "grpo", "gkd",))
     loss_type: list[str] = option(
         [],
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
@@ -678,19 +680,14 @@ class RunArguments:
     )
     max_completion_length: int = option(
         512,
-        "ppo, grpo: most tokens sampled per completion.",
-        applies_to=(
-            "ppo",
-            "grpo",
-        ),
+        "ppo, grpo, gkd: most tokens sampled per completion.",
+        applies_to=("ppo", "grpo", "gkd",),
     )
     temperature: float = option(
         0.9,
-        "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature).",
-        applies_to=(
-            "ppo",
-            "grpo",
-        ),
+        "ppo, grpo: sampling temperature of rollouts (log-probs are taken at the same temperature). gkd: the "
+        "sampling temperature and the one both distributions of the JSD are softened by.",
+        applies_to=("ppo", "grpo", "gkd",),
     )
     missing_eos_penalty: float | None = option(
         None,
@@ -745,11 +742,8 @@ class RunArguments:
     )
     use_vllm: bool = option(
         False,
-        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update.",
-        applies_to=(
-            "ppo",
-            "grpo",
-        ),
+        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update (gkd: with --vllm_mode server).",
+        applies_to=("ppo", "grpo", "gkd",),
     )
     vllm_gpu_memory_utilization: float = option(
         0.9,
@@ -906,8 +900,9 @@ class RunArguments:
     vllm_mode: str | None = option(
         None,
         "ppo, grpo with --use_vllm: colocate (the vLLM engine runs in the training process; also what --use_vllm "
-        "alone means here, where ms-swift asks for a mode). ms-swift's server mode (a `swift rollout` server) is "
-        "refused.", choices=("colocate", "server"), applies_to=("ppo", "grpo",))
+        "alone means here, where ms-swift asks for a mode) or server (rollouts from an `alignkit rollout` server, "
+        "TRL's vLLM server, through TRL's VLLMClient; weights pushed after each update).",
+        choices=("colocate", "server"), applies_to=("ppo", "grpo", "gkd",))
     vllm_max_model_len: int | None = option(
         None, "ppo, grpo with --use_vllm: vLLM's context length. Unset: the longest prompt allowed + "
         "--max_completion_length.", applies_to=("ppo", "grpo",))
@@ -943,6 +938,44 @@ class RunArguments:
     async_generate: bool = option(
         False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
         applies_to=("grpo",))
+    vllm_server_host: list[str] = option(
+        [], "ppo, grpo, gkd with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server).",
+        nargs="+", applies_to=("ppo", "grpo", "gkd",))
+    vllm_server_port: list[int] = option(
+        [8000], "ppo, grpo with --vllm_mode server: its port.", nargs="+", applies_to=("ppo", "grpo", "gkd",))
+    vllm_server_base_url: list[str] = option(
+        [], "ppo, grpo with --vllm_mode server: its URL, instead of host and port.", nargs="+",
+        applies_to=("ppo", "grpo", "gkd",))
+    vllm_server_group_port: list[int] = option(
+        [], "ppo, grpo with --vllm_mode server: the port of the weight-sync (NCCL) group (TRL's default 51216).",
+        nargs="+", applies_to=("ppo", "grpo", "gkd",))
+    vllm_server_timeout: float = option(
+        240.0, "ppo, grpo with --vllm_mode server: seconds to wait for the server at start.",
+        applies_to=("ppo", "grpo", "gkd",))
+    # gkd: on-policy distillation (alignkit/algorithms/gkd.py), ms-swift's RLHFArguments/TeacherModelArguments
+    teacher_model: str | None = option(
+        None, "gkd: the teacher, loaded frozen (a local directory or hub id); needs the student's tokenizer.",
+        applies_to=("gkd",))
+    teacher_model_type: str | None = option(
+        None, "gkd: ms-swift's registry name of the teacher, resolved like --model_type for --teacher_model.",
+        applies_to=("gkd",), may_differ_on_resume=True)
+    teacher_model_revision: str | None = option(
+        None, "gkd: hub revision of --teacher_model.", applies_to=("gkd",))
+    offload_teacher_model: bool = option(
+        False, "gkd: keep the teacher on the CPU, moved to the device for its forwards only.", applies_to=("gkd",),
+        may_differ_on_resume=True)
+    lmbda: float = option(
+        0.5, "gkd: the probability that a step trains on the student's own samples of its prompts (drawn once per "
+        "step from --seed + the step, as ms-swift); otherwise the dataset's answers (or, with --seq_kd, the "
+        "teacher's samples).", applies_to=("gkd",))
+    seq_kd: bool = option(
+        False, "gkd: steps not on the student's samples train on the teacher's samples of the prompts (sequence-level "
+        "KD) instead of the dataset's answers.", applies_to=("gkd",),
+        differs="ms-swift 4.x deprecated --seq_kd and raises on true; alignkit does what TRL's GKDTrainer and earlier "
+        "ms-swift did with it")
+    sft_alpha: float = option(
+        0.0, "gkd: adds sft_alpha x the student's cross-entropy on the completion, on steps that are not on the "
+        "student's own samples.", applies_to=("gkd",))
 
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(

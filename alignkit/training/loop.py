@@ -134,6 +134,8 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
         sums = kl_sums(model, algorithm, kl_micro_batches(group, rows, rank=rank, batch_size=batch_size), collate,
                        accelerator)
         algorithm = algorithm.for_step(*runner.sum_over_processes(torch.tensor(sums, dtype=torch.float64)).tolist())
+    if getattr(algorithm, "draws_per_step", False):  # GKD: one data source per optimizer step (algorithms/gkd.py)
+        algorithm = algorithm.at_step(step - 1)
     totals: dict[str, list[float]] = {}
     for position, (batch, count) in enumerate(zip(batches, units)):
         batch = batch.to(accelerator.device)

@@ -54,13 +54,13 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
     start = start_run(args, name)
-    check_online_engine(name, start.engine, use_vllm=args.use_vllm)
+    check_online_engine(name, start.engine, use_vllm=args.use_vllm and args.vllm_mode != "server")
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
     if name == "ppo":
         _check_ppo_flags(args)
-    if args.use_vllm:
+    if args.use_vllm and args.vllm_mode != "server":  # server mode: checked with the flags (online_checks)
         from alignkit.generation.vllm import check_vllm_available
 
         check_vllm_available()
@@ -96,7 +96,13 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     policy, frozen_reference = load_policy(args, model_path, tokenizer,
                                            needs_reference=name == "ppo" or grpo["beta"] != 0)
     forward_batch = args.local_rollout_forward_batch_size
-    if args.use_vllm:
+    if args.use_vllm and args.vllm_mode == "server":
+        from alignkit.generation.vllm_server import connect
+
+        generator = connect(policy, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                            repetition_penalty=args.repetition_penalty)
+    elif args.use_vllm:
         from alignkit.generation.vllm import VllmRollout
 
         generator = VllmRollout(policy, model_path, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,

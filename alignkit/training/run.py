@@ -131,6 +131,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     args = with_fit_defaults(args, model_path)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if algorithm_name == "gkd":
+            raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
+                                "conversations")
         if args.packing or not args.use_chat_template:
             raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
                                 "models: rows with images run padded, rendered by the processor's chat template")
@@ -214,6 +217,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
                  gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
     # seq_cls: peft trains and saves the classification head in full (task_type SEQ_CLS), as ms-swift.
     model = make_trainable(model, args, settings=settings, targets=text_targets(args))
+    if algorithm_name == "gkd":  # the frozen teacher, and the student it samples from (training/gkd_setup.py)
+        from alignkit.training.gkd_setup import with_models
+
+        algorithm = with_models(algorithm, args, model, encoder)
     if algorithm.scalar_head:
         model = SequenceRewardModel(model)  # the scalar head is trained in full, LoRA or not
     if defaults["disable_dropout"]:
@@ -284,6 +291,10 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
         if name == "kto":
             return KTO(beta=beta, desirable_weight=args.desirable_weight, undesirable_weight=args.undesirable_weight,
                        loss_type=loss_types[0])
+        if name == "gkd":
+            from alignkit.training.gkd_setup import gkd_algorithm
+
+            return gkd_algorithm(args, beta)
         if name == "rm":
             return RewardModeling(loss_type=loss_types[0], center_rewards_coefficient=args.center_rewards_coefficient)
     except ValueError as error:

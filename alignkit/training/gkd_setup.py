@@ -1,0 +1,55 @@
+"""``--rlhf_type gkd``'s parts for the offline loop: the algorithm from the flags, then the frozen teacher and the
+student it samples from (alignkit/algorithms/gkd.py). The run itself is ``training/run.py``'s, as for sft."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from alignkit.algorithms.gkd import GKD
+from alignkit.algorithms.rollout import stop_token_ids
+from alignkit.config.run import RunArguments
+from alignkit.errors import AlignkitError
+from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+from alignkit.training.distributed import process_state
+from alignkit.training.model_setup import weights_dtype
+
+logger = logging.getLogger("alignkit")
+
+
+def gkd_algorithm(args: RunArguments, beta: float) -> GKD:
+    """The algorithm with the flags' values; the models come later (``with_models``)."""
+    return GKD(teacher=None, beta=beta, temperature=args.temperature, lmbda=args.lmbda, seq_kd=args.seq_kd,
+               sft_alpha=args.sft_alpha, max_completion_length=args.max_completion_length, pad_id=0, stop_ids=[],
+               seed=args.seed, offload_teacher=args.offload_teacher_model,
+               generation_batch_size=args.local_rollout_forward_batch_size)
+
+
+def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
+    """``algorithm`` with the teacher loaded frozen (on the process's device, or the CPU with
+    --offload_teacher_model), the trainable student, and the template's stop ids."""
+    path = resolve_model_path(args.teacher_model)
+    student_vocab = encoder.tokenizer.get_vocab()
+    if load_tokenizer(path, args.teacher_model_revision).get_vocab() != student_vocab:
+        raise AlignkitError(f"--teacher_model {args.teacher_model}: its tokenizer differs from the student's; the "
+                            "JSD compares the two models' distributions token by token, so the vocabularies must match")
+    teacher = load_causal_lm(path, args.teacher_model_revision, weights_dtype(args))
+    teacher.eval().requires_grad_(False)
+    if teacher.get_output_embeddings().weight.shape[0] != student.get_output_embeddings().weight.shape[0]:
+        raise AlignkitError(f"--teacher_model {args.teacher_model}: its output layer has "
+                            f"{teacher.get_output_embeddings().weight.shape[0]} rows, the student's "
+                            f"{student.get_output_embeddings().weight.shape[0]}; they must match")
+    if not args.offload_teacher_model:
+        teacher.to(process_state().device)
+    logger.info("GKD: teacher %s (frozen%s), lmbda %s, beta %s, seq_kd %s, sft_alpha %s", path,
+                ", on the CPU between forwards" if args.offload_teacher_model else "", args.lmbda, algorithm.beta,
+                args.seq_kd, args.sft_alpha)
+    stop_ids = stop_token_ids(encoder)
+    server = None
+    if args.vllm_mode == "server":  # the student's samples come from an `alignkit rollout` server
+        from alignkit.generation.vllm_server import connect
+
+        server = connect(student, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
+                         temperature=args.temperature)
+    return dataclasses.replace(algorithm, teacher=teacher, student=student, pad_id=encoder.tokenizer.pad_token_id,
+                               stop_ids=stop_ids, server=server)
