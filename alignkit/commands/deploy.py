@@ -391,9 +391,17 @@ def run_deploy(args: DeployArguments) -> int:
 
     from alignkit.generation.loader import context_length, encoder_for
 
+    if args.infer_backend in ("vllm", "sglang"):
+        from alignkit.commands.engine_server import run_engine_server
+
+        return run_engine_server(args)
     lm, tokenizer, models = load_served_model(args)
     max_length = args.max_length or context_length(lm)
     encoder = encoder_for(lm, tokenizer, max_length=max_length)
+    if args.enable_thinking is not None:  # the default; a request's chat_template_kwargs are not read
+        if isinstance(encoder, VisionEncoder):
+            raise AlignkitError("--enable_thinking applies to text models; leave it out for a vision-language model")
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
     engine = BatchEngine(lm, encoder, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
     app = create_app(server, api_key=args.api_key)

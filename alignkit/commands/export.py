@@ -233,6 +233,6 @@ def write_bnb_quantised(source: Path, directory: Path, args: ExportArguments) ->
     config = bnb_config(bits, compute_dtype=compute, quant_type=args.bnb_4bit_quant_type,
                         double_quant=args.bnb_4bit_use_double_quant)
     logger.info("Quantising to %d bits with bitsandbytes on %s", bits, device)
-    lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=device)
+    lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=args.device_map or device)
     lm.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(source).save_pretrained(directory)

@@ -53,7 +53,8 @@ def run_infer(args: InferArguments) -> int:
         return engine_infer(args, result_path, held_out)
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
                               max_memory=args.device_max_memory, max_length=args.max_length, system=args.system,
-                              trust_remote_code=args.trust_remote_code)
+                              trust_remote_code=args.trust_remote_code, attn_impl=args.attn_impl,
+                              enable_thinking=args.enable_thinking)
     if result_path is None:
         return chat(loaded, args)
     rows = held_out if held_out is not None else load_prompts(args)
@@ -68,6 +69,8 @@ def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[
                             "model's prompts with --infer_backend transformers")
     if args.device_map or args.device_max_memory:
         raise AlignkitError(f"--device_map applies to --infer_backend transformers; {backend} places the model itself")
+    if args.attn_impl:
+        raise AlignkitError(f"--attn_impl applies to --infer_backend transformers; {backend} chooses its own kernels")
     if result_path is None:
         raise AlignkitError(f"--infer_backend {backend} answers datasets (--val_dataset); interactive chat uses "
                             "transformers")
@@ -85,6 +88,8 @@ def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[
         generator = (external_engines.SglangInference(args) if backend == "sglang"
                      else external_engines.LmdeployInference(args, tokenizer))
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
+    if args.enable_thinking is not None:
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
     rows = held_out if held_out is not None else load_prompts(args)
     rows = [(row, encoder.encode_prompt(row.prompt)) for row in rows]
     return write_answers(lambda chunk: generator.generate([ids for _, ids in chunk]), tokenizer, rows, args,

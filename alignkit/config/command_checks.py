@@ -17,26 +17,58 @@ ENGINE_PREFIXES = {"vllm": "vllm_", "sglang": "sglang_", "lmdeploy": "lmdeploy_"
 def check_command_arguments(command: str, args) -> None:
     """Raise ``AlignkitError`` for a flag value ``command`` cannot honour."""
     task_type = getattr(args, "task_type", "causal_lm")
-    if task_type != "causal_lm":
+    backend = getattr(args, "infer_backend", "transformers")
+    served_by_engine = command == "deploy" and (
+        (backend == "vllm" and task_type in ("embedding", "seq_cls", "reranker"))
+        or (backend == "sglang" and task_type == "embedding"))
+    if task_type != "causal_lm" and not served_by_engine:
         raise AlignkitError(
             f"--task_type {task_type}: `alignkit {command}` handles generative models (causal_lm) and alignkit's "
             "reward models (recognised by their value_head.safetensors); sequence-classification, embedding, "
             f"reranker and process-reward models are not supported by {command} yet (a seq_cls model trains with "
             "`alignkit sft --task_type seq_cls`)"
         )
-    backend = getattr(args, "infer_backend", "transformers")
-    if command in ("deploy", "app") and backend not in ("transformers", "pt"):
+    if command in ("deploy", "app") and backend == "lmdeploy":
         raise AlignkitError(
-            f"`alignkit {command} --infer_backend {backend}`: alignkit {command} serves with its own transformers "
-            f"batching engine only. Serve with {backend}'s own OpenAI-compatible server (e.g. `vllm serve DIR`), "
-            f"or batch-infer with `alignkit infer --infer_backend {backend}`"
+            f"`alignkit {command} --infer_backend lmdeploy`: {command} serves with transformers, vllm or sglang; "
+            "serve with lmdeploy's own `lmdeploy serve api_server DIR`, or batch-infer with `alignkit infer "
+            "--infer_backend lmdeploy`"
         )
+    if command in ("deploy", "app"):
+        check_engine_flags(command, args, backend)
+    if getattr(args, "vllm_limit_mm_per_prompt", None):
+        try:
+            json.loads(args.vllm_limit_mm_per_prompt)
+        except json.JSONDecodeError as error:
+            raise AlignkitError(f"--vllm_limit_mm_per_prompt {args.vllm_limit_mm_per_prompt!r}: not a JSON object "
+                                f"({error})") from None
     if command == "infer":
         check_infer(args)
     if command == "export":
         check_export(args)
     if command == "deploy" and args.max_length is not None and args.max_length < 2:
         raise AlignkitError(f"--max_length {args.max_length}: a prompt and an answer need at least 2 tokens")
+
+
+def check_engine_flags(command: str, args, backend: str) -> None:
+    """deploy/app: the --vllm_*/--sglang_* flags configure that engine's server; with another backend they have
+    no work (ms-swift ignores them; alignkit says so once)."""
+    defaults = type(args)()
+    for engine, prefix in ENGINE_PREFIXES.items():
+        changed = [f"--{f.name}" for f in dataclasses.fields(args)
+                   if f.name.startswith(prefix) and getattr(args, f.name) != getattr(defaults, f.name)]
+        if changed and backend != engine:
+            logger.warning("%s: no effect with --infer_backend %s (they configure %s)", ", ".join(changed), backend,
+                           engine)
+    if command == "deploy" and args.num_labels is not None and not (backend == "vllm" and args.task_type == "seq_cls"):
+        raise AlignkitError("--num_labels sets the classification head of --task_type seq_cls served with "
+                            "--infer_backend vllm; a causal_lm has no labels")
+    if command == "deploy" and args.agent_template and backend != "vllm":
+        raise AlignkitError(f"--agent_template {args.agent_template} with --infer_backend {backend}: tool calls are "
+                            "served through vLLM's parser only (--infer_backend vllm)")
+    if command == "deploy" and backend == "sglang" and args.enable_thinking is not None:
+        raise AlignkitError("--enable_thinking with --infer_backend sglang: sglang's server takes the switch per "
+                            "request (chat_template_kwargs); use --infer_backend vllm or transformers for a default")
 
 
 def check_infer(args) -> None:
@@ -47,12 +79,6 @@ def check_infer(args) -> None:
         raise AlignkitError(f"--split_dataset_ratio {args.split_dataset_ratio}: a share in [0, 1)")
     if args.write_batch_size == 0 or args.write_batch_size < -1:
         raise AlignkitError(f"--write_batch_size {args.write_batch_size}: a number of rows > 0, or -1 (at the end)")
-    if args.vllm_limit_mm_per_prompt:
-        try:
-            json.loads(args.vllm_limit_mm_per_prompt)
-        except json.JSONDecodeError as error:
-            raise AlignkitError(f"--vllm_limit_mm_per_prompt {args.vllm_limit_mm_per_prompt!r}: not a JSON object "
-                                f"({error})") from None
     # ms-swift ignores another engine's flags; alignkit says so once rather than silently.
     defaults = type(args)()
     for engine, prefix in ENGINE_PREFIXES.items():
