@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from alignkit.commands.adapter_names import parse_adapters  # noqa: F401  (re-exported; used below)
 from alignkit.commands.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -333,24 +334,6 @@ async def completion_stream(jobs: list[Job], head: dict, request: CompletionRequ
 
 
 # ------------------------------------------------------------------------------------------- command
-
-
-def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, dict[str, str]]:
-    """``NAME=DIR`` entries become named models; at most one bare DIR (or --ckpt_dir) is the default."""
-    unnamed, named = [], {}
-    for entry in adapters:
-        name, sep, path = entry.partition("=")
-        if sep and name and path:
-            if name in named:
-                raise AlignkitError(f"--adapters: the name '{name}' is given twice")
-            named[name] = path
-        else:
-            unnamed.append(entry)
-    if ckpt_dir is not None:
-        unnamed.insert(0, ckpt_dir)
-    if len(unnamed) > 1:
-        raise AlignkitError(f"--adapters: name all but one adapter as NAME=DIR; unnamed: {', '.join(unnamed)}")
-    return (unnamed[0] if unnamed else None), named
 
 
 def load_served_model(args: DeployArguments):

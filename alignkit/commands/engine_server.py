@@ -40,7 +40,7 @@ def require_engine(backend: str) -> None:
 
 def served_adapters(args) -> tuple[str | None, dict[str, str]]:
     """(base model path, {served name: adapter dir}) of deploy's --model/--adapters/--ckpt_dir."""
-    from alignkit.commands.deploy import parse_adapters
+    from alignkit.commands.adapter_names import parse_adapters
     from alignkit.models.load import resolve_checkpoint, resolve_model_path
 
     default_dir, named = parse_adapters(list(args.adapters), args.ckpt_dir)
