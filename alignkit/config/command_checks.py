@@ -63,9 +63,9 @@ def check_engine_flags(command: str, args, backend: str) -> None:
     if command == "deploy" and args.num_labels is not None and not (backend == "vllm" and args.task_type == "seq_cls"):
         raise AlignkitError("--num_labels sets the classification head of --task_type seq_cls served with "
                             "--infer_backend vllm; a causal_lm has no labels")
-    if command == "deploy" and args.agent_template and backend != "vllm":
-        raise AlignkitError(f"--agent_template {args.agent_template} with --infer_backend {backend}: tool calls are "
-                            "served through vLLM's parser only (--infer_backend vllm)")
+    if command == "deploy" and args.agent_template and backend == "sglang":
+        raise AlignkitError(f"--agent_template {args.agent_template} with --infer_backend sglang: serve tool calls "
+                            "with --infer_backend transformers or vllm")
     if command == "deploy" and backend == "sglang" and args.enable_thinking is not None:
         raise AlignkitError("--enable_thinking with --infer_backend sglang: sglang's server takes the switch per "
                             "request (chat_template_kwargs); use --infer_backend vllm or transformers for a default")
