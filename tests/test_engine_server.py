@@ -124,3 +124,23 @@ def test_enable_thinking_reaches_the_chat_template(tiny_chat_model_dir, tmp_path
     off = load_for_answers(str(model_dir), [], None, "fp32", enable_thinking=False).encoder
     assert "</think>" not in plain.render(messages, generation_prompt=True)
     assert "</think>" in off.render(messages, generation_prompt=True)
+
+
+def test_metric_acc_is_the_share_of_answers_equal_to_their_labels(tiny_chat_model_dir, tmp_path, capsys):
+    prompts = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"}]} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    first, scored = tmp_path / "first.jsonl", tmp_path / "scored.jsonl"
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    argv = ["infer", "--model", tiny_chat_model_dir, "--dtype", "fp32", "--max_new_tokens", "4"]
+    assert main([*argv, "--val_dataset", str(plain), "--result_path", str(first)]) == 0
+    answers = [json.loads(line)["response"] for line in first.read_text().splitlines()]
+    labelled = tmp_path / "labelled.jsonl"  # two references equal the greedy answers, one does not
+    labelled.write_text("".join(json.dumps({**p, "labels": label}) + "\n"
+                                for p, label in zip(prompts, [answers[0], answers[1] + "!", answers[2]])))
+    capsys.readouterr()
+    assert main([*argv, "--val_dataset", str(labelled), "--result_path", str(scored), "--metric", "acc"]) == 0
+    assert "acc: 0.6667 over 3 answers" in capsys.readouterr().out
+    assert main([*argv, "--val_dataset", str(plain), "--result_path", str(tmp_path / "x.jsonl"),
+                 "--metric", "acc"]) == 2
+    assert "need a `labels` column" in capsys.readouterr().err
+    assert main([*argv, "--val_dataset", str(plain), "--metric", "rouge"]) == 2

@@ -201,6 +201,10 @@ def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result
     fitted = [(row, fit_prompt(prompt, args.max_length, args.truncation_strategy, index))
               for index, (row, prompt) in enumerate(encoded)]
     kept = [(row, prompt) for row, prompt in fitted if prompt is not None]
+    if args.metric and any("labels" not in row.extras for row, _ in kept):
+        raise AlignkitError(f"--metric {args.metric} compares answers with reference answers: the rows need a "
+                            "`labels` column (or come from --load_data_args / --dataset, whose held-out rows keep "
+                            "their answers)")
     if len(kept) < len(encoded):
         logger.warning("Skipped %d prompts longer than --max_length %d", len(encoded) - len(kept), args.max_length)
     start, new_tokens = time.perf_counter(), 0
@@ -230,6 +234,10 @@ def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result
     seconds = time.perf_counter() - start
     logger.info("Wrote %s: %d answers in %.1f s (%.2f answers/s, %.1f tokens/s)", result_path, len(kept), seconds,
                 len(kept) / seconds, new_tokens / seconds)
+    if args.metric == "acc":  # ms-swift's: the share of answers equal to their reference, over the results file
+        results = [json.loads(line) for line in result_path.read_text().splitlines()]
+        print(f"acc: {sum(r['response'] == r['labels'] for r in results) / max(1, len(results)):.4f} "
+              f"over {len(results)} answers")
     print(f"results: {result_path}")
     return 0
 

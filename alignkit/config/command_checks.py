@@ -72,6 +72,9 @@ def check_engine_flags(command: str, args, backend: str) -> None:
 
 
 def check_infer(args) -> None:
+    if args.metric == "rouge":
+        raise AlignkitError("--metric rouge: alignkit does not compute ROUGE/BLEU; --metric acc scores exact matches "
+                            "with the references, or score the results file with your own tool")
     if args.dataset and args.val_dataset:
         raise AlignkitError("--dataset and --val_dataset: give one (--val_dataset answers every row; --dataset "
                             "with --split_dataset_ratio answers its held-out share)")

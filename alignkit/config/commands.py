@@ -110,6 +110,11 @@ class InferArguments:
     # --- infer: model loading and template flags (issue 20, second round) ---
     attn_impl: str | None = attn_impl_option()
     enable_thinking: bool | None = enable_thinking_option()
+    metric: str | None = option(
+        None, "Score the answers against the rows' reference answers (`labels`, e.g. the held-out rows of "
+        "--load_data_args or --dataset): acc, the share of answers equal to their reference (as ms-swift). rouge "
+        "is refused (not implemented).", choices=("acc", "rouge"),
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
