@@ -144,3 +144,19 @@ def test_metric_acc_is_the_share_of_answers_equal_to_their_labels(tiny_chat_mode
                  "--metric", "acc"]) == 2
     assert "need a `labels` column" in capsys.readouterr().err
     assert main([*argv, "--val_dataset", str(plain), "--metric", "rouge"]) == 2
+
+
+def test_use_chat_template_false_prompts_with_the_generation_template(tiny_chat_model_dir, tmp_path):
+    from alignkit.generation.loader import load_for_answers
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3="}]
+    plain = load_for_answers(tiny_chat_model_dir, [], None, "fp32", use_chat_template=False).encoder
+    chat = load_for_answers(tiny_chat_model_dir, [], None, "fp32").encoder
+    tokenizer = plain.tokenizer
+    bos = [tokenizer.bos_token_id] if plain._adds_bos() else []
+    assert plain.encode_prompt(messages) == bos + tokenizer("2+3=", add_special_tokens=False)["input_ids"]
+    assert chat.encode_prompt(messages) != plain.encode_prompt(messages)
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    assert main(["infer", "--model", tiny_chat_model_dir, "--dtype", "fp32", "--max_new_tokens", "3", "--val_dataset",
+                 str(data), "--result_path", str(tmp_path / "r.jsonl"), "--use_chat_template", "false"]) == 0

@@ -60,7 +60,7 @@ def run_infer(args: InferArguments) -> int:
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
                               max_memory=args.device_max_memory, max_length=args.max_length, system=args.system,
                               trust_remote_code=args.trust_remote_code, attn_impl=args.attn_impl,
-                              enable_thinking=args.enable_thinking)
+                              enable_thinking=args.enable_thinking, use_chat_template=args.use_chat_template)
     if result_path is None:
         return chat(loaded, args)
     rows = held_out if held_out is not None else load_prompts(args)
@@ -110,6 +110,7 @@ def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
     if args.enable_thinking is not None:
         encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
+    encoder.use_chat_template = args.use_chat_template
     rows = held_out if held_out is not None else load_prompts(args)
     rows = [(row, encoder.encode_prompt(row.prompt)) for row in rows]
     return write_answers(lambda chunk: generator.generate([ids for _, ids in chunk]), tokenizer, rows, args,

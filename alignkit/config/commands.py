@@ -110,6 +110,10 @@ class InferArguments:
     # --- infer: model loading and template flags (issue 20, second round) ---
     attn_impl: str | None = attn_impl_option()
     enable_thinking: bool | None = enable_thinking_option()
+    use_chat_template: bool = option(
+        True, "false: ms-swift's generation template (base models): the prompt is BOS + the last user message, no "
+        "system prompt or chat markers, as training's --use_chat_template false renders it."
+    )
     metric: str | None = option(
         None, "Score the answers against the rows' reference answers (`labels`, e.g. the held-out rows of "
         "--load_data_args or --dataset): acc, the share of answers equal to their reference (as ms-swift). rouge "

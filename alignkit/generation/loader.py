@@ -44,14 +44,16 @@ class Loaded:
 def load_for_answers(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str, *,
                      device_map: str | None = None, max_memory: list[str] = (), max_length: int | None = None,
                      system: str | None = None, trust_remote_code: bool = False, attn_impl: str | None = None,
-                     enable_thinking: bool | None = None) -> Loaded:
+                     enable_thinking: bool | None = None, use_chat_template: bool = True) -> Loaded:
     """``--model``/``--adapters``/``--ckpt_dir`` (a vision-language model when its config says so, which then
     runs on one device: ``--device_map`` is refused for it), in ``--dtype``. ``max_length``: the longest prompt
     the encoder takes; None: the model's context length. ``trust_remote_code``: a text model's repository code
     may run (--trust_remote_code). ``attn_impl``: --attn_impl (text models). ``enable_thinking``: the chat
-    template's switch (--enable_thinking; None: the template's default)."""
+    template's switch (--enable_thinking; None: the template's default). ``use_chat_template``: false renders
+    prompts with ms-swift's generation template (--use_chat_template false)."""
     if vision_model_path(model, adapters, ckpt_dir) is not None:  # prompts with images: docs/vision.md
-        for flag, value in (("--attn_impl", attn_impl), ("--enable_thinking", enable_thinking)):
+        for flag, value in (("--attn_impl", attn_impl), ("--enable_thinking", enable_thinking),
+                            ("--use_chat_template", None if use_chat_template else False)):
             if value is not None:
                 raise AlignkitError(f"{flag}: applies to text models; a vision-language model loads and renders "
                                     "its prompts with transformers' defaults (leave it out)")
@@ -67,6 +69,8 @@ def load_for_answers(model: str | None, adapters: list[str], ckpt_dir: str | Non
     encoder = encoder_for(lm, saved_with, max_length=max_length, system=system)
     if enable_thinking is not None:
         encoder.chat_template_kwargs = {"enable_thinking": enable_thinking}
+    if not use_chat_template:  # ms-swift's generation template (ChatEncoder.encode_plain)
+        encoder.use_chat_template = False
     return Loaded(lm, encoder, saved_with)
 
 
