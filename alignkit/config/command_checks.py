@@ -96,6 +96,12 @@ def check_export(args) -> None:
     if args.to_cached_dataset:
         raise AlignkitError("--to_cached_dataset: alignkit tokenises and caches each dataset itself the first time "
                             "a run reads it (see `alignkit cache`); run training on the dataset directly")
+    cache_only = [flag for flag, value, default in (("--split_dataset_ratio", args.split_dataset_ratio, 0.0),
+                                                     ("--dataset_num_proc", args.dataset_num_proc, 1),
+                                                     ("--num_labels", args.num_labels, None)) if value != default]
+    if cache_only:
+        raise AlignkitError(f"{', '.join(cache_only)}: export uses them only with --to_cached_dataset, which alignkit "
+                            "does not have (it caches tokenised datasets itself on first use)")
     method = args.quant_method or ("bnb" if args.quant_bits is not None else None)
     if method in ("bnb", "gptq", "gptq_v2", "awq") and args.quant_bits is None:
         raise AlignkitError(f"--quant_method {method} needs --quant_bits 4 or 8")
@@ -103,9 +109,12 @@ def check_export(args) -> None:
         raise AlignkitError("--quant_method fp8 stores 8-bit floats: leave out --quant_bits")
     if method == "awq" and args.quant_bits != 4:
         raise AlignkitError("--quant_method awq writes 4-bit weights (W4A16): pass --quant_bits 4")
-    if method in ("gptq", "gptq_v2", "awq") and not args.dataset:
+    if method in ("gptq", "gptq_v2", "awq") and not args.dataset and not args.load_dataset_config:
         raise AlignkitError(f"--quant_method {method} calibrates on data: pass --dataset (e.g. a few hundred rows of "
                             "the training data)")
+    if args.load_dataset_config and method not in ("gptq", "gptq_v2", "awq"):
+        raise AlignkitError("--load_data_args on export reads the calibration data of --quant_method gptq/gptq_v2/awq "
+                            "from the run's args.json")
     if args.dataset and method not in ("gptq", "gptq_v2", "awq"):
         raise AlignkitError("--dataset on export is calibration data for --quant_method gptq/gptq_v2/awq")
     if args.push_to_hub and not args.use_hf:

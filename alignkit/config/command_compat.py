@@ -29,7 +29,7 @@ SWIFT_COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
                "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "to_ollama",
                "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "commit_message", "use_hf",
                "to_cached_dataset", "torch_dtype", "device_map", "task_type", "load_data_args",
-               "split_dataset_ratio", "dataset_num_proc"),
+               "split_dataset_ratio", "dataset_num_proc", "num_labels"),
 }
 
 # Accepted flags with a value alignkit refuses before loading (alignkit/config/command_checks.py).
@@ -42,6 +42,11 @@ REFUSED_VALUES = {
                              "otherwise causal_lm and alignkit reward models",
     ("deploy", "num_labels"): "only with --infer_backend vllm --task_type seq_cls",
     ("infer", "attn_impl"): "transformers backend only",
+    ("infer", "metric"): "acc; rouge refused",
+    ("export", "split_dataset_ratio"): "only with --to_cached_dataset (refused)",
+    ("export", "dataset_num_proc"): "only with --to_cached_dataset (refused)",
+    ("export", "num_labels"): "only with --to_cached_dataset (refused)",
+    ("export", "load_data_args"): "alias of --load_dataset_config: gptq/awq calibration data from the run's args.json",
     ("export", "use_hf"): "--push_to_hub needs --use_hf true (the Hugging Face Hub; ModelScope is not supported)",
     ("export", "to_cached_dataset"): "true is refused: alignkit caches tokenised datasets itself (`alignkit cache`)",
     ("export", "quant_method"): "gptq, gptq_v2, awq and fp8 need a CUDA GPU (a clear error on CPU)",

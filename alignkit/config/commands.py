@@ -218,6 +218,15 @@ class ExportArguments:
         False, "ms-swift's pre-tokenised dataset export; refused: alignkit tokenises and caches datasets itself on "
         "first use (see `alignkit cache`)."
     )
+    load_dataset_config: bool = option(
+        False, "gptq/awq calibration data: the --dataset of the run that trained --model/--ckpt_dir/--adapters (its "
+        "args.json, which alignkit's export copies into merged models), when --dataset is not given.",
+        aliases=("--load_data_args",),
+    )
+    split_dataset_ratio: float = option(
+        0.0, "With --to_cached_dataset (refused): the share held out as the cached validation set.")
+    dataset_num_proc: int = option(1, "With --to_cached_dataset (refused): tokenising processes.")
+    num_labels: int | None = option(None, "With --to_cached_dataset (refused): labels of a seq_cls dataset.")
     output_dir: str | None = option(
         None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
     )
