@@ -56,3 +56,16 @@ def test_shares_are_contiguous_and_cover_every_row(monkeypatch, world, rows, sha
         share = data_parallel.share(rows)
         got.append((share.start, share.stop))
     assert got == shares
+
+
+def test_the_default_result_path_is_chosen_once_before_the_launch(monkeypatch):
+    from alignkit.training.launch import infer_argv
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    argv = infer_argv(["--val_dataset", "d.jsonl"], {"result_path": None})
+    assert argv[:2] == ["--val_dataset", "d.jsonl"] and argv[2] == "--result_path"
+    assert argv[3].startswith("infer_result/") and argv[3].endswith(".jsonl")
+    assert infer_argv(["--result_path", "r.jsonl"], {"result_path": "r.jsonl"}) == ["--result_path", "r.jsonl"]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a process torchrun started: the path is already on its command line
+    assert infer_argv(["x"], {"result_path": None}) == ["x"]
