@@ -160,3 +160,10 @@ def test_use_chat_template_false_prompts_with_the_generation_template(tiny_chat_
     data.write_text(json.dumps({"messages": messages}) + "\n")
     assert main(["infer", "--model", tiny_chat_model_dir, "--dtype", "fp32", "--max_new_tokens", "3", "--val_dataset",
                  str(data), "--result_path", str(tmp_path / "r.jsonl"), "--use_chat_template", "false"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [(["--device_map", "auto"], "--device_map applies to"),
+                                           (["--truncation_strategy", "left"], "--truncation_strategy left applies")])
+def test_transformers_only_flags_are_refused_with_an_engine(argv, message):
+    with pytest.raises(AlignkitError, match=message):
+        deploy_args("--infer_backend", "vllm", *argv)

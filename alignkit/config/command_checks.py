@@ -60,6 +60,13 @@ def check_engine_flags(command: str, args, backend: str) -> None:
         if changed and backend != engine:
             logger.warning("%s: no effect with --infer_backend %s (they configure %s)", ", ".join(changed), backend,
                            engine)
+    if backend in ("vllm", "sglang"):
+        placed = args.device_map or args.device_max_memory
+        cut = command == "deploy" and args.truncation_strategy not in ("delete", "raise")
+        if placed or cut:
+            raise AlignkitError(f"{'--device_map' if placed else '--truncation_strategy ' + args.truncation_strategy} "
+                                f"applies to --infer_backend transformers; {backend}'s server places the model and "
+                                "refuses over-long prompts itself")
     if command == "deploy" and args.num_labels is not None and not (backend == "vllm" and args.task_type == "seq_cls"):
         raise AlignkitError("--num_labels sets the classification head of --task_type seq_cls served with "
                             "--infer_backend vllm; a causal_lm has no labels")
