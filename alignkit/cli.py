@@ -285,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         setup_logging()
         keep_hub_kernels_offline_off()  # before transformers reads it (alignkit/models/hub_kernels.py)
-        if command in TRAIN_COMMANDS or (command == "colossal" and colossal_trains(values["colossal_argv"])):
+        if command == "infer":  # NPROC_PER_NODE: data-parallel batch inference (alignkit/generation/data_parallel.py)
+            from alignkit.training.launch import infer_argv
+
+            argv = infer_argv(argv, values)
+        if command in TRAIN_COMMANDS or command == "infer" or (
+                command == "colossal" and colossal_trains(values["colossal_argv"])):
             from alignkit.training.launch import relaunch, torchrun_command
 
             launch = torchrun_command(argv, dict(os.environ))

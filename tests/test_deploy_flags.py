@@ -53,8 +53,8 @@ def test_a_prompt_with_images_is_never_cut():
 
 
 def test_app_stream_false_shows_the_whole_answer_once_and_lang_zh_labels():
-    from alignkit.commands.app import LABELS, whole_answers
+    from alignkit.commands.app import LABELS, final_only
 
-    assert list(whole_answers(iter(["a", "ab", "abc"]))) == ["abc"]
-    assert list(whole_answers(iter([]))) == []
+    assert list(final_only(iter(["a", "ab", "abc"]))) == ["abc"]
+    assert list(final_only(iter([]))) == [""]  # an empty answer still ends the turn on the page
     assert LABELS["zh"].keys() == LABELS["en"].keys()

@@ -82,6 +82,10 @@ def test_calibration_rows_are_rendered_conversations_within_max_length(tiny_mode
     (["--push_to_hub", "true", "--hub_model_id", "me/m"], "pass --use_hf true"),
     (["--push_to_hub", "true", "--use_hf", "true"], "needs --hub_model_id"),
     (["--to_cached_dataset", "true"], "--to_cached_dataset: alignkit tokenises and caches"),
+    (["--to_cached_dataset", "true", "--split_dataset_ratio", "0.01"], "--to_cached_dataset: alignkit tokenises"),
+    (["--dataset_num_proc", "8", "--num_labels", "2"], "--dataset_num_proc, --num_labels: export uses them only "
+                                                        "with --to_cached_dataset"),
+    (["--load_data_args", "true", "--quant_bits", "4"], "--load_data_args on export reads the calibration data"),
 ])
 def test_export_flag_combinations_that_cannot_work_stop_before_loading(argv, message, capsys):
     assert main(["export", "--model", "/nonexistent", *argv]) == 2
@@ -126,3 +130,19 @@ def test_push_to_hub_uploads_the_export_and_says_so_offline(tiny_model_dir, tmp_
     assert main([*argv, "--output_dir", str(tmp_path / "b")]) == 2
     assert "the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1)" in capsys.readouterr().err
     assert (tmp_path / "b" / "Modelfile").is_file()  # the export itself is kept
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the method runs instead of refusing")
+def test_load_data_args_calibrates_on_the_runs_dataset(tiny_model_dir, data, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, model)
+    argv = ["export", "--model", str(model), "--quant_method", "gptq", "--quant_bits", "4", "--load_data_args", "true",
+            "--output_dir", str(tmp_path / "q")]
+    (model / "args.json").write_text(json.dumps({"dataset": [str(tmp_path / "trained-on.jsonl")]}))
+    assert main(argv) == 2  # the run's dataset is read (and is missing here) before the GPU is asked for
+    assert "trained-on.jsonl" in capsys.readouterr().err
+    (model / "args.json").write_text(json.dumps({"dataset": [str(data)]}))
+    assert main(argv) == 2
+    assert "--quant_method gptq needs a CUDA GPU" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """ms-swift's infer flags: --load_data_args with --adapters, --dataset with --split_dataset_ratio, --stop_words,
 --write_batch_size, --truncation_strategy, --infer_backend pt|sglang|lmdeploy, a reward model given as --model,
---trust_remote_code; and deploy/app refusing the engines they do not serve with."""
+--trust_remote_code; and deploy/app refusing lmdeploy."""
 
 from __future__ import annotations
 
@@ -128,9 +128,9 @@ def test_pt_is_transformers_and_missing_engines_say_what_they_need(tiny_chat_mod
 
 
 @pytest.mark.parametrize("command", ["deploy", "app"])
-def test_deploy_and_app_refuse_other_engines_before_loading(command, capsys):
-    assert main([command, "--model", "/nonexistent", "--infer_backend", "vllm"]) == 2
-    assert f"alignkit {command} serves with its own transformers batching engine only" in capsys.readouterr().err
+def test_deploy_and_app_refuse_lmdeploy_before_loading(command, capsys):
+    assert main([command, "--model", "/nonexistent", "--infer_backend", "lmdeploy"]) == 2
+    assert f"{command} serves with transformers, vllm or sglang" in capsys.readouterr().err
 
 
 def test_engine_flags_of_another_backend_are_reported(tiny_chat_model_dir, caplog):

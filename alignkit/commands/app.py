@@ -178,6 +178,17 @@ def run_app(args: AppArguments) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if args.base_url:
         return run_app_on_server(args)
+    if args.infer_backend in ("vllm", "sglang"):  # the engine's own server, the page its client
+        import dataclasses
+
+        from alignkit.commands.engine_server import start_engine_for_app
+
+        server, base_url = start_engine_for_app(args)
+        try:
+            return run_app_on_server(dataclasses.replace(args, base_url=base_url, model=None, adapters=[],
+                                                         ckpt_dir=None, api_key=args.api_key))
+        finally:
+            server.terminate()
     if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:
         raise AlignkitError("alignkit app is a text chat page; chat with a vision-language model (images in the "
                             "messages) with `alignkit infer`, or serve it with `alignkit deploy`")

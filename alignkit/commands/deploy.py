@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from alignkit.commands.adapter_names import parse_adapters  # noqa: F401  (re-exported; used below)
 from alignkit.commands.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,6 +47,7 @@ from alignkit.config.commands import DeployArguments
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
 from alignkit.generation.batch_engine import BatchEngine, Delta, Finished, Job, SamplingParams, TokenLogprob
+from alignkit.generation.tool_calls import parse_hermes, render_hermes
 from alignkit.vision.encode import PLACEHOLDER, VisionEncoder
 
 logger = logging.getLogger("alignkit")
@@ -108,6 +110,21 @@ class Server:
             return prompt_ids
         return prompt_ids[-limit:] if strategy == "left" else prompt_ids[:limit]
 
+    def uses_tools(self, request: ChatCompletionRequest) -> bool:
+        """Whether the answer is parsed for tool calls: the request offers tools the model may call."""
+        return bool(request.tools) and request.tool_choice != "none"
+
+    def with_tools(self, request: ChatCompletionRequest, messages: list[dict]) -> list[dict]:
+        """--agent_template hermes: tools, earlier calls and tool results rendered into plain messages."""
+        agentic = request.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if not agentic:
+            return messages
+        if self.defaults.agent_template is None:
+            raise RequestError(400, "tools, tool calls and tool messages need a server started with --agent_template "
+                               "hermes", param="tools" if request.tools else "messages")
+        return render_hermes(messages, [tool.model_dump(exclude_none=True) for tool in request.tools or []]
+                             if request.tool_choice != "none" else None)
+
     def completion_prompt(self, prompt: str, index: int) -> list[int]:
         """A raw prompt's ids. An empty prompt starts from the beginning-of-sequence token, as in vLLM; a
         model without one has nothing to continue from, so that is a 400."""
@@ -125,8 +142,11 @@ class Server:
         the event loop)."""
         messages, images = [], []
         for i, message in enumerate(request.messages):
+            if message.content is None and not (message.role == "assistant" and message.tool_calls):
+                raise RequestError(400, f"messages[{i}].content: only an assistant turn with tool_calls may have no "
+                                   "content", param=f"messages[{i}].content")
             pieces = [message.content] if isinstance(message.content, str) else []
-            for j, part in enumerate([] if isinstance(message.content, str) else message.content):
+            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
                 if isinstance(part, TextPart):
                     pieces.append(part.text)
                     continue
@@ -137,7 +157,10 @@ class Server:
                 images.append(request_image(part.image_url.url, self.defaults.allowed_local_media_path, field))
                 pieces.append(PLACEHOLDER)
             messages.append({"role": "system" if message.role == "developer" else message.role,
-                             "content": "".join(pieces)})
+                             "content": "".join(pieces),
+                             **({"tool_calls": [call.model_dump() for call in message.tool_calls]}
+                                if message.tool_calls else {})})
+        messages = self.with_tools(request, messages)
         if not isinstance(self.encoder, VisionEncoder):
             return self.encoder.encode_prompt(messages), None
         try:
@@ -244,11 +267,11 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
                              logprobs=(request.top_logprobs or 0) if request.logprobs else None)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
-            return StreamingResponse(chat_stream(jobs, head, request, server.tokenizer),
+            return StreamingResponse(chat_stream(jobs, head, request, server.tokenizer, server.uses_tools(request)),
                                      media_type="text/event-stream")
         results = [await collect(job) for job in jobs]
         return {**head, "object": "chat.completion", "usage": usage([f for _, f, _ in results]), "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": f.reason,
+            {"index": i, **answer_message(text, f.reason, server.uses_tools(request)),
              "logprobs": chat_logprobs(lps, server.tokenizer) if request.logprobs else None}
             for i, (text, f, lps) in enumerate(results)]}
 
@@ -280,7 +303,17 @@ def wants_usage(request: GenerationRequest) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
 
-async def chat_stream(jobs: list[Job], head: dict, request: ChatCompletionRequest, tokenizer):
+def answer_message(text: str, reason: str, tools: bool) -> dict:
+    """A choice's ``message`` and ``finish_reason``; with tools, ``<tool_call>`` blocks become ``tool_calls``."""
+    if tools:
+        content, calls = parse_hermes(text)
+        if calls:
+            return {"message": {"role": "assistant", "content": content, "tool_calls": calls},
+                    "finish_reason": "tool_calls"}
+    return {"message": {"role": "assistant", "content": text}, "finish_reason": reason}
+
+
+async def chat_stream(jobs: list[Job], head: dict, request: ChatCompletionRequest, tokenizer, tools: bool = False):
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
         return sse({**head, "object": "chat.completion.chunk", "choices": [
             {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]})
@@ -289,6 +322,20 @@ async def chat_stream(jobs: list[Job], head: dict, request: ChatCompletionReques
     try:
         for index, job in enumerate(jobs):  # generated together; their events wait in their queues
             yield chunk(index, {"role": "assistant", "content": ""})
+            if tools:  # the answer is parsed whole: one delta with its content and tool calls
+                try:
+                    text, finished_event, lps = await collect(job)
+                except RequestError as error:
+                    yield sse({"error": error.body})
+                    continue
+                finished.append(finished_event)
+                message = answer_message(text, finished_event.reason, True)
+                delta = {k: v for k, v in message["message"].items() if k != "role"}
+                if "tool_calls" in delta:
+                    delta["tool_calls"] = [{"index": n, **call} for n, call in enumerate(delta["tool_calls"])]
+                yield chunk(index, delta, logprobs=chat_logprobs(lps, tokenizer) if request.logprobs else None)
+                yield chunk(index, {}, message["finish_reason"])
+                continue
             async for event in job.aevents():
                 if isinstance(event, Delta):
                     logprobs = chat_logprobs(event.logprobs, tokenizer) if request.logprobs else None
@@ -335,24 +382,6 @@ async def completion_stream(jobs: list[Job], head: dict, request: CompletionRequ
 # ------------------------------------------------------------------------------------------- command
 
 
-def parse_adapters(adapters: list[str], ckpt_dir: str | None) -> tuple[str | None, dict[str, str]]:
-    """``NAME=DIR`` entries become named models; at most one bare DIR (or --ckpt_dir) is the default."""
-    unnamed, named = [], {}
-    for entry in adapters:
-        name, sep, path = entry.partition("=")
-        if sep and name and path:
-            if name in named:
-                raise AlignkitError(f"--adapters: the name '{name}' is given twice")
-            named[name] = path
-        else:
-            unnamed.append(entry)
-    if ckpt_dir is not None:
-        unnamed.insert(0, ckpt_dir)
-    if len(unnamed) > 1:
-        raise AlignkitError(f"--adapters: name all but one adapter as NAME=DIR; unnamed: {', '.join(unnamed)}")
-    return (unnamed[0] if unnamed else None), named
-
-
 def load_served_model(args: DeployArguments):
     """(model, tokenizer, {served name: peft adapter name or None for the base})."""
     from alignkit.generation.loader import load_for_answers
@@ -391,9 +420,17 @@ def run_deploy(args: DeployArguments) -> int:
 
     from alignkit.generation.loader import context_length, encoder_for
 
+    if args.infer_backend in ("vllm", "sglang"):
+        from alignkit.commands.engine_server import run_engine_server
+
+        return run_engine_server(args)
     lm, tokenizer, models = load_served_model(args)
     max_length = args.max_length or context_length(lm)
     encoder = encoder_for(lm, tokenizer, max_length=max_length)
+    if args.enable_thinking is not None:  # the default; a request's chat_template_kwargs are not read
+        if isinstance(encoder, VisionEncoder):
+            raise AlignkitError("--enable_thinking applies to text models; leave it out for a vision-language model")
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
     engine = BatchEngine(lm, encoder, max_batch_size=args.max_batch_size).start()
     server = Server(engine, encoder, models=models, max_length=max_length, defaults=args)
     app = create_app(server, api_key=args.api_key)

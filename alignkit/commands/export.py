@@ -20,6 +20,8 @@ template), loading with ``AutoModelForImageTextToText`` + ``AutoProcessor``; it 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -70,6 +72,8 @@ def run_export(args: ExportArguments) -> int:
     if vision and method is not None:
         raise AlignkitError(f"{model_path} is a vision-language model: alignkit exports it merged (--merge_lora true) "
                             "but does not quantise it (--quant_method/--quant_bits)")
+    if args.load_dataset_config and not args.dataset:
+        args = with_run_calibration_data(args, adapters, model_path)
     calibration = None
     if method in ("gptq", "gptq_v2", "awq", "fp8"):  # data first, so a wrong --dataset shows on any machine
         from alignkit.commands.export_quant import CALIBRATED, calibration_ids, check_gpu_method
@@ -130,6 +134,20 @@ def run_export(args: ExportArguments) -> int:
 
         print(f"pushed: {push_to_hub(output, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=args.commit_message)}")  # noqa: E501
     return 0
+
+
+def with_run_calibration_data(args: ExportArguments, adapters: list[str], model_path: str) -> ExportArguments:
+    """--load_data_args: --dataset from the args.json of the run behind the exported model (ms-swift's
+    load_data_args, as infer reads it)."""
+    for candidate in [args.ckpt_dir, *adapters, model_path]:
+        if candidate and (Path(candidate) / "args.json").is_file():
+            run = json.loads((Path(candidate) / "args.json").read_text())
+            if not run.get("dataset"):
+                raise AlignkitError(f"--load_data_args: {candidate}/args.json names no dataset; pass --dataset")
+            logger.info("--load_data_args: calibration data %s from %s/args.json", run["dataset"], candidate)
+            return dataclasses.replace(args, dataset=list(run["dataset"]))
+    raise AlignkitError("--load_data_args true needs a model, checkpoint or adapter of an alignkit run (with "
+                        "args.json); pass --dataset instead")
 
 
 def value_head_of(checkpoint: str | None) -> Path | None:
@@ -233,6 +251,6 @@ def write_bnb_quantised(source: Path, directory: Path, args: ExportArguments) ->
     config = bnb_config(bits, compute_dtype=compute, quant_type=args.bnb_4bit_quant_type,
                         double_quant=args.bnb_4bit_use_double_quant)
     logger.info("Quantising to %d bits with bitsandbytes on %s", bits, device)
-    lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=device)
+    lm = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map=args.device_map or device)
     lm.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(source).save_pretrained(directory)

@@ -70,14 +70,15 @@ def write_gpu_quantised(source: Path, directory: Path, method: str, args: Export
         from transformers import FineGrainedFP8Config
 
         model = AutoModelForCausalLM.from_pretrained(source, quantization_config=FineGrainedFP8Config(),
-                                                     device_map="cuda")
+                                                     device_map=args.device_map or "cuda")
     elif method in ("gptq", "gptq_v2"):
         from transformers import GPTQConfig
 
         config = GPTQConfig(bits=args.quant_bits, tokenizer=tokenizer, group_size=args.group_size,
                             dataset=[tokenizer.decode(ids) for ids in calibration], batch_size=args.quant_batch_size,
                             model_seqlen=args.max_length, checkpoint_format=method)
-        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, device_map="cuda")
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config,
+                                                     device_map=args.device_map or "cuda")
     else:
         model = awq_quantised(source, args, calibration)
     model.save_pretrained(directory, safe_serialization=True)
@@ -90,7 +91,8 @@ def awq_quantised(source: Path, args: ExportArguments, calibration: list[list[in
     from llmcompressor.modifiers.awq import AWQModifier
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", device_map="cuda")
+    # --device_map cpu: llm-compressor then moves one layer at a time to the GPU (a model larger than the GPU)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", device_map=args.device_map or "cuda")
     data = Dataset.from_dict({"input_ids": calibration, "attention_mask": [[1] * len(ids) for ids in calibration]})
     oneshot(model=model, dataset=data, max_seq_length=args.max_length, num_calibration_samples=len(calibration),
             recipe=[AWQModifier(scheme="W4A16", targets=["Linear"], ignore=["lm_head"])])

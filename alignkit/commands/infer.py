@@ -19,6 +19,7 @@ from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow, PreferenceRow, PromptRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
+from alignkit.generation import data_parallel
 from alignkit.generation.answers import generate, ids_of, stream_answer
 from alignkit.generation.loader import Loaded, load_for_answers
 from alignkit.vision.encode import PLACEHOLDER
@@ -45,19 +46,39 @@ def run_infer(args: InferArguments) -> int:
         if result_path.exists():
             raise AlignkitError(f"--result_path {result_path} exists; alignkit never overwrites results")
     if args.reward_model:
+        if data_parallel.world_size() > 1:
+            raise AlignkitError("NPROC_PER_NODE > 1: reward-model scoring runs in one process; unset NPROC_PER_NODE")
         if result_path is None:
             raise AlignkitError("--reward_model scores the conversations of --val_dataset; pass --val_dataset")
         return score_datasets(args, result_path)
     torch.manual_seed(args.seed)
+    if data_parallel.world_size() > 1:
+        check_data_parallel(args, result_path)
+        data_parallel.start()
     if args.infer_backend in ("vllm", "sglang", "lmdeploy"):
         return engine_infer(args, result_path, held_out)
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
                               max_memory=args.device_max_memory, max_length=args.max_length, system=args.system,
-                              trust_remote_code=args.trust_remote_code)
+                              trust_remote_code=args.trust_remote_code, attn_impl=args.attn_impl,
+                              enable_thinking=args.enable_thinking, use_chat_template=args.use_chat_template)
     if result_path is None:
         return chat(loaded, args)
     rows = held_out if held_out is not None else load_prompts(args)
     return batch_infer(loaded, rows, args, result_path)
+
+
+def check_data_parallel(args: InferArguments, result_path: Path | None) -> None:
+    """Under NPROC_PER_NODE > 1, ms-swift's data-parallel batch inference: datasets answered with transformers."""
+    if result_path is None:
+        raise AlignkitError("NPROC_PER_NODE > 1 answers datasets in parallel (--val_dataset, --dataset or "
+                            "--load_data_args); interactive chat runs in one process: unset NPROC_PER_NODE")
+    if args.infer_backend not in ("transformers", "pt"):
+        raise AlignkitError(f"NPROC_PER_NODE > 1 with --infer_backend {args.infer_backend}: data-parallel inference "
+                            "runs the transformers backend; give the engine its GPUs with its own flags "
+                            "(e.g. --vllm_tensor_parallel_size) in one process")
+    if args.device_map or args.device_max_memory:
+        raise AlignkitError("NPROC_PER_NODE > 1 puts one copy of the model on each process's GPU; --device_map "
+                            "splits one copy across GPUs: use one or the other")
 
 
 def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[PromptRow] | None) -> int:
@@ -68,6 +89,8 @@ def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[
                             "model's prompts with --infer_backend transformers")
     if args.device_map or args.device_max_memory:
         raise AlignkitError(f"--device_map applies to --infer_backend transformers; {backend} places the model itself")
+    if args.attn_impl:
+        raise AlignkitError(f"--attn_impl applies to --infer_backend transformers; {backend} chooses its own kernels")
     if result_path is None:
         raise AlignkitError(f"--infer_backend {backend} answers datasets (--val_dataset); interactive chat uses "
                             "transformers")
@@ -85,6 +108,9 @@ def engine_infer(args: InferArguments, result_path: Path | None, held_out: list[
         generator = (external_engines.SglangInference(args) if backend == "sglang"
                      else external_engines.LmdeployInference(args, tokenizer))
     encoder = ChatEncoder(tokenizer, max_length=args.max_length, system=args.system)
+    if args.enable_thinking is not None:
+        encoder.chat_template_kwargs = {"enable_thinking": args.enable_thinking}
+    encoder.use_chat_template = args.use_chat_template
     rows = held_out if held_out is not None else load_prompts(args)
     rows = [(row, encoder.encode_prompt(row.prompt)) for row in rows]
     return write_answers(lambda chunk: generator.generate([ids for _, ids in chunk]), tokenizer, rows, args,
@@ -176,10 +202,24 @@ def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result
     fitted = [(row, fit_prompt(prompt, args.max_length, args.truncation_strategy, index))
               for index, (row, prompt) in enumerate(encoded)]
     kept = [(row, prompt) for row, prompt in fitted if prompt is not None]
+    if args.metric and any("labels" not in row.extras for row, _ in kept):
+        raise AlignkitError(f"--metric {args.metric} compares answers with reference answers: the rows need a "
+                            "`labels` column (or come from --load_data_args / --dataset, whose held-out rows keep "
+                            "their answers)")
     if len(kept) < len(encoded):
         logger.warning("Skipped %d prompts longer than --max_length %d", len(encoded) - len(kept), args.max_length)
-    result_path.parent.mkdir(parents=True, exist_ok=True)
     start, new_tokens = time.perf_counter(), 0
+    if data_parallel.world_size() > 1:  # NPROC_PER_NODE: each process answers its share; rank 0 writes them all
+        mine = data_parallel.share(len(kept))
+        answers = data_parallel.gather([response for i in range(mine.start, mine.stop, args.max_batch_size)
+                                        for response in answer(kept[i : min(i + args.max_batch_size, mine.stop)])])
+        if data_parallel.rank() != 0:
+            return 0
+        remaining = iter(answers)
+
+        def answer(chunk):  # noqa: F811  (the gathered answers, in dataset order)
+            return [next(remaining) for _ in chunk]
+    result_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with result_path.open("x") as out:
         for i in range(0, len(kept), args.max_batch_size):
@@ -195,6 +235,10 @@ def write_answers(answer, tokenizer, encoded: list, args: InferArguments, result
     seconds = time.perf_counter() - start
     logger.info("Wrote %s: %d answers in %.1f s (%.2f answers/s, %.1f tokens/s)", result_path, len(kept), seconds,
                 len(kept) / seconds, new_tokens / seconds)
+    if args.metric == "acc":  # ms-swift's: the share of answers equal to their reference, over the results file
+        results = [json.loads(line) for line in result_path.read_text().splitlines()]
+        print(f"acc: {sum(r['response'] == r['labels'] for r in results) / max(1, len(results)):.4f} "
+              f"over {len(results)} answers")
     print(f"results: {result_path}")
     return 0
 

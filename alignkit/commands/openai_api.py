@@ -26,10 +26,35 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's shape)
+
+
+class ToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # None only for an assistant turn that made tool calls (OpenAI's shape); checked by the server
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls (--agent_template)
+    tool_call_id: str | None = None  # a tool result's call
+
+
+class FunctionTool(BaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionTool
 
 
 class StreamOptions(BaseModel):
@@ -64,6 +89,8 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name of max_tokens; wins over it
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = None  # rendered by the server's --agent_template
+    tool_choice: Literal["auto", "none"] | None = None  # "required" and named functions are not supported
 
 
 class CompletionRequest(GenerationRequest):

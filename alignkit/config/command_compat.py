@@ -18,23 +18,35 @@ SWIFT_COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "deploy": ("model", "adapters", "ckpt_dir", "served_model_name", "host", "port", "api_key", "infer_backend",
                "max_new_tokens", "temperature", "top_p", "max_batch_size", "max_length", "truncation_strategy",
                "torch_dtype", "device_map", "trust_remote_code", "vllm_gpu_memory_utilization", "vllm_max_model_len",
-               "agent_template", "task_type"),
+               "vllm_tensor_parallel_size", "vllm_data_parallel_size", "vllm_enforce_eager",
+               "vllm_enable_prefix_caching", "vllm_max_num_seqs", "vllm_limit_mm_per_prompt", "sglang_tp_size",
+               "sglang_context_length", "agent_template", "task_type", "num_labels", "enable_thinking"),
     "app": ("model", "adapters", "ckpt_dir", "system", "max_new_tokens", "temperature", "top_p", "server_name",
             "server_port", "share", "stream", "lang", "infer_backend", "trust_remote_code", "base_url",
-            "vllm_gpu_memory_utilization"),
+            "vllm_gpu_memory_utilization", "vllm_max_model_len", "vllm_limit_mm_per_prompt", "sglang_context_length"),
     "export": ("model", "adapters", "ckpt_dir", "output_dir", "merge_lora", "quant_method", "quant_bits", "dataset",
                "quant_n_samples", "quant_batch_size", "group_size", "max_length", "truncation_strategy",
                "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "to_ollama",
                "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "commit_message", "use_hf",
                "to_cached_dataset", "torch_dtype", "device_map", "task_type", "load_data_args",
-               "split_dataset_ratio", "dataset_num_proc"),
+               "split_dataset_ratio", "dataset_num_proc", "num_labels"),
 }
 
 # Accepted flags with a value alignkit refuses before loading (alignkit/config/command_checks.py).
 REFUSED_VALUES = {
-    ("deploy", "infer_backend"): "vllm, sglang, lmdeploy refused (alignkit serves with its transformers batching "
-                                 "engine; use their own OpenAI servers)",
-    ("app", "infer_backend"): "vllm, sglang, lmdeploy refused (as deploy)",
+    ("deploy", "infer_backend"): "vllm and sglang serve through their own OpenAI servers (`vllm serve`, "
+                                 "sglang.launch_server; their package and a CUDA GPU); lmdeploy refused",
+    ("app", "infer_backend"): "vllm and sglang: their own server on a loopback port, the page its client; lmdeploy "
+                              "refused",
+    ("deploy", "task_type"): "embedding, seq_cls, reranker with --infer_backend vllm (embedding also sglang); "
+                             "otherwise causal_lm and alignkit reward models",
+    ("deploy", "num_labels"): "only with --infer_backend vllm --task_type seq_cls",
+    ("infer", "attn_impl"): "transformers backend only",
+    ("infer", "metric"): "acc; rouge refused",
+    ("export", "split_dataset_ratio"): "only with --to_cached_dataset (refused)",
+    ("export", "dataset_num_proc"): "only with --to_cached_dataset (refused)",
+    ("export", "num_labels"): "only with --to_cached_dataset (refused)",
+    ("export", "load_data_args"): "alias of --load_dataset_config: gptq/awq calibration data from the run's args.json",
     ("export", "use_hf"): "--push_to_hub needs --use_hf true (the Hugging Face Hub; ModelScope is not supported)",
     ("export", "to_cached_dataset"): "true is refused: alignkit caches tokenised datasets itself (`alignkit cache`)",
     ("export", "quant_method"): "gptq, gptq_v2, awq and fp8 need a CUDA GPU (a clear error on CPU)",

@@ -16,6 +16,19 @@ TRUNCATION_STRATEGIES = ("delete", "left", "right", "raise")
 TASK_TYPES = ("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm")
 
 
+def attn_impl_option():
+    return option(
+        None, "Attention implementation the model loads with, as for training: sdpa, eager, flex_attention, "
+        "flash_attn (= flash_attention_2), flash_attention_2, flash_attention_3 (flash-attn packages and a CUDA GPU). "
+        "Unset: transformers' choice.", aliases=("--attn_implementation",),
+        choices=("sdpa", "eager", "flex_attention", "flash_attn", "flash_attention_2", "flash_attention_3"))
+
+
+def enable_thinking_option():
+    return option(None, "The chat template's enable_thinking switch (Qwen3-style templates): false asks for an answer "
+                  "without a thinking block. Unset: the template's default.")
+
+
 def task_type_option():
     return option("causal_lm", "What the model is: causal_lm (generation; a reward model with alignkit's value head "
                   "is recognised by its files). seq_cls, embedding, reranker, generative_reranker and prm are "
@@ -94,6 +107,18 @@ class InferArguments:
     sglang_context_length: int | None = option(None, "sglang: context length (default: the model's).")
     lmdeploy_tp: int = option(1, "lmdeploy: GPUs the model is split across (tensor parallel).")
     lmdeploy_session_len: int | None = option(None, "lmdeploy: longest session in tokens (default: the model's).")
+    # --- infer: model loading and template flags (issue 20, second round) ---
+    attn_impl: str | None = attn_impl_option()
+    enable_thinking: bool | None = enable_thinking_option()
+    use_chat_template: bool = option(
+        True, "false: ms-swift's generation template (base models): the prompt is BOS + the last user message, no "
+        "system prompt or chat markers, as training's --use_chat_template false renders it."
+    )
+    metric: str | None = option(
+        None, "Score the answers against the rows' reference answers (`labels`, e.g. the held-out rows of "
+        "--load_data_args or --dataset): acc, the share of answers equal to their reference (as ms-swift). rouge "
+        "is refused (not implemented).", choices=("acc", "rouge"),
+    )
     debug: bool = option(False, "Show full tracebacks for errors.")
 
 
@@ -184,10 +209,24 @@ class ExportArguments:
         False, "ms-swift: true uses the Hugging Face Hub, false ModelScope. alignkit pushes to the Hugging Face Hub "
         "only: --push_to_hub needs --use_hf true."
     )
+    device_map: str | None = option(
+        None, "Where the model loads for quantising, transformers' device_map (cpu, auto, cuda, ...); default: "
+        "the GPU when there is one for bnb, cuda for gptq/awq/fp8 (ms-swift's --device_map cpu quantises a model "
+        "larger than the GPU, layer by layer). The LoRA merge itself always runs on the CPU in fp32."
+    )
     to_cached_dataset: bool = option(
         False, "ms-swift's pre-tokenised dataset export; refused: alignkit tokenises and caches datasets itself on "
         "first use (see `alignkit cache`)."
     )
+    load_dataset_config: bool = option(
+        False, "gptq/awq calibration data: the --dataset of the run that trained --model/--ckpt_dir/--adapters (its "
+        "args.json, which alignkit's export copies into merged models), when --dataset is not given.",
+        aliases=("--load_data_args",),
+    )
+    split_dataset_ratio: float = option(
+        0.0, "With --to_cached_dataset (refused): the share held out as the cached validation set.")
+    dataset_num_proc: int = option(1, "With --to_cached_dataset (refused): tokenising processes.")
+    num_labels: int | None = option(None, "With --to_cached_dataset (refused): labels of a seq_cls dataset.")
     output_dir: str | None = option(
         None, "Where the model is written (default <ckpt>-merged or <ckpt>-bnb-int<bits>); never overwritten."
     )
@@ -216,8 +255,10 @@ class DeployArguments:
     max_batch_size: int = option(8, "Concurrent requests generated together in one batch.")
     # --- deploy: ms-swift's serving flags ---
     infer_backend: str = infer_backend_option(
-        "Serving engine: transformers (pt: ms-swift 3's name), alignkit's batching engine. vllm, sglang and lmdeploy "
-        "are refused here: serve with their own OpenAI servers (`vllm serve DIR`), or batch-infer with alignkit infer."
+        "Serving engine: transformers (pt: ms-swift 3's name), alignkit's batching engine; vllm or sglang: the "
+        "model served by their own OpenAI-compatible server (`vllm serve`, sglang.launch_server) with the "
+        "--vllm_*/--sglang_* flags, --host/--port/--api_key/--served_model_name and the sampling defaults "
+        "translated (their package and a CUDA GPU); lmdeploy is refused."
     )
     max_length: int | None = option(
         None, "Longest prompt + answer in tokens (default: the model's context); longer prompts follow "
@@ -228,6 +269,29 @@ class DeployArguments:
     trust_remote_code: bool = option(
         False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
     )
+    # --- deploy: engine servers (vllm/sglang), tool calls, classifier heads ---
+    vllm_gpu_memory_utilization: float = option(0.9, "vLLM: share of GPU memory for weights and KV cache.")
+    vllm_max_model_len: int | None = option(None, "vLLM: context length (default: --max_length, else the model's).")
+    vllm_tensor_parallel_size: int = option(1, "vLLM: GPUs the model is split across (tensor parallel).")
+    vllm_data_parallel_size: int = option(1, "vLLM: engine replicas, one per GPU group (data parallel).")
+    vllm_enforce_eager: bool = option(False, "vLLM: no CUDA graphs (less memory, slower).")
+    vllm_enable_prefix_caching: bool = option(False, "vLLM: reuse the KV cache of shared prompt prefixes.")
+    vllm_max_num_seqs: int | None = option(None, "vLLM: most sequences in one engine step (default: vLLM's).")
+    vllm_limit_mm_per_prompt: str | None = option(
+        None, "vLLM: most images/videos per prompt, a JSON object such as '{\"image\": 5}'."
+    )
+    sglang_tp_size: int = option(1, "sglang: GPUs the model is split across (tensor parallel).")
+    sglang_context_length: int | None = option(None, "sglang: context length (default: the model's).")
+    agent_template: str | None = option(
+        None, "Tool calls (OpenAI `tools`): hermes renders the tools into the system prompt in Hermes format and "
+        "parses <tool_call>{...}</tool_call> in answers into `tool_calls`; with --infer_backend vllm, vLLM's own "
+        "hermes parser does it.", choices=("hermes",),
+    )
+    num_labels: int | None = option(
+        None, "--task_type seq_cls with --infer_backend vllm: labels of the classification head (default: the "
+        "checkpoint's config)."
+    )
+    enable_thinking: bool | None = enable_thinking_option()
     allowed_local_media_path: str | None = option(
         None, "A vision-language model reads image_url parts that name local files (a path or file:// URL) only "
         "inside this directory; without it only data: and http(s):// URLs are taken.",
@@ -254,9 +318,16 @@ class AppArguments:
     stream: bool = option(True, "Show answers as they are generated (false: each answer whole, when done).")
     lang: str = option("en", "Language of the page's labels: en or zh.", choices=("en", "zh"))
     infer_backend: str = infer_backend_option(
-        "Engine: transformers (pt: ms-swift 3's name), alignkit's batching engine; vllm, sglang and lmdeploy are "
-        "refused here (serve with their own OpenAI servers)."
+        "Engine: transformers (pt: ms-swift 3's name), alignkit's batching engine; vllm or sglang: their own "
+        "OpenAI-compatible server is started on a free loopback port and the page chats with it (their package and "
+        "a CUDA GPU); lmdeploy is refused."
     )
+    vllm_gpu_memory_utilization: float = option(0.9, "vLLM: share of GPU memory for weights and KV cache.")
+    vllm_max_model_len: int | None = option(None, "vLLM: context length (default: the model's).")
+    vllm_limit_mm_per_prompt: str | None = option(
+        None, "vLLM: most images/videos per prompt, a JSON object such as '{\"image\": 5}'."
+    )
+    sglang_context_length: int | None = option(None, "sglang: context length (default: the model's).")
     trust_remote_code: bool = option(
         False, "Run the model repository's own Python code (needed by some architectures); off, as in transformers."
     )

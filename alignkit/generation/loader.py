@@ -43,12 +43,20 @@ class Loaded:
 
 def load_for_answers(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str, *,
                      device_map: str | None = None, max_memory: list[str] = (), max_length: int | None = None,
-                     system: str | None = None, trust_remote_code: bool = False) -> Loaded:
+                     system: str | None = None, trust_remote_code: bool = False, attn_impl: str | None = None,
+                     enable_thinking: bool | None = None, use_chat_template: bool = True) -> Loaded:
     """``--model``/``--adapters``/``--ckpt_dir`` (a vision-language model when its config says so, which then
     runs on one device: ``--device_map`` is refused for it), in ``--dtype``. ``max_length``: the longest prompt
     the encoder takes; None: the model's context length. ``trust_remote_code``: a text model's repository code
-    may run (--trust_remote_code)."""
+    may run (--trust_remote_code). ``attn_impl``: --attn_impl (text models). ``enable_thinking``: the chat
+    template's switch (--enable_thinking; None: the template's default). ``use_chat_template``: false renders
+    prompts with ms-swift's generation template (--use_chat_template false)."""
     if vision_model_path(model, adapters, ckpt_dir) is not None:  # prompts with images: docs/vision.md
+        for flag, value in (("--attn_impl", attn_impl), ("--enable_thinking", enable_thinking),
+                            ("--use_chat_template", None if use_chat_template else False)):
+            if value is not None:
+                raise AlignkitError(f"{flag}: applies to text models; a vision-language model loads and renders "
+                                    "its prompts with transformers' defaults (leave it out)")
         if trust_remote_code:
             raise AlignkitError("--trust_remote_code: alignkit loads vision-language models with transformers' own "
                                 "code only; leave it off for this model")
@@ -56,9 +64,14 @@ def load_for_answers(model: str | None, adapters: list[str], ckpt_dir: str | Non
         lm, saved_with = load_vision_for_inference(model, adapters, ckpt_dir, dtype)
     else:
         lm, saved_with = load_for_inference(model, adapters, ckpt_dir, dtype, device_map, max_memory,
-                                            trust_remote_code)
+                                            trust_remote_code, attn_impl)
     max_length = max_length or context_length(lm)
-    return Loaded(lm, encoder_for(lm, saved_with, max_length=max_length, system=system), saved_with)
+    encoder = encoder_for(lm, saved_with, max_length=max_length, system=system)
+    if enable_thinking is not None:
+        encoder.chat_template_kwargs = {"enable_thinking": enable_thinking}
+    if not use_chat_template:  # ms-swift's generation template (ChatEncoder.encode_plain)
+        encoder.use_chat_template = False
+    return Loaded(lm, encoder, saved_with)
 
 
 def context_length(model) -> int:

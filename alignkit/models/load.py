@@ -313,9 +313,11 @@ def _read_json(path: Path, flag: str, adapter: str) -> dict:
 
 
 def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | None, dtype: str,
-                       device_map: str | None = None, max_memory: list[str] = (), trust_remote_code: bool = False):
+                       device_map: str | None = None, max_memory: list[str] = (), trust_remote_code: bool = False,
+                       attn_impl: str | None = None):
     """Model (with adapters, in eval mode) and tokenizer for infer/eval. Returns (model, tokenizer).
-    ``device_map``/``max_memory``: the --device_map/--device_max_memory flags (alignkit/models/placement.py)."""
+    ``device_map``/``max_memory``: the --device_map/--device_max_memory flags (alignkit/models/placement.py);
+    ``attn_impl``: --attn_impl, as training loads with it."""
     model, adapters = resolve_checkpoint(model, adapters, ckpt_dir)
     model_path = resolve_model_path(model)
     placement, memory = resolve_flags(device_map, list(max_memory))
@@ -324,7 +326,8 @@ def load_for_inference(model: str | None, adapters: list[str], ckpt_dir: str | N
     precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     lm = load_causal_lm(model_path, dtype=torch_dtype, device_map=placement, max_memory=memory,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code,
+                        options=LoadOptions(attn_implementation=attn_impl) if attn_impl else None)
     if adapters:
         check_adapter_placement(lm)
         lm = load_adapters(lm, adapters, trainable=False)

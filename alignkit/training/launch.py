@@ -1,4 +1,5 @@
-"""ms-swift's launch variables: ``NPROC_PER_NODE=2 alignkit rlhf ...`` runs the same command under torchrun.
+"""ms-swift's launch variables: ``NPROC_PER_NODE=2 alignkit rlhf ...`` runs the same command under torchrun
+(training, and ``alignkit infer``'s data-parallel batch inference).
 
     NPROC_PER_NODE  processes on this machine (one per GPU; default: the visible GPUs, or 1)
     NNODES          machines (default 1);  NODE_RANK  this machine's index (default 0)
@@ -40,6 +41,16 @@ def torchrun_command(argv: list[str], environ: dict[str, str]) -> list[str] | No
         "--master_port", environ.get("MASTER_PORT", "29500"),
         "-m", "alignkit", *argv,
     ]
+
+
+def infer_argv(argv: list[str], values: dict) -> list[str]:
+    """``alignkit infer`` relaunched for data-parallel batch inference: every process must write to the same
+    --result_path, so its default (a timestamp) is chosen once, here, before the processes start."""
+    if values.get("result_path") is not None or "NPROC_PER_NODE" not in os.environ or "LOCAL_RANK" in os.environ:
+        return argv
+    import time
+
+    return [*argv, "--result_path", f"infer_result/{time.strftime('%Y%m%d-%H%M%S')}.jsonl"]
 
 
 def _visible_gpus(environ: dict[str, str]) -> int:
