@@ -58,7 +58,7 @@ def run_export(args: ExportArguments) -> int:
     method = quant_method(args)
     if method is None and not args.merge_lora and not args.to_ollama:
         if args.push_to_hub:  # ms-swift pushes the checkpoint (or adapter) as it is
-            from alignkit.commands.export_targets import push_to_hub
+            from alignkit.models.hub_upload import push_to_hub
 
             source = Path(adapters[0] if adapters else resolve_model_path(model))
             print(f"pushed: {push_to_hub(source, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=args.commit_message)}")  # noqa: E501
@@ -130,7 +130,7 @@ def run_export(args: ExportArguments) -> int:
     logger.info("Exported %s", output)
     print(f"exported: {output}")
     if args.push_to_hub:
-        from alignkit.commands.export_targets import push_to_hub
+        from alignkit.models.hub_upload import push_to_hub
 
         print(f"pushed: {push_to_hub(output, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=args.commit_message)}")  # noqa: E501
     return 0

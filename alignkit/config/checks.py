@@ -43,8 +43,25 @@ RANGES = {
 FINITE_IF_SET = ("max_grad_norm", "beta", "rpo_alpha")
 
 
+def check_push_to_hub(args: RunArguments) -> None:
+    """--push_to_hub uploads when training ends: what it needs is checked before any training."""
+    if not args.push_to_hub:
+        return
+    if not args.hub_model_id:
+        raise AlignkitError("--push_to_hub needs --hub_model_id (the repository, e.g. me/my-model)")
+    if args.hub_strategy != "end":
+        raise AlignkitError(f"--hub_strategy {args.hub_strategy}: alignkit uploads once, when training ends "
+                            "(--hub_strategy end)")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise AlignkitError("--push_to_hub: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1); train "
+                            "without it and upload the checkpoint later (`hf upload REPO DIR`)")
+
+
 def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
     """``method``: "sft" or the --rlhf_type (unset: --rlhf_type's)."""
+    check_push_to_hub(args)
     for name in AT_LEAST_ONE:
         _at_least_one(name, getattr(args, name))
     for name in AT_LEAST_ONE_IF_SET:

@@ -659,6 +659,21 @@ class RunArguments:
         "disk under a key of the reference weights, data, template, --max_length and precision; no reference "
         "model is kept. Not for vision-language models.", applies_to=("dpo", "kto",))
 
+    # --- uploading the trained model (transformers' / ms-swift's hub flags) ---
+    push_to_hub: bool = option(
+        False, "After training, upload the last checkpoint (the best one with --load_best_model_at_end) to the "
+        "Hugging Face Hub repository --hub_model_id (created if missing).", may_differ_on_resume=True,
+        differs="one upload when training ends (ms-swift/transformers also push at each save, --hub_strategy)")
+    hub_model_id: str | None = option(None, "--push_to_hub: the repository, e.g. me/my-model.",
+                                      may_differ_on_resume=True)
+    hub_token: str | None = option(None, "--push_to_hub: the token (default: huggingface_hub's login / $HF_TOKEN).",
+                                   may_differ_on_resume=True)
+    hub_private_repo: bool = option(False, "--push_to_hub: create the repository private.", may_differ_on_resume=True)
+    hub_strategy: str = option(
+        "end", "When --push_to_hub uploads: end (alignkit's only one; every_save, checkpoint and all_checkpoints "
+        "stop with an error).", choices=("end", "every_save", "checkpoint", "all_checkpoints"),
+        may_differ_on_resume=True)
+
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs).", may_differ_on_resume=True)

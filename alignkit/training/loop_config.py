@@ -24,6 +24,7 @@ logger = logging.getLogger("alignkit")
 @dataclass
 class LoopConfig:
     num_train_epochs: float = 1.0
+    hub_upload: dict | None = None  # --push_to_hub: {"repo_id", "token", "private"}; None: no upload
     max_steps: int = -1
     batch_size: int = 1
     eval_batch_size: int = 4
@@ -82,6 +83,8 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
     eval_strategy, eval_steps = resolve_eval(args)
     metric, greater = best_model_metric(args, method) if method else (None, False)
     return LoopConfig(
+        hub_upload={"repo_id": args.hub_model_id, "token": args.hub_token, "private": args.hub_private_repo}
+        if args.push_to_hub else None,
         num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
         batch_size=args.per_device_train_batch_size,

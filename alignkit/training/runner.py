@@ -409,6 +409,15 @@ class Runner:
         logger.info("last checkpoint: %s", self.last_checkpoint)
         if config.metric_for_best_model:
             logger.info("best checkpoint: %s (%s %s)", best, config.metric_for_best_model, state.best_metric)
+        if config.hub_upload and self.main:
+            uploaded = Path(best) if best and config.load_best_model_at_end else self.last_checkpoint
+            if uploaded is None:
+                raise AlignkitError("--push_to_hub: the run wrote no checkpoint to upload (--save_strategy no)")
+            from alignkit.models.hub_upload import push_to_hub
+
+            upload = config.hub_upload
+            push_to_hub(uploaded, upload["repo_id"], token=upload["token"], private=upload["private"],
+                        commit_message=f"alignkit: {uploaded.name}")
         return self.last_checkpoint
 
     def _keep_only(self, best: Path) -> None:
