@@ -567,7 +567,9 @@ class RunArguments:
         "Loss variant(s). dpo: one or several of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, "
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
-        "hinge; grpo: grpo, bnpo, dr_grpo; sft: cross_entropy (its only loss). Unset: sigmoid (dpo, cpo), kto (kto), "
+        "hinge; grpo: grpo, bnpo, dr_grpo; sft: cross_entropy; sft --task_type embedding: infonce, cosine_similarity, "
+        "contrastive, online_contrastive; reranker/generative_reranker: pointwise_reranker, listwise_reranker. "
+        "Unset: sigmoid (dpo, cpo), kto (kto), "
         "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
@@ -805,10 +807,13 @@ class RunArguments:
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(
         None,
-        "What the model learns: causal_lm (generation: sft, rlhf) or seq_cls (alignkit sft: a classification or "
-        "regression head on the last token, trained on rows with messages and a label). Unset: seq_cls when "
-        "--num_labels is given, else causal_lm (ms-swift's rule). embedding, reranker, generative_reranker and prm "
-        "are refused with what to use instead.",
+        "What the model learns: causal_lm (generation: sft, rlhf); seq_cls (alignkit sft: a classification or "
+        "regression head on the last token, trained on rows with messages and a label); embedding (the last "
+        "token's normalised hidden state, --loss_type infonce | cosine_similarity | contrastive | "
+        "online_contrastive); reranker (a one-label head) or generative_reranker (logit yes − logit no), "
+        "--loss_type pointwise_reranker | listwise_reranker; the last three on rows with messages, "
+        "positive_messages and negative_messages (docs/objectives.md). Unset: seq_cls when --num_labels is given, "
+        "else causal_lm (ms-swift's rule). prm is refused.",
         choices=("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm"))
     num_labels: int | None = option(
         None, "seq_cls: the number of classes (outputs of the head); 1 for regression.")
