@@ -676,7 +676,9 @@ class RunArguments:
     )
     max_completion_length: int = option(
         512,
-        "ppo, grpo: most tokens sampled per completion.",
+        "ppo, grpo: most tokens sampled per completion. --response_length is ms-swift's older spelling (its "
+        "PPO examples use it); when both are given, the later one on the command line counts.",
+        aliases=("--response_length",),
         applies_to=(
             "ppo",
             "grpo",
