@@ -5,6 +5,8 @@ of a sequence is its last layer's hidden state at the last non-padding token, L2
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 
 from alignkit.data.group_collate import GroupBatch
 from alignkit.losses.retrieval import EMBEDDING_LOSSES, embedding_loss
+
+logger = logging.getLogger("alignkit")
 
 
 def last_token_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -32,6 +36,9 @@ class Embedding:
         if self.loss_type not in EMBEDDING_LOSSES:
             raise ValueError(f"--task_type embedding takes --loss_type {', '.join(EMBEDDING_LOSSES)}, "
                              f"not {self.loss_type}")
+        if self.loss_type == "infonce" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            logger.info("infonce: in-batch negatives come from each process's own micro-batch (ms-swift gathers "
+                        "them across processes)")
 
     rows: ClassVar[str] = "embedding"
     loss_unit: ClassVar[str] = "examples"
