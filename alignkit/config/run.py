@@ -832,6 +832,25 @@ class RunArguments:
         "for dpo, kto, cpo, simpo, orpo, rm, ppo and grpo (TRL's and ms-swift's default for preference training), "
         "off for sft. ppo and grpo always run without dropout.")
 
+    # --- GaLore (alignkit/training/galore.py) ---
+    use_galore: bool = option(
+        False, "Full fine-tuning with GaLore (galore-torch): the gradients of the target weights are projected to "
+        "rank --galore_rank, where the optimizer keeps its states (less optimizer memory), as ms-swift's "
+        "--use_galore. --optim adamw_torch(_fused), adafactor or an 8-bit AdamW.")
+    galore_target_modules: list[str] | None = option(
+        None, "GaLore: the linear modules whose name contains one of these. Unset: every linear layer but the "
+        "LM head (ms-swift's find_all_linears).", nargs="+")
+    galore_rank: int = option(128, "GaLore: rank of the gradient projection.")
+    galore_update_proj_gap: int = option(50, "GaLore: steps between recomputing the projection (an SVD).")
+    galore_scale: float = option(1.0, "GaLore: scale of the projected-back update.")
+    galore_proj_type: str = option("std", "GaLore: which side is projected.",
+                                   choices=("std", "reverse_std", "right", "left", "full"))
+    galore_optim_per_parameter: bool = option(
+        False, "GaLore: one optimizer per parameter, as ms-swift (here one parameter group each); as in ms-swift "
+        "the projection gap is doubled and the learning-rate schedule runs over twice the steps.")
+    galore_with_embedding: bool = option(
+        False, "GaLore: also project the embedding matrix (with --galore_target_modules unset).")
+
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(
         0, "ms-swift/transformers data-loader workers.", no_effect=LOADER_HAS_NO_WORK)
