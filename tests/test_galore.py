@@ -65,7 +65,7 @@ def test_errors(monkeypatch, tmp_path, capsys):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "galore_torch" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "galore_torch" else real(n, *a))
     with pytest.raises(AlignkitError, match="pip install galore-torch"):
         check_optimizer(LoopConfig(optim="adamw_torch", galore=GaloreSettings()))
 
