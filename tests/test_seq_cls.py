@@ -149,9 +149,6 @@ def test_task_type_rules_follow_ms_swift(caplog):
         (RunArguments(task_type="causal_lm", num_labels=2), "sft", "serve --task_type seq_cls, not causal_lm"),
         (RunArguments(task_type="seq_cls", num_labels=2), "dpo", "--rlhf_type dpo trains a causal LM"),
         (RunArguments(rlhf_type="rm", num_labels=3), "rm", "--rlhf_type rm trains a reward model"),
-        (RunArguments(task_type="embedding"), "sft", "not embedding models; use ms-swift or sentence-transformers"),
-        (RunArguments(task_type="reranker"), "sft", "--task_type seq_cls --num_labels 1"),
-        (RunArguments(task_type="generative_reranker"), "sft", "train the yes/no answer with plain sft"),
         (RunArguments(task_type="prm"), "sft", "--rlhf_type rm trains an outcome reward model"),
     ]
     for args, method, message in cases:
@@ -179,6 +176,6 @@ def test_bad_labels_stop_before_the_model_loads(tiny_model_dir, tmp_path, capsys
 
 
 def test_unsupported_task_types_stop_at_once(tiny_model_dir, tmp_path, capsys):
-    assert main(["sft", "--model", tiny_model_dir, "--task_type", "embedding", "--output_dir",
+    assert main(["sft", "--model", tiny_model_dir, "--task_type", "prm", "--output_dir",
                  str(tmp_path / "out")]) == 2
-    assert "--task_type embedding: alignkit trains generative models" in capsys.readouterr().err
+    assert "--task_type prm: alignkit has no process-reward-model training" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 
-from alignkit.config.defaults import UNSUPPORTED_TASK_TYPES
+from alignkit.config.defaults import RETRIEVAL_TASKS, UNSUPPORTED_TASK_TYPES
 from alignkit.config.model_checks import check_model_flags
 from alignkit.config.online_checks import check_online_flags
 from alignkit.config.run import RunArguments
@@ -93,18 +93,19 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")
     check_model_flags(args)
-    # Before --loss_type: a reranker's or an embedding model's losses (pointwise_reranker, infonce, ...) are the
-    # task's, and the task is what alignkit does not train.
+    # Before --loss_type: a task alignkit does not train is named first.
     if args.task_type in UNSUPPORTED_TASK_TYPES:
         raise AlignkitError(f"--task_type {args.task_type}: {UNSUPPORTED_TASK_TYPES[args.task_type]}")
-    if (method or args.rlhf_type) == "sft":
+    if (method or args.rlhf_type) == "sft" and args.task_type in RETRIEVAL_TASKS:
+        pass  # their --loss_type values are checked with the task (config.defaults.retrieval_task)
+    elif (method or args.rlhf_type) == "sft":
         unknown = [t for t in args.loss_type if t != "cross_entropy"]
         if unknown:
             raise AlignkitError(
                 f"--loss_type {' '.join(unknown)}: sft trains with cross_entropy (ms-swift's default sft loss); "
                 "ms-swift's other loss types belong to --task_type embedding (infonce, cosine_similarity, contrastive, "
-                "online_contrastive) and reranker (pointwise_reranker, listwise_reranker), which alignkit does not "
-                "train; per-token weights are --loss_scale")
+                "online_contrastive) and reranker/generative_reranker (pointwise_reranker, listwise_reranker); "
+                "per-token weights are --loss_scale")
     elif (method or args.rlhf_type) == "dpo":
         unknown = [t for t in args.loss_type if t not in DPO_LOSS_TYPES]
         if unknown:
@@ -140,6 +141,9 @@ def check_data_flags(args: RunArguments, method: str) -> None:
         raise AlignkitError(f"--packing_num_proc {args.packing_num_proc}: expected a positive integer")
     if not args.packing:
         return
+    if method == "sft" and args.task_type in RETRIEVAL_TASKS:
+        raise AlignkitError(f"--packing with --task_type {args.task_type} is not supported: each conversation is "
+                            "scored at its own last token, in padded batches; drop --packing")
     if method == "kto":
         raise AlignkitError("--packing with --rlhf_type kto is not supported: KTO estimates its KL term from "
                             "mismatched rows within a micro-batch, which packs of varying size cannot promise; "

@@ -144,10 +144,8 @@ SWIFT_TRAINING_FLAGS: dict[str, tuple[str, ...]] = {
 # Flags whose feature alignkit does not have: setting one stops the run at once with this reason (what to
 # use instead, where there is something). Keyed by the flag's name without dashes.
 UNSUPPORTED_FLAGS: dict[str, str] = {
-    **{name: "GaLore is not supported; use LoRA (--tuner_type lora) or full fine-tuning with DeepSpeed ZeRO"
-       for name in ("use_galore", "galore_target_modules", "galore_rank", "galore_update_proj_gap", "galore_scale",
-                    "galore_proj_type", "galore_optim_per_parameter", "galore_with_embedding",
-                    "galore_quantization", "galore_proj_quant", "galore_proj_bits", "galore_proj_group_size",
+    **{name: "Q-GaLore (quantized GaLore, q-galore-torch) is not supported; use --use_galore without quantization"
+       for name in ("galore_quantization", "galore_proj_quant", "galore_proj_bits", "galore_proj_group_size",
                     "galore_cos_threshold", "galore_gamma_proj", "galore_queue_size")},
     **{name: "LISA is not supported; use LoRA or full fine-tuning with --freeze_parameters_ratio"
        for name in ("lisa_activated_layers", "lisa_step_interval")},

@@ -42,13 +42,16 @@ _TABLES = (("beta", DEFAULT_BETA), ("loss_type", DEFAULT_LOSS_TYPE))
 
 # --task_type values alignkit does not train, and what to use instead.
 UNSUPPORTED_TASK_TYPES = {
-    "embedding": "alignkit trains generative models (sft, rlhf) and classification/reward heads (--task_type "
-    "seq_cls, --rlhf_type rm), not embedding models; use ms-swift or sentence-transformers for those",
-    "reranker": "alignkit has no reranker training; a pointwise reranker is a one-label classifier: --task_type "
-    "seq_cls --num_labels 1 on query/document rows with a relevance label, or ms-swift for listwise training",
-    "generative_reranker": "alignkit has no generative-reranker training; train the yes/no answer with plain sft, "
-    "or use ms-swift",
     "prm": "alignkit has no process-reward-model training; --rlhf_type rm trains an outcome reward model",
+}
+
+# Task types trained on ms-swift's embedding/reranker rows (alignkit/algorithms/embedding.py, reranker.py), their
+# --loss_type values and the one used when it is unset (None: it must be given). reranker's "model" is the
+# model's own one-label loss, which ms-swift falls back to without --loss_type.
+RETRIEVAL_TASKS = {
+    "embedding": (("infonce", "cosine_similarity", "contrastive", "online_contrastive"), None),
+    "reranker": (("pointwise_reranker", "listwise_reranker"), "model"),
+    "generative_reranker": (("pointwise_reranker", "listwise_reranker"), "pointwise_reranker"),
 }
 
 
@@ -80,6 +83,9 @@ def resolve(args, method: str) -> dict[str, Any]:
         )
     values.update(task(args, method))
     if not values["dataset"] and not args.cached_dataset:  # --cached_dataset alone is training data
+        if method == "sft" and values["task_type"] in RETRIEVAL_TASKS:
+            raise AlignkitError(f"--task_type {values['task_type']} needs --dataset: rows with messages, "
+                                "positive_messages and optionally negative_messages (docs/objectives.md)")
         if method == "sft" and values["task_type"] == "seq_cls":
             raise AlignkitError("--task_type seq_cls needs --dataset: rows with messages (or query) and a label "
                                 "column; there is no built-in classification set")
@@ -121,6 +127,8 @@ def task(args, method: str) -> dict[str, Any]:
     task_type, num_labels, problem_type = args.task_type, args.num_labels, args.problem_type
     if task_type in UNSUPPORTED_TASK_TYPES:
         raise AlignkitError(f"--task_type {task_type}: {UNSUPPORTED_TASK_TYPES[task_type]}")
+    if task_type in RETRIEVAL_TASKS:
+        return retrieval_task(task_type, method, args)
     if method != "sft":
         reward_head = method == "rm" and num_labels in (None, 1) and problem_type in (None, "regression")
         if task_type in (None, "causal_lm") and num_labels is None and problem_type is None or reward_head:
@@ -148,6 +156,29 @@ def task(args, method: str) -> dict[str, Any]:
         raise AlignkitError(f"--problem_type {problem_type} needs --num_labels of at least 2; one label is "
                             "regression")
     return {"task_type": task_type, "num_labels": num_labels, "problem_type": problem_type}
+
+
+def retrieval_task(task_type: str, method: str, args) -> dict[str, Any]:
+    """embedding, reranker, generative_reranker: `alignkit sft` only, with one of the task's --loss_type values
+    (its default logged when unset)."""
+    if method != "sft":
+        raise AlignkitError(f"--task_type {task_type} trains with `alignkit sft`, not --rlhf_type {method}")
+    losses, default = RETRIEVAL_TASKS[task_type]
+    if args.problem_type is not None or args.num_labels not in (None, 1) or (
+            args.num_labels is not None and task_type != "reranker"):
+        raise AlignkitError(f"--num_labels/--problem_type do not apply to --task_type {task_type}"
+                            + (" (a reranker scores with one label)" if task_type == "reranker" else ""))
+    if len(args.loss_type) > 1 or args.loss_type and args.loss_type[0] not in losses:
+        raise AlignkitError(f"--loss_type {' '.join(args.loss_type)}: --task_type {task_type} takes one of "
+                            f"{', '.join(losses)}")
+    if args.loss_type:
+        return {"task_type": task_type, "loss_type": list(args.loss_type)}
+    if default is None:
+        raise AlignkitError(f"--task_type {task_type} needs --loss_type: one of {', '.join(losses)} (infonce for "
+                            "rows with positives and optional negatives; the others for pairs with a label)")
+    logger.info("--loss_type not set: --task_type %s trains with %s%s", task_type, default,
+                " (the model's own one-label loss, mean squared error, as ms-swift)" if default == "model" else "")
+    return {"task_type": task_type, "loss_type": [default]}
 
 
 # Defaults that decide whether a run fits on a GPU, as ms-swift sets them, and where alignkit's differ, why.

@@ -574,7 +574,9 @@ class RunArguments:
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
         "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
-        "loss). Unset: sigmoid (dpo, cpo), kto (kto), log_sig (rm), grpo (grpo). simpo and orpo take none.",
+        "loss); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
+        "reranker/generative_reranker: pointwise_reranker, listwise_reranker. Unset: sigmoid (dpo, cpo), kto (kto), "
+        "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
     loss_weights: list[float] = option(
         [],
@@ -695,7 +697,9 @@ class RunArguments:
     )
     max_completion_length: int = option(
         512,
-        "ppo, grpo, gkd: most tokens sampled per completion.",
+        "ppo, grpo, gkd: most tokens sampled per completion. --response_length is ms-swift's older spelling (its "
+        "PPO examples use it); when both are given, the later one on the command line counts.",
+        aliases=("--response_length",),
         applies_to=("ppo", "grpo", "gkd",),
     )
     temperature: float = option(
@@ -995,10 +999,13 @@ class RunArguments:
     # --- task type and per-method defaults (docs/objectives.md) ---
     task_type: str | None = option(
         None,
-        "What the model learns: causal_lm (generation: sft, rlhf) or seq_cls (alignkit sft: a classification or "
-        "regression head on the last token, trained on rows with messages and a label). Unset: seq_cls when "
-        "--num_labels is given, else causal_lm (ms-swift's rule). embedding, reranker, generative_reranker and prm "
-        "are refused with what to use instead.",
+        "What the model learns: causal_lm (generation: sft, rlhf); seq_cls (alignkit sft: a classification or "
+        "regression head on the last token, trained on rows with messages and a label); embedding (the last "
+        "token's normalised hidden state, --loss_type infonce | cosine_similarity | contrastive | "
+        "online_contrastive); reranker (a one-label head) or generative_reranker (logit yes − logit no), "
+        "--loss_type pointwise_reranker | listwise_reranker; the last three on rows with messages, "
+        "positive_messages and negative_messages (docs/objectives.md). Unset: seq_cls when --num_labels is given, "
+        "else causal_lm (ms-swift's rule). prm is refused.",
         choices=("causal_lm", "seq_cls", "embedding", "reranker", "generative_reranker", "prm"))
     num_labels: int | None = option(
         None, "seq_cls: the number of classes (outputs of the head); 1 for regression.")
@@ -1014,6 +1021,25 @@ class RunArguments:
         "Set every dropout module's probability to 0 (the model's and LoRA's), as TRL's disable_dropout. Unset: on "
         "for dpo, kto, cpo, simpo, orpo, rm, ppo and grpo (TRL's and ms-swift's default for preference training), "
         "off for sft. ppo and grpo always run without dropout.")
+
+    # --- GaLore (alignkit/training/galore.py) ---
+    use_galore: bool = option(
+        False, "Full fine-tuning with GaLore (galore-torch): the gradients of the target weights are projected to "
+        "rank --galore_rank, where the optimizer keeps its states (less optimizer memory), as ms-swift's "
+        "--use_galore. --optim adamw_torch(_fused), adafactor or an 8-bit AdamW.")
+    galore_target_modules: list[str] | None = option(
+        None, "GaLore: the linear modules whose name contains one of these. Unset: every linear layer but the "
+        "LM head (ms-swift's find_all_linears).", nargs="+")
+    galore_rank: int = option(128, "GaLore: rank of the gradient projection.")
+    galore_update_proj_gap: int = option(50, "GaLore: steps between recomputing the projection (an SVD).")
+    galore_scale: float = option(1.0, "GaLore: scale of the projected-back update.")
+    galore_proj_type: str = option("std", "GaLore: which side is projected.",
+                                   choices=("std", "reverse_std", "right", "left", "full"))
+    galore_optim_per_parameter: bool = option(
+        False, "GaLore: one optimizer per parameter, as ms-swift (here one parameter group each); as in ms-swift "
+        "the projection gap is doubled and the learning-rate schedule runs over twice the steps.")
+    galore_with_embedding: bool = option(
+        False, "GaLore: also project the embedding matrix (with --galore_target_modules unset).")
 
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(

@@ -71,11 +71,18 @@ def cache_path(key: str) -> Path:
     return cache_root() / "tokenized" / f"{key}.npz"
 
 
+def _stored_count(encoded) -> int:
+    """1 for a sequence; a tuple's length (2: a pair, more: an embedding/reranker row), 0 for a one-tuple."""
+    if not isinstance(encoded, tuple):
+        return 1
+    return len(encoded) if len(encoded) != 1 else 0
+
+
 def save(path: Path, items: list[Item], dropped: int) -> None:
     sequences = [s for _, encoded in items for s in (encoded if isinstance(encoded, tuple) else (encoded,))]
     arrays = {
         "row_ids": np.array([i for i, _ in items], dtype=np.int64),
-        "per_item": np.array([2 if isinstance(e, tuple) else 1 for _, e in items], dtype=np.int8),
+        "per_item": np.array([_stored_count(e) for _, e in items], dtype=np.int32),
         "lengths": np.array([len(s.input_ids) for s in sequences], dtype=np.int64),
         "input_ids": np.array([t for s in sequences for t in s.input_ids], dtype=np.int64),
         "labels": np.array([t for s in sequences for t in s.labels], dtype=np.int64),
@@ -97,9 +104,10 @@ def load(path: Path) -> tuple[list[Item], int]:
         items: list[Item] = []
         position = 0
         for row_id, count in zip(data["row_ids"].tolist(), data["per_item"].tolist()):
-            group = sequences[position : position + count]
-            items.append((row_id, group[0] if count == 1 else (group[0], group[1])))
-            position += count
+            size = count or 1
+            group = sequences[position : position + size]
+            items.append((row_id, group[0] if count == 1 else tuple(group)))
+            position += size
         return items, int(data["dropped"])
 
 

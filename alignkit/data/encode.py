@@ -13,10 +13,12 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from alignkit.data.collate import EncodedLabelled, EncodedPair, EncodedUnpaired
+from alignkit.data.group_collate import EncodedGroup
 from alignkit.data.prepared import encode_tokenized
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
+    GroupRow,
     PreferenceRow,
     PromptRow,
     Row,
@@ -43,6 +45,8 @@ def encode_row(encoder: ChatEncoder, row: Row) -> Encoded | tuple[Encoded, Encod
         return encoder.encode_classified(row)
     if isinstance(row, TokenizedRow):
         return encode_tokenized(encoder, row)
+    if isinstance(row, GroupRow):  # each conversation whole, as a seq_cls row (none of its tokens trained)
+        return tuple(encoder.encode_classified(ClassificationRow(m, 0.0, row.source)) for m in row.sequences)
     raise AlignkitError(f"cannot encode rows of type {type(row).__name__}")
 
 
@@ -87,5 +91,7 @@ def with_row_fields(items: list, rows: list) -> list:
             encoded = EncodedUnpaired(encoded, row.label)
         elif isinstance(row, ClassificationRow):
             encoded = EncodedLabelled(encoded, row.label)
+        elif isinstance(row, GroupRow):
+            encoded = EncodedGroup(tuple(encoded), tuple(row.labels))
         out.append((index, encoded))
     return out

@@ -27,6 +27,8 @@ from typing import Any
 
 from alignkit.data import fields as f
 from alignkit.data import prepared
+from alignkit.data.retrieval_rows import COLUMNS as GROUP_COLUMNS
+from alignkit.data.retrieval_rows import GROUP_KINDS, parse_group
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
@@ -40,7 +42,7 @@ from alignkit.data.rows import (
 )
 from alignkit.errors import DataError
 
-KINDS = ("sft", "preference", "unpaired", "prompt", "classification")
+KINDS = ("sft", "preference", "unpaired", "prompt", "classification", *GROUP_KINDS)
 PAIRED = ("preference", "sft", "unpaired", "prompt")  # a pair also gives a conversation, two KTO rows, a prompt
 SINGLE = ("sft", "prompt")
 LABELLED = ("unpaired", "prompt")
@@ -291,6 +293,17 @@ CLASSIFICATION_FORMATS: tuple[Format, ...] = (
 )
 
 
+def _group_only(record: dict[str, Any], source: RowSource) -> Parsed:
+    raise f.error(source, None, "embedding/reranker rows are read by --task_type embedding, reranker or "
+                  "generative_reranker only")
+
+
+# Embedding and reranker rows (alignkit/data/retrieval_rows.py), read only for those task types.
+GROUP_FORMATS: tuple[Format, ...] = (
+    Format("ms-swift embedding/reranker", GROUP_COLUMNS, GROUP_KINDS, _group_only),
+)
+
+
 # ------------------------------------------------------------------------------------------- catalogue
 
 
@@ -400,7 +413,8 @@ def detect_format(columns: list[str], kind: str | None, file: str, records: list
     """The first format in ``FORMATS`` whose columns are all present and whose sniff accepts the first record
     holding them; it must be able to give ``kind`` rows (any kind when ``kind`` is None)."""
     present = set(columns)
-    catalogue = CLASSIFICATION_FORMATS if kind == "classification" else FORMATS
+    catalogue = (CLASSIFICATION_FORMATS if kind == "classification" else GROUP_FORMATS if kind in GROUP_KINDS
+                 else FORMATS)
     for fmt in catalogue:
         if _matches(fmt, present, records):
             break
@@ -477,4 +491,6 @@ def convert(record: dict[str, Any], fmt: Format, kind: str, source: RowSource) -
     f.check_images(record, source)
     if fmt.tokenized is not None:
         return [fmt.tokenized(record, source)]
+    if kind in GROUP_KINDS:
+        return [parse_group(record, kind, source)]
     return to_rows(fmt.parse(record, source), kind, source)

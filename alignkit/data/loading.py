@@ -40,6 +40,7 @@ from alignkit.data.mixing import interleave_rows
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
+    GroupRow,
     PreferenceRow,
     PromptRow,
     Row,
@@ -59,6 +60,8 @@ ROW_TYPES = {
     "unpaired": UnpairedRow,
     "prompt": PromptRow,
     "classification": ClassificationRow,
+    "embedding": GroupRow,
+    "ranking": GroupRow,
 }
 DISCARD = ("discard", "warning")
 

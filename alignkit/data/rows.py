@@ -71,6 +71,19 @@ class ClassificationRow:
 
 
 @dataclass
+class GroupRow:
+    """Embedding and reranker training (--task_type embedding | reranker | generative_reranker): conversations
+    encoded one by one, each with a label, as ms-swift lays them out. Embedding: anchor, positive, negatives,
+    labels [the row's label (1.0 unset), 0.0, ...]; reranker: query + document for each positive (label 1), then
+    each negative (label 0)."""
+
+    sequences: list[list[Message]]
+    labels: list[float]
+    source: RowSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PromptRow:
     """Online methods (PPO/GRPO) and evaluation: a prompt only, plus columns for reward functions."""
 
@@ -93,4 +106,4 @@ class TokenizedRow:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow | ClassificationRow | TokenizedRow
+Row = ConversationRow | PreferenceRow | UnpairedRow | PromptRow | ClassificationRow | GroupRow | TokenizedRow

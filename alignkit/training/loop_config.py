@@ -15,6 +15,7 @@ from alignkit.config.defaults import best_model_metric
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.training import cadence
+from alignkit.training.galore import GaloreSettings, galore_settings
 from alignkit.training.optimizers import PLATEAU, check_optimizer, check_schedule, scheduler_kwargs
 from alignkit.training.trackers import TrackerSettings, check_swanlab, resolve_report_to
 
@@ -36,6 +37,7 @@ class LoopConfig:
     optim: str = "adamw_torch_fused"
     optim_args: str | None = None
     optimizer: str | None = None  # ms-swift's optimizer plugin (muon); takes precedence over optim
+    galore: GaloreSettings | None = None  # --use_galore: alignkit/training/galore.py
     lr_scheduler_type: str = "cosine"
     lr_scheduler_kwargs: dict = field(default_factory=dict)
     warmup_ratio: float = 0.0
@@ -97,6 +99,7 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
         optim=args.optim,
         optim_args=args.optim_args,
         optimizer=None if args.optimizer == "default" else args.optimizer,
+        galore=galore_settings(args),
         lr_scheduler_type=args.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs(args.lr_scheduler_kwargs),
         warmup_ratio=args.warmup_ratio,

@@ -44,6 +44,12 @@ def check_optimizer(config) -> None:
     """Refuse an optimizer alignkit cannot build (a LoopConfig's), naming what works, and build it once on a
     throw-away layer so that wrong --optim_args stop the run before any data or model is loaded."""
     check_optimizer_name(config.optim, config.optimizer)
+    if config.galore is not None:
+        from alignkit.training.galore import check_galore
+
+        check_galore(config.galore, config.optim)
+        if config.optimizer is not None:
+            raise AlignkitError(f"--use_galore with --optimizer {config.optimizer}: GaLore is the optimizer; drop one")
     if config.optimizer != "muon":
         parse_optim_args(config.optim_args)  # transformers' parser fails with a bare ValueError
     make_optimizer(torch.nn.Linear(2, 2), config)
@@ -82,6 +88,10 @@ def parse_optim_args(text: str | None) -> dict[str, str]:
 def make_optimizer(model, config) -> torch.optim.Optimizer:
     """The optimizer of ``model``'s trainable parameters under a LoopConfig (see the module docstring)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if config.galore is not None:
+        from alignkit.training.galore import make_galore
+
+        return make_galore(model, config)
     if config.optimizer == "muon":
         return make_muon(named, config)
     groups = parameter_groups(named, config)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from alignkit.algorithms.cpo import CPO, SimPO
 from alignkit.algorithms.dpo import DPO
+from alignkit.algorithms.embedding import Embedding
 from alignkit.algorithms.kto import KTO, check_kto_rows, kl_micro_batches
 from alignkit.algorithms.orpo import ORPO
+from alignkit.algorithms.reranker import GenerativeReranker, Reranker, yes_no_token_ids
 from alignkit.algorithms.rm import RewardModeling
 from alignkit.algorithms.seq_cls import SequenceClassification
 from alignkit.algorithms.sft import SFT
@@ -39,6 +41,7 @@ from alignkit.data.collate import (
     kl_rows,
 )
 from alignkit.data.encode import with_row_fields
+from alignkit.data.group_collate import GroupCollator
 from alignkit.data.order import batches_per_epoch, encoded_length, total_steps
 from alignkit.data.packing import pack_rows
 from alignkit.data.template import ChatEncoder
@@ -168,7 +171,14 @@ def run_training(args: RunArguments, *, task: str) -> Path:
                 "train_data_sha256": data_fingerprint(train_rows),
                 # The data order follows the global batch (per-device batch × processes): resume with the same.
                 "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
-    if algorithm.rows == "classification":
+    classifier = algorithm.rows == "classification" or getattr(algorithm, "model_class", "") == "sequence_classifier"
+    if isinstance(algorithm, GenerativeReranker):  # its score reads the head's "yes" and "no" rows
+        try:
+            yes_id, no_id = yes_no_token_ids(tokenizer)
+        except ValueError as error:
+            raise AlignkitError(str(error)) from error
+        algorithm = dataclasses.replace(algorithm, yes_id=yes_id, no_id=no_id)
+    if classifier:
         model = load_sequence_classifier(model_path, args.model_revision, weights_dtype(args),
                                          num_labels=algorithm.num_labels, problem_type=algorithm.problem_type,
                                          pad_token_id=tokenizer.pad_token_id, device_map=device_map,
@@ -183,8 +193,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    if algorithm.rows == "classification":  # transformers' head pools at the last non-padding token of a row
-        layout, reasons = Layout(), {name: "seq_cls runs padded batches" for name in PACKING_SPEEDUPS}
+    if algorithm.rows in ("classification", "embedding", "ranking"):  # pooled at a row's last non-padding token
+        layout, reasons = Layout(), {name: f"{algorithm.rows} rows run padded batches" for name in PACKING_SPEEDUPS}
     else:
         layout, reasons = choose_layout(args, algorithm_name, model, precision)
     # With LoRA the adapter-disabled policy is the reference; full fine-tuning needs a frozen copy of the
@@ -194,10 +204,10 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     config = loop_config_for(args, start)
     settings = tuner_settings(args, total_steps=total_steps(batches_per_epoch(
         len(train_rows), args.per_device_train_batch_size * processes.num_processes, drop_last=config.drop_last),
-        config), task_type="SEQ_CLS" if algorithm.rows == "classification" else "CAUSAL_LM")
+        config), task_type="SEQ_CLS" if classifier else "CAUSAL_LM")
     check_live_reference(args, settings, live_adapter_reference=algorithm.needs_reference and not precompute
                          and is_adapter(args) and not args.ref_model)
-    parts = {"layout": layout} if algorithm.rows != "classification" else {}
+    parts = {"layout": layout} if hasattr(algorithm, "layout") else {}
     if not algorithm.needs_reference:
         reasons["precomputed reference log-probs"] = (
             "--reference_free" if args.reference_free else f"{algorithm_name} has no reference model")
@@ -248,6 +258,8 @@ def make_collate(algorithm, pad_id: int):
     which the loop forms per step) or labelled conversations (seq_cls)."""
     if algorithm.rows == "sft":
         return SequenceCollator(pad_id)
+    if algorithm.rows in ("embedding", "ranking"):
+        return GroupCollator(pad_id, sample=algorithm.rows == "ranking")
     if algorithm.rows == "classification":
         return ClassificationCollator(pad_id, problem_type=algorithm.problem_type, num_labels=algorithm.num_labels)
     if algorithm.rows == "unpaired":
@@ -262,6 +274,12 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
     if name == "sft":
         if defaults["task_type"] == "seq_cls":
             return SequenceClassification(num_labels=defaults["num_labels"], problem_type=defaults["problem_type"])
+        if defaults["task_type"] == "embedding":
+            return Embedding(loss_type=defaults["loss_type"][0])
+        if defaults["task_type"] == "reranker":
+            return Reranker(loss_type=defaults["loss_type"][0])
+        if defaults["task_type"] == "generative_reranker":  # the yes/no token ids are set once the tokenizer is
+            return GenerativeReranker(loss_type=defaults["loss_type"][0], yes_id=-1, no_id=-1)
         return SFT()
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "

@@ -45,6 +45,7 @@ from alignkit.models.weights import load_model_weights
 from alignkit.training import cadence
 from alignkit.training.checkpoint import TrainerState, list_checkpoints, load_checkpoint, new_run_dir, save_checkpoint
 from alignkit.training.distributed import launched, on_main, process_state
+from alignkit.training.galore import schedule_stretch
 from alignkit.training.interrupts import StopRequests
 from alignkit.training.loop_config import LoopConfig, check_loop_flags, loop_config
 from alignkit.training.metrics_log import MetricsLog, RunningMean
@@ -194,8 +195,9 @@ class Runner:
             activate_neftune(model, config.neftune_noise_alpha)
         optimizer = make_optimizer(model, config)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * optimizer_steps)
-        self.scheduler = make_scheduler(optimizer, kind=config.lr_scheduler_type, warmup=warmup, total=optimizer_steps,
-                                        kwargs=config.lr_scheduler_kwargs)
+        stretch = schedule_stretch(config.galore)  # ms-swift's per-parameter GaLore schedules run twice as long
+        self.scheduler = make_scheduler(optimizer, kind=config.lr_scheduler_type, warmup=warmup * stretch,
+                                        total=optimizer_steps * stretch, kwargs=config.lr_scheduler_kwargs)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
         if self.shards_parameters and self.saved_model is not self.unwrapped:
