@@ -138,7 +138,7 @@ def test_cli_refuses_device_map_with_an_engine_launcher_ppo_vllm_or_a_vision_mod
     assert "--device_map is not supported for --rlhf_type grpo" in capsys.readouterr().err
     assert main(["infer", "--model", tiny_model_dir, "--infer_backend", "vllm", "--device_map", "auto",
                  "--val_dataset", "arith-prompts:test#1", "--result_path", str(tmp_path / "a.jsonl")]) == 2
-    assert "vLLM places the model itself" in capsys.readouterr().err
+    assert "vllm places the model itself" in capsys.readouterr().err
     vlm = tmp_path / "fake-vlm"  # only its config is read before the refusal
     vlm.mkdir()
     (vlm / "config.json").write_text(json.dumps({"model_type": "llava", "vision_config": {}}))

@@ -143,7 +143,9 @@ def test_flash_attention_gets_no_mask_and_refuses_shared_prefixes(tiny_model_dir
 class Model(torch.nn.Module):
     def __init__(self, implementation):
         super().__init__()
-        self.config = type("Config", (), {"_attn_implementation": implementation})()
+        # transformers' configs answer get_text_config() with themselves for a text-only model
+        self.config = type("Config", (), {"_attn_implementation": implementation,
+                                          "get_text_config": lambda self: self})()
 
 
 @pytest.mark.parametrize(("cuda", "flash", "sharing", "precision", "max_length", "expected"), [

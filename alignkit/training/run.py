@@ -80,6 +80,7 @@ from alignkit.training.model_setup import (
 from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import (
+    join_process_group,
     loop_config_for,
     open_run_dir,
     rows_per_step,
@@ -107,7 +108,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         from alignkit.training.online_run import run_online
 
         return run_online(args, resolve(args, algorithm_name))
-    start = start_run(args, algorithm_name)
+    start = start_run(args, algorithm_name, join=False)
     resume, precision = start.resume, start.precision
     # Vision-language models train on one device per process: no split unless asked for (which stops below).
     device_map, max_memory = resolve_flags(
@@ -116,6 +117,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         engine=start.engine.source if start.engine else None,
         allow_default=not (args.model and is_vision_model(os.path.expanduser(args.model))),
     )
+    join_process_group(args)
     start.check_engine()
     # Flags first, then data: a bad flag or row should stop the run before minutes are spent loading a model.
     defaults = resolve(args, algorithm_name)

@@ -74,7 +74,7 @@ class RunStart:
             logger.info("Engine: %s (%s)", self.engine.kind, self.engine.source)
 
 
-def start_run(args: RunArguments, method: str | None = None) -> RunStart:
+def start_run(args: RunArguments, method: str | None = None, *, join: bool = True) -> RunStart:
     """The checkpoint to resume from, the precision and the sharding engine of any training run: the
     offline methods, vision-language rows and ppo/grpo alike, so a flag means the same for all of them.
     The loop's flags (cadence, best metric, optimizer, schedule, trackers) are checked here too, before any
@@ -94,9 +94,16 @@ def start_run(args: RunArguments, method: str | None = None) -> RunStart:
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
                             max_grad_norm=args.max_grad_norm, precision=precision, fsdp_config=args.fsdp_config)
     check_loop_flags(args, method)
-    if launched():  # the process group is joined once, with --ddp_timeout
-        process_state(timeout=args.ddp_timeout)
+    if join:
+        join_process_group(args)
     return RunStart(resume, precision, engine, method)
+
+
+def join_process_group(args: RunArguments) -> None:
+    """Join the launcher's process group once, with --ddp_timeout (``start_run(join=False)`` callers do it after
+    their own flag checks, so that a refused flag stops every process at once instead of in the group)."""
+    if launched():
+        process_state(timeout=args.ddp_timeout)
 
 
 def loop_config_for(args: RunArguments, start: RunStart) -> LoopConfig:
