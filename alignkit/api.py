@@ -7,6 +7,7 @@ first if you like), an ms-swift-style arguments object whose keywords are the fl
 edge (aliases, registry names, an adapter's base model), so a call means what the same ``alignkit`` command means::
 
     from alignkit.api import InferArguments, SftArguments, app_ui_main, infer_main, merge_lora, sft_main
+    # and 2.x's inference functions: get_model_tokenizer, get_template, get_default_template_type, inference, Swift
 
     result = sft_main(SftArguments(model_id_or_path="path/to/model", dataset=["train.jsonl#2000"]))
     infer_args = InferArguments(ckpt_dir=result["best_model_checkpoint"], load_dataset_config=True)
@@ -227,3 +228,100 @@ def training_result(last_checkpoint: Path) -> dict[str, Any]:
     return {"last_model_checkpoint": str(last_checkpoint), "best_model_checkpoint": str(best),
             "best_metric": best_metric, "global_step": int(step) if step.isdigit() else None,
             "log_history": history}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ms-swift 2.x's inference functions (shared/seeds 003, "使用LoRA增量权重进行推理"):
+#     model, tokenizer = get_model_tokenizer(model_type, model_kwargs={"device_map": "auto"})
+#     model = Swift.from_pretrained(model, ckpt_dir, inference_mode=True)
+#     template = get_template(get_default_template_type(model_type), tokenizer)
+#     response, history = inference(model, template, query)
+# alignkit renders with the tokenizer's own chat template; ms-swift's template name is kept for the record.
+
+
+def get_default_template_type(model_type: str) -> str:
+    """ms-swift's template name of a registry model (``qwen-7b-chat`` → ``qwen``)."""
+    from alignkit.models.registry import lookup_model_type
+
+    entry = lookup_model_type(model_type)
+    if entry is None:
+        raise AlignkitError(f"unknown --model_type {model_type!r}; `python -m alignkit.models.registry` lists them")
+    return entry.template
+
+
+def get_model_tokenizer(model_type: str | None = None, torch_dtype=None, model_kwargs: dict | None = None,
+                        load_model: bool = True, *, model_id_or_path: str | None = None, **kwargs: Any):
+    """(model, tokenizer) of a registry name or a local directory / hub id (``model_id_or_path`` wins, the seeds'
+    offline tip). ``model_kwargs``: ``device_map`` as in ms-swift; ``torch_dtype`` a torch dtype (default
+    float32 on CPU)."""
+    import torch
+
+    from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+    from alignkit.models.registry import SwiftModel, lookup_model_type
+
+    if kwargs:
+        raise AlignkitError(f"get_model_tokenizer: unsupported arguments {', '.join(sorted(kwargs))}")
+    path = model_id_or_path
+    if path is None:
+        entry = lookup_model_type(model_type) if model_type else None
+        if not isinstance(entry, SwiftModel):
+            raise AlignkitError(f"get_model_tokenizer: name a model (model_id_or_path=...) for {model_type!r}")
+        path = entry.hf_id
+    path = resolve_model_path(path)
+    tokenizer = load_tokenizer(path)
+    if not load_model:
+        return None, tokenizer
+    device_map = (model_kwargs or {}).get("device_map")
+    model = load_causal_lm(path, None, torch_dtype or torch.float32,
+                           device_map=None if device_map == "auto" and not torch.cuda.is_available() else device_map)
+    return model.eval(), tokenizer
+
+
+class Swift:
+    """ms-swift's tuner entry point: ``Swift.from_pretrained(model, ckpt_dir)`` puts a trained adapter on it."""
+
+    @staticmethod
+    def from_pretrained(model, ckpt_dir: str, inference_mode: bool = True, **kwargs: Any):
+        from alignkit.models.load import load_adapters
+
+        if kwargs:
+            raise AlignkitError(f"Swift.from_pretrained: unsupported arguments {', '.join(sorted(kwargs))}")
+        return load_adapters(model, [ckpt_dir], trainable=not inference_mode).eval()
+
+
+@dataclasses.dataclass
+class Template:
+    """What ``get_template`` returns: the tokenizer's chat template (ms-swift's name kept), a default system
+    prompt and the longest prompt."""
+
+    template_type: str
+    tokenizer: Any
+    default_system: str | None = None
+    max_length: int | None = None
+
+
+def get_template(template_type: str, tokenizer, default_system: str | None = None, max_length: int | None = None,
+                 **kwargs: Any) -> Template:
+    if kwargs:
+        raise AlignkitError(f"get_template: unsupported arguments {', '.join(sorted(kwargs))}")
+    return Template(template_type, tokenizer, default_system, max_length)
+
+
+def inference(model, template: Template, query: str, history: list | None = None, system: str | None = None,
+              *, max_new_tokens: int = 2048, **kwargs: Any) -> tuple[str, list[list[str]]]:
+    """One greedy answer to ``query`` after ``history`` ([[query, response], ...]); returns (response, the history
+    with this turn appended), as ms-swift 2.x's ``inference``."""
+    from alignkit.data.template import ChatEncoder
+    from alignkit.generation.answers import generate_answers
+
+    if kwargs:
+        raise AlignkitError(f"inference: unsupported arguments {', '.join(sorted(kwargs))}")
+    history = [list(turn) for turn in history or []]
+    system = system if system is not None else template.default_system
+    messages = [{"role": "system", "content": system}] if system else []
+    for past_query, past_response in history:
+        messages += [{"role": "user", "content": past_query}, {"role": "assistant", "content": past_response}]
+    messages.append({"role": "user", "content": query})
+    encoder = ChatEncoder(template.tokenizer, max_length=template.max_length or 4096)
+    response = generate_answers(model, encoder, [messages], max_new_tokens=max_new_tokens)[0]
+    return response, [*history, [query, response]]

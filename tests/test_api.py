@@ -80,3 +80,41 @@ def test_an_unknown_keyword_stops_with_the_closest_flag():
 
     with pytest.raises(AlignkitError, match="unknown flag --learning_rat .*did you mean --learning_rate"):
         api.typed_arguments("sft", api.SftArguments(learning_rat=1e-4))
+
+
+def test_the_seeds_python_inference_with_an_adapter_and_merged(tiny_chat_model_dir, tmp_path):
+    """shared/seeds 003 "使用LoRA增量权重进行推理" and "使用LoRA merged的权重进行推理", with the local model as
+    model_id_or_path (the seeds' offline tip) and a random adapter as the checkpoint."""
+    from conftest import save_random_lora
+
+    from alignkit.data.template import ChatEncoder
+    from alignkit.generation.answers import generate_answers
+    from alignkit.models.load import load_adapters, load_causal_lm
+
+    ckpt_dir = save_random_lora(tiny_chat_model_dir, tmp_path / "checkpoint-100")
+    model_type = api.ModelType.qwen_7b_chat
+    template_type = api.get_default_template_type(model_type)
+    assert template_type == "qwen"
+
+    model, tokenizer = api.get_model_tokenizer(model_type, model_kwargs={"device_map": "auto"},
+                                               model_id_or_path=tiny_chat_model_dir)
+    model = api.Swift.from_pretrained(model, ckpt_dir, inference_mode=True)
+    template = api.get_template(template_type, tokenizer)
+    response, history = api.inference(model, template, "What is 2 + 3?", max_new_tokens=6)
+    reference = load_adapters(load_causal_lm(tiny_chat_model_dir), [ckpt_dir], trainable=False)
+    encoder = ChatEncoder(tokenizer, max_length=4096)
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    assert response == generate_answers(reference, encoder, [messages], max_new_tokens=6)[0]
+    assert history == [["What is 2 + 3?", response]]
+
+    # The next turn carries the history, as in ms-swift.
+    second, history = api.inference(model, template, "And 4 + 4?", history, max_new_tokens=6)
+    follow_up = [*messages, {"role": "assistant", "content": response}, {"role": "user", "content": "And 4 + 4?"}]
+    assert second == generate_answers(reference, encoder, [follow_up], max_new_tokens=6)[0]
+    assert len(history) == 2
+
+    plain, _ = api.get_model_tokenizer(model_type, model_id_or_path=tiny_chat_model_dir)  # a merged dir loads so
+    plain_answer, _ = api.inference(plain, api.get_template(template_type, tokenizer), "What is 2 + 3?",
+                                    max_new_tokens=6)
+    assert plain_answer == generate_answers(load_causal_lm(tiny_chat_model_dir), encoder, [messages],
+                                            max_new_tokens=6)[0]

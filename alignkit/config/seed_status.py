@@ -46,6 +46,10 @@ SEED_COMMANDS = (
     SeedCommand("003", "sft_main(SftArguments(...)); infer_main(InferArguments(ckpt_dir=..., "
                 "load_dataset_config=True)); merge_lora(...)", "runs (alignkit.api)",
                 "tests/test_api.py::test_the_seed_script_trains_merges_and_answers"),
+    SeedCommand("003", "get_model_tokenizer(model_type, ...); Swift.from_pretrained(model, ckpt_dir); "
+                "get_template(get_default_template_type(model_type), tokenizer); inference(model, template, query)",
+                "runs (alignkit.api; the tokenizer's own chat template renders)",
+                "tests/test_api.py::test_the_seeds_python_inference_with_an_adapter_and_merged"),
     SeedCommand("003", "swift sft ... --quantization_bit 4", "runs (bitsandbytes QLoRA)",
                 "tests/test_precision_and_qlora.py::test_quantization_bit_is_ms_swift_2x_qlora"),
     SeedCommand("003", "swift infer --model_id_or_path qwen/Qwen-7B-Chat --dataset AI-ModelScope/blossom-math-v2",
