@@ -16,7 +16,7 @@ def test_a_flag_set_for_a_method_it_does_not_serve_says_so_once(caplog):
     caplog.set_level(logging.WARNING, logger="alignkit")
     args = RunArguments(rlhf_type="rm", beta=0.2, num_generations=4, kl_coef=0.1, center_rewards_coefficient=0.01)
     assert warn_flags_without_effect(args, "rm") == ["beta", "kl_coef", "num_generations"]
-    assert "--beta has no effect on --rlhf_type rm (it serves dpo, cpo, simpo, orpo, kto, grpo)" in caplog.text
+    assert "--beta has no effect on --rlhf_type rm (it serves dpo, cpo, simpo, orpo, kto, grpo, gkd)" in caplog.text
     assert "center_rewards_coefficient" not in caplog.text  # rm's own flag
     assert warn_flags_without_effect(RunArguments(learning_rate=1e-3, beta=0.3), "sft") == ["beta"]
 
@@ -30,7 +30,7 @@ def test_flags_left_at_their_defaults_or_serving_the_method_are_silent():
 
 
 def test_every_method_specific_flag_declares_the_methods_its_help_names():
-    methods = {"sft", "dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo"}
+    methods = {"sft", "dpo", "cpo", "simpo", "orpo", "kto", "rm", "ppo", "grpo", "gkd"}
     for f in dataclasses.fields(RunArguments):
         serves = f.metadata.get("applies_to")
         first_word = f.metadata["help"].split(":")[0].split(" (")[0]
