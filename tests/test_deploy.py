@@ -313,3 +313,11 @@ def test_streamed_chat_usage_covers_every_answer(client):
                                                  stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
     assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+
+
+def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(client):
+    # The fuzz test's find: temperature 1e-178 made the sampler's probabilities NaN (a 500). As vLLM does,
+    # temperatures below 1e-5 decode greedily.
+    greedy = client.completions.create(model="tiny", prompt="What is 2 + 3?", max_tokens=6, temperature=0)
+    tiny = client.completions.create(model="tiny", prompt="What is 2 + 3?", max_tokens=6, temperature=1e-178, n=2)
+    assert [c.text for c in tiny.choices] == [greedy.choices[0].text] * 2

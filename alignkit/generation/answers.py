@@ -115,7 +115,14 @@ def generate_kwargs(model, encoder, max_new_tokens, temperature, top_p, top_k, r
             "eos_token_id": answer_stop_ids(model, encoder)}
 
 
+# Below this a temperature decodes greedily (vLLM's _SAMPLING_EPS): dividing logits by 1e-178 gives inf, and
+# the sampler NaN probabilities (a 500 that the deploy fuzz test found).
+GREEDY_BELOW = 1e-5
+
+
 def sampling_kwargs(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty) -> dict:
+    if temperature < GREEDY_BELOW:
+        temperature = 0.0
     kwargs = {
         "max_new_tokens": max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
