@@ -142,20 +142,9 @@ class VllmRollout:
 
     @torch.no_grad()
     def sync_weights(self) -> None:
+        from alignkit.generation.vllm_server import merged_weights
+
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        policy = self.policy
-        is_peft = hasattr(policy, "merge_adapter")
-        if is_peft:
-            policy.merge_adapter()
-        try:
-            for name, param in policy.named_parameters():
-                if is_peft:
-                    if "lora_" in name or "original_module" in name:
-                        continue  # merged already / replaced by modules_to_save
-                    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-                    name = name.replace("modules_to_save.default.", "")
-                engine_model.load_weights([(name, param.data)])
-        finally:
-            if is_peft:
-                policy.unmerge_adapter()
+        for name, weight in merged_weights(self.policy):
+            engine_model.load_weights([(name, weight)])
         self.llm.reset_prefix_cache()

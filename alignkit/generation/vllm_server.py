@@ -19,8 +19,8 @@ logger = logging.getLogger("alignkit")
 
 
 def merged_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights under the base model's names, LoRA merged in (unmerged again when done). The same
-    walk as ``VllmRollout.sync_weights``, which writes into an in-process engine instead of a server."""
+    """The policy's weights under the base model's names, LoRA merged in (unmerged again when done): what a
+    server is sent, and what ``VllmRollout.sync_weights`` writes into an in-process engine."""
     is_peft = hasattr(policy, "merge_adapter")
     if is_peft:
         policy.merge_adapter()
