@@ -37,7 +37,8 @@ class ReachedData(Exception):
 def invocations(root: Path):
     """(file, sub-command, {flag: [values]}, processes) of each swift sft and offline swift rlhf line."""
     for path in sorted(root.rglob("*.sh")):
-        text = re.sub(r"\\\s*\n\s*#?", " ", path.read_text(errors="replace"))
+        # Continuation lines join (a blank line after a trailing backslash ends the command).
+        text = re.sub(r"\\[ \t]*\n[ \t]*#?", " ", path.read_text(errors="replace"))
         text = re.sub(r"\$\(\(?[^)]*\)\)?", "4", text)  # $(expr 16 / $n), $((16 / n)): one value
         for line in text.splitlines():
             if line.lstrip().startswith("#"):
@@ -116,9 +117,9 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
             values = [files[kind]]
         elif key in ("output_dir", "logging_dir"):
             values = [str(work / "out")]
-        elif key in ("external_plugins", "deepspeed") and values and "/" in values[0]:
+        elif key in ("external_plugins", "deepspeed", "fsdp") and values and "/" in values[0]:
             values = [str(Path("/work/swiftex") / v) for v in values]
-        values = ["4" if "$" in v else v for v in values]
+        values = ["4" if "$" in v or v.startswith("<") else v for v in values]  # $VAR, <num-labels>
         argv += [f"--{key}", *values]
     if "model" not in flags and "model_id_or_path" not in flags and not config:
         argv += ["--model", files["model"]]
@@ -135,7 +136,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
             needs_gpu.append(what)
         return record
 
-    os.environ["WORLD_SIZE"] = str(nproc)
+    os.environ["WORLD_SIZE"] = "1"  # one process here; the engines' process counts are GPU checks, patched above
     saved = run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available
     run_module.load_training_data = reached
     runner_module.check_available = lacks("engine")
