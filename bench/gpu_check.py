@@ -90,6 +90,9 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
         add("trl_dpo_full", "trl", model, main, 50, train_type="full")
         add("sft_full", "alignkit", model, main, 35, algorithm="sft", train_type="full")
         add("grpo_lora", "alignkit", model, main, 50, algorithm="grpo", train_type="lora")
+        if model == small:  # where LoRA DPO's time goes, for alignkit and TRL (gpu_sections.profiled)
+            add("profile_dpo_lora", "alignkit", model, main, 45, algorithm="dpo", train_type="lora", profile=True)
+            add("profile_trl_dpo_lora", "trl", model, main, 50, train_type="lora", profile=True)
         if model == small:  # flex_attention compiles once per shape: after the measured sections
             add("parity_flex", "parity", model, "flex", 90, attention="flex_attention")
             add("packing_memory", "packing_memory", model, "flex", 90)
