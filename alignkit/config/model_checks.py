@@ -127,14 +127,16 @@ def _check_quantisation(args: RunArguments) -> None:
             logger.info("--quant_bits %s without --quant_method: the model loads unquantised (as in ms-swift); "
                         "pass --quant_method bnb for QLoRA", bits)
         return
-    if method != "bnb":
+    if method not in ("bnb", "hqq"):
         raise AlignkitError(f"--quant_method {method} is not supported for training; use --quant_method bnb "
-                            "--quant_bits 4|8 (bitsandbytes, on CPU or GPU)")
-    if bits not in (4, 8):
+                            "--quant_bits 4|8 (bitsandbytes) or --quant_method hqq --quant_bits 1-8 (CPU or GPU)")
+    if method == "bnb" and bits not in (4, 8):
         raise AlignkitError(f"--quant_method bnb --quant_bits {bits}: bitsandbytes quantises to 4 or 8 bits")
+    if method == "hqq" and bits not in (1, 2, 3, 4, 8):
+        raise AlignkitError(f"--quant_method hqq --quant_bits {bits}: HQQ quantises to 1, 2, 3, 4 or 8 bits")
     if args.train_type == "full":
-        raise AlignkitError("--quant_method bnb with --tuner_type full: quantised weights cannot be trained; train "
-                            "an adapter on them (QLoRA: --tuner_type lora)")
+        raise AlignkitError(f"--quant_method {method} with --tuner_type full: quantised weights cannot be trained; "
+                            "train an adapter on them (QLoRA: --tuner_type lora)")
     if args.lora_dtype is not None:
         raise AlignkitError("--lora_dtype with --quant_method: a quantised model's adapter trains in fp32")
 
@@ -191,3 +193,5 @@ def _log_tuner_flags_without_effect(args: RunArguments) -> None:
     for name in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
         if getattr(args, name) is not None and not bnb4:
             logger.warning("--%s has no effect without --quant_method bnb --quant_bits 4", name)
+    if args.hqq_axis is not None and args.quant_method != "hqq":
+        logger.warning("--hqq_axis has no effect without --quant_method hqq")

@@ -479,12 +479,15 @@ class RunArguments:
         None, "Vision-language models: learning rate of the aligner's trained parameters (default --learning_rate). "
         "A text model logs once that it has no effect.")
     quant_method: str | None = option(
-        None, "Quantise the base model as it loads, for QLoRA: bnb (bitsandbytes, CPU or GPU). hqq, eetq, quanto "
-        "and fp8 stop with an error.", choices=("bnb", "hqq", "eetq", "quanto", "fp8"),
-        differs="bnb only: hqq, eetq, quanto and fp8 stop with an error naming --quant_method bnb")
+        None, "Quantise the base model for QLoRA: bnb (bitsandbytes, as it loads) or hqq (HQQ, after loading; "
+        "CPU or GPU both). eetq, quanto and fp8 stop with an error.", choices=("bnb", "hqq", "eetq", "quanto", "fp8"),
+        differs="bnb and hqq: eetq, quanto and fp8 stop with an error naming them")
     quant_bits: int | None = option(
-        None, "Bits of --quant_method bnb: 4 (NF4 / FP4) or 8 (LLM.int8). Without --quant_method the model loads "
-        "unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+        None, "Bits of --quant_method: bnb 4 (NF4 / FP4) or 8 (LLM.int8); hqq 1, 2, 3, 4 or 8. Without "
+        "--quant_method the model loads unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+    hqq_axis: int | None = option(
+        None, "--quant_method hqq: the axis the weights are grouped along (0 or 1; unset: 1, as transformers' "
+        "HqqConfig).", choices=(0, 1))
     quantization_bit: int = option(
         0, "ms-swift 2.x's QLoRA flag: 4 or 8 loads the base quantised by bitsandbytes, the same as --quant_method "
         "bnb --quant_bits N (0: unquantised).", choices=(0, 4, 8))

@@ -22,7 +22,14 @@ from alignkit.errors import AlignkitError
 from alignkit.models.liger import apply_liger_kernels
 from alignkit.models.load import load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
-from alignkit.models.quantization import DTYPES, bnb_config, is_quantized, prepare_quantized_for_training
+from alignkit.models.quantization import (
+    DTYPES,
+    bnb_config,
+    hqq_linear_names,
+    is_quantized,
+    prepare_quantized_for_training,
+    quantize_hqq,
+)
 from alignkit.models.tuners import (
     TunerSettings,
     adalora_model,
@@ -113,7 +120,14 @@ def prepare_loaded(model, args: RunArguments, *, vision: bool = False) -> None:
     checkpointing."""
     if args.use_liger_kernel:
         apply_liger_kernels(model)
-    if is_quantized(model):
+    if args.quant_method == "hqq":
+        swapped = quantize_hqq(model, bits=args.quant_bits, axis=args.hqq_axis, compute_dtype=weights_dtype(args),
+                               skip_modules=[*VIT_NAMES, *ALIGNER_NAMES] if vision else None)
+        prepare_quantized_for_training(model)
+        logger.info("QLoRA: %d linear layers quantised by HQQ to %d bits (group size 64, axis %d); norms, "
+                    "embeddings and the LM head unquantised", swapped, args.quant_bits,
+                    1 if args.hqq_axis is None else args.hqq_axis)
+    elif is_quantized(model):
         prepare_quantized_for_training(model)
         logger.info("QLoRA: %d-bit %s base weights (bitsandbytes), norms and embeddings in fp32", args.quant_bits,
                     args.bnb_4bit_quant_type if args.quant_bits == 4 else "LLM.int8")
@@ -201,6 +215,8 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
         saved = list(args.modules_to_save) if modules_to_save is None else modules_to_save
         flag = (f"--target_regex {args.target_regex}" if args.target_regex
                 else f"--lora_target_modules {' '.join(args.lora_target_modules)}")
+        if targets == "all-linear" and hqq_linear_names(model):
+            targets = hqq_linear_names(model)  # peft's "all-linear" looks for nn.Linear, which HQQ swapped out
         model = attach_tuner(model, settings, targets=targets, modules_to_save=saved, flag=flag)
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
