@@ -5,9 +5,9 @@ command line from the ms-swift example shell scripts (default: /work/swiftex/exa
 local tiny model and the datasets by a local JSONL file of the right kind, and runs each through
 ``run_training`` up to data loading (every flag check, the defaults, the engine check; loading is where the
 run is stopped; PPO, which loads its data before its models, up to its training loop, with a tiny one-label
-sequence classifier as --reward_model). An invocation is accepted when it gets there. `$VAR` values become 4. What this machine lacks
-(GPUs for --deepspeed/--fsdp/--use_liger_kernel, the deepspeed package) is counted apart, not as a refusal,
-as bench/grpo_corpus.py counts vLLM.
+sequence classifier as --reward_model). An invocation is accepted when it gets there. `$VAR` values become 4.
+What this machine lacks (GPUs for --deepspeed/--fsdp/--use_liger_kernel, the deepspeed package) is counted
+apart, not as a refusal, as bench/grpo_corpus.py counts vLLM.
 
     python bench/train_corpus.py [EXAMPLES_DIR] [--list]
 """
