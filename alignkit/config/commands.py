@@ -62,7 +62,8 @@ class InferArguments:
     result_path: str | None = option(None, "JSONL output of batch inference (never overwritten).")
     reward_model: str | None = option(
         None,
-        "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): score the conversations of --val_dataset "
+        "A reward model (an alignkit rlhf --rlhf_type rm checkpoint, or a sequence-classification model with one "
+        "label): score the conversations of --val_dataset "
         "instead of generating; preference rows get both answers scored and the pair accuracy is reported.",
     )
     max_batch_size: int = option(8, "Prompts generated together in batch inference.")
@@ -141,7 +142,8 @@ class EvalArguments:
     limit: int | None = option(None, "Evaluate at most this many rows of each set.")
     system: str | None = option(None, "System prompt.")
     reward_model: str | None = option(
-        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        None, "A reward model (an alignkit rlhf --rlhf_type rm checkpoint, or a sequence-classification model with "
+        "one label): it scores the greedy answers of the model "
         "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
     )
     reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")

@@ -686,7 +686,8 @@ class RunArguments:
     # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
     reward_model: list[str] = option(
         [],
-        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
+        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model "
+        "with one label (ms-swift's rm output); "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
         aliases=("--reward_model_id_or_path",), nargs="+", applies_to=("ppo", "grpo",))
     reward_adapters: list[str] = option(
