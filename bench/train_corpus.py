@@ -135,7 +135,8 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
     def reached(*_args, **_kwargs):
         raise ReachedData
 
-    # What this machine lacks (GPUs for DeepSpeed/FSDP/Liger, the deepspeed package) is recorded, not a
+    # What this machine lacks (GPUs for DeepSpeed/FSDP/Liger, the deepspeed package, the processes a
+    # --sequence_parallel_size group needs) is recorded, not a
     # refusal: the checks after it still run. The script's processes count for FSDP's check.
     import alignkit.training.runner as runner_module
 
@@ -151,11 +152,12 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
 
     os.environ["WORLD_SIZE"] = "1"  # one process here; the engines' process counts are GPU checks, patched above
     saved = (run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available,
-             online_module.train_online, sharding_module.check_available)
+             online_module.train_online, sharding_module.check_available, runner_module.check_sequence_parallel)
     run_module.load_training_data = reached
     online_module.train_online = reached
     runner_module.check_available = sharding_module.check_available = lacks("engine")
     runner_module.check_liger_available = lacks("liger")
+    runner_module.check_sequence_parallel = lacks("sequence parallel")
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
@@ -170,7 +172,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
         raise SystemExit(lines[-1] if lines else f"exit {error.code}") from None
     finally:
         (run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available,
-         online_module.train_online, sharding_module.check_available) = saved
+         online_module.train_online, sharding_module.check_available, runner_module.check_sequence_parallel) = saved
 
 
 def main() -> None:

@@ -82,12 +82,15 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
         )
     if args.dataloader_num_workers < 0:
         raise AlignkitError(f"--dataloader_num_workers {args.dataloader_num_workers}: expected 0 or more")
-    if args.sequence_parallel_size != 1:
-        raise AlignkitError(
-            f"--sequence_parallel_size {args.sequence_parallel_size}: sequence parallelism (Ulysses / ring attention) "
-            "is not supported; for long sequences use --gradient_checkpointing, DeepSpeed ZeRO-3 (--deepspeed "
-            "zero3) or --device_map, or a shorter --max_length"
-        )
+    if args.sequence_parallel_size < 1:
+        raise AlignkitError(f"--sequence_parallel_size {args.sequence_parallel_size}: expected 1 or more")
+    if args.sequence_parallel_size > 1 and (method or args.rlhf_type) in ("ppo", "grpo", "gkd"):
+        raise AlignkitError(f"--sequence_parallel_size with --rlhf_type {method or args.rlhf_type}: alignkit splits "
+                            "the sequences of offline training only (sft and the offline rlhf types); online rollouts "
+                            "run whole sequences per process")
+    if args.sequence_parallel_size > 1 and (args.device_map or args.device_max_memory):
+        raise AlignkitError("--sequence_parallel_size with --device_map: a model split across devices runs in one "
+                            "process; sequence parallelism needs one process per GPU")
     check_online_flags(args)
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "

@@ -1069,7 +1069,11 @@ class RunArguments:
         no_effect="alignkit already computes the LM head only at trained positions (completion-only head, "
         "docs/performance.md)")
     sequence_parallel_size: int = option(
-        1, "ms-swift: sequence parallelism (Ulysses / ring attention) across this many GPUs. Only 1.")
+        1, "Split every sequence's tokens across groups of this many processes (Ulysses all-to-all attention "
+        "through DeepSpeed's UlyssesSPAttentionHF; sft and the offline rlhf types, text models). The processes of "
+        "a group take the same rows; start a multiple of N (NPROC_PER_NODE).",
+        differs="Ulysses only (ms-swift adds ring attention where heads run out); packed rows need flash attention, "
+        "other attention runs padded batches")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -60,7 +60,7 @@ def train(
                     row_sources=row_sources)
     # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
     # its slice, so N processes × B rows follow the same data order as 1 process × N·B rows.
-    global_batch = config.batch_size * runner.num_processes
+    global_batch = config.batch_size * runner.data_processes
     order = DataOrder.for_rows(train_rows, global_batch, config)
     if order.batches_per_epoch == 0:
         raise AlignkitError(f"--dataloader_drop_last: the {len(train_rows)} training rows do not fill one micro-batch "
@@ -123,7 +123,8 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     any process, (what, row ids): the remaining micro-batches are not run, since the update will be skipped.
     """
     accelerator = runner.accelerator
-    rank, world = runner.rank, runner.num_processes
+    # A sequence-parallel group takes one slice of rows together (its processes split the tokens instead).
+    rank, world = runner.data_rank, runner.num_processes
     shards = [global_batch[rank * batch_size : (rank + 1) * batch_size] for global_batch in group]
     # A process left without rows (the epoch's last, short batch) still runs one, weighted 0: DDP needs every
     # process in every gradient all-reduce.

@@ -59,6 +59,7 @@ class LoopConfig:
     early_stop_interval: int | None = None
     max_epochs: int | None = None
     seed: int = 42
+    sequence_parallel_size: int = 1  # processes that split each sequence's tokens (training/sequence_parallel.py)
     shuffle: bool = True
     drop_last: bool = False  # --dataloader_drop_last
     group_by_length: bool = False
@@ -120,6 +121,7 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
         early_stop_interval=args.early_stop_interval,
         max_epochs=args.max_epochs,
         seed=args.seed,
+        sequence_parallel_size=args.sequence_parallel_size,
         shuffle=args.dataset_shuffle,
         drop_last=args.dataloader_drop_last,
         group_by_length=args.group_by_length,

@@ -203,9 +203,12 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
     processes = process_state()
+    # A sequence-parallel group (consecutive ranks) trains on the same rows: the data is split between groups.
+    data_processes = processes.num_processes // args.sequence_parallel_size
+    data_rank = processes.process_index // args.sequence_parallel_size
     config = loop_config_for(args, start)
     settings = tuner_settings(args, total_steps=total_steps(batches_per_epoch(
-        len(train_rows), args.per_device_train_batch_size * processes.num_processes, drop_last=config.drop_last),
+        len(train_rows), args.per_device_train_batch_size * data_processes, drop_last=config.drop_last),
         config), task_type="SEQ_CLS" if classifier else "CAUSAL_LM")
     check_live_reference(args, settings, live_adapter_reference=algorithm.needs_reference and not precompute
                          and is_adapter(args) and not args.ref_model)
@@ -218,7 +221,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             model, ref_model=args.ref_model, full=not is_adapter(args), precompute=precompute,
             batches=reference_batches(train_rows, val_rows, loop_config(args, precision),
                                       kl_pairs=algorithm.rows == "unpaired" and algorithm.needs_kl,
-                                      world_size=processes.num_processes, rank=processes.process_index)
+                                      world_size=data_processes, rank=data_rank)
             if precompute else [],
             collate=collate, layout=layout, template=template.source, max_length=args.max_length,
             precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),

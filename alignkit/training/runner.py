@@ -51,6 +51,8 @@ from alignkit.training.loop_config import LoopConfig, check_loop_flags, loop_con
 from alignkit.training.metrics_log import MetricsLog, RunningMean
 from alignkit.training.optimizers import PLATEAU, make_optimizer, make_scheduler
 from alignkit.training.resume import check_resume_args, find_checkpoint, resume_run_dir
+from alignkit.training.sequence_parallel import check_sequence_parallel
+from alignkit.training.sequence_parallel import enable as enable_sequence_parallel
 from alignkit.training.sharding import Engine, check_available, resolve_engine
 from alignkit.training.trackers import make_trackers
 
@@ -89,6 +91,7 @@ def start_run(args: RunArguments, method: str | None = None, *, join: bool = Tru
         raise AlignkitError(f"{flag} {value} needs a GPU; on CPU use fp32 or bf16")
     if args.use_liger_kernel:
         check_liger_available()
+    check_sequence_parallel(args.sequence_parallel_size, int(os.environ.get("WORLD_SIZE", "1")))
     engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -123,7 +126,9 @@ def with_fit_defaults(args: RunArguments, model_path: str) -> RunArguments:
 def rows_per_step(args: RunArguments) -> int:
     """Rows in one optimizer step: per-device batch × accumulation × processes (WORLD_SIZE, as the launchers
     set it; the run's args.json records the same)."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    # A sequence-parallel group of processes trains on the same rows (alignkit.training.sequence_parallel).
+    processes = int(os.environ.get("WORLD_SIZE", "1")) // max(args.sequence_parallel_size, 1)
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(processes, 1)
 
 
 def open_run_dir(args: RunArguments, resolved: dict, resume: Path | None) -> Path:
@@ -190,6 +195,15 @@ class Runner:
     def rank(self) -> int:
         return self.accelerator.process_index
 
+    @property
+    def data_processes(self) -> int:
+        """Processes that take different rows: a sequence-parallel group (consecutive ranks) shares its rows."""
+        return self.num_processes // self.config.sequence_parallel_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.rank // self.config.sequence_parallel_size
+
     def prepare(self, model, *, optimizer_steps: int, saved_model=None):
         """Place ``model``, build its optimizer and schedule over ``optimizer_steps``, and wrap it for the
         sharding engine (DDP across processes, DeepSpeed, FSDP). Returns the wrapped model, which the step's
@@ -205,6 +219,8 @@ class Runner:
         stretch = schedule_stretch(config.galore)  # ms-swift's per-parameter GaLore schedules run twice as long
         self.scheduler = make_scheduler(optimizer, kind=config.lr_scheduler_type, warmup=warmup * stretch,
                                         total=optimizer_steps * stretch, kwargs=config.lr_scheduler_kwargs)
+        if config.sequence_parallel_size > 1:
+            enable_sequence_parallel(model, config.sequence_parallel_size)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
         if self.shards_parameters and self.saved_model is not self.unwrapped:

@@ -57,6 +57,9 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
         what = "sft --task_type seq_cls" if algorithm.rows == "classification" else "sft"
         raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
                             f"methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not {what}")
+    if args.sequence_parallel_size > 1:
+        raise AlignkitError(f"--sequence_parallel_size {args.sequence_parallel_size}: {model_path} is a "
+                            "vision-language model; alignkit splits the sequences of text models only")
     processor = load_processor(model_path, args.model_revision)
     add_special_tokens(args, processor.tokenizer)
     model = load_vision_model(model_path, args.model_revision, weights_dtype(args),
