@@ -454,6 +454,10 @@ class RunArguments:
         "to the training loss. A dense model logs once that it has no effect.",
         differs="added to the offline methods' loss (sft, dpo, kto, ...); ppo and grpo with a mixture-of-experts "
         "model stop with an error instead of leaving it out")
+    enable_dft_loss: bool = option(
+        False, "sft: Dynamic Fine-Tuning (arXiv 2508.05629): each trained token's cross-entropy weighted by the "
+        "model's probability of that token, held constant (no gradient through the weight), averaged over the "
+        "trained tokens as ms-swift does.", applies_to=("sft",))
     rope_scaling: str | None = option(
         None, "RoPE scaling written into the model's config: linear, dynamic or yarn (the factor from "
         "--max_model_len over the model's max_position_embeddings), or a JSON object such as "
@@ -574,7 +578,7 @@ class RunArguments:
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
         "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
-        "loss); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
+        "loss; ms-swift 3.x's loss_scale, cross-entropy weighted by --loss_scale, is the same here); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
         "reranker/generative_reranker: pointwise_reranker, listwise_reranker. Unset: sigmoid (dpo, cpo), kto (kto), "
         "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
