@@ -313,10 +313,11 @@ class RunArguments:
         "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones page only on GPUs).")
     optim_args: str | None = option(
         None, "Optimizer options as key=value pairs, transformers' format: 'momentum=0.9,nesterov=true' (sgd), "
-        "'momentum=0.9,ns_steps=5' (--optimizer muon).")
+        "'momentum=0.9,ns_steps=5' (--optimizer muon), 'qk_clip_tau=100,momentum=0.95' (--optimizer muonclip).")
     optimizer: str | None = option(
         None, "ms-swift's optimizer plugin, before --optim: muon (torch.optim.Muon on the 2-D hidden matrices, AdamW "
-        "on embeddings, LM head and 1-D parameters, as ms-swift splits them) or default (--optim).")
+        "on embeddings, LM head and 1-D parameters, as ms-swift splits them), muonclip (ms-swift's MuonClip: Muon "
+        "with QK-Clip, docs/reliability.md) or default (--optim).")
     neftune_noise_alpha: float | None = option(
         None, "NEFTune: uniform noise of scale alpha/sqrt(length x hidden size) on the input embeddings in training "
         "forwards (never in evaluation or rollouts), as transformers. The paper uses 5 to 15.")
@@ -578,7 +579,8 @@ class RunArguments:
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
         "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
-        "loss; ms-swift 3.x's loss_scale, cross-entropy weighted by --loss_scale, is the same here); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
+        "loss; ms-swift 3.x's loss_scale, cross-entropy weighted by --loss_scale, is the same here); sft "
+        "--task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
         "reranker/generative_reranker: pointwise_reranker, listwise_reranker. Unset: sigmoid (dpo, cpo), kto (kto), "
         "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
