@@ -371,7 +371,8 @@ class RunArguments:
     fsdp_config: str | None = option(
         None, "With --fsdp: transformers' fsdp_config as a JSON file or object (version, reshard_after_forward, "
         "auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, offload_params, activation_checkpointing, "
-        "cpu_ram_efficient_loading, ...; the fsdp_ prefix optional).")
+        "cpu_ram_efficient_loading, activation_cpu_offload (ms-swift's: saved activations in CPU memory), ...; the "
+        "fsdp_ prefix optional).")
     plugin: str | None = option(
         None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
         "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
