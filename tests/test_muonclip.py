@@ -114,6 +114,9 @@ def test_the_max_logit_is_softmaxs_input_max_under_eager_and_ms_swifts_norm_boun
         forward_backward(model)
         values[attn] = optimizer.logits.consume()
     assert 0 < values["eager"] <= values["sdpa"]  # the bound holds over the exact maximum
+    with torch.no_grad():  # an evaluation forward between steps does not count
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert optimizer.logits.consume() is None
 
 
 def test_optim_args_are_read_as_ms_swift_reads_them_and_ignored_keys_are_named(caplog):
@@ -139,3 +142,24 @@ def test_a_lora_run_with_ms_swifts_muonclip_example_flags_trains(tiny_model_dir,
                  "--report_to", "none", "--split_dataset_ratio", "0", "--attn_impl", "eager"]) == 0
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     assert (run_dir / "checkpoint-2" / "adapter_model.safetensors").exists()
+
+
+def test_a_run_that_clips_every_step_resumes_bit_identically(tiny_model_dir, tmp_path):
+    from test_resume import assert_bit_identical, checkpoint_names, log_records, only_run_dir
+
+    data = tmp_path / "sft.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"{a} + 30?"}, {"role": "assistant", "content": f"{a + 30}"}]}
+            for a in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["sft", "--model", tiny_model_dir, "--dataset", str(data), "--dtype", "fp32", "--report_to", "none",
+            "--num_train_epochs", "2", "--logging_steps", "1", "--lora_dropout", "0", "--split_dataset_ratio", "0",
+            "--optimizer", "muonclip", "--optim_args", "qk_clip_tau=0.001", "--attn_impl", "eager",
+            "--learning_rate", "1e-2"]
+    assert main([*argv, "--output_dir", str(tmp_path / "a"), "--save_steps", "2"]) == 0
+    baseline = only_run_dir(tmp_path / "a")
+    assert main([*argv, "--output_dir", str(tmp_path / "b"),
+                 "--resume_from_checkpoint", str(baseline / "checkpoint-2")]) == 0
+    resumed = only_run_dir(tmp_path / "b")
+    assert checkpoint_names(resumed) == ["checkpoint-4"]
+    assert_bit_identical(baseline / "checkpoint-4", resumed / "checkpoint-4")
+    assert log_records(resumed) == log_records(baseline)

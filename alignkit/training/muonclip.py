@@ -14,10 +14,11 @@
 With LoRA the trainable q/k weights are the adapters' ``lora_A`` and ``lora_B`` of q_proj and k_proj: both are
 scaled (the adapter's q/k delta by τ / S_max), the frozen base weights never, as in ms-swift.
 
-S_max is read from the trained model's own forwards (a ``TorchFunctionMode`` entered around them, seeing
-``scaled_dot_product_attention`` and 4-D ``softmax``), where ms-swift patches torch's functions process-wide;
-attention implementations that hide the scores (flash attention, flex attention) leave nothing to clip, and the
-log says so once.
+S_max is read from the trained model's own training forwards (a ``TorchFunctionMode`` entered around them, seeing
+``scaled_dot_product_attention`` and 4-D ``softmax``), where ms-swift patches torch's functions process-wide and so
+also counts the no-grad forwards between two steps (evaluation, a reference model, rollouts); those are left out
+here, so that S_max is the step's own and a resumed run clips as the uninterrupted one. Attention implementations
+that hide the scores (flash attention, flex attention) leave nothing to clip, and the log says so once.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class AttentionLogitMax(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.value: torch.Tensor | None = None
+        self._active = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -101,10 +103,15 @@ class AttentionLogitMax(TorchFunctionMode):
         model.register_forward_hook(self._exit, always_call=True)
 
     def _enter(self, module, args) -> None:
-        self.__enter__()  # a pre-hook's return value would replace the forward's arguments
+        # Training forwards only: evaluation, reference and rollout forwards (no grad) leave the step's S_max alone.
+        if torch.is_grad_enabled() and not self._active:
+            self._active = True
+            self.__enter__()  # (a pre-hook's return value would replace the forward's arguments: none here)
 
     def _exit(self, module, args, output) -> None:
-        self.__exit__(None, None, None)
+        if self._active:
+            self._active = False
+            self.__exit__(None, None, None)
 
     def consume(self) -> float | None:
         """The step's largest logit over all processes (None if no forward showed one), and reset."""
