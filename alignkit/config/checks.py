@@ -102,7 +102,12 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
     if (method or args.rlhf_type) == "sft" and args.task_type in RETRIEVAL_TASKS:
         pass  # their --loss_type values are checked with the task (config.defaults.retrieval_task)
     elif (method or args.rlhf_type) == "sft":
-        unknown = [t for t in args.loss_type if t != "cross_entropy"]
+        unknown = [t for t in args.loss_type if t not in ("cross_entropy", "loss_scale")]
+        if "loss_scale" in args.loss_type and not unknown:
+            # ms-swift 3.x's loss_scale_func: sum(CE x loss_scale) / trained tokens. alignkit's --loss_scale values
+            # weigh a token 1 (trained) or 0 (label -100), so that is sft's cross-entropy.
+            logger.info("--loss_type loss_scale: cross-entropy weighted per token by --loss_scale %s (1 on trained "
+                        "tokens, 0 elsewhere), which is sft's cross_entropy", args.loss_scale)
         if unknown:
             raise AlignkitError(
                 f"--loss_type {' '.join(unknown)}: sft trains with cross_entropy (ms-swift's default sft loss); "

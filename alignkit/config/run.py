@@ -313,10 +313,11 @@ class RunArguments:
         "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones page only on GPUs).")
     optim_args: str | None = option(
         None, "Optimizer options as key=value pairs, transformers' format: 'momentum=0.9,nesterov=true' (sgd), "
-        "'momentum=0.9,ns_steps=5' (--optimizer muon).")
+        "'momentum=0.9,ns_steps=5' (--optimizer muon), 'qk_clip_tau=100,momentum=0.95' (--optimizer muonclip).")
     optimizer: str | None = option(
         None, "ms-swift's optimizer plugin, before --optim: muon (torch.optim.Muon on the 2-D hidden matrices, AdamW "
-        "on embeddings, LM head and 1-D parameters, as ms-swift splits them) or default (--optim).")
+        "on embeddings, LM head and 1-D parameters, as ms-swift splits them), muonclip (ms-swift's MuonClip: Muon "
+        "with QK-Clip, docs/reliability.md) or default (--optim).")
     neftune_noise_alpha: float | None = option(
         None, "NEFTune: uniform noise of scale alpha/sqrt(length x hidden size) on the input embeddings in training "
         "forwards (never in evaluation or rollouts), as transformers. The paper uses 5 to 15.")
@@ -370,7 +371,8 @@ class RunArguments:
     fsdp_config: str | None = option(
         None, "With --fsdp: transformers' fsdp_config as a JSON file or object (version, reshard_after_forward, "
         "auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, offload_params, activation_checkpointing, "
-        "cpu_ram_efficient_loading, ...; the fsdp_ prefix optional).")
+        "cpu_ram_efficient_loading, activation_cpu_offload (ms-swift's: saved activations in CPU memory), ...; the "
+        "fsdp_ prefix optional).")
     plugin: str | None = option(
         None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
         "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
@@ -454,6 +456,10 @@ class RunArguments:
         "to the training loss. A dense model logs once that it has no effect.",
         differs="added to the offline methods' loss (sft, dpo, kto, ...); ppo and grpo with a mixture-of-experts "
         "model stop with an error instead of leaving it out")
+    enable_dft_loss: bool = option(
+        False, "sft: Dynamic Fine-Tuning (arXiv 2508.05629): each trained token's cross-entropy weighted by the "
+        "model's probability of that token, held constant (no gradient through the weight), averaged over the "
+        "trained tokens as ms-swift does.", applies_to=("sft",))
     rope_scaling: str | None = option(
         None, "RoPE scaling written into the model's config: linear, dynamic or yarn (the factor from "
         "--max_model_len over the model's max_position_embeddings), or a JSON object such as "
@@ -577,7 +583,8 @@ class RunArguments:
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
         "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
-        "loss); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
+        "loss; ms-swift 3.x's loss_scale, cross-entropy weighted by --loss_scale, is the same here); sft "
+        "--task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
         "reranker/generative_reranker: pointwise_reranker, listwise_reranker. Unset: sigmoid (dpo, cpo), kto (kto), "
         "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))

@@ -73,6 +73,7 @@ class LoopConfig:
     engine: dict | None = (
         None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
     )
+    activation_cpu_offload: bool = False  # FSDP's saved activations in CPU memory (training.activation_offload)
     # (name, parameter) -> its learning rate, where parameters differ (LoRA+, --vit_lr, --aligner_lr; set by
     # alignkit.training.model_setup.loop_additions); None: all at learning_rate. after_step: called with the
     # step's number after each applied update (AdaLoRA's budget allocation).

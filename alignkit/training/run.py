@@ -277,6 +277,10 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
     """The algorithm object for ``name`` ("sft" or an --rlhf_type), with the method's defaults (``defaults``:
     ``config.defaults.resolve``) and every flag combination checked by the loss functions."""
     if name == "sft":
+        if args.enable_dft_loss and defaults["task_type"] not in (None, "causal_lm"):
+            raise AlignkitError(f"--enable_dft_loss weighs a generated token's cross-entropy by its probability; "
+                                f"--task_type {defaults['task_type']} generates no tokens (as in ms-swift, it is for "
+                                "causal_lm)")
         if defaults["task_type"] == "seq_cls":
             return SequenceClassification(num_labels=defaults["num_labels"], problem_type=defaults["problem_type"])
         if defaults["task_type"] == "embedding":
@@ -285,7 +289,7 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
             return Reranker(loss_type=defaults["loss_type"][0])
         if defaults["task_type"] == "generative_reranker":  # the yes/no token ids are set once the tokenizer is
             return GenerativeReranker(loss_type=defaults["loss_type"][0], yes_id=-1, no_id=-1)
-        return SFT()
+        return SFT(enable_dft_loss=args.enable_dft_loss)
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
                             f"(got {' '.join(args.loss_type)})")

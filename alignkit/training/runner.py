@@ -112,7 +112,8 @@ def join_process_group(args: RunArguments) -> None:
 def loop_config_for(args: RunArguments, start: RunStart) -> LoopConfig:
     return dataclasses.replace(loop_config(args, start.precision, start.method),
                                resume_from_checkpoint=str(start.resume) if start.resume else None,
-                               engine=start.engine.accelerator_kwargs() if start.engine else None)
+                               engine=start.engine.accelerator_kwargs() if start.engine else None,
+                               activation_cpu_offload=bool(start.engine and start.engine.activation_cpu_offload))
 
 
 def with_fit_defaults(args: RunArguments, model_path: str) -> RunArguments:
@@ -222,6 +223,10 @@ class Runner:
         if config.sequence_parallel_size > 1:
             enable_sequence_parallel(model, config.sequence_parallel_size)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if config.activation_cpu_offload:  # on the FSDP units, which exist once the model is prepared
+            from alignkit.training.activation_offload import offload_activations
+
+            offload_activations(self.model)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
         if self.shards_parameters and self.saved_model is not self.unwrapped:
             raise AlignkitError(f"{self.engine_kind}: this method's checkpoint holds more than the trained model "
