@@ -142,8 +142,8 @@ class RunArguments:
         False,
         "Pack tokenised rows into rows of up to --packing_length tokens (ms-swift's dataset packing): fewer, fuller "
         "rows, so fewer steps per epoch; --per_device_train_batch_size counts packs. Sequences of a pack never see "
-        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm; grpo: "
-        "padding-free forwards.")
+        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm, sft --task_type "
+        "generative_reranker (a row's conversations count together); grpo: padding-free forwards.")
     packing_length: int | None = option(
         None, "Most tokens of a pack (a pair counts both answers). Unset: --max_length.")
     packing_strategy: str = option(

@@ -195,7 +195,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    if algorithm.rows in ("classification", "embedding", "ranking"):  # pooled at a row's last non-padding token
+    # classification, embedding, reranker: pooled at a row's last non-padding token of padded batches; the
+    # generative reranker (which has a layout) reads each packed conversation at its own last token.
+    if algorithm.rows in ("classification", "embedding", "ranking") and not hasattr(algorithm, "layout"):
         layout, reasons = Layout(), {name: f"{algorithm.rows} rows run padded batches" for name in PACKING_SPEEDUPS}
     else:
         layout, reasons = choose_layout(args, algorithm_name, model, precision)
