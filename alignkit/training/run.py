@@ -61,6 +61,7 @@ from alignkit.models.reference import make_reference
 from alignkit.models.reference_cache import visited_batches, visited_steps
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
+from alignkit.training.generated_eval import GeneratedEvaluation, check_generated_eval, held_out_prompts
 from alignkit.training.loop import train
 from alignkit.training.loop_config import LoopConfig, loop_config
 from alignkit.training.model_setup import (
@@ -101,6 +102,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)
+    check_generated_eval(args, algorithm_name)
     if algorithm_name in ("ppo", "grpo"):
         if args.packing:
             logger.info("--packing with grpo: the rollouts' forwards run padding-free (--padding_free); as in "
@@ -243,6 +245,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
     config, terms = loop_additions(config, args, model, vision=False)
+    generated = (GeneratedEvaluation(held_out_prompts(encoder, val_data), encoder, args.max_new_tokens,
+                                     args.per_device_eval_batch_size)
+                 if args.predict_with_generate and algorithm_name == "sft" and val_rows else None)
     return train(
         model=model,
         tokenizer=tokenizer,
@@ -254,6 +259,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=open_run_dir(args, resolved, resume),
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],
+        held_out_evaluation=generated,
     )
 
 
