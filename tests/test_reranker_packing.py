@@ -131,3 +131,30 @@ def test_the_classifier_reranker_and_embeddings_still_refuse_packing(tiny_model_
                      "--packing", "true", "--dataset", ranking_file(tmp_path), "--output_dir",
                      str(tmp_path / "out")]) == 2
         assert f"--packing with --task_type {task_type} is not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["flex_attention", "varlen"])
+def test_packed_scores_equal_padded_on_the_gpu_attention_paths(tiny_chat_model_dir, tmp_path, monkeypatch, path):
+    """What a GPU run picks (alignkit.training.speedups): flex_attention's block masks for long packs (its eager
+    form: no compile, no backward on a CPU), and flash attention's varlen rows, which take position ids alone
+    (no mask; sdpa reads the sequences off them the same way)."""
+    from test_packed_attention import eager_flex
+
+    import alignkit.algorithms.embedding as embedding
+
+    monkeypatch.setenv("MAX_NEGATIVE_SAMPLES", "2")
+    tokenizer, items = encoded_groups(tiny_chat_model_dir, ranking_file(tmp_path))
+    batch = GroupCollator(tokenizer.pad_token_id, sample=True)([(0, Pack(tuple(items)))])
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        padded = reranker(tokenizer).scores(model, batch.sequences)
+        if path == "flex_attention":
+            eager_flex(monkeypatch)
+            model.set_attn_implementation("flex_attention")
+            layouts = [Layout(padding_free=True, prefix_sharing=share, row_tokens=160) for share in (False, True)]
+        else:
+            monkeypatch.setattr(embedding, "packed_attention_mask", lambda model, packed: None)
+            layouts = [Layout(padding_free=True, prefix_sharing=False, row_tokens=160)]
+        for layout in layouts:
+            torch.testing.assert_close(reranker(tokenizer, layout).scores(model, batch.sequences), padded,
+                                       rtol=1e-5, atol=1e-5)
