@@ -105,10 +105,11 @@ def test_a_run_logs_the_metrics_of_the_answers_its_checkpoints_generate(tiny_cha
     val = conversations(tmp_path / "val.jsonl", [("What is 12 + 30?", "Answer: 42"), ("hello world", "how are you"),
                                                  ("What is 7 + 1?", "Answer: 8")])
     out = tmp_path / "out"
-    assert main(["sft", "--model", tiny_chat_model_dir, "--dataset", train, "--val_dataset", val, "--train_type",
-                 "full", "--max_steps", "3", "--batch_size", "2", "--eval_batch_size", "2", "--save_steps", "1",
-                 "--learning_rate", "1e-2", "--predict_with_generate", "true", "--max_new_tokens", "6",
-                 "--dtype", "fp32", "--report_to", "none", "--output_dir", str(out)]) == 0
+    flags = ["sft", "--model", tiny_chat_model_dir, "--dataset", train, "--val_dataset", val, "--train_type", "full",
+             "--max_steps", "3", "--batch_size", "2", "--eval_batch_size", "2", "--save_steps", "1",
+             "--learning_rate", "1e-2", "--predict_with_generate", "true", "--max_new_tokens", "6", "--dtype", "fp32",
+             "--report_to", "none", "--output_dir", str(out)]
+    assert main(flags) == 0
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     logged = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
     evaluations = {r["step"]: r for r in logged if "eval_rouge-l" in r}
@@ -136,3 +137,9 @@ def test_a_run_logs_the_metrics_of_the_answers_its_checkpoints_generate(tiny_cha
     state = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["best_metric"] == pytest.approx(evaluations[best_step]["eval_rouge-l"])
     assert state["best_model_checkpoint"] == str(run_dir / f"checkpoint-{best_step}")
+
+    # Resumed from checkpoint-1 (a new run directory, since later checkpoints exist): predict.jsonl keeps step 1's
+    # answers and the resumed steps answer as the uninterrupted run did.
+    assert main([*flags, "--resume_from_checkpoint", str(run_dir / "checkpoint-1")]) == 0
+    (resumed,) = [p for p in out.iterdir() if p.is_dir() and p != run_dir]
+    assert (resumed / "predict.jsonl").read_text().splitlines() == (run_dir / "predict.jsonl").read_text().splitlines()
