@@ -3,7 +3,8 @@
 jieba splits both texts into words (Chinese word by word, other text at spaces and punctuation), the ``rouge``
 package scores ROUGE-1, ROUGE-2 and ROUGE-L (F1), nltk scores sentence BLEU-4 with smoothing method 3.
 Each metric is the mean over the answer-reference pairs, × 100, rounded to 6 places; a pair whose answer
-or reference has no word is left out (0 when none is left).
+or reference has no word is left out (0 when none is left), as is one whose text is only full stops, where
+the rouge package finds no sentence and raises (ms-swift's evaluation would stop there).
 
 The ``rouge`` package counts n-grams as sets (a repeated n-gram once) and ROUGE-L as the union LCS over
 sentences split at ".". Worked example, answer "the cat sat on the mat", reference "the cat is on the mat"::
@@ -19,8 +20,6 @@ from __future__ import annotations
 import logging
 
 from alignkit.errors import AlignkitError
-
-logger = logging.getLogger("alignkit")
 
 METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 PACKAGES = {"jieba": "jieba", "nltk": "nltk", "rouge": "rouge"}  # module -> pip name
