@@ -59,11 +59,9 @@ def test_ms_swift_tuner_plugins_stop_naming_what_is_missing(args, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    # examples/eval/train_eval/train.sh and examples/train/predict_with_generate/train.sh
+    # examples/eval/train_eval/train.sh (--predict_with_generate trains: tests/test_predict_with_generate.py)
     (["--eval_use_evalscope", "--eval_dataset", "gsm8k"], "--eval_use_evalscope is not supported by alignkit: "
                                                           "EvalScope benchmarks during training"),
-    (["--predict_with_generate", "true"], "--predict_with_generate is not supported by alignkit: evaluation by "
-                                          "generating answers"),
 ])
 def test_evaluation_by_generation_during_training_is_refused_before_anything_runs(flags, message, tmp_path, capsys):
     assert main(["sft", *flags, "--output_dir", str(tmp_path / "out")]) == 2

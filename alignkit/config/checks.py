@@ -149,9 +149,10 @@ def check_data_flags(args: RunArguments, method: str) -> None:
         raise AlignkitError(f"--packing_num_proc {args.packing_num_proc}: expected a positive integer")
     if not args.packing:
         return
-    if method == "sft" and args.task_type in RETRIEVAL_TASKS:
+    if method == "sft" and args.task_type in RETRIEVAL_TASKS and args.task_type != "generative_reranker":
         raise AlignkitError(f"--packing with --task_type {args.task_type} is not supported: each conversation is "
-                            "scored at its own last token, in padded batches; drop --packing")
+                            "scored at its own last token, in padded batches; drop --packing (the generative "
+                            "reranker packs)")
     if method == "kto":
         raise AlignkitError("--packing with --rlhf_type kto is not supported: KTO estimates its KL term from "
                             "mismatched rows within a micro-batch, which packs of varying size cannot promise; "

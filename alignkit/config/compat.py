@@ -166,9 +166,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
        "`alignkit eval` or EvalScope"
        for name in ("eval_use_evalscope", "eval_dataset", "eval_dataset_args", "eval_limit", "eval_generation_config",
                     "extra_eval_args")},
-    "predict_with_generate": "evaluation by generating answers during training (ms-swift's ROUGE/BLEU metrics) is not "
-                             "supported; held-out rows are scored by the training loss; generate from a checkpoint "
-                             "with `alignkit infer` or `alignkit eval`",
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
     # ms-swift's GRPO features beyond alignkit's (docs/online.md says what there is instead).

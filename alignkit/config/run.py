@@ -142,8 +142,8 @@ class RunArguments:
         False,
         "Pack tokenised rows into rows of up to --packing_length tokens (ms-swift's dataset packing): fewer, fuller "
         "rows, so fewer steps per epoch; --per_device_train_batch_size counts packs. Sequences of a pack never see "
-        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm; grpo: "
-        "padding-free forwards.")
+        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm, sft --task_type "
+        "generative_reranker (a row's conversations count together); grpo: padding-free forwards.")
     packing_length: int | None = option(
         None, "Most tokens of a pack (a pair counts both answers). Unset: --max_length.")
     packing_strategy: str = option(
@@ -276,15 +276,24 @@ class RunArguments:
         None, "When the held-out data is evaluated: steps (every --eval_steps), epoch or no. Unset: as "
         "--save_strategy (steps for best), as ms-swift. Except with no, the last step is evaluated.",
         aliases=("--evaluation_strategy",), choices=("steps", "epoch", "no"), may_differ_on_resume=True)
+    predict_with_generate: bool = option(
+        False, "sft: the held-out evaluation generates an answer for each conversation's last assistant turn "
+        "(greedy, up to --max_new_tokens) and scores it against that turn with ms-swift's ROUGE-1/2/L and BLEU-4 "
+        "(eval_rouge-1, eval_rouge-2, eval_rouge-l, eval_bleu-4, x 100; no loss); the answers go to the run's "
+        "predict.jsonl, and --metric_for_best_model defaults to rouge-l. Needs jieba, nltk and rouge "
+        "(alignkit[nlg]).", applies_to=("sft",), may_differ_on_resume=True)
+    max_new_tokens: int = option(
+        64, "sft --predict_with_generate: most tokens generated per held-out answer.", applies_to=("sft",),
+        may_differ_on_resume=True)
     logging_strategy: str = option(
         "steps", "When training metrics are logged: steps (every --logging_steps, and the last step), epoch or no "
         "(evaluation metrics are logged either way).", choices=("steps", "epoch", "no"), may_differ_on_resume=True)
     logging_first_step: bool = option(True, "Also log the first step's metrics.", may_differ_on_resume=True)
     metric_for_best_model: str | None = option(
         None, "Held-out metric that picks the best checkpoint (the eval_ prefix optional): loss, rewards/accuracies, "
-        "accuracy, reward, ... Unset: loss (grpo: reward; ppo: none), as ms-swift. The best checkpoint is recorded "
-        "(best_model_checkpoint, best_metric in trainer_state.json and the final log line) and --save_total_limit "
-        "never deletes it.", may_differ_on_resume=True)
+        "accuracy, reward, rouge-l, ... Unset: loss (grpo: reward; ppo: none; sft --predict_with_generate: rouge-l), "
+        "as ms-swift. The best checkpoint is recorded (best_model_checkpoint, best_metric in trainer_state.json and "
+        "the final log line) and --save_total_limit never deletes it.", may_differ_on_resume=True)
     greater_is_better: bool | None = option(
         None, "Whether a larger --metric_for_best_model is better. Unset: false when the metric's name contains "
         "loss, else true.", may_differ_on_resume=True)

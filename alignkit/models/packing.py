@@ -347,12 +347,16 @@ class Layout:
     def pack(self, batch: Batch) -> Packed:
         return pack(batch, share_prefixes=self.prefix_sharing, row_tokens=self.row_tokens)
 
+    def runs_packed(self, model, batch: Batch) -> bool:
+        """Whether ``batch`` runs packed: batches with extra model inputs (a vision-language model's pixels) and
+        attention implementations without 4-D masks run padded."""
+        return self.padding_free and not batch.model_inputs and supports_packing(model)
+
     def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None,
               per_token: Callable | None = None):
-        """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
-        vision-language model's pixels) and attention implementations without 4-D masks run padded."""
+        """(logps (N,), token counts (N,)), as ``forward_logps``; padded where ``runs_packed`` says so."""
         options = {"average": average, "ld_alpha": ld_alpha, "per_token": per_token}
-        if not (self.padding_free and not batch.model_inputs and supports_packing(model)):
+        if not self.runs_packed(model, batch):
             return forward_logps(model, batch, **options)
 
         def packed():

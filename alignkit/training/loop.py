@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -53,9 +54,12 @@ def train(
     run_dir: Path,
     args_for_checkpoint: dict,
     row_sources: list | None = None,
+    held_out_evaluation: Callable[[Runner], dict[str, float]] | None = None,
 ) -> Path:
     """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded);
-    ``row_sources[row_id]`` (file and row) names rows in messages about non-finite steps."""
+    ``row_sources[row_id]`` (file and row) names rows in messages about non-finite steps.
+    ``held_out_evaluation``: evaluates the held-out rows instead of the algorithm's loss (--predict_with_generate:
+    ``alignkit.training.generated_eval``)."""
     runner = Runner(config, run_dir, args_for_checkpoint=args_for_checkpoint, tokenizer=tokenizer,
                     row_sources=row_sources)
     # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
@@ -71,6 +75,8 @@ def train(
     state = runner.state
 
     def evaluate_held_out() -> dict[str, float]:
+        if held_out_evaluation is not None:
+            return held_out_evaluation(runner)
         return evaluate(model, algorithm, val_rows, collate, config, runner)
 
     model.train()

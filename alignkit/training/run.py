@@ -61,6 +61,7 @@ from alignkit.models.reference import make_reference
 from alignkit.models.reference_cache import visited_batches, visited_steps
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
+from alignkit.training.generated_eval import GeneratedEvaluation, check_generated_eval, held_out_prompts
 from alignkit.training.loop import train
 from alignkit.training.loop_config import LoopConfig, loop_config
 from alignkit.training.model_setup import (
@@ -101,6 +102,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)
+    check_generated_eval(args, algorithm_name)
     if algorithm_name in ("ppo", "grpo"):
         if args.packing:
             logger.info("--packing with grpo: the rollouts' forwards run padding-free (--padding_free); as in "
@@ -195,7 +197,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    if algorithm.rows in ("classification", "embedding", "ranking"):  # pooled at a row's last non-padding token
+    # classification, embedding, reranker: pooled at a row's last non-padding token of padded batches; the
+    # generative reranker (which has a layout) reads each packed conversation at its own last token.
+    if algorithm.rows in ("classification", "embedding", "ranking") and not hasattr(algorithm, "layout"):
         layout, reasons = Layout(), {name: f"{algorithm.rows} rows run padded batches" for name in PACKING_SPEEDUPS}
     else:
         layout, reasons = choose_layout(args, algorithm_name, model, precision)
@@ -244,6 +248,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
     config, terms = loop_additions(config, args, model, vision=False)
+    generated = (GeneratedEvaluation(held_out_prompts(encoder, val_data), encoder, args.max_new_tokens,
+                                     args.per_device_eval_batch_size)
+                 if args.predict_with_generate and algorithm_name == "sft" and val_rows else None)
     return train(
         model=model,
         tokenizer=tokenizer,
@@ -255,6 +262,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=open_run_dir(args, resolved, resume),
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],
+        held_out_evaluation=generated,
     )
 
 
