@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
+from alignkit.config.model_checks import WHOLE_MODEL_TUNERS, parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.models.liger import apply_liger_kernels
-from alignkit.models.load import load_adapters, lora_targets
+from alignkit.models.llama_pro import expand_blocks
+from alignkit.models.load import count_parameters, load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
 from alignkit.models.quantization import DTYPES, bnb_config, is_quantized, prepare_quantized_for_training
 from alignkit.models.tuners import (
@@ -44,7 +45,8 @@ def weights_dtype(args: RunArguments) -> torch.dtype:
 
 
 def is_adapter(args: RunArguments) -> bool:
-    return args.train_type != "full"
+    """A peft adapter on frozen weights (full, llamapro and dummy train the model's own weights)."""
+    return args.train_type not in WHOLE_MODEL_TUNERS
 
 
 def load_options(args: RunArguments, *, vision: bool = False) -> LoadOptions:
@@ -190,9 +192,22 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
     """The model with what trains: the adapter (new, or --adapters loaded trainable) or every weight (full), held
     in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
     if not is_adapter(args):
+        if args.train_type == "llamapro":
+            expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)
+            if args.gradient_checkpointing:
+                model.enable_input_require_grads()  # the embeddings are frozen (reentrant checkpointing needs it)
+        if args.train_type == "dummy":
+            # ms-swift's dummy tuner leaves requires_grad to the model's loader (a plugin's model chooses what
+            # trains); a plain transformers model leaves every weight trainable.
+            trainable, total = count_parameters(model)
+            if not trainable:
+                raise AlignkitError("--tuner_type dummy: the loaded model has no trainable parameters")
+            logger.info("--tuner_type dummy: the model trains as loaded: %d of %d parameters (%s)", trainable, total,
+                        "every weight, as --tuner_type full" if trainable == total else "what its loader left "
+                        "trainable")
         cast = hold_trainable_in_fp32(model)
         if cast:
-            logger.info("Full fine-tuning: %d trained parameters held in fp32 (the weights loaded in %s)", cast,
+            logger.info("%s: %d trained parameters held in fp32 (the weights loaded in %s)", args.train_type, cast,
                         weights_dtype(args))
         return model
     if args.adapters:
