@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory):
 def sft(model: str, out: Path, *extra: str, steps: int = 4) -> list[str]:
     return ["sft", "--model", model, "--dataset", "arith-sft#8", "--max_steps", str(steps), "--save_steps", "1",
             "--logging_steps", "1", "--learning_rate", "1e-2", "--output_dir", str(out), "--report_to", "none",
-            "--dtype", "fp32", "--seed", "3", *extra]
+            "--dtype", "fp32", "--seed", "3", "--eval_strategy", "no", *extra]
 
 
 def checkpoints(out: Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -153,6 +153,24 @@ def test_llamapro_run_trains_only_new_blocks_and_its_checkpoint_reloads(model_di
     assert all(torch.equal(reloaded.state_dict()[k], saved[2][k]) for k in saved[2])
 
 
+def test_llamapro_sequence_classifier_trains_its_new_head_too():
+    import dataclasses
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignkit.config.run import RunArguments
+    from alignkit.models.tuners import TunerSettings
+    from alignkit.training.model_setup import make_trainable
+
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=4, num_labels=2))
+    args = dataclasses.replace(RunArguments(), train_type="llamapro", llamapro_num_new_blocks=1)
+    model = make_trainable(model, args, settings=TunerSettings(task_type="SEQ_CLS"), targets=None)
+    trainable = {n.rsplit(".", 1)[0].split(".")[0] if n.startswith("score") else n.split(".")[2]
+                 for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"score", "2"}
+
+
 # ------------------------------------------------------------------------------------------- dummy
 
 
@@ -185,6 +203,7 @@ def test_dummy_trains_the_model_as_loaded(model_dir, tmp_path, caplog):
      "an interval of 1 or more steps"),
     (["--tuner_type", "llamapro", "--llamapro_num_new_blocks", "3"], "must both split evenly into 3 groups"),
     (["--tuner_type", "llamapro", "--deepspeed", "zero2"], "--tuner_type llamapro with --deepspeed"),
+    (["--tuner_type", "llamapro", "--new_special_tokens", "<x>"], "the new tokens' embeddings would stay random"),
 ])
 def test_errors(model_dir, tmp_path, capsys, argv, message):
     assert main(sft(model_dir, tmp_path / "out", *argv, steps=1)) == 2

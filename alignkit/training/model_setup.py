@@ -36,6 +36,7 @@ from alignkit.vision.model import ALIGNER_NAMES, VIT_NAMES, part_of
 
 logger = logging.getLogger("alignkit")
 
+CLASSIFIER_HEADS = ("score", "classifier")  # transformers' sequence-classification heads
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -88,6 +89,10 @@ def add_special_tokens(args: RunArguments, tokenizer) -> int:
     tokens = new_special_tokens(args)
     if not tokens:
         return 0
+    if args.train_type == "llamapro":
+        raise AlignkitError("--new_special_tokens with --tuner_type llamapro: only the new blocks train, so the new "
+                            "tokens' embeddings would stay random; use --tuner_type full, or lora with "
+                            "--modules_to_save embed_tokens lm_head")
     if is_adapter(args) and not any(name in ("embed_tokens", "all-embedding") for name in args.modules_to_save):
         raise AlignkitError(
             f"--new_special_tokens with --tuner_type {args.train_type}: the new tokens' embeddings must train and be "
@@ -194,6 +199,10 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
     if not is_adapter(args):
         if args.train_type == "llamapro":
             expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)
+            if settings is not None and settings.task_type == "SEQ_CLS":
+                for name in CLASSIFIER_HEADS:  # a new head starts random: it trains too (peft's SEQ_CLS rule)
+                    if isinstance(getattr(model, name, None), torch.nn.Module):
+                        getattr(model, name).requires_grad_(True)
             if args.gradient_checkpointing:
                 model.enable_input_require_grads()  # the embeddings are frozen (reentrant checkpointing needs it)
         if args.train_type == "dummy":
