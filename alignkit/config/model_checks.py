@@ -122,8 +122,8 @@ def _check_tuner(args: RunArguments) -> None:
 
 
 def _check_layer_tuners(args: RunArguments) -> None:
-    """LISA and LLaMA-Pro change which decoder layers train (or how many there are) as the run goes, so they need
-    whole, unsharded weights and a model the trainer itself runs."""
+    """LISA changes which decoder layers train as the run goes, LLaMA-Pro how many layers there are: both need whole,
+    unsharded weights (one process or DDP), and LLaMA-Pro a model only the trainer runs (not vLLM)."""
     if args.lisa_activated_layers < 0 or args.lisa_step_interval < 1:
         raise AlignkitError(f"--lisa_activated_layers {args.lisa_activated_layers} --lisa_step_interval "
                             f"{args.lisa_step_interval}: expected 0 or more layers (0: off) and an interval of 1 or "
@@ -135,10 +135,16 @@ def _check_layer_tuners(args: RunArguments) -> None:
         if name.startswith("--lisa") and args.train_type != "full":
             raise AlignkitError(f"--lisa_activated_layers with --tuner_type {args.train_type}: LISA is a way of full "
                                 "fine-tuning; use --tuner_type full")
-        if args.deepspeed or args.fsdp:
-            engine = "--deepspeed" if args.deepspeed else "--fsdp"
-            raise AlignkitError(f"{name} with {engine}: the engine fixes at setup which weights train and how they are "
-                                "split; run with data parallelism (NPROC_PER_NODE) or one process")
+        engines = {"--deepspeed": args.deepspeed not in (None, "", "false"),
+                   "--fsdp": args.fsdp not in (False, None, "", "false"), "--plugin": args.plugin not in (None, "ddp")}
+        engine = next((flag for flag, used in engines.items() if used), None)
+        if engine is not None:
+            why = ("LISA changes which layers train as the run goes, while the engine fixes the trained parameters "
+                   "(and their flat buffers) at setup" if name.startswith("--lisa") else
+                   "LLaMA-Pro copies whole decoder layers of the loaded model, which the engine may already have "
+                   "partitioned")
+            raise AlignkitError(f"{name} with {engine}: {why}; run with data parallelism (NPROC_PER_NODE) or one "
+                                "process")
         if name == "--tuner_type llamapro" and args.use_vllm:
             raise AlignkitError("--tuner_type llamapro with --use_vllm: vLLM would load the model without the new "
                                 "blocks; sample with transformers (--use_vllm false)")
