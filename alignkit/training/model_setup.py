@@ -194,8 +194,9 @@ def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_ad
 
 def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None, targets,
                    modules_to_save: list[str] | None = None):
-    """The model with what trains: the adapter (new, or --adapters loaded trainable) or every weight (full), held
-    in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
+    """The model with what trains: the adapter (new, or --adapters loaded trainable), or the model's own weights
+    (full: every one; llamapro: the new blocks; dummy: what the loader left trainable), held in fp32.
+    ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
     if not is_adapter(args):
         if args.train_type == "llamapro":
             expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)

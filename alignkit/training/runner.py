@@ -48,6 +48,7 @@ from alignkit.training.checkpoint import TrainerState, list_checkpoints, load_ch
 from alignkit.training.distributed import launched, on_main, process_state
 from alignkit.training.galore import schedule_stretch
 from alignkit.training.interrupts import StopRequests
+from alignkit.training.lisa import LayerSwitch
 from alignkit.training.loop_config import LoopConfig, check_loop_flags, loop_config
 from alignkit.training.metrics_log import MetricsLog, RunningMean
 from alignkit.training.optimizers import PLATEAU, make_optimizer, make_scheduler
@@ -213,8 +214,6 @@ class Runner:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
         if config.lisa is not None:
-            from alignkit.training.lisa import LayerSwitch
-
             self.layer_switch = LayerSwitch(self.saved_model, config.lisa, seed=config.seed)
         if self.shards_parameters and self.saved_model is not self.unwrapped:
             raise AlignkitError(f"{self.engine_kind}: this method's checkpoint holds more than the trained model "
