@@ -48,8 +48,8 @@ def test_save_total_limit_minus_one_keeps_every_checkpoint(tiny_model_dir, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    # examples/train/plugins/tuner_phi4_mm.sh and examples/train/tuners/unsloth/train.sh
-    (RunArguments(train_type="dummy"), "--tuner_type dummy: ms-swift's dummy tuner leaves the model as loaded"),
+    # examples/train/tuners/unsloth/train.sh (plugins/tuner_phi4_mm.sh's --tuner_type dummy trains:
+    # tests/test_layer_tuners.py)
     (RunArguments(tuner_backend="unsloth"), "--tuner_backend unsloth: Unsloth's patched models and kernels are not "
                                             "supported"),
 ])

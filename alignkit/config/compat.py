@@ -147,10 +147,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "Q-GaLore (quantized GaLore, q-galore-torch) is not supported; use --use_galore without quantization"
        for name in ("galore_quantization", "galore_proj_quant", "galore_proj_bits", "galore_proj_group_size",
                     "galore_cos_threshold", "galore_gamma_proj", "galore_queue_size")},
-    **{name: "LISA is not supported; use LoRA or full fine-tuning with --freeze_parameters_ratio"
-       for name in ("lisa_activated_layers", "lisa_step_interval")},
-    **{name: "LLaMA-Pro block expansion is not supported; use LoRA or full fine-tuning"
-       for name in ("llamapro_num_new_blocks", "llamapro_num_groups")},
     **{name: "ReFT is not supported; use LoRA" for name in ("reft_layers", "reft_layer_key", "reft_intervention_type",
                                                            "reft_args")},
     **{name: "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use LoRA or "

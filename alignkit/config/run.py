@@ -405,14 +405,16 @@ class RunArguments:
         "lora",
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
-        "model, the vision encoder and aligner trained in full). ms-swift's longlora, llamapro, adapter, reft and "
-        "dummy stop with an error (docs/performance.md, \"Memory\").",
+        "model, the vision encoder and aligner trained in full), llamapro (LLaMA-Pro: new decoder blocks, text "
+        "models) or dummy (the model trains as loaded: what its loader left trainable). ms-swift's longlora, "
+        "adapter and reft stop with an error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
-        "text model is lora; longlora, llamapro, adapter, reft and dummy stop with an error",
+        "text model is lora; llamapro saves the whole expanded model (--llamapro_num_new_blocks); longlora, adapter "
+        "and reft stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -1060,6 +1062,27 @@ class RunArguments:
         "the projection gap is doubled and the learning-rate schedule runs over twice the steps.")
     galore_with_embedding: bool = option(
         False, "GaLore: also project the embedding matrix (with --galore_target_modules unset).")
+
+    # --- LISA (alignkit/training/lisa.py) and LLaMA-Pro (alignkit/models/llama_pro.py) ---
+    lisa_activated_layers: int = option(
+        0, "LISA: with --tuner_type full, only this many randomly drawn decoder layers train at a time (the "
+        "embeddings, final norm and LM head train throughout); 0: off. Text models.",
+        differs="every draw's layers get updates: the optimizer holds all layers (ms-swift's callback freezes them "
+        "before the optimizer is built, so only its first draw's layers are ever updated); the draw follows the "
+        "seed and the step, so a resumed run draws the same layers")
+    lisa_step_interval: int = option(
+        20, "LISA: steps between draws of the trained layers.",
+        differs="the layers are drawn at steps 0, K, 2K, ... (ms-swift draws once more at step 1)")
+    llamapro_num_new_blocks: int = option(
+        4, "LLaMA-Pro (--tuner_type llamapro): decoder layers inserted, copies with zeroed o_proj / down_proj, so the "
+        "expanded model starts identical; only they train.",
+        differs="the checkpoint is the whole expanded model (loads with from_pretrained, num_hidden_layers updated), "
+        "not an adapter of the new blocks to merge")
+    llamapro_num_groups: int | None = option(
+        None, "LLaMA-Pro: the new blocks go in this many groups, each after an equal share of the layers. Unset: "
+        "--llamapro_num_new_blocks (one after every L / new_blocks layers).",
+        differs="the new blocks are split over the groups (num_new_blocks / num_groups after each group, as "
+        "ms-swift's documentation says); ms-swift's code inserts one block per group")
 
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(

@@ -90,6 +90,7 @@ def train(
                     state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps
                 ]
                 step_started = time.perf_counter()
+                runner.begin_step()
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, runner,
                                                              step=state.global_step + 1, batch_size=config.batch_size)
                 learning_rate = runner.learning_rate()

@@ -16,6 +16,7 @@ from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.training import cadence
 from alignkit.training.galore import GaloreSettings, galore_settings
+from alignkit.training.lisa import LisaSettings, lisa_settings
 from alignkit.training.optimizers import PLATEAU, check_optimizer, check_schedule, scheduler_kwargs
 from alignkit.training.trackers import TrackerSettings, check_swanlab, resolve_report_to
 
@@ -38,6 +39,7 @@ class LoopConfig:
     optim_args: str | None = None
     optimizer: str | None = None  # ms-swift's optimizer plugin (muon); takes precedence over optim
     galore: GaloreSettings | None = None  # --use_galore: alignkit/training/galore.py
+    lisa: LisaSettings | None = None  # --lisa_activated_layers: alignkit/training/lisa.py
     lr_scheduler_type: str = "cosine"
     lr_scheduler_kwargs: dict = field(default_factory=dict)
     warmup_ratio: float = 0.0
@@ -102,6 +104,7 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
         optim_args=args.optim_args,
         optimizer=None if args.optimizer == "default" else args.optimizer,
         galore=galore_settings(args),
+        lisa=lisa_settings(args),
         lr_scheduler_type=args.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs(args.lr_scheduler_kwargs),
         warmup_ratio=args.warmup_ratio,

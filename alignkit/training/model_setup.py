@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
+from alignkit.config.model_checks import WHOLE_MODEL_TUNERS, parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.models.liger import apply_liger_kernels
-from alignkit.models.load import load_adapters, lora_targets
+from alignkit.models.llama_pro import expand_blocks
+from alignkit.models.load import count_parameters, load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
 from alignkit.models.quantization import (
     DTYPES,
@@ -42,6 +43,7 @@ from alignkit.vision.model import ALIGNER_NAMES, VIT_NAMES, part_of
 
 logger = logging.getLogger("alignkit")
 
+CLASSIFIER_HEADS = ("score", "classifier")  # transformers' sequence-classification heads
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,7 +53,8 @@ def weights_dtype(args: RunArguments) -> torch.dtype:
 
 
 def is_adapter(args: RunArguments) -> bool:
-    return args.train_type != "full"
+    """A peft adapter on frozen weights (full, llamapro and dummy train the model's own weights)."""
+    return args.train_type not in WHOLE_MODEL_TUNERS
 
 
 def load_options(args: RunArguments, *, vision: bool = False) -> LoadOptions:
@@ -93,6 +96,10 @@ def add_special_tokens(args: RunArguments, tokenizer) -> int:
     tokens = new_special_tokens(args)
     if not tokens:
         return 0
+    if args.train_type == "llamapro":
+        raise AlignkitError("--new_special_tokens with --tuner_type llamapro: only the new blocks train, so the new "
+                            "tokens' embeddings would stay random; use --tuner_type full, or lora with "
+                            "--modules_to_save embed_tokens lm_head")
     if is_adapter(args) and not any(name in ("embed_tokens", "all-embedding") for name in args.modules_to_save):
         raise AlignkitError(
             f"--new_special_tokens with --tuner_type {args.train_type}: the new tokens' embeddings must train and be "
@@ -201,12 +208,30 @@ def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_ad
 
 def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None, targets,
                    modules_to_save: list[str] | None = None):
-    """The model with what trains: the adapter (new, or --adapters loaded trainable) or every weight (full), held
-    in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
+    """The model with what trains: the adapter (new, or --adapters loaded trainable), or the model's own weights
+    (full: every one; llamapro: the new blocks; dummy: what the loader left trainable), held in fp32.
+    ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
     if not is_adapter(args):
+        if args.train_type == "llamapro":
+            expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)
+            if settings is not None and settings.task_type == "SEQ_CLS":
+                for name in CLASSIFIER_HEADS:  # a new head starts random: it trains too (peft's SEQ_CLS rule)
+                    if isinstance(getattr(model, name, None), torch.nn.Module):
+                        getattr(model, name).requires_grad_(True)
+            if args.gradient_checkpointing:
+                model.enable_input_require_grads()  # the embeddings are frozen (reentrant checkpointing needs it)
+        if args.train_type == "dummy":
+            # ms-swift's dummy tuner leaves requires_grad to the model's loader (a plugin's model chooses what
+            # trains); a plain transformers model leaves every weight trainable.
+            trainable, total = count_parameters(model)
+            if not trainable:
+                raise AlignkitError("--tuner_type dummy: the loaded model has no trainable parameters")
+            logger.info("--tuner_type dummy: the model trains as loaded: %d of %d parameters (%s)", trainable, total,
+                        "every weight, as --tuner_type full" if trainable == total else "what its loader left "
+                        "trainable")
         cast = hold_trainable_in_fp32(model)
         if cast:
-            logger.info("Full fine-tuning: %d trained parameters held in fp32 (the weights loaded in %s)", cast,
+            logger.info("%s: %d trained parameters held in fp32 (the weights loaded in %s)", args.train_type, cast,
                         weights_dtype(args))
         return model
     if args.adapters:
