@@ -157,7 +157,8 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
     online_module.train_online = reached
     runner_module.check_available = sharding_module.check_available = lacks("engine")
     runner_module.check_liger_available = lacks("liger")
-    runner_module.check_sequence_parallel = lacks("sequence parallel")
+    runner_module.check_sequence_parallel = (  # checked for every run: a lack only where it splits sequences
+        lambda size, world: needs_gpu.append("sequence parallel") if size > 1 else None)
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
@@ -203,7 +204,7 @@ def main() -> None:
             print(f"{'OK ' if reason is None else 'NO '} {file} {command} {shown.get('rlhf_type', [''])[0]}"
                   f"{'' if reason is None else '  <- ' + reason}")
     print(f"{accepted} of {len(found)} accepted ({accepted / max(1, len(found)):.0%}); {on_gpu} of them then need "
-          "a GPU (DeepSpeed, FSDP or Liger), which this machine lacks")
+          "a GPU (DeepSpeed, FSDP or Liger) or more processes (--sequence_parallel_size), which this machine lacks")
     for reason, count in refused.most_common():
         print(f"{count:3d}  {reason}")
 
