@@ -50,3 +50,18 @@ def test_online_methods_are_not_split(tiny_model_dir, tmp_path, capsys):
                  "--reward_funcs", "arith_accuracy", "--sequence_parallel_size", "2",
                  "--output_dir", str(tmp_path)]) == 2
     assert "splits the sequences of offline training only" in capsys.readouterr().err
+
+
+def test_an_embedding_run_splits_sequences_like_one_process(tiny_model_dir, tmp_path):
+    """Pooling reads the gathered hidden states (``output_hidden_states``): the split is invisible to the loss."""
+    from test_retrieval import retrieval_file
+
+    data = retrieval_file(tmp_path)
+    common = ["sft", "--model", tiny_model_dir, "--dataset", data, "--task_type", "embedding", "--loss_type", "infonce", "--train_type", "full",
+              "--max_steps", "2", "--batch_size", "4", "--split_dataset_ratio", "0", "--logging_steps", "1",
+              "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-3"]
+    assert main([*common, "--output_dir", str(tmp_path / "one")]) == 0
+    log = tmp_path / "sp.log"
+    wait(launch([*common, "--output_dir", str(tmp_path / "sp"), "--sequence_parallel_size", "2"], log,
+                NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), log)
+    assert losses(tmp_path / "sp") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
