@@ -134,8 +134,7 @@ def messages(value: Any, name: str, source: RowSource) -> list[Message]:
 
 
 def tool_calls(calls: Any, where: str, source: RowSource) -> list[Message]:
-    """OpenAI ``tool_calls`` → ``tool_call`` messages (ms-swift's normalize_openai_tool_calls); arguments given as a
-    JSON string are parsed."""
+    """OpenAI ``tool_calls`` → ``tool_call`` messages (ms-swift's normalize_openai_tool_calls)."""
     if not isinstance(calls, list):
         raise error(source, where, f"expected a list of tool calls, got {type(calls).__name__}")
     out = []
@@ -143,12 +142,7 @@ def tool_calls(calls: Any, where: str, source: RowSource) -> list[Message]:
         function = call.get("function", call) if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise error(source, f"{where}[{i}]", f"expected a tool call with a function name, got {call!r:.80}")
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass  # kept as the text given, as ms-swift does
+        arguments = function.get("arguments", {})  # a JSON string is parsed when the call is rendered
         out.append({"role": "tool_call", "content": json.dumps({"name": function["name"], "arguments": arguments},
                                                                ensure_ascii=False)})
     return out
