@@ -137,7 +137,8 @@ REACT_EN = ("Answer the following questions as best you can. You have access to 
             "Final Answer: the final answer to the original input question\n\n"
             "Begin!\n")
 REACT_ZH = ("尽可能地回答以下问题。你可以使用以下工具:\n\n",
-            "{name}: 调用此工具与 {human} API 进行交互。{human} 有什么用？{description} 输入参数：{parameters} 此工具的输入应为JSON对象。",
+            "{name}: 调用此工具与 {human} API 进行交互。{human} 有什么用？{description} 输入参数：{parameters} "
+            "此工具的输入应为JSON对象。",
             "\n\n请按照以下格式进行:\n\n"
             "Question: 需要你回答的输入问题\n"
             "Thought: 你应该总是思考该做什么\n"
@@ -182,7 +183,8 @@ def parse_call(content: str, where: str, source: RowSource | None) -> dict:
     """ms-swift's _parse_tool_call: ``{"name", "arguments"}`` (``parameters`` accepted), arguments parsed."""
     call = parse_json(content)
     if not isinstance(call, dict) or "name" not in call:
-        raise _error(source, where, f"a tool call must be a JSON object with 'name' and 'arguments', got {content!r:.80}")
+        raise _error(source, where, f"a tool call must be a JSON object with 'name' and 'arguments', got "
+                     f"{content!r:.80}")
     arguments = call.get("arguments")
     arguments = parse_json(call.get("parameters") if arguments is None else arguments)
     if arguments is None:

@@ -3,9 +3,9 @@
 The key is a hash of everything that decides the token ids and labels: the canonical rows themselves
 (so the files' content, ``#N`` sampling, mixing, shuffling and ``--columns`` all count), the tokenizer
 (its full serialisation), the chat template (or ``--use_chat_template false``) and system prompt,
-``--loss_scale``, ``--agent_template``, ``--max_length``, ``--max_prompt_length`` and ``--truncation_strategy``. Change any of them and
-the cache misses. Files live in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default ``~/.cache/alignkit``) and hold
-plain integer arrays (and the per-token loss weights, when --loss_scale gives any).
+``--loss_scale``, ``--agent_template``, ``--max_length``, ``--max_prompt_length`` and ``--truncation_strategy``.
+Change any of them and the cache misses. Files live in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default
+``~/.cache/alignkit``) and hold plain integer arrays (and the per-token loss weights, when --loss_scale gives any).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ conversation, prompts included; ``+ignore_empty_think`` / ``+ignore_think_prefix
 leading think markup untrained; ``react``, ``hermes``, ``qwen``, ``alpha_umi`` (alone or after a base, SFT only)
 weigh the tokens of an answer's tool calls (``Encoded.loss_scale``, see ``loss_weights``). Agent rows (tools,
 tool calls, tool results) are rendered by ``--agent_template`` first (``agent_templates``); a tool's result
-written into an assistant turn is not trained. The system prompt is the row's own, else ``--system`` (text or a .txt file),
-else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
+written into an assistant turn is not trained. The system prompt is the row's own, else ``--system`` (text or a
+.txt file), else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
 (``encode_plain``).
 
 The prompt's tokens must be a prefix of prompt+answer's tokens; a template that breaks this (one that
@@ -156,7 +156,8 @@ class ChatEncoder:
                  agent_template: str | None = None):
         scale = parse_loss_scale(loss_scale)
         if agent_template is not None and agent_template not in AGENT_TEMPLATES:
-            raise AlignkitError(f"--agent_template {agent_template}: unknown; alignkit has {', '.join(AGENT_TEMPLATES)}")
+            raise AlignkitError(f"--agent_template {agent_template}: unknown; alignkit has "
+                                f"{', '.join(AGENT_TEMPLATES)}")
         if scale.weighting and not use_chat_template:
             raise AlignkitError(f"--loss_scale {loss_scale} with --use_chat_template false: the generation template "
                                 "holds no tool calls to weigh; drop the weighting or use the chat template")
