@@ -109,6 +109,20 @@ def test_react_en_writes_the_results_into_the_turn_untrained(tokenizer):
     assert pieces(tokenizer, last.encode_conversation(ROW)) == [("Paris 21, Rome 25.<|im_end|>\n", 1.0)]
 
 
+def test_react_results_after_a_joined_answer_follow_as_they_are(tokenizer):
+    # ms-swift's ReAct test ("Action:" in content) looks for whole list elements once an answer's text and its
+    # call are joined, so no Observation: is added and the result follows unchanged.
+    row = ConversationRow([MESSAGES[0], {"role": "assistant", "content": "Let me look."}, MESSAGES[1], MESSAGES[3],
+                           MESSAGES[5]], tools=TOOLS)
+    encoded = ChatEncoder(tokenizer, max_length=1024, agent_template="react_en").encode_conversation(row)
+    assert tokenizer.decode(encoded.input_ids).endswith(
+        "<|im_start|>assistant\nLet me look.Action: get_weather\nAction Input: {'city': 'Paris'}\nObservation:"
+        '{"temp": 21}Paris 21, Rome 25.<|im_end|>\n')
+    assert pieces(tokenizer, encoded) == [
+        ("Let me look.Action: get_weather\nAction Input: {'city': 'Paris'}\nObservation:", 1.0),
+        ("Paris 21, Rome 25.<|im_end|>\n", 1.0)]
+
+
 def test_hermes_loss_scale_weighs_each_tool_call_block_twice(tokenizer):
     encoder = ChatEncoder(tokenizer, max_length=1024, agent_template="hermes", loss_scale="hermes")
     encoded = encoder.encode_conversation(ROW)

@@ -13,7 +13,8 @@ ms-swift's (Template._swift_prepare_inputs, _get_system), its text byte for byte
 - consecutive ``tool_call`` messages become one assistant turn; consecutive assistant turns join;
 - ``tool`` results after an assistant turn: hermes writes them as a user turn of ``<tool_response>`` blocks;
   react (and hermes when the answer is itself written ReAct-style, ``Action:`` + ``Action Input:``) appends
-  ``Observation:`` to the answer and the results after it, untrained, and the next answer continues the same turn.
+  ``Observation:`` to the answer and the results after it, untrained, and the next answer continues the same turn
+  (after an answer that is not ReAct-style, react writes the results as they are, with nothing added).
 
 Worked example (hermes)::
 
@@ -200,8 +201,15 @@ def format_calls(template: str, calls: list[dict]) -> str:
     return "".join(f"Action: {call['name']}\nAction Input: {call['arguments']}\n" for call in calls) + "Observation:"
 
 
-def is_react_style(text: str) -> bool:
-    return "Action:" in text and "Action Input:" in text
+def _with_action(parts: list[Part]) -> bool:
+    """ms-swift's test for a ReAct-style answer (``Action:`` and ``Action Input:`` in it), on the answer since the
+    last tool result: one message's text, searched; several joined messages are a list in ms-swift, where ``in``
+    looks for whole elements, so such an answer never counts (and its results are written as they are)."""
+    since = parts[max((i for i, p in enumerate(parts) if not p.trained), default=-1) + 1:]
+    texts = [p.text for p in since]
+    if len(texts) == 1:
+        texts = texts[0]
+    return "Action:" in texts and "Action Input:" in texts
 
 
 def react_results(results: list[str]) -> str:
@@ -244,18 +252,22 @@ def render_agent(messages: list[Message], tools: list[dict] | None, template: st
             if not out or out[-1]["role"] != "assistant":
                 raise _error(source, where, "a tool result must follow an assistant turn or a tool call (ms-swift's "
                              "results without a call before them are not supported)")
-            answer = "".join(part.text for part in out[-1]["parts"])
-            if template == "hermes" and not is_react_style(answer):
+            parts = out[-1]["parts"]
+            if not _with_action(parts) and template == "hermes":
                 out.append({"role": "user", "results": True, "content": "\n".join(
                     f"<tool_response>\n{result}\n</tool_response>" for result in results)})
             else:
                 if i + 1 >= len(messages) or messages[i + 1]["role"] not in ("assistant", "tool_call"):
                     raise _error(source, where, f"with --agent_template {template} a tool result is written into the "
                                  "assistant's turn, so an assistant turn or tool call must follow it")
-                parts = out[-1]["parts"]
-                if not answer.endswith("Observation:"):
-                    parts[-1] = Part(parts[-1].text + ("" if answer.endswith("\n") else "\n") + "Observation:")
-                parts.append(Part(react_results(results), trained=False))  # the next answer continues the turn
+                if _with_action(parts):
+                    if not parts[-1].text.endswith("Observation:"):
+                        parts[-1] = Part(parts[-1].text + ("" if parts[-1].text.endswith("\n") else "\n") +
+                                         "Observation:")
+                    written = react_results(results)
+                else:  # ms-swift writes results after an answer without Action / Action Input as they are
+                    written = "".join(results)
+                parts.append(Part(written, trained=False))  # the next answer continues the turn
         elif role == "assistant":
             _add_answer(out, Part(message["content"]))
         elif role == "user" and out and out[-1]["role"] == "user" and not out[-1].get("results"):
