@@ -266,3 +266,11 @@ def test_ms_swift_agent_example_trains(tiny_model_dir, tmp_path):
                  "--lora_alpha", "32", "--target_modules", "all-linear", "--output_dir", str(tmp_path / "out"),
                  "--report_to", "none", "--dtype", "fp32", "--max_length", "2048", "--split_dataset_ratio", "0"])
     assert code == 0
+
+
+def test_alignkit_data_shows_agent_rows_as_sft_trains_them(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "agent.jsonl"
+    data.write_text(json.dumps({"messages": MESSAGES, "tools": TOOLS}) + "\n")
+    assert main(["data", "--dataset", str(data), "--model", tiny_model_dir, "--agent_template", "hermes"]) == 0
+    out = capsys.readouterr().out
+    assert f"[[{CALL_PARIS}\n{CALL_ROME}<|im_end|>\n]]<|im_start|>user\n<tool_response>" in out

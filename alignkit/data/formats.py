@@ -470,8 +470,8 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     agent = next((i for i, m in enumerate(parsed.prompt + (parsed.chosen or []) + (parsed.rejected or []))
                   if m["role"] in AGENT_ROLES), None)
     if agent is not None or parsed.tools:
-        raise f.error(source, parsed.prompt_field, f"tool calls and tool results (agent rows) are trained by sft "
-                      f"only, not as {kind} rows")
+        raise f.error(source, parsed.prompt_field, "tools, tool calls and tool results (agent rows) are trained by "
+                      f"sft only, not as {kind} rows")
     if kind == "classification":
         return [ClassificationRow(parsed.prompt, parsed.class_label, source, parsed.extras)]
     if not parsed.prompt or parsed.prompt[-1]["role"] != "user":
