@@ -170,3 +170,21 @@ def borrowed_template(value: str | None, where: str) -> str | None:
         raise AlignkitError(f"{where}: 'chat_template' names the model {value}, whose tokenizer has no chat template")
     logger.info("%s: the chat template of %s's tokenizer", where, value)
     return template
+
+
+def written_default_system(render) -> str | None:
+    """The system prompt a chat template writes when a conversation has none (Qwen2.5's "You are Qwen, ..."): the
+    text T for which [system T, user] renders as [user] alone; None when it writes none. ``render(messages,
+    generation_prompt=...)`` renders with the template."""
+    user = {"role": "user", "content": "\u27e6user\u27e7"}
+    probe = "\u27e6system\u27e7"
+    try:
+        bare = render([user], generation_prompt=False)
+        probed = render([{"role": "system", "content": probe}, user], generation_prompt=False)
+        before, _, after = probed.partition(probe)
+        if not (bare.startswith(before) and bare.endswith(after) and len(bare) > len(before) + len(after)):
+            return None
+        text = bare[len(before): len(bare) - len(after)]
+        return text if render([{"role": "system", "content": text}, user], generation_prompt=False) == bare else None
+    except Exception:  # a template that refuses a system turn has no default one either
+        return None

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import re
 
+from alignkit.data.agent_templates import Part
+
 # ms-swift's config files: keyword → (weight of the keyword, weight of the text after it); pattern → (weight,).
 AGENT_WEIGHTINGS: dict[str, dict[str, tuple[float, ...]]] = {
     "react": {"Action:": (2.0, 2.0), "Action Input:": (2.0, 2.0), "Thought:": (1.0, 1.0),
@@ -52,3 +54,19 @@ def weigh(text: str, weighting: str) -> list[tuple[str, float]]:
                 matched = next((p for p in patterns if re.match(p, piece, re.DOTALL)), None)
                 out.append((piece, table[matched][0] if matched is not None else 1.0))
     return [(piece, weight) for piece, weight in out if piece]
+
+
+def weighted_spans(parts: list[Part], start: int, weighting: str | None) -> list[tuple[int, int, float]]:
+    """(first, end, weight) character spans, from ``start``, of a turn's pieces whose weight is not 1: a part
+    that is not trained (a tool's result) weighs 0, the others as ``weigh`` cuts them (each part on its own, as
+    ms-swift weighs each response context). Example: parts [Part("Action: f\\n"), Part("21\\n", trained=False)],
+    start 10, "react" → [(10, 17, 2.0), (17, 20, 2.0), (20, 23, 0.0)]."""
+    spans = []
+    for part in parts:
+        pieces = weigh(part.text, weighting) if part.trained and weighting else [
+            (part.text, 1.0 if part.trained else 0.0)]
+        for piece, weight in pieces:
+            if weight != 1:
+                spans.append((start, start + len(piece), weight))
+            start += len(piece)
+    return spans

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.agent_templates import AGENT_TEMPLATES, Part, is_agent_row, render_agent
-from alignkit.data.chat_templates import ChatTemplate, resolve_template
-from alignkit.data.loss_weights import AGENT_WEIGHTINGS, weigh
+from alignkit.data.chat_templates import ChatTemplate, resolve_template, written_default_system
+from alignkit.data.loss_weights import AGENT_WEIGHTINGS, weighted_spans
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
@@ -245,16 +245,8 @@ class ChatEncoder:
         segments = []  # (first character, end character, weight)
         for index in sorted(train_turns):
             turn = parts.get(index) or [Part(messages[index]["content"])]
-            if not self.loss_weighting and all(part.trained for part in turn):
-                continue
-            at = self._content_at(messages, index, full_text)
-            for part in turn:
-                pieces = weigh(part.text, self.loss_weighting) if part.trained and self.loss_weighting else [
-                    (part.text, 1.0 if part.trained else 0.0)]
-                for piece, weight in pieces:
-                    if weight != 1:
-                        segments.append((at, at + len(piece), weight))
-                    at += len(piece)
+            if self.loss_weighting or not all(part.trained for part in turn):
+                segments += weighted_spans(turn, self._content_at(messages, index, full_text), self.loss_weighting)
         if not segments:
             return None
         boundaries: dict[int, int] = {}
@@ -283,25 +275,11 @@ class ChatEncoder:
         return at
 
     def default_system(self) -> str | None:
-        """The system prompt the chat template writes when a conversation has none (Qwen2.5's "You are Qwen, ..."),
-        which the tools join under --agent_template hermes as ms-swift's default_system: the text T for which
-        [system T, user] renders as [user] alone; None when the template writes none."""
+        """The template's default system prompt (a template config's, or the one its Jinja writes), which the tools
+        join under --agent_template hermes as ms-swift's default_system."""
         if not self._default_system:
-            found = self.template.system_message
-            if found is None:
-                user = {"role": "user", "content": "\u27e6user\u27e7"}
-                probe = "\u27e6system\u27e7"
-                try:
-                    bare = self.render([user], generation_prompt=False)
-                    before, _, after = self.render([{"role": "system", "content": probe}, user],
-                                                   generation_prompt=False).partition(probe)
-                    if bare.startswith(before) and bare.endswith(after) and len(bare) >= len(before) + len(after):
-                        text = bare[len(before): len(bare) - len(after)]
-                        system = [{"role": "system", "content": text}, user]
-                        found = text if text and self.render(system, generation_prompt=False) == bare else None
-                except Exception:  # a template that refuses a system turn has no default one either
-                    found = None
-            self._default_system.append(found)
+            self._default_system.append(self.template.system_message if self.template.system_message is not None
+                                        else written_default_system(self.render))
         return self._default_system[0]
 
     def encode_plain(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
