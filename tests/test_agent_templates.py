@@ -274,3 +274,33 @@ def test_alignkit_data_shows_agent_rows_as_sft_trains_them(tiny_model_dir, tmp_p
     assert main(["data", "--dataset", str(data), "--model", tiny_model_dir, "--agent_template", "hermes"]) == 0
     out = capsys.readouterr().out
     assert f"[[{CALL_PARIS}\n{CALL_ROME}<|im_end|>\n]]<|im_start|>user\n<tool_response>" in out
+
+
+# DeepSeek-R1-Distill's template, shortened: answers lose what precedes </think>, the generation prompt adds <think>.
+R1_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<|im_start|>User:' + message['content'] }}"
+    "{% else %}{% set content = message['content'] %}{% if '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{ '<|im_start|>Assistant:' + content + '<|im_end|>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>Assistant:<think>\\n' }}{% endif %}")
+
+
+def test_deepseek_r1_example_trains_after_the_header_the_conversation_holds(tokenizer, caplog, monkeypatch):
+    # examples/train/agent/deepseek_r1.sh: react_en + --loss_scale react on DeepSeek-R1-Distill, whose generation
+    # prompt's "<think>\n" ms-swift writes at inference only (response_prefix): answers train from "Assistant:".
+    from alignkit.data import chat_templates
+    from alignkit.data.chat_templates import ChatTemplate
+
+    monkeypatch.setattr(chat_templates, "_WARNED_HEADER", [])  # warned once per process
+    encoder = ChatEncoder(tokenizer, max_length=1024, agent_template="react_en", loss_scale="react",
+                          template=ChatTemplate("r1", R1_TEMPLATE))
+    encoded = encoder.encode_conversation(ROW)
+    assert tokenizer.decode(encoded.input_ids).endswith(
+        "<|im_start|>User:Weather in Paris and Rome?<|im_start|>Assistant:Action: get_weather\nAction Input: "
+        "{'city': 'Paris'}\nAction: get_weather\nAction Input: {'city': 'Rome'}\nObservation:"
+        '{"temp": 21}\nObservation:{"temp": 25}\nParis 21, Rome 25.<|im_end|>')
+    assert pieces(tokenizer, encoded) == [
+        ("Action: get_weather\nAction Input: {'city': 'Paris'}\nAction: get_weather\nAction Input: {'city': 'Rome'}\n"
+         "Observation:", 2.0), ("Paris 21, Rome 25.<|im_end|>", 1.0)]
+    assert "generation prompt ends with '<think>\\n'" in caplog.text

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.agent_templates import AGENT_TEMPLATES, Part, is_agent_row, render_agent
-from alignkit.data.chat_templates import ChatTemplate, resolve_template, written_default_system
+from alignkit.data.chat_templates import ChatTemplate, prompt_as_held, resolve_template, written_default_system
 from alignkit.data.loss_weights import AGENT_WEIGHTINGS, weighted_spans
 from alignkit.data.rows import (
     ClassificationRow,
@@ -220,8 +220,8 @@ class ChatEncoder:
         for index in sorted(train_turns):
             if messages[index]["role"] != "assistant":
                 raise DataError("only assistant turns can be trained", **_where(source), field="messages")
-            start = self._checked_prefix(messages[:index], full_text, full_ids, generation_prompt=True)
-            end = self._checked_prefix(messages[: index + 1], full_text, full_ids, generation_prompt=False)
+            start = self._checked_prefix(self._prompt_text(messages[:index], full_text), full_text, full_ids)
+            end = self._checked_prefix(self.render(messages[: index + 1], generation_prompt=False), full_text, full_ids)
             end = self._end_of_assistant(full_text, full_ids, messages, index, start, end)
             labels[start:end] = full_ids[start:end]
             untrained = self._untrained_prefix(messages, index, full_text, full_ids, start)
@@ -267,7 +267,7 @@ class ChatEncoder:
     def _content_at(self, messages: list[Message], index: int, full_text: str) -> int:
         """Where assistant turn ``index``'s content starts in the rendered conversation."""
         content = messages[index]["content"]
-        at = full_text.find(content, len(self.render(messages[:index], generation_prompt=True)))
+        at = full_text.find(content, len(self._prompt_text(messages[:index], full_text)))
         if at < 0:
             raise AlignkitError(
                 "the chat template rewrites an assistant turn (trims or edits it), so its tool calls and tool results "
@@ -326,7 +326,7 @@ class ChatEncoder:
         starts with (the answer's own, or one the chat template writes, as Qwen3's does for an answer without)."""
         if not self._untrained_prefixes:
             return start
-        prompt_text = self.render(messages[:index], generation_prompt=True)
+        prompt_text = self._prompt_text(messages[:index], full_text)
         if not full_text.startswith(prompt_text):
             raise AlignkitError(
                 f"--loss_scale {'+'.join((self.loss_scale, *self.loss_scale_modifiers))}: the chat template renders "
@@ -350,7 +350,7 @@ class ChatEncoder:
         if not self._end_ids:
             return end
         content = messages[index]["content"]
-        at = full_text.find(content, len(self.render(messages[:index], generation_prompt=True))) if content else -1
+        at = full_text.find(content, len(self._prompt_text(messages[:index], full_text))) if content else -1
         if at < 0:  # the template rewrites the answer (trims it, ...): its turn's own markers decide
             n = len(self._end_ids)
             return next((stop for stop in range(end, start + n - 1, -1) if full_ids[stop - n : stop] == self._end_ids),
@@ -363,9 +363,11 @@ class ChatEncoder:
         shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
         return max(start, shared)
 
-    def _checked_prefix(self, messages: list[Message], full_text: str, full_ids: list[int], *,
-                        generation_prompt: bool) -> int:
-        text = self.render(messages, generation_prompt=generation_prompt)
+    def _prompt_text(self, messages: list[Message], full_text: str) -> str:
+        return prompt_as_held(self.render, messages, full_text)
+
+    def _checked_prefix(self, text: str, full_text: str, full_ids: list[int]) -> int:
+        """Tokens of ``text`` (the conversation's beginning), checked to be a token prefix of the whole."""
         prefix = self.tokens(text)
         if full_ids[: len(prefix)] != prefix:
             which = (f"the chat template of {self.tokenizer.name_or_path!r}" if self.template.name == "tokenizer"
