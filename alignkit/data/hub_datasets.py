@@ -44,7 +44,9 @@ def _no_variation_selector(record: dict[str, Any]) -> dict[str, Any]:
 def _function_calling_chatml(record: dict[str, Any]) -> dict[str, Any]:
     # ms-swift's FunctionCallChatmlPreprocessor: the tools are function_description's paragraphs (one JSON object
     # each); the conversation's own system turn, which lists them in prose, is dropped.
-    messages = list(record["conversations"])
+    # ms-swift's MessagesPreprocessor reads any of these names as the messages.
+    column = next((c for c in ("conversations", "conversation", "messages") if c in record), "conversations")
+    messages = list(record[column])
     if messages and isinstance(messages[0], dict) and messages[0].get("from", messages[0].get("role")) == "system":
         messages = messages[1:]
     described = record.get("function_description")
