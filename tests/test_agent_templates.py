@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignkit.cli import main
+from alignkit.data.agent_templates import read_tools, render_agent
 from alignkit.data.cache import load, save
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import Batch, SequenceCollator
@@ -18,6 +19,7 @@ from alignkit.data.loading import load_dataset_spec
 from alignkit.data.rows import ConversationRow
 from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded
 from alignkit.errors import AlignkitError, DataError
+from alignkit.generation.tool_calls import render_hermes
 from alignkit.models.logprobs import forward_logps, sequence_logps
 from alignkit.models.packing import Layout
 
@@ -304,3 +306,13 @@ def test_deepseek_r1_example_trains_after_the_header_the_conversation_holds(toke
         ("Action: get_weather\nAction Input: {'city': 'Paris'}\nAction: get_weather\nAction Input: {'city': 'Rome'}\n"
          "Observation:", 2.0), ("Paris 21, Rome 25.<|im_end|>", 1.0)]
     assert "generation prompt ends with '<think>\\n'" in caplog.text
+
+
+def test_deploy_renders_earlier_calls_as_training_writes_them():
+    openai = [{"role": "system", "content": "Be brief."}, MESSAGES[0],
+              {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                  {"function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+              {"role": "tool", "content": '{"temp": 21}'}]
+    swift = [openai[0], MESSAGES[0], {"role": "assistant", "content": "Let me look."}, MESSAGES[1], MESSAGES[3]]
+    trained = render_agent(swift, read_tools(TOOLS, "tools", None), "hermes", None).messages
+    assert render_hermes(openai, TOOLS) == trained

@@ -52,7 +52,8 @@ def render_hermes(messages: list[dict], tools: list[dict] | None) -> list[dict]:
                 rendered.append({"role": "user", "content": response, "tool_results": True})
         elif role == "assistant" and message.get("tool_calls"):
             blocks = "\n".join(call_block(call) for call in message["tool_calls"])
-            rendered.append({"role": "assistant", "content": f"{content}\n{blocks}" if content else blocks})
+            # The text and its calls join without a separator, as ms-swift joins them (and as training writes them).
+            rendered.append({"role": "assistant", "content": f"{content}{blocks}"})
         else:
             rendered.append({"role": role, "content": content})
     return [{"role": m["role"], "content": m["content"]} for m in rendered]
