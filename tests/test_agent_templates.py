@@ -5,6 +5,7 @@ tool calls weighed as swift/loss_scale/config/{hermes,react}.json say, and the w
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -259,15 +260,39 @@ def test_weighted_loss_is_the_weighted_sum_over_trained_tokens_padded_and_packed
     assert padded[0] < unweighted[0] and torch.allclose(padded[1], unweighted[1])
 
 
-def test_ms_swift_agent_example_trains(tiny_model_dir, tmp_path):
-    # examples/train/agent/loss_scale/train.sh, model and data local, steps few.
+@pytest.mark.parametrize("example", [
+    # examples/train/agent/loss_scale/train.sh and qwen2_5.sh (packed, full), model and data local, steps few.
+    ["--tuner_type", "lora", "--loss_scale", "hermes", "--lora_rank", "8", "--lora_alpha", "32",
+     "--target_modules", "all-linear"],
+    ["--tuner_type", "full", "--packing", "true", "--loss_scale", "hermes"],
+])
+def test_ms_swift_agent_examples_train(tokenizer, tiny_model_dir, tmp_path, example, caplog):
+    from transformers import AutoModelForCausalLM
+
+    caplog.set_level(logging.INFO, logger="alignkit")
     data = tmp_path / "agent.jsonl"
     data.write_text("\n".join(json.dumps({"messages": MESSAGES, "tools": TOOLS}) for _ in range(4)) + "\n")
-    code = main(["sft", "--model", tiny_model_dir, "--tuner_type", "lora", "--dataset", str(data),
-                 "--loss_scale", "hermes", "--agent_template", "hermes", "--max_steps", "2", "--lora_rank", "8",
-                 "--lora_alpha", "32", "--target_modules", "all-linear", "--output_dir", str(tmp_path / "out"),
-                 "--report_to", "none", "--dtype", "fp32", "--max_length", "2048", "--split_dataset_ratio", "0"])
+    out = tmp_path / "out"
+    code = main(["sft", "--model", tiny_model_dir, "--dataset", str(data), "--agent_template", "hermes", *example,
+                 "--max_steps", "2", "--output_dir", str(out), "--report_to", "none", "--dtype", "fp32",
+                 "--max_length", "2048", "--split_dataset_ratio", "0", "--per_device_train_batch_size", "2",
+                 "--logging_steps", "1"])
     assert code == 0
+    # Step 1 (the starting weights; the rows are alike) logs the weighted loss: -Σ w log p / trained tokens.
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    first = json.loads((run_dir / "logging.jsonl").read_text().splitlines()[0])
+    encoded = ChatEncoder(tokenizer, max_length=2048, agent_template="hermes", loss_scale="hermes").encode_conversation(
+        ConversationRow(MESSAGES, tools=read_tools(TOOLS, "tools", None)))
+    ids, labels = torch.tensor([encoded.input_ids]), torch.tensor(encoded.labels[1:])
+    with torch.no_grad():
+        logp = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits[0, :-1].log_softmax(-1)
+    trained = labels != IGNORE_INDEX
+    token_logp = logp[trained].gather(-1, labels[trained].unsqueeze(-1)).squeeze(-1)
+    weights = torch.tensor(encoded.loss_scale[1:])[trained]
+    assert sorted(set(weights.tolist())) == [1.0, 2.0]
+    assert first["loss"] == pytest.approx(-(weights * token_logp).sum().item() / int(trained.sum()), rel=1e-4)
+    if "--packing" in example:  # the packed rows weighed the same tokens, so the layout check kept them
+        assert "Speed-up check (padding-free packing" in caplog.text and "this run uses padded" not in caplog.text
 
 
 def test_alignkit_data_shows_agent_rows_as_sft_trains_them(tiny_model_dir, tmp_path, capsys):
