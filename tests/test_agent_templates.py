@@ -206,6 +206,9 @@ def test_agent_rows_need_the_flag_and_sft(tokenizer, tmp_path):
     with pytest.raises(DataError, match="a tool result must follow an assistant turn"):
         ChatEncoder(tokenizer, max_length=1024, agent_template="hermes").encode_conversation(
             ConversationRow([MESSAGES[0], MESSAGES[3], {"role": "assistant", "content": "x"}]))
+    with pytest.raises(DataError, match="react_en a tool result is written into the assistant's turn, so an assistant"):
+        ChatEncoder(tokenizer, max_length=1024, agent_template="react_en").encode_conversation(ConversationRow(
+            [MESSAGES[0], MESSAGES[1], MESSAGES[3], MESSAGES[0], {"role": "assistant", "content": "x"}]))
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"messages": MESSAGES, "rejected_response": "no"}) + "\n")
     with pytest.raises(DataError, match="agent rows\\) are trained by sft only, not as preference rows"):

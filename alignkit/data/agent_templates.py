@@ -231,51 +231,31 @@ def render_agent(messages: list[Message], tools: list[dict] | None, template: st
     """An agent conversation (see the module docstring) → plain messages and the parts of each assistant turn.
     ``system`` is the prompt the tools join: the row's own (``messages[0]`` when it is a system turn) takes its
     place, as in ms-swift."""
-    if messages and messages[0]["role"] == "system":
-        system, messages = messages[0]["content"], messages[1:]
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    if first:
+        system = messages[0]["content"]
     out: list[dict] = []  # {"role", "parts"} for assistant turns, {"role", "content"} otherwise
-    i = 0
+    i = first
     while i < len(messages):
-        message, where = messages[i], f"messages[{i}]"
-        role = message["role"]
+        role, where = messages[i]["role"], f"messages[{i}]"
+        start = i
+        while role in AGENT_ROLES and i + 1 < len(messages) and messages[i + 1]["role"] == role:
+            i += 1  # consecutive calls (or results) go together
         if role == "tool_call":
-            start = i
-            while i + 1 < len(messages) and messages[i + 1]["role"] == "tool_call":
-                i += 1
             calls = [parse_call(messages[j]["content"], f"messages[{j}].content", source) for j in range(start, i + 1)]
             _add_answer(out, Part(format_calls(template, calls)))
         elif role == "tool":
-            start = i
-            while i + 1 < len(messages) and messages[i + 1]["role"] == "tool":
-                i += 1
-            results = [messages[j]["content"] for j in range(start, i + 1)]
-            if not out or out[-1]["role"] != "assistant":
-                raise _error(source, where, "a tool result must follow an assistant turn or a tool call (ms-swift's "
-                             "results without a call before them are not supported)")
-            parts = out[-1]["parts"]
-            if not _with_action(parts) and template == "hermes":
-                out.append({"role": "user", "results": True, "content": "\n".join(
-                    f"<tool_response>\n{result}\n</tool_response>" for result in results)})
-            else:
-                if i + 1 >= len(messages) or messages[i + 1]["role"] not in ("assistant", "tool_call"):
-                    raise _error(source, where, f"with --agent_template {template} a tool result is written into the "
-                                 "assistant's turn, so an assistant turn or tool call must follow it")
-                if _with_action(parts):
-                    if not parts[-1].text.endswith("Observation:"):
-                        parts[-1] = Part(parts[-1].text + ("" if parts[-1].text.endswith("\n") else "\n") +
-                                         "Observation:")
-                    written = react_results(results)
-                else:  # ms-swift writes results after an answer without Action / Action Input as they are
-                    written = "".join(results)
-                parts.append(Part(written, trained=False))  # the next answer continues the turn
+            following = messages[i + 1]["role"] if i + 1 < len(messages) else None
+            _add_results(out, [messages[j]["content"] for j in range(start, i + 1)], template, following, where,
+                         source)
         elif role == "assistant":
-            _add_answer(out, Part(message["content"]))
+            _add_answer(out, Part(messages[i]["content"]))
         elif role == "user" and out and out[-1]["role"] == "user" and not out[-1].get("results"):
-            out[-1]["content"] += message["content"]  # consecutive user turns join, as in ms-swift
+            out[-1]["content"] += messages[i]["content"]  # consecutive user turns join, as in ms-swift
         elif role == "system":
             raise _error(source, f"{where}.role", "a system message is only allowed first")
         else:
-            out.append({"role": role, "content": message["content"]})
+            out.append({"role": role, "content": messages[i]["content"]})
         i += 1
     plain: list[Message] = []
     if tools:
@@ -290,6 +270,30 @@ def render_agent(messages: list[Message], tools: list[dict] | None, template: st
         else:
             plain.append({"role": turn["role"], "content": turn["content"]})
     return AgentConversation(plain, parts)
+
+
+def _add_results(out: list[dict], results: list[str], template: str, following: str | None, where: str,
+                 source: RowSource | None) -> None:
+    """Tool results after the assistant turn ``out[-1]`` (ms-swift's _format_tool_responses): hermes, a user turn of
+    ``<tool_response>`` blocks; react (or a ReAct-style hermes answer), untrained text in the assistant's turn."""
+    if not out or out[-1]["role"] != "assistant":
+        raise _error(source, where, "a tool result must follow an assistant turn or a tool call (ms-swift's results "
+                     "without a call before them are not supported)")
+    parts = out[-1]["parts"]
+    if template == "hermes" and not _with_action(parts):
+        out.append({"role": "user", "results": True, "content": "\n".join(
+            f"<tool_response>\n{result}\n</tool_response>" for result in results)})
+        return
+    if following not in ("assistant", "tool_call"):
+        raise _error(source, where, f"with --agent_template {template} a tool result is written into the assistant's "
+                     "turn, so an assistant turn or tool call must follow it")
+    if _with_action(parts):
+        if not parts[-1].text.endswith("Observation:"):
+            parts[-1] = Part(parts[-1].text + ("" if parts[-1].text.endswith("\n") else "\n") + "Observation:")
+        written = react_results(results)
+    else:  # ms-swift writes results after an answer without Action / Action Input as they are
+        written = "".join(results)
+    parts.append(Part(written, trained=False))  # the next answer continues the turn
 
 
 def _add_answer(out: list[dict], part: Part) -> None:
