@@ -126,6 +126,25 @@ def test_react_results_after_a_joined_answer_follow_as_they_are(tokenizer):
         ("Paris 21, Rome 25.<|im_end|>\n", 1.0)]
 
 
+def test_qwen_en_and_its_loss_scale_as_ms_swift(tokenizer):
+    encoder = ChatEncoder(tokenizer, max_length=2048, agent_template="qwen_en", loss_scale="qwen")
+    encoded = encoder.encode_conversation(ROW)
+    system = ("You are a helpful assistant.\n\n# Tools\n\n## You have access to the following tools:\n\n"
+              "### get_weather\n\nget_weather: Weather of a city Parameters: {\"type\": \"object\", \"properties\": "
+              "{\"city\": {\"type\": \"string\"}}} Format the arguments as a JSON object.\n\n## When you need to call "
+              "a tool, please insert the following command in your reply, which can be called zero or multiple times "
+              "according to your needs:\n\n"
+              "✿FUNCTION✿: The tool to use, should be one of [get_weather]\n✿ARGS✿: The input of the tool\n"
+              "✿RESULT✿: Tool results\n✿RETURN✿: Reply based on tool results. Images need to be rendered as ![](url)")
+    calls = ("✿FUNCTION✿: get_weather\n✿ARGS✿: {'city': 'Paris'}\n✿FUNCTION✿: get_weather\n✿ARGS✿: {'city': 'Rome'}\n"
+             "✿RESULT✿:")
+    assert tokenizer.decode(encoded.input_ids) == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWeather in Paris and Rome?<|im_end|>\n"
+        f'<|im_start|>assistant\n{calls}{{"temp": 21}}\n✿RESULT✿:{{"temp": 25}}\nParis 21, Rome 25.<|im_end|>\n')
+    # swift/loss_scale/config/qwen.json: ✿FUNCTION✿ and ✿ARGS✿ 2/2, ✿RESULT✿ 2/0.
+    assert pieces(tokenizer, encoded) == [(calls, 2.0), ("Paris 21, Rome 25.<|im_end|>\n", 1.0)]
+
+
 def test_hermes_loss_scale_weighs_each_tool_call_block_twice(tokenizer):
     encoder = ChatEncoder(tokenizer, max_length=1024, agent_template="hermes", loss_scale="hermes")
     encoded = encoder.encode_conversation(ROW)

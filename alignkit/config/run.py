@@ -138,11 +138,14 @@ class RunArguments:
         None, "sft: how agent rows (a tools column; tool_call and tool messages, or OpenAI tool_calls) are written "
         "as text, as ms-swift's agent templates: hermes (tools in the system prompt, <tool_call> blocks, results "
         "as a user turn of <tool_response> blocks), react_en / react_zh (a ReAct system prompt; Action / Action "
-        "Input, results after Observation: inside the assistant's turn, untrained).",
-        choices=("hermes", "react_en", "react_zh"), applies_to=("sft",),
-        differs="alignkit has ms-swift's hermes, react_en and react_zh (the templates its agent examples train "
-        "with) and no default: ms-swift picks the model template's own (hermes for Qwen), alignkit stops at the "
-        "first agent row and asks for one; the plain turns are then rendered by the model's chat template",
+        "Input, results after Observation: inside the assistant's turn, untrained), qwen_en / qwen_zh (+_parallel: "
+        "Qwen-Agent's ✿FUNCTION✿ / ✿ARGS✿ / ✿RESULT✿, likewise).",
+        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel"),
+        applies_to=("sft",),
+        differs="alignkit has ms-swift's hermes, react_en/react_zh and qwen_en/qwen_zh (+_parallel), the templates "
+        "its agent examples train with and their kin, and no default: ms-swift picks the model template's own "
+        "(hermes for Qwen), alignkit stops at the first agent row and asks for one; the plain turns are then "
+        "rendered by the model's chat template",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
     load_from_cache_file: bool = option(

@@ -1,7 +1,7 @@
-"""ms-swift's agent templates (``--agent_template``, swift/agent_template): a conversation with tools, tool calls
-and tool results rendered into plain system/user/assistant turns the chat template renders, with each assistant
-turn split into parts that are trained (the model's own text, its tool calls) or not (a tool's result written
-into the turn).
+"""ms-swift's agent templates (``--agent_template``, swift/agent_template: hermes, react_en/zh, qwen_en/zh and their
+parallel variants): a conversation with tools, tool calls and tool results rendered into plain system/user/assistant
+turns the chat template renders, with each assistant turn split into parts that are trained (the model's own text,
+its tool calls) or not (a tool's result written into the turn).
 
 Rows hold ms-swift's agent format: a ``tools`` column (JSON tool definitions, OpenAI-style or bare functions)
 and messages with roles ``tool_call`` (a call as JSON ``{"name", "arguments"}``) and ``tool`` (a result);
@@ -9,12 +9,12 @@ OpenAI's assistant ``tool_calls`` field is read as ``tool_call`` messages (``fie
 ms-swift's (Template._swift_prepare_inputs, _get_system), its text byte for byte:
 
 - the tools are written into the system prompt (the row's, else --system, else the template's default);
-  hermes keeps that prompt before them, react_en/react_zh replace it;
+  hermes and qwen keep that prompt before them, react_en/react_zh replace it;
 - consecutive ``tool_call`` messages become one assistant turn; consecutive assistant turns join;
 - ``tool`` results after an assistant turn: hermes writes them as a user turn of ``<tool_response>`` blocks;
   react (and hermes when the answer is itself written ReAct-style, ``Action:`` + ``Action Input:``) appends
-  ``Observation:`` to the answer and the results after it, untrained, and the next answer continues the same turn
-  (after an answer that is not ReAct-style, react writes the results as they are, with nothing added).
+  ``Observation:`` (qwen: ``✿RESULT✿:``) to the answer and the results after it, untrained, and the next answer
+  continues the same turn (after an answer that is not ReAct-style, the results as they are, nothing added).
 
 Worked example (hermes)::
 
@@ -42,7 +42,7 @@ from typing import Any
 from alignkit.data.rows import Message, RowSource
 from alignkit.errors import DataError
 
-AGENT_TEMPLATES = ("hermes", "react_en", "react_zh")
+AGENT_TEMPLATES = ("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel")
 AGENT_ROLES = ("tool_call", "tool")
 
 
@@ -162,7 +162,8 @@ def react_tools(tools: list[dict], text: tuple[str, str, str], source: RowSource
         description = function.get("description")
         description = function.get("description_for_model") if description is None else description
         if name is None or description is None:
-            raise _error(source, f"tools[{i}]", "a tool needs a name and a description for the react templates")
+            raise _error(source, f"tools[{i}]", "a tool needs a name and a description for the react and qwen "
+                         "templates")
         parameters = function.get("parameters") or {}
         parameters = parameters if isinstance(parameters, str) else json.dumps(parameters, ensure_ascii=False)
         names.append(name)
@@ -171,10 +172,43 @@ def react_tools(tools: list[dict], text: tuple[str, str, str], source: RowSource
     return head + "\n\n".join(lines) + tail.format(names=",".join(names))
 
 
+QWEN_LINE = {"en": "### {human}\n\n{name}: {description} Parameters: {parameters} Format the arguments as a JSON "
+                   "object.",
+             "zh": "### {human}\n\n{name}: {description} 输入参数：{parameters} 此工具的输入应为JSON对象。"}
+QWEN_HEAD = {"en": "\n\n# Tools\n\n## You have access to the following tools:\n\n",
+             "zh": "\n\n# 工具\n\n## 你拥有如下工具：\n\n"}
+QWEN_TAIL = {  # ms-swift's QwenEn/QwenZh(Parallel)AgentTemplate._format_tools, its "he result" typo included
+    "qwen_en": "\n\n## When you need to call a tool, please insert the following command in your reply, which can be "
+               "called zero or multiple times according to your needs:\n\n"
+               "✿FUNCTION✿: The tool to use, should be one of [{names}]\n✿ARGS✿: The input of the tool\n"
+               "✿RESULT✿: Tool results\n✿RETURN✿: Reply based on tool results. Images need to be rendered as ![](url)",
+    "qwen_zh": "\n\n## 你可以在回复中插入零次、一次或多次以下命令以调用工具：\n\n"
+               "✿FUNCTION✿: 工具名称，必须是[{names}]之一。\n✿ARGS✿: 工具输入\n✿RESULT✿: 工具结果\n"
+               "✿RETURN✿: 根据工具结果进行回复，需将图片用![](url)渲染出来",
+    "qwen_en_parallel": "\n\n## Insert the following command in your reply when you need to call N tools in "
+                        "parallel:\n\n✿FUNCTION✿: The name of tool 1, should be one of [{names}]\n"
+                        "✿ARGS✿: The input of tool 1\n✿FUNCTION✿: The name of tool 2\n✿ARGS✿: The input of tool 2\n"
+                        "...\n✿FUNCTION✿: The name of tool N\n✿ARGS✿: The input of tool N\n"
+                        "✿RESULT✿: The result of tool 1\n✿RESULT✿: The result of tool 2\n...\n"
+                        "✿RESULT✿: he result of tool N\n"
+                        "✿RETURN✿: Reply based on tool results. Images need to be rendered as ![](url)",
+    "qwen_zh_parallel": "\n\n## 你可以在回复中插入以下命令以并行调用N个工具：\n\n"
+                        "✿FUNCTION✿: 工具1的名称，必须是[{names}]之一\n"
+                        "✿ARGS✿: 工具1的输入\n✿FUNCTION✿: 工具2的名称\n✿ARGS✿: 工具2的输入\n...\n"
+                        "✿FUNCTION✿: 工具N的名称\n✿ARGS✿: 工具N的输入\n✿RESULT✿: 工具1的结果\n"
+                        "✿RESULT✿: 工具2的结果\n...\n"
+                        "✿RESULT✿: 工具N的结果\n✿RETURN✿: 根据工具结果进行回复，需将图片用![](url)渲染出来",
+}
+
+
 def tools_system(template: str, tools: list[dict], system: str | None, source: RowSource | None) -> str:
     if template == "hermes":
         return hermes_tools(tools, system)
-    return react_tools(tools, REACT_EN if template == "react_en" else REACT_ZH, source)
+    if template.startswith("react"):
+        return react_tools(tools, REACT_EN if template == "react_en" else REACT_ZH, source)
+    language = "zh" if template.startswith("qwen_zh") else "en"  # the qwen templates keep the system prompt
+    text = ("", QWEN_LINE[language], QWEN_TAIL[template])
+    return (system or "") + QWEN_HEAD[language] + react_tools(tools, text, source)
 
 
 # -------------------------------------------------------------------------------------- tool calls
@@ -193,15 +227,34 @@ def parse_call(content: str, where: str, source: RowSource | None) -> dict:
     return {"name": call["name"], "arguments": arguments}
 
 
+@dataclass(frozen=True)
+class Keywords:
+    """ms-swift's AgentKeyword: how a ReAct-style answer names a call, its arguments and the results."""
+
+    action: str = "Action:"
+    action_input: str = "Action Input:"
+    observation: str = "Observation:"
+
+
+REACT = Keywords()
+QWEN = Keywords("✿FUNCTION✿:", "✿ARGS✿:", "✿RESULT✿:")
+
+
+def keywords_of(template: str) -> Keywords:
+    return QWEN if template.startswith("qwen") else REACT
+
+
 def format_calls(template: str, calls: list[dict]) -> str:
     """One assistant turn's tool calls as the model writes them (ms-swift's _format_tool_calls)."""
     if template == "hermes":
         return "\n".join(f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>" for call in calls)
+    k = keywords_of(template)
     # str() of the parsed arguments, as ms-swift's f-string writes them.
-    return "".join(f"Action: {call['name']}\nAction Input: {call['arguments']}\n" for call in calls) + "Observation:"
+    return "".join(f"{k.action} {call['name']}\n{k.action_input} {call['arguments']}\n" for call in calls) + \
+        k.observation
 
 
-def _with_action(parts: list[Part]) -> bool:
+def _with_action(parts: list[Part], k: Keywords) -> bool:
     """ms-swift's test for a ReAct-style answer (``Action:`` and ``Action Input:`` in it), on the answer since the
     last tool result: one message's text, searched; several joined messages are a list in ms-swift, where ``in``
     looks for whole elements, so such an answer never counts (and its results are written as they are)."""
@@ -209,16 +262,16 @@ def _with_action(parts: list[Part]) -> bool:
     texts = [p.text for p in since]
     if len(texts) == 1:
         texts = texts[0]
-    return "Action:" in texts and "Action Input:" in texts
+    return k.action in texts and k.action_input in texts
 
 
-def react_results(results: list[str]) -> str:
+def react_results(results: list[str], observation: str = "Observation:") -> str:
     """Tool results after ``Observation:`` (ReactCompatMixin._format_tool_responses): each ends with a newline,
     results after the first are led by their own ``Observation:``."""
     out = []
     for i, result in enumerate(results):
         if i > 0:
-            out.append("Observation:")
+            out.append(observation)
         out.append(result if result.endswith("\n") else result + "\n")
     return "".join(out)
 
@@ -279,18 +332,18 @@ def _add_results(out: list[dict], results: list[str], template: str, following: 
     if not out or out[-1]["role"] != "assistant":
         raise _error(source, where, "a tool result must follow an assistant turn or a tool call (ms-swift's results "
                      "without a call before them are not supported)")
-    parts = out[-1]["parts"]
-    if template == "hermes" and not _with_action(parts):
+    parts, k = out[-1]["parts"], keywords_of(template)
+    if template == "hermes" and not _with_action(parts, k):
         out.append({"role": "user", "results": True, "content": "\n".join(
             f"<tool_response>\n{result}\n</tool_response>" for result in results)})
         return
     if following not in ("assistant", "tool_call"):
         raise _error(source, where, f"with --agent_template {template} a tool result is written into the assistant's "
                      "turn, so an assistant turn or tool call must follow it")
-    if _with_action(parts):
-        if not parts[-1].text.endswith("Observation:"):
-            parts[-1] = Part(parts[-1].text + ("" if parts[-1].text.endswith("\n") else "\n") + "Observation:")
-        written = react_results(results)
+    if _with_action(parts, k):
+        if not parts[-1].text.endswith(k.observation):
+            parts[-1] = Part(parts[-1].text + ("" if parts[-1].text.endswith("\n") else "\n") + k.observation)
+        written = react_results(results, k.observation)
     else:  # ms-swift writes results after an answer without Action / Action Input as they are
         written = "".join(results)
     parts.append(Part(written, trained=False))  # the next answer continues the turn
