@@ -129,7 +129,10 @@ PACKING_METHODS = ("sft", "dpo", "cpo", "simpo", "orpo", "rm")
 
 def check_data_flags(args: RunArguments, method: str) -> None:
     """The data flags that depend on the method (``sft`` or an --rlhf_type) or on each other."""
-    parse_loss_scale(args.loss_scale)  # unknown or refused names stop here, before any data is read
+    scale = parse_loss_scale(args.loss_scale)  # unknown or refused names stop here, before any data is read
+    if scale.weighting and (method != "sft" or args.task_type not in (None, "causal_lm")):
+        raise AlignkitError(f"--loss_scale {args.loss_scale}: per-token weights of tool calls apply to sft's "
+                            "cross-entropy; this run's loss takes none")
     if args.truncation_strategy == "split":
         raise AlignkitError("--truncation_strategy split cuts long texts into several rows for pre-training (`swift "
                             "pt`), which alignkit does not have; use delete, left, right or raise")

@@ -154,9 +154,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "LoRA-GA initialisation is not supported; use --init_weights true|gaussian|pissa|olora"
        for name in ("lora_ga_batch_size", "lora_ga_iters", "lora_ga_max_length", "lora_ga_direction",
                     "lora_ga_scale", "lora_ga_stable_gamma")},
-    "agent_template": "agent templates (tool definitions and tool calls written as hermes, react_en, ...) are not "
-                      "supported: alignkit trains conversations of system, user and assistant turns; write tool calls "
-                      "into the assistant text, or render them with the tokenizer's own chat template beforehand",
     **{name: "EvalScope benchmarks during training (--eval_use_evalscope with --eval_dataset gsm8k, ...) are not "
        "supported; held-out rows are scored by the method's own metrics; evaluate saved checkpoints afterwards with "
        "`alignkit eval` or EvalScope"

@@ -129,8 +129,23 @@ class RunArguments:
         "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
         "last_round (only the final assistant turn), all (SFT only: every token, prompts included); then, joined "
         "by '+', ignore_empty_think (an answer's leading empty <think>...</think> is not trained) or "
-        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. ms-swift's agent "
-        "weightings (react, hermes, qwen, agentflan, alpha_umi) are refused.",
+        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. sft: ms-swift's agent "
+        "weightings react, hermes, qwen, alpha_umi weigh an answer's tool-call tokens 2x (hermes: each "
+        "<tool_call>...</tool_call>; react: Action/Action Input; text after Observation: untrained), alone or "
+        "after a base: last_round+hermes.",
+    )
+    agent_template: str | None = option(
+        None, "sft: how agent rows (a tools column; tool_call and tool messages, or OpenAI tool_calls) are written "
+        "as text, as ms-swift's agent templates: hermes (tools in the system prompt, <tool_call> blocks, results "
+        "as a user turn of <tool_response> blocks), react_en / react_zh (a ReAct system prompt; Action / Action "
+        "Input, results after Observation: inside the assistant's turn, untrained), qwen_en / qwen_zh (+_parallel: "
+        "Qwen-Agent's ✿FUNCTION✿ / ✿ARGS✿ / ✿RESULT✿, likewise).",
+        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel"),
+        applies_to=("sft",),
+        differs="alignkit has ms-swift's hermes, react_en/react_zh and qwen_en/qwen_zh (+_parallel), the templates "
+        "its agent examples train with and their kin, and no default: ms-swift picks the model template's own "
+        "(hermes for Qwen), alignkit stops at the first agent row and asks for one; the plain turns are then "
+        "rendered by the model's chat template",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
     load_from_cache_file: bool = option(

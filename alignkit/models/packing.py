@@ -62,6 +62,7 @@ class Packed:
     last_rows: torch.Tensor  # (N,) the row holding each sequence's last token
     last_nodes: torch.Tensor  # (N,) that token's column: a reward head reads the hidden state there
     shared: bool = False  # sequences share prefixes: a row is a trie, not a chain of sequences
+    target_weights: torch.Tensor | None = None  # (M,) each target's loss weight (the batch's loss_scale), if any
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -145,6 +146,7 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
     and the longest sequence without."""
     ids = batch.input_ids.tolist()
     labels = batch.labels.tolist()
+    scale = batch.loss_scale.tolist() if batch.loss_scale is not None else None
     lengths = _lengths(batch)
     seqs = [ids[s][: lengths[s]] for s in range(len(ids))]
     if share_prefixes:
@@ -190,10 +192,12 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
 
     keep = torch.zeros(n_rows, length, dtype=torch.bool)  # (R, L)
     targets = []  # (row, node that predicts the token, token id, sequence)
+    target_positions = []  # (sequence, position) of each target
     for s, (r, path) in sorted(paths.items()):
         for t in range(1, lengths[s]):
             if labels[s][t] != IGNORE_INDEX:
                 targets.append((r, path[t - 1], labels[s][t], s))
+                target_positions.append((s, t))
                 keep[r, path[t - 1]] = True
     # Index of each kept position among the kept logits, which come out in row-major order.
     kept_index = (keep.flatten().cumsum(0) - 1).view(n_rows, length)
@@ -211,6 +215,8 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
         last_rows=torch.tensor([paths[s][0] for s in range(len(seqs))], dtype=torch.long, device=device),
         last_nodes=torch.tensor([paths[s][1][-1] for s in range(len(seqs))], dtype=torch.long, device=device),
         shared=share_prefixes,
+        target_weights=None if scale is None else torch.tensor([scale[s][t] for s, t in target_positions],
+                                                                device=device),
     )
 
 
@@ -315,6 +321,8 @@ def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: 
     counts = torch.bincount(packed.target_seqs, minlength=packed.num_sequences)  # (N,)
     if ld_alpha is not None:
         targets = targets * length_desensitised_token_weights(packed.target_seqs, counts, ld_alpha)
+    if packed.target_weights is not None:
+        targets = targets * packed.target_weights
     logps = targets.new_zeros(packed.num_sequences).index_add(0, packed.target_seqs, targets)  # (N,)
     return (logps / counts.clamp(min=1) if average else logps), counts
 

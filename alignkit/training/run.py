@@ -44,7 +44,7 @@ from alignkit.data.encode import with_row_fields
 from alignkit.data.group_collate import GroupCollator
 from alignkit.data.order import batches_per_epoch, encoded_length, total_steps
 from alignkit.data.packing import pack_rows
-from alignkit.data.template import ChatEncoder
+from alignkit.data.template import ChatEncoder, parse_loss_scale
 from alignkit.data.validate import check_class_labels
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
@@ -138,6 +138,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     args = with_fit_defaults(args, model_path)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if args.agent_template or parse_loss_scale(args.loss_scale).weighting:
+            raise AlignkitError("--agent_template and the agent --loss_scale weightings are not supported for "
+                                "vision-language models: their rows are rendered by the processor's chat template")
         if algorithm_name == "gkd":
             raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
                                 "conversations")
@@ -155,7 +158,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template,
+        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template, agent_template=args.agent_template,
     )
     encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
     train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
