@@ -58,8 +58,8 @@ def test_an_embedding_run_splits_sequences_like_one_process(tiny_model_dir, tmp_
 
     rows = retrieval_file(tmp_path)
     common = ["sft", "--model", tiny_model_dir, "--dataset", rows, "--task_type", "embedding", "--loss_type", "infonce",
-              "--train_type", "full", "--max_steps", "2", "--batch_size", "4", "--split_dataset_ratio", "0", "--logging_steps", "1",
-              "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-3"]
+              "--train_type", "full", "--max_steps", "2", "--batch_size", "4", "--split_dataset_ratio", "0",
+              "--logging_steps", "1", "--dtype", "fp32", "--report_to", "none", "--learning_rate", "1e-3"]
     assert main([*common, "--output_dir", str(tmp_path / "one")]) == 0
     log = tmp_path / "sp.log"
     wait(launch([*common, "--output_dir", str(tmp_path / "sp"), "--sequence_parallel_size", "2"], log,
