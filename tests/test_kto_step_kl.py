@@ -20,6 +20,7 @@ class OneProcess:
     """What ``accumulate_gradients`` asks of the runner, for a single process."""
 
     rank, num_processes = 0, 1
+    data_rank, data_processes = 0, 1
 
     def __init__(self):
         from accelerate import Accelerator

@@ -309,7 +309,9 @@ def test_infer_reward_model_writes_scores_and_pair_accuracy(tiny_model_dir, tmp_
 def test_reward_model_checkpoint_without_head_is_refused(tiny_model_dir, tmp_path, capsys):
     assert main(["infer", "--reward_model", tiny_model_dir, "--val_dataset", "arith-sft:test#1",
                  "--result_path", str(tmp_path / "r.jsonl")]) == 2
-    assert "no value_head.safetensors, so this is not a reward-model checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err  # a causal LM is neither an rm checkpoint nor a one-label classifier
+    assert "expected an `alignkit rlhf --rlhf_type rm` checkpoint (value_head.safetensors" in err
+    assert "its architectures are ['LlamaForCausalLM']" in err
 
 
 def test_reward_model_resume_restores_the_head(tiny_model_dir, tmp_path):
