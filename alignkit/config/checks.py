@@ -89,6 +89,9 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
             "zero3) or --device_map, or a shorter --max_length"
         )
     check_online_flags(args)
+    if args.init_weights.lower() == "lora-ga" and (method or args.rlhf_type) != "sft":
+        raise AlignkitError(f"--init_weights lora-ga with {method or args.rlhf_type}: LoRA-GA estimates the gradient "
+                            "of the SFT loss; it is supported for `alignkit sft` (use --init_weights true|pissa|olora)")
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")

@@ -156,9 +156,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use LoRA or "
        "--tuner_type vera|boft|fourierft|bone|adalora" for name in ("adapter_act", "adapter_length")},
     "hqq_axis": "HQQ quantisation is not supported; use --quant_method bnb --quant_bits 4|8",
-    **{name: "LoRA-GA initialisation is not supported; use --init_weights true|gaussian|pissa|olora"
-       for name in ("lora_ga_batch_size", "lora_ga_iters", "lora_ga_max_length", "lora_ga_direction",
-                    "lora_ga_scale", "lora_ga_stable_gamma")},
     "agent_template": "agent templates (tool definitions and tool calls written as hermes, react_en, ...) are not "
                       "supported: alignkit trains conversations of system, user and assistant turns; write tool calls "
                       "into the assistant text, or render them with the tokenizer's own chat template beforehand",

@@ -30,7 +30,7 @@ REFUSED_TUNERS = {
 }
 ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm")
 LORA_LIKE = ("lora", "lora_llm", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
-LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal)$")
+LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal|lora-ga)$")
 BONE_INITS = ("true", "false", "bat")
 # A tuner's own flags (by name prefix) and the tuner they serve.
 TUNER_FLAG_PREFIXES = {"adalora_": "adalora", "vera_": "vera", "boft_": "boft", "fourier_": "fourierft"}
@@ -73,8 +73,7 @@ def _check_tuner(args: RunArguments) -> None:
                             "one optimizer step per loop step, and the online methods take several; use lora")
     init = args.init_weights.lower()
     if init == "lora-ga":
-        raise AlignkitError("--init_weights lora-ga: LoRA-GA initialisation is not supported (peft does not have it); "
-                            "use --init_weights true|gaussian|pissa|olora")
+        _check_lora_ga(args)
     if tuner == "bone" and init not in BONE_INITS:
         raise AlignkitError(f"--init_weights {args.init_weights} with --tuner_type bone: expected true, false or bat")
     if tuner in LORA_LIKE and not LORA_INITS.match(init):
@@ -118,6 +117,27 @@ def _check_tuner(args: RunArguments) -> None:
                             "exactly one of them (the other 0)")
     if args.adalora_orth_reg_weight < 0:
         raise AlignkitError(f"--adalora_orth_reg_weight {args.adalora_orth_reg_weight}: expected 0 or more")
+
+
+def _check_lora_ga(args: RunArguments) -> None:
+    """What LoRA-GA (alignkit/models/lora_ga.py) is built for: a new plain LoRA on unquantised weights."""
+    from alignkit.config.online_checks import _zero3
+
+    if args.train_type not in ("lora", "lora_llm"):
+        raise AlignkitError(f"--init_weights lora-ga initialises LoRA; it does not apply to --tuner_type "
+                            f"{args.train_type}")
+    for flag, why in (("use_dora", "DoRA's magnitude vector"), ("adapters", "an adapter that is loaded, not new"),
+                      ("quant_method", "quantised weights (the gradient needs the weights in full precision)")):
+        if getattr(args, flag):
+            raise AlignkitError(f"--init_weights lora-ga with --{flag}: LoRA-GA has no start for {why}")
+    if _zero3(args.deepspeed) or str(args.fsdp).lower() not in ("false", "none", ""):
+        raise AlignkitError("--init_weights lora-ga with ZeRO-3 or FSDP: its converted checkpoint is written from "
+                            "the whole adapter, which sharded engines hold in pieces; use --deepspeed zero2 or DDP")
+    for flag in ("lora_ga_batch_size", "lora_ga_iters", "lora_ga_max_length"):
+        if getattr(args, flag) < 1:
+            raise AlignkitError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
+    if not args.lora_ga_stable_gamma > 0:
+        raise AlignkitError(f"--lora_ga_stable_gamma {args.lora_ga_stable_gamma}: expected a positive number")
 
 
 def _check_quantisation(args: RunArguments) -> None:

@@ -500,11 +500,25 @@ class RunArguments:
     use_rslora: bool = option(False, "LoRA: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
     init_weights: str = option(
         "true", "Adapter initialisation as peft takes it. LoRA: true (B = 0), false (random), gaussian, pissa, "
-        "olora, loftq, orthogonal; bone: true, false, bat. pissa/olora/loftq rewrite the base "
-        "weights (peft recomputes them when it loads the adapter): a live adapter-disabled reference is refused.",
+        "olora, loftq, orthogonal, lora-ga (from the gradient: --lora_ga_*); bone: true, false, bat. "
+        "pissa/olora/loftq/lora-ga rewrite the base weights (peft recomputes them when it loads the adapter; a "
+        "LoRA-GA checkpoint is saved converted): a live adapter-disabled reference is refused.",
         differs="pissa_niter_N stops with an error (peft draws its randomised SVD again when the adapter loads, so a "
-        "checkpoint would not reload to the trained model), as do lora-ga, eva and corda; loftq quantises to "
-        "--quant_bits (default 4) and, as peft computes it, needs a CUDA GPU")
+        "checkpoint would not reload to the trained model), as do eva and corda; loftq quantises to "
+        "--quant_bits (default 4) and, as peft computes it, needs a CUDA GPU; lora-ga (sft only) uses --lora_rank, "
+        "--lora_alpha and the target modules (ms-swift's lora_ga package takes rank 8, alpha 8, every linear "
+        "layer), and its checkpoint holds the converted rank-2r adapter ms-swift writes to converted/default")
+    lora_ga_batch_size: int = option(2, "LoRA-GA: rows per batch of the gradient estimate.")
+    lora_ga_iters: int = option(2, "LoRA-GA: batches the gradient is averaged over (the training set's first "
+                                "rows, in order).")
+    lora_ga_max_length: int = option(1024, "LoRA-GA: rows are cut to this many tokens for the gradient estimate.")
+    lora_ga_direction: str = option(
+        "ArB2r", "LoRA-GA: which of the gradient's first 2r singular vectors A and B take (ArB2r: A the first r, B "
+        "the next r).", choices=("ArBr", "A2rBr", "ArB2r", "random"))
+    lora_ga_scale: str = option(
+        "stable", "LoRA-GA: scale of A and B: stable (x out^(1/4) / sqrt(gamma)), gd (/ alpha/r), unit, weightS "
+        "(the weight's own singular values).", choices=("gd", "unit", "stable", "weightS"))
+    lora_ga_stable_gamma: float = option(16, "LoRA-GA: gamma of the stable scale.")
     lorap_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices (and 1-D trained parameters) learn at --learning_rate x this ratio, LoRA "
         "embeddings at 1e-6 (ms-swift's and peft's LoRA+ groups). Unset: off.")

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
+from alignkit.models.lora_ga import LoraGaSettings
 
 logger = logging.getLogger("alignkit")
 
 # Initialisations that rewrite the base weights (W -> W - B0 A0, or a quantised W): the adapter-disabled model is
 # then not the starting model.
-BASE_REWRITING_INITS = ("pissa", "olora", "loftq")
+BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "lora-ga")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class TunerSettings:
     loftq_bits: int = 4
     task_type: str = "CAUSAL_LM"  # SEQ_CLS: peft also trains and saves the classification head (seq_cls)
     options: dict = field(default_factory=dict)  # the tuner's own flags, in peft's names (see peft_config)
+    lora_ga: LoraGaSettings | None = None  # --init_weights lora-ga: alignkit/models/lora_ga.py
+
+    @property
+    def lora_ga_init(self) -> bool:
+        return self.init_weights.lower() == "lora-ga"
 
     @property
     def rewrites_base(self) -> bool:
@@ -47,9 +53,10 @@ class TunerSettings:
 
 
 def init_value(text: str):
-    """--init_weights as peft takes it: 'true'/'false' -> bool, else the string."""
+    """--init_weights as peft takes it: 'true'/'false' -> bool, else the string. lora-ga: peft's default (B = 0,
+    so the model is unchanged while the gradients are estimated), which models/lora_ga.py then replaces."""
     lowered = text.lower()
-    return {"true": True, "false": False}.get(lowered, lowered)
+    return {"true": True, "false": False, "lora-ga": True}.get(lowered, lowered)
 
 
 def peft_config(settings: TunerSettings, targets, modules_to_save: list[str]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.models.lora_ga import has_start, split_converted
 
 
 def load_model_weights(model, checkpoint: Path) -> None:
@@ -23,7 +24,10 @@ def load_model_weights(model, checkpoint: Path) -> None:
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(adapter))
+        state = load_file(adapter)
+        if has_start(model):  # LoRA-GA's checkpoint holds [A ; A0], [B | -B0]
+            state = split_converted(model, state)
+        set_peft_model_state_dict(model, state)
         return
     shards = sorted(checkpoint.glob("model*.safetensors"))
     if not shards:

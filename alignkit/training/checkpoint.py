@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.models import lora_ga
 from alignkit.models.weights import load_model_weights
 from alignkit.training.faults import fault_point
 
@@ -132,6 +133,8 @@ def save_checkpoint(
     partial.mkdir()
     if state_dict is None:
         model.save_pretrained(partial, safe_serialization=True)
+        if lora_ga.has_start(model):  # the adapter as a plain LoRA on the unchanged base model
+            lora_ga.save_converted(model, partial)
     else:
         model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
     fault_point("checkpoint", state.global_step)

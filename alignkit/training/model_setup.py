@@ -19,9 +19,11 @@ import torch
 from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
+from alignkit.models import lora_ga
 from alignkit.models.liger import apply_liger_kernels
 from alignkit.models.load import load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
+from alignkit.models.lora_ga import LoraGaSettings
 from alignkit.models.quantization import DTYPES, bnb_config, is_quantized, prepare_quantized_for_training
 from alignkit.models.tuners import (
     TunerSettings,
@@ -173,7 +175,10 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
     return TunerSettings(tuner=tuner, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                          init_weights=init, use_dora=args.use_dora, use_rslora=args.use_rslora, bias=args.lora_bias,
                          lora_dtype=args.lora_dtype, loftq_bits=args.quant_bits or 4, options=options,
-                         task_type=task_type)
+                         task_type=task_type, lora_ga=LoraGaSettings(
+                             batch_size=args.lora_ga_batch_size, iters=args.lora_ga_iters,
+                             max_length=args.lora_ga_max_length, direction=args.lora_ga_direction,
+                             scale=args.lora_ga_scale, stable_gamma=args.lora_ga_stable_gamma))
 
 
 def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_adapter_reference: bool) -> None:
@@ -186,9 +191,10 @@ def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_ad
 
 
 def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None, targets,
-                   modules_to_save: list[str] | None = None):
+                   modules_to_save: list[str] | None = None, gradient_rows: tuple[list, int] | None = None):
     """The model with what trains: the adapter (new, or --adapters loaded trainable) or every weight (full), held
-    in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
+    in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save;
+    ``gradient_rows``: (encoded SFT rows, pad id), what --init_weights lora-ga estimates its gradients on."""
     if not is_adapter(args):
         cast = hold_trainable_in_fp32(model)
         if cast:
@@ -207,6 +213,15 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
     cast = hold_trainable_in_fp32(model, keep_adapter_dtype=args.lora_dtype is not None)
     if cast:
         logger.info("%d trained parameters (modules trained beside the adapter) held in fp32", cast)
+    if settings is not None and settings.lora_ga_init and not args.adapters:
+        if gradient_rows is None:
+            raise AlignkitError("--init_weights lora-ga estimates the gradient of the SFT loss on the training rows: "
+                                "it is supported for `sft` of a text model (a causal LM); use --init_weights "
+                                "true|pissa|olora here")
+        layers = lora_ga.initialise(model, *gradient_rows, settings.lora_ga)
+        logger.info("LoRA-GA: %d layers initialised from the gradient of %d batches of %d rows (%s, %s scale); "
+                    "their base weights hold W - s B0 A0", layers, settings.lora_ga.iters,
+                    settings.lora_ga.batch_size, settings.lora_ga.direction, settings.lora_ga.scale)
     return model
 
 

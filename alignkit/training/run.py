@@ -166,6 +166,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, rows_per_step(args))
     encoded_rows = len(train_rows)
+    unpacked_rows = [encoded for _, encoded in train_rows]  # LoRA-GA estimates its gradients on the first ones
     if args.packing:  # a pack takes the place of a row from here on: the loop, the order, the reference pass
         train_rows = pack_rows(train_rows, args.packing_length or args.max_length, args.packing_strategy)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
@@ -228,7 +229,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     log_speedups(layout, precompute=precompute, precision=precision,
                  gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
     # seq_cls: peft trains and saves the classification head in full (task_type SEQ_CLS), as ms-swift.
-    model = make_trainable(model, args, settings=settings, targets=text_targets(args))
+    model = make_trainable(model, args, settings=settings, targets=text_targets(args),
+                           gradient_rows=(unpacked_rows, tokenizer.pad_token_id)
+                           if algorithm_name == "sft" and not classifier else None)
     if algorithm_name == "gkd":  # the frozen teacher, and the student it samples from (training/gkd_setup.py)
         from alignkit.training.gkd_setup import with_models
 
