@@ -153,8 +153,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
        for name in ("llamapro_num_new_blocks", "llamapro_num_groups")},
     **{name: "ReFT is not supported; use LoRA" for name in ("reft_layers", "reft_layer_key", "reft_intervention_type",
                                                            "reft_args")},
-    **{name: "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use LoRA or "
-       "--tuner_type vera|boft|fourierft|bone|adalora" for name in ("adapter_act", "adapter_length")},
     "hqq_axis": "HQQ quantisation is not supported; use --quant_method bnb --quant_bits 4|8",
     "agent_template": "agent templates (tool definitions and tool calls written as hermes, react_en, ...) are not "
                       "supported: alignkit trains conversations of system, user and assistant turns; write tool calls "

@@ -21,19 +21,18 @@ REFUSED_TUNERS = {
     "longlora": "LongLoRA (shifted sparse attention for Llama) is not supported; use --tuner_type lora, with "
                 "--rope_scaling / --max_model_len for a longer context",
     "llamapro": "LLaMA-Pro block expansion is not supported; use --tuner_type lora or full",
-    "adapter": "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use --tuner_type "
-               "lora, vera, boft, fourierft, bone or adalora",
     "reft": "ReFT is not supported; use --tuner_type lora",
     "dummy": "ms-swift's dummy tuner leaves the model as loaded, for a model plugin that chooses what trains (its "
              "Phi-4-multimodal example trains the model's built-in LoRA); alignkit has no model plugins: use "
              "--tuner_type lora or full",
 }
-ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm")
+ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter")
 LORA_LIKE = ("lora", "lora_llm", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
 LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal|lora-ga)$")
 BONE_INITS = ("true", "false", "bat")
 # A tuner's own flags (by name prefix) and the tuner they serve.
-TUNER_FLAG_PREFIXES = {"adalora_": "adalora", "vera_": "vera", "boft_": "boft", "fourier_": "fourierft"}
+TUNER_FLAG_PREFIXES = {"adalora_": "adalora", "vera_": "vera", "boft_": "boft", "fourier_": "fourierft",
+                       "adapter_": "adapter"}
 
 
 def short_dtype(name: str | None) -> str | None:
@@ -74,6 +73,8 @@ def _check_tuner(args: RunArguments) -> None:
     init = args.init_weights.lower()
     if init == "lora-ga":
         _check_lora_ga(args)
+    if tuner == "adapter":
+        _check_bottleneck_adapter(args)
     if tuner == "bone" and init not in BONE_INITS:
         raise AlignkitError(f"--init_weights {args.init_weights} with --tuner_type bone: expected true, false or bat")
     if tuner in LORA_LIKE and not LORA_INITS.match(init):
@@ -138,6 +139,21 @@ def _check_lora_ga(args: RunArguments) -> None:
             raise AlignkitError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
     if not args.lora_ga_stable_gamma > 0:
         raise AlignkitError(f"--lora_ga_stable_gamma {args.lora_ga_stable_gamma}: expected a positive number")
+
+
+def _check_bottleneck_adapter(args: RunArguments) -> None:
+    """ms-swift's Adapter (alignkit/models/bottleneck_adapter.py): its checkpoint is written from the whole adapters."""
+    from alignkit.config.online_checks import _zero3
+
+    if _zero3(args.deepspeed) or str(args.fsdp).lower() not in ("false", "none", ""):
+        raise AlignkitError("--tuner_type adapter with ZeRO-3 or FSDP: its checkpoint is written from the whole "
+                            "adapters, which sharded engines hold in pieces; use --deepspeed zero2 or DDP")
+    if args.adapter_length < 1:
+        raise AlignkitError(f"--adapter_length {args.adapter_length}: expected a positive integer")
+    for flag in ("modules_to_save", "target_regex"):
+        if getattr(args, flag):
+            raise AlignkitError(f"--{flag} with --tuner_type adapter: ms-swift's adapter goes after every decoder "
+                                "MLP and trains nothing else; use --tuner_type lora for this")
 
 
 def _check_quantisation(args: RunArguments) -> None:

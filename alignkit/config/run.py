@@ -13,9 +13,10 @@ from typing import Any
 
 from alignkit.config.options import DTYPE_CHOICES, option
 
-# ms-swift's --tuner_type values: alignkit trains the first ones through peft and refuses the last five.
-TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "longlora", "llamapro",
-               "adapter", "reft", "dummy")
+# ms-swift's --tuner_type values: alignkit trains the first ones (through peft; adapter as ms-swift builds it) and
+# refuses the last four.
+TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora",
+               "llamapro", "reft", "dummy")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 LOADER_HAS_NO_WORK = (
@@ -394,14 +395,16 @@ class RunArguments:
         "lora",
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
-        "model, the vision encoder and aligner trained in full). ms-swift's longlora, llamapro, adapter, reft and "
-        "dummy stop with an error (docs/performance.md, \"Memory\").",
+        "model, the vision encoder and aligner trained in full), or ms-swift's adapter (a bottleneck after each "
+        "decoder MLP: --adapter_length, --adapter_act). ms-swift's longlora, llamapro, reft and dummy stop with an "
+        "error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
-        "text model is lora; longlora, llamapro, adapter, reft and dummy stop with an error",
+        "text model is lora; adapter trains sft and the offline preference methods of text models (its reference "
+        "precomputed or --ref_model); longlora, llamapro, reft and dummy stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -552,6 +555,8 @@ class RunArguments:
     boft_dropout: float = option(0.0, "boft: multiplicative dropout on the blocks.")
     fourier_n_frequency: int = option(2000, "fourierft: spectral coefficients trained per layer.")
     fourier_scaling: float = option(300.0, "fourierft: scaling of the spectral update.")
+    adapter_length: int = option(128, "adapter: width of the bottleneck (hidden -> length -> hidden).")
+    adapter_act: str = option("gelu", "adapter: the bottleneck's activation (a transformers activation name).")
     reft_rank: int = option(
         4, "bone: the rank r of its blocks (ms-swift reads bone's rank from this flag; ReFT itself is not "
         "supported).")

@@ -1,6 +1,7 @@
 """peft's adapters ("tuners", in ms-swift's word) on a model, as ms-swift builds them
 (swift/pipelines/train/tuner.py): LoRA with its options (DoRA, rsLoRA, initialisations, LoRA+, modules trained in
-full beside it), AdaLoRA, VeRA, BOFT, FourierFT and Bone (peft's MiSS, Bone's successor).
+full beside it), AdaLoRA, VeRA, BOFT, FourierFT and Bone (peft's MiSS, Bone's successor); and ms-swift's own
+bottleneck Adapter, which peft lacks (models/bottleneck_adapter.py).
 
 What trains is always held in fp32 (``hold_trainable_in_fp32``), whatever precision the frozen base loaded in:
 peft does so for its adapters (``autocast_adapter_dtype``), and the same holds for modules trained in full and for
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
+from alignkit.models import bottleneck_adapter
 from alignkit.models.lora_ga import LoraGaSettings
 
 logger = logging.getLogger("alignkit")
@@ -29,7 +31,7 @@ BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "lora-ga")
 class TunerSettings:
     """One adapter's settings (the run's --tuner_type and its flags, as plain values)."""
 
-    tuner: str = "lora"  # lora | lora_llm | adalora | vera | boft | fourierft | bone
+    tuner: str = "lora"  # lora | lora_llm | adalora | vera | boft | fourierft | bone | adapter
     rank: int = 8
     alpha: int = 32
     dropout: float = 0.05
@@ -86,8 +88,13 @@ def peft_config(settings: TunerSettings, targets, modules_to_save: list[str]):
 
 
 def attach_tuner(model, settings: TunerSettings, *, targets, modules_to_save: list[str], flag: str):
-    """``model`` wrapped by peft with a new adapter; ``flag`` (the target flag and its value) begins errors."""
+    """``model`` wrapped by peft with a new adapter (ms-swift's Adapter: the model with its bottleneck adapters);
+    ``flag`` (the target flag and its value) begins errors."""
     from peft import get_peft_model
+
+    if settings.tuner == "adapter":
+        return bottleneck_adapter.attach(model, length=settings.options["adapter_length"],
+                                         act=settings.options["adapter_act"])
 
     try:
         config = peft_config(settings, targets, expand_modules_to_save(model, modules_to_save))

@@ -171,6 +171,8 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
         options = {"n_frequency": args.fourier_n_frequency, "scaling": args.fourier_scaling}
     elif tuner == "bone":
         options = {"r": args.reft_rank}
+    elif tuner == "adapter":
+        options = {"adapter_length": args.adapter_length, "adapter_act": args.adapter_act}
     init = args.init_weights.lower()
     return TunerSettings(tuner=tuner, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                          init_weights=init, use_dora=args.use_dora, use_rslora=args.use_rslora, bias=args.lora_bias,
@@ -182,7 +184,12 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
 
 
 def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_adapter_reference: bool) -> None:
-    """pissa / olora / loftq rewrite the base weights, so the adapter-disabled model is not the starting model."""
+    """pissa / olora / loftq rewrite the base weights, so the adapter-disabled model is not the starting model;
+    ms-swift's Adapter has no switch to turn off (and its start is not the base model either)."""
+    if live_adapter_reference and settings.tuner == "adapter":
+        raise AlignkitError(
+            "--tuner_type adapter: the reference is the model without its adapters, which alignkit computes only "
+            "before they are attached; keep --precompute_ref_log_probs true, or pass --ref_model")
     if live_adapter_reference and settings.rewrites_base:
         raise AlignkitError(
             f"--init_weights {args.init_weights} rewrites the base weights, so the adapter-disabled model is not the "

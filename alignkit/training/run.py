@@ -139,6 +139,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         if algorithm_name == "gkd":
             raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
                                 "conversations")
+        if args.train_type == "adapter":
+            raise AlignkitError("--tuner_type adapter with a vision-language model is not supported; use --tuner_type "
+                                "lora or lora_llm")
         if args.packing or not args.use_chat_template:
             raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
                                 "models: rows with images run padded, rendered by the processor's chat template")
