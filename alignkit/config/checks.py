@@ -89,13 +89,14 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
             "zero3) or --device_map, or a shorter --max_length"
         )
     check_online_flags(args)
-    if args.train_type == "adapter" and (method or args.rlhf_type) not in ("sft", "dpo", "cpo", "simpo", "orpo", "kto"):
-        raise AlignkitError(f"--tuner_type adapter with {method or args.rlhf_type}: ms-swift's bottleneck adapter "
-                            "trains with sft and the offline preference methods (dpo, cpo, simpo, orpo, kto); use "
-                            "--tuner_type lora")
-    if args.train_type == "adapter" and (args.task_type or "causal_lm") != "causal_lm":
-        raise AlignkitError(f"--tuner_type adapter with --task_type {args.task_type}: only causal_lm (generation) "
-                            "is supported; use --tuner_type lora")
+    tuner = args.train_type
+    if tuner in ("adapter", "longlora") and (method or args.rlhf_type) not in ("sft", "dpo", "cpo", "simpo", "orpo",
+                                                                                "kto"):
+        raise AlignkitError(f"--tuner_type {tuner} with {method or args.rlhf_type}: it trains with sft and the offline "
+                            "preference methods (dpo, cpo, simpo, orpo, kto); use --tuner_type lora")
+    if tuner in ("adapter", "longlora") and (args.task_type or "causal_lm") != "causal_lm":
+        raise AlignkitError(f"--tuner_type {tuner} with --task_type {args.task_type}: only causal_lm (generation) is "
+                            "supported; use --tuner_type lora")
     if args.init_weights.lower() == "lora-ga" and (method or args.rlhf_type) != "sft":
         raise AlignkitError(f"--init_weights lora-ga with {method or args.rlhf_type}: LoRA-GA estimates the gradient "
                             "of the SFT loss; it is supported for `alignkit sft` (use --init_weights true|pissa|olora)")

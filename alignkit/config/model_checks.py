@@ -16,18 +16,16 @@ logger = logging.getLogger("alignkit")
 
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
-# ms-swift's tuners that peft does not have, and what to use instead.
+# ms-swift's tuners alignkit does not have, and what to use instead.
 REFUSED_TUNERS = {
-    "longlora": "LongLoRA (shifted sparse attention for Llama) is not supported; use --tuner_type lora, with "
-                "--rope_scaling / --max_model_len for a longer context",
     "llamapro": "LLaMA-Pro block expansion is not supported; use --tuner_type lora or full",
     "reft": "ReFT is not supported; use --tuner_type lora",
     "dummy": "ms-swift's dummy tuner leaves the model as loaded, for a model plugin that chooses what trains (its "
              "Phi-4-multimodal example trains the model's built-in LoRA); alignkit has no model plugins: use "
              "--tuner_type lora or full",
 }
-ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter")
-LORA_LIKE = ("lora", "lora_llm", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
+ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora")
+LORA_LIKE = ("lora", "lora_llm", "longlora", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
 LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal|lora-ga)$")
 BONE_INITS = ("true", "false", "bat")
 # A tuner's own flags (by name prefix) and the tuner they serve.
@@ -95,10 +93,10 @@ def _check_tuner(args: RunArguments) -> None:
     if tuner not in LORA_LIKE + ("bone",) and init != "true":
         raise AlignkitError(f"--init_weights {args.init_weights} does not apply to --tuner_type {tuner}")
     for flag in ("use_dora", "use_rslora"):
-        if getattr(args, flag) and tuner not in ("lora", "lora_llm"):
+        if getattr(args, flag) and tuner not in ("lora", "lora_llm", "longlora"):
             raise AlignkitError(f"--{flag} is an option of LoRA; it does not apply to --tuner_type {tuner}")
     if args.lorap_lr_ratio is not None:
-        if tuner not in ("lora", "lora_llm"):
+        if tuner not in ("lora", "lora_llm", "longlora"):
             raise AlignkitError(f"--lorap_lr_ratio (LoRA+) applies to --tuner_type lora, not {tuner}")
         if not args.lorap_lr_ratio > 0:
             raise AlignkitError(f"--lorap_lr_ratio {args.lorap_lr_ratio}: expected a positive ratio")
@@ -124,7 +122,7 @@ def _check_lora_ga(args: RunArguments) -> None:
     """What LoRA-GA (alignkit/models/lora_ga.py) is built for: a new plain LoRA on unquantised weights."""
     from alignkit.config.online_checks import _zero3
 
-    if args.train_type not in ("lora", "lora_llm"):
+    if args.train_type not in ("lora", "lora_llm", "longlora"):
         raise AlignkitError(f"--init_weights lora-ga initialises LoRA; it does not apply to --tuner_type "
                             f"{args.train_type}")
     for flag, why in (("use_dora", "DoRA's magnitude vector"), ("adapters", "an adapter that is loaded, not new"),

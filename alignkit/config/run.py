@@ -13,8 +13,8 @@ from typing import Any
 
 from alignkit.config.options import DTYPE_CHOICES, option
 
-# ms-swift's --tuner_type values: alignkit trains the first ones (through peft; adapter as ms-swift builds it) and
-# refuses the last four.
+# ms-swift's --tuner_type values: alignkit trains the first ones (through peft; adapter and longlora's attention as
+# ms-swift builds them) and refuses the last three.
 TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora",
                "llamapro", "reft", "dummy")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -395,16 +395,19 @@ class RunArguments:
         "lora",
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
-        "model, the vision encoder and aligner trained in full), or ms-swift's adapter (a bottleneck after each "
-        "decoder MLP: --adapter_length, --adapter_act). ms-swift's longlora, llamapro, reft and dummy stop with an "
-        "error (docs/performance.md, \"Memory\").",
+        "model, the vision encoder and aligner trained in full), ms-swift's adapter (a bottleneck after each "
+        "decoder MLP: --adapter_length, --adapter_act) or longlora (LoRA trained with LongLoRA's shifted sparse "
+        "attention on Llama, batches padded to --max_length). ms-swift's llamapro, reft and dummy stop with an error "
+        "(docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
         "text model is lora; adapter trains sft and the offline preference methods of text models (its reference "
-        "precomputed or --ref_model); longlora, llamapro, reft and dummy stop with an error",
+        "precomputed or --ref_model); longlora runs its shifted sparse attention through transformers' attention "
+        "interface on sdpa (ms-swift's patch of LlamaAttention no longer fits transformers 5), for sft and the "
+        "offline preference methods; llamapro, reft and dummy stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")

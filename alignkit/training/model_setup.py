@@ -19,7 +19,7 @@ import torch
 from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
-from alignkit.models import lora_ga
+from alignkit.models import lora_ga, shifted_sparse_attention
 from alignkit.models.liger import apply_liger_kernels
 from alignkit.models.load import load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
@@ -155,7 +155,8 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
     """The adapter of --tuner_type with its flags. ``total_steps``: the run's optimizer steps (AdaLoRA's budget
     schedule needs them); ``task_type``: peft's (SEQ_CLS for a sequence classifier)."""
     options: dict = {}
-    tuner = "lora" if args.train_type == "lora_llm" else args.train_type
+    # lora_llm on a text model and longlora (LoRA + shifted sparse attention, added by make_trainable) are LoRA.
+    tuner = "lora" if args.train_type in ("lora_llm", "longlora") else args.train_type
     if tuner == "adalora":
         options = {"target_r": args.adalora_target_r, "init_r": args.adalora_init_r, "tinit": args.adalora_tinit,
                    "tfinal": args.adalora_tfinal, "deltaT": args.adalora_deltaT, "beta1": args.adalora_beta1,
@@ -229,6 +230,11 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
         logger.info("LoRA-GA: %d layers initialised from the gradient of %d batches of %d rows (%s, %s scale); "
                     "their base weights hold W - s B0 A0", layers, settings.lora_ga.iters,
                     settings.lora_ga.batch_size, settings.lora_ga.direction, settings.lora_ga.scale)
+    if args.train_type == "longlora":
+        shifted_sparse_attention.group_size(args.max_length)  # every batch is padded to --max_length
+        shifted_sparse_attention.enable(model)
+        logger.info("LongLoRA: shifted sparse attention while training, in groups of %d tokens (--max_length %d / 4)",
+                    shifted_sparse_attention.group_size(args.max_length), args.max_length)
     return model
 
 

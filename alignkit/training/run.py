@@ -35,6 +35,7 @@ from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import (
     ClassificationCollator,
+    PaddedTo,
     PairCollator,
     SequenceCollator,
     UnpairedCollator,
@@ -139,9 +140,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         if algorithm_name == "gkd":
             raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
                                 "conversations")
-        if args.train_type == "adapter":
-            raise AlignkitError("--tuner_type adapter with a vision-language model is not supported; use --tuner_type "
-                                "lora or lora_llm")
+        if args.train_type in ("adapter", "longlora"):
+            raise AlignkitError(f"--tuner_type {args.train_type} with a vision-language model is not supported; use "
+                                "--tuner_type lora or lora_llm")
         if args.packing or not args.use_chat_template:
             raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
                                 "models: rows with images run padded, rendered by the processor's chat template")
@@ -196,6 +197,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     check_trainable(model)
     prepare_loaded(model, args)
     collate = make_collate(algorithm, tokenizer.pad_token_id)
+    if args.train_type == "longlora":  # ms-swift's padding_to: LongLoRA's groups are a quarter of --max_length
+        collate = PaddedTo(collate, args.max_length, tokenizer.pad_token_id)
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
