@@ -51,8 +51,10 @@ def test_shifted_sparse_attention_is_causal_within_groups_with_half_the_heads_sh
     assert torch.allclose(full, reference.transpose(1, 2), atol=1e-5)
 
 
-def test_a_llama_trains_with_it_and_evaluates_as_before():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_llama_trains_with_it_and_evaluates_as_before(attention):
     model = build_tiny_model(build_tiny_tokenizer(), init_std=0.2)
+    model.set_attn_implementation(attention)
     ids = torch.randint(4, 200, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = model.eval()(ids).logits
@@ -103,7 +105,6 @@ def test_sft_with_longlora_trains_a_plain_lora_under_shifted_sparse_attention(ti
 
 @pytest.mark.parametrize("argv, message", [
     (["--max_length", "62"], "does not split into groups of 15"),
-    (["--attn_impl", "eager"], "runs on sdpa"),
 ])
 def test_what_longlora_cannot_do_stops_with_a_reason(tiny_model_dir, tmp_path, capsys, argv, message):
     assert main([*sft(tiny_model_dir, tmp_path / "out", "--tuner_type", "longlora"), *argv]) == 2

@@ -406,7 +406,8 @@ class RunArguments:
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
         "text model is lora; adapter trains sft and the offline preference methods of text models (its reference "
         "precomputed or --ref_model); longlora runs its shifted sparse attention through transformers' attention "
-        "interface on sdpa (ms-swift's patch of LlamaAttention no longer fits transformers 5), for sft and the "
+        "interface on sdpa whatever --attn_impl says (ms-swift's patch of LlamaAttention no longer fits "
+        "transformers 5), for sft and the "
         "offline preference methods; llamapro, reft and dummy stop with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")

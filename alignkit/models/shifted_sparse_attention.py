@@ -12,10 +12,14 @@ lora and longlora). ms-swift's own patch rewrites LlamaAttention.forward with tr
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
 
 NAME = "longlora_s2"
 GROUP_SIZE_RATIO = 0.25  # ms-swift's model.config.group_size_ratio
@@ -76,9 +80,9 @@ def enable(model) -> None:
     if config.model_type != "llama":
         raise AlignkitError(f"--tuner_type longlora: LongLoRA's shifted sparse attention is built for Llama models "
                             f"(as in ms-swift); this model is {config.model_type}; use --tuner_type lora")
-    if config._attn_implementation != "sdpa":
-        raise AlignkitError(f"--tuner_type longlora with {config._attn_implementation} attention: alignkit's "
-                            "shifted sparse attention runs on sdpa; use --attn_impl sdpa")
+    if config._attn_implementation != "sdpa":  # e.g. ms-swift's example's --attn_impl flash_attn
+        logger.info("--tuner_type longlora: attention runs as shifted sparse attention on sdpa (torch picks its flash "
+                    "kernel where it can), not %s", config._attn_implementation)
     AttentionInterface.register(NAME, s2_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     base.set_attn_implementation(NAME)
