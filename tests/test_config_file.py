@@ -103,8 +103,7 @@ def test_env_block_is_set_before_the_launcher_reads_it(tmp_path, clean_env, monk
         ("ENV: [A, B]\n", "key 'ENV': expected a mapping of environment variables to values, got list"),
         ("- a\n- b\n", "expected a mapping of flag names to values at the top, got list"),
         ("dataset: [a.jsonl\n", "invalid YAML at line 2, column 1"),
-        ("lisa_activated_layers: 2\n",
-         "key 'lisa_activated_layers': --lisa_activated_layers is not supported by alignkit"),
+        ("hqq_axis: 1\n", "key 'hqq_axis': --hqq_axis is not supported by alignkit"),
     ],
 )
 def test_a_bad_file_names_the_file_and_the_key(tmp_path, text, message):

@@ -15,7 +15,7 @@ from alignkit.data.chat_templates import ChatTemplate
 from alignkit.data.loading import load_dataset_spec, load_datasets
 from alignkit.data.rows import ConversationRow, PreferenceRow
 from alignkit.data.self_cognition import QUESTIONS
-from alignkit.data.template import IGNORE_INDEX, ChatEncoder, parse_loss_scale
+from alignkit.data.template import IGNORE_INDEX, ChatEncoder, LossScale, parse_loss_scale
 from alignkit.errors import AlignkitError
 
 
@@ -149,12 +149,19 @@ def test_ms_swift_self_cognition_example_trains(tiny_model_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------ --loss_scale
 
 
-def test_loss_scale_names_parse_and_agent_weightings_are_refused():
+def test_loss_scale_names_parse_and_agentflan_is_refused():
     assert parse_loss_scale("default").modifiers == ()
     assert parse_loss_scale("last_round+ignore_empty_think").base == "last_round"
     assert parse_loss_scale("ignore_think_prefix").base == "default"  # as ms-swift: default is implied
-    with pytest.raises(AlignkitError, match="'hermes' weighs tool-call tokens"):
-        parse_loss_scale("hermes")
+    assert parse_loss_scale("hermes") == LossScale("default", (), "hermes")
+    assert parse_loss_scale("last_round+react+ignore_empty_think") == LossScale(
+        "last_round", ("ignore_empty_think",), "react")
+    with pytest.raises(AlignkitError, match="agentflan .* is not supported"):
+        parse_loss_scale("agentflan")
+    with pytest.raises(AlignkitError, match="one agent weighting at a time"):
+        parse_loss_scale("hermes+react")
+    with pytest.raises(AlignkitError, match="with 'all' ms-swift would weigh prompt text too"):
+        parse_loss_scale("all+hermes")
     with pytest.raises(AlignkitError, match="unknown 'sometimes'"):
         parse_loss_scale("default+sometimes")
 
@@ -318,10 +325,8 @@ def test_streaming_needs_max_steps_and_holds_out_nothing(tmp_path, caplog):
 def test_refused_values_name_the_flag(capsys):
     with pytest.raises(AlignkitError, match="--truncation_strategy split"):
         check_data_flags(RunArguments(truncation_strategy="split"), "sft")
-    assert main(["sft", "--agent_template", "hermes"]) == 2
-    assert "--agent_template is not supported by alignkit: agent templates" in capsys.readouterr().err
-    assert main(["sft", "--loss_scale", "react"]) == 2
-    assert "'react' weighs tool-call tokens" in capsys.readouterr().err
+    assert main(["rlhf", "--rlhf_type", "dpo", "--loss_scale", "react"]) == 2
+    assert "--loss_scale react: per-token weights of tool calls apply to sft's cross-entropy" in capsys.readouterr().err
 
 
 def test_max_pixels_scales_images_down_keeping_the_aspect_ratio(tmp_path):

@@ -166,7 +166,7 @@ def test_fsdp_accepts_ms_swift_and_transformers_values_and_accelerate_takes_them
 @pytest.mark.parametrize(("value", "config", "message"), [
     ("hybrid_shard auto_wrap", None, "--fsdp hybrid_shard auto_wrap: hybrid_shard not supported (hybrid sharding"),
     ("no_shard", None, "no_shard is plain data parallelism: omit --fsdp"),
-    ("true", '{"activation_cpu_offload": true}', "--fsdp_config: activation_cpu_offload is not an FSDP setting"),
+    ("true", '{"activation_offload": true}', "--fsdp_config: activation_offload is not an FSDP setting"),
     ("true", '{"xla": true}', "it takes version, reshard_after_forward"),
     ("missing.json", None, "--fsdp missing.json: neither a JSON file nor a JSON object"),
     (None, '{"version": 2}', "--fsdp_config configures --fsdp, which is not set"),

@@ -170,7 +170,7 @@ def test_muon_run_resumes_bit_identically(tiny_model_dir, data, tmp_path):  # no
 @pytest.mark.parametrize(("extra", "message"), [
     (["--optim", "adamw_hf"], "--optim adamw_hf: not available (transformers 5 removed adamw_hf"),
     (["--optim", "galore_adamw"], "alignkit builds adamw_torch_fused, adamw_torch, adafactor, sgd"),
-    (["--optimizer", "muonclip"], "--optimizer muonclip: not available; alignkit has: default, muon"),
+    (["--optimizer", "adamw_x"], "--optimizer adamw_x: not available; alignkit has: default, muon, muonclip"),
     (["--optim", "sgd", "--optim_args", "momentum"], "expected key=value pairs"),
     (["--optimizer", "muon", "--optim_args", "betas=1"], "--optimizer muon --optim_args: unknown betas"),
     (["--lr_scheduler_type", "cosine_with_min_lr"], "--lr_scheduler_type cosine_with_min_lr --lr_scheduler_kwargs {}"),

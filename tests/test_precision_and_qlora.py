@@ -123,6 +123,36 @@ def test_qlora_trains_an_adapter_on_a_quantised_base(model64_dir, tmp_path, trai
     assert any("lora_B" in k and second[k].abs().max() > 0 for k in second)
 
 
+@pytest.mark.parametrize("bits, axis", [(4, None), (2, "0")])
+def test_hqq_qlora_trains_an_adapter_on_hqq_quantised_linears(model64_dir, tmp_path, trained, caplog, bits, axis):
+    """ms-swift's `--quant_method hqq --quant_bits N [--hqq_axis A]` (examples/train/qlora/hqq.sh): every linear
+    layer but the LM head becomes hqq's HQQLinear at N bits, LoRA ("all-linear") trains on all of them."""
+    pytest.importorskip("hqq")
+    import logging
+
+    from hqq.core.quantize import HQQLinear
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="alignkit"):
+        assert main(["sft", "--dataset", "arith-sft#4", "--quant_method", "hqq", "--quant_bits", str(bits),
+                     *(["--hqq_axis", axis] if axis else []), "--eval_strategy", "no", *common(model64_dir, out)]) == 0
+    model = trained["model"]
+    quantised = [m for m in model.modules() if isinstance(m, HQQLinear)]
+    assert len(quantised) == 2 * 7  # two layers x q/k/v/o/gate/up/down
+    assert {m.meta["nbits"] for m in quantised} == {bits}
+    assert {m.meta["axis"] for m in quantised} == {int(axis or 1)}
+    assert not isinstance(model.get_output_embeddings(), HQQLinear)
+    lora_wrapped = [m for m in model.modules() if type(m).__name__ == "HqqLoraLinear"]
+    assert len(lora_wrapped) == len(quantised)
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+    assert f"quantised by HQQ to {bits} bits" in caplog.text
+    run_dir = run_dir_of(out)
+    assert all(math.isfinite(x) for x in losses(run_dir))
+    first, second = (load_file(run_dir / f"checkpoint-{n}" / "adapter_model.safetensors") for n in (1, 2))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the adapter learns
+
+
 def test_qlora_4bit_options_reach_bitsandbytes(model64_dir, tmp_path, trained):
     pytest.importorskip("bitsandbytes")
     assert main(["sft", "--dataset", "arith-sft#4", "--quant_method", "bnb", "--quant_bits", "4",
@@ -158,11 +188,11 @@ def test_qlora_gradients_flow_through_the_base_after_an_eval_pass(model64_dir):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--quant_method", "hqq", "--quant_bits", "4"], "--quant_method hqq is not supported for training; use "
-                                                     "--quant_method bnb"),
+    (["--quant_method", "eetq", "--quant_bits", "8"], "--quant_method eetq is not supported for training; use "
+                                                      "--quant_method bnb"),
     (["--quant_method", "bnb", "--quant_bits", "2"], "bitsandbytes quantises to 4 or 8 bits"),
     (["--quant_method", "bnb", "--quant_bits", "4", "--train_type", "full"], "quantised weights cannot be trained"),
-    (["--hqq_axis", "1"], "HQQ quantisation is not supported"),
+    (["--quant_method", "hqq", "--quant_bits", "8", "--train_type", "full"], "quantised weights cannot be trained"),
 ])
 def test_quantisation_alignkit_cannot_train_stops_before_loading(tiny_model_dir, tmp_path, capsys, argv, message):
     assert main(["sft", "--dataset", "arith-sft#4", *argv, *common(tiny_model_dir, tmp_path)]) == 2

@@ -369,7 +369,8 @@ def test_sequence_parallel_flags_without_the_comments_are_refused_by_name(prepar
         argv, missed = bash_reads(meant, variables(tmp_path, tiny_model_dir, prepared["sft16"]))
         assert not missed and "--enable_sequence_parallelism" in argv
         assert main(argv) == 2
-        assert "--enable_sequence_parallelism: no engine alignkit uses splits sequences" in capsys.readouterr().err
+        assert "--enable_sequence_parallelism: ColossalChat splits sequences inside its 3d plugin" in \
+            capsys.readouterr().err
 
 
 def test_tp_ppo_command_stops_at_the_readmes_pretrain_dataset_then_at_tp_4(prepared, tiny_model_dir, tmp_path, capsys,

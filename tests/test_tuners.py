@@ -178,7 +178,6 @@ def test_modules_to_save_train_in_full_beside_the_adapter(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tuner_type", "llamapro"], "LLaMA-Pro block expansion is not supported"),
     (["--tuner_type", "reft"], "ReFT is not supported"),
     (["--init_weights", "pissa_niter_4"], "use --init_weights pissa (the exact SVD)"),
     (["--init_weights", "eva"], "data-driven eva and corda are not supported"),

@@ -361,3 +361,19 @@ def test_resume_of_a_vlm_run_equals_the_uninterrupted_run(vlm_dirs, images, tmp_
     shutil.rmtree(run_dir / "checkpoint-2")
     assert main([*flags, "--resume_from_checkpoint", str(run_dir / "checkpoint-1")]) == 0
     assert losses() == uninterrupted and len(uninterrupted) == 3
+
+
+def test_dummy_trains_the_vlm_as_loaded_and_lisa_and_llamapro_are_text_only(vlm_dirs, images, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    # ms-swift's dummy tuner applies no --freeze_* (freeze_vit and freeze_aligner default to true for full).
+    _, run_dir = run_rlhf(vlm_dirs["llava"], tmp_path, images, "dpo", "--train_type", "dummy")
+    trained = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    initial = load_file(Path(vlm_dirs["llava"]) / "model.safetensors")
+    assert {part_of(k) for k in initial if not torch.equal(initial[k], trained[k])} == {"vit", "aligner", "llm"}
+    (tmp_path / "refused").mkdir()
+    data = write_dataset(tmp_path / "refused", images)
+    for flags in (["--train_type", "llamapro"], ["--train_type", "full", "--lisa_activated_layers", "1"]):
+        assert main(["rlhf", "--rlhf_type", "dpo", "--model", vlm_dirs["llava"], "--dataset", data, "--output_dir",
+                     str(tmp_path / "refused" / "out"), "--report_to", "none", *flags]) == 2
+        assert "text models only" in capsys.readouterr().err

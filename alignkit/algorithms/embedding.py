@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from alignkit.data.group_collate import GroupBatch
 from alignkit.losses.retrieval import EMBEDDING_LOSSES, embedding_loss
+from alignkit.models.packing import Packed, packed_attention_mask
 
 logger = logging.getLogger("alignkit")
 
@@ -26,6 +27,16 @@ def last_token_states(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     hidden = out.hidden_states[-1]  # (N, T, D)
     last = attention_mask.sum(dim=1) - 1  # (N,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def packed_last_token_states(model, packed: Packed) -> torch.Tensor:
+    """``last_token_states`` of the N sequences laid out by ``alignkit.models.packing.pack``: (N, D), each read
+    at its own sequence's last token (``last_rows``, ``last_nodes``), which saw only its own sequence's tokens,
+    so the states are the padded batch's."""
+    out = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                attention_mask=packed_attention_mask(model, packed), output_hidden_states=True, logits_to_keep=1,
+                use_cache=False)
+    return out.hidden_states[-1][packed.last_rows, packed.last_nodes]  # (N, D)
 
 
 @dataclass

@@ -7,21 +7,25 @@ query-document sequence, trained by --loss_type pointwise_reranker (binary cross
   loss, as ms-swift falls back to it: transformers' one-label loss, mean squared error against 0/1.
 - generative_reranker: the causal LM's own head, read at the last non-padding token: score = logit("yes") −
   logit("no") (ms-swift's ``get_generative_reranker_logits``; the tokens from GENERATIVE_RERANKER_POSITIVE_TOKEN
-  and GENERATIVE_RERANKER_NEGATIVE_TOKEN).
+  and GENERATIVE_RERANKER_NEGATIVE_TOKEN). With --packing (and --padding_free, on by default) the conversations
+  run as packed rows, a query shared by its documents held once (--prefix_sharing), each conversation read at
+  its own last token: the padded batch's scores.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from alignkit.algorithms.embedding import last_token_states
+from alignkit.algorithms.embedding import last_token_states, packed_last_token_states
+from alignkit.data.collate import Batch
 from alignkit.data.group_collate import GroupBatch
 from alignkit.losses.retrieval import RERANKER_LOSSES, listwise_reranker_loss, pointwise_reranker_loss
+from alignkit.models.packing import Layout
 
 MODEL_LOSS = "model"  # reranker without --loss_type: transformers' one-label (regression) loss
 
@@ -77,6 +81,9 @@ class GenerativeReranker:
     loss_type: str  # pointwise_reranker | listwise_reranker
     yes_id: int
     no_id: int
+    # padded, packed (--packing, --padding_free) or prefix-shared forwards (a query held once for its
+    # documents): each conversation is read at its own last token, so the scores are the same
+    layout: Layout = field(default_factory=Layout)
 
     def __post_init__(self):
         if self.loss_type not in RERANKER_LOSSES:
@@ -90,9 +97,27 @@ class GenerativeReranker:
     model_class: ClassVar[str] = "causal_lm"
 
     def loss(self, model, batch: GroupBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        states = last_token_states(model, batch.sequences.input_ids, batch.sequences.attention_mask)  # (N, D)
+        loss = reranker_loss(self.loss_type, self.scores(model, batch.sequences), batch.labels)
+        return loss, {"loss": loss.item()}
+
+    def scores(self, model, sequences: Batch) -> torch.Tensor:
+        """(N, T) right-padded conversations → (N,) logit("yes") − logit("no") at each one's last token."""
+
+        def padded():
+            return self.yes_minus_no(model, last_token_states(model, sequences.input_ids, sequences.attention_mask))
+
+        if not self.layout.runs_packed(model, sequences):
+            return padded()
+
+        def packed():
+            return self.yes_minus_no(model, packed_last_token_states(model, self.layout.pack(sequences)))
+
+        if self.layout.check is None:
+            return packed()
+        return self.layout.check.run(model, packed, padded, lambda fast, slow: (fast - slow).abs().max())
+
+    def yes_minus_no(self, model, states: torch.Tensor) -> torch.Tensor:
+        """(N, D) last-token states → (N,) scores, through the LM head's "yes" and "no" rows only."""
         weight = model.get_output_embeddings().weight[[self.yes_id, self.no_id]]  # (2, D)
         logits = F.linear(states, weight).float()  # (N, 2)
-        scores = logits[:, 0] - logits[:, 1]  # (N,)
-        loss = reranker_loss(self.loss_type, scores, batch.labels)
-        return loss, {"loss": loss.item()}
+        return logits[:, 0] - logits[:, 1]

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: token-level cross-entropy on the trained (assistant) tokens."""
+"""Supervised fine-tuning: token-level cross-entropy on the trained (assistant) tokens; with
+``enable_dft_loss``, Dynamic Fine-Tuning's probability-weighted cross-entropy (``alignkit.losses.sft``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import ClassVar
 import torch
 
 from alignkit.data.collate import Batch
+from alignkit.losses.sft import dft_token_logps
 from alignkit.models.packing import Layout
 
 
 @dataclass
 class SFT:
     layout: Layout = field(default_factory=Layout)  # padded, packed or prefix-shared forwards: same numbers
+    enable_dft_loss: bool = False  # ms-swift's --enable_dft_loss: each token's CE weighted by sg(p)
 
     # What the builders read instead of switching on the class (see alignkit/algorithms/__init__.py).
     rows: ClassVar[str] = "sft"
@@ -22,7 +25,8 @@ class SFT:
     needs_reference: ClassVar[bool] = False
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, counts = self.layout.logps(model, batch)  # (N,), (N,)
-        # Mean over all trained tokens of the micro-batch, as transformers' causal-LM loss does.
+        per_token = dft_token_logps if self.enable_dft_loss else None
+        logps, counts = self.layout.logps(model, batch, per_token=per_token)  # (N,), (N,)
+        # Mean over all trained tokens of the micro-batch, as transformers' causal-LM loss does (DFT too).
         loss = -logps.sum() / counts.sum().clamp(min=1)
         return loss, {"loss": loss.item()}

@@ -33,7 +33,7 @@ def run_data(args: DataArguments) -> int:
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-        loss_scale=args.loss_scale,
+        loss_scale=args.loss_scale, agent_template=args.agent_template,
     )
     columns = parse_columns(args.columns)
     marks = ("\x1b[1;32m", "\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")

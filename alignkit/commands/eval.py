@@ -170,10 +170,10 @@ def run_eval(args: EvalArguments) -> int:
         if baseline is None and not hasattr(model, "disable_adapter"):
             raise AlignkitError("--reward_model compares two models' answers: pass an adapter (--adapters/--ckpt_dir, "
                                 "compared with its base) or --ref_model")
-        from alignkit.models.reward_model import load_reward_model
+        from alignkit.models.scalar_model import load_reward_scorer
 
-        scorer = load_reward_model(args.reward_model, dtype=args.dtype, max_length=args.max_length, system=args.system,
-                                   batch_size=args.batch_size)
+        scorer = load_reward_scorer(args.reward_model, dtype=args.dtype, max_length=args.max_length, system=args.system,
+                                    batch_size=args.batch_size)
         rows = load_dataset_spec(args.reward_prompts, "prompt", seed=42)[: args.limit]
         report[f"{args.reward_prompts} (reward model)"] = reward_win_rate(
             model, baseline, ChatEncoder(tokenizer, max_length=args.max_length, system=args.system), scorer, rows,

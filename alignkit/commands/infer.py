@@ -269,11 +269,11 @@ def _inline_bytes(value):
 def score_datasets(args: InferArguments, result_path: Path) -> int:
     """Reward-model scores for every row of --val_dataset, as JSONL. Preference rows get both answers scored
     (``chosen_reward``, ``rejected_reward``) and the pair accuracy is reported; conversations get ``reward``."""
-    from alignkit.models.reward_model import load_reward_model
+    from alignkit.models.scalar_model import load_reward_scorer
 
-    scorer = load_reward_model(args.reward_model, model=args.model, dtype=args.dtype, max_length=args.max_length,
-                               system=args.system, batch_size=args.max_batch_size, device_map=args.device_map,
-                               max_memory=args.device_max_memory)
+    scorer = load_reward_scorer(args.reward_model, model=args.model, dtype=args.dtype, max_length=args.max_length,
+                                system=args.system, batch_size=args.max_batch_size, device_map=args.device_map,
+                                max_memory=args.device_max_memory)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     correct = pairs = 0
     with result_path.open("x") as out:

@@ -82,12 +82,15 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
         )
     if args.dataloader_num_workers < 0:
         raise AlignkitError(f"--dataloader_num_workers {args.dataloader_num_workers}: expected 0 or more")
-    if args.sequence_parallel_size != 1:
-        raise AlignkitError(
-            f"--sequence_parallel_size {args.sequence_parallel_size}: sequence parallelism (Ulysses / ring attention) "
-            "is not supported; for long sequences use --gradient_checkpointing, DeepSpeed ZeRO-3 (--deepspeed "
-            "zero3) or --device_map, or a shorter --max_length"
-        )
+    if args.sequence_parallel_size < 1:
+        raise AlignkitError(f"--sequence_parallel_size {args.sequence_parallel_size}: expected 1 or more")
+    if args.sequence_parallel_size > 1 and (method or args.rlhf_type) in ("ppo", "grpo", "gkd"):
+        raise AlignkitError(f"--sequence_parallel_size with --rlhf_type {method or args.rlhf_type}: alignkit splits "
+                            "the sequences of offline training only (sft and the offline rlhf types); online rollouts "
+                            "run whole sequences per process")
+    if args.sequence_parallel_size > 1 and (args.device_map or args.device_max_memory):
+        raise AlignkitError("--sequence_parallel_size with --device_map: a model split across devices runs in one "
+                            "process; sequence parallelism needs one process per GPU")
     check_online_flags(args)
     tuner = args.train_type
     if tuner in ("adapter", "longlora") and (method or args.rlhf_type) not in ("sft", "dpo", "cpo", "simpo", "orpo",
@@ -97,6 +100,10 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
     if tuner in ("adapter", "longlora") and (args.task_type or "causal_lm") != "causal_lm":
         raise AlignkitError(f"--tuner_type {tuner} with --task_type {args.task_type}: only causal_lm (generation) is "
                             "supported; use --tuner_type lora")
+    if args.sequence_parallel_size > 1 and (tuner == "longlora" or args.init_weights.lower() == "lora-ga"):
+        what = "--tuner_type longlora: its attention groups are quarters of the whole row" if tuner == "longlora" \
+            else "--init_weights lora-ga: its gradient is estimated on whole rows before training"
+        raise AlignkitError(f"--sequence_parallel_size with {what}; run without sequence parallelism")
     if args.init_weights.lower() == "lora-ga" and (method or args.rlhf_type) != "sft":
         raise AlignkitError(f"--init_weights lora-ga with {method or args.rlhf_type}: LoRA-GA estimates the gradient "
                             "of the SFT loss; it is supported for `alignkit sft` (use --init_weights true|pissa|olora)")
@@ -110,7 +117,12 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
     if (method or args.rlhf_type) == "sft" and args.task_type in RETRIEVAL_TASKS:
         pass  # their --loss_type values are checked with the task (config.defaults.retrieval_task)
     elif (method or args.rlhf_type) == "sft":
-        unknown = [t for t in args.loss_type if t != "cross_entropy"]
+        unknown = [t for t in args.loss_type if t not in ("cross_entropy", "loss_scale")]
+        if "loss_scale" in args.loss_type and not unknown:
+            # ms-swift 3.x's loss_scale_func: sum(CE x loss_scale) / trained tokens. alignkit's --loss_scale values
+            # weigh a token 1 (trained) or 0 (label -100), so that is sft's cross-entropy.
+            logger.info("--loss_type loss_scale: cross-entropy weighted per token by --loss_scale %s (1 on trained "
+                        "tokens, 0 elsewhere), which is sft's cross_entropy", args.loss_scale)
         if unknown:
             raise AlignkitError(
                 f"--loss_type {' '.join(unknown)}: sft trains with cross_entropy (ms-swift's default sft loss); "
@@ -132,7 +144,10 @@ PACKING_METHODS = ("sft", "dpo", "cpo", "simpo", "orpo", "rm")
 
 def check_data_flags(args: RunArguments, method: str) -> None:
     """The data flags that depend on the method (``sft`` or an --rlhf_type) or on each other."""
-    parse_loss_scale(args.loss_scale)  # unknown or refused names stop here, before any data is read
+    scale = parse_loss_scale(args.loss_scale)  # unknown or refused names stop here, before any data is read
+    if scale.weighting and (method != "sft" or args.task_type not in (None, "causal_lm")):
+        raise AlignkitError(f"--loss_scale {args.loss_scale}: per-token weights of tool calls apply to sft's "
+                            "cross-entropy; this run's loss takes none")
     if args.truncation_strategy == "split":
         raise AlignkitError("--truncation_strategy split cuts long texts into several rows for pre-training (`swift "
                             "pt`), which alignkit does not have; use delete, left, right or raise")
@@ -152,9 +167,10 @@ def check_data_flags(args: RunArguments, method: str) -> None:
         raise AlignkitError(f"--packing_num_proc {args.packing_num_proc}: expected a positive integer")
     if not args.packing:
         return
-    if method == "sft" and args.task_type in RETRIEVAL_TASKS:
+    if method == "sft" and args.task_type in RETRIEVAL_TASKS and args.task_type != "generative_reranker":
         raise AlignkitError(f"--packing with --task_type {args.task_type} is not supported: each conversation is "
-                            "scored at its own last token, in padded batches; drop --packing")
+                            "scored at its own last token, in padded batches; drop --packing (the generative "
+                            "reranker packs)")
     if method == "kto":
         raise AlignkitError("--packing with --rlhf_type kto is not supported: KTO estimates its KL term from "
                             "mismatched rows within a micro-batch, which packs of varying size cannot promise; "

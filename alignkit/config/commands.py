@@ -62,7 +62,8 @@ class InferArguments:
     result_path: str | None = option(None, "JSONL output of batch inference (never overwritten).")
     reward_model: str | None = option(
         None,
-        "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): score the conversations of --val_dataset "
+        "A reward model (an alignkit rlhf --rlhf_type rm checkpoint, or a sequence-classification model with one "
+        "label): score the conversations of --val_dataset "
         "instead of generating; preference rows get both answers scored and the pair accuracy is reported.",
     )
     max_batch_size: int = option(8, "Prompts generated together in batch inference.")
@@ -141,7 +142,8 @@ class EvalArguments:
     limit: int | None = option(None, "Evaluate at most this many rows of each set.")
     system: str | None = option(None, "System prompt.")
     reward_model: str | None = option(
-        None, "A reward-model checkpoint (alignkit rlhf --rlhf_type rm): it scores the greedy answers of the model "
+        None, "A reward model (an alignkit rlhf --rlhf_type rm checkpoint, or a sequence-classification model with "
+        "one label): it scores the greedy answers of the model "
         "and of its baseline (--ref_model, else the base without adapters) to --reward_prompts; reports the win rate.",
     )
     reward_prompts: str = option("arith-prompts:test", "Prompts answered by both models for --reward_model.")
@@ -375,7 +377,12 @@ class DataArguments:
     template_config: str | None = option(None, "ColossalChat-style template config JSON.",
                                          aliases=("--conversation_template_config",))
     system: str | None = option(None, "Default system prompt (or a .txt file) for rows without their own.")
-    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all; +ignore_empty_think).")
+    loss_scale: str = option("default", "Which tokens are trained (default, last_round, all; +ignore_empty_think; "
+                             "agent weightings hermes, react, qwen, alpha_umi).")
+    agent_template: str | None = option(None, "How agent rows (tools, tool calls, tool results) are written: hermes, "
+                                        "react_en, react_zh, qwen_en, ..., as `alignkit sft --agent_template`.",
+                                        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh",
+                                                 "qwen_en_parallel", "qwen_zh_parallel"))
     max_length: int = option(1024, "Maximum tokens of prompt + answer.")
     max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
     model_name: list[str] = option([], "Self-cognition data: the model's name (Chinese, English).", nargs="+")

@@ -147,24 +147,13 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "Q-GaLore (quantized GaLore, q-galore-torch) is not supported; use --use_galore without quantization"
        for name in ("galore_quantization", "galore_proj_quant", "galore_proj_bits", "galore_proj_group_size",
                     "galore_cos_threshold", "galore_gamma_proj", "galore_queue_size")},
-    **{name: "LISA is not supported; use LoRA or full fine-tuning with --freeze_parameters_ratio"
-       for name in ("lisa_activated_layers", "lisa_step_interval")},
-    **{name: "LLaMA-Pro block expansion is not supported; use LoRA or full fine-tuning"
-       for name in ("llamapro_num_new_blocks", "llamapro_num_groups")},
     **{name: "ReFT is not supported; use LoRA" for name in ("reft_layers", "reft_layer_key", "reft_intervention_type",
                                                            "reft_args")},
-    "hqq_axis": "HQQ quantisation is not supported; use --quant_method bnb --quant_bits 4|8",
-    "agent_template": "agent templates (tool definitions and tool calls written as hermes, react_en, ...) are not "
-                      "supported: alignkit trains conversations of system, user and assistant turns; write tool calls "
-                      "into the assistant text, or render them with the tokenizer's own chat template beforehand",
     **{name: "EvalScope benchmarks during training (--eval_use_evalscope with --eval_dataset gsm8k, ...) are not "
        "supported; held-out rows are scored by the method's own metrics; evaluate saved checkpoints afterwards with "
        "`alignkit eval` or EvalScope"
        for name in ("eval_use_evalscope", "eval_dataset", "eval_dataset_args", "eval_limit", "eval_generation_config",
                     "extra_eval_args")},
-    "predict_with_generate": "evaluation by generating answers during training (ms-swift's ROUGE/BLEU metrics) is not "
-                             "supported; held-out rows are scored by the training loss; generate from a checkpoint "
-                             "with `alignkit infer` or `alignkit eval`",
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
     # ms-swift's GRPO features beyond alignkit's (docs/online.md says what there is instead).

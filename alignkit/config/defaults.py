@@ -208,7 +208,8 @@ def fit_defaults(args, *, on_gpu: bool, model_max_length: int | None) -> dict[st
     return values
 
 
-# --metric_for_best_model when unset: ms-swift's (loss; grpo: reward; ppo: none, so no best checkpoint).
+# --metric_for_best_model when unset: ms-swift's (loss; grpo: reward; ppo: none, so no best checkpoint; sft with
+# --predict_with_generate: rouge-l, in best_model_metric).
 DEFAULT_METRIC_FOR_BEST_MODEL: dict[str, str | None] = {"grpo": "reward", "ppo": None}
 
 
@@ -216,6 +217,8 @@ def best_model_metric(args, method: str) -> tuple[str | None, bool]:
     """(--metric_for_best_model, --greater_is_better) for ``method``, the unset ones from ms-swift's rules:
     the metric from DEFAULT_METRIC_FOR_BEST_MODEL (else loss), greater is better unless its name says loss."""
     metric = args.metric_for_best_model
+    if metric is None and method == "sft" and args.predict_with_generate:  # the generated answers' ROUGE-L
+        metric = "rouge-l"
     if metric is None:
         metric = DEFAULT_METRIC_FOR_BEST_MODEL.get(method, "loss")
     greater = args.greater_is_better

@@ -18,19 +18,18 @@ SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 # ms-swift's tuners alignkit does not have, and what to use instead.
 REFUSED_TUNERS = {
-    "llamapro": "LLaMA-Pro block expansion is not supported; use --tuner_type lora or full",
     "reft": "ReFT is not supported; use --tuner_type lora",
-    "dummy": "ms-swift's dummy tuner leaves the model as loaded, for a model plugin that chooses what trains (its "
-             "Phi-4-multimodal example trains the model's built-in LoRA); alignkit has no model plugins: use "
-             "--tuner_type lora or full",
 }
+# The tuners that attach no adapter: what trains, and the checkpoint is the whole model.
+WHOLE_MODEL_TUNERS = {"full": "every weight trains", "llamapro": "only the new blocks train",
+                      "dummy": "the model trains as loaded"}
 ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora")
 LORA_LIKE = ("lora", "lora_llm", "longlora", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
 LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal|lora-ga)$")
 BONE_INITS = ("true", "false", "bat")
 # A tuner's own flags (by name prefix) and the tuner they serve.
 TUNER_FLAG_PREFIXES = {"adalora_": "adalora", "vera_": "vera", "boft_": "boft", "fourier_": "fourierft",
-                       "adapter_": "adapter"}
+                       "llamapro_": "llamapro", "adapter_": "adapter"}
 
 
 def short_dtype(name: str | None) -> str | None:
@@ -61,6 +60,7 @@ def _check_tuner(args: RunArguments) -> None:
                             "adapters run on peft (--tuner_backend peft); for faster kernels see --use_liger_kernel")
     if tuner in REFUSED_TUNERS:
         raise AlignkitError(f"--tuner_type {tuner}: {REFUSED_TUNERS[tuner]}")
+    _check_layer_tuners(args)
     if tuner == "adalora" and args.resume_from_checkpoint:
         raise AlignkitError("--resume_from_checkpoint with --tuner_type adalora: an AdaLoRA checkpoint keeps only the "
                             "ranks its budget left and not its importance scores, so the run cannot continue "
@@ -103,10 +103,10 @@ def _check_tuner(args: RunArguments) -> None:
     if args.reft_rank != 4 and tuner != "bone":
         raise AlignkitError(f"--reft_rank {args.reft_rank}: ReFT is not supported; the flag only sets --tuner_type "
                             "bone's rank (as in ms-swift)")
-    if tuner == "full":
+    if tuner in WHOLE_MODEL_TUNERS:
         for flag in ("modules_to_save", "target_regex", "lora_dtype"):
             if getattr(args, flag):
-                logger.info("--%s has no effect with --tuner_type full: every weight trains", flag)
+                logger.info("--%s has no effect with --tuner_type %s: %s", flag, tuner, WHOLE_MODEL_TUNERS[tuner])
     for name in ("vera_rank", "boft_n_butterfly_factor", "fourier_n_frequency", "adalora_target_r", "adalora_init_r",
                  "reft_rank"):
         if getattr(args, name) < 1:
@@ -154,6 +154,40 @@ def _check_bottleneck_adapter(args: RunArguments) -> None:
                                 "MLP and trains nothing else; use --tuner_type lora for this")
 
 
+def _check_layer_tuners(args: RunArguments) -> None:
+    """LISA changes which decoder layers train as the run goes, LLaMA-Pro how many layers there are: both need whole,
+    unsharded weights (one process or DDP), and LLaMA-Pro a model only the trainer runs (not vLLM)."""
+    if args.lisa_activated_layers < 0 or args.lisa_step_interval < 1:
+        raise AlignkitError(f"--lisa_activated_layers {args.lisa_activated_layers} --lisa_step_interval "
+                            f"{args.lisa_step_interval}: expected 0 or more layers (0: off) and an interval of 1 or "
+                            "more steps")
+    for name, on in (("--lisa_activated_layers", args.lisa_activated_layers > 0),
+                     ("--tuner_type llamapro", args.train_type == "llamapro")):
+        if not on:
+            continue
+        if name.startswith("--lisa") and args.train_type != "full":
+            raise AlignkitError(f"--lisa_activated_layers with --tuner_type {args.train_type}: LISA is a way of full "
+                                "fine-tuning; use --tuner_type full")
+        engines = {"--deepspeed": args.deepspeed not in (None, "", "false"),
+                   "--fsdp": args.fsdp not in (False, None, "", "false"), "--plugin": args.plugin not in (None, "ddp")}
+        engine = next((flag for flag, used in engines.items() if used), None)
+        if engine is not None:
+            why = ("LISA changes which layers train as the run goes, while the engine fixes the trained parameters "
+                   "(and their flat buffers) at setup" if name.startswith("--lisa") else
+                   "LLaMA-Pro copies whole decoder layers of the loaded model, which the engine may already have "
+                   "partitioned")
+            raise AlignkitError(f"{name} with {engine}: {why}; run with data parallelism (NPROC_PER_NODE) or one "
+                                "process")
+        if name == "--tuner_type llamapro" and args.use_vllm:
+            raise AlignkitError("--tuner_type llamapro with --use_vllm: vLLM would load the model without the new "
+                                "blocks; sample with transformers (--use_vllm false)")
+        if args.quant_method is not None:
+            raise AlignkitError(f"{name} with --quant_method: quantised weights cannot be trained; use LoRA (QLoRA)")
+    if args.lisa_activated_layers > 0 and args.ddp_find_unused_parameters is False:
+        raise AlignkitError("--lisa_activated_layers with --ddp_find_unused_parameters false: the frozen layers "
+                            "get no gradients, which DDP must be told to expect")
+
+
 def _check_quantisation(args: RunArguments) -> None:
     method, bits = args.quant_method, args.quant_bits
     if method is None:
@@ -161,14 +195,16 @@ def _check_quantisation(args: RunArguments) -> None:
             logger.info("--quant_bits %s without --quant_method: the model loads unquantised (as in ms-swift); "
                         "pass --quant_method bnb for QLoRA", bits)
         return
-    if method != "bnb":
+    if method not in ("bnb", "hqq"):
         raise AlignkitError(f"--quant_method {method} is not supported for training; use --quant_method bnb "
-                            "--quant_bits 4|8 (bitsandbytes, on CPU or GPU)")
-    if bits not in (4, 8):
+                            "--quant_bits 4|8 (bitsandbytes) or --quant_method hqq --quant_bits 1-8 (CPU or GPU)")
+    if method == "bnb" and bits not in (4, 8):
         raise AlignkitError(f"--quant_method bnb --quant_bits {bits}: bitsandbytes quantises to 4 or 8 bits")
+    if method == "hqq" and bits not in (1, 2, 3, 4, 8):
+        raise AlignkitError(f"--quant_method hqq --quant_bits {bits}: HQQ quantises to 1, 2, 3, 4 or 8 bits")
     if args.train_type == "full":
-        raise AlignkitError("--quant_method bnb with --tuner_type full: quantised weights cannot be trained; train "
-                            "an adapter on them (QLoRA: --tuner_type lora)")
+        raise AlignkitError(f"--quant_method {method} with --tuner_type full: quantised weights cannot be trained; "
+                            "train an adapter on them (QLoRA: --tuner_type lora)")
     if args.lora_dtype is not None:
         raise AlignkitError("--lora_dtype with --quant_method: a quantised model's adapter trains in fp32")
 
@@ -225,3 +261,5 @@ def _log_tuner_flags_without_effect(args: RunArguments) -> None:
     for name in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
         if getattr(args, name) is not None and not bnb4:
             logger.warning("--%s has no effect without --quant_method bnb --quant_bits 4", name)
+    if args.hqq_axis is not None and args.quant_method != "hqq":
+        logger.warning("--hqq_axis has no effect without --quant_method hqq")

@@ -13,10 +13,10 @@ from typing import Any
 
 from alignkit.config.options import DTYPE_CHOICES, option
 
-# ms-swift's --tuner_type values: alignkit trains the first ones (through peft; adapter and longlora's attention as
-# ms-swift builds them) and refuses the last three.
+# ms-swift's --tuner_type values: alignkit trains all but reft (through peft; adapter, longlora's attention,
+# llamapro and dummy as ms-swift builds them).
 TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora",
-               "llamapro", "reft", "dummy")
+               "llamapro", "dummy", "reft")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 LOADER_HAS_NO_WORK = (
@@ -130,8 +130,23 @@ class RunArguments:
         "Which tokens are trained: default (SFT: every assistant turn; preference/KTO: the final answer), "
         "last_round (only the final assistant turn), all (SFT only: every token, prompts included); then, joined "
         "by '+', ignore_empty_think (an answer's leading empty <think>...</think> is not trained) or "
-        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. ms-swift's agent "
-        "weightings (react, hermes, qwen, agentflan, alpha_umi) are refused.",
+        "ignore_think_prefix (nor its leading '<think>\\n'): default+ignore_empty_think. sft: ms-swift's agent "
+        "weightings react, hermes, qwen, alpha_umi weigh an answer's tool-call tokens 2x (hermes: each "
+        "<tool_call>...</tool_call>; react: Action/Action Input; text after Observation: untrained), alone or "
+        "after a base: last_round+hermes.",
+    )
+    agent_template: str | None = option(
+        None, "sft: how agent rows (a tools column; tool_call and tool messages, or OpenAI tool_calls) are written "
+        "as text, as ms-swift's agent templates: hermes (tools in the system prompt, <tool_call> blocks, results "
+        "as a user turn of <tool_response> blocks), react_en / react_zh (a ReAct system prompt; Action / Action "
+        "Input, results after Observation: inside the assistant's turn, untrained), qwen_en / qwen_zh (+_parallel: "
+        "Qwen-Agent's ✿FUNCTION✿ / ✿ARGS✿ / ✿RESULT✿, likewise).",
+        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel"),
+        applies_to=("sft",),
+        differs="alignkit has ms-swift's hermes, react_en/react_zh and qwen_en/qwen_zh (+_parallel), the templates "
+        "its agent examples train with and their kin, and no default: ms-swift picks the model template's own "
+        "(hermes for Qwen), alignkit stops at the first agent row and asks for one; the plain turns are then "
+        "rendered by the model's chat template",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
     load_from_cache_file: bool = option(
@@ -143,8 +158,8 @@ class RunArguments:
         False,
         "Pack tokenised rows into rows of up to --packing_length tokens (ms-swift's dataset packing): fewer, fuller "
         "rows, so fewer steps per epoch; --per_device_train_batch_size counts packs. Sequences of a pack never see "
-        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm; grpo: "
-        "padding-free forwards.")
+        "each other (position ids restart, block-diagonal attention). sft, dpo, cpo, simpo, orpo, rm, sft --task_type "
+        "generative_reranker (a row's conversations count together); grpo: padding-free forwards.")
     packing_length: int | None = option(
         None, "Most tokens of a pack (a pair counts both answers). Unset: --max_length.")
     packing_strategy: str = option(
@@ -277,15 +292,24 @@ class RunArguments:
         None, "When the held-out data is evaluated: steps (every --eval_steps), epoch or no. Unset: as "
         "--save_strategy (steps for best), as ms-swift. Except with no, the last step is evaluated.",
         aliases=("--evaluation_strategy",), choices=("steps", "epoch", "no"), may_differ_on_resume=True)
+    predict_with_generate: bool = option(
+        False, "sft: the held-out evaluation generates an answer for each conversation's last assistant turn "
+        "(greedy, up to --max_new_tokens) and scores it against that turn with ms-swift's ROUGE-1/2/L and BLEU-4 "
+        "(eval_rouge-1, eval_rouge-2, eval_rouge-l, eval_bleu-4, x 100; no loss); the answers go to the run's "
+        "predict.jsonl, and --metric_for_best_model defaults to rouge-l. Needs jieba, nltk and rouge "
+        "(alignkit[nlg]).", applies_to=("sft",), may_differ_on_resume=True)
+    max_new_tokens: int = option(
+        64, "sft --predict_with_generate: most tokens generated per held-out answer.", applies_to=("sft",),
+        may_differ_on_resume=True)
     logging_strategy: str = option(
         "steps", "When training metrics are logged: steps (every --logging_steps, and the last step), epoch or no "
         "(evaluation metrics are logged either way).", choices=("steps", "epoch", "no"), may_differ_on_resume=True)
     logging_first_step: bool = option(True, "Also log the first step's metrics.", may_differ_on_resume=True)
     metric_for_best_model: str | None = option(
         None, "Held-out metric that picks the best checkpoint (the eval_ prefix optional): loss, rewards/accuracies, "
-        "accuracy, reward, ... Unset: loss (grpo: reward; ppo: none), as ms-swift. The best checkpoint is recorded "
-        "(best_model_checkpoint, best_metric in trainer_state.json and the final log line) and --save_total_limit "
-        "never deletes it.", may_differ_on_resume=True)
+        "accuracy, reward, rouge-l, ... Unset: loss (grpo: reward; ppo: none; sft --predict_with_generate: rouge-l), "
+        "as ms-swift. The best checkpoint is recorded (best_model_checkpoint, best_metric in trainer_state.json and "
+        "the final log line) and --save_total_limit never deletes it.", may_differ_on_resume=True)
     greater_is_better: bool | None = option(
         None, "Whether a larger --metric_for_best_model is better. Unset: false when the metric's name contains "
         "loss, else true.", may_differ_on_resume=True)
@@ -314,10 +338,11 @@ class RunArguments:
         "paged_adamw_8bit, paged_adamw_32bit, lion_8bit, lion_32bit, ... (paged ones page only on GPUs).")
     optim_args: str | None = option(
         None, "Optimizer options as key=value pairs, transformers' format: 'momentum=0.9,nesterov=true' (sgd), "
-        "'momentum=0.9,ns_steps=5' (--optimizer muon).")
+        "'momentum=0.9,ns_steps=5' (--optimizer muon), 'qk_clip_tau=100,momentum=0.95' (--optimizer muonclip).")
     optimizer: str | None = option(
         None, "ms-swift's optimizer plugin, before --optim: muon (torch.optim.Muon on the 2-D hidden matrices, AdamW "
-        "on embeddings, LM head and 1-D parameters, as ms-swift splits them) or default (--optim).")
+        "on embeddings, LM head and 1-D parameters, as ms-swift splits them), muonclip (ms-swift's MuonClip: Muon "
+        "with QK-Clip, docs/reliability.md) or default (--optim).")
     neftune_noise_alpha: float | None = option(
         None, "NEFTune: uniform noise of scale alpha/sqrt(length x hidden size) on the input embeddings in training "
         "forwards (never in evaluation or rollouts), as transformers. The paper uses 5 to 15.")
@@ -371,7 +396,8 @@ class RunArguments:
     fsdp_config: str | None = option(
         None, "With --fsdp: transformers' fsdp_config as a JSON file or object (version, reshard_after_forward, "
         "auto_wrap_policy, transformer_layer_cls_to_wrap, min_num_params, offload_params, activation_checkpointing, "
-        "cpu_ram_efficient_loading, ...; the fsdp_ prefix optional).")
+        "cpu_ram_efficient_loading, activation_cpu_offload (ms-swift's: saved activations in CPU memory), ...; the "
+        "fsdp_ prefix optional).")
     plugin: str | None = option(
         None, "ColossalChat's engine names, mapped onto the above: ddp (plain data parallel), zero2, zero2_cpu "
         "(ZeRO-2 + CPU offload), gemini (ZeRO-3), gemini_auto (ZeRO-3 + CPU offload); 3d has no equivalent.",
@@ -395,20 +421,21 @@ class RunArguments:
         "lora",
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
-        "model, the vision encoder and aligner trained in full), ms-swift's adapter (a bottleneck after each "
-        "decoder MLP: --adapter_length, --adapter_act) or longlora (LoRA trained with LongLoRA's shifted sparse "
-        "attention on Llama, batches padded to --max_length). ms-swift's llamapro, reft and dummy stop with an error "
-        "(docs/performance.md, \"Memory\").",
+        "model, the vision encoder and aligner trained in full), llamapro (LLaMA-Pro: new decoder blocks, text "
+        "models), dummy (the model trains as loaded: what its loader left trainable), ms-swift's adapter (a "
+        "bottleneck after each decoder MLP: --adapter_length, --adapter_act) or longlora (LoRA trained with "
+        "LongLoRA's shifted sparse attention on Llama, batches padded to --max_length). ms-swift's reft stops with "
+        "an error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
-        "text model is lora; adapter trains sft and the offline preference methods of text models (its reference "
-        "precomputed or --ref_model); longlora runs its shifted sparse attention through transformers' attention "
-        "interface on sdpa whatever --attn_impl says (ms-swift's patch of LlamaAttention no longer fits "
-        "transformers 5), for sft and the "
-        "offline preference methods; llamapro, reft and dummy stop with an error",
+        "text model is lora; llamapro saves the whole expanded model (--llamapro_num_new_blocks); adapter trains sft "
+        "and the offline preference methods of text models (its reference precomputed or --ref_model); longlora "
+        "runs its shifted sparse attention through transformers' attention interface on sdpa whatever --attn_impl "
+        "says (ms-swift's patch of LlamaAttention no longer fits transformers 5), for sft and the offline preference "
+        "methods; reft stops with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -461,6 +488,10 @@ class RunArguments:
         "to the training loss. A dense model logs once that it has no effect.",
         differs="added to the offline methods' loss (sft, dpo, kto, ...); ppo and grpo with a mixture-of-experts "
         "model stop with an error instead of leaving it out")
+    enable_dft_loss: bool = option(
+        False, "sft: Dynamic Fine-Tuning (arXiv 2508.05629): each trained token's cross-entropy weighted by the "
+        "model's probability of that token, held constant (no gradient through the weight), averaged over the "
+        "trained tokens as ms-swift does.", applies_to=("sft",))
     rope_scaling: str | None = option(
         None, "RoPE scaling written into the model's config: linear, dynamic or yarn (the factor from "
         "--max_model_len over the model's max_position_embeddings), or a JSON object such as "
@@ -486,12 +517,15 @@ class RunArguments:
         None, "Vision-language models: learning rate of the aligner's trained parameters (default --learning_rate). "
         "A text model logs once that it has no effect.")
     quant_method: str | None = option(
-        None, "Quantise the base model as it loads, for QLoRA: bnb (bitsandbytes, CPU or GPU). hqq, eetq, quanto "
-        "and fp8 stop with an error.", choices=("bnb", "hqq", "eetq", "quanto", "fp8"),
-        differs="bnb only: hqq, eetq, quanto and fp8 stop with an error naming --quant_method bnb")
+        None, "Quantise the base model for QLoRA: bnb (bitsandbytes, as it loads) or hqq (HQQ, after loading; "
+        "CPU or GPU both). eetq, quanto and fp8 stop with an error.", choices=("bnb", "hqq", "eetq", "quanto", "fp8"),
+        differs="bnb and hqq: eetq, quanto and fp8 stop with an error naming them")
     quant_bits: int | None = option(
-        None, "Bits of --quant_method bnb: 4 (NF4 / FP4) or 8 (LLM.int8). Without --quant_method the model loads "
-        "unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+        None, "Bits of --quant_method: bnb 4 (NF4 / FP4) or 8 (LLM.int8); hqq 1, 2, 3, 4 or 8. Without "
+        "--quant_method the model loads unquantised (as in ms-swift) and the log says so.", choices=(1, 2, 3, 4, 8))
+    hqq_axis: int | None = option(
+        None, "--quant_method hqq: the axis the weights are grouped along (0 or 1; unset: 1, as transformers' "
+        "HqqConfig).", choices=(0, 1))
     quantization_bit: int = option(
         0, "ms-swift 2.x's QLoRA flag: 4 or 8 loads the base quantised by bitsandbytes, the same as --quant_method "
         "bnb --quant_bits N (0: unquantised).", choices=(0, 4, 8))
@@ -597,7 +631,8 @@ class RunArguments:
         "sppo_hard, aot, aot_unpaired (aot_pair), apo_zero, apo_down, discopop, sft, sigmoid_norm (summed with "
         "--loss_weights); cpo: sigmoid, hinge, ipo, simpo; kto: kto, apo_zero_unpaired; rm: log_sig, log_exp, "
         "hinge; grpo: grpo, bnpo, dr_grpo, dapo, cispo, sapo (docs/objectives.md); sft: cross_entropy (its only "
-        "loss); sft --task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
+        "loss; ms-swift 3.x's loss_scale, cross-entropy weighted by --loss_scale, is the same here); sft "
+        "--task_type embedding: infonce, cosine_similarity, contrastive, online_contrastive; "
         "reranker/generative_reranker: pointwise_reranker, listwise_reranker. Unset: sigmoid (dpo, cpo), kto (kto), "
         "log_sig (rm), grpo (grpo). simpo and orpo take none.",
         nargs="+", applies_to=("sft", "dpo", "cpo", "kto", "rm", "grpo",))
@@ -706,7 +741,8 @@ class RunArguments:
     # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
     reward_model: list[str] = option(
         [],
-        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model; "
+        "ppo: the reward model, a checkpoint of `alignkit rlhf --rlhf_type rm` or a sequence-classification model "
+        "with one label (ms-swift's rm output); "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
         aliases=("--reward_model_id_or_path",), nargs="+", applies_to=("ppo", "grpo",))
     reward_adapters: list[str] = option(
@@ -1064,6 +1100,27 @@ class RunArguments:
     galore_with_embedding: bool = option(
         False, "GaLore: also project the embedding matrix (with --galore_target_modules unset).")
 
+    # --- LISA (alignkit/training/lisa.py) and LLaMA-Pro (alignkit/models/llama_pro.py) ---
+    lisa_activated_layers: int = option(
+        0, "LISA: with --tuner_type full, only this many randomly drawn decoder layers train at a time (the "
+        "embeddings, final norm and LM head train throughout); 0: off. Text models.",
+        differs="every draw's layers get updates: the optimizer holds all layers (ms-swift's callback freezes them "
+        "before the optimizer is built, so only its first draw's layers are ever updated); the draw follows the "
+        "seed and the step, so a resumed run draws the same layers")
+    lisa_step_interval: int = option(
+        20, "LISA: steps between draws of the trained layers.",
+        differs="the layers are drawn at steps 0, K, 2K, ... (ms-swift draws once more at step 1)")
+    llamapro_num_new_blocks: int = option(
+        4, "LLaMA-Pro (--tuner_type llamapro): decoder layers inserted, copies with zeroed o_proj / down_proj, so the "
+        "expanded model starts identical; only they train.",
+        differs="the checkpoint is the whole expanded model (loads with from_pretrained, num_hidden_layers updated), "
+        "not an adapter of the new blocks to merge")
+    llamapro_num_groups: int | None = option(
+        None, "LLaMA-Pro: the new blocks go in this many groups, each after an equal share of the layers. Unset: "
+        "--llamapro_num_new_blocks (one after every L / new_blocks layers).",
+        differs="the new blocks are split over the groups (num_new_blocks / num_groups after each group, as "
+        "ms-swift's documentation says); ms-swift's code inserts one block per group")
+
     # --- ms-swift flags with no work to do in alignkit's design (accepted, checked, logged once when set) ---
     dataloader_num_workers: int = option(
         0, "ms-swift/transformers data-loader workers.", no_effect=LOADER_HAS_NO_WORK)
@@ -1088,7 +1145,11 @@ class RunArguments:
         no_effect="alignkit already computes the LM head only at trained positions (completion-only head, "
         "docs/performance.md)")
     sequence_parallel_size: int = option(
-        1, "ms-swift: sequence parallelism (Ulysses / ring attention) across this many GPUs. Only 1.")
+        1, "Split every sequence's tokens across groups of this many processes (Ulysses all-to-all attention "
+        "through DeepSpeed's UlyssesSPAttentionHF; sft and the offline rlhf types, text models). The processes of "
+        "a group take the same rows; start a multiple of N (NPROC_PER_NODE).",
+        differs="Ulysses only (ms-swift adds ring attention where heads run out); packed rows need flash attention, "
+        "other attention runs padded batches")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

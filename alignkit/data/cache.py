@@ -3,9 +3,9 @@
 The key is a hash of everything that decides the token ids and labels: the canonical rows themselves
 (so the files' content, ``#N`` sampling, mixing, shuffling and ``--columns`` all count), the tokenizer
 (its full serialisation), the chat template (or ``--use_chat_template false``) and system prompt,
-``--loss_scale``, ``--max_length``, ``--max_prompt_length`` and ``--truncation_strategy``. Change any of them and
-the cache misses. Files live in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default ``~/.cache/alignkit``) and hold
-plain integer arrays.
+``--loss_scale``, ``--agent_template``, ``--max_length``, ``--max_prompt_length`` and ``--truncation_strategy``.
+Change any of them and the cache misses. Files live in ``$ALIGNKIT_CACHE/tokenized/<key>.npz`` (default
+``~/.cache/alignkit``) and hold plain integer arrays (and the per-token loss weights, when --loss_scale gives any).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import alignkit
 from alignkit.data.encode import Item, encode_rows
 from alignkit.data.rows import Row
-from alignkit.data.template import ChatEncoder, Encoded
+from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded
 
 logger = logging.getLogger("alignkit")
 
-CACHE_VERSION = 1  # bump when the encoding of a row changes
+CACHE_VERSION = 2  # bump when the encoding of a row changes
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -58,7 +58,8 @@ def cache_key(encoder: ChatEncoder, rows: list[Row]) -> str:
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
         "template": [encoder.template.source, encoder.template.system_message, encoder.template.end_of_assistant],
         "system": encoder.system,
-        "loss_scale": [encoder.loss_scale, *encoder.loss_scale_modifiers],
+        "loss_scale": [encoder.loss_scale, *encoder.loss_scale_modifiers, encoder.loss_weighting],
+        "agent_template": encoder.agent_template,
         "use_chat_template": encoder.use_chat_template,
         "max_length": encoder.max_length,
         "max_prompt_length": encoder.max_prompt_length,
@@ -88,6 +89,10 @@ def save(path: Path, items: list[Item], dropped: int) -> None:
         "labels": np.array([t for s in sequences for t in s.labels], dtype=np.int64),
         "dropped": np.array(dropped, dtype=np.int64),
     }
+    if any(s.loss_scale is not None for s in sequences):  # weights where given, else 1 per trained token
+        arrays["loss_scale"] = np.array([w for s in sequences for w in (
+            s.loss_scale if s.loss_scale is not None else [float(t != IGNORE_INDEX) for t in s.labels])],
+            dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
     with partial.open("wb") as out:
@@ -99,8 +104,9 @@ def load(path: Path) -> tuple[list[Item], int]:
     with np.load(path, allow_pickle=False) as data:
         ends = np.cumsum(data["lengths"]).tolist()
         ids, labels = data["input_ids"].tolist(), data["labels"].tolist()
+        scale = data["loss_scale"].tolist() if "loss_scale" in data.files else None
         starts = [0, *ends[:-1]]
-        sequences = [Encoded(ids[a:b], labels[a:b]) for a, b in zip(starts, ends)]
+        sequences = [Encoded(ids[a:b], labels[a:b], _weights(scale, labels, a, b)) for a, b in zip(starts, ends)]
         items: list[Item] = []
         position = 0
         for row_id, count in zip(data["row_ids"].tolist(), data["per_item"].tolist()):
@@ -109,6 +115,14 @@ def load(path: Path) -> tuple[list[Item], int]:
             items.append((row_id, group[0] if count == 1 else tuple(group)))
             position += size
         return items, int(data["dropped"])
+
+
+def _weights(scale: list[float] | None, labels: list[int], a: int, b: int) -> list[float] | None:
+    """A cached sequence's weights, None again where each trained token weighs 1 (as the encoder gives it)."""
+    if scale is None:
+        return None
+    weights = scale[a:b]
+    return None if all(w == (t != IGNORE_INDEX) for w, t in zip(weights, labels[a:b])) else weights
 
 
 def encode_dataset(encoder: ChatEncoder, rows: list[Row], split: str, *, num_proc: int = 1,

@@ -170,3 +170,50 @@ def borrowed_template(value: str | None, where: str) -> str | None:
         raise AlignkitError(f"{where}: 'chat_template' names the model {value}, whose tokenizer has no chat template")
     logger.info("%s: the chat template of %s's tokenizer", where, value)
     return template
+
+
+def written_default_system(render) -> str | None:
+    """The system prompt a chat template writes when a conversation has none (Qwen2.5's "You are Qwen, ..."): the
+    text T for which [system T, user] renders as [user] alone; None when it writes none. ``render(messages,
+    generation_prompt=...)`` renders with the template."""
+    user = {"role": "user", "content": "\u27e6user\u27e7"}
+    probe = "\u27e6system\u27e7"
+    try:
+        bare = render([user], generation_prompt=False)
+        probed = render([{"role": "system", "content": probe}, user], generation_prompt=False)
+        before, _, after = probed.partition(probe)
+        if not (bare.startswith(before) and bare.endswith(after) and len(bare) > len(before) + len(after)):
+            return None
+        text = bare[len(before): len(bare) - len(after)]
+        return text if render([{"role": "system", "content": text}, user], generation_prompt=False) == bare else None
+    except Exception:  # a template that refuses a system turn has no default one either
+        return None
+
+
+def prompt_as_held(render, messages: list[dict], full_text: str) -> str:
+    """``messages`` rendered with the generation prompt, as ``full_text`` (the whole conversation) holds them. Where
+    the template's generation prompt adds what the conversation's answers do not start with (DeepSeek-R1's
+    ``<think>\\n`` after ``<｜Assistant｜>``, which ms-swift writes at inference only, as its response_prefix), the
+    assistant header the conversation itself writes is taken instead: the text between ``messages`` and an
+    answer's content. Otherwise (no such header) the generation prompt, and the caller's prefix check speaks."""
+    text = render(messages, generation_prompt=True)
+    if full_text.startswith(text):
+        return text
+    bare = render(messages, generation_prompt=False)
+    probe = "\u27e6answer\u27e7"
+    rendered = render([*messages, {"role": "assistant", "content": probe}], generation_prompt=False)
+    at = rendered.find(probe, len(bare))
+    if not rendered.startswith(bare) or at < 0:
+        return text
+    held = bare + rendered[len(bare): at]
+    if not (text.startswith(held) and full_text.startswith(held)):
+        return text
+    if not _WARNED_HEADER:
+        _WARNED_HEADER.append(True)
+        logger.warning("The chat template's generation prompt ends with %r, which answers in the data do not start "
+                       "with: answers are trained from after the assistant header %r, as ms-swift does (its "
+                       "response_prefix applies at inference only)", text[len(held):], held[len(bare):])
+    return held
+
+
+_WARNED_HEADER: list[bool] = []

@@ -45,12 +45,14 @@ class Batch:
     margins: torch.Tensor | None = None  # (B,) per-pair reward margins, when the data has them
     # Extra model inputs, passed to every forward as keywords: a vision-language model's pixel_values etc.
     model_inputs: dict[str, torch.Tensor] | None = None
+    loss_scale: torch.Tensor | None = None  # (N, T) per-token loss weights (--loss_scale hermes, ...), None: all 1
 
     def to(self, device) -> Batch:
         margins = None if self.margins is None else self.margins.to(device)
         extra = None if self.model_inputs is None else {k: v.to(device) for k, v in self.model_inputs.items()}
+        scale = None if self.loss_scale is None else self.loss_scale.to(device)
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.row_ids,
-                     margins, extra)
+                     margins, extra, scale)
 
 
 def pad(sequences: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +67,18 @@ def pad(sequences: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tens
         labels[i, :n] = torch.tensor(s.labels)
         attention_mask[i, :n] = 1
     return input_ids, attention_mask, labels
+
+
+def pad_loss_scale(sequences: list[Encoded], length: int) -> torch.Tensor | None:
+    """(N, T) per-token weights when any sequence has them: a sequence without weighs each trained token 1;
+    padding and untrained tokens weigh 0. None when no sequence has weights."""
+    if all(s.loss_scale is None for s in sequences):
+        return None
+    scale = torch.zeros((len(sequences), length))  # (N, T)
+    for i, s in enumerate(sequences):
+        weights = s.loss_scale if s.loss_scale is not None else [float(t != IGNORE_INDEX) for t in s.labels]
+        scale[i, : len(weights)] = torch.tensor(weights)
+    return scale
 
 
 class PaddedTo:
@@ -87,7 +101,8 @@ class PaddedTo:
         return dataclasses.replace(
             batch, input_ids=torch.nn.functional.pad(batch.input_ids, pad_right, value=self.pad_id),  # (N, length)
             attention_mask=torch.nn.functional.pad(batch.attention_mask, pad_right, value=0),
-            labels=torch.nn.functional.pad(batch.labels, pad_right, value=IGNORE_INDEX))
+            labels=torch.nn.functional.pad(batch.labels, pad_right, value=IGNORE_INDEX),
+            loss_scale=None if batch.loss_scale is None else torch.nn.functional.pad(batch.loss_scale, pad_right))
 
 
 class SequenceCollator:
@@ -98,7 +113,10 @@ class SequenceCollator:
 
     def __call__(self, items: list[tuple[int, Encoded]]) -> Batch:
         items = unpacked(items)
-        return Batch(*pad([e for _, e in items], self.pad_id), row_ids=[i for i, _ in items])
+        sequences = [e for _, e in items]
+        input_ids, attention_mask, labels = pad(sequences, self.pad_id)
+        return Batch(input_ids, attention_mask, labels, row_ids=[i for i, _ in items],
+                     loss_scale=pad_loss_scale(sequences, input_ids.shape[1]))
 
 
 class PairCollator:

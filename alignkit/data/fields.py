@@ -12,19 +12,30 @@ Messages are accepted in the spellings the common formats use and normalised to
     {"from": "human", "content": "hi"}       ColossalChat
     {"role": "human", "text": "hi"}          ms-swift's hh-rlhf-cn
     -> {"role": "user", "content": "hi"}
+
+Agent rows (SFT, rendered by --agent_template) add ms-swift's roles ``tool_call`` (``function_call``) and ``tool``
+(``tool_response``, ``function_response``, ``observation``), whose content may be a JSON object (kept as its JSON
+text), and OpenAI's assistant ``tool_calls``, read as ``tool_call`` messages after the assistant's text::
+
+    {"role": "assistant", "content": null, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
+    -> {"role": "tool_call", "content": '{"name": "f", "arguments": {}}'}
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.agent_templates import read_tools
 from alignkit.data.rows import Message, RowSource
 from alignkit.errors import DataError
 
-ROLES = ("system", "user", "assistant")
-ROLE_ALIASES = {"human": "user", "gpt": "assistant"}
+ROLES = ("system", "user", "assistant", "tool_call", "tool")
+# ms-swift's MessagesPreprocessor spellings (a '-' reads as '_'); tool_response is ms-swift's other name for tool.
+ROLE_ALIASES = {"human": "user", "gpt": "assistant", "function_call": "tool_call", "tool_response": "tool",
+                "function_response": "tool", "observation": "tool", "observations": "tool"}
 
 
 def error(source: RowSource, field: str | None, message: str) -> DataError:
@@ -77,9 +88,12 @@ def message(value: Any, where: str, source: RowSource) -> Message:
     if missing(value.get(content_key)):
         raise error(source, where, "message has no 'content' (or 'value', 'text')")
     role, content = value[role_key], value[content_key]
-    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is no key
+    if isinstance(role, str):  # a list or dict is no key
+        role = ROLE_ALIASES.get(role.replace("-", "_"), role)
     if role not in ROLES:
         raise error(source, f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if role in ("tool_call", "tool") and not isinstance(content, str):
+        content = json.dumps(content, ensure_ascii=False)  # ms-swift keeps a call or result object as its JSON
     if isinstance(content, list):
         content = content_parts(content, f"{where}.{content_key}", source)
     if not isinstance(content, str):
@@ -104,10 +118,40 @@ def content_parts(parts: list, where: str, source: RowSource) -> str:
 
 
 def messages(value: Any, name: str, source: RowSource) -> list[Message]:
-    """A list of messages (extra keys dropped)."""
+    """A list of messages (extra keys dropped; an assistant's OpenAI ``tool_calls`` become ``tool_call`` turns)."""
     if not isinstance(value, list):
         raise error(source, name, f"expected a list of messages, got {type(value).__name__}")
-    return [message(m, f"{name}[{i}]", source) for i, m in enumerate(value)]
+    out = []
+    for i, m in enumerate(value):
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        if not calls:
+            out.append(message(m, f"{name}[{i}]", source))
+            continue
+        if not missing(m.get("content")) and m["content"]:
+            out.append(message(m, f"{name}[{i}]", source))
+        out += tool_calls(calls, f"{name}[{i}].tool_calls", source)
+    return out
+
+
+def tool_calls(calls: Any, where: str, source: RowSource) -> list[Message]:
+    """OpenAI ``tool_calls`` → ``tool_call`` messages (ms-swift's normalize_openai_tool_calls)."""
+    if not isinstance(calls, list):
+        raise error(source, where, f"expected a list of tool calls, got {type(calls).__name__}")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise error(source, f"{where}[{i}]", f"expected a tool call with a function name, got {call!r:.80}")
+        arguments = function.get("arguments", {})  # a JSON string is parsed when the call is rendered
+        out.append({"role": "tool_call", "content": json.dumps({"name": function["name"], "arguments": arguments},
+                                                               ensure_ascii=False)})
+    return out
+
+
+def tools(record: dict[str, Any], source: RowSource) -> list[dict] | None:
+    """ms-swift's ``tools`` column (a JSON list, or a list of tool objects or their JSON), None when absent."""
+    value = record.get("tools")
+    return None if missing(value) or value in ("", []) else read_tools(value, "tools", source)
 
 
 def turns(record: dict[str, Any], name: str, source: RowSource, role: str) -> list[Message]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from alignkit.data import fields as f
 from alignkit.data import prepared
+from alignkit.data.agent_templates import AGENT_ROLES
 from alignkit.data.retrieval_rows import COLUMNS as GROUP_COLUMNS
 from alignkit.data.retrieval_rows import GROUP_KINDS, parse_group
 from alignkit.data.rows import (
@@ -64,6 +65,7 @@ class Parsed:
     margin: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     class_label: int | float | list | None = None  # seq_cls: the label of the whole conversation
+    tools: list[dict] | None = None  # agent rows: the tool definitions (ms-swift's ``tools`` column)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Format:
 # ------------------------------------------------------------------------------------------- ms-swift
 
 
-_SWIFT_COLUMNS = {"messages", "system", "rejected_response", "rejected_messages", "label", "margin"}
+_SWIFT_COLUMNS = {"messages", "system", "rejected_response", "rejected_messages", "label", "margin", "tools"}
 
 
 def parse_swift_messages(record: dict[str, Any], source: RowSource) -> Parsed:
@@ -107,10 +109,13 @@ def parse_swift_messages(record: dict[str, Any], source: RowSource) -> Parsed:
         prompt, chosen = f.split_last_answer(messages, "messages", source)
         chosen = f.answer(chosen, "messages", source, len(written) - 1)
         return Parsed(prompt, "messages", chosen, label=f.label(record, "label", source), extras=extras)
+    tools = f.tools(record, source)
+    if messages[-1]["role"] == "tool_call":  # an agent row may end with a call: ms-swift trains it as an answer
+        return Parsed(messages[:-1], "messages", messages[-1:], extras=extras, tools=tools)
     if messages[-1]["role"] == "assistant":
         answer = f.answer(messages[-1:], "messages", source, len(written) - 1)
-        return Parsed(messages[:-1], "messages", answer, extras=extras)
-    return Parsed(messages, "messages", extras=extras)
+        return Parsed(messages[:-1], "messages", answer, extras=extras, tools=tools)
+    return Parsed(messages, "messages", extras=extras, tools=tools)
 
 
 def parse_swift_query(record: dict[str, Any], source: RowSource) -> Parsed:
@@ -255,10 +260,11 @@ def parse_sharegpt(record: dict[str, Any], source: RowSource) -> Parsed:
     )
     conversation = f.system_turn(record, written, source) + written
     parsed = Parsed(conversation, "conversations", extras=f.extras(record, {"conversations", "system", "chosen",
-                                                                          "rejected", _KTO_TAG}))
+                                                                          "rejected", _KTO_TAG, "tools"}),
+                    tools=f.tools(record, source))
     if f.has(record, "chosen"):
         return _pair(record, source, parsed)
-    if conversation[-1]["role"] == "assistant":
+    if conversation[-1]["role"] in ("assistant", "tool_call"):
         parsed.prompt, parsed.chosen = conversation[:-1], conversation[-1:]
     return _tag(record, source, parsed)
 
@@ -455,14 +461,19 @@ def to_rows(parsed: Parsed, kind: str, source: RowSource) -> list[Row]:
     A preference record gives two unpaired rows for KTO (chosen → True, rejected → False), as TRL does;
     every other case gives one row.
     """
-    if kind == "classification":
-        return [ClassificationRow(parsed.prompt, parsed.class_label, source, parsed.extras)]
     if kind == "sft":
         if not parsed.prompt:
             raise f.error(source, parsed.prompt_field, "no prompt: expected a user turn before the answer")
         if parsed.chosen is None:
             raise f.error(source, parsed.prompt_field, "expected the last message to be an assistant turn")
-        return [ConversationRow(messages=parsed.prompt + parsed.chosen, source=source)]
+        return [ConversationRow(messages=parsed.prompt + parsed.chosen, source=source, tools=parsed.tools)]
+    agent = next((i for i, m in enumerate(parsed.prompt + (parsed.chosen or []) + (parsed.rejected or []))
+                  if m["role"] in AGENT_ROLES), None)
+    if agent is not None or parsed.tools:
+        raise f.error(source, parsed.prompt_field, "tools, tool calls and tool results (agent rows) are trained by "
+                      f"sft only, not as {kind} rows")
+    if kind == "classification":
+        return [ClassificationRow(parsed.prompt, parsed.class_label, source, parsed.extras)]
     if not parsed.prompt or parsed.prompt[-1]["role"] != "user":
         ends = repr(parsed.prompt[-1]["role"]) if parsed.prompt else "nothing"
         raise f.error(source, parsed.prompt_field, f"the prompt must end with a user turn, but it ends with {ends}")

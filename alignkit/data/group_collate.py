@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from alignkit.data.collate import Batch, pad
+from alignkit.data.packing import unpacked
 from alignkit.data.template import Encoded
 
 
@@ -48,7 +49,8 @@ def sampled_groups(row_id: int, group: EncodedGroup, max_positive: int, max_nega
 
 
 class GroupCollator:
-    """list of (row_id, EncodedGroup) → GroupBatch; ``sample`` draws reranker groups (module docstring)."""
+    """list of (row_id, EncodedGroup) → GroupBatch; ``sample`` draws reranker groups (module docstring). A
+    ``Pack`` item (--packing) stands for its rows."""
 
     def __init__(self, pad_id: int, *, sample: bool):
         self.pad_id, self.sample = pad_id, sample
@@ -56,6 +58,7 @@ class GroupCollator:
         self.max_negative = int(os.environ.get("MAX_NEGATIVE_SAMPLES", 7))
 
     def __call__(self, items: list[tuple[int, EncodedGroup]]) -> GroupBatch:
+        items = unpacked(items)  # a pack (--packing) adds all its rows, each drawn as its own row
         sequences, labels = [], []
         for row_id, group in items:
             order = (sampled_groups(row_id, group, self.max_positive, self.max_negative) if self.sample

@@ -41,6 +41,18 @@ def _no_variation_selector(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v.replace("\ufe0f", "") if isinstance(v, str) else v for k, v in record.items()}
 
 
+def _function_calling_chatml(record: dict[str, Any]) -> dict[str, Any]:
+    # ms-swift's FunctionCallChatmlPreprocessor: the tools are function_description's paragraphs (one JSON object
+    # each); the conversation's own system turn, which lists them in prose, is dropped.
+    # ms-swift's MessagesPreprocessor reads any of these names as the messages.
+    column = next((c for c in ("conversations", "conversation", "messages") if c in record), "conversations")
+    messages = list(record[column])
+    if messages and isinstance(messages[0], dict) and messages[0].get("from", messages[0].get("role")) == "system":
+        messages = messages[1:]
+    described = record.get("function_description")
+    return {"messages": messages, **({"tools": described.split("\n\n")} if described else {})}
+
+
 HH_RLHF_CN = SwiftDataset("AI-ModelScope/hh_rlhf_cn", None)  # context/chosen/rejected with role/text messages
 SHAREAI_DPO = SwiftDataset(
     "hjh0119/shareAI-Llama3-DPO-zh-en-emoji", "shareAI/DPO-zh-en-emoji",
@@ -52,6 +64,8 @@ RLAIF_V = SwiftDataset("swift/RLAIF-V-Dataset", "openbmb/RLAIF-V-Dataset",
 BLOSSOM_MATH = SwiftDataset("AI-ModelScope/blossom-math-v2", "Azure99/blossom-math-v2", clean=_blossom_math)
 ALPACA_EN = SwiftDataset("AI-ModelScope/alpaca-gpt4-data-en", "vicgalle/alpaca-gpt4")
 ALPACA_ZH = SwiftDataset("AI-ModelScope/alpaca-gpt4-data-zh", "llm-wizard/alpaca-gpt4-data-zh", clean=_alpaca_zh)
+FUNCTION_CALLING_CHATML = SwiftDataset("AI-ModelScope/function-calling-chatml", "Locutusque/function-calling-chatml",
+                                       clean=_function_calling_chatml)
 
 # name -> (dataset, the subset the name implies); every ModelScope id is a name too.
 SWIFT_DATASETS: dict[str, tuple[SwiftDataset, str | None]] = {
@@ -65,7 +79,7 @@ SWIFT_DATASETS: dict[str, tuple[SwiftDataset, str | None]] = {
     "alpaca-en": (ALPACA_EN, None),
     "alpaca-zh": (ALPACA_ZH, None),
     **{d.modelscope_id: (d, None) for d in (HH_RLHF_CN, SHAREAI_DPO, ULTRAFEEDBACK_KTO, RLAIF_V, BLOSSOM_MATH,
-                                           ALPACA_EN, ALPACA_ZH)},
+                                           ALPACA_EN, ALPACA_ZH, FUNCTION_CALLING_CHATML)},
 }
 
 

@@ -4,7 +4,8 @@ fuller rows, so fewer steps per epoch; ``--per_device_train_batch_size`` counts 
 
 A pack never mixes its rows: the forward lays each pack out as one row with position ids restarting per
 sequence and a block-diagonal causal mask (``alignkit.models.packing``), so every sequence sees only its own
-tokens and its labels stay exactly as encoded. A pair's budget is its chosen plus its rejected tokens.
+tokens and its labels stay exactly as encoded. A pair's budget is its chosen plus its rejected tokens; a
+ranking group's (generative reranker), all its conversations' tokens.
 
 Worked example (lengths 700, 500, 400, 300, 100; ``packing_length`` 1000; ``binpack``)::
 
@@ -36,10 +37,18 @@ class Pack(NamedTuple):
 
 
 def sequences_of(encoded: Any) -> list[Encoded]:
-    """The token sequences of an encoded row: itself, or a pair's chosen and rejected (margins etc. skipped)."""
+    """The token sequences of an encoded row: itself, a pair's chosen and rejected (margins etc. skipped), or a
+    ranking group's conversations (``EncodedGroup.sequences``: all of them, as ms-swift sums a group's lengths,
+    though the collator then draws some)."""
     if isinstance(encoded, Encoded):
         return [encoded]
-    return [part for part in encoded if isinstance(part, Encoded)]
+    sequences = []
+    for part in encoded:
+        if isinstance(part, Encoded):
+            sequences.append(part)
+        elif isinstance(part, tuple) and all(isinstance(p, Encoded) for p in part):
+            sequences.extend(part)
+    return sequences
 
 
 def row_length(encoded: Any) -> int:

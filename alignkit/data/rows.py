@@ -1,7 +1,8 @@
 """The canonical rows every dataset format is converted into.
 
 Messages are plain dicts ``{"role": "system"|"user"|"assistant", "content": str}`` so they can be fed
-straight to a tokenizer's chat template.
+straight to a tokenizer's chat template. An SFT conversation may also hold ms-swift's agent roles ``tool_call``
+and ``tool`` and a ``tools`` list, which ``--agent_template`` renders into plain turns (``data.agent_templates``).
 
 Example (a preference pair)::
 
@@ -30,10 +31,11 @@ class RowSource:
 
 @dataclass
 class ConversationRow:
-    """SFT: a whole conversation; assistant turns are trained."""
+    """SFT: a whole conversation; assistant turns are trained. ``tools``: the row's tool definitions (agent rows)."""
 
     messages: list[Message]
     source: RowSource | None = None
+    tools: list[dict] | None = None
 
 
 @dataclass

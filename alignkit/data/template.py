@@ -17,8 +17,11 @@ Which assistant turns are trained is ``--loss_scale`` (ms-swift's names): ``defa
 assistant turn of an SFT conversation and the answer of a preference pair or KTO row (never its
 prompt's earlier turns); ``last_round`` only the final assistant turn; ``all`` every token of an SFT
 conversation, prompts included; ``+ignore_empty_think`` / ``+ignore_think_prefix`` leave a trained turn's
-leading think markup untrained. The system prompt is the row's own, else ``--system`` (text or a .txt file),
-else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
+leading think markup untrained; ``react``, ``hermes``, ``qwen``, ``alpha_umi`` (alone or after a base, SFT only)
+weigh the tokens of an answer's tool calls (``Encoded.loss_scale``, see ``loss_weights``). Agent rows (tools,
+tool calls, tool results) are rendered by ``--agent_template`` first (``agent_templates``); a tool's result
+written into an assistant turn is not trained. The system prompt is the row's own, else ``--system`` (text or a
+.txt file), else the template's default, as in ms-swift. ``use_chat_template=False`` is ms-swift's generation template
 (``encode_plain``).
 
 The prompt's tokens must be a prefix of prompt+answer's tokens; a template that breaks this (one that
@@ -32,7 +35,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.data.chat_templates import ChatTemplate, resolve_template
+from alignkit.data.agent_templates import AGENT_TEMPLATES, Part, is_agent_row, render_agent
+from alignkit.data.chat_templates import ChatTemplate, prompt_as_held, resolve_template, written_default_system
+from alignkit.data.loss_weights import AGENT_WEIGHTINGS, weighted_spans
 from alignkit.data.rows import (
     ClassificationRow,
     ConversationRow,
@@ -61,16 +66,19 @@ THINK_PREFIXES: dict[str, tuple[str, ...]] = {
     ),
     "ignore_think_prefix": (r"<think>\n?",),
 }
-# ms-swift's agent loss scales weigh tool-call tokens 2x (a per-token weight alignkit's losses do not take).
-WEIGHTED_LOSS_SCALES = ("react", "hermes", "qwen", "agentflan", "alpha_umi")
+# ms-swift's agentflan weighting also reads the user's question; alignkit does not have it.
+UNSUPPORTED_LOSS_SCALES = {"agentflan": "agentflan (weights chosen by the user's question) is not supported; use "
+                                        "react, hermes, qwen or alpha_umi"}
 
 
 @dataclass(frozen=True)
 class LossScale:
-    """A parsed --loss_scale: the base strategy and the think-prefix modifiers (``default+ignore_empty_think``)."""
+    """A parsed --loss_scale: the base strategy, the think-prefix modifiers (``default+ignore_empty_think``) and the
+    agent weighting of tool-call tokens (``hermes``), if any."""
 
     base: str = "default"
     modifiers: tuple[str, ...] = ()
+    weighting: str | None = None
 
     @property
     def untrained_prefixes(self) -> list[re.Pattern]:
@@ -78,21 +86,24 @@ class LossScale:
 
 
 def parse_loss_scale(text: str) -> LossScale:
-    """``"last_round+ignore_empty_think"`` → LossScale("last_round", ("ignore_empty_think",)); a name without a
-    base strategy takes ``default``, as in ms-swift."""
+    """``"last_round+ignore_empty_think"`` → LossScale("last_round", ("ignore_empty_think",)); ``"hermes"`` →
+    LossScale("default", (), "hermes"): a name without a base strategy takes ``default``, as in ms-swift."""
     parts = [part.strip() for part in str(text).split("+")]
     base = parts.pop(0) if parts[0] in LOSS_SCALES else "default"
+    weightings = [part for part in parts if part in AGENT_WEIGHTINGS]
     for part in parts:
-        if part in WEIGHTED_LOSS_SCALES:
-            raise AlignkitError(
-                f"--loss_scale {text}: '{part}' weighs tool-call tokens differently from the rest of an answer, and "
-                "alignkit's losses take no per-token weights; use default, last_round or all (optionally "
-                "+ignore_empty_think or +ignore_think_prefix)")
-        if part not in THINK_PREFIXES:
+        if part in UNSUPPORTED_LOSS_SCALES:
+            raise AlignkitError(f"--loss_scale {text}: {UNSUPPORTED_LOSS_SCALES[part]}")
+        if part not in THINK_PREFIXES and part not in AGENT_WEIGHTINGS:
             raise AlignkitError(
                 f"--loss_scale {text}: unknown '{part}'; expected one of {', '.join(LOSS_SCALES)}, optionally "
-                f"followed by +{' or +'.join(THINK_PREFIXES)}")
-    return LossScale(base, tuple(parts))
+                f"followed by +{' or +'.join(THINK_PREFIXES)}, or an agent weighting ({', '.join(AGENT_WEIGHTINGS)})")
+    if len(weightings) > 1:
+        raise AlignkitError(f"--loss_scale {text}: one agent weighting at a time ({' and '.join(weightings)} given)")
+    if weightings and base == "all":
+        raise AlignkitError(f"--loss_scale {text}: an agent weighting applies to answers; with 'all' ms-swift would "
+                            "weigh prompt text too, which alignkit does not do; use default or last_round")
+    return LossScale(base, tuple(p for p in parts if p in THINK_PREFIXES), weightings[0] if weightings else None)
 
 
 def read_system(value: str | None) -> str | None:
@@ -111,10 +122,12 @@ def read_system(value: str | None) -> str | None:
 
 @dataclass
 class Encoded:
-    """One tokenised sequence; ``labels`` is ``-100`` where no loss is taken."""
+    """One tokenised sequence; ``labels`` is ``-100`` where no loss is taken. ``loss_scale``: per-token loss weights
+    (--loss_scale hermes, react, ...), None when every trained token weighs 1."""
 
     input_ids: list[int]
     labels: list[int]
+    loss_scale: list[float] | None = None
 
     @property
     def num_trained(self) -> int:
@@ -139,8 +152,15 @@ class ChatEncoder:
 
     def __init__(self, tokenizer, *, max_length: int, max_prompt_length: int | None = None,
                  truncation_strategy: str = "delete", system: str | None = None,
-                 template: ChatTemplate | None = None, loss_scale: str = "default", use_chat_template: bool = True):
+                 template: ChatTemplate | None = None, loss_scale: str = "default", use_chat_template: bool = True,
+                 agent_template: str | None = None):
         scale = parse_loss_scale(loss_scale)
+        if agent_template is not None and agent_template not in AGENT_TEMPLATES:
+            raise AlignkitError(f"--agent_template {agent_template}: unknown; alignkit has "
+                                f"{', '.join(AGENT_TEMPLATES)}")
+        if scale.weighting and not use_chat_template:
+            raise AlignkitError(f"--loss_scale {loss_scale} with --use_chat_template false: the generation template "
+                                "holds no tool calls to weigh; drop the weighting or use the chat template")
         self.tokenizer = tokenizer
         self.template = template if template is not None else resolve_template(tokenizer)
         self.max_length = max_length
@@ -149,7 +169,10 @@ class ChatEncoder:
         self.system = read_system(system)
         self.loss_scale = scale.base
         self.loss_scale_modifiers = scale.modifiers
+        self.loss_weighting = scale.weighting
+        self.agent_template = agent_template
         self._untrained_prefixes = scale.untrained_prefixes
+        self._default_system: list[str | None] = []  # the chat template's own, found once (default_system)
         # use_chat_template=False: ms-swift's generation template (see ``encode_plain``).
         self.use_chat_template = use_chat_template
         self._warned_rounds = False
@@ -185,9 +208,10 @@ class ChatEncoder:
         return self.encode_prompt(row.prompt)
 
     def encode(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
-               *, every_token: bool = False) -> Encoded:
+               *, every_token: bool = False, parts: dict[int, list[Part]] | None = None) -> Encoded:
         """Encode one conversation (system prompt already applied); assistant turns at ``train_turns`` get labels
-        (``every_token``: all tokens do, for ``--loss_scale all``)."""
+        (``every_token``: all tokens do, for ``--loss_scale all``). ``parts``: an agent turn's pieces (see
+        ``agent_templates``); an untrained piece gets no labels, and --loss_scale's weighting weighs the others."""
         if not self.use_chat_template:
             return self.fit(self.encode_plain(messages, train_turns, source, every_token=every_token), source)
         full_text = self.render(messages, generation_prompt=False)
@@ -196,16 +220,67 @@ class ChatEncoder:
         for index in sorted(train_turns):
             if messages[index]["role"] != "assistant":
                 raise DataError("only assistant turns can be trained", **_where(source), field="messages")
-            start = self._checked_prefix(messages[:index], full_text, full_ids, generation_prompt=True)
-            end = self._checked_prefix(messages[: index + 1], full_text, full_ids, generation_prompt=False)
+            start = self._checked_prefix(self._prompt_text(messages[:index], full_text), full_text, full_ids)
+            end = self._checked_prefix(self.render(messages[: index + 1], generation_prompt=False), full_text, full_ids)
             end = self._end_of_assistant(full_text, full_ids, messages, index, start, end)
             labels[start:end] = full_ids[start:end]
             untrained = self._untrained_prefix(messages, index, full_text, full_ids, start)
             labels[start:untrained] = [IGNORE_INDEX] * (untrained - start)
+        scale = None if every_token else self._token_weights(messages, train_turns, parts or {}, full_text, full_ids)
+        if scale is not None:
+            labels = [IGNORE_INDEX if weight == 0 else label for label, weight in zip(labels, scale)]
+            trained = [weight for label, weight in zip(labels, scale) if label != IGNORE_INDEX]
+            scale = None if all(weight == 1 for weight in trained) else [
+                weight if label != IGNORE_INDEX else 0.0 for label, weight in zip(labels, scale)]
         if train_turns and all(label == IGNORE_INDEX for label in labels):
             # An all-masked sequence makes a mean loss 0/0: the classic NaN. It is never trained on.
             raise DataError("the answer renders to no trainable tokens", **_where(source))
-        return self.fit(Encoded(full_ids, labels), source)
+        return self.fit(Encoded(full_ids, labels, scale), source)
+
+    def _token_weights(self, messages: list[Message], train_turns: set[int], parts: dict[int, list[Part]],
+                       full_text: str, full_ids: list[int]) -> list[float] | None:
+        """Per-token weights of the trained turns' pieces: 0 for a tool result written into the turn, the
+        weighting's for the rest (``loss_weights.weigh`` on each piece, as ms-swift weighs each response context);
+        None when nothing weighs other than 1. A token that straddles two pieces takes the later one's weight."""
+        segments = []  # (first character, end character, weight)
+        for index in sorted(train_turns):
+            turn = parts.get(index) or [Part(messages[index]["content"])]
+            if self.loss_weighting or not all(part.trained for part in turn):
+                segments += weighted_spans(turn, self._content_at(messages, index, full_text), self.loss_weighting)
+        if not segments:
+            return None
+        boundaries: dict[int, int] = {}
+
+        def token_at(char: int) -> int:  # tokens wholly before ``char``
+            if char not in boundaries:
+                prefix = self.tokens(full_text[:char])
+                boundaries[char] = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b),
+                                        min(len(prefix), len(full_ids)))
+            return boundaries[char]
+
+        scale = [1.0] * len(full_ids)
+        for first, end, weight in segments:
+            a, b = token_at(first), token_at(end)
+            scale[a:b] = [weight] * (b - a)
+        return scale
+
+    def _content_at(self, messages: list[Message], index: int, full_text: str) -> int:
+        """Where assistant turn ``index``'s content starts in the rendered conversation."""
+        content = messages[index]["content"]
+        at = full_text.find(content, len(self._prompt_text(messages[:index], full_text)))
+        if at < 0:
+            raise AlignkitError(
+                "the chat template rewrites an assistant turn (trims or edits it), so its tool calls and tool results "
+                "cannot be located for --agent_template / --loss_scale; use another --template")
+        return at
+
+    def default_system(self) -> str | None:
+        """The template's default system prompt (a template config's, or the one its Jinja writes), which the tools
+        join under --agent_template hermes as ms-swift's default_system."""
+        if not self._default_system:
+            self._default_system.append(self.template.system_message if self.template.system_message is not None
+                                        else written_default_system(self.render))
+        return self._default_system[0]
 
     def encode_plain(self, messages: list[Message], train_turns: set[int], source: RowSource | None = None,
                      *, every_token: bool = False) -> Encoded:
@@ -251,7 +326,7 @@ class ChatEncoder:
         starts with (the answer's own, or one the chat template writes, as Qwen3's does for an answer without)."""
         if not self._untrained_prefixes:
             return start
-        prompt_text = self.render(messages[:index], generation_prompt=True)
+        prompt_text = self._prompt_text(messages[:index], full_text)
         if not full_text.startswith(prompt_text):
             raise AlignkitError(
                 f"--loss_scale {'+'.join((self.loss_scale, *self.loss_scale_modifiers))}: the chat template renders "
@@ -275,7 +350,7 @@ class ChatEncoder:
         if not self._end_ids:
             return end
         content = messages[index]["content"]
-        at = full_text.find(content, len(self.render(messages[:index], generation_prompt=True))) if content else -1
+        at = full_text.find(content, len(self._prompt_text(messages[:index], full_text))) if content else -1
         if at < 0:  # the template rewrites the answer (trims it, ...): its turn's own markers decide
             n = len(self._end_ids)
             return next((stop for stop in range(end, start + n - 1, -1) if full_ids[stop - n : stop] == self._end_ids),
@@ -288,9 +363,11 @@ class ChatEncoder:
         shared = next((i for i, (a, b) in enumerate(zip(prefix, full_ids)) if a != b), min(len(prefix), len(full_ids)))
         return max(start, shared)
 
-    def _checked_prefix(self, messages: list[Message], full_text: str, full_ids: list[int], *,
-                        generation_prompt: bool) -> int:
-        text = self.render(messages, generation_prompt=generation_prompt)
+    def _prompt_text(self, messages: list[Message], full_text: str) -> str:
+        return prompt_as_held(self.render, messages, full_text)
+
+    def _checked_prefix(self, text: str, full_text: str, full_ids: list[int]) -> int:
+        """Tokens of ``text`` (the conversation's beginning), checked to be a token prefix of the whole."""
         prefix = self.tokens(text)
         if full_ids[: len(prefix)] != prefix:
             which = (f"the chat template of {self.tokenizer.name_or_path!r}" if self.template.name == "tokenizer"
@@ -309,7 +386,7 @@ class ChatEncoder:
 
     def fit(self, encoded: Encoded, source: RowSource | None) -> Encoded:
         """Apply --max_prompt_length / --max_length per --truncation_strategy (never silently)."""
-        ids, labels = encoded.input_ids, encoded.labels
+        ids, labels, scale = encoded.input_ids, encoded.labels, encoded.loss_scale
         first_trained = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
         prompt_limit = self.max_prompt_length if self.max_prompt_length is not None else self.max_length - 1
         over_prompt = max(0, first_trained - prompt_limit)
@@ -328,26 +405,44 @@ class ChatEncoder:
             cut = max(over_prompt, over_total)
             if cut >= first_trained:  # the answer alone is too long: cutting into it would be silent damage
                 raise Truncated(what)
-            return Encoded(ids[cut:], labels[cut:])
+            return Encoded(ids[cut:], labels[cut:], scale[cut:] if scale is not None else None)
         # right: cut the prompt to its limit from the left, then the end of the answer.
-        ids, labels = ids[over_prompt:], labels[over_prompt:]
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        end = over_prompt + self.max_length
+        ids, labels = ids[over_prompt:end], labels[over_prompt:end]
         if all(label == IGNORE_INDEX for label in labels):
             raise Truncated(what)
-        return Encoded(ids, labels)
+        return Encoded(ids, labels, scale[over_prompt:end] if scale is not None else None)
 
     # --- canonical rows -------------------------------------------------------------------------------
 
     def encode_conversation(self, row: ConversationRow) -> Encoded:
-        """SFT: every assistant turn is trained (``--loss_scale last_round``: the last; ``all``: every token)."""
-        messages = self.system_applied(row.messages)
+        """SFT: every assistant turn is trained (``--loss_scale last_round``: the last; ``all``: every token). An agent
+        row (tools, tool calls, tool results) is rendered by --agent_template first."""
+        messages, parts = self._agent_rendered(row) if is_agent_row(row.messages, row.tools) else (
+            self.system_applied(row.messages), {})
         assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not assistant:
             raise DataError(
                 "the conversation has no assistant turn to train on", **_where(row.source), field="messages"
             )
         trained = assistant[-1:] if self.loss_scale == "last_round" else assistant
-        return self.encode(messages, set(trained), row.source, every_token=self.loss_scale == "all")
+        last = parts.get(assistant[-1], [])
+        if self.loss_scale == "last_round" and not all(part.trained for part in last):
+            # ms-swift's last round starts after the last tool result, inside the turn react writes it into.
+            cut = max(i for i, part in enumerate(last) if not part.trained)
+            parts = {**parts, assistant[-1]: [Part(p.text, p.trained and i > cut) for i, p in enumerate(last)]}
+        return self.encode(messages, set(trained), row.source, every_token=self.loss_scale == "all", parts=parts)
+
+    def _agent_rendered(self, row: ConversationRow) -> tuple[list[Message], dict[int, list[Part]]]:
+        if self.agent_template is None:
+            raise DataError("the row has tools, tool calls or tool results; choose how they are written with "
+                            f"--agent_template ({', '.join(AGENT_TEMPLATES)})", **_where(row.source), field="messages")
+        if not self.use_chat_template:
+            raise AlignkitError("--agent_template with --use_chat_template false: the generation template holds one "
+                                "round, not a conversation with tool calls")
+        system = self.system if self.system is not None else self.default_system()
+        rendered = render_agent(row.messages, row.tools, self.agent_template, system, row.source)
+        return rendered.messages, rendered.parts
 
     def encode_pair(self, row: PreferenceRow) -> tuple[Encoded, Encoded]:
         """Chosen and rejected sequences; only the final, diverging answer turns are trained."""
@@ -388,6 +483,9 @@ class ChatEncoder:
         return Encoded(ids, [IGNORE_INDEX] * len(ids))
 
     def _encode_answer(self, prompt: list[Message], answer: list[Message], source: RowSource | None) -> Encoded:
+        if self.loss_weighting:
+            raise AlignkitError(f"--loss_scale {self.loss_weighting} weighs tokens of SFT answers; preference and KTO "
+                                "losses take no per-token weights")
         if self.loss_scale == "all":
             raise AlignkitError(
                 "--loss_scale all trains prompt tokens, which preference and KTO losses must not see; "

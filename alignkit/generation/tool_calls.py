@@ -11,32 +11,14 @@ import json
 import re
 import uuid
 
+from alignkit.data.agent_templates import hermes_tools
+
 TOOL_CALL = re.compile(r"<tool_call>(.+?)</tool_call>", re.DOTALL)
 
 
-def wrap_tool(tool: dict) -> dict:
-    """A bare function description becomes OpenAI's ``{"type": "function", "function": ...}``, as ms-swift does."""
-    return tool if "type" in tool or "function" in tool else {"type": "function", "function": tool}
-
-
 def hermes_system(tools: list[dict], system: str | None) -> str:
-    """The system prompt with the tools in hermes format (ms-swift's text, byte for byte)."""
-    descriptions = "\n".join(json.dumps(wrap_tool(tool), ensure_ascii=False) for tool in tools)
-    return f"""{system or ''}
-
-# Tools
-
-You may call one or more functions to assist with the user query.
-
-You are provided with function signatures within <tools></tools> XML tags:
-<tools>
-""" + descriptions + """
-</tools>
-
-For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
-<tool_call>
-{"name": <function-name>, "arguments": <args-json-object>}
-</tool_call>"""
+    """The system prompt with the tools in hermes format (ms-swift's text, byte for byte; the training side's)."""
+    return hermes_tools(tools, system)
 
 
 def call_block(call: dict) -> str:
@@ -70,7 +52,8 @@ def render_hermes(messages: list[dict], tools: list[dict] | None) -> list[dict]:
                 rendered.append({"role": "user", "content": response, "tool_results": True})
         elif role == "assistant" and message.get("tool_calls"):
             blocks = "\n".join(call_block(call) for call in message["tool_calls"])
-            rendered.append({"role": "assistant", "content": f"{content}\n{blocks}" if content else blocks})
+            # The text and its calls join without a separator, as ms-swift joins them (and as training writes them).
+            rendered.append({"role": "assistant", "content": f"{content}{blocks}"})
         else:
             rendered.append({"role": role, "content": content})
     return [{"role": m["role"], "content": m["content"]} for m in rendered]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from alignkit.data.collate import Batch
@@ -39,26 +41,35 @@ def length_desensitised_weights(mask: torch.Tensor, ld_alpha: float) -> torch.Te
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, *, average: bool = False,
-                   ld_alpha: float | None = None):
+                   ld_alpha: float | None = None, per_token: Callable | None = None,
+                   loss_scale: torch.Tensor | None = None):
     """Sum (or mean) of log p(label_t | tokens_<t) over labelled positions.
 
     logits (N, T, V) predict the *next* token, labels (N, T) with -100 where untrained.
     Returns (logps (N,), token counts (N,)). Equivalent to the naive
     ``(log_softmax(logits[:, :-1]).gather(-1, labels[:, 1:]) * mask).sum(-1)``.
     ``ld_alpha`` (LD-DPO) weighs each pair's tokens beyond the shorter completion's length by α
-    (see ``length_desensitised_weights``; N = 2B, chosen rows first); counts stay unweighted.
+    (see ``length_desensitised_weights``; N = 2B, chosen rows first); ``loss_scale`` (N, T), aligned with
+    ``labels``, weighs each labelled token (--loss_scale hermes, ...); counts stay unweighted.
+    ``per_token`` maps the per-token log-probs before they are weighed (SFT's DFT: ``alignkit.losses.sft``).
     """
     logits, labels = logits[:, :-1], labels[:, 1:]  # (N, T-1, V), (N, T-1)
     mask = labels != IGNORE_INDEX
     weights = mask if ld_alpha is None else length_desensitised_weights(mask, ld_alpha)  # (N, T-1)
-    token_logps = selective_log_softmax(logits, labels.masked_fill(~mask, 0)) * weights  # (N, T-1)
+    if loss_scale is not None:
+        weights = weights * loss_scale[:, 1:]
+    token_logps = selective_log_softmax(logits, labels.masked_fill(~mask, 0))  # (N, T-1)
+    if per_token is not None:
+        token_logps = per_token(token_logps)
+    token_logps = token_logps * weights
     counts = mask.sum(-1)
     total = token_logps.sum(-1)
     return (total / counts.clamp(min=1) if average else total), counts
 
 
-def forward_logps(model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
-    """Run the model and return (logps (N,), token counts (N,)); ``average`` and ``ld_alpha`` as in
+def forward_logps(model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None,
+                  per_token: Callable | None = None):
+    """Run the model and return (logps (N,), token counts (N,)); ``average``, ``ld_alpha`` and ``per_token`` as in
     ``sequence_logps``.
 
     Only the positions that predict a labelled token need the LM head: with prompts much longer than
@@ -71,4 +82,6 @@ def forward_logps(model, batch: Batch, *, average: bool = False, ld_alpha: float
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False,
         **(batch.model_inputs or {}),
     ).logits  # (N, keep, V)
-    return sequence_logps(logits, batch.labels[:, -keep:], average=average, ld_alpha=ld_alpha)
+    scale = None if batch.loss_scale is None else batch.loss_scale[:, -keep:]
+    return sequence_logps(logits, batch.labels[:, -keep:], average=average, ld_alpha=ld_alpha, per_token=per_token,
+                          loss_scale=scale)

@@ -27,6 +27,7 @@ needs, in O(tokens) memory; how it reaches the attention depends on the implemen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,7 @@ class Packed:
     last_rows: torch.Tensor  # (N,) the row holding each sequence's last token
     last_nodes: torch.Tensor  # (N,) that token's column: a reward head reads the hidden state there
     shared: bool = False  # sequences share prefixes: a row is a trie, not a chain of sequences
+    target_weights: torch.Tensor | None = None  # (M,) each target's loss weight (the batch's loss_scale), if any
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -144,6 +146,7 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
     and the longest sequence without."""
     ids = batch.input_ids.tolist()
     labels = batch.labels.tolist()
+    scale = batch.loss_scale.tolist() if batch.loss_scale is not None else None
     lengths = _lengths(batch)
     seqs = [ids[s][: lengths[s]] for s in range(len(ids))]
     if share_prefixes:
@@ -189,10 +192,12 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
 
     keep = torch.zeros(n_rows, length, dtype=torch.bool)  # (R, L)
     targets = []  # (row, node that predicts the token, token id, sequence)
+    target_positions = []  # (sequence, position) of each target
     for s, (r, path) in sorted(paths.items()):
         for t in range(1, lengths[s]):
             if labels[s][t] != IGNORE_INDEX:
                 targets.append((r, path[t - 1], labels[s][t], s))
+                target_positions.append((s, t))
                 keep[r, path[t - 1]] = True
     # Index of each kept position among the kept logits, which come out in row-major order.
     kept_index = (keep.flatten().cumsum(0) - 1).view(n_rows, length)
@@ -210,6 +215,8 @@ def pack(batch: Batch, *, share_prefixes: bool, row_tokens: int | None = None) -
         last_rows=torch.tensor([paths[s][0] for s in range(len(seqs))], dtype=torch.long, device=device),
         last_nodes=torch.tensor([paths[s][1][-1] for s in range(len(seqs))], dtype=torch.long, device=device),
         shared=share_prefixes,
+        target_weights=None if scale is None else torch.tensor([scale[s][t] for s, t in target_positions],
+                                                                device=device),
     )
 
 
@@ -292,10 +299,11 @@ def token_logps(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> 
 
 
 def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: bool = False,
-                         ld_alpha: float | None = None, row_tokens: int | None = None):
-    """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order; ``average`` and
-    ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) as in ``alignkit.models.logprobs.sequence_logps``;
-    ``row_tokens`` as in ``pack``."""
+                         ld_alpha: float | None = None, row_tokens: int | None = None,
+                         per_token: Callable | None = None):
+    """Drop-in for ``forward_logps``: (logps (N,), token counts (N,)) in the batch's order; ``average``,
+    ``ld_alpha`` (LD-DPO's per-token weights, N = 2B chosen first) and ``per_token`` as in
+    ``alignkit.models.logprobs.sequence_logps``; ``row_tokens`` as in ``pack``."""
     packed = pack(batch, share_prefixes=share_prefixes, row_tokens=row_tokens)
     mask_keep = keeps_by_mask()
     logits = model(
@@ -307,11 +315,15 @@ def packed_forward_logps(model, batch: Batch, *, share_prefixes: bool, average: 
     ).logits  # (K, V)
     if not mask_keep:  # every position's logits, then the kept ones: the same numbers, more memory
         logits = logits[packed.keep]
-    per_token = token_logps(logits, packed.target_rows, packed.target_ids)  # (M,)
+    targets = token_logps(logits, packed.target_rows, packed.target_ids)  # (M,)
+    if per_token is not None:
+        targets = per_token(targets)
     counts = torch.bincount(packed.target_seqs, minlength=packed.num_sequences)  # (N,)
     if ld_alpha is not None:
-        per_token = per_token * length_desensitised_token_weights(packed.target_seqs, counts, ld_alpha)
-    logps = per_token.new_zeros(packed.num_sequences).index_add(0, packed.target_seqs, per_token)  # (N,)
+        targets = targets * length_desensitised_token_weights(packed.target_seqs, counts, ld_alpha)
+    if packed.target_weights is not None:
+        targets = targets * packed.target_weights
+    logps = targets.new_zeros(packed.num_sequences).index_add(0, packed.target_seqs, targets)  # (N,)
     return (logps / counts.clamp(min=1) if average else logps), counts
 
 
@@ -343,18 +355,24 @@ class Layout:
     def pack(self, batch: Batch) -> Packed:
         return pack(batch, share_prefixes=self.prefix_sharing, row_tokens=self.row_tokens)
 
-    def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None):
-        """(logps (N,), token counts (N,)), as ``forward_logps``. Batches with extra model inputs (a
-        vision-language model's pixels) and attention implementations without 4-D masks run padded."""
-        if not (self.padding_free and not batch.model_inputs and supports_packing(model)):
-            return forward_logps(model, batch, average=average, ld_alpha=ld_alpha)
+    def runs_packed(self, model, batch: Batch) -> bool:
+        """Whether ``batch`` runs packed: batches with extra model inputs (a vision-language model's pixels) and
+        attention implementations without 4-D masks run padded."""
+        return self.padding_free and not batch.model_inputs and supports_packing(model)
+
+    def logps(self, model, batch: Batch, *, average: bool = False, ld_alpha: float | None = None,
+              per_token: Callable | None = None):
+        """(logps (N,), token counts (N,)), as ``forward_logps``; padded where ``runs_packed`` says so."""
+        options = {"average": average, "ld_alpha": ld_alpha, "per_token": per_token}
+        if not self.runs_packed(model, batch):
+            return forward_logps(model, batch, **options)
 
         def packed():
-            return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, average=average,
-                                        ld_alpha=ld_alpha, row_tokens=self.row_tokens)
+            return packed_forward_logps(model, batch, share_prefixes=self.prefix_sharing, row_tokens=self.row_tokens,
+                                        **options)
 
         if self.check is None:
             return packed()
-        return self.check.run(model, packed, lambda: forward_logps(model, batch, average=average, ld_alpha=ld_alpha),
+        return self.check.run(model, packed, lambda: forward_logps(model, batch, **options),
                               lambda fast, padded: sequence_difference(fast, padded, average=average))
 

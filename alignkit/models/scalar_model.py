@@ -2,18 +2,22 @@
 
 ``--reward_model`` is either an ``rm`` run's checkpoint (a LoRA adapter or a full causal LM, with
 ``value_head.safetensors`` beside it) or any decoder sequence-classification checkpoint with one label
-(``AutoModelForSequenceClassification``, whose head is ``score``). Both become a ``TokenScalarModel``:
+(``AutoModelForSequenceClassification``, whose head is ``score``: ms-swift's `rm` output, Skywork or
+OpenRLHF reward models). Both become a ``TokenScalarModel``:
 
     values = head(backbone(tokens).last_hidden_state)      (N, T): one scalar per position
     reward = values at the last real token of prompt + answer
 
-PPO's value model starts as a copy of the reward model and is trained with the policy.
+A sequence classifier reads, as transformers' forward does, the last token that is not its config's pad
+token (a sequence ending in pad ids, e.g. pad = eos, is read before them). PPO's value model starts as a
+copy of the reward model (ms-swift loads its critic from --reward_model too) and is trained with the policy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,10 +37,13 @@ class TokenScalarModel(nn.Module):
     """One scalar per position (a reward or a value) for online RL; the ``rm`` run trains a
     ``SequenceRewardModel`` (an LM plus head, one score per sequence) and is read back as this."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, pad_token_id: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # A sequence classifier's config pad id: scoring skips a sequence's trailing tokens of this id, as
+        # transformers' forward does. None (an rm checkpoint): the last token, as the rm run trained it.
+        self.pad_token_id = pad_token_id
 
     def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
         """input_ids, attention_mask, position_ids (N, T) → values (N, T) in fp32."""
@@ -95,20 +102,24 @@ def load_scalar_model(
         else:
             lm = _merged(load_causal_lm(str(directory)), adapters)
         head = load_value_head(directory)
+        pad_token_id = None
     else:
-        lm = _merged(_load_sequence_classifier(path), adapters)
-        head = lm.score
+        lm = _merged(load_sequence_classifier(path), adapters)
+        head, pad_token_id = lm.score, lm.config.get_text_config().pad_token_id
     backbone = getattr(lm, lm.base_model_prefix)
-    model = TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
+    model = TokenScalarModel(backbone, head, pad_token_id).float().eval().requires_grad_(False)
     return model, load_tokenizer(str(directory) if directory.is_dir() else path)
 
 
-def _load_sequence_classifier(path: str):
+def load_sequence_classifier(path: str, dtype: torch.dtype = torch.float32, **placement):
+    """A transformers ``*ForSequenceClassification`` checkpoint with one label, as a reward model; anything
+    else is refused with what it is. ``placement``: from_pretrained's device_map/max_memory/offload_folder."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     hint = (
         f"--reward_model {path}: expected an `alignkit rlhf --rlhf_type rm` checkpoint ({VALUE_HEAD_FILE} beside "
-        "the adapter or model) or a sequence-classification model with one label"
+        "the adapter or model) or a sequence-classification model with one label (num_labels 1: one score "
+        "per sequence)"
     )
     try:
         config = AutoConfig.from_pretrained(path)
@@ -117,8 +128,9 @@ def _load_sequence_classifier(path: str):
     if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
         raise AlignkitError(f"{hint}; its architectures are {config.architectures}")
     if config.num_labels != 1:
-        raise AlignkitError(f"{hint}; it has {config.num_labels} labels")
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        raise AlignkitError(f"{hint}; it has num_labels {config.num_labels}, a classifier over "
+                            f"{config.num_labels} classes rather than a scalar reward")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **placement)
     if not isinstance(getattr(model, "score", None), nn.Linear):
         raise AlignkitError(f"{hint}; its head is not a `score` linear layer on every position (decoder models only)")
     return model
@@ -178,6 +190,8 @@ def score_token_ids(model: TokenScalarModel, sequences: list[list[int]], *, pad_
 
 def _score_encoded(model: TokenScalarModel, encoded: list, pad_id: int, *, batch_size: int,
                    packed: bool) -> torch.Tensor:
+    if model.pad_token_id is not None:
+        encoded = [(i, read_up_to_last_non_pad(e, model.pad_token_id)) for i, e in encoded]
     collate = SequenceCollator(pad_id)
     device = model.head.weight.device
     use_packing = packed and supports_packing(model.backbone)
@@ -191,6 +205,20 @@ def _score_encoded(model: TokenScalarModel, encoded: list, pad_id: int, *, batch
         last = batch.attention_mask.sum(-1) - 1  # (n,)
         scores.append(values[torch.arange(len(last), device=device), last].cpu())
     return torch.cat(scores)
+
+
+def read_up_to_last_non_pad(encoded: Encoded, pad_token_id: int) -> Encoded:
+    """The sequence up to its last token that is not ``pad_token_id``: where transformers' sequence
+    classifier reads its score (``(arange(T) * (ids != pad)).argmax()``). Causal attention makes the
+    dropped tail irrelevant to that position, so every path (padded, packed) then reads the last token.
+
+        ids [7, 9, 2, 2], pad 2  ->  [7, 9]        ids [2, 2], pad 2  ->  [2] (transformers reads position 0)
+    """
+    ids = encoded.input_ids
+    end = len(ids)
+    while end > 1 and ids[end - 1] == pad_token_id:
+        end -= 1
+    return encoded if end == len(ids) else Encoded(ids[:end], encoded.labels[:end])
 
 
 class RewardModelFunction:
@@ -207,6 +235,54 @@ class RewardModelFunction:
         return score_conversations(
             self.model, self.encoder, conversations, batch_size=self.batch_size, packed=self.packed
         ).tolist()
+
+
+@dataclass
+class ClassifierScorer:
+    """A sequence-classification reward model for infer and eval: ``score`` as ``RewardScorer.score`` gives
+    it, with the rewards PPO and GRPO would give (``score_conversations``)."""
+
+    model: TokenScalarModel
+    encoder: ChatEncoder
+    batch_size: int = 8
+    packed: bool = True
+
+    def score(self, conversations: list[list[Message]]) -> list[float]:
+        """One reward per conversation (each ends with the assistant answer being judged)."""
+        return score_conversations(self.model, self.encoder, conversations, batch_size=self.batch_size,
+                                   packed=self.packed).tolist()
+
+
+def load_reward_scorer(path: str, *, model: str | None = None, dtype: str = "auto", max_length: int = 1024,
+                       system: str | None = None, batch_size: int = 8, device_map: str | None = None,
+                       max_memory: list[str] = ()):
+    """infer's and eval's --reward_model, of either kind: an ``rm`` checkpoint (``load_reward_model``, with
+    ``model`` as a LoRA checkpoint's base) or a sequence-classification model with one label. A scorer with
+    ``score(conversations) -> list[float]``; conversations longer than ``max_length`` lose their beginning."""
+    from alignkit.models.load import load_tokenizer, resolve_dtype
+    from alignkit.models.placement import offload_folder, resolve_flags
+    from alignkit.models.reward_model import load_reward_model
+
+    if (Path(path) / VALUE_HEAD_FILE).is_file():
+        return load_reward_model(path, model=model, dtype=dtype, max_length=max_length, system=system,
+                                 batch_size=batch_size, device_map=device_map, max_memory=max_memory)
+    if model is not None:
+        logger.info("--reward_model %s is a whole sequence-classification model: --model %s is not its base",
+                    path, model)
+    placement, memory = resolve_flags(device_map, list(max_memory))
+    # Scores should not depend on autocast: on CPU, "auto" keeps exact fp32 weights (as load_for_inference).
+    precision = "fp32" if dtype == "auto" and not torch.cuda.is_available() else resolve_dtype(dtype)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    kwargs = {} if placement is None else {"device_map": placement, "max_memory": memory,
+                                           "offload_folder": offload_folder()}
+    classifier = load_sequence_classifier(path, torch_dtype, **kwargs)
+    scalar = TokenScalarModel(getattr(classifier, classifier.base_model_prefix), classifier.score,
+                              classifier.config.get_text_config().pad_token_id).eval()
+    if placement is None:
+        scalar = scalar.to("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = ChatEncoder(load_tokenizer(path), max_length=max_length, truncation_strategy="left", system=system)
+    # A model split over devices (--device_map) runs padded batches; packing builds its own attention mask.
+    return ClassifierScorer(scalar, encoder, batch_size, packed=placement is None)
 
 
 def value_model_from(reward_model: TokenScalarModel, *, lora: dict | None) -> TokenScalarModel:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -53,14 +54,17 @@ def train(
     run_dir: Path,
     args_for_checkpoint: dict,
     row_sources: list | None = None,
+    held_out_evaluation: Callable[[Runner], dict[str, float]] | None = None,
 ) -> Path:
     """Train and return the final checkpoint's directory. ``*_rows`` are lists of (row_id, encoded);
-    ``row_sources[row_id]`` (file and row) names rows in messages about non-finite steps."""
+    ``row_sources[row_id]`` (file and row) names rows in messages about non-finite steps.
+    ``held_out_evaluation``: evaluates the held-out rows instead of the algorithm's loss (--predict_with_generate:
+    ``alignkit.training.generated_eval``)."""
     runner = Runner(config, run_dir, args_for_checkpoint=args_for_checkpoint, tokenizer=tokenizer,
                     row_sources=row_sources)
     # Data parallel: every micro-batch is a global batch of batch_size rows per process, each process taking
     # its slice, so N processes × B rows follow the same data order as 1 process × N·B rows.
-    global_batch = config.batch_size * runner.num_processes
+    global_batch = config.batch_size * runner.data_processes
     order = DataOrder.for_rows(train_rows, global_batch, config)
     if order.batches_per_epoch == 0:
         raise AlignkitError(f"--dataloader_drop_last: the {len(train_rows)} training rows do not fill one micro-batch "
@@ -71,6 +75,8 @@ def train(
     state = runner.state
 
     def evaluate_held_out() -> dict[str, float]:
+        if held_out_evaluation is not None:
+            return held_out_evaluation(runner)
         return evaluate(model, algorithm, val_rows, collate, config, runner)
 
     model.train()
@@ -84,6 +90,7 @@ def train(
                     state.batches_done_in_epoch : state.batches_done_in_epoch + config.gradient_accumulation_steps
                 ]
                 step_started = time.perf_counter()
+                runner.begin_step()
                 step_metrics, problem = accumulate_gradients(model, algorithm, group, train_rows, collate, runner,
                                                              step=state.global_step + 1, batch_size=config.batch_size)
                 learning_rate = runner.learning_rate()
@@ -123,7 +130,8 @@ def accumulate_gradients(model, algorithm: Algorithm, group: list[list[int]], ro
     any process, (what, row ids): the remaining micro-batches are not run, since the update will be skipped.
     """
     accelerator = runner.accelerator
-    rank, world = runner.rank, runner.num_processes
+    # A sequence-parallel group takes one slice of rows together (its processes split the tokens instead).
+    rank, world = runner.data_rank, runner.num_processes
     shards = [global_batch[rank * batch_size : (rank + 1) * batch_size] for global_batch in group]
     # A process left without rows (the epoch's last, short batch) still runs one, weighted 0: DDP needs every
     # process in every gradient all-reduce.

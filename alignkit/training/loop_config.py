@@ -16,6 +16,7 @@ from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.training import cadence
 from alignkit.training.galore import GaloreSettings, galore_settings
+from alignkit.training.lisa import LisaSettings, lisa_settings
 from alignkit.training.optimizers import PLATEAU, check_optimizer, check_schedule, scheduler_kwargs
 from alignkit.training.trackers import TrackerSettings, check_swanlab, resolve_report_to
 
@@ -38,6 +39,7 @@ class LoopConfig:
     optim_args: str | None = None
     optimizer: str | None = None  # ms-swift's optimizer plugin (muon); takes precedence over optim
     galore: GaloreSettings | None = None  # --use_galore: alignkit/training/galore.py
+    lisa: LisaSettings | None = None  # --lisa_activated_layers: alignkit/training/lisa.py
     lr_scheduler_type: str = "cosine"
     lr_scheduler_kwargs: dict = field(default_factory=dict)
     warmup_ratio: float = 0.0
@@ -59,6 +61,7 @@ class LoopConfig:
     early_stop_interval: int | None = None
     max_epochs: int | None = None
     seed: int = 42
+    sequence_parallel_size: int = 1  # processes that split each sequence's tokens (training/sequence_parallel.py)
     shuffle: bool = True
     drop_last: bool = False  # --dataloader_drop_last
     group_by_length: bool = False
@@ -72,6 +75,7 @@ class LoopConfig:
     engine: dict | None = (
         None  # Accelerator keyword arguments from alignkit.training.sharding (DeepSpeed / FSDP plugins)
     )
+    activation_cpu_offload: bool = False  # FSDP's saved activations in CPU memory (training.activation_offload)
     # (name, parameter) -> its learning rate, where parameters differ (LoRA+, --vit_lr, --aligner_lr; set by
     # alignkit.training.model_setup.loop_additions); None: all at learning_rate. after_step: called with the
     # step's number after each applied update (AdaLoRA's budget allocation).
@@ -100,6 +104,7 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
         optim_args=args.optim_args,
         optimizer=None if args.optimizer == "default" else args.optimizer,
         galore=galore_settings(args),
+        lisa=lisa_settings(args),
         lr_scheduler_type=args.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs(args.lr_scheduler_kwargs),
         warmup_ratio=args.warmup_ratio,
@@ -120,6 +125,7 @@ def loop_config(args: RunArguments, precision: str, method: str | None = None) -
         early_stop_interval=args.early_stop_interval,
         max_epochs=args.max_epochs,
         seed=args.seed,
+        sequence_parallel_size=args.sequence_parallel_size,
         shuffle=args.dataset_shuffle,
         drop_last=args.dataloader_drop_last,
         group_by_length=args.group_by_length,

@@ -16,15 +16,23 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config.model_checks import parse_json_object, parse_rope_scaling, short_dtype
+from alignkit.config.model_checks import WHOLE_MODEL_TUNERS, parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
 from alignkit.models import lora_ga, shifted_sparse_attention
 from alignkit.models.liger import apply_liger_kernels
-from alignkit.models.load import load_adapters, lora_targets
+from alignkit.models.llama_pro import expand_blocks
+from alignkit.models.load import count_parameters, load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
 from alignkit.models.lora_ga import LoraGaSettings
-from alignkit.models.quantization import DTYPES, bnb_config, is_quantized, prepare_quantized_for_training
+from alignkit.models.quantization import (
+    DTYPES,
+    bnb_config,
+    hqq_linear_names,
+    is_quantized,
+    prepare_quantized_for_training,
+    quantize_hqq,
+)
 from alignkit.models.tuners import (
     TunerSettings,
     adalora_model,
@@ -37,6 +45,7 @@ from alignkit.vision.model import ALIGNER_NAMES, VIT_NAMES, part_of
 
 logger = logging.getLogger("alignkit")
 
+CLASSIFIER_HEADS = ("score", "classifier")  # transformers' sequence-classification heads
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,7 +55,8 @@ def weights_dtype(args: RunArguments) -> torch.dtype:
 
 
 def is_adapter(args: RunArguments) -> bool:
-    return args.train_type != "full"
+    """A peft adapter on frozen weights (full, llamapro and dummy train the model's own weights)."""
+    return args.train_type not in WHOLE_MODEL_TUNERS
 
 
 def load_options(args: RunArguments, *, vision: bool = False) -> LoadOptions:
@@ -88,6 +98,10 @@ def add_special_tokens(args: RunArguments, tokenizer) -> int:
     tokens = new_special_tokens(args)
     if not tokens:
         return 0
+    if args.train_type == "llamapro":
+        raise AlignkitError("--new_special_tokens with --tuner_type llamapro: only the new blocks train, so the new "
+                            "tokens' embeddings would stay random; use --tuner_type full, or lora with "
+                            "--modules_to_save embed_tokens lm_head")
     if is_adapter(args) and not any(name in ("embed_tokens", "all-embedding") for name in args.modules_to_save):
         raise AlignkitError(
             f"--new_special_tokens with --tuner_type {args.train_type}: the new tokens' embeddings must train and be "
@@ -115,7 +129,14 @@ def prepare_loaded(model, args: RunArguments, *, vision: bool = False) -> None:
     checkpointing."""
     if args.use_liger_kernel:
         apply_liger_kernels(model)
-    if is_quantized(model):
+    if args.quant_method == "hqq":
+        swapped = quantize_hqq(model, bits=args.quant_bits, axis=args.hqq_axis, compute_dtype=weights_dtype(args),
+                               skip_modules=[*VIT_NAMES, *ALIGNER_NAMES] if vision else None)
+        prepare_quantized_for_training(model)
+        logger.info("QLoRA: %d linear layers quantised by HQQ to %d bits (group size 64, axis %d); norms, "
+                    "embeddings and the LM head unquantised", swapped, args.quant_bits,
+                    1 if args.hqq_axis is None else args.hqq_axis)
+    elif is_quantized(model):
         prepare_quantized_for_training(model)
         logger.info("QLoRA: %d-bit %s base weights (bitsandbytes), norms and embeddings in fp32", args.quant_bits,
                     args.bnb_4bit_quant_type if args.quant_bits == 4 else "LLM.int8")
@@ -200,13 +221,31 @@ def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_ad
 
 def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None, targets,
                    modules_to_save: list[str] | None = None, gradient_rows: tuple[list, int] | None = None):
-    """The model with what trains: the adapter (new, or --adapters loaded trainable) or every weight (full), held
-    in fp32. ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save;
+    """The model with what trains: the adapter (new, or --adapters loaded trainable), or the model's own weights
+    (full: every one; llamapro: the new blocks; dummy: what the loader left trainable), held in fp32.
+    ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save;
     ``gradient_rows``: (encoded SFT rows, pad id), what --init_weights lora-ga estimates its gradients on."""
     if not is_adapter(args):
+        if args.train_type == "llamapro":
+            expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)
+            if settings is not None and settings.task_type == "SEQ_CLS":
+                for name in CLASSIFIER_HEADS:  # a new head starts random: it trains too (peft's SEQ_CLS rule)
+                    if isinstance(getattr(model, name, None), torch.nn.Module):
+                        getattr(model, name).requires_grad_(True)
+            if args.gradient_checkpointing:
+                model.enable_input_require_grads()  # the embeddings are frozen (reentrant checkpointing needs it)
+        if args.train_type == "dummy":
+            # ms-swift's dummy tuner leaves requires_grad to the model's loader (a plugin's model chooses what
+            # trains); a plain transformers model leaves every weight trainable.
+            trainable, total = count_parameters(model)
+            if not trainable:
+                raise AlignkitError("--tuner_type dummy: the loaded model has no trainable parameters")
+            logger.info("--tuner_type dummy: the model trains as loaded: %d of %d parameters (%s)", trainable, total,
+                        "every weight, as --tuner_type full" if trainable == total else "what its loader left "
+                        "trainable")
         cast = hold_trainable_in_fp32(model)
         if cast:
-            logger.info("Full fine-tuning: %d trained parameters held in fp32 (the weights loaded in %s)", cast,
+            logger.info("%s: %d trained parameters held in fp32 (the weights loaded in %s)", args.train_type, cast,
                         weights_dtype(args))
         return model
     if args.adapters:
@@ -215,6 +254,8 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
         saved = list(args.modules_to_save) if modules_to_save is None else modules_to_save
         flag = (f"--target_regex {args.target_regex}" if args.target_regex
                 else f"--lora_target_modules {' '.join(args.lora_target_modules)}")
+        if targets == "all-linear" and hqq_linear_names(model):
+            targets = hqq_linear_names(model)  # peft's "all-linear" looks for nn.Linear, which HQQ swapped out
         model = attach_tuner(model, settings, targets=targets, modules_to_save=saved, flag=flag)
     if args.gradient_checkpointing:
         model.enable_input_require_grads()

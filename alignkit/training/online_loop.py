@@ -222,6 +222,7 @@ def train_online(
                         policy, [prompts[i] for i in mine], seeds=sampling_seeds(config.seed, state.global_step, mine),
                         sum_all=sum_all if runner.num_processes > 1 else None, **split)
                 policy.train()
+                runner.begin_step()
                 fault_point("micro_batch", state.global_step + 1)  # tests: a signal between rollout and update
                 rollout_seconds = time.perf_counter() - started
                 update_metrics, problem = RunningMean(), None

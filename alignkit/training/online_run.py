@@ -359,6 +359,12 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                         args.lora_rank, args.train_type)
         lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                 "target_modules": args.lora_target_modules}
+    # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
+    # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
+    rm_checkpoint = (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
+    logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
+                args.reward_model[0], "value_head.safetensors" if rm_checkpoint else "score",
+                "with LoRA on the backbone and the head in full" if lora else "in full")
     value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
     reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length + args.max_completion_length,

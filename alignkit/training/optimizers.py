@@ -6,7 +6,8 @@
 - ``--optimizer muon`` (ms-swift's optimizer plugin, which takes precedence over ``--optim``): Muon
   (``torch.optim.Muon``) on the 2-D hidden matrices, AdamW on embeddings, the LM head and 1-D parameters,
   as ms-swift's ``MuonOptimizerCallback`` splits them (its Moonlight Muon scales the update to AdamW's RMS,
-  which is torch's ``adjust_lr_fn="match_rms_adamw"``).
+  which is torch's ``adjust_lr_fn="match_rms_adamw"``); ``--optimizer muonclip``: ms-swift's MuonClip, Muon with
+  QK-Clip (``alignkit.training.muonclip``).
 - ``--lr_scheduler_type`` (transformers' ``SchedulerType``) with ``--lr_scheduler_kwargs``, built by
   transformers' ``get_scheduler``; ``reduce_lr_on_plateau`` steps on the evaluation metric instead of every
   update (``Runner`` does that), as transformers' Trainer does.
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.training.muonclip import make_muonclip, warn_ignored_optim_args
 
 BITSANDBYTES_OPTIM = (
     "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "lion_8bit", "lion_32bit",
@@ -33,7 +35,7 @@ BITSANDBYTES_OPTIM = (
     "ademamix_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit",
 )
 SUPPORTED_OPTIM = ("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop", *BITSANDBYTES_OPTIM)
-OPTIMIZER_PLUGINS = ("default", "muon")
+OPTIMIZER_PLUGINS = ("default", "muon", "muonclip")
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
              "warmup_stable_decay")
@@ -50,7 +52,9 @@ def check_optimizer(config) -> None:
         check_galore(config.galore, config.optim)
         if config.optimizer is not None:
             raise AlignkitError(f"--use_galore with --optimizer {config.optimizer}: GaLore is the optimizer; drop one")
-    if config.optimizer != "muon":
+    if config.optimizer == "muonclip":
+        warn_ignored_optim_args(config.optim_args)
+    elif config.optimizer != "muon":
         parse_optim_args(config.optim_args)  # transformers' parser fails with a bare ValueError
     make_optimizer(torch.nn.Linear(2, 2), config)
 
@@ -94,6 +98,8 @@ def make_optimizer(model, config) -> torch.optim.Optimizer:
         return make_galore(model, config)
     if config.optimizer == "muon":
         return make_muon(named, config)
+    if config.optimizer == "muonclip":
+        return make_muonclip(model, config)
     groups = parameter_groups(named, config)
     optimizer_cls, kwargs = optimizer_class(config)
     try:

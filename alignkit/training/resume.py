@@ -43,8 +43,9 @@ from alignkit.training.checkpoint import (
 logger = logging.getLogger("alignkit")
 
 LAST = "last"
-# A run's records, one JSON object per line with its "step": metrics, and the online methods' completions.
-LOGS = ("logging.jsonl", "completions.jsonl")
+# A run's records, one JSON object per line with its "step": metrics, the online methods' completions, and
+# --predict_with_generate's held-out answers.
+LOGS = ("logging.jsonl", "completions.jsonl", "predict.jsonl")
 
 # Flags that only change where and how often things are written or checked, never the weights a step
 # produces (declared with the flag, ``may_differ_on_resume``). Every other flag, and ones added later, must

@@ -45,7 +45,7 @@ from alignkit.data.encode import with_row_fields
 from alignkit.data.group_collate import GroupCollator
 from alignkit.data.order import batches_per_epoch, encoded_length, total_steps
 from alignkit.data.packing import pack_rows
-from alignkit.data.template import ChatEncoder
+from alignkit.data.template import ChatEncoder, parse_loss_scale
 from alignkit.data.validate import check_class_labels
 from alignkit.errors import AlignkitError
 from alignkit.models.load import (
@@ -62,6 +62,7 @@ from alignkit.models.reference import make_reference
 from alignkit.models.reference_cache import visited_batches, visited_steps
 from alignkit.models.reward_model import SequenceRewardModel
 from alignkit.training.distributed import process_state
+from alignkit.training.generated_eval import GeneratedEvaluation, check_generated_eval, held_out_prompts
 from alignkit.training.loop import train
 from alignkit.training.loop_config import LoopConfig, loop_config
 from alignkit.training.model_setup import (
@@ -102,6 +103,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     check_data_flags(args, algorithm_name)
     warn_flags_without_effect(args, algorithm_name)
     log_flags_without_work(args)
+    check_generated_eval(args, algorithm_name)
     if algorithm_name in ("ppo", "grpo"):
         if args.packing:
             logger.info("--packing with grpo: the rollouts' forwards run padding-free (--padding_free); as in "
@@ -137,6 +139,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     args = with_fit_defaults(args, model_path)
     if is_vision_model(model_path):  # images in the rows, a processor, pixel inputs: docs/vision.md
         refuse_for_vision(args.device_map, args.device_max_memory)
+        if args.agent_template or parse_loss_scale(args.loss_scale).weighting:
+            raise AlignkitError("--agent_template and the agent --loss_scale weightings are not supported for "
+                                "vision-language models: their rows are rendered by the processor's chat template")
         if algorithm_name == "gkd":
             raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
                                 "conversations")
@@ -157,7 +162,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     encoder = ChatEncoder(
         tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         truncation_strategy=args.truncation_strategy, system=args.system, template=template,
-        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template,
+        loss_scale=args.loss_scale, use_chat_template=args.use_chat_template, agent_template=args.agent_template,
     )
     encode = {"num_proc": args.dataset_num_proc, "use_cache": args.load_from_cache_file}
     train_rows = with_row_fields(encode_dataset(encoder, train_data, "training", **encode), train_data)
@@ -202,7 +207,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
-    if algorithm.rows in ("classification", "embedding", "ranking"):  # pooled at a row's last non-padding token
+    # classification, embedding, reranker: pooled at a row's last non-padding token of padded batches; the
+    # generative reranker (which has a layout) reads each packed conversation at its own last token.
+    if algorithm.rows in ("classification", "embedding", "ranking") and not hasattr(algorithm, "layout"):
         layout, reasons = Layout(), {name: f"{algorithm.rows} rows run padded batches" for name in PACKING_SPEEDUPS}
     else:
         layout, reasons = choose_layout(args, algorithm_name, model, precision)
@@ -210,9 +217,12 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     # starting weights, or the user's --ref_model; --precompute_ref_log_probs keeps neither.
     precompute = algorithm.needs_reference and args.precompute_ref_log_probs
     processes = process_state()
+    # A sequence-parallel group (consecutive ranks) trains on the same rows: the data is split between groups.
+    data_processes = processes.num_processes // args.sequence_parallel_size
+    data_rank = processes.process_index // args.sequence_parallel_size
     config = loop_config_for(args, start)
     settings = tuner_settings(args, total_steps=total_steps(batches_per_epoch(
-        len(train_rows), args.per_device_train_batch_size * processes.num_processes, drop_last=config.drop_last),
+        len(train_rows), args.per_device_train_batch_size * data_processes, drop_last=config.drop_last),
         config), task_type="SEQ_CLS" if classifier else "CAUSAL_LM")
     check_live_reference(args, settings, live_adapter_reference=algorithm.needs_reference and not precompute
                          and is_adapter(args) and not args.ref_model)
@@ -225,7 +235,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
             model, ref_model=args.ref_model, full=not is_adapter(args), precompute=precompute,
             batches=reference_batches(train_rows, val_rows, loop_config(args, precision),
                                       kl_pairs=algorithm.rows == "unpaired" and algorithm.needs_kl,
-                                      world_size=processes.num_processes, rank=processes.process_index)
+                                      world_size=data_processes, rank=data_rank)
             if precompute else [],
             collate=collate, layout=layout, template=template.source, max_length=args.max_length,
             precision=precision, device=processes.device, ld_alpha=getattr(algorithm, "ld_alpha", None),
@@ -250,6 +260,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     logger.info("Model %s: %s training, %d of %d parameters trainable (%.2f%%)", model_path, args.train_type,
                 trainable, total, 100 * trainable / total)
     config, terms = loop_additions(config, args, model, vision=False)
+    generated = (GeneratedEvaluation(held_out_prompts(encoder, val_data), encoder, args.max_new_tokens,
+                                     args.per_device_eval_batch_size)
+                 if args.predict_with_generate and algorithm_name == "sft" and val_rows else None)
     return train(
         model=model,
         tokenizer=tokenizer,
@@ -261,6 +274,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         run_dir=open_run_dir(args, resolved, resume),
         args_for_checkpoint=resolved,
         row_sources=[row.source for row in train_data],
+        held_out_evaluation=generated,
     )
 
 
@@ -283,6 +297,10 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
     """The algorithm object for ``name`` ("sft" or an --rlhf_type), with the method's defaults (``defaults``:
     ``config.defaults.resolve``) and every flag combination checked by the loss functions."""
     if name == "sft":
+        if args.enable_dft_loss and defaults["task_type"] not in (None, "causal_lm"):
+            raise AlignkitError(f"--enable_dft_loss weighs a generated token's cross-entropy by its probability; "
+                                f"--task_type {defaults['task_type']} generates no tokens (as in ms-swift, it is for "
+                                "causal_lm)")
         if defaults["task_type"] == "seq_cls":
             return SequenceClassification(num_labels=defaults["num_labels"], problem_type=defaults["problem_type"])
         if defaults["task_type"] == "embedding":
@@ -291,7 +309,7 @@ def build_algorithm(args: RunArguments, name: str, defaults: dict):
             return Reranker(loss_type=defaults["loss_type"][0])
         if defaults["task_type"] == "generative_reranker":  # the yes/no token ids are set once the tokenizer is
             return GenerativeReranker(loss_type=defaults["loss_type"][0], yes_id=-1, no_id=-1)
-        return SFT()
+        return SFT(enable_dft_loss=args.enable_dft_loss)
     if name in ("simpo", "orpo") and args.loss_type:
         raise AlignkitError(f"--rlhf_type {name} has a single loss and takes no --loss_type "
                             f"(got {' '.join(args.loss_type)})")

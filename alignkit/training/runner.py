@@ -9,7 +9,8 @@ online loop (PPO, GRPO) keep only their step; everything a run guarantees is wri
 - metrics and progress on the main process only, checkpoints written by the main process only;
 - SIGINT/SIGTERM: finish the step, save, exit; too many non-finite steps in a row stop the run;
 - when to log, evaluate and save, the best checkpoint, early stopping (``alignkit.training.cadence``), the
-  trackers (``trackers``), the optimizer and schedule by name (``optimizers``), NEFTune (``neftune``);
+  trackers (``trackers``), the optimizer and schedule by name (``optimizers``), NEFTune (``neftune``), LISA's
+  layer draws (``lisa``: ``begin_step`` before each step's first forward);
   the settings come from the flags through ``loop_config``.
 
 A loop reads: ``runner = Runner(...)``; ``model = runner.prepare(model, optimizer_steps)``;
@@ -47,10 +48,13 @@ from alignkit.training.checkpoint import TrainerState, list_checkpoints, load_ch
 from alignkit.training.distributed import launched, on_main, process_state
 from alignkit.training.galore import schedule_stretch
 from alignkit.training.interrupts import StopRequests
+from alignkit.training.lisa import LayerSwitch
 from alignkit.training.loop_config import LoopConfig, check_loop_flags, loop_config
 from alignkit.training.metrics_log import MetricsLog, RunningMean
 from alignkit.training.optimizers import PLATEAU, make_optimizer, make_scheduler
 from alignkit.training.resume import check_resume_args, find_checkpoint, resume_run_dir
+from alignkit.training.sequence_parallel import check_sequence_parallel
+from alignkit.training.sequence_parallel import enable as enable_sequence_parallel
 from alignkit.training.sharding import Engine, check_available, resolve_engine
 from alignkit.training.trackers import make_trackers
 
@@ -89,6 +93,7 @@ def start_run(args: RunArguments, method: str | None = None, *, join: bool = Tru
         raise AlignkitError(f"{flag} {value} needs a GPU; on CPU use fp32 or bf16")
     if args.use_liger_kernel:
         check_liger_available()
+    check_sequence_parallel(args.sequence_parallel_size, int(os.environ.get("WORLD_SIZE", "1")))
     engine = resolve_engine(deepspeed=args.deepspeed, fsdp=args.fsdp, plugin=args.plugin, tp=args.tp, pp=args.pp,
                             sp=args.sp, batch_size=args.per_device_train_batch_size,
                             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -109,7 +114,8 @@ def join_process_group(args: RunArguments) -> None:
 def loop_config_for(args: RunArguments, start: RunStart) -> LoopConfig:
     return dataclasses.replace(loop_config(args, start.precision, start.method),
                                resume_from_checkpoint=str(start.resume) if start.resume else None,
-                               engine=start.engine.accelerator_kwargs() if start.engine else None)
+                               engine=start.engine.accelerator_kwargs() if start.engine else None,
+                               activation_cpu_offload=bool(start.engine and start.engine.activation_cpu_offload))
 
 
 def with_fit_defaults(args: RunArguments, model_path: str) -> RunArguments:
@@ -123,7 +129,9 @@ def with_fit_defaults(args: RunArguments, model_path: str) -> RunArguments:
 def rows_per_step(args: RunArguments) -> int:
     """Rows in one optimizer step: per-device batch × accumulation × processes (WORLD_SIZE, as the launchers
     set it; the run's args.json records the same)."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    # A sequence-parallel group of processes trains on the same rows (alignkit.training.sequence_parallel).
+    processes = int(os.environ.get("WORLD_SIZE", "1")) // max(args.sequence_parallel_size, 1)
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(processes, 1)
 
 
 def open_run_dir(args: RunArguments, resolved: dict, resume: Path | None) -> Path:
@@ -154,8 +162,10 @@ def make_accelerator(config: LoopConfig):
     # Python API, the demo, tests) may ask for another precision, so start from a clean state.
     AcceleratorState._reset_state()
     handlers = []
-    if config.ddp_find_unused_parameters is not None:
-        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters))
+    # LISA's frozen layers get no gradients, which DDP must expect (its buckets hold every layer).
+    find_unused = True if config.lisa is not None else config.ddp_find_unused_parameters
+    if find_unused is not None:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=find_unused))
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
                        kwargs_handlers=handlers, **(config.engine or {}))
 
@@ -176,6 +186,7 @@ class Runner:
         self.last_checkpoint: Path | None = None
         self.model = self.optimizer = self.scheduler = None
         self.saved_model = None  # what a checkpoint saves (has save_pretrained)
+        self.layer_switch = None  # LISA's (alignkit/training/lisa.py)
         self._warned_optimizer_shards = False
         self.should_stop = False  # early stop or --max_epochs: the loops leave at the end of this step
         self.stopped_early = False  # by --early_stop_interval: nothing more is evaluated or saved
@@ -189,6 +200,15 @@ class Runner:
     @property
     def rank(self) -> int:
         return self.accelerator.process_index
+
+    @property
+    def data_processes(self) -> int:
+        """Processes that take different rows: a sequence-parallel group (consecutive ranks) shares its rows."""
+        return self.num_processes // self.config.sequence_parallel_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.rank // self.config.sequence_parallel_size
 
     def prepare(self, model, *, optimizer_steps: int, saved_model=None):
         """Place ``model``, build its optimizer and schedule over ``optimizer_steps``, and wrap it for the
@@ -205,8 +225,17 @@ class Runner:
         stretch = schedule_stretch(config.galore)  # ms-swift's per-parameter GaLore schedules run twice as long
         self.scheduler = make_scheduler(optimizer, kind=config.lr_scheduler_type, warmup=warmup * stretch,
                                         total=optimizer_steps * stretch, kwargs=config.lr_scheduler_kwargs)
+        if config.sequence_parallel_size > 1:
+            enable_sequence_parallel(model, config.sequence_parallel_size)
+        # Built (and wrapped for DDP) while every layer is trainable, so each of LISA's draws has its place.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if config.activation_cpu_offload:  # on the FSDP units, which exist once the model is prepared
+            from alignkit.training.activation_offload import offload_activations
+
+            offload_activations(self.model)
         self.saved_model = saved_model if saved_model is not None else self.unwrapped
+        if config.lisa is not None:
+            self.layer_switch = LayerSwitch(self.saved_model, config.lisa, seed=config.seed)
         if self.shards_parameters and self.saved_model is not self.unwrapped:
             raise AlignkitError(f"{self.engine_kind}: this method's checkpoint holds more than the trained model "
                                 "(a scalar head or value model), whose sharded weights alignkit does not gather yet; "
@@ -281,6 +310,11 @@ class Runner:
         finally:
             self.bar.close()
             self.log.close()
+
+    def begin_step(self) -> None:
+        """Before the step's first forward (``state.global_step`` steps done): LISA's layers for this step."""
+        if self.layer_switch is not None:
+            self.layer_switch.at_step(self.state.global_step)
 
     def update(self, parameters, problem: tuple[str, list[int]] | None = None, *, row_ids: list[int] = ()):
         """One optimizer update from the accumulated gradients: clip, skip it if the loss (``problem``) or the

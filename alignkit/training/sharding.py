@@ -49,6 +49,9 @@ class Engine:
     source: str  # what the user asked for, for messages
     deepspeed_config: dict | None = None  # complete: no "auto" left that alignkit can fill
     fsdp_plugin_options: dict | None = None  # FullyShardedDataParallelPlugin's arguments; None: fsdp_options()
+    # ms-swift's fsdp_config activation_cpu_offload without activation_checkpointing: saved-tensor hooks on the
+    # FSDP units (alignkit.training.activation_offload); with it, accelerate's activation_checkpointing_offload.
+    activation_cpu_offload: bool = False
 
     def accelerator_kwargs(self) -> dict:
         """Keyword arguments for ``accelerate.Accelerator``; checks that the engine can run here."""
@@ -94,7 +97,8 @@ def resolve_engine(*, deepspeed: str | None, fsdp: bool | str | None, plugin: st
             return Engine("fsdp", "--fsdp")
         source = "--fsdp" + ("" if fsdp is True else f" {fsdp}") + (f" --fsdp_config {fsdp_config}" if fsdp_config
                                                                     else "")
-        return Engine("fsdp", source, fsdp_plugin_options=resolve_fsdp(fsdp, fsdp_config))
+        options, offload_hooks = resolve_fsdp(fsdp, fsdp_config)
+        return Engine("fsdp", source, fsdp_plugin_options=options, activation_cpu_offload=offload_hooks)
     source = f"--plugin {plugin}" if plugin else f"--deepspeed {deepspeed}"
     config = load_deepspeed_config(PLUGIN_TO_DEEPSPEED[plugin] if plugin else deepspeed)
     fill_auto(config, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
@@ -129,10 +133,12 @@ FSDP_CONFIG_KEYS = {
 }
 
 
-def resolve_fsdp(fsdp: bool | str, fsdp_config: str | None) -> dict:
+def resolve_fsdp(fsdp: bool | str, fsdp_config: str | None) -> tuple[dict, bool]:
     """FullyShardedDataParallelPlugin's arguments for ``--fsdp`` (true, a preset, option words or an ms-swift
-    FSDP file) and ``--fsdp_config``. Checkpoints stay whole safetensors written by the main process, so
-    the state dict is always gathered (FULL_STATE_DICT); a config asking for another says so in the log."""
+    FSDP file) and ``--fsdp_config``, and whether alignkit's activation offload hooks run (ms-swift's
+    ``activation_cpu_offload`` without ``activation_checkpointing``; with it, accelerate offloads each checkpointed
+    layer's input). Checkpoints stay whole safetensors written by the main process, so the state dict is always
+    gathered (FULL_STATE_DICT); a config asking for another says so in the log."""
     words, config = "full_shard auto_wrap", {}
     if fsdp is not True:
         if fsdp in FSDP_PRESETS:
@@ -145,13 +151,18 @@ def resolve_fsdp(fsdp: bool | str, fsdp_config: str | None) -> dict:
     if fsdp_config:
         config.update(read_json_option("--fsdp_config", fsdp_config))
     options = {**fsdp_options(), **fsdp_word_options(words)}
+    offload_activations = False
     for key, value in config.items():
         name = key.removeprefix("fsdp_")
-        if key.startswith("_") or (name == "activation_cpu_offload" and not value):
-            continue  # ms-swift's documentation keys; a feature left off
+        if key.startswith("_"):
+            continue  # ms-swift's documentation keys
+        if name == "activation_cpu_offload":
+            offload_activations = bool(value)
+            continue
         if name not in FSDP_CONFIG_KEYS:
             raise AlignkitError(f"--fsdp_config: {key} is not an FSDP setting alignkit passes to accelerate; it takes "
-                                f"{', '.join(FSDP_CONFIG_KEYS)} (each optionally prefixed fsdp_)")
+                                f"{', '.join(FSDP_CONFIG_KEYS)}, activation_cpu_offload (each optionally prefixed "
+                                "fsdp_)")
         options[FSDP_CONFIG_KEYS[name]] = value.lower() if name == "auto_wrap_policy" else value
     if options.get("min_num_params") and "auto_wrap_policy" not in {k.removeprefix("fsdp_") for k in config}:
         options["auto_wrap_policy"] = "size_based_wrap"
@@ -159,7 +170,10 @@ def resolve_fsdp(fsdp: bool | str, fsdp_config: str | None) -> dict:
         logger.info("FSDP state_dict_type %s: alignkit writes every checkpoint as whole safetensors from the main "
                     "process, so it gathers the full state dict (FULL_STATE_DICT)", options["state_dict_type"])
         options["state_dict_type"] = "FULL_STATE_DICT"
-    return options
+    if offload_activations and options.get("activation_checkpointing"):
+        options["activation_checkpointing_offload"] = True  # only the checkpointed inputs are saved: offload them
+        return options, False
+    return options, offload_activations
 
 
 def fsdp_word_options(words: str) -> dict:

@@ -9,7 +9,14 @@ import torch
 
 from alignkit.config.run import RunArguments
 from alignkit.models.layout_check import LayoutCheck
-from alignkit.models.packing import ROW_TOKENS, Layout, attention_of, supports_packing, supports_prefix_sharing
+from alignkit.models.packing import (
+    ROW_TOKENS,
+    Layout,
+    attention_of,
+    is_flash,
+    supports_packing,
+    supports_prefix_sharing,
+)
 from alignkit.models.placement import split_map
 
 logger = logging.getLogger("alignkit")
@@ -35,14 +42,24 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
         # S2-Attn splits each row into quarters; a packed row's quarters would cut across its sequences.
         padding_free = False
         reasons["padding-free packing"] = "LongLoRA's shifted sparse attention groups each padded row"
+    split_sequences = args.sequence_parallel_size > 1
     if padding_free and split_map(model) is None:
         implementation = accelerator_attention(model, prefix_sharing=args.prefix_sharing, precision=precision,
                                                row_tokens=max(ROW_TOKENS, args.max_length or 0, row_tokens or 0))
+        if split_sequences and implementation == "flex_attention":
+            implementation = None  # Ulysses rebuilds a plain causal block mask: a packed row's would be lost
         if implementation is not None:
             logger.info("Packed rows on the GPU: %s attention instead of %s (docs/performance.md)", implementation,
                         attention_of(model))
             model.set_attn_implementation(implementation)
-    if padding_free and split_map(model) is not None:
+    if padding_free and split_sequences and not is_flash(attention_of(model)):
+        # Ulysses attends over the gathered row with position ids and a causal mask only; flash attention's
+        # varlen kernels read a packed row's sequences from the position ids, the others need its mask.
+        padding_free = False
+        reasons["padding-free packing"] = (f"--sequence_parallel_size runs padded batches with "
+                                           f"{attention_of(model)} attention (packed rows need flash attention)")
+        logger.info("--padding_free: using padded batches, since %s", reasons["padding-free packing"])
+    elif padding_free and split_map(model) is not None:
         # The packed logits mask reaches the model on its first device, the last hidden states sit on its last.
         padding_free = False
         reasons["padding-free packing"] = "a model split by --device_map runs padded batches"

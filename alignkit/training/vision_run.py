@@ -57,6 +57,13 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
         what = "sft --task_type seq_cls" if algorithm.rows == "classification" else "sft"
         raise AlignkitError(f"{model_path} is a vision-language model; alignkit trains those with the preference "
                             f"methods (alignkit rlhf --rlhf_type dpo|cpo|simpo|orpo|kto|rm), not {what}")
+    if args.sequence_parallel_size > 1:
+        raise AlignkitError(f"--sequence_parallel_size {args.sequence_parallel_size}: {model_path} is a "
+                            "vision-language model; alignkit splits the sequences of text models only")
+    for on, flag in ((args.train_type == "llamapro", "--tuner_type llamapro"),
+                     (args.lisa_activated_layers > 0, "--lisa_activated_layers")):
+        if on:  # both work on the first list of layers, which in a vision-language model may be the encoder's
+            raise AlignkitError(f"{flag}: text models only; {model_path} is a vision-language model")
     processor = load_processor(model_path, args.model_revision)
     add_special_tokens(args, processor.tokenizer)
     model = load_vision_model(model_path, args.model_revision, weights_dtype(args),
@@ -93,6 +100,8 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
     share_images = enable_shared_images(model)  # before peft wraps it; see alignkit/vision/shared_images.py
     frozen = frozen_parts(freeze_vit=args.freeze_vit, freeze_aligner=args.freeze_aligner, freeze_llm=args.freeze_llm)
     if not is_adapter(args):
+        if args.train_type == "dummy":  # as ms-swift: the model as loaded, no --freeze_* applied
+            frozen = set()
         freeze(model, frozen)
         model = make_trainable(model, args, settings=None, targets=None)
     elif args.train_type == "lora_llm":

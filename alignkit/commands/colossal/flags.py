@@ -57,7 +57,8 @@ ENGINE = (
     flag("sp_mode", "split_gather", "Sequence-parallel mode.", choices=("split_gather", "ring", "all_to_all"),
          no_effect="sequence parallelism (--sp > 1) is refused, so its mode has nothing to choose"),
     flag("enable_sequence_parallelism", False, "Sequence parallelism of --plugin 3d.", type=bool,
-         how="refused: no engine alignkit uses splits sequences across GPUs"),
+         how="refused: ColossalChat splits sequences beside tensor parallelism (3d plugin), which alignkit lacks; "
+         "ms-swift's Ulysses is --sequence_parallel_size"),
     flag("grad_clip", 1.0, "Gradient clipping value.", type=float, to="max_grad_norm"),
     flag("weight_decay", 0.1, "Weight decay.", type=float, to="weight_decay"),
     flag("warmup_steps", None, "Warm-up steps.", type=int,

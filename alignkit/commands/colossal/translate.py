@@ -124,8 +124,10 @@ def engine_values(colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, 
     not ColossalChat's gemini (ZeRO-3, which needs GPUs and DeepSpeed) but plain data parallelism."""
     plugin = given.get("plugin")
     if colossal["enable_sequence_parallelism"]:
-        raise AlignkitError("--enable_sequence_parallelism: no engine alignkit uses splits sequences across GPUs; "
-                            "drop it (long rows: --grad_checkpoint, or DeepSpeed/FSDP sharding through --plugin)")
+        raise AlignkitError("--enable_sequence_parallelism: ColossalChat splits sequences inside its 3d plugin, beside "
+                            "tensor parallelism, which alignkit has no engine for; drop it (long rows: "
+                            "--grad_checkpoint, DeepSpeed/FSDP sharding through --plugin, or ms-swift's Ulysses "
+                            "`alignkit sft|rlhf --sequence_parallel_size N`)")
     if colossal.get("ref_tp", 1) != 1:
         raise AlignkitError(f"--ref_tp {colossal['ref_tp']}: tensor parallelism has no equivalent in alignkit; a "
                             "large reference model is sharded with the policy by --plugin gemini (ZeRO-3)")
