@@ -105,6 +105,7 @@ def test_sft_with_longlora_trains_a_plain_lora_under_shifted_sparse_attention(ti
 
 @pytest.mark.parametrize("argv, message", [
     (["--max_length", "62"], "does not split into groups of 15"),
+    (["--sequence_parallel_size", "2"], "--sequence_parallel_size with --tuner_type longlora"),
 ])
 def test_what_longlora_cannot_do_stops_with_a_reason(tiny_model_dir, tmp_path, capsys, argv, message):
     assert main([*sft(tiny_model_dir, tmp_path / "out", "--tuner_type", "longlora"), *argv]) == 2

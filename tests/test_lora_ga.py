@@ -169,6 +169,7 @@ def test_sft_with_lora_ga_starts_at_the_models_loss_resumes_exactly_and_exports(
     (["--tuner_type", "vera"], "it does not apply to --tuner_type vera"),
     (["--lora_ga_iters", "0"], "--lora_ga_iters 0: expected a positive integer"),
     (["--lora_ga_batch_size", "8", "--lora_ga_iters", "8"], "needs 64 training rows; the data has"),
+    (["--sequence_parallel_size", "2"], "--sequence_parallel_size with --init_weights lora-ga"),
 ])
 def test_what_lora_ga_cannot_start_stops_with_a_reason(tiny_model_dir, tmp_path, capsys, argv, message):
     assert main(sft(tiny_model_dir, tmp_path / "out", "--init_weights", "lora-ga", *argv)) == 2
