@@ -51,7 +51,7 @@ def _choice(choices: tuple[str, ...]):
     def convert(text: str):
         value = text.lower()
         for choice in choices:  # choices may be ints (--quant_bits 4|8)
-            if value == str(choice):
+            if value == str(choice).lower():  # returned as declared (LoRA-GA's ArB2r)
                 return choice
         raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(map(str, choices))})")
 

@@ -41,7 +41,7 @@ def test_a_flag_without_work_is_accepted_and_logs_why_once(tiny_model_dir, tmp_p
     assert any(m.startswith("--label_names labels ") for m in said)
 
 
-@pytest.mark.parametrize("flag", ["--galore_quantization", "--reft_layers", "--adapter_length"])
+@pytest.mark.parametrize("flag", ["--galore_quantization", "--reft_layers", "--use_ray"])
 def test_a_refused_feature_stops_with_its_reason(flag, capsys):
     assert main(["sft", flag, "true", "--dataset", "arith-sft#4"]) == 2
     err = capsys.readouterr().err

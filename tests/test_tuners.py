@@ -178,17 +178,13 @@ def test_modules_to_save_train_in_full_beside_the_adapter(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tuner_type", "longlora"], "LongLoRA (shifted sparse attention for Llama) is not supported"),
-    (["--tuner_type", "adapter"], "adapter tuner (bottleneck adapters after the MLPs) is not supported"),
     (["--tuner_type", "reft"], "ReFT is not supported"),
-    (["--init_weights", "lora-ga"], "LoRA-GA initialisation is not supported"),
     (["--init_weights", "pissa_niter_4"], "use --init_weights pissa (the exact SVD)"),
     (["--init_weights", "eva"], "data-driven eva and corda are not supported"),
     (["--tuner_type", "vera", "--use_dora", "true"], "--use_dora is an option of LoRA"),
     (["--tuner_type", "boft", "--lorap_lr_ratio", "16"], "--lorap_lr_ratio (LoRA+) applies to --tuner_type lora"),
     (["--reft_rank", "8"], "the flag only sets --tuner_type bone's rank"),
     (["--new_special_tokens", "<x>"], "add --modules_to_save embed_tokens lm_head"),
-    (["--adapter_length", "64"], "adapter tuner"),
     (["--tuner_type", "adalora", "--resume_from_checkpoint", "last"], "continue from its adapter in a new run"),
     *([(["--init_weights", "loftq"], "LoftQ's initialisation on a CUDA GPU")] if not torch.cuda.is_available() else []),
 ])

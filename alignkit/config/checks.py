@@ -92,6 +92,21 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
         raise AlignkitError("--sequence_parallel_size with --device_map: a model split across devices runs in one "
                             "process; sequence parallelism needs one process per GPU")
     check_online_flags(args)
+    tuner = args.train_type
+    if tuner in ("adapter", "longlora") and (method or args.rlhf_type) not in ("sft", "dpo", "cpo", "simpo", "orpo",
+                                                                                "kto"):
+        raise AlignkitError(f"--tuner_type {tuner} with {method or args.rlhf_type}: it trains with sft and the offline "
+                            "preference methods (dpo, cpo, simpo, orpo, kto); use --tuner_type lora")
+    if tuner in ("adapter", "longlora") and (args.task_type or "causal_lm") != "causal_lm":
+        raise AlignkitError(f"--tuner_type {tuner} with --task_type {args.task_type}: only causal_lm (generation) is "
+                            "supported; use --tuner_type lora")
+    if args.sequence_parallel_size > 1 and (tuner == "longlora" or args.init_weights.lower() == "lora-ga"):
+        what = "--tuner_type longlora: its attention groups are quarters of the whole row" if tuner == "longlora" \
+            else "--init_weights lora-ga: its gradient is estimated on whole rows before training"
+        raise AlignkitError(f"--sequence_parallel_size with {what}; run without sequence parallelism")
+    if args.init_weights.lower() == "lora-ga" and (method or args.rlhf_type) != "sft":
+        raise AlignkitError(f"--init_weights lora-ga with {method or args.rlhf_type}: LoRA-GA estimates the gradient "
+                            "of the SFT loss; it is supported for `alignkit sft` (use --init_weights true|pissa|olora)")
     if args.rlhf_type in ("ppo", "grpo") and (args.device_map or args.device_max_memory):
         raise AlignkitError(f"--device_map is not supported for --rlhf_type {args.rlhf_type}; run one process per GPU "
                             "(NPROC_PER_NODE) instead")

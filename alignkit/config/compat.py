@@ -149,11 +149,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
                     "galore_cos_threshold", "galore_gamma_proj", "galore_queue_size")},
     **{name: "ReFT is not supported; use LoRA" for name in ("reft_layers", "reft_layer_key", "reft_intervention_type",
                                                            "reft_args")},
-    **{name: "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use LoRA or "
-       "--tuner_type vera|boft|fourierft|bone|adalora" for name in ("adapter_act", "adapter_length")},
-    **{name: "LoRA-GA initialisation is not supported; use --init_weights true|gaussian|pissa|olora"
-       for name in ("lora_ga_batch_size", "lora_ga_iters", "lora_ga_max_length", "lora_ga_direction",
-                    "lora_ga_scale", "lora_ga_stable_gamma")},
     **{name: "EvalScope benchmarks during training (--eval_use_evalscope with --eval_dataset gsm8k, ...) are not "
        "supported; held-out rows are scored by the method's own metrics; evaluate saved checkpoints afterwards with "
        "`alignkit eval` or EvalScope"

@@ -16,24 +16,20 @@ logger = logging.getLogger("alignkit")
 
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
-# ms-swift's tuners that peft does not have, and what to use instead.
+# ms-swift's tuners alignkit does not have, and what to use instead.
 REFUSED_TUNERS = {
-    "longlora": "LongLoRA (shifted sparse attention for Llama) is not supported; use --tuner_type lora, with "
-                "--rope_scaling / --max_model_len for a longer context",
-    "adapter": "ms-swift's adapter tuner (bottleneck adapters after the MLPs) is not supported; use --tuner_type "
-               "lora, vera, boft, fourierft, bone or adalora",
     "reft": "ReFT is not supported; use --tuner_type lora",
 }
 # The tuners that attach no adapter: what trains, and the checkpoint is the whole model.
 WHOLE_MODEL_TUNERS = {"full": "every weight trains", "llamapro": "only the new blocks train",
                       "dummy": "the model trains as loaded"}
-ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm")
-LORA_LIKE = ("lora", "lora_llm", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
-LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal)$")
+ADAPTER_TUNERS = ("lora", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora")
+LORA_LIKE = ("lora", "lora_llm", "longlora", "adalora")  # LoRA's own options apply (peft's LoraConfig or its subclass)
+LORA_INITS = re.compile(r"^(true|false|gaussian|pissa|pissa_niter_\d+|olora|loftq|orthogonal|lora-ga)$")
 BONE_INITS = ("true", "false", "bat")
 # A tuner's own flags (by name prefix) and the tuner they serve.
 TUNER_FLAG_PREFIXES = {"adalora_": "adalora", "vera_": "vera", "boft_": "boft", "fourier_": "fourierft",
-                       "llamapro_": "llamapro"}
+                       "llamapro_": "llamapro", "adapter_": "adapter"}
 
 
 def short_dtype(name: str | None) -> str | None:
@@ -74,8 +70,9 @@ def _check_tuner(args: RunArguments) -> None:
                             "one optimizer step per loop step, and the online methods take several; use lora")
     init = args.init_weights.lower()
     if init == "lora-ga":
-        raise AlignkitError("--init_weights lora-ga: LoRA-GA initialisation is not supported (peft does not have it); "
-                            "use --init_weights true|gaussian|pissa|olora")
+        _check_lora_ga(args)
+    if tuner == "adapter":
+        _check_bottleneck_adapter(args)
     if tuner == "bone" and init not in BONE_INITS:
         raise AlignkitError(f"--init_weights {args.init_weights} with --tuner_type bone: expected true, false or bat")
     if tuner in LORA_LIKE and not LORA_INITS.match(init):
@@ -96,10 +93,10 @@ def _check_tuner(args: RunArguments) -> None:
     if tuner not in LORA_LIKE + ("bone",) and init != "true":
         raise AlignkitError(f"--init_weights {args.init_weights} does not apply to --tuner_type {tuner}")
     for flag in ("use_dora", "use_rslora"):
-        if getattr(args, flag) and tuner not in ("lora", "lora_llm"):
+        if getattr(args, flag) and tuner not in ("lora", "lora_llm", "longlora"):
             raise AlignkitError(f"--{flag} is an option of LoRA; it does not apply to --tuner_type {tuner}")
     if args.lorap_lr_ratio is not None:
-        if tuner not in ("lora", "lora_llm"):
+        if tuner not in ("lora", "lora_llm", "longlora"):
             raise AlignkitError(f"--lorap_lr_ratio (LoRA+) applies to --tuner_type lora, not {tuner}")
         if not args.lorap_lr_ratio > 0:
             raise AlignkitError(f"--lorap_lr_ratio {args.lorap_lr_ratio}: expected a positive ratio")
@@ -119,6 +116,42 @@ def _check_tuner(args: RunArguments) -> None:
                             "exactly one of them (the other 0)")
     if args.adalora_orth_reg_weight < 0:
         raise AlignkitError(f"--adalora_orth_reg_weight {args.adalora_orth_reg_weight}: expected 0 or more")
+
+
+def _check_lora_ga(args: RunArguments) -> None:
+    """What LoRA-GA (alignkit/models/lora_ga.py) is built for: a new plain LoRA on unquantised weights."""
+    from alignkit.config.online_checks import _zero3
+
+    if args.train_type not in ("lora", "lora_llm", "longlora"):
+        raise AlignkitError(f"--init_weights lora-ga initialises LoRA; it does not apply to --tuner_type "
+                            f"{args.train_type}")
+    for flag, why in (("use_dora", "DoRA's magnitude vector"), ("adapters", "an adapter that is loaded, not new"),
+                      ("quant_method", "quantised weights (the gradient needs the weights in full precision)")):
+        if getattr(args, flag):
+            raise AlignkitError(f"--init_weights lora-ga with --{flag}: LoRA-GA has no start for {why}")
+    if _zero3(args.deepspeed) or str(args.fsdp).lower() not in ("false", "none", ""):
+        raise AlignkitError("--init_weights lora-ga with ZeRO-3 or FSDP: its converted checkpoint is written from "
+                            "the whole adapter, which sharded engines hold in pieces; use --deepspeed zero2 or DDP")
+    for flag in ("lora_ga_batch_size", "lora_ga_iters", "lora_ga_max_length"):
+        if getattr(args, flag) < 1:
+            raise AlignkitError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
+    if not args.lora_ga_stable_gamma > 0:
+        raise AlignkitError(f"--lora_ga_stable_gamma {args.lora_ga_stable_gamma}: expected a positive number")
+
+
+def _check_bottleneck_adapter(args: RunArguments) -> None:
+    """ms-swift's Adapter (alignkit/models/bottleneck_adapter.py): its checkpoint is written from the whole adapters."""
+    from alignkit.config.online_checks import _zero3
+
+    if _zero3(args.deepspeed) or str(args.fsdp).lower() not in ("false", "none", ""):
+        raise AlignkitError("--tuner_type adapter with ZeRO-3 or FSDP: its checkpoint is written from the whole "
+                            "adapters, which sharded engines hold in pieces; use --deepspeed zero2 or DDP")
+    if args.adapter_length < 1:
+        raise AlignkitError(f"--adapter_length {args.adapter_length}: expected a positive integer")
+    for flag in ("modules_to_save", "target_regex"):
+        if getattr(args, flag):
+            raise AlignkitError(f"--{flag} with --tuner_type adapter: ms-swift's adapter goes after every decoder "
+                                "MLP and trains nothing else; use --tuner_type lora for this")
 
 
 def _check_layer_tuners(args: RunArguments) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 from alignkit.config.options import DTYPE_CHOICES, option
 
-# ms-swift's --tuner_type values: alignkit trains the first ones through peft and refuses the last five.
-TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "longlora", "llamapro",
-               "adapter", "reft", "dummy")
+# ms-swift's --tuner_type values: alignkit trains all but reft (through peft; adapter, longlora's attention,
+# llamapro and dummy as ms-swift builds them).
+TUNER_TYPES = ("lora", "full", "adalora", "vera", "boft", "fourierft", "bone", "lora_llm", "adapter", "longlora",
+               "llamapro", "dummy", "reft")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 LOADER_HAS_NO_WORK = (
@@ -421,15 +422,20 @@ class RunArguments:
         "What trains: lora (peft LoRA; --use_dora, --use_rslora, --init_weights), full, or peft's other adapters: "
         "adalora, vera, boft, fourierft, bone (peft's MiSS), lora_llm (vision-language models: LoRA on the language "
         "model, the vision encoder and aligner trained in full), llamapro (LLaMA-Pro: new decoder blocks, text "
-        "models) or dummy (the model trains as loaded: what its loader left trainable). ms-swift's longlora, "
-        "adapter and reft stop with an error (docs/performance.md, \"Memory\").",
+        "models), dummy (the model trains as loaded: what its loader left trainable), ms-swift's adapter (a "
+        "bottleneck after each decoder MLP: --adapter_length, --adapter_act) or longlora (LoRA trained with "
+        "LongLoRA's shifted sparse attention on Llama, batches padded to --max_length). ms-swift's reft stops with "
+        "an error (docs/performance.md, \"Memory\").",
         aliases=("--sft_type", "--tuner_type"),
         choices=TUNER_TYPES,
         differs="bone runs as peft's MiSS (peft's successor of Bone, which it no longer has); lora_llm keeps the "
         "vision encoder and aligner it trains in full inside the adapter (peft's modules_to_save, so the "
         "adapter-disabled reference keeps their starting weights) instead of a separate vit.safetensors, and on a "
-        "text model is lora; llamapro saves the whole expanded model (--llamapro_num_new_blocks); longlora, adapter "
-        "and reft stop with an error",
+        "text model is lora; llamapro saves the whole expanded model (--llamapro_num_new_blocks); adapter trains sft "
+        "and the offline preference methods of text models (its reference precomputed or --ref_model); longlora "
+        "runs its shifted sparse attention through transformers' attention interface on sdpa whatever --attn_impl "
+        "says (ms-swift's patch of LlamaAttention no longer fits transformers 5), for sft and the offline preference "
+        "methods; reft stops with an error",
     )
     lora_rank: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -535,11 +541,25 @@ class RunArguments:
     use_rslora: bool = option(False, "LoRA: rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
     init_weights: str = option(
         "true", "Adapter initialisation as peft takes it. LoRA: true (B = 0), false (random), gaussian, pissa, "
-        "olora, loftq, orthogonal; bone: true, false, bat. pissa/olora/loftq rewrite the base "
-        "weights (peft recomputes them when it loads the adapter): a live adapter-disabled reference is refused.",
+        "olora, loftq, orthogonal, lora-ga (from the gradient: --lora_ga_*); bone: true, false, bat. "
+        "pissa/olora/loftq/lora-ga rewrite the base weights (peft recomputes them when it loads the adapter; a "
+        "LoRA-GA checkpoint is saved converted): a live adapter-disabled reference is refused.",
         differs="pissa_niter_N stops with an error (peft draws its randomised SVD again when the adapter loads, so a "
-        "checkpoint would not reload to the trained model), as do lora-ga, eva and corda; loftq quantises to "
-        "--quant_bits (default 4) and, as peft computes it, needs a CUDA GPU")
+        "checkpoint would not reload to the trained model), as do eva and corda; loftq quantises to "
+        "--quant_bits (default 4) and, as peft computes it, needs a CUDA GPU; lora-ga (sft only) uses --lora_rank, "
+        "--lora_alpha and the target modules (ms-swift's lora_ga package takes rank 8, alpha 8, every linear "
+        "layer), and its checkpoint holds the converted rank-2r adapter ms-swift writes to converted/default")
+    lora_ga_batch_size: int = option(2, "LoRA-GA: rows per batch of the gradient estimate.")
+    lora_ga_iters: int = option(2, "LoRA-GA: batches the gradient is averaged over (the training set's first "
+                                "rows, in order).")
+    lora_ga_max_length: int = option(1024, "LoRA-GA: rows are cut to this many tokens for the gradient estimate.")
+    lora_ga_direction: str = option(
+        "ArB2r", "LoRA-GA: which of the gradient's first 2r singular vectors A and B take (ArB2r: A the first r, B "
+        "the next r).", choices=("ArBr", "A2rBr", "ArB2r", "random"))
+    lora_ga_scale: str = option(
+        "stable", "LoRA-GA: scale of A and B: stable (x out^(1/4) / sqrt(gamma)), gd (/ alpha/r), unit, weightS "
+        "(the weight's own singular values).", choices=("gd", "unit", "stable", "weightS"))
+    lora_ga_stable_gamma: float = option(16, "LoRA-GA: gamma of the stable scale.")
     lorap_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices (and 1-D trained parameters) learn at --learning_rate x this ratio, LoRA "
         "embeddings at 1e-6 (ms-swift's and peft's LoRA+ groups). Unset: off.")
@@ -573,6 +593,8 @@ class RunArguments:
     boft_dropout: float = option(0.0, "boft: multiplicative dropout on the blocks.")
     fourier_n_frequency: int = option(2000, "fourierft: spectral coefficients trained per layer.")
     fourier_scaling: float = option(300.0, "fourierft: scaling of the spectral update.")
+    adapter_length: int = option(128, "adapter: width of the bottleneck (hidden -> length -> hidden).")
+    adapter_act: str = option("gelu", "adapter: the bottleneck's activation (a transformers activation name).")
     reft_rank: int = option(
         4, "bone: the rank r of its blocks (ms-swift reads bone's rank from this flag; ReFT itself is not "
         "supported).")

@@ -81,6 +81,30 @@ def pad_loss_scale(sequences: list[Encoded], length: int) -> torch.Tensor | None
     return scale
 
 
+class PaddedTo:
+    """``collate``'s batches right-padded to ``length`` tokens: ms-swift's ``padding_to`` (the template's max_length),
+    which it sets for LongLoRA, whose attention groups are a fixed fraction of the row.
+
+    >>> PaddedTo(SequenceCollator(0), 4, 0)([(0, Encoded([7, 8], [-100, 8]))]).input_ids
+    tensor([[7, 8, 0, 0]])
+    """
+
+    def __init__(self, collate, length: int, pad_id: int):
+        self.collate, self.length, self.pad_id = collate, length, pad_id
+
+    def __call__(self, items) -> Batch:
+        batch = self.collate(items)
+        extra = self.length - batch.input_ids.shape[1]
+        if extra <= 0:
+            return batch
+        pad_right = (0, extra)
+        return dataclasses.replace(
+            batch, input_ids=torch.nn.functional.pad(batch.input_ids, pad_right, value=self.pad_id),  # (N, length)
+            attention_mask=torch.nn.functional.pad(batch.attention_mask, pad_right, value=0),
+            labels=torch.nn.functional.pad(batch.labels, pad_right, value=IGNORE_INDEX),
+            loss_scale=None if batch.loss_scale is None else torch.nn.functional.pad(batch.loss_scale, pad_right))
+
+
 class SequenceCollator:
     """SFT rows: list of (row_id, Encoded) → Batch of N sequences. A pack (``--packing``) adds all its rows."""
 

@@ -49,6 +49,9 @@ class VllmInference:
         if adapters:
             from vllm.lora.request import LoRARequest
 
+            if not (Path(adapters[0]) / "adapter_config.json").is_file():  # e.g. ms-swift's Adapter (default/)
+                raise AlignkitError(f"--adapters {adapters[0]}: vLLM applies LoRA adapters only, and this is not one; "
+                                    "use --infer_backend transformers")
             rank = json.loads((Path(adapters[0]) / "adapter_config.json").read_text())["r"]
             self.lora = LoRARequest("adapter", 1, adapters[0])
         dtype = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",

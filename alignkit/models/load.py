@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.models import bottleneck_adapter
 from alignkit.models.builtin import BUILTIN_MODEL_NAME, builtin_model_dir
 from alignkit.models.load_options import LoadOptions
 from alignkit.models.placement import (
@@ -160,9 +161,15 @@ def add_lora(model, *, rank: int, alpha: int, dropout: float, target_modules: li
 
 
 def load_adapters(model, adapters: list[str], *, trainable: bool):
-    """Load one or more saved LoRA adapters; the first becomes active (and trainable when asked)."""
+    """Load one or more saved LoRA adapters; the first becomes active (and trainable when asked). An ms-swift Adapter
+    checkpoint (--tuner_type adapter) is attached as the model's bottleneck adapters, alone."""
     from peft import PeftModel
 
+    if adapters and bottleneck_adapter.saved_config(adapters[0]) is not None:
+        if len(adapters) > 1:
+            raise AlignkitError(f"--adapters {' '.join(adapters)}: {adapters[0]} is an ms-swift Adapter checkpoint "
+                                "(bottleneck adapters), which loads alone")
+        return bottleneck_adapter.load(model, adapters[0], trainable=trainable)
     for index, adapter in enumerate(adapters):
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise AlignkitError(f"--adapters {adapter}: no adapter_config.json there, so it is not a LoRA adapter")
@@ -269,7 +276,7 @@ def resolve_checkpoint(model: str | None, adapters: list[str], ckpt_dir: str | N
             model = adapter_base_model(adapters[0])
         return model, list(adapters)
     path = Path(ckpt_dir)
-    if (path / "adapter_config.json").is_file():
+    if (path / "adapter_config.json").is_file() or bottleneck_adapter.saved_config(path) is not None:
         return model or adapter_base_model(str(path), flag="--ckpt_dir"), [str(path), *adapters]
     if (path / "config.json").is_file():
         return str(path), list(adapters)

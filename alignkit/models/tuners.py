@@ -1,6 +1,7 @@
 """peft's adapters ("tuners", in ms-swift's word) on a model, as ms-swift builds them
 (swift/pipelines/train/tuner.py): LoRA with its options (DoRA, rsLoRA, initialisations, LoRA+, modules trained in
-full beside it), AdaLoRA, VeRA, BOFT, FourierFT and Bone (peft's MiSS, Bone's successor).
+full beside it), AdaLoRA, VeRA, BOFT, FourierFT and Bone (peft's MiSS, Bone's successor); and ms-swift's own
+bottleneck Adapter, which peft lacks (models/bottleneck_adapter.py).
 
 What trains is always held in fp32 (``hold_trainable_in_fp32``), whatever precision the frozen base loaded in:
 peft does so for its adapters (``autocast_adapter_dtype``), and the same holds for modules trained in full and for
@@ -16,19 +17,21 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignkitError
+from alignkit.models import bottleneck_adapter
+from alignkit.models.lora_ga import LoraGaSettings
 
 logger = logging.getLogger("alignkit")
 
 # Initialisations that rewrite the base weights (W -> W - B0 A0, or a quantised W): the adapter-disabled model is
 # then not the starting model.
-BASE_REWRITING_INITS = ("pissa", "olora", "loftq")
+BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "lora-ga")
 
 
 @dataclass(frozen=True)
 class TunerSettings:
     """One adapter's settings (the run's --tuner_type and its flags, as plain values)."""
 
-    tuner: str = "lora"  # lora | lora_llm | adalora | vera | boft | fourierft | bone
+    tuner: str = "lora"  # lora | lora_llm | adalora | vera | boft | fourierft | bone | adapter
     rank: int = 8
     alpha: int = 32
     dropout: float = 0.05
@@ -40,6 +43,11 @@ class TunerSettings:
     loftq_bits: int = 4
     task_type: str = "CAUSAL_LM"  # SEQ_CLS: peft also trains and saves the classification head (seq_cls)
     options: dict = field(default_factory=dict)  # the tuner's own flags, in peft's names (see peft_config)
+    lora_ga: LoraGaSettings | None = None  # --init_weights lora-ga: alignkit/models/lora_ga.py
+
+    @property
+    def lora_ga_init(self) -> bool:
+        return self.init_weights.lower() == "lora-ga"
 
     @property
     def rewrites_base(self) -> bool:
@@ -47,9 +55,10 @@ class TunerSettings:
 
 
 def init_value(text: str):
-    """--init_weights as peft takes it: 'true'/'false' -> bool, else the string."""
+    """--init_weights as peft takes it: 'true'/'false' -> bool, else the string. lora-ga: peft's default (B = 0,
+    so the model is unchanged while the gradients are estimated), which models/lora_ga.py then replaces."""
     lowered = text.lower()
-    return {"true": True, "false": False}.get(lowered, lowered)
+    return {"true": True, "false": False, "lora-ga": True}.get(lowered, lowered)
 
 
 def peft_config(settings: TunerSettings, targets, modules_to_save: list[str]):
@@ -79,8 +88,13 @@ def peft_config(settings: TunerSettings, targets, modules_to_save: list[str]):
 
 
 def attach_tuner(model, settings: TunerSettings, *, targets, modules_to_save: list[str], flag: str):
-    """``model`` wrapped by peft with a new adapter; ``flag`` (the target flag and its value) begins errors."""
+    """``model`` wrapped by peft with a new adapter (ms-swift's Adapter: the model with its bottleneck adapters);
+    ``flag`` (the target flag and its value) begins errors."""
     from peft import get_peft_model
+
+    if settings.tuner == "adapter":
+        return bottleneck_adapter.attach(model, length=settings.options["adapter_length"],
+                                         act=settings.options["adapter_act"])
 
     try:
         config = peft_config(settings, targets, expand_modules_to_save(model, modules_to_save))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.models import bottleneck_adapter
+from alignkit.models.lora_ga import has_start, split_converted
 
 
 def load_model_weights(model, checkpoint: Path) -> None:
@@ -19,11 +21,17 @@ def load_model_weights(model, checkpoint: Path) -> None:
             raise AlignkitError(f"{checkpoint}: no {VALUE_HEAD_FILE} to resume the reward model's head from")
         model.value_head.load_state_dict(load_value_head(checkpoint).state_dict())
         model = model.lm
+    if bottleneck_adapter.saved_config(checkpoint) is not None:  # ms-swift's Adapter (default/)
+        bottleneck_adapter.load_weights(model, checkpoint)
+        return
     adapter = checkpoint / "adapter_model.safetensors"
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(adapter))
+        state = load_file(adapter)
+        if has_start(model):  # LoRA-GA's checkpoint holds [A ; A0], [B | -B0]
+            state = split_converted(model, state)
+        set_peft_model_state_dict(model, state)
         return
     shards = sorted(checkpoint.glob("model*.safetensors"))
     if not shards:

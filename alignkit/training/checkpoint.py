@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from alignkit.errors import AlignkitError
+from alignkit.models import bottleneck_adapter, lora_ga
 from alignkit.models.weights import load_model_weights
 from alignkit.training.faults import fault_point
 
@@ -130,8 +131,12 @@ def save_checkpoint(
     partial = run_dir / f"checkpoint-{state.global_step}.tmp"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    if state_dict is None:
+    if bottleneck_adapter.has_adapters(model):  # ms-swift's Adapter: its own checkpoint layout (default/)
+        bottleneck_adapter.save(model, partial)
+    elif state_dict is None:
         model.save_pretrained(partial, safe_serialization=True)
+        if lora_ga.has_start(model):  # the adapter as a plain LoRA on the unchanged base model
+            lora_ga.save_converted(model, partial)
     else:
         model.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
     fault_point("checkpoint", state.global_step)
@@ -239,6 +244,7 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
         if size is not None and path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, but {size} were written"
     weights = [p for p in checkpoint.glob("*.safetensors") if p.name.startswith(("adapter_model", "model"))]
+    weights += list(checkpoint.glob(f"{bottleneck_adapter.SUBDIR}/{bottleneck_adapter.WEIGHTS_FILE}"))
     if not weights:
         return "no adapter_model.safetensors or model*.safetensors"
     for path in weights:

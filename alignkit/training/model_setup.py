@@ -19,10 +19,12 @@ import torch
 from alignkit.config.model_checks import WHOLE_MODEL_TUNERS, parse_json_object, parse_rope_scaling, short_dtype
 from alignkit.config.run import RunArguments
 from alignkit.errors import AlignkitError
+from alignkit.models import lora_ga, shifted_sparse_attention
 from alignkit.models.liger import apply_liger_kernels
 from alignkit.models.llama_pro import expand_blocks
 from alignkit.models.load import count_parameters, load_adapters, lora_targets
 from alignkit.models.load_options import LoadOptions
+from alignkit.models.lora_ga import LoraGaSettings
 from alignkit.models.quantization import (
     DTYPES,
     bnb_config,
@@ -174,7 +176,8 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
     """The adapter of --tuner_type with its flags. ``total_steps``: the run's optimizer steps (AdaLoRA's budget
     schedule needs them); ``task_type``: peft's (SEQ_CLS for a sequence classifier)."""
     options: dict = {}
-    tuner = "lora" if args.train_type == "lora_llm" else args.train_type
+    # lora_llm on a text model and longlora (LoRA + shifted sparse attention, added by make_trainable) are LoRA.
+    tuner = "lora" if args.train_type in ("lora_llm", "longlora") else args.train_type
     if tuner == "adalora":
         options = {"target_r": args.adalora_target_r, "init_r": args.adalora_init_r, "tinit": args.adalora_tinit,
                    "tfinal": args.adalora_tfinal, "deltaT": args.adalora_deltaT, "beta1": args.adalora_beta1,
@@ -190,15 +193,25 @@ def tuner_settings(args: RunArguments, *, total_steps: int, task_type: str = "CA
         options = {"n_frequency": args.fourier_n_frequency, "scaling": args.fourier_scaling}
     elif tuner == "bone":
         options = {"r": args.reft_rank}
+    elif tuner == "adapter":
+        options = {"adapter_length": args.adapter_length, "adapter_act": args.adapter_act}
     init = args.init_weights.lower()
     return TunerSettings(tuner=tuner, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                          init_weights=init, use_dora=args.use_dora, use_rslora=args.use_rslora, bias=args.lora_bias,
                          lora_dtype=args.lora_dtype, loftq_bits=args.quant_bits or 4, options=options,
-                         task_type=task_type)
+                         task_type=task_type, lora_ga=LoraGaSettings(
+                             batch_size=args.lora_ga_batch_size, iters=args.lora_ga_iters,
+                             max_length=args.lora_ga_max_length, direction=args.lora_ga_direction,
+                             scale=args.lora_ga_scale, stable_gamma=args.lora_ga_stable_gamma))
 
 
 def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_adapter_reference: bool) -> None:
-    """pissa / olora / loftq rewrite the base weights, so the adapter-disabled model is not the starting model."""
+    """pissa / olora / loftq rewrite the base weights, so the adapter-disabled model is not the starting model;
+    ms-swift's Adapter has no switch to turn off (and its start is not the base model either)."""
+    if live_adapter_reference and settings.tuner == "adapter":
+        raise AlignkitError(
+            "--tuner_type adapter: the reference is the model without its adapters, which alignkit computes only "
+            "before they are attached; keep --precompute_ref_log_probs true, or pass --ref_model")
     if live_adapter_reference and settings.rewrites_base:
         raise AlignkitError(
             f"--init_weights {args.init_weights} rewrites the base weights, so the adapter-disabled model is not the "
@@ -207,10 +220,11 @@ def check_live_reference(args: RunArguments, settings: TunerSettings, *, live_ad
 
 
 def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None, targets,
-                   modules_to_save: list[str] | None = None):
+                   modules_to_save: list[str] | None = None, gradient_rows: tuple[list, int] | None = None):
     """The model with what trains: the adapter (new, or --adapters loaded trainable), or the model's own weights
     (full: every one; llamapro: the new blocks; dummy: what the loader left trainable), held in fp32.
-    ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save."""
+    ``targets``: peft's target_modules for the adapter; ``modules_to_save``: default --modules_to_save;
+    ``gradient_rows``: (encoded SFT rows, pad id), what --init_weights lora-ga estimates its gradients on."""
     if not is_adapter(args):
         if args.train_type == "llamapro":
             expand_blocks(model, args.llamapro_num_new_blocks, args.llamapro_num_groups)
@@ -248,6 +262,20 @@ def make_trainable(model, args: RunArguments, *, settings: TunerSettings | None,
     cast = hold_trainable_in_fp32(model, keep_adapter_dtype=args.lora_dtype is not None)
     if cast:
         logger.info("%d trained parameters (modules trained beside the adapter) held in fp32", cast)
+    if settings is not None and settings.lora_ga_init and not args.adapters:
+        if gradient_rows is None:
+            raise AlignkitError("--init_weights lora-ga estimates the gradient of the SFT loss on the training rows: "
+                                "it is supported for `sft` of a text model (a causal LM); use --init_weights "
+                                "true|pissa|olora here")
+        layers = lora_ga.initialise(model, *gradient_rows, settings.lora_ga)
+        logger.info("LoRA-GA: %d layers initialised from the gradient of %d batches of %d rows (%s, %s scale); "
+                    "their base weights hold W - s B0 A0", layers, settings.lora_ga.iters,
+                    settings.lora_ga.batch_size, settings.lora_ga.direction, settings.lora_ga.scale)
+    if args.train_type == "longlora":
+        shifted_sparse_attention.group_size(args.max_length)  # every batch is padded to --max_length
+        shifted_sparse_attention.enable(model)
+        logger.info("LongLoRA: shifted sparse attention while training, in groups of %d tokens (--max_length %d / 4)",
+                    shifted_sparse_attention.group_size(args.max_length), args.max_length)
     return model
 
 

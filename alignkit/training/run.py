@@ -35,6 +35,7 @@ from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
 from alignkit.data.collate import (
     ClassificationCollator,
+    PaddedTo,
     PairCollator,
     SequenceCollator,
     UnpairedCollator,
@@ -144,6 +145,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
         if algorithm_name == "gkd":
             raise AlignkitError("--rlhf_type gkd with a vision-language model is not supported: gkd distils text "
                                 "conversations")
+        if args.train_type in ("adapter", "longlora"):
+            raise AlignkitError(f"--tuner_type {args.train_type} with a vision-language model is not supported; use "
+                                "--tuner_type lora or lora_llm")
         if args.packing or not args.use_chat_template:
             raise AlignkitError("--packing and --use_chat_template false are not supported for vision-language "
                                 "models: rows with images run padded, rendered by the processor's chat template")
@@ -171,6 +175,7 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     if algorithm.rows == "unpaired":
         train_rows, val_rows = check_kto_rows(algorithm, train_rows, val_rows, rows_per_step(args))
     encoded_rows = len(train_rows)
+    unpacked_rows = [encoded for _, encoded in train_rows]  # LoRA-GA estimates its gradients on the first ones
     if args.packing:  # a pack takes the place of a row from here on: the loop, the order, the reference pass
         train_rows = pack_rows(train_rows, args.packing_length or args.max_length, args.packing_strategy)
     resolved = {**args.to_dict(), "model": model_path, "algorithm": algorithm_name, "dtype": precision,
@@ -197,6 +202,8 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     check_trainable(model)
     prepare_loaded(model, args)
     collate = make_collate(algorithm, tokenizer.pad_token_id)
+    if args.train_type == "longlora":  # ms-swift's padding_to: LongLoRA's groups are a quarter of --max_length
+        collate = PaddedTo(collate, args.max_length, tokenizer.pad_token_id)
 
     # Speed-ups (docs/performance.md): the forward layout of every algorithm, and the reference's
     # log-probs precomputed before any adapter is attached (the starting weights, also on resume).
@@ -238,7 +245,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
     log_speedups(layout, precompute=precompute, precision=precision,
                  gradient_checkpointing=args.gradient_checkpointing, reasons=reasons)
     # seq_cls: peft trains and saves the classification head in full (task_type SEQ_CLS), as ms-swift.
-    model = make_trainable(model, args, settings=settings, targets=text_targets(args))
+    model = make_trainable(model, args, settings=settings, targets=text_targets(args),
+                           gradient_rows=(unpacked_rows, tokenizer.pad_token_id)
+                           if algorithm_name == "sft" and not classifier else None)
     if algorithm_name == "gkd":  # the frozen teacher, and the student it samples from (training/gkd_setup.py)
         from alignkit.training.gkd_setup import with_models
 

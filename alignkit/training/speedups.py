@@ -38,6 +38,10 @@ def choose_layout(args: RunArguments, algorithm_name: str, model, precision: str
     if args.packing and not args.padding_free:
         logger.info("--packing runs packs as padding-free rows (--padding_free false is overridden, as in ms-swift)")
     row_tokens = (args.packing_length or args.max_length) if args.packing else None
+    if padding_free and args.train_type == "longlora":
+        # S2-Attn splits each row into quarters; a packed row's quarters would cut across its sequences.
+        padding_free = False
+        reasons["padding-free packing"] = "LongLoRA's shifted sparse attention groups each padded row"
     split_sequences = args.sequence_parallel_size > 1
     if padding_free and split_map(model) is None:
         implementation = accelerator_attention(model, prefix_sharing=args.prefix_sharing, precision=precision,
