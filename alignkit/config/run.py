@@ -730,6 +730,19 @@ class RunArguments:
         "sampling temperature and the one both distributions of the JSD are softened by.",
         applies_to=("ppo", "grpo", "gkd",),
     )
+    final_temperature: float | None = option(
+        None,
+        "ppo, grpo: anneal the rollout temperature from --temperature to this one (ColossalChat's GRPO "
+        "AnnealingScheduler): after s optimizer steps it is --temperature while s <= --temperature_hold_steps, this "
+        "one from s >= --temperature_annealing_steps, and --temperature - (s / --temperature_annealing_steps) x "
+        "(--temperature - this one) between. Unset: a fixed --temperature.",
+        applies_to=("ppo", "grpo",))
+    temperature_hold_steps: int = option(
+        0, "ppo, grpo with --final_temperature: optimizer steps during which --temperature is kept.",
+        applies_to=("ppo", "grpo",))
+    temperature_annealing_steps: int | None = option(
+        None, "ppo, grpo with --final_temperature: the optimizer step from which --final_temperature is used "
+        "(required with it).", applies_to=("ppo", "grpo",))
     missing_eos_penalty: float | None = option(
         None,
         "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length.",
@@ -865,6 +878,11 @@ class RunArguments:
         "grpo: take beta x KL(pi_old || pi_ref) (summed over the completion's tokens) off the reward before "
         "advantages instead of adding beta x KL to the loss. Unset: false for --advantage_estimator grpo, true "
         "for rloo and reinforce_plus_plus (ms-swift).", applies_to=("grpo",))
+    kl_reward_reduction: str = option(
+        "sum",
+        "grpo with --kl_in_reward: a completion's KL is the sum of its tokens' log pi_old - log pi_ref (ms-swift) "
+        "or their mean (ColossalChat's GRPO, whose --kl_coef is then --beta).",
+        choices=("sum", "mean"), applies_to=("grpo",))
     importance_sampling_level: str = option(
         "token",
         "grpo: the importance ratio: token (per token), sequence (GSPO: the geometric mean of the token ratios of "

@@ -45,6 +45,7 @@ from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
 from alignkit.training.speedups import layout_check
+from alignkit.training.temperature import temperature_annealing
 
 logger = logging.getLogger("alignkit")
 
@@ -58,6 +59,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
+    annealing = temperature_annealing(args)
     if name == "ppo":
         _check_ppo_flags(args)
     if args.use_vllm and args.vllm_mode != "server":  # server mode: checked with the flags (online_checks)
@@ -128,6 +130,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
                          needs_old_logprobs=schedule.optimizer_steps_per_step > 1,
                          advantage_estimator=args.advantage_estimator, kl_in_reward=grpo["kl_in_reward"],
+                         kl_reward_reduction=args.kl_reward_reduction,
                          delta=args.delta, tau_pos=args.tau_pos, tau_neg=args.tau_neg,
                          importance_sampling_level=args.importance_sampling_level,
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
@@ -147,7 +150,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                             "added to the offline methods' loss only; set it to 0")
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=config,
-                        run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
+                        run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved,
+                        annealing=annealing)
 
 
 def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
@@ -305,6 +309,9 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
         raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt")
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
+    if args.kl_reward_reduction != "sum" and not (defaults["kl_in_reward"] and defaults["beta"]):
+        raise AlignkitError(f"--kl_reward_reduction {args.kl_reward_reduction} reduces the KL taken off the reward: "
+                            "it needs --kl_in_reward true and --beta above 0")
     return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
             "num_generations": args.num_generations, "scale_rewards": defaults["scale_rewards"],
             "kl_in_reward": defaults["kl_in_reward"], "epsilon_high": defaults["epsilon_high"]}

@@ -210,14 +210,18 @@ SCRIPTS["train_grpo"] = (
     flag("logits_forward_batch_size", 1, "Sequences per log-prob forward.", type=int,
          no_effect="alignkit's rollout forwards batch --inference_batch_size sequences (padding-free)"),
     flag("kl_coef", 0.7, "Weight of the KL to the reference, folded into the reward.", type=float,
-         how="0 only: ColossalChat subtracts kl_coef x KL from each reward, alignkit's GRPO has the KL as a loss term "
-         "(alignkit rlhf --rlhf_type grpo --beta); other values are refused"),
+         how="--beta with --kl_in_reward --kl_reward_reduction mean: kl_coef x the completion's mean per-token "
+         "log pi_old - log pi_ref is taken off its reward before the group advantages, as ColossalChat (0: no "
+         "reference model)"),
     flag("max_tokens_thinking", 2000, "Thinking budget of a completion.", type=int,
-         how="no work when >= --max_seq_len (the completion ends first); smaller budgets are refused"),
+         no_effect="ColossalChat's train_grpo.py hands it to its generate() among the model's keyword arguments, "
+         "which nothing reads: no thinking budget is applied there either (completions end at --max_seq_len)"),
     flag("initial_temperature", 1.0, "Sampling temperature at the start.", type=float,
-         how="--temperature when equal to --final_temperature; annealing is refused"),
+         how="--temperature; annealed to --final_temperature as ColossalChat: held for W = min(100, int(num_episodes "
+         "/ 6)) optimizer steps, then T0 - (s / A)(T0 - T1) up to A = min(600, int(num_episodes / 2)), T1 after "
+         "(--temperature_hold_steps W --temperature_annealing_steps A)"),
     flag("final_temperature", 0.9, "Sampling temperature at the end.", type=float,
-         how="see --initial_temperature"),
+         how="--final_temperature (see --initial_temperature)"),
 )
 
 

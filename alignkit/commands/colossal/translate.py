@@ -305,20 +305,21 @@ def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
 
 
 def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
-    if colossal["kl_coef"] != 0:
-        raise AlignkitError(f"train_grpo --kl_coef {colossal['kl_coef']}: ColossalChat subtracts kl_coef x KL from "
-                            "each reward; alignkit's GRPO has the KL as a loss term instead. Pass --kl_coef 0 (no KL), "
-                            "or use `alignkit rlhf --rlhf_type grpo --beta B` for the loss-term KL")
-    if colossal["initial_temperature"] != colossal["final_temperature"]:
-        raise AlignkitError(f"train_grpo --initial_temperature {colossal['initial_temperature']} --final_temperature "
-                            f"{colossal['final_temperature']}: temperature annealing is not supported; pass equal "
-                            "values for a fixed temperature")
-    if colossal["max_tokens_thinking"] < colossal["max_seq_len"]:
-        raise AlignkitError(f"train_grpo --max_tokens_thinking {colossal['max_tokens_thinking']} below --max_seq_len "
-                            f"{colossal['max_seq_len']}: the thinking budget is not supported; set it to at least "
-                            "--max_seq_len")
-    values = {"beta": 0.0, "temperature": colossal["initial_temperature"],
-              "num_iterations": colossal["num_update_steps"]}
+    """ColossalChat's GRPO: kl_coef x KL folded into the reward (mean over the completion's tokens), and the
+    temperature annealed from initial to final (train_grpo.py's temperature_annealing_config)."""
+    kl = {"beta": colossal["kl_coef"], "kl_in_reward": True, "kl_reward_reduction": "mean"}
+    if colossal["kl_coef"] == 0:
+        kl = {"beta": 0.0}
+    episodes = colossal["num_episodes"]
+    hold, annealing = min(100, int(episodes / 6)), min(600, int(episodes / 2))
+    temperature = {"temperature": colossal["initial_temperature"]}
+    if colossal["final_temperature"] != colossal["initial_temperature"]:
+        temperature.update(final_temperature=colossal["final_temperature"], temperature_hold_steps=hold,
+                           temperature_annealing_steps=annealing)
+        logger.info("train_grpo: temperature %s, annealed to %s as ColossalChat: held %d optimizer steps "
+                    "(min(100, num_episodes / 6)), reached at step %d (min(600, num_episodes / 2))",
+                    colossal["initial_temperature"], colossal["final_temperature"], hold, annealing)
+    values = {**kl, **temperature, "num_iterations": colossal["num_update_steps"]}
     if colossal["inference_batch_size"] is not None:
         values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
     return values
