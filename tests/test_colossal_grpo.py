@@ -114,11 +114,12 @@ def test_cli_run_samples_each_step_at_the_annealed_temperature(tiny_model_dir, t
 
     monkeypatch.setattr(HFGenerator, "__call__", spy)
     out = tmp_path / "out"
-    # One optimizer step per step (4 completions, a mini-batch of 4): step k samples after k optimizer steps.
-    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--max_steps", "4",
-                 "--temperature", "1.0", "--final_temperature", "0.5", "--temperature_hold_steps", "1",
-                 "--temperature_annealing_steps", "3", "--output_dir", str(out)]) == 0
-    expected = [1.0, 1.0, 1.0 - (2 / 3) * 0.5, 0.5]
+    # Two optimizer steps per step (4 completions, a mini-batch of 4, 2 passes; --max_steps counts optimizer steps,
+    # as ms-swift's): step k samples after 2k of them.
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--max_steps", "8",
+                 "--num_iterations", "2", "--temperature", "1.0", "--final_temperature", "0.5",
+                 "--temperature_hold_steps", "1", "--temperature_annealing_steps", "5", "--output_dir", str(out)]) == 0
+    expected = [1.0, 1.0 - (2 / 5) * 0.5, 1.0 - (4 / 5) * 0.5, 0.5]  # s = 0, 2, 4, 6
     assert seen == pytest.approx(expected)
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     logged = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
