@@ -167,7 +167,7 @@ def test_ppo_flags_keep_colossalchat_meaning(monkeypatch):
 
 @pytest.mark.parametrize("flags, message", [
     (("--critic_lr", "1e-5"), "--critic_lr"),
-    (("--no_neural_reward_model", "--reward_functions", "gsm8k_reward_fn"), "gsm8k_reward_fn"),
+    (("--no_neural_reward_model", "--reward_functions", "gsm8k_reward_fn"), "--rm_pretrain"),
     (("--critic_checkpoint_path", "critic/modeling"), "--critic_checkpoint_path"),
     (("--ptx_dataset", "x", "--ptx_coef", "0.1"), "--ptx_batch_size 4"),
 ])

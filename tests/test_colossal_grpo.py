@@ -14,6 +14,7 @@ from alignkit.cli import main
 from alignkit.errors import AlignkitError
 from alignkit.training.temperature import TemperatureAnnealing, temperature_annealing
 
+DATA = Path(__file__).parent / "fixtures" / "data"
 COMMON = ["--dataset", "arith-prompts#4", "--max_completion_length", "4", "--logging_steps", "1", "--report_to",
           "none", "--dtype", "fp32", "--reward_funcs", "arith_format", "--num_generations", "2",
           "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--beta", "0"]
@@ -86,8 +87,8 @@ def test_grpo_reward_is_reward_minus_kl_coef_times_mean_token_kl(tiny_model_dir)
     prompt = [3, 4]
     experience, metrics, _ = grpo.experience(model, [EncodedPrompt(messages=[{"role": "user", "content": "hi"}],
                                                                    ids=prompt, extras={})])
-    kl = torch.stack([(completion_logprobs_by_hand(model, prompt, c) - completion_logprobs_by_hand(reference, prompt, c))
-                      .mean() for c in completions])
+    kl = torch.stack([(completion_logprobs_by_hand(model, prompt, c)
+                       - completion_logprobs_by_hand(reference, prompt, c)).mean() for c in completions])
     rewards = torch.tensor(scores) - 0.7 * kl
     expected = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
     assert kl.abs().min() > 1e-3  # the reference differs, so the KL term moves the advantages
@@ -130,7 +131,7 @@ def test_colossal_train_grpo_runs_with_kl_in_the_reward_and_annealing(tiny_model
     """ColossalChat's defaults (kl_coef 0.7, 1.0 → 0.9) on a short run: 12 episodes, held 2 steps, T1 from 6."""
     save = tmp_path / "grpo"
     assert main(["colossal", "train_grpo", "--pretrain", tiny_model_dir, "--rm_checkpoint_path", reward_dir,
-                 "--prompt_dataset", str(Path(__file__).parent / "fixtures" / "data" / "colossalchat_ppo_prompts.jsonl"),
+                 "--prompt_dataset", str(DATA / "colossalchat_ppo_prompts.jsonl"),
                  "--num_episodes", "8", "--num_collect_steps", "1", "--experience_batch_size", "1",
                  "--num_generations", "2", "--train_batch_size", "2", "--accumulation_steps", "1",
                  "--num_update_steps", "1", "--max_seq_len", "4", "--mixed_precision", "bf16", "--plugin", "ddp",

@@ -842,19 +842,27 @@ class RunArguments:
     )
     reward_funcs: list[str] = option(
         [],
-        "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
-        "or file.py:function.",
-        nargs="+", applies_to=("grpo",))
+        "grpo: reward functions: accuracy, format (built-in task), ColossalChat's gsm8k_reward_fn and "
+        "math_competition_reward_fn, names from --external_plugins, module:function or file.py:function. ppo: the "
+        "same, scoring instead of --reward_model (ColossalChat's verifiable rewards; the value model then starts "
+        "from --value_model).",
+        nargs="+", applies_to=("grpo", "ppo"))
     reward_weights: list[float] = option(
         [],
-        "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.",
+        "grpo, ppo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.",
         nargs="+",
-        applies_to=("grpo",),
+        applies_to=("grpo", "ppo"),
     )
     external_plugins: list[str] = option(
-        [], "grpo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files (classes "
-        "subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
-        nargs="+", applies_to=("grpo",))
+        [], "grpo, ppo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files "
+        "(classes subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
+        nargs="+", applies_to=("grpo", "ppo"))
+    value_model: str | None = option(
+        None,
+        "ppo: where the value model starts: an `alignkit rlhf --rlhf_type rm` checkpoint (backbone and value head), "
+        "or a causal LM given a fresh value head (ColossalChat's critic from --rm_pretrain). Unset: a copy of "
+        "--reward_model, or with --reward_funcs --model with a fresh value head. Its tokenizer must be the "
+        "policy's.", applies_to=("ppo",))
     # --- online RL: ms-swift's GRPO family (docs/online.md, docs/objectives.md) ---
     steps_per_generation: int | None = option(
         None,
