@@ -154,3 +154,15 @@ def reward_dir(tiny_model_dir, tmp_path_factory):
 
     return str(build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"),
                                        AutoTokenizer.from_pretrained(tiny_model_dir)))
+
+
+def test_max_tokens_thinking_is_accepted_and_changes_nothing(caplog):
+    """ColossalChat hands it to generate() among the model's keyword arguments, which nothing reads."""
+    from alignkit.commands.colossal.run import parse_script
+    from alignkit.commands.colossal.translate import translate
+
+    base = ["train_grpo", "--pretrain", "m", "--prompt_dataset", "p", "--rm_checkpoint_path", "rm/modeling"]
+    with caplog.at_level("INFO", logger="alignkit"):
+        budgeted = translate(*parse_script([*base, "--max_tokens_thinking", "5"])).values
+    assert budgeted == translate(*parse_script(base)).values
+    assert "--max_tokens_thinking 5 has no effect" in caplog.text
