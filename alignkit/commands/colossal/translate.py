@@ -324,7 +324,8 @@ def reward_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
             values["value_model"] = colossal["rm_pretrain"]
             logger.info("train_ppo: the critic starts from --rm_pretrain %s with a fresh value head, as ColossalChat's "
                         "Critic; alignkit's head is bias-free with weights from N(0, 1/(d+1)), ColossalChat's has "
-                        "torch's default nn.Linear start (uniform in +-1/sqrt(d), with a bias)", colossal["rm_pretrain"])
+                        "torch's default nn.Linear start (uniform in +-1/sqrt(d), with a bias)",
+                        colossal["rm_pretrain"])
         return values
     if functions:
         logger.info("%s --reward_functions has no effect with a reward model (%s), as in ColossalChat", script,
