@@ -364,6 +364,10 @@ def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
         logger.info("train_grpo: temperature %s, annealed to %s as ColossalChat: held %d optimizer steps "
                     "(min(100, num_episodes / 6)), reached at step %d (min(600, num_episodes / 2))",
                     colossal["initial_temperature"], colossal["final_temperature"], hold, annealing)
+    if colossal["num_generations"] != 8:
+        logger.info("train_grpo --num_generations %d: sampled as asked; ColossalChat's train_grpo.py passes it to its "
+                    "GRPOTrainer as num_generations, a name the trainer does not take (its num_generation stays 8)",
+                    colossal["num_generations"])
     values = {**kl, **temperature, "num_iterations": colossal["num_update_steps"]}
     if colossal["inference_batch_size"] is not None:
         values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
