@@ -167,7 +167,7 @@ def test_ppo_flags_keep_colossalchat_meaning(monkeypatch):
 
 @pytest.mark.parametrize("flags, message", [
     (("--critic_lr", "1e-5"), "--critic_lr"),
-    (("--no_neural_reward_model", "--reward_functions", "gsm8k_reward_fn"), "gsm8k_reward_fn"),
+    (("--no_neural_reward_model", "--reward_functions", "gsm8k_reward_fn"), "--rm_pretrain"),
     (("--critic_checkpoint_path", "critic/modeling"), "--critic_checkpoint_path"),
     (("--ptx_dataset", "x", "--ptx_coef", "0.1"), "--ptx_batch_size 4"),
 ])
@@ -176,15 +176,18 @@ def test_ppo_values_without_an_equivalent_are_refused(flags, message):
         online("train_ppo", *flags)
 
 
-def test_grpo_refuses_kl_in_the_reward_and_annealing_and_maps_the_rest():
-    with pytest.raises(AlignkitError, match="--kl_coef 0.7"):
-        online("train_grpo")
-    with pytest.raises(AlignkitError, match="annealing"):
-        online("train_grpo", "--kl_coef", "0")
+def test_grpo_folds_kl_into_the_reward_anneals_the_temperature_and_maps_the_rest():
+    values = online("train_grpo", "--num_episodes", "1200")  # ColossalChat's defaults: kl_coef 0.7, 1.0 -> 0.9
+    assert (values["beta"], values["kl_in_reward"], values["kl_reward_reduction"]) == (0.7, True, "mean")
+    assert (values["temperature"], values["final_temperature"], values["temperature_hold_steps"],
+            values["temperature_annealing_steps"]) == (1.0, 0.9, 100, 600)  # min(100, E/6), min(600, E/2)
+    values = online("train_grpo", "--num_episodes", "30")
+    assert (values["temperature_hold_steps"], values["temperature_annealing_steps"]) == (5, 15)
     values = online("train_grpo", "--kl_coef", "0", "--initial_temperature", "0.8", "--final_temperature", "0.8",
                     "--num_generations", "4", "--num_update_steps", "2")
     assert (values["rlhf_type"], values["beta"], values["temperature"], values["num_generations"],
             values["num_iterations"]) == ("grpo", 0.0, 0.8, 4, 2)
+    assert "final_temperature" not in values and "kl_in_reward" not in values
 
 
 def test_rm_then_ppo_and_grpo_on_its_modeling_dir(tiny_model_dir, tmp_path):

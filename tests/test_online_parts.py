@@ -152,8 +152,8 @@ def test_reward_function_errors(tmp_path):
     (func,) = resolve_reward_funcs(["named_only"], [str(plugin)])
     with pytest.raises(AlignkitError, match="named_only needs the argument.s. difficulty.*extra columns: solution"):
         func(reward_arguments([[]], ["x"], [{"solution": "1"}]))
-    known = ("accuracy, format, react_format, cosine, repetition, soft_overlong, arith_accuracy, arith_format, "
-             "echo_solution")
+    known = ("accuracy, format, react_format, cosine, repetition, soft_overlong, gsm8k_reward_fn, "
+             "math_competition_reward_fn, arith_accuracy, arith_format, echo_solution")
     with pytest.raises(AlignkitError, match=f"--reward_funcs nope: unknown; known: {known}"):
         resolve_reward_funcs(["nope"], [str(plugin)])
     with pytest.raises(AlignkitError, match="has no function missing"):

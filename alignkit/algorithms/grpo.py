@@ -57,6 +57,7 @@ class GRPO:
     layout: Layout | None = None  # packed/shared-prompt log-probs (alignkit.models.packing)
     advantage_estimator: str = "grpo"
     kl_in_reward: bool = False
+    kl_reward_reduction: str = "sum"  # kl_in_reward: a completion's KL summed (ms-swift) or averaged (ColossalChat)
     delta: float | None = None
     tau_pos: float = 1.0
     tau_neg: float = 1.05
@@ -131,7 +132,7 @@ class GRPO:
         rewards, metrics = total, {}
         if self.kl_in_reward and self.beta:
             kl = rl_math.sequence_kl_penalty(experience["old_logprobs"], experience["ref_logprobs"],
-                                             experience["completion_mask"]).cpu()  # (N,)
+                                             experience["completion_mask"], reduction=self.kl_reward_reduction).cpu()
             rewards = total - self.beta * kl
             metrics["kl"] = kl.mean().item()
         if rows is None:
@@ -160,7 +161,8 @@ class GRPO:
                 column[~column.isnan()].std().item() if (~column.isnan()).sum() > 1 else 0.0
             )
         samples = [
-            {"prompt": p.messages[-1]["content"], "completion": t, "reward": r.item(), "advantage": a.item(),
+            {"prompt": p.messages[-1]["content"] if p.messages else self.tokenizer.decode(p.ids), "completion": t,
+             "reward": r.item(), "advantage": a.item(),
              **{f.name: v.item() for f, v in zip(self.reward_funcs, row)}}
             for p, t, r, a, row in zip(prompts, texts, total, advantages, per_function)
         ]

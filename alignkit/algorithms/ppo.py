@@ -1,7 +1,9 @@
 """PPO for RLHF (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155), as TRL's PPOTrainer and ms-swift run it.
 
 Four models: the policy (trained), the reference (frozen; the LoRA-disabled policy by default), the
-reward model (frozen, scores whole answers) and the value model (trained; starts as the reward model).
+reward model (frozen, scores whole answers) and the value model (trained; starts as the reward model, or as
+--value_model). Instead of a reward model, verifiable reward functions may score the answers (ColossalChat's
+``--no_neural_reward_model --reward_functions``): Σ_f w_f·r_f, as GRPO totals them.
 A rollout samples one completion per prompt and turns the reward model's score into per-token rewards
 with a KL penalty (``rl_math.ppo_token_rewards``), then advantages by GAE (``rl_math.gae``), whitened.
 The loss per mini-batch is the clipped surrogate plus ``vf_coef`` times the clipped value loss; with
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.algorithms.rewards import reward_arguments, score_completions
 from alignkit.algorithms.rollout import (
     EncodedPrompt,
     as_packable_batch,
@@ -78,8 +81,8 @@ class PPO:
     generator: object
     tokenizer: object
     stop_ids: list[int]
-    reward_model: TokenScalarModel
-    reward_encoder: object  # ChatEncoder of the reward model's tokenizer
+    reward_model: TokenScalarModel | None  # None: reward_funcs score the completions
+    reward_encoder: object  # ChatEncoder of the reward model's tokenizer (None without a reward model)
     value_model: TokenScalarModel
     kl_coef: float
     cliprange: float
@@ -97,6 +100,8 @@ class PPO:
     ptx_coef: float = 0.0
     pretrain: PretrainBatches | None = None
     stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
+    reward_funcs: list = field(default_factory=list)  # RewardFunction: verifiable rewards instead of a reward model
+    reward_weights: list[float] = field(default_factory=list)
 
     def trained_model(self, policy) -> PolicyAndValue:
         """The policy and the value model as one module, so that one forward (and the sharding engine's
@@ -104,7 +109,8 @@ class PPO:
         return PolicyAndValue(policy, self.value_model)
 
     def frozen_modules(self) -> list:
-        return [self.reward_model] + ([self.frozen_reference] if self.frozen_reference is not None else [])
+        models = [self.reward_model, self.frozen_reference]
+        return [model for model in models if model is not None]
 
     def _sample(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None = None):
         ids = [p.ids for p in prompts]
@@ -113,7 +119,13 @@ class PPO:
                                stop_words=self.stop_words, tokenizer=self.tokenizer)
         texts = decode_completions(self.tokenizer, rollout)
         packed = self.layout is not None and self.layout.padding_free
-        if prompts and prompts[0].messages is None:  # token-id prompts: prompt + completion ids, as ColossalChat
+        if self.reward_funcs:
+            token_ids = [ids[mask.bool()].tolist()
+                         for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
+            arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
+            scores = rl_math.weighted_reward(score_completions(self.reward_funcs, arguments),
+                                             torch.tensor(self.reward_weights))  # (N,)
+        elif prompts and prompts[0].messages is None:  # token-id prompts: prompt + completion ids, as ColossalChat
             sequences = [p.ids + ids[mask.bool()].tolist()
                          for p, ids, mask in zip(prompts, rollout.completion_ids, rollout.completion_mask)]
             scores = score_token_ids(self.reward_model, sequences, pad_id=self.reward_encoder.tokenizer.pad_token_id,
@@ -204,7 +216,7 @@ class PPO:
 
     @torch.no_grad()
     def evaluate(self, policy, prompts: list[EncodedPrompt]) -> dict[str, float]:
-        """Greedy completions of held-out prompts, scored by the reward model."""
+        """Greedy completions of held-out prompts, scored by the reward model (or functions)."""
         rollout, _, scores = self._sample(prompts, greedy=True)
         return {"eval_score": scores.mean().item(), **{f"eval_{k}": v for k, v in rollout_metrics(rollout).items()}}
 

@@ -15,17 +15,33 @@ soft_overlong   DAPO's soft overlong penalty: min(0, −(L − (L_max − L_cach
                 L tokens (L_max = --soft_max_length, L_cache = --soft_cache_length)
 ==============  =========================================================================================
 
+ColossalChat's verifiable rewards (``coati/utils/reward_score``), under its names, read the row's ``gt_answer``
+and the ``response_format_tags`` of ``--template_config`` (ColossalChat's default ``<think>``/``<answer>`` tags
+without one):
+
+=========================  ==============================================================================
+gsm8k_reward_fn            0 without ``gt_answer``, when the tags are not each there once and in order with the
+                           completion ending in the answer-end tag, or when the last ``<answer>…</answer>`` is not
+                           an integer; else 1, and 10 when it equals ``gt_answer`` (blanks and case ignored)
+math_competition_reward_fn the same without the integer check
+=========================  ==============================================================================
+
 The built-in arithmetic task (``arith-prompts``) is scored by ``arith_accuracy`` (the first ``Answer: N``
 equals ``solution``) and ``arith_format`` (the whole completion is ``Answer: N``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
+from pathlib import Path
 
 from alignkit.data.builtin import is_correct
 from alignkit.errors import AlignkitError
+
+logger = logging.getLogger("alignkit")
 
 _WHOLE_ANSWER = re.compile(r"\s*Answer:[ \t]*-?\d+\s*")
 
@@ -188,6 +204,96 @@ class SoftOverlong(ORM):
         return [min(-(len(ids) - expected) / self.soft_cache_length, 0) for ids in response_token_ids]
 
 
+# ColossalChat's default response_format_tags (examples/training_scripts/train_ppo.py, train_grpo.py).
+COLOSSAL_FORMAT_TAGS = {
+    "think_start": {"text": "<think>", "num_occur": 1},
+    "think_end": {"text": "</think>", "num_occur": 1},
+    "answer_start": {"text": "<answer>", "num_occur": 1},
+    "answer_end": {"text": "</answer>", "num_occur": 1},
+}
+
+
+def colossal_format_ok(text: str, tags: dict) -> bool:
+    """ColossalChat's ``validate_response_structure``: each tag occurs ``num_occur`` times, the first
+    occurrences are in the order think_start, think_end, answer_start, answer_end, and the text ends with the
+    answer-end tag (its first occurrence)."""
+    positions = {}
+    valid = True
+    for name, tag in tags.items():
+        positions[name] = text.find(tag["text"])
+        if text.count(tag["text"]) != tag["num_occur"]:
+            valid = False
+    if not (positions["think_start"] <= positions["think_end"] <= positions["answer_start"]
+            <= positions["answer_end"]):
+        valid = False
+    return valid and len(text) - positions["answer_end"] == len(tags["answer_end"]["text"])
+
+
+def colossal_final_answer(text: str) -> str | None:
+    """The last ``<answer>…</answer>``'s content, stripped (ColossalChat's ``extract_solution``)."""
+    matches = list(_ANSWER_TAG.finditer(text))
+    return matches[-1].group(1).strip() if matches else None
+
+
+def response_format_tags(args) -> dict:
+    """--template_config's ``response_format_tags`` (ColossalChat's conversation template config), else its
+    defaults. Each of think_start, think_end, answer_start, answer_end needs ``text`` and ``num_occur``."""
+    path = getattr(args, "template_config", None) if args is not None else None
+    tags = None
+    if path and Path(path).is_file():
+        tags = json.loads(Path(path).read_text()).get("response_format_tags")
+    if tags is None:
+        return COLOSSAL_FORMAT_TAGS
+    missing = [name for name in COLOSSAL_FORMAT_TAGS if not isinstance(tags.get(name), dict)
+               or not {"text", "num_occur"} <= set(tags[name])]
+    if missing:
+        raise AlignkitError(f"--template_config {path}: response_format_tags needs {', '.join(missing)} with text "
+                            "and num_occur (ColossalChat's reward functions read all four)")
+    return tags
+
+
+class ColossalVerifiableReward(ORM):
+    """ColossalChat's ``math_competition_reward_fn`` (``integer_answer`` False) and ``gsm8k_reward_fn`` (True)."""
+
+    integer_answer = False
+
+    def __init__(self, args=None, **kwargs):
+        super().__init__(args)
+        self.tags = response_format_tags(args)
+        self.warned = False
+
+    def __call__(self, completions: list[str], **kwargs) -> list[float]:
+        answers = kwargs.get("gt_answer")
+        if answers is None:
+            if not self.warned:
+                logger.warning("%s: the prompts have no gt_answer column, so every completion scores 0 (as in "
+                               "ColossalChat)", type(self).__name__)
+                self.warned = True
+            answers = [None] * len(completions)
+        return [self.score(text, answer) for text, answer in zip(completions, answers)]
+
+    def score(self, text: str, gt_answer) -> float:
+        if gt_answer is None:
+            return 0.0
+        answer = colossal_final_answer(text)
+        if self.integer_answer:
+            try:
+                int(answer.strip())
+            except (AttributeError, ValueError):
+                return 0.0
+        if not colossal_format_ok(text, self.tags):
+            return 0.0
+        return 10.0 if answer is not None and _blank_free(gt_answer) == _blank_free(answer) else 1.0
+
+
+def _blank_free(value) -> str:
+    return str(value).strip().replace(" ", "").lower()
+
+
+class ColossalGsm8kReward(ColossalVerifiableReward):
+    integer_answer = True
+
+
 # ms-swift's names (its ``orms`` table), then the built-in task's. A plugin file may add to or replace these.
 orms: dict[str, type] = {
     "accuracy": MathAccuracy,
@@ -196,6 +302,8 @@ orms: dict[str, type] = {
     "cosine": CosineReward,
     "repetition": RepetitionPenalty,
     "soft_overlong": SoftOverlong,
+    "gsm8k_reward_fn": ColossalGsm8kReward,  # ColossalChat's (coati/utils/reward_score)
+    "math_competition_reward_fn": ColossalVerifiableReward,
 }
 ARITH_REWARD_FUNCS = {"arith_accuracy": arith_accuracy, "arith_format": arith_format}
 # ms-swift's other entries, with why they are not here.

@@ -171,11 +171,13 @@ def _import_function(spec: str) -> Callable:
 def reward_arguments(prompts: list, completions: list[str], extras: list[dict],
                      response_token_ids: list[list[int]] | None = None) -> dict[str, list]:
     """Keyword arguments for reward functions: completions, prompts, messages (prompt + the completion as the
-    assistant's turn), response_token_ids and one list per extra column (None where a row lacks the column)."""
+    assistant's turn; None for a prompt given as token ids), response_token_ids and one list per extra column
+    (None where a row lacks the column)."""
     columns = list(dict.fromkeys(key for row in extras for key in row))
     arguments = {column: [row.get(column) for row in extras] for column in columns}
-    messages = [[*prompt, {"role": "assistant", "content": completion}] for prompt, completion in zip(prompts,
-                                                                                                     completions)]
+    # Prompts given as token ids (ColossalChat's prepared prompt data) have no messages: None there.
+    messages = [None if prompt is None else [*prompt, {"role": "assistant", "content": completion}]
+                for prompt, completion in zip(prompts, completions)]
     tokens = {"response_token_ids": response_token_ids} if response_token_ids is not None else {}
     return {**arguments, "messages": messages, **tokens, "completions": completions, "prompts": prompts}
 

@@ -767,6 +767,19 @@ class RunArguments:
         "sampling temperature and the one both distributions of the JSD are softened by.",
         applies_to=("ppo", "grpo", "gkd",),
     )
+    final_temperature: float | None = option(
+        None,
+        "ppo, grpo: anneal the rollout temperature from --temperature to this one (ColossalChat's GRPO "
+        "AnnealingScheduler): after s optimizer steps it is --temperature while s <= --temperature_hold_steps, this "
+        "one from s >= --temperature_annealing_steps, and --temperature - (s / --temperature_annealing_steps) x "
+        "(--temperature - this one) between. Unset: a fixed --temperature.",
+        applies_to=("ppo", "grpo",))
+    temperature_hold_steps: int = option(
+        0, "ppo, grpo with --final_temperature: optimizer steps during which --temperature is kept.",
+        applies_to=("ppo", "grpo",))
+    temperature_annealing_steps: int | None = option(
+        None, "ppo, grpo with --final_temperature: the optimizer step from which --final_temperature is used "
+        "(required with it).", applies_to=("ppo", "grpo",))
     missing_eos_penalty: float | None = option(
         None,
         "ppo, grpo: subtracted from the reward of completions cut at --max_completion_length.",
@@ -866,19 +879,27 @@ class RunArguments:
     )
     reward_funcs: list[str] = option(
         [],
-        "grpo: reward functions: accuracy, format (built-in task), names from --external_plugins, module:function "
-        "or file.py:function.",
-        nargs="+", applies_to=("grpo",))
+        "grpo: reward functions: accuracy, format (built-in task), ColossalChat's gsm8k_reward_fn and "
+        "math_competition_reward_fn, names from --external_plugins, module:function or file.py:function. ppo: the "
+        "same, scoring instead of --reward_model (ColossalChat's verifiable rewards; the value model then starts "
+        "from --value_model).",
+        nargs="+", applies_to=("grpo", "ppo"))
     reward_weights: list[float] = option(
         [],
-        "grpo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.",
+        "grpo, ppo: one weight per reward (--reward_funcs, then --reward_model). Unset: 1 each.",
         nargs="+",
-        applies_to=("grpo",),
+        applies_to=("grpo", "ppo"),
     )
     external_plugins: list[str] = option(
-        [], "grpo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files (classes "
-        "subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
-        nargs="+", applies_to=("grpo",))
+        [], "grpo, ppo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files "
+        "(classes subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
+        nargs="+", applies_to=("grpo", "ppo"))
+    value_model: str | None = option(
+        None,
+        "ppo: where the value model starts: an `alignkit rlhf --rlhf_type rm` checkpoint (backbone and value head), "
+        "or a causal LM given a fresh value head (ColossalChat's critic from --rm_pretrain). Unset: a copy of "
+        "--reward_model, or with --reward_funcs --model with a fresh value head. Its tokenizer must be the "
+        "policy's.", applies_to=("ppo",))
     # --- online RL: ms-swift's GRPO family (docs/online.md, docs/objectives.md) ---
     steps_per_generation: int | None = option(
         None,
@@ -902,6 +923,11 @@ class RunArguments:
         "grpo: take beta x KL(pi_old || pi_ref) (summed over the completion's tokens) off the reward before "
         "advantages instead of adding beta x KL to the loss. Unset: false for --advantage_estimator grpo, true "
         "for rloo and reinforce_plus_plus (ms-swift).", applies_to=("grpo",))
+    kl_reward_reduction: str = option(
+        "sum",
+        "grpo with --kl_in_reward: a completion's KL is the sum of its tokens' log pi_old - log pi_ref (ms-swift) "
+        "or their mean (ColossalChat's GRPO, whose --kl_coef is then --beta).",
+        choices=("sum", "mean"), applies_to=("grpo",))
     importance_sampling_level: str = option(
         "token",
         "grpo: the importance ratio: token (per token), sequence (GSPO: the geometric mean of the token ratios of "

@@ -131,8 +131,8 @@ def load_template_config(path: str, tokenizer) -> ChatTemplate:
             raise AlignkitError(f"{where}: 'response_format_tags' must be an object, got "
                                 f"{type(config['response_format_tags']).__name__}")
         # ColossalChat's verifiable rewards check answers against these tags; alignkit's rendering has no use for them.
-        logger.info("%s: response_format_tags are not used by alignkit's rendering (they serve ColossalChat's "
-                    "verifiable rewards)", where)
+        logger.info("%s: response_format_tags do not change rendering; the reward functions gsm8k_reward_fn and "
+                    "math_competition_reward_fn check completions against them", where)
     for key in ("chat_template", "system_message", "end_of_assistant"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise AlignkitError(f"{where}: '{key}' must be a string, got {type(config[key]).__name__}")

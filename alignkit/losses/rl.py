@@ -189,10 +189,18 @@ def group_advantages(
     return advantages, std
 
 
-def sequence_kl_penalty(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """--kl_in_reward's per-completion KL: Σ_t (log π_old − log π_ref) over its tokens (k1, as ms-swift);
-    β times it is subtracted from the reward before advantages. (N, T) → (N,)."""
-    return ((old_logprobs - ref_logprobs) * mask.to(old_logprobs.dtype)).sum(-1)
+def sequence_kl_penalty(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *,
+                        reduction: str = "sum") -> torch.Tensor:
+    """--kl_in_reward's per-completion KL: Σ_t (log π_old − log π_ref) over its tokens (k1, as ms-swift), or with
+    ``reduction="mean"`` that sum over the number of tokens (ColossalChat's GRPO experience maker); β times it is
+    subtracted from the reward before advantages. (N, T) → (N,)."""
+    mask = mask.to(old_logprobs.dtype)
+    total = ((old_logprobs - ref_logprobs) * mask).sum(-1)
+    if reduction == "mean":
+        return total / mask.sum(-1).clamp(min=1)
+    if reduction != "sum":
+        raise ValueError(f"reduction must be sum or mean, got {reduction!r}")
+    return total
 
 
 def _batch_std(values: torch.Tensor, sum_all) -> torch.Tensor:

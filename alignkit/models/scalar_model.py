@@ -285,6 +285,24 @@ def load_reward_scorer(path: str, *, model: str | None = None, dtype: str = "aut
     return ClassifierScorer(scalar, encoder, batch_size, packed=placement is None)
 
 
+def value_start(path: str) -> tuple[TokenScalarModel, object]:
+    """Where PPO's value model starts when it is not the reward model's copy (--value_model): an ``rm``
+    checkpoint as it is, or a causal LM's backbone with a fresh value head (``new_value_head``), as
+    ColossalChat's ``Critic(rm_pretrain)``. Returns (model in fp32, frozen as ``load_scalar_model``'s; its
+    tokenizer)."""
+    from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+    from alignkit.models.reward_model import new_value_head
+
+    if (Path(path) / VALUE_HEAD_FILE).is_file():
+        return load_scalar_model(path, adapters=[])
+    directory = resolve_model_path(path)
+    lm = load_causal_lm(directory)
+    backbone = getattr(lm, lm.base_model_prefix)
+    head = new_value_head(lm.config.get_text_config().hidden_size)
+    model = TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
+    return model, load_tokenizer(directory)
+
+
 def value_model_from(reward_model: TokenScalarModel, *, lora: dict | None) -> TokenScalarModel:
     """PPO's value model: a trainable copy of the reward model (LoRA on the backbone when ``lora`` gives
     rank/alpha/dropout/target_modules; the head is always trained in full)."""

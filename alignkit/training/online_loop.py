@@ -32,6 +32,7 @@ from alignkit.errors import AlignkitError
 from alignkit.training.faults import fault_point
 from alignkit.training.metrics_log import RunningMean
 from alignkit.training.runner import LoopConfig, Runner
+from alignkit.training.temperature import TemperatureAnnealing
 
 logger = logging.getLogger("alignkit")
 
@@ -129,6 +130,7 @@ def select(experience: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str
 
 class OnlineAlgorithm(Protocol):
     generator: object  # prompt ids → raw completion ids; ``sync_weights()`` after each update
+    temperature: float  # of sampling and of the log-probs (the generator's own too); annealing sets both
 
     def trained_model(self, policy) -> torch.nn.Module: ...  # what is optimised: the policy (+ PPO's value model)
 
@@ -174,9 +176,11 @@ def train_online(
     config: LoopConfig,
     run_dir: Path,
     args_for_checkpoint: dict,
+    annealing: TemperatureAnnealing | None = None,
 ) -> Path:
     """Train and return the final checkpoint's directory. With N processes each step samples N × the
-    schedule's prompts, each process its own share; gradients are averaged by the sharding engine."""
+    schedule's prompts, each process its own share; gradients are averaged by the sharding engine.
+    ``annealing``: the rollout temperature of each step, from the optimizer steps taken before it."""
     runner = Runner(config, run_dir, args_for_checkpoint=args_for_checkpoint, tokenizer=tokenizer)
     for module in algorithm.frozen_modules():
         module.to(runner.accelerator.device)
@@ -216,6 +220,10 @@ def train_online(
                 if not schedule.shared_prompts:
                     mine = mine[rank * share : (rank + 1) * share]
                 split = {"part": (rank, runner.num_processes)} if schedule.shared_prompts else {}
+                temperature = None
+                if annealing is not None:  # sampling and the step's log-probs both use it
+                    temperature = annealing.at(state.global_step * schedule.optimizer_steps_per_step)
+                    set_rollout_temperature(algorithm, temperature)
                 policy.eval()  # generate() keeps its KV cache only outside training mode with gradient checkpointing
                 with runner.accelerator.autocast(), runner.whole_parameters():
                     experience, rollout_metrics, samples = algorithm.experience(
@@ -244,6 +252,7 @@ def train_online(
                 if problem is None:
                     metrics = runner.mean_over_processes({
                         **rollout_metrics, **update_metrics.pop(), "time/rollout_s": rollout_seconds,
+                        **({"temperature": temperature} if temperature is not None else {}),
                         "time/update_s": time.perf_counter() - started - rollout_seconds})
                 else:
                     runner.skip_nonfinite(problem)
@@ -252,6 +261,12 @@ def train_online(
                                 log_more=functools.partial(log_samples, run_dir, state.global_step, samples),
                                 epoch_end=epoch_end)
         return runner.finish(evaluate_held_out if val_prompts else None)
+
+
+def set_rollout_temperature(algorithm, temperature: float) -> None:
+    """The temperature completions are sampled at and their log-probs taken at (logits / T), for the next step."""
+    algorithm.temperature = temperature
+    algorithm.generator.temperature = temperature
 
 
 def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, seed: int,

@@ -45,6 +45,7 @@ from alignkit.training.resume import data_fingerprint
 from alignkit.training.run_data import load_training_data
 from alignkit.training.runner import loop_config_for, open_run_dir, start_run, with_fit_defaults
 from alignkit.training.speedups import layout_check
+from alignkit.training.temperature import temperature_annealing
 
 logger = logging.getLogger("alignkit")
 
@@ -58,8 +59,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
-    if name == "ppo":
-        _check_ppo_flags(args)
+    annealing = temperature_annealing(args)
+    ppo_funcs = _check_ppo_flags(args) if name == "ppo" else []
     if args.use_vllm and args.vllm_mode != "server":  # server mode: checked with the flags (online_checks)
         from alignkit.generation.vllm import check_vllm_available
 
@@ -85,10 +86,12 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     if not prompts:
         raise AlignkitError(f"no training prompts fit {prompt_limit} tokens (--max_prompt_length, else --max_length)")
     as_ids = sum(p.messages is None for p in prompts + val_prompts)
-    if as_ids and (name != "ppo" or as_ids < len(prompts) + len(val_prompts)):
+    text_rewards = name == "grpo" and bool(args.reward_model)  # reward models scoring conversations
+    if as_ids and (text_rewards or as_ids < len(prompts) + len(val_prompts)):
         raise AlignkitError("prompts given as token ids (ColossalChat's prepare_dataset --type prompt) are scored on "
-                            "their ids by PPO's reward model, for all prompts of a run; GRPO's rewards, and prompts "
-                            "mixed with text ones, read conversations: pass the prompt jsonl they were prepared from")
+                            "their ids by PPO's reward model, or by reward functions (which get no prompt messages), "
+                            "for all prompts of a run; GRPO's reward models, and prompts mixed with text ones, read "
+                            "conversations: pass the prompt jsonl they were prepared from")
     schedule = online_schedule(args, len(prompts), grpo)
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
@@ -128,13 +131,14 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
                          needs_old_logprobs=schedule.optimizer_steps_per_step > 1,
                          advantage_estimator=args.advantage_estimator, kl_in_reward=grpo["kl_in_reward"],
+                         kl_reward_reduction=args.kl_reward_reduction,
                          delta=args.delta, tau_pos=args.tau_pos, tau_neg=args.tau_neg,
                          importance_sampling_level=args.importance_sampling_level,
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
                          overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
                          max_resample_times=args.max_resample_times, resample_pool=prompts)
     else:
-        algorithm = _build_ppo(args, common, tokenizer, encoder)
+        algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
     resolved = {**args.to_dict(), "model": model_path, "algorithm": name, "dtype": start.precision,
                 **({k: v for k, v in grpo.items() if k != "reward_funcs"} if grpo else {}),
@@ -147,7 +151,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                             "added to the offline methods' loss only; set it to 0")
     return train_online(policy=policy, tokenizer=tokenizer, algorithm=algorithm, prompts=prompts,
                         val_prompts=val_prompts, schedule=schedule, config=config,
-                        run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved)
+                        run_dir=open_run_dir(args, resolved, start.resume), args_for_checkpoint=resolved,
+                        annealing=annealing)
 
 
 def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
@@ -305,22 +310,34 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
         raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt")
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
+    if args.kl_reward_reduction != "sum" and not (defaults["kl_in_reward"] and defaults["beta"]):
+        raise AlignkitError(f"--kl_reward_reduction {args.kl_reward_reduction} reduces the KL taken off the reward: "
+                            "it needs --kl_in_reward true and --beta above 0")
     return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
             "num_generations": args.num_generations, "scale_rewards": defaults["scale_rewards"],
             "kl_in_reward": defaults["kl_in_reward"], "epsilon_high": defaults["epsilon_high"]}
 
 
-def _check_ppo_flags(args: RunArguments) -> None:
-    if len(args.reward_model) != 1:
+def _check_ppo_flags(args: RunArguments) -> list:
+    """PPO's flags checked; its reward functions (none when a reward model scores)."""
+    from alignkit.algorithms.rewards import resolve_reward_funcs
+
+    if args.reward_funcs and args.reward_model:
+        raise AlignkitError("--rlhf_type ppo scores with one --reward_model or with --reward_funcs (verifiable "
+                            "rewards, as ColossalChat's --no_neural_reward_model), not both")
+    if not args.reward_funcs and len(args.reward_model) != 1:
         raise AlignkitError("--rlhf_type ppo needs one --reward_model: the checkpoint of an `alignkit rlhf --rlhf_type "
-                            "rm` run, or a sequence-classification model")
-    if args.reward_funcs:
-        raise AlignkitError("--reward_funcs is for --rlhf_type grpo; PPO is rewarded by --reward_model")
+                            "rm` run, or a sequence-classification model (or --reward_funcs, verifiable rewards)")
+    funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins, args) if args.reward_funcs else []
+    if args.reward_weights and len(args.reward_weights) != len(funcs):
+        raise AlignkitError(f"--reward_weights has {len(args.reward_weights)} values for the {len(funcs)} "
+                            "--reward_funcs (PPO's reward model takes no weight)")
     if bool(args.pretrain_dataset) != (args.ptx_coef > 0):
         raise AlignkitError("--pretrain_dataset and --ptx_coef go together: the actor loss is "
                             "(1 − ptx_coef)·PPO + ptx_coef·LM loss on the pretrain data")
     if not 0 <= args.ptx_coef <= 1:
         raise AlignkitError(f"--ptx_coef must be in [0, 1], got {args.ptx_coef}")
+    return funcs
 
 
 def _reward_model_funcs(args: RunArguments) -> list:
@@ -341,17 +358,20 @@ def _reward_model_funcs(args: RunArguments) -> list:
     return funcs
 
 
-def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder):
+def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder, reward_funcs: list,
+               model_path: str):
     from alignkit.algorithms.ppo import PPO, PretrainBatches
     from alignkit.data.collate import SequenceCollator
-    from alignkit.models.scalar_model import load_scalar_model, value_model_from
+    from alignkit.models.scalar_model import load_scalar_model, value_model_from, value_start
 
-    reward_model, reward_tokenizer = load_scalar_model(args.reward_model[0], adapters=args.reward_adapters)
-    if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise AlignkitError(
-            f"--reward_model {args.reward_model[0]}: its tokenizer differs from the policy's; PPO's "
-            "value model starts from the reward model and reads the policy's tokens, so they must match"
-        )
+    reward_model = reward_tokenizer = None
+    if not reward_funcs:
+        reward_model, reward_tokenizer = load_scalar_model(args.reward_model[0], adapters=args.reward_adapters)
+        if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise AlignkitError(
+                f"--reward_model {args.reward_model[0]}: its tokenizer differs from the policy's; PPO's "
+                "value model starts from the reward model and reads the policy's tokens, so they must match"
+            )
     lora = None
     if is_adapter(args):
         if args.train_type != "lora":
@@ -359,17 +379,30 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                         args.lora_rank, args.train_type)
         lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                 "target_modules": args.lora_target_modules}
-    # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
-    # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
-    rm_checkpoint = (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
-    logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
-                args.reward_model[0], "value_head.safetensors" if rm_checkpoint else "score",
-                "with LoRA on the backbone and the head in full" if lora else "in full")
-    value_model = value_model_from(reward_model, lora=lora)
+    if args.value_model or reward_funcs:
+        source = args.value_model or model_path
+        start, value_tokenizer = value_start(source)
+        if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise AlignkitError(f"--value_model {source}: its tokenizer differs from the policy's; the value model "
+                                "reads the policy's tokens, so they must match")
+        fresh = not (Path(source) / "value_head.safetensors").is_file()
+        logger.info("PPO's value model: %s%s, trained %s", source, " with a fresh value head" if fresh else "",
+                    "with LoRA on the backbone and the head in full" if lora else "in full")
+        value_model = value_model_from(start, lora=lora)
+    else:
+        # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
+        # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
+        rm_checkpoint = (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
+        logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
+                    args.reward_model[0], "value_head.safetensors" if rm_checkpoint else "score",
+                    "with LoRA on the backbone and the head in full" if lora else "in full")
+        value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
-    reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length + args.max_completion_length,
-                                 truncation_strategy="left",
-                                 system=args.system)
+    if reward_funcs:
+        logger.info("PPO's rewards: %s (no reward model)", ", ".join(f.name for f in reward_funcs))
+    reward_encoder = None if reward_tokenizer is None else ChatEncoder(
+        reward_tokenizer, max_length=args.max_length + args.max_completion_length, truncation_strategy="left",
+        system=args.system)
     pretrain = None
     if args.pretrain_dataset:
         rows = [row for spec in args.pretrain_dataset
@@ -384,4 +417,5 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
     return PPO(**common, reward_model=reward_model, reward_encoder=reward_encoder, value_model=value_model,
                kl_coef=args.kl_coef, cliprange=args.cliprange, cliprange_value=args.cliprange_value,
                vf_coef=args.vf_coef, gamma=args.gamma, lam=args.lam, whiten_rewards=args.whiten_rewards,
-               ptx_coef=args.ptx_coef, pretrain=pretrain)
+               ptx_coef=args.ptx_coef, pretrain=pretrain, reward_funcs=reward_funcs,
+               reward_weights=list(args.reward_weights) or [1.0] * len(reward_funcs))

@@ -124,15 +124,19 @@ ONLINE = (
     flag("ptx_coef", 0.0, "Weight p of (1 - p) PPO + p LM loss.", type=float, to="ptx_coef"),
     flag("conversation_template_config", None, "ColossalChat's template config JSON.", to="template_config"),
     flag("rm_pretrain", None, "The reward model's (and critic's) backbone.",
-         how="logged: --rm_checkpoint_path holds the whole reward model in alignkit's layout"),
+         how="logged: --rm_checkpoint_path holds the whole reward model in alignkit's layout; train_ppo with "
+         "--no_neural_reward_model: the critic's start (--value_model)"),
     flag("rm_checkpoint_path", None, "The reward model: train_rm's save_dir/modeling.", how="--reward_model"),
     flag("critic_checkpoint_path", None, "The critic's starting weights.",
          how="alignkit's value model starts as a copy of the reward model: only --rm_checkpoint_path's path is "
          "accepted here, others are refused"),
     flag("no_neural_reward_model", False, "Score with --reward_functions instead of a reward model.", type=bool,
-         how="refused: ColossalChat's verifiable rewards (gsm8k_reward_fn, math_competition_reward_fn) are not built"),
+         how="train_ppo: --reward_funcs (ColossalChat's gsm8k_reward_fn / math_competition_reward_fn, against the "
+         "prompts' gt_answer and the template config's response_format_tags), each weighed 2 as train_ppo.py "
+         "counts it twice, and the value model from --rm_pretrain with a fresh value head (--value_model)"),
     flag("reward_functions", None, "Verifiable reward functions.", nargs="+",
-         how="refused (see --no_neural_reward_model)"),
+         how="--reward_funcs: train_ppo with --no_neural_reward_model (see there); train_grpo without --rm_pretrain "
+         "(each weighed 1). Otherwise no effect (logged), as ColossalChat scores with the reward model then"),
     flag("save_path", "actor_checkpoint_prompts", "Where checkpoints and the final actor (save_path/actor/modeling) "
          "go.", how="--output_dir; the final merged actor and tokenizer in save_path/actor/modeling"),
     flag("num_episodes", 1, "Episodes (collect + update).", type=int, to="num_episodes"),
@@ -210,14 +214,18 @@ SCRIPTS["train_grpo"] = (
     flag("logits_forward_batch_size", 1, "Sequences per log-prob forward.", type=int,
          no_effect="alignkit's rollout forwards batch --inference_batch_size sequences (padding-free)"),
     flag("kl_coef", 0.7, "Weight of the KL to the reference, folded into the reward.", type=float,
-         how="0 only: ColossalChat subtracts kl_coef x KL from each reward, alignkit's GRPO has the KL as a loss term "
-         "(alignkit rlhf --rlhf_type grpo --beta); other values are refused"),
+         how="--beta with --kl_in_reward --kl_reward_reduction mean: kl_coef x the completion's mean per-token "
+         "log pi_old - log pi_ref is taken off its reward before the group advantages, as ColossalChat (0: no "
+         "reference model)"),
     flag("max_tokens_thinking", 2000, "Thinking budget of a completion.", type=int,
-         how="no work when >= --max_seq_len (the completion ends first); smaller budgets are refused"),
+         no_effect="ColossalChat's train_grpo.py hands it to its generate() among the model's keyword arguments, "
+         "which nothing reads: no thinking budget is applied there either (completions end at --max_seq_len)"),
     flag("initial_temperature", 1.0, "Sampling temperature at the start.", type=float,
-         how="--temperature when equal to --final_temperature; annealing is refused"),
+         how="--temperature; annealed to --final_temperature as ColossalChat: held for W = min(100, int(num_episodes "
+         "/ 6)) optimizer steps, then T0 - (s / A)(T0 - T1) up to A = min(600, int(num_episodes / 2)), T1 after "
+         "(--temperature_hold_steps W --temperature_annealing_steps A)"),
     flag("final_temperature", 0.9, "Sampling temperature at the end.", type=float,
-         how="see --initial_temperature"),
+         how="--final_temperature (see --initial_temperature)"),
 )
 
 

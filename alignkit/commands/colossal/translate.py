@@ -247,22 +247,7 @@ def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
     """train_ppo / train_grpo onto alignkit's PPO / GRPO: what maps, and a named refusal for what does not."""
     if not colossal["prompt_dataset"]:
         raise AlignkitError(f"{script}: --prompt_dataset is required")
-    if colossal["no_neural_reward_model"] or colossal["reward_functions"]:
-        raise AlignkitError(f"{script} --no_neural_reward_model / --reward_functions: ColossalChat's verifiable "
-                            "rewards (gsm8k_reward_fn, math_competition_reward_fn) are not built in alignkit; score "
-                            "with a reward model (--rm_checkpoint_path), or use `alignkit rlhf --rlhf_type grpo "
-                            "--reward_funcs ...` with a function of your own")
-    reward = colossal["rm_checkpoint_path"]
-    if reward is None:
-        raise AlignkitError(f"{script} needs --rm_checkpoint_path (train_rm's save_dir/modeling): with --rm_pretrain "
-                            "alone ColossalChat scores with an untrained value head")
-    if colossal["rm_pretrain"]:
-        logger.info("--rm_pretrain %s: the reward model is --rm_checkpoint_path %s whole (backbone and head)",
-                    colossal["rm_pretrain"], reward)
-    critic = colossal["critic_checkpoint_path"]
-    if critic is not None and Path(critic).resolve() != Path(reward).resolve():
-        raise AlignkitError(f"--critic_checkpoint_path {critic}: alignkit's value model starts as a copy of the reward "
-                            "model (--rm_checkpoint_path); a separate critic checkpoint is not supported")
+    rewards = reward_values(script, colossal)
     if colossal["critic_lr"] != colossal["lr"] and script == "train_ppo":
         raise AlignkitError(f"--critic_lr {colossal['critic_lr']} differs from --lr {colossal['lr']}: alignkit trains "
                             "the policy and the value model with one optimizer and one learning rate; pass the same "
@@ -281,7 +266,7 @@ def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
                     experience)
         minibatch = experience
     values: dict[str, Any] = {
-        "dataset": colossal["prompt_dataset"], "reward_model": [reward],
+        "dataset": colossal["prompt_dataset"], **rewards,
         "experience_batch_size": colossal["experience_batch_size"] * world,
         "per_device_train_batch_size": micro, "train_batch_size": minibatch,
         "max_length": colossal["max_length"], "truncation_strategy": "left",
@@ -304,21 +289,86 @@ def online_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
     return {**values, **grpo_values(colossal)}
 
 
+def reward_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
+    """What scores the completions, as each script chooses: train_ppo a reward model unless
+    --no_neural_reward_model (then --reward_functions, the critic from --rm_pretrain); train_grpo a reward
+    model with --rm_pretrain, else --reward_functions."""
+    functions = colossal["reward_functions"] or []
+    verifiable = colossal["no_neural_reward_model"] if script == "train_ppo" else bool(functions and
+                                                                                       not colossal["rm_pretrain"])
+    if script == "train_ppo" and verifiable:
+        if not functions:
+            raise AlignkitError("train_ppo --no_neural_reward_model needs --reward_functions (gsm8k_reward_fn, "
+                                "math_competition_reward_fn): without them ColossalChat has nothing to score with")
+        if colossal["rm_pretrain"] is None:
+            raise AlignkitError("train_ppo --no_neural_reward_model needs --rm_pretrain: ColossalChat's critic is "
+                                "that model with a fresh value head")
+    if verifiable:
+        unknown = [name for name in functions if name not in COLOSSAL_REWARD_FUNCTIONS]
+        if unknown:
+            raise AlignkitError(f"{script} --reward_functions {' '.join(unknown)}: ColossalChat knows "
+                                f"{', '.join(COLOSSAL_REWARD_FUNCTIONS)}; a function of your own runs through "
+                                "`alignkit rlhf --rlhf_type grpo|ppo --reward_funcs ... --external_plugins FILE`")
+        for name in ("rm_checkpoint_path", "critic_checkpoint_path"):
+            if colossal[name] is not None:
+                raise AlignkitError(f"{script} --{name} with verifiable rewards (--reward_functions): ColossalChat "
+                                    "scores with the functions and starts the critic from --rm_pretrain; drop it")
+        # train_ppo.py appends each named function to its list twice (once by name, once by eval): every
+        # function counts twice in its reward (0 / 2 / 20). train_grpo.py appends each once.
+        weight = 2.0 if script == "train_ppo" else 1.0
+        if weight != 1:
+            logger.info("train_ppo --reward_functions: each function is weighed %s, as ColossalChat's train_ppo.py "
+                        "sums it twice (it appends each function to its list twice)", weight)
+        values = {"reward_funcs": list(functions), "reward_weights": [weight] * len(functions)}
+        if script == "train_ppo":
+            values["value_model"] = colossal["rm_pretrain"]
+            logger.info("train_ppo: the critic starts from --rm_pretrain %s with a fresh value head, as ColossalChat's "
+                        "Critic; alignkit's head is bias-free with weights from N(0, 1/(d+1)), ColossalChat's has "
+                        "torch's default nn.Linear start (uniform in +-1/sqrt(d), with a bias)",
+                        colossal["rm_pretrain"])
+        return values
+    if functions:
+        logger.info("%s --reward_functions has no effect with a reward model (%s), as in ColossalChat", script,
+                    "no --no_neural_reward_model" if script == "train_ppo" else "--rm_pretrain")
+    reward = colossal["rm_checkpoint_path"]
+    if reward is None:
+        raise AlignkitError(f"{script} needs --rm_checkpoint_path (train_rm's save_dir/modeling): with --rm_pretrain "
+                            "alone ColossalChat scores with an untrained value head"
+                            + ("; or --reward_functions for verifiable rewards" if script == "train_grpo" else
+                               "; or --no_neural_reward_model --reward_functions for verifiable rewards"))
+    if colossal["rm_pretrain"]:
+        logger.info("--rm_pretrain %s: the reward model is --rm_checkpoint_path %s whole (backbone and head)",
+                    colossal["rm_pretrain"], reward)
+    critic = colossal["critic_checkpoint_path"]
+    if critic is not None and Path(critic).resolve() != Path(reward).resolve():
+        raise AlignkitError(f"--critic_checkpoint_path {critic}: alignkit's value model starts as a copy of the reward "
+                            "model (--rm_checkpoint_path); a separate critic checkpoint is not supported")
+    return {"reward_model": [reward]}
+
+
+COLOSSAL_REWARD_FUNCTIONS = ("gsm8k_reward_fn", "math_competition_reward_fn")
+
+
 def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
-    if colossal["kl_coef"] != 0:
-        raise AlignkitError(f"train_grpo --kl_coef {colossal['kl_coef']}: ColossalChat subtracts kl_coef x KL from "
-                            "each reward; alignkit's GRPO has the KL as a loss term instead. Pass --kl_coef 0 (no KL), "
-                            "or use `alignkit rlhf --rlhf_type grpo --beta B` for the loss-term KL")
-    if colossal["initial_temperature"] != colossal["final_temperature"]:
-        raise AlignkitError(f"train_grpo --initial_temperature {colossal['initial_temperature']} --final_temperature "
-                            f"{colossal['final_temperature']}: temperature annealing is not supported; pass equal "
-                            "values for a fixed temperature")
-    if colossal["max_tokens_thinking"] < colossal["max_seq_len"]:
-        raise AlignkitError(f"train_grpo --max_tokens_thinking {colossal['max_tokens_thinking']} below --max_seq_len "
-                            f"{colossal['max_seq_len']}: the thinking budget is not supported; set it to at least "
-                            "--max_seq_len")
-    values = {"beta": 0.0, "temperature": colossal["initial_temperature"],
-              "num_iterations": colossal["num_update_steps"]}
+    """ColossalChat's GRPO: kl_coef x KL folded into the reward (mean over the completion's tokens), and the
+    temperature annealed from initial to final (train_grpo.py's temperature_annealing_config)."""
+    kl = {"beta": colossal["kl_coef"], "kl_in_reward": True, "kl_reward_reduction": "mean"}
+    if colossal["kl_coef"] == 0:
+        kl = {"beta": 0.0}
+    episodes = colossal["num_episodes"]
+    hold, annealing = min(100, int(episodes / 6)), min(600, int(episodes / 2))
+    temperature = {"temperature": colossal["initial_temperature"]}
+    if colossal["final_temperature"] != colossal["initial_temperature"]:
+        temperature.update(final_temperature=colossal["final_temperature"], temperature_hold_steps=hold,
+                           temperature_annealing_steps=annealing)
+        logger.info("train_grpo: temperature %s, annealed to %s as ColossalChat: held %d optimizer steps "
+                    "(min(100, num_episodes / 6)), reached at step %d (min(600, num_episodes / 2))",
+                    colossal["initial_temperature"], colossal["final_temperature"], hold, annealing)
+    if colossal["num_generations"] != 8:
+        logger.info("train_grpo --num_generations %d: sampled as asked; ColossalChat's train_grpo.py passes it to its "
+                    "GRPOTrainer as num_generations, a name the trainer does not take (its num_generation stays 8)",
+                    colossal["num_generations"])
+    values = {**kl, **temperature, "num_iterations": colossal["num_update_steps"]}
     if colossal["inference_batch_size"] is not None:
         values["local_rollout_forward_batch_size"] = colossal["inference_batch_size"]
     return values
