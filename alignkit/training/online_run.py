@@ -344,7 +344,13 @@ def _reward_model_funcs(args: RunArguments) -> list:
 def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder):
     from alignkit.algorithms.ppo import PPO, PretrainBatches
     from alignkit.data.collate import SequenceCollator
-    from alignkit.models.scalar_model import load_scalar_model, value_model_from
+    from alignkit.models.colossal_checkpoint import is_colossal_scalar_checkpoint
+    from alignkit.models.scalar_model import (
+        load_scalar_model,
+        load_value_model,
+        trainable_value_model,
+        value_model_from,
+    )
 
     reward_model, reward_tokenizer = load_scalar_model(args.reward_model[0], adapters=args.reward_adapters)
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -361,11 +367,16 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                 "target_modules": args.lora_target_modules}
     # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
     # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
-    rm_checkpoint = (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
-    logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
-                args.reward_model[0], "value_head.safetensors" if rm_checkpoint else "score",
-                "with LoRA on the backbone and the head in full" if lora else "in full")
-    value_model = value_model_from(reward_model, lora=lora)
+    trained = "with LoRA on the backbone and the head in full" if lora else "in full"
+    if args.value_model:
+        value_model = trainable_value_model(load_value_model(args.value_model), lora=lora)
+        logger.info("PPO's value model: --value_model %s, trained %s", args.value_model, trained)
+    else:
+        head = ("value_head.safetensors" if (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
+                else "value_head.*" if is_colossal_scalar_checkpoint(args.reward_model[0]) else "score")
+        logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
+                    args.reward_model[0], head, trained)
+        value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
     reward_encoder = ChatEncoder(reward_tokenizer, max_length=args.max_length + args.max_completion_length,
                                  truncation_strategy="left",
