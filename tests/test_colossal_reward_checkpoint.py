@@ -164,3 +164,26 @@ def test_pissa_lora_trains_an_sft_step_with_peft_pissa(tiny_model_dir, tmp_path)
                  "--save_path", str(save)]) == 0
     adapter = json.loads(next(save.glob("v*/checkpoint-*/adapter_config.json")).read_text())
     assert (adapter["init_lora_weights"], adapter["bias"], adapter["r"]) == ("pissa", "all", 4)
+
+
+def test_grpo_scores_with_a_colossalchat_rm(tiny_model_dir, tmp_path, monkeypatch):
+    import alignkit.models.scalar_model as scalar_model
+
+    save_colossal_rm(tiny_model_dir, tmp_path / "rm" / "modeling", seed=1)
+    scored = []
+    score = scalar_model.score_conversations
+
+    def spy(model, *args, **kwargs):
+        rewards = score(model, *args, **kwargs)
+        scored.append((model.head.bias is not None, len(rewards)))
+        return rewards
+
+    monkeypatch.setattr(scalar_model, "score_conversations", spy)
+    assert main(["colossal", "train_grpo", "--pretrain", tiny_model_dir, "--rm_pretrain", tiny_model_dir,
+                 "--rm_checkpoint_path", str(tmp_path / "rm"),  # an epoch-X_step-Y style path: its modeling/
+                 "--prompt_dataset", str(DATA / "colossalchat_ppo_prompts.jsonl"), "--num_episodes", "1",
+                 "--num_collect_steps", "1", "--experience_batch_size", "2", "--train_batch_size", "4",
+                 "--accumulation_steps", "1", "--num_update_steps", "1", "--max_seq_len", "8", "--num_generations",
+                 "2", "--kl_coef", "0", "--initial_temperature", "0.9", "--final_temperature", "0.9",
+                 "--mixed_precision", "bf16", "--save_path", str(tmp_path / "grpo")]) == 0
+    assert scored and all(has_bias for has_bias, _ in scored)
