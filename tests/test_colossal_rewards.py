@@ -143,17 +143,18 @@ def test_ppo_takes_a_reward_model_or_functions_not_both(tiny_model_dir, tmp_path
     assert "not both" in capsys.readouterr().err
 
 
-def test_value_start_gives_a_causal_lm_a_fresh_head_and_keeps_an_rm_checkpoints(tiny_model_dir, tmp_path):
+def test_value_model_gives_a_causal_lm_a_fresh_head_and_keeps_an_rm_checkpoints(tiny_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from alignkit.models.scalar_model import value_start
+    from alignkit.models.load import load_tokenizer
+    from alignkit.models.scalar_model import load_value_model
 
-    fresh, tokenizer = value_start(tiny_model_dir)
+    fresh = load_value_model(tiny_model_dir)
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert torch.equal(fresh.backbone.embed_tokens.weight, lm.model.embed_tokens.weight)
-    assert fresh.head.weight.shape == (1, lm.config.hidden_size) and fresh.head.bias is None
+    assert fresh.head.weight.shape == (1, lm.config.hidden_size) and fresh.head.bias is not None  # ColossalChat's
     fresh.save_pretrained(tmp_path / "rm")  # an rm checkpoint's layout: backbone + value_head.safetensors
-    tokenizer.save_pretrained(tmp_path / "rm")
-    kept, _ = value_start(str(tmp_path / "rm"))
-    assert torch.equal(kept.head.weight, fresh.head.weight)
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    kept = load_value_model(str(tmp_path / "rm"))
+    assert torch.equal(kept.head.weight, fresh.head.weight) and torch.equal(kept.head.bias, fresh.head.bias)

@@ -566,8 +566,9 @@ class RunArguments:
     modules_to_save: list[str] = option(
         [], "Modules trained in full beside the adapter and saved in it, e.g. embed_tokens lm_head; all-embedding "
         "and all-norm name every embedding / norm layer.", nargs="+")
-    lora_bias: str = option("none", "LoRA: train the biases of the adapted layers too (all).",
-                            choices=("none", "all"))
+    lora_bias: str = option("none", "LoRA: biases that train too, as peft's bias: all (every bias of the model) "
+                            "or lora_only (the adapted layers').", choices=("none", "all", "lora_only"),
+                            differs="lora_only (peft's, ColossalChat's lora_train_bias lora) is an alignkit addition")
     lora_dtype: str | None = option(
         None, "Precision of the LoRA weights. Unset: fp32 (peft's default, whatever the base's precision).",
         choices=("float32", "bfloat16", "float16"))
@@ -745,6 +746,13 @@ class RunArguments:
         "with one label (ms-swift's rm output); "
         "its copy becomes the value model. grpo: reward models scored besides --reward_funcs.",
         aliases=("--reward_model_id_or_path",), nargs="+", applies_to=("ppo", "grpo",))
+    value_model: str | None = option(
+        None, "ppo: where the value model starts: a reward-model checkpoint (its head too; ColossalChat's critic "
+        "checkpoints) or a model (its backbone with a new head, as ColossalChat's Critic(--rm_pretrain)). Unset: a "
+        "copy of --reward_model, as ms-swift; with --reward_funcs alone, --model's backbone with a new head. Its "
+        "tokenizer must be the policy's.", applies_to=("ppo",),
+        differs="an alignkit addition (ms-swift's value model is always a copy of --reward_model); the ColossalChat "
+        "front-end sets it from --critic_checkpoint_path / --rm_pretrain")
     reward_adapters: list[str] = option(
         [],
         "LoRA adapters merged into --reward_model.",
@@ -894,12 +902,6 @@ class RunArguments:
         [], "grpo, ppo: Python files whose functions --reward_funcs may name, or ms-swift reward plugin files "
         "(classes subclassing ORM registered in orms; `from swift.rewards import ORM, orms` works without ms-swift).",
         nargs="+", applies_to=("grpo", "ppo"))
-    value_model: str | None = option(
-        None,
-        "ppo: where the value model starts: an `alignkit rlhf --rlhf_type rm` checkpoint (backbone and value head), "
-        "or a causal LM given a fresh value head (ColossalChat's critic from --rm_pretrain). Unset: a copy of "
-        "--reward_model, or with --reward_funcs --model with a fresh value head. Its tokenizer must be the "
-        "policy's.", applies_to=("ppo",))
     # --- online RL: ms-swift's GRPO family (docs/online.md, docs/objectives.md) ---
     steps_per_generation: int | None = option(
         None,

@@ -79,10 +79,14 @@ class SequenceRewardModel(nn.Module):
 
 
 def save_value_head(head: nn.Linear, directory: Path) -> None:
+    """The head's weight (1, D), and its bias where it has one (a ColossalChat reward model's or critic's)."""
     from safetensors.torch import save_file
 
     weight = head.weight.detach().float().cpu().contiguous()  # (1, D)
-    save_file({"weight": weight}, str(directory / VALUE_HEAD_FILE), metadata={"hidden_size": str(weight.shape[1])})
+    tensors = {"weight": weight}
+    if head.bias is not None:
+        tensors["bias"] = head.bias.detach().float().cpu().contiguous()  # (1,)
+    save_file(tensors, str(directory / VALUE_HEAD_FILE), metadata={"hidden_size": str(weight.shape[1])})
 
 
 def load_value_head(directory: Path) -> nn.Linear:
@@ -92,10 +96,17 @@ def load_value_head(directory: Path) -> nn.Linear:
     if not path.is_file():
         raise AlignkitError(f"{directory}: no {VALUE_HEAD_FILE}, so this is not a reward-model checkpoint "
                             "(train one with `alignkit rlhf --rlhf_type rm`)")
-    weight = load_file(str(path))["weight"]  # (1, D)
-    head = nn.Linear(weight.shape[1], 1, bias=False)
+    tensors = load_file(str(path))
+    return linear_head(tensors["weight"], tensors.get("bias"))
+
+
+def linear_head(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A d_model → 1 head holding ``weight`` (1, D) and, if given, ``bias`` (1,)."""
+    head = nn.Linear(weight.shape[1], 1, bias=bias is not None)
     with torch.no_grad():
         head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
     return head
 
 

@@ -27,6 +27,7 @@ from alignkit.data.collate import SequenceCollator
 from alignkit.data.rows import Message
 from alignkit.data.template import IGNORE_INDEX, ChatEncoder, Encoded, Truncated
 from alignkit.errors import AlignkitError
+from alignkit.models.colossal_checkpoint import is_colossal_scalar_checkpoint, load_colossal_scalar
 from alignkit.models.packing import Packed, pack, packed_attention_mask, supports_packing
 from alignkit.models.reward_model import VALUE_HEAD_FILE, load_value_head, save_value_head
 
@@ -80,17 +81,18 @@ class TokenScalarModel(nn.Module):
         from alignkit.models.weights import load_model_weights
 
         load_model_weights(self.backbone, directory)
-        with torch.no_grad():
-            self.head.weight.copy_(load_value_head(directory).weight)
+        self.head.load_state_dict(load_value_head(directory).state_dict())
 
 
 def load_scalar_model(
     path: str, *, adapters: list[str], base_model: str | None = None
 ) -> tuple[TokenScalarModel, object]:
-    """A reward model from an ``rm`` checkpoint or a sequence-classification model; adapters are merged.
+    """A reward model from an ``rm`` checkpoint, a ColossalChat RewardModel checkpoint (``colossal_checkpoint``)
+    or a sequence-classification model; adapters are merged.
 
     Returns (model in fp32, eval mode, frozen; its tokenizer). ``base_model`` overrides the base named in an
-    adapter checkpoint's ``adapter_config.json``.
+    adapter checkpoint's ``adapter_config.json``; for a ColossalChat checkpoint without config.json or tokenizer
+    it is the model trained from (ColossalChat's --rm_pretrain), which supplies them.
     """
     from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 
@@ -103,12 +105,47 @@ def load_scalar_model(
             lm = _merged(load_causal_lm(str(directory)), adapters)
         head = load_value_head(directory)
         pad_token_id = None
+    elif is_colossal_scalar_checkpoint(directory):
+        if adapters:
+            raise AlignkitError(f"--reward_adapters with {path}, a ColossalChat reward model: its weights are whole "
+                                "(ColossalChat merges LoRA into them); drop --reward_adapters")
+        backbone, head = load_colossal_scalar(directory, config_from=base_model)
+        model = TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
+        tokenizer_source = str(directory) if _has_tokenizer(directory) else base_model
+        if tokenizer_source is None:
+            raise AlignkitError(f"{path}: a ColossalChat reward model without tokenizer files; name the model it was "
+                                "trained from (ColossalChat's --rm_pretrain), or put its tokenizer files beside it")
+        return model, load_tokenizer(tokenizer_source)
     else:
         lm = _merged(load_sequence_classifier(path), adapters)
         head, pad_token_id = lm.score, lm.config.get_text_config().pad_token_id
     backbone = getattr(lm, lm.base_model_prefix)
     model = TokenScalarModel(backbone, head, pad_token_id).float().eval().requires_grad_(False)
     return model, load_tokenizer(str(directory) if directory.is_dir() else path)
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def load_value_model(path: str) -> TokenScalarModel:
+    """PPO's value model from its own checkpoint (``--value_model``): a reward-model checkpoint of any layout
+    ``load_scalar_model`` reads, head included (ColossalChat's --critic_checkpoint_path), or a plain model whose
+    backbone gets a new d_model → 1 head with a bias, in nn.Linear's default initialisation, as ColossalChat's
+    ``Critic(--rm_pretrain)`` starts. fp32, eval mode, frozen (``trainable_value_model`` makes it train)."""
+    from transformers import AutoModel
+
+    directory = Path(path)
+    if (directory / VALUE_HEAD_FILE).is_file() or is_colossal_scalar_checkpoint(directory):
+        return load_scalar_model(path, adapters=[])[0]
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        return load_scalar_model(path, adapters=[])[0]
+    backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+    head = nn.Linear(backbone.get_input_embeddings().embedding_dim, 1)
+    return TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
 
 
 def load_sequence_classifier(path: str, dtype: torch.dtype = torch.float32, **placement):
@@ -266,6 +303,13 @@ def load_reward_scorer(path: str, *, model: str | None = None, dtype: str = "aut
     if (Path(path) / VALUE_HEAD_FILE).is_file():
         return load_reward_model(path, model=model, dtype=dtype, max_length=max_length, system=system,
                                  batch_size=batch_size, device_map=device_map, max_memory=max_memory)
+    if is_colossal_scalar_checkpoint(path):
+        # ColossalChat's RewardModel (backbone + value_head with bias): --model names what it was trained from
+        # when the checkpoint has no config.json / tokenizer (ColossalChat's --rm_pretrain). fp32, one device.
+        scalar, tokenizer = load_scalar_model(path, adapters=[], base_model=model)
+        scalar = scalar.to("cuda" if torch.cuda.is_available() else "cpu")
+        encoder = ChatEncoder(tokenizer, max_length=max_length, truncation_strategy="left", system=system)
+        return ClassifierScorer(scalar, encoder, batch_size)
     if model is not None:
         logger.info("--reward_model %s is a whole sequence-classification model: --model %s is not its base",
                     path, model)
@@ -285,30 +329,18 @@ def load_reward_scorer(path: str, *, model: str | None = None, dtype: str = "aut
     return ClassifierScorer(scalar, encoder, batch_size, packed=placement is None)
 
 
-def value_start(path: str) -> tuple[TokenScalarModel, object]:
-    """Where PPO's value model starts when it is not the reward model's copy (--value_model): an ``rm``
-    checkpoint as it is, or a causal LM's backbone with a fresh value head (``new_value_head``), as
-    ColossalChat's ``Critic(rm_pretrain)``. Returns (model in fp32, frozen as ``load_scalar_model``'s; its
-    tokenizer)."""
-    from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
-    from alignkit.models.reward_model import new_value_head
-
-    if (Path(path) / VALUE_HEAD_FILE).is_file():
-        return load_scalar_model(path, adapters=[])
-    directory = resolve_model_path(path)
-    lm = load_causal_lm(directory)
-    backbone = getattr(lm, lm.base_model_prefix)
-    head = new_value_head(lm.config.get_text_config().hidden_size)
-    model = TokenScalarModel(backbone, head).float().eval().requires_grad_(False)
-    return model, load_tokenizer(directory)
-
-
 def value_model_from(reward_model: TokenScalarModel, *, lora: dict | None) -> TokenScalarModel:
     """PPO's value model: a trainable copy of the reward model (LoRA on the backbone when ``lora`` gives
     rank/alpha/dropout/target_modules; the head is always trained in full)."""
     import copy
 
-    value = copy.deepcopy(reward_model).train().requires_grad_(True)
+    return trainable_value_model(copy.deepcopy(reward_model), lora=lora)
+
+
+def trainable_value_model(value: TokenScalarModel, *, lora: dict | None) -> TokenScalarModel:
+    """``value`` made trainable: in full, or LoRA on the backbone (``lora`` as ``value_model_from``) with the
+    head in full."""
+    value = value.train().requires_grad_(True)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 

@@ -358,11 +358,29 @@ def _reward_model_funcs(args: RunArguments) -> list:
     return funcs
 
 
+def check_same_tokenizer(source: str, tokenizer) -> None:
+    """The value model reads the policy's tokens: a --value_model with a tokenizer of its own must share it (a
+    ColossalChat checkpoint, state dict only, has none)."""
+    from alignkit.models.load import load_tokenizer
+
+    if not any((Path(source) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    if load_tokenizer(source).get_vocab() != tokenizer.get_vocab():
+        raise AlignkitError(f"--value_model {source}: its tokenizer differs from the policy's; the value model reads "
+                            "the policy's tokens, so they must match")
+
+
 def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder, reward_funcs: list,
                model_path: str):
     from alignkit.algorithms.ppo import PPO, PretrainBatches
     from alignkit.data.collate import SequenceCollator
-    from alignkit.models.scalar_model import load_scalar_model, value_model_from, value_start
+    from alignkit.models.colossal_checkpoint import is_colossal_scalar_checkpoint
+    from alignkit.models.scalar_model import (
+        load_scalar_model,
+        load_value_model,
+        trainable_value_model,
+        value_model_from,
+    )
 
     reward_model = reward_tokenizer = None
     if not reward_funcs:
@@ -379,23 +397,21 @@ def _build_ppo(args: RunArguments, common: dict, tokenizer, encoder: ChatEncoder
                         args.lora_rank, args.train_type)
         lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                 "target_modules": args.lora_target_modules}
+    # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
+    # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
+    trained = "with LoRA on the backbone and the head in full" if lora else "in full"
     if args.value_model or reward_funcs:
+        # Verifiable rewards without a reward model: the policy's backbone with a new head (ColossalChat's Critic).
         source = args.value_model or model_path
-        start, value_tokenizer = value_start(source)
-        if value_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise AlignkitError(f"--value_model {source}: its tokenizer differs from the policy's; the value model "
-                                "reads the policy's tokens, so they must match")
-        fresh = not (Path(source) / "value_head.safetensors").is_file()
-        logger.info("PPO's value model: %s%s, trained %s", source, " with a fresh value head" if fresh else "",
-                    "with LoRA on the backbone and the head in full" if lora else "in full")
-        value_model = value_model_from(start, lora=lora)
+        check_same_tokenizer(source, tokenizer)
+        value_model = trainable_value_model(load_value_model(source), lora=lora)
+        logger.info("PPO's value model: %s%s, trained %s", source, "" if args.value_model else " (--model) with a new "
+                    "value head", trained)
     else:
-        # ms-swift loads its critic from --reward_model too (with --reward_adapters), tuned like the policy; its
-        # seq-cls LoRA trains the score head in full (peft's SEQ_CLS modules_to_save), as here.
-        rm_checkpoint = (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
+        head = ("value_head.safetensors" if (Path(args.reward_model[0]) / "value_head.safetensors").is_file()
+                else "value_head.*" if is_colossal_scalar_checkpoint(args.reward_model[0]) else "score")
         logger.info("PPO's value model: a copy of --reward_model %s, its %s head as the value head, trained %s",
-                    args.reward_model[0], "value_head.safetensors" if rm_checkpoint else "score",
-                    "with LoRA on the backbone and the head in full" if lora else "in full")
+                    args.reward_model[0], head, trained)
         value_model = value_model_from(reward_model, lora=lora)
     disable_dropout(value_model)
     if reward_funcs:

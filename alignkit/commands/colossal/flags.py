@@ -74,8 +74,9 @@ ENGINE = (
          "'modeling' (a saved model): training continues from those weights, as ColossalChat"),
     flag("lora_config", None, "LoRA config JSON (r, lora_alpha, linear_lora_dropout, lora_train_bias, "
          "lora_initialization_method, target_modules).",
-         how="unset or r 0: full fine-tuning; r > 0: LoRA with its rank, alpha, dropout and targets; PiSSA "
-         "initialisation and lora_train_bias other than none are refused"),
+         how="unset or r 0: full fine-tuning; r > 0: LoRA with its rank, alpha, dropout and targets; "
+         "lora_initialization_method kaiming_uniform | PiSSA: --init_weights true | pissa (an exact SVD where "
+         "ColossalChat takes svd_lowrank); lora_train_bias none | all | lora: --lora_bias none | all | lora_only"),
     flag("save_interval", 1000, "Steps between checkpoints.", type=int, to="save_steps"),
     flag("lr", 5e-6, "Learning rate.", type=float, to="learning_rate"),
     flag("accumulation_steps", 8, "Gradient accumulation steps.", type=int, to="gradient_accumulation_steps"),
@@ -124,12 +125,15 @@ ONLINE = (
     flag("ptx_coef", 0.0, "Weight p of (1 - p) PPO + p LM loss.", type=float, to="ptx_coef"),
     flag("conversation_template_config", None, "ColossalChat's template config JSON.", to="template_config"),
     flag("rm_pretrain", None, "The reward model's (and critic's) backbone.",
-         how="logged: --rm_checkpoint_path holds the whole reward model in alignkit's layout; train_ppo with "
-         "--no_neural_reward_model: the critic's start (--value_model)"),
-    flag("rm_checkpoint_path", None, "The reward model: train_rm's save_dir/modeling.", how="--reward_model"),
+         how="the config.json of a ColossalChat-layout --rm_checkpoint_path / --critic_checkpoint_path (state dict "
+         "only); ppo without --critic_checkpoint_path, and train_ppo --no_neural_reward_model: --value_model (its "
+         "backbone, a new value head)"),
+    flag("rm_checkpoint_path", None, "The reward model: train_rm's save_dir/modeling.",
+         how="--reward_model: alignkit's or ColossalChat's layout (model.* + value_head.weight/bias, scored at the "
+         "last token); a path without 'modeling' in it: its modeling/"),
     flag("critic_checkpoint_path", None, "The critic's starting weights.",
-         how="alignkit's value model starts as a copy of the reward model: only --rm_checkpoint_path's path is "
-         "accepted here, others are refused"),
+         how="ppo: --value_model (a reward-model or critic checkpoint, either layout, head included); grpo: refused "
+         "(no critic)"),
     flag("no_neural_reward_model", False, "Score with --reward_functions instead of a reward model.", type=bool,
          how="train_ppo: --reward_funcs (ColossalChat's gsm8k_reward_fn / math_competition_reward_fn, against the "
          "prompts' gt_answer and the template config's response_format_tags), each weighed 2 as train_ppo.py "

@@ -99,9 +99,15 @@ def run_colossal(argv: list[str]) -> int:
     translation = translate(script, given)
     write_config_file(translation)
     values = dict(translation.values)
+    where = Path(values.get("output_dir", "."))
     if translation.tokenizer_dir:
-        values["model"] = model_with_tokenizer(values["model"], translation.tokenizer_dir,
-                                               Path(values.get("output_dir", ".")))
+        values["model"] = model_with_tokenizer(values["model"], translation.tokenizer_dir, where)
+    if values.get("reward_model") or values.get("value_model"):
+        with_files = scalar_checkpoint_files(translation.settings)
+        if values.get("reward_model"):
+            values["reward_model"] = [with_files(path, where / ".reward_model") for path in values["reward_model"]]
+        if values.get("value_model"):
+            values["value_model"] = with_files(values["value_model"], where / ".critic")
     from alignkit.config.run import RunArguments
     from alignkit.training.run import run_training
 
@@ -137,15 +143,60 @@ def model_with_tokenizer(model: str, tokenizer_dir: str, where: Path) -> str:
     tokenizer_files = [p for p in tokenizer_path.iterdir() if p.name in TOKENIZER_FILES]
     if not tokenizer_files:
         raise AlignkitError(f"--tokenizer_dir {tokenizer_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
-    combined = where / ".pretrain_with_tokenizer"
-    combined.mkdir(parents=True, exist_ok=True)
     links = {p.name: p for p in model_dir.iterdir() if p.name not in TOKENIZER_FILES}
     links.update({p.name: p for p in tokenizer_files})
-    for stale in combined.iterdir():
+    combined = link_directory(where / ".pretrain_with_tokenizer", links)
+    logger.info("--pretrain %s with --tokenizer_dir %s: loading %s", model, tokenizer_dir, combined)
+    return str(combined)
+
+
+# What a Hugging Face model directory holds besides its weights: a ColossalChat checkpoint borrows these.
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+def scalar_checkpoint_files(colossal: dict):
+    """For train_ppo / train_grpo: a function giving a ColossalChat reward-model or critic checkpoint (its
+    modeling/ holds the state dict only) as a directory that loads alone: its weight files, with config.json from
+    --rm_pretrain (the architecture ColossalChat builds before loading the weights) and the tokenizer files of
+    --tokenizer_dir or --pretrain (ColossalChat's one tokenizer, whose ids the reward model reads). Any other
+    path (an alignkit checkpoint, a plain model) is returned as it is."""
+    from alignkit.models.colossal_checkpoint import is_colossal_scalar_checkpoint
+
+    tokenizer_from = colossal.get("tokenizer_dir") or colossal.get("pretrain")
+
+    def with_files(path: str, link_dir: Path) -> str:
+        checkpoint = Path(path).expanduser()
+        if not is_colossal_scalar_checkpoint(checkpoint):
+            return path
+        borrowed: dict[str, Path] = {}
+        if not (checkpoint / "config.json").is_file():
+            if not colossal.get("rm_pretrain"):
+                raise AlignkitError(f"{path}: a ColossalChat reward model's weights without config.json; pass "
+                                    "--rm_pretrain, the model it was trained from, as ColossalChat needs")
+            source = Path(colossal["rm_pretrain"]).expanduser()
+            borrowed.update({name: source / name for name in CONFIG_FILES if (source / name).is_file()})
+        if not any((checkpoint / name).is_file() for name in TOKENIZER_FILES) and tokenizer_from:
+            source = Path(tokenizer_from).expanduser()
+            borrowed.update({p.name: p for p in source.iterdir() if p.name in TOKENIZER_FILES} if source.is_dir()
+                            else {})
+        if not borrowed:
+            return path
+        logger.info("%s: ColossalChat's reward-model layout (model.* + value_head.*), read with %s from %s", path,
+                    ", ".join(sorted(borrowed)), ", ".join(sorted({str(p.parent) for p in borrowed.values()})))
+        return str(link_directory(link_dir, {**{p.name: p for p in checkpoint.iterdir()}, **borrowed}))
+
+    return with_files
+
+
+def link_directory(directory: Path, links: dict[str, Path]) -> Path:
+    """``directory`` holding exactly ``links`` (name → target) as symbolic links; safe when several processes of
+    one run make it at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():
         if stale.name not in links:
             stale.unlink()
     for name, target in links.items():
-        link = combined / name
+        link = directory / name
         if link.is_symlink() and Path(os.readlink(link)) == target.resolve():
             continue
         link.unlink(missing_ok=True)
@@ -153,8 +204,7 @@ def model_with_tokenizer(model: str, tokenizer_dir: str, where: Path) -> str:
             link.symlink_to(target.resolve())
         except FileExistsError:  # another process of the same run made it
             pass
-    logger.info("--pretrain %s with --tokenizer_dir %s: loading %s", model, tokenizer_dir, combined)
-    return str(combined)
+    return directory
 
 
 def save_modeling(checkpoint: Path, modeling: Path) -> Path:

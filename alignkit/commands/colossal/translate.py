@@ -180,22 +180,44 @@ def lora_values(path: str | None) -> dict[str, Any]:
     if config["r"] <= 0:
         logger.info("--lora_config %s: r %s, full fine-tuning (as ColossalChat)", path, config["r"])
         return {}
-    if str(config["lora_initialization_method"]).lower() != "kaiming_uniform":
-        raise AlignkitError(f"--lora_config {path}: lora_initialization_method {config['lora_initialization_method']} "
-                            "is not supported by alignkit's front-end yet (peft's default kaiming_uniform only)")
-    if config["lora_train_bias"] != "none":
-        raise AlignkitError(f"--lora_config {path}: lora_train_bias {config['lora_train_bias']} is not supported: "
-                            "alignkit trains the LoRA matrices only (lora_train_bias none)")
-    if config["embedding_lora_dropout"]:
-        logger.info("--lora_config %s: embedding_lora_dropout has no effect (alignkit adapts linear layers only)", path)
     values = {"train_type": "lora", "lora_rank": int(config["r"]), "lora_alpha": int(config["lora_alpha"]),
               "lora_dropout": float(config["linear_lora_dropout"])}
+    values.update(lora_init_and_bias(path, config))
+    if config["embedding_lora_dropout"]:
+        logger.info("--lora_config %s: embedding_lora_dropout has no effect (alignkit adapts linear layers only)", path)
     if config["target_modules"]:
         values["lora_target_modules"] = list(config["target_modules"])
     else:
         logger.info("--lora_config %s without target_modules: LoRA on every linear layer but the LM head (ColossalChat "
                     "converts the LM head too)", path)
     return values
+
+
+# ColossalChat's lora_initialization_method → peft's init_lora_weights (--init_weights).
+LORA_INITS = {"kaiming_uniform": "true", "PiSSA": "pissa"}
+# ColossalChat's lora_train_bias → peft's bias (--lora_bias): "all" trains every bias of the model in both;
+# "lora" trains the adapted layers' biases (peft's lora_only).
+LORA_BIASES = {"none": "none", "all": "all", "lora": "lora_only"}
+
+
+def lora_init_and_bias(path: str, config: dict[str, Any]) -> dict[str, Any]:
+    """--lora_config's lora_initialization_method and lora_train_bias as peft's init_lora_weights and bias,
+    spelled as ColossalChat's LoraConfig spells them (coati/models/lora.py); any other spelling is refused
+    (ColossalChat asserts on an unknown method and treats an unknown bias mode as none)."""
+    method, bias = config["lora_initialization_method"], config["lora_train_bias"]
+    if method not in LORA_INITS:
+        raise AlignkitError(f"--lora_config {path}: lora_initialization_method {method!r}: ColossalChat's methods are "
+                            f"{' and '.join(map(repr, LORA_INITS))}")
+    if bias not in LORA_BIASES:
+        raise AlignkitError(f"--lora_config {path}: lora_train_bias {bias!r}: ColossalChat's modes are "
+                            f"{', '.join(map(repr, LORA_BIASES))}")
+    if method == "PiSSA":
+        logger.info("--lora_config %s: PiSSA as peft's init_lora_weights='pissa' (an exact SVD; ColossalChat takes "
+                    "torch.svd_lowrank(niter=4), which approximates the same top-r factors)", path)
+    if bias == "lora":
+        logger.info("--lora_config %s: lora_train_bias lora as peft's bias='lora_only': the adapted layers' biases "
+                    "train; a layer without one stays without (ColossalChat adds a zero bias there)", path)
+    return {"init_weights": LORA_INITS[method], "lora_bias": LORA_BIASES[bias]}
 
 
 def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -336,17 +358,35 @@ def reward_values(script: str, colossal: dict[str, Any]) -> dict[str, Any]:
                             "alone ColossalChat scores with an untrained value head"
                             + ("; or --reward_functions for verifiable rewards" if script == "train_grpo" else
                                "; or --no_neural_reward_model --reward_functions for verifiable rewards"))
-    if colossal["rm_pretrain"]:
-        logger.info("--rm_pretrain %s: the reward model is --rm_checkpoint_path %s whole (backbone and head)",
-                    colossal["rm_pretrain"], reward)
-    critic = colossal["critic_checkpoint_path"]
-    if critic is not None and Path(critic).resolve() != Path(reward).resolve():
-        raise AlignkitError(f"--critic_checkpoint_path {critic}: alignkit's value model starts as a copy of the reward "
-                            "model (--rm_checkpoint_path); a separate critic checkpoint is not supported")
-    return {"reward_model": [reward]}
+    values: dict[str, Any] = {"reward_model": [saved_model_of(reward)]}
+    critic = colossal.get("critic_checkpoint_path")
+    if script == "train_grpo" and critic is not None:
+        raise AlignkitError("train_grpo --critic_checkpoint_path: GRPO has no critic (ColossalChat's train_grpo.py "
+                            "takes no such flag)")
+    if script == "train_ppo":
+        # ColossalChat: Critic(--rm_pretrain), then --critic_checkpoint_path's weights loaded into it (a reward
+        # model's checkpoint fits: the same model.* + value_head.*).
+        if critic is not None:
+            values["value_model"] = saved_model_of(critic)
+        elif colossal["rm_pretrain"]:
+            values["value_model"] = colossal["rm_pretrain"]
+            logger.info("train_ppo: the critic starts from --rm_pretrain %s with a new value head, as ColossalChat "
+                        "(--critic_checkpoint_path unset)", colossal["rm_pretrain"])
+        else:
+            logger.info("train_ppo without --rm_pretrain or --critic_checkpoint_path: the critic starts as a copy of "
+                        "the reward model %s (ColossalChat needs --rm_pretrain for it)", reward)
+    return values
 
 
 COLOSSAL_REWARD_FUNCTIONS = ("gsm8k_reward_fn", "math_competition_reward_fn")
+
+
+def saved_model_of(path: str) -> str:
+    """A model ColossalChat saved: the path itself (save_dir/modeling), or an epoch-X_step-Y checkpoint's
+    modeling/ (ColossalChat's load_checkpoint reads that folder of a path without 'modeling' in it)."""
+    if "modeling" not in path and (Path(path) / "modeling").is_dir():
+        return str(Path(path) / "modeling")
+    return path
 
 
 def grpo_values(colossal: dict[str, Any]) -> dict[str, Any]:
