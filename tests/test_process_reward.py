@@ -128,4 +128,4 @@ def test_task_type_prm_names_what_is_not_a_prm(tiny_model_dir, capsys):
     from alignkit.cli import main
 
     assert main(["infer", "--model", tiny_model_dir, "--task_type", "prm"]) != 0
-    assert "process reward model" in capsys.readouterr().err
+    assert "a process reward model has the architecture Qwen2ForProcessRewardModel" in capsys.readouterr().err
