@@ -129,3 +129,62 @@ def test_task_type_prm_names_what_is_not_a_prm(tiny_model_dir, capsys):
 
     assert main(["infer", "--model", tiny_model_dir, "--task_type", "prm"]) != 0
     assert "a process reward model has the architecture Qwen2ForProcessRewardModel" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ deploy: ms-swift's reward-model server
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tiny_model_dir, tmp_path_factory):
+    """An alignkit reward model (a full model with value_head.safetensors beside it), its head drawn at random."""
+    import shutil
+
+    from alignkit.models.reward_model import new_value_head, save_value_head
+
+    path = tmp_path_factory.mktemp("tiny-rm") / "rm"
+    shutil.copytree(tiny_model_dir, path)
+    torch.manual_seed(3)
+    save_value_head(new_value_head(32), path)
+    return str(path)
+
+
+def serve(model_dir: str, tmp_path, name: str):
+    from servers import free_port, start_server
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    process = start_server(["deploy", "--model", model_dir, "--port", str(port), "--dtype", "fp32",
+                            "--served_model_name", name], tmp_path / f"{name}.log", f"{url}/models", {})
+    return process, url
+
+
+def test_deploy_answers_step_scores_and_rewards_as_ms_swifts_reward_server(prm_dir, rm_dir, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi", reason="deploy needs the serve extra: pip install -e '.[serve]'")
+    from alignkit.models.scalar_model import load_reward_scorer
+
+    steps = f"2 + 3 = 5.{STEP_TAG}So the answer is 5.{STEP_TAG}"
+    conversation = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": steps}]
+    servers = []
+    try:
+        for model_dir, name in ((prm_dir, "prm"), (rm_dir, "rm")):
+            servers.append(serve(model_dir, tmp_path, name))
+        (_, prm_url), (_, rm_url) = servers
+        answer = httpx.post(f"{prm_url}/chat/completions", json={"model": "prm", "messages": conversation},
+                            timeout=60).json()
+        assert answer["choices"][0]["message"]["content"] == pytest.approx(
+            hand_scores(prm_dir, chatml(DEFAULT_SYSTEM, QUESTION, steps)), abs=1e-5)
+        reward = httpx.post(f"{rm_url}/chat/completions", json={"model": "rm", "messages": conversation},
+                            timeout=60).json()["choices"][0]["message"]["content"]
+        expected = load_reward_scorer(rm_dir, dtype="fp32", max_length=4096).score([conversation])[0]
+        assert reward == pytest.approx(expected, abs=1e-5) and isinstance(reward, float)
+        refused = httpx.post(f"{prm_url}/chat/completions", json={"model": "prm", "messages": conversation[:1]},
+                             timeout=60)
+        assert refused.status_code == 400 and "assistant message to judge" in refused.json()["error"]["message"]
+        assert httpx.post(f"{prm_url}/chat/completions", json={"model": "x", "messages": conversation},
+                          timeout=60).status_code == 404
+        assert [m["id"] for m in httpx.get(f"{rm_url}/models").json()["data"]] == ["rm"]
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=30)
