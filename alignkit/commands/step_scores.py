@@ -51,10 +51,8 @@ def run_step_scores(args: InferArguments, result_path: Path | None, held_out) ->
 
 def score_dataset(scorer: StepScorer, args: InferArguments, result_path: Path) -> int:
     """Every conversation of --val_dataset that fits --max_length (per --truncation_strategy), scored."""
-    from alignkit.commands.infer import fit_prompt
-
     rows = [row for spec in args.val_dataset for row in load_dataset_spec(spec, "sft", seed=args.seed)]
-    encoded = [(row, fit_prompt(scorer.encode(row.messages), args.max_length, args.truncation_strategy, i))
+    encoded = [(row, fitted(scorer.encode(row.messages), args.max_length, args.truncation_strategy, i))
                for i, row in enumerate(rows)]
     kept = [(row, ids) for row, ids in encoded if ids is not None]
     if len(kept) < len(rows):
@@ -67,6 +65,19 @@ def score_dataset(scorer: StepScorer, args: InferArguments, result_path: Path) -
                 out.write(json.dumps({"messages": row.messages, "response": scores}) + "\n")
     print(f"results: {result_path}")
     return 0
+
+
+def fitted(ids: list[int], max_length: int, strategy: str, index: int) -> list[int] | None:
+    """A conversation's ids within --max_length per --truncation_strategy (delete: None, skipped and counted; left
+    keeps the end, right the beginning: the steps cut off get no score)."""
+    if len(ids) <= max_length:
+        return ids
+    if strategy == "raise":
+        raise AlignkitError(f"conversation {index}: {len(ids)} tokens exceed --max_length {max_length} "
+                            "(--truncation_strategy raise)")
+    if strategy == "delete":
+        return None
+    return ids[-max_length:] if strategy == "left" else ids[:max_length]
 
 
 def judge_interactively(scorer: StepScorer) -> int:

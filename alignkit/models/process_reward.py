@@ -11,8 +11,8 @@ an answer without any tag is one step: the tag is appended to the last message, 
 does. Every tag in the rendered conversation gets a score, in order. The conversation is rendered with the
 tokenizer's chat template and ms-swift's qwen2_5_math default system prompt when the row has none.
 
-The weights load with transformers' own Qwen2 code (the model class below names them as the checkpoint
-does: ``model.*``, ``score.0.*``, ``score.2.*``; ``process_reward_model_class``), so the repository's remote code never runs.
+The weights load with transformers' own Qwen2 code (``process_reward_model_class`` names them as the
+checkpoint does: ``model.*``, ``score.0.*``, ``score.2.*``), so the repository's remote code never runs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def process_reward_model_class():
     """Qwen2ForProcessRewardModel with transformers' Qwen2 decoder: (N, T) ids → (N, T, 2) step logits in fp32.
     (Built on first use: transformers loads only when a PRM does.)"""
     from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
-    
+
     class ProcessRewardModel(Qwen2PreTrainedModel):
         config_class = Qwen2Config
 
