@@ -124,6 +124,21 @@ def test_infer_scores_a_dataset_and_chat_turns_as_ms_swift_prints_them(prm_dir, 
                                                    abs=1e-5)
 
 
+def test_over_long_conversations_follow_truncation_strategy_and_adapters_are_refused(prm_dir, tmp_path, capsys):
+    from alignkit.cli import main
+
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION},
+                                             {"role": "assistant", "content": "5"}]}) + "\n")
+    flags = ["infer", "--model", prm_dir, "--val_dataset", str(data), "--dtype", "fp32", "--max_length", "8"]
+    assert main([*flags, "--result_path", str(tmp_path / "deleted.jsonl")]) == 0
+    assert (tmp_path / "deleted.jsonl").read_text() == ""  # delete (the default): skipped and counted
+    assert main([*flags, "--result_path", str(tmp_path / "raised.jsonl"), "--truncation_strategy", "raise"]) == 2
+    assert "exceed --max_length 8" in capsys.readouterr().err
+    assert main(["infer", "--model", prm_dir, "--adapters", str(tmp_path)]) == 2
+    assert "--adapters/--ckpt_dir: a process reward model is scored as published" in capsys.readouterr().err
+
+
 def test_task_type_prm_names_what_is_not_a_prm(tiny_model_dir, capsys):
     from alignkit.cli import main
 

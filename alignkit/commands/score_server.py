@@ -144,7 +144,8 @@ def run_score_server(args: DeployArguments, path: str) -> int:
     else:
         from alignkit.models.scalar_model import load_reward_scorer
 
-        scorer = load_reward_scorer(path, dtype=args.dtype, max_length=max_length, batch_size=1,
+        scorer = load_reward_scorer(path, model=None if path == args.model else args.model, dtype=args.dtype,
+                                    max_length=max_length, batch_size=1,
                                     device_map=args.device_map, max_memory=args.device_max_memory)
 
         def score(messages):
