@@ -5,7 +5,9 @@ prompt and generation settings.
     alignkit app --base_url http://127.0.0.1:8000/v1                # a client of a running OpenAI-style server
 
 Answers come from the same batching engine as `alignkit deploy`, so several browser tabs are answered
-together. The page is local unless --server_name 0.0.0.0 or --share true (a public gradio.live link).
+together. For a vision-language model (docs/vision.md) the message box takes images: each image stands before
+the text of its message (ms-swift's order), and the images of earlier turns stay in the conversation. The page
+is local unless --server_name 0.0.0.0 or --share true (a public gradio.live link).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 from alignkit.config.commands import AppArguments
 from alignkit.data.template import ChatEncoder
-from alignkit.errors import AlignkitError
-from alignkit.generation.batch_engine import BatchEngine, Delta, SamplingParams
+from alignkit.errors import AlignkitError, DataError
+from alignkit.generation.batch_engine import BatchEngine, Delta, Job, SamplingParams
+from alignkit.vision.encode import PLACEHOLDER, VisionEncoder
 
 logger = logging.getLogger("alignkit")
 
@@ -41,10 +44,79 @@ def chat_messages(message: str, history: list[dict], system: str) -> list[dict]:
     return [*messages, {"role": "user", "content": message}]
 
 
-def answer_stream(engine: BatchEngine, encoder: ChatEncoder, message: str, history: list[dict], system: str,
-                  params: SamplingParams):
-    """The growing answer, one yield per streamed piece (what the chat page shows as it arrives)."""
-    job = engine.submit(encoder.encode_prompt(chat_messages(message, history, system)), params)
+def image_path(part) -> str | None:
+    """The file of a gradio content part, if it is one: ``{"type": "file", "file": {"path": ...}}`` (gradio's
+    history), ``{"path": ...}`` or a ``(path,)`` tuple (older gradio), a path string or dict in a message's files."""
+    if isinstance(part, dict):
+        if isinstance(part.get("file"), dict):
+            return part["file"].get("path")
+        return part.get("path")
+    if isinstance(part, (list, tuple)) and part and isinstance(part[0], str):
+        return part[0]
+    return None
+
+
+def content_with_images(content) -> tuple[str, list[str]]:
+    """A gradio message content → (text with ``<image>`` where each image stands, the images' paths)."""
+    parts = content if isinstance(content, list) else [content]
+    text, paths = "", []
+    for part in parts:
+        path = None if isinstance(part, str) else image_path(part)
+        if path is not None:
+            text, paths = text + PLACEHOLDER, [*paths, path]
+        else:
+            text += message_text(part)
+    return text, paths
+
+
+def vision_chat(message: dict | str, history: list[dict], system: str) -> tuple[list[dict], list[str]]:
+    """``chat_messages`` for a vision-language model: the new message is the multimodal box's ``{"text", "files"}``
+    (its images first, then its text); earlier turns keep their images. Returns (messages with ``<image>``
+    placeholders, the images' paths in the order the placeholders stand). Consecutive turns of one role (gradio
+    may show an image and its text as two) are one message."""
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    paths: list[str] = []
+    if isinstance(message, dict):
+        current = [{"path": f} if isinstance(f, str) else f for f in message.get("files") or []]
+        current.append(message.get("text") or "")
+    else:
+        current = [message]
+    turns = [(turn["role"], turn["content"]) for turn in history if turn.get("role") in ("user", "assistant")]
+    for role, content in [*turns, ("user", current)]:
+        text, images = content_with_images(content)
+        paths += images
+        if messages and messages[-1]["role"] == role and role != "system":
+            messages[-1]["content"] += text
+        else:
+            messages.append({"role": role, "content": text})
+    return messages, paths
+
+
+def answer_stream(engine: BatchEngine, encoder: ChatEncoder | VisionEncoder, message, history: list[dict],
+                  system: str, params: SamplingParams):
+    """The growing answer, one yield per streamed piece (what the chat page shows as it arrives). A
+    vision-language model's images (the message's and earlier turns') reach generation with the prompt."""
+    if isinstance(encoder, VisionEncoder):
+        yield from growing_answer(vision_job(engine, encoder, message, history, system, params))
+        return
+    yield from growing_answer(engine.submit(encoder.encode_prompt(chat_messages(message, history, system)), params))
+
+
+def vision_job(engine: BatchEngine, encoder: VisionEncoder, message, history: list[dict], system: str,
+               params: SamplingParams) -> Job:
+    from alignkit.vision.images import load_image
+
+    messages, paths = vision_chat(message, history, system)
+    try:
+        images = [load_image(path, None, f"image {i + 1}") for i, path in enumerate(paths)]
+        prompt = encoder.encode_prompt(messages, images)
+    except DataError as error:  # an unreadable file, or a typed "<image>" without its image
+        raise RuntimeError(str(error)) from error
+    return engine.submit(prompt.input_ids, params, pixels=prompt.pixels)
+
+
+def growing_answer(job: Job):
+    """A job's growing answer; the job stops when the page stops reading."""
     answer = ""
     try:
         for event in job.events():
@@ -100,8 +172,9 @@ LABELS = {
 }
 
 
-def build_app(answer, args: AppArguments, title: str):
-    """The page; ``answer(message, history, system, params)`` yields the growing answer."""
+def build_app(answer, args: AppArguments, title: str, *, images: bool = False):
+    """The page; ``answer(message, history, system, params)`` yields the growing answer. ``images``: the message
+    box takes images too (a vision-language model), and ``message`` is then ``{"text", "files"}``."""
     import gradio as gr
 
     words = LABELS[args.lang]
@@ -118,6 +191,8 @@ def build_app(answer, args: AppArguments, title: str):
     words = LABELS[args.lang]
     return gr.ChatInterface(
         respond,
+        multimodal=images,
+        textbox=gr.MultimodalTextbox(file_types=["image"], file_count="multiple") if images else None,
         title=args.studio_title or title,
         description=words["description"],
         additional_inputs=[
@@ -173,7 +248,6 @@ def run_app_on_server(args: AppArguments) -> int:
 
 def run_app(args: AppArguments) -> int:
     from alignkit.generation.loader import load_for_answers
-    from alignkit.vision.model import vision_model_path
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if args.base_url:
@@ -189,9 +263,6 @@ def run_app(args: AppArguments) -> int:
                                                          ckpt_dir=None, api_key=args.api_key))
         finally:
             server.terminate()
-    if vision_model_path(args.model, args.adapters, args.ckpt_dir) is not None:
-        raise AlignkitError("alignkit app is a text chat page; chat with a vision-language model (images in the "
-                            "messages) with `alignkit infer`, or serve it with `alignkit deploy`")
     loaded = load_for_answers(args.model, args.adapters, args.ckpt_dir, args.dtype, device_map=args.device_map,
                               max_memory=args.device_max_memory,  # prompts up to the model's context
                               trust_remote_code=args.trust_remote_code)
@@ -203,7 +274,7 @@ def run_app(args: AppArguments) -> int:
         return answer_stream(engine, encoder, message, history, system, params)
 
     try:
-        launch(build_app(answer, args, title=f"alignkit chat: {Path(source).name}"), args)
+        launch(build_app(answer, args, title=f"alignkit chat: {Path(source).name}", images=loaded.vision), args)
     finally:
         engine.stop()
     return 0

@@ -424,6 +424,10 @@ def run_deploy(args: DeployArguments) -> int:
         from alignkit.commands.engine_server import run_engine_server
 
         return run_engine_server(args)
+    from alignkit.commands.score_server import run_score_server, scored_model
+
+    if (scored := scored_model(args)) is not None:  # a reward model or PRM answers with scores, as in ms-swift
+        return run_score_server(args, scored)
     lm, tokenizer, models = load_served_model(args)
     max_length = args.max_length or context_length(lm)
     encoder = encoder_for(lm, tokenizer, max_length=max_length)

@@ -22,6 +22,7 @@ from alignkit.errors import AlignkitError, DataError
 from alignkit.generation import data_parallel
 from alignkit.generation.answers import generate, ids_of, stream_answer
 from alignkit.generation.loader import Loaded, load_for_answers
+from alignkit.models.process_reward import is_process_reward_model
 from alignkit.vision.encode import PLACEHOLDER
 from alignkit.vision.images import load_image
 from alignkit.vision.model import vision_model_path
@@ -45,6 +46,10 @@ def run_infer(args: InferArguments) -> int:
         result_path = Path(args.result_path or f"infer_result/{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         if result_path.exists():
             raise AlignkitError(f"--result_path {result_path} exists; alignkit never overwrites results")
+    if args.task_type == "prm" or is_process_reward_model(args.model):  # per-step scores, as in ms-swift
+        from alignkit.commands.step_scores import run_step_scores
+
+        return run_step_scores(args, result_path, held_out)
     if args.reward_model:
         if data_parallel.world_size() > 1:
             raise AlignkitError("NPROC_PER_NODE > 1: reward-model scoring runs in one process; unset NPROC_PER_NODE")

@@ -21,11 +21,15 @@ def check_command_arguments(command: str, args) -> None:
     served_by_engine = command == "deploy" and (
         (backend == "vllm" and task_type in ("embedding", "seq_cls", "reranker"))
         or (backend == "sglang" and task_type == "embedding"))
-    if task_type != "causal_lm" and not served_by_engine:
+    # infer: alignkit.commands.step_scores; deploy: alignkit.commands.score_server
+    scored_steps = task_type == "prm" and (command == "infer" or (command == "deploy" and backend in
+                                                                   ("transformers", "pt")))
+    if task_type != "causal_lm" and not served_by_engine and not scored_steps:
         raise AlignkitError(
             f"--task_type {task_type}: `alignkit {command}` handles generative models (causal_lm) and alignkit's "
             "reward models (recognised by their value_head.safetensors); sequence-classification, embedding, "
-            f"reranker and process-reward models are not supported by {command} yet (a seq_cls model trains with "
+            f"reranker and process-reward models are not supported by {command} yet (infer scores a process reward "
+            "model's steps and deploy serves them; a seq_cls model trains with "
             "`alignkit sft --task_type seq_cls`)"
         )
     if command in ("deploy", "app") and backend == "lmdeploy":

@@ -39,7 +39,8 @@ REFUSED_VALUES = {
     ("app", "infer_backend"): "vllm and sglang: their own server on a loopback port, the page its client; lmdeploy "
                               "refused",
     ("deploy", "task_type"): "embedding, seq_cls, reranker with --infer_backend vllm (embedding also sglang); "
-                             "otherwise causal_lm and alignkit reward models",
+                             "prm (step scores) with transformers; otherwise causal_lm and alignkit reward models",
+    ("infer", "task_type"): "causal_lm and prm (a process reward model's step scores); the others refused",
     ("deploy", "num_labels"): "only with --infer_backend vllm --task_type seq_cls",
     ("infer", "attn_impl"): "transformers backend only",
     ("infer", "metric"): "acc; rouge refused",

@@ -31,7 +31,8 @@ def enable_thinking_option():
 
 def task_type_option():
     return option("causal_lm", "What the model is: causal_lm (generation; a reward model with alignkit's value head "
-                  "is recognised by its files). seq_cls, embedding, reranker, generative_reranker and prm are "
+                  "is recognised by its files), prm (a process reward model, also recognised by its architecture: "
+                  "infer and deploy give per-step scores). seq_cls, embedding, reranker and generative_reranker are "
                   "refused with what to use instead.", choices=TASK_TYPES)
 
 
