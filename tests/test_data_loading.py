@@ -411,7 +411,7 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
             [{"messages": [{"role": "bot", "content": "q"}]}],
             "sft",
             1,
-            "field 'messages[0].role': unknown role 'bot'; expected one of system, user, assistant",
+            "field 'messages[0].role': unknown role 'bot'; expected one of system, user, assistant, tool_call, tool",
         ),
         (
             [{"messages": [user("q"), {"role": "assistant", "content": 5}]}],

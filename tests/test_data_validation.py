@@ -84,9 +84,9 @@ def test_each_broken_row_names_its_line_and_field(tmp_path, line, message):
             "row 1, field 'kto_tag': expected true or false, got 'yes' (str)",
         ),
         (
-            [{"conversations": [{"from": "observation", "value": "q"}]}],
+            [{"conversations": [{"from": "observation", "value": "q"}]}],  # LLaMA-Factory's tool result
             "prompt",
-            "row 1, field 'conversations[0].from': unknown role 'observation'; expected one of system, user, assistant",
+            "row 1, field 'conversations': tools, tool calls and tool results (agent rows) are trained by sft only",
         ),
         (
             [
