@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from alignkit.training.distributed import leave_process_group
+
+        leave_process_group()
 
 
 def colossal_trains(argv: list[str]) -> bool:

@@ -15,6 +15,14 @@ import torch
 T = TypeVar("T")
 
 
+def leave_process_group() -> None:
+    """Destroy the process group before the process exits: left to interpreter shutdown, the backend's threads
+    can be torn down while still joinable and abort the process ("terminate called without an active
+    exception", seen once on gloo after a finished run)."""
+    if launched() and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def launched() -> bool:
     """Whether a launcher started this process as one of several (torchrun and accelerate set these)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
