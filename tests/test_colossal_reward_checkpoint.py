@@ -187,3 +187,31 @@ def test_grpo_scores_with_a_colossalchat_rm(tiny_model_dir, tmp_path, monkeypatc
                  "2", "--kl_coef", "0", "--initial_temperature", "0.9", "--final_temperature", "0.9",
                  "--mixed_precision", "bf16", "--save_path", str(tmp_path / "grpo")]) == 0
     assert scored and all(has_bias for has_bias, _ in scored)
+
+
+def test_train_rm_starts_colossalchats_value_head_with_its_statistics(tiny_model_dir, tmp_path):
+    """ColossalChat's RewardModel: nn.Linear(d, 1) (a bias, torch's default start) with weights N(0, std 1/(d+1));
+    `alignkit colossal train_rm` starts the same head and saves its bias."""
+    import math
+
+    import torch
+
+    from alignkit.models.reward_model import colossalchat_value_head, load_value_head
+
+    torch.manual_seed(0)
+    head = colossalchat_value_head(4095)
+    assert head.weight.std().item() == pytest.approx(1 / 4096, rel=0.05)
+    assert head.bias is not None and abs(head.bias.item()) <= 1 / math.sqrt(4095)
+    from alignkit.cli import main
+    from alignkit.commands.colossal.run import parse_script
+    from alignkit.commands.colossal.translate import translate
+
+    pairs = str(Path(__file__).parent / "fixtures" / "data" / "colossalchat_preference.jsonl")
+    script, given = parse_script(["train_rm", "--pretrain", tiny_model_dir, "--dataset", pairs])
+    assert translate(script, given).values["value_head_init"] == "colossalchat"
+    out = tmp_path / "rm"
+    assert main(["rlhf", "--rlhf_type", "rm", "--model", tiny_model_dir, "--dataset", "arith-pref#4",
+                 "--value_head_init", "colossalchat", "--max_steps", "1", "--save_steps", "1", "--output_dir",
+                 str(out), "--report_to", "none", "--split_dataset_ratio", "0"]) == 0
+    (checkpoint,) = out.glob("*/checkpoint-1")
+    assert load_value_head(checkpoint).bias is not None  # trained and saved with its bias

@@ -1103,6 +1103,10 @@ class RunArguments:
         "logits; a row's label lists its classes), regression (mean squared error; a number, or --num_labels "
         "numbers). Unset: regression with --num_labels 1, else single_label_classification.",
         choices=("single_label_classification", "multi_label_classification", "regression"))
+    value_head_init: str = option(
+        "ziegler", "rm: the new value head's start: ziegler (bias-free, weights of variance 1/(d+1), Ziegler et al.) "
+        "or colossalchat (ColossalChat's RewardModel: a bias, weights of std 1/(d+1); `alignkit colossal "
+        "train_rm` sets it).", choices=("ziegler", "colossalchat"), applies_to=("rm",))
     disable_dropout: bool | None = option(
         None,
         "Set every dropout module's probability to 0 (the model's and LoRA's), as TRL's disable_dropout. Unset: on "

@@ -36,6 +36,17 @@ def new_value_head(hidden_size: int) -> nn.Linear:
     return head
 
 
+def colossalchat_value_head(hidden_size: int) -> nn.Linear:
+    """ColossalChat's ``RewardModel`` head: a d_model → 1 projection with a bias (torch's default start,
+    uniform in ±1/sqrt(d_model)) and weights from N(0, std 1/(d_model + 1))."""
+    head = nn.Linear(hidden_size, 1)
+    nn.init.normal_(head.weight, mean=0.0, std=1 / (hidden_size + 1))
+    return head
+
+
+VALUE_HEADS = {"ziegler": new_value_head, "colossalchat": colossalchat_value_head}
+
+
 class SequenceRewardModel(nn.Module):
     """r(x, y) = w · h_T, h_T the final (normed) hidden state at the sequence's last real token."""
 
@@ -71,7 +82,8 @@ class SequenceRewardModel(nn.Module):
         """(N, D) last-token hidden states → (N,) rewards. In fp32 even under bf16 autocast: early in training
         the chosen/rejected gap is ~1e-2, bf16's step at 1.0."""
         with torch.autocast(picked.device.type, enabled=False):
-            return nn.functional.linear(picked.float(), self.value_head.weight.float()).squeeze(-1)
+            bias = None if self.value_head.bias is None else self.value_head.bias.float()
+            return nn.functional.linear(picked.float(), self.value_head.weight.float(), bias).squeeze(-1)
 
     def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
         self.lm.save_pretrained(directory, safe_serialization=safe_serialization)

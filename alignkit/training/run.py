@@ -60,7 +60,7 @@ from alignkit.models.packing import Layout
 from alignkit.models.placement import check_trainable, refuse_for_vision, resolve_flags
 from alignkit.models.reference import make_reference
 from alignkit.models.reference_cache import visited_batches, visited_steps
-from alignkit.models.reward_model import SequenceRewardModel
+from alignkit.models.reward_model import VALUE_HEADS, SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.generated_eval import GeneratedEvaluation, check_generated_eval, held_out_prompts
 from alignkit.training.loop import train
@@ -253,7 +253,9 @@ def run_training(args: RunArguments, *, task: str) -> Path:
 
         algorithm = with_models(algorithm, args, model, encoder)
     if algorithm.scalar_head:
-        model = SequenceRewardModel(model)  # the scalar head is trained in full, LoRA or not
+        # The scalar head is trained in full, LoRA or not.
+        hidden = model.get_input_embeddings().embedding_dim
+        model = SequenceRewardModel(model, VALUE_HEADS[args.value_head_init](hidden))
     if defaults["disable_dropout"]:
         logger.info("Dropout off (--disable_dropout): %d dropout modules set to p=0", disable_dropout(model))
     trainable, total = count_parameters(model)

@@ -16,7 +16,7 @@ from alignkit.data.order import batches_per_epoch, total_steps
 from alignkit.errors import AlignkitError
 from alignkit.models.load import count_parameters, disable_dropout
 from alignkit.models.reference import Reference
-from alignkit.models.reward_model import SequenceRewardModel
+from alignkit.models.reward_model import VALUE_HEADS, SequenceRewardModel
 from alignkit.training.distributed import process_state
 from alignkit.training.loop_config import loop_config
 from alignkit.training.model_setup import (
@@ -117,7 +117,8 @@ def build_vision_training(args: RunArguments, algorithm, model_path: str, train_
                                                                                   frozen)
         model = make_trainable(model, args, settings=settings, targets=targets)
     if algorithm.scalar_head:
-        model = SequenceRewardModel(model)
+        hidden = model.get_input_embeddings().embedding_dim
+        model = SequenceRewardModel(model, VALUE_HEADS[args.value_head_init](hidden))
     if dropout_off:
         logger.info("Dropout off (--disable_dropout): %d dropout modules set to p=0", disable_dropout(model))
     trainable, total = count_parameters(model)

@@ -229,9 +229,7 @@ def method_values(script: str, colossal: dict[str, Any], given: dict[str, Any]) 
     if script == "train_sft":
         return {"loss_scale": "all"} if colossal["disable_loss_mask"] else {}
     if script == "train_rm":
-        logger.info("train_rm: alignkit's value head is bias-free with weights from N(0, 1/(d+1)) (variance); "
-                    "ColossalChat's has a bias and weights from N(0, std 1/(d+1)): the same role, a different start")
-        return {"loss_type": [colossal["loss_fn"]]}
+        return {"loss_type": [colossal["loss_fn"]], "value_head_init": "colossalchat"}
     if script == "train_orpo":
         logger.info("train_orpo --lam %s is ORPO's lambda (alignkit's --beta); the odds are taken of each answer's "
                     "mean token log-prob (TRL, ms-swift), where ColossalChat averages per-token odds "
