@@ -1,5 +1,3 @@
-import sys
+from alignkit.cli import run
 
-from alignkit.cli import main
-
-sys.exit(main())
+run()

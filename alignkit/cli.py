@@ -273,6 +273,13 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tupl
     return COMMAND_ALIASES.get(command, command), values, argv
 
 
+def run() -> None:
+    """The ``alignkit`` program: main's exit status, each launched process leaving as exit_process says."""
+    from alignkit.training.distributed import exit_process
+
+    exit_process(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

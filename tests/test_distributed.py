@@ -153,3 +153,15 @@ def test_two_processes_resume_from_a_checkpoint_of_rank_zero(tiny_model_dir, dat
                 NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), log)
     # The resumed run writes into a new run directory (the original has a later checkpoint) under --output_dir.
     assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "full"), abs=1e-5)
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_process_exits_with_its_status_and_its_output_flushed(world_size):
+    # A launched process leaves by os._exit (no interpreter teardown): what it printed must still arrive.
+    script = ("import logging, sys; logging.basicConfig(stream=sys.stderr); print('trained', end=''); "
+              "logging.getLogger('x').warning('logged'); "
+              "from alignkit.training.distributed import exit_process; exit_process(3)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WORLD_SIZE": world_size, "PYTHONUNBUFFERED": ""})
+    assert (done.returncode, done.stdout) == (3, "trained")
+    assert "logged" in done.stderr

@@ -6,9 +6,12 @@ must happen once (create the run directory, log, write checkpoints), sharing its
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 
@@ -18,9 +21,25 @@ T = TypeVar("T")
 def leave_process_group() -> None:
     """Destroy the process group before the process exits: left to interpreter shutdown, the backend's threads
     can be torn down while still joinable and abort the process ("terminate called without an active
-    exception", seen once on gloo after a finished run)."""
+    exception", seen on gloo after finished runs)."""
     if launched() and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()  # a wrapped model left in a reference cycle still holds the group
         torch.distributed.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code``. One of several launched processes skips the interpreter's teardown (os._exit, after
+    flushing logs and streams; trackers and checkpoints are closed by then): a collective backend's C++ threads
+    can outlive destroy_process_group and abort the process there, turning a finished run into a failed one."""
+    if not launched():
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream has nothing left to flush
+            pass
+    os._exit(code)
 
 
 def launched() -> bool:
