@@ -1042,7 +1042,8 @@ class RunArguments:
         None, "ppo, grpo with --use_vllm: move weights to vLLM in this many batches.", applies_to=("ppo", "grpo",),
         no_effect="alignkit writes the weights into the colocated engine tensor by tensor; the samples are the same")
     async_generate: bool = option(
-        False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
+        False, "grpo with --vllm_mode server: sample the next step's completions on the server while this step "
+        "trains; they are one step off-policy, and their π_old is the server's log-probs of them.",
         applies_to=("grpo",))
     vllm_server_host: list[str] = option(
         [], "ppo, grpo, gkd with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server).",

@@ -104,7 +104,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         generator = connect(policy, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                            repetition_penalty=args.repetition_penalty)
+                            repetition_penalty=args.repetition_penalty, pad_id=tokenizer.pad_token_id)
     elif args.use_vllm:
         from alignkit.generation.vllm import VllmRollout
 
@@ -136,7 +136,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          importance_sampling_level=args.importance_sampling_level,
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
                          overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
-                         max_resample_times=args.max_resample_times, resample_pool=prompts)
+                         max_resample_times=args.max_resample_times, resample_pool=prompts,
+                         off_policy_rollouts=args.async_generate)
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
