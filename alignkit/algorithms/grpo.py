@@ -73,6 +73,16 @@ class GRPO:
     stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
     # --async_generate: completions come one step late from a server, with its log-probs of them as π_old
     off_policy_rollouts: bool = False
+    # The rollout engine's own log-probs (a server, vLLM): corrections and diagnostics of its gap to the policy
+    rollout_importance_sampling_mode: str | None = None
+    rollout_importance_sampling_threshold: float = 2.0
+    log_rollout_offpolicy_metrics: bool = False
+    off_policy_sequence_mask_delta: float | None = None
+
+    @property
+    def uses_rollout_logprobs(self) -> bool:
+        return (self.rollout_importance_sampling_mode is not None or self.log_rollout_offpolicy_metrics
+                or self.off_policy_sequence_mask_delta is not None)
 
     def trained_model(self, policy):
         return policy
@@ -116,10 +126,11 @@ class GRPO:
         rollout = make_rollout(ids, completions, pad_id=self.tokenizer.pad_token_id,
                                stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
                                stop_words=self.stop_words, tokenizer=self.tokenizer)
-        if self.off_policy_rollouts and not greedy:
-            if getattr(completions, "logprobs", None) is None:
-                raise AlignkitError("--async_generate: the rollout server sent no log-probs of its samples (π_old)")
-            rollout.behaviour_logprobs = behaviour_logprobs(completions.logprobs, rollout.completion_mask)
+        engine_logprobs = getattr(completions, "logprobs", None)
+        if self.off_policy_rollouts and not greedy and engine_logprobs is None:
+            raise AlignkitError("--async_generate: the rollout server sent no log-probs of its samples (π_old)")
+        if (self.off_policy_rollouts or self.uses_rollout_logprobs) and not greedy and engine_logprobs is not None:
+            rollout.behaviour_logprobs = behaviour_logprobs(engine_logprobs, rollout.completion_mask)
         texts = decode_completions(self.tokenizer, rollout)
         token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
@@ -147,8 +158,11 @@ class GRPO:
         device = next(policy.parameters()).device
         experience = {k: v.to(device) for k, v in rollout.as_dict().items()}
         if "behaviour_logprobs" in experience:
-            # --async_generate: sampled by the weights one step back; the ratio is taken against them
-            experience["old_logprobs"] = experience.pop("behaviour_logprobs")
+            experience["rollout_logprobs"] = experience.pop("behaviour_logprobs")
+        if self.off_policy_rollouts and self.rollout_importance_sampling_mode is None:
+            # --async_generate: sampled by the weights one step back; the ratio is taken against them (with a
+            # rollout correction instead, π_old stays the current policy and the correction weighs the gap)
+            experience["old_logprobs"] = experience["rollout_logprobs"]
         elif self.needs_old_logprobs or self.kl_in_reward and self.beta:
             experience["old_logprobs"] = batched_logprobs(
                 policy, experience, temperature=self.temperature, batch_size=self.forward_batch_size,
@@ -260,6 +274,13 @@ class GRPO:
             kl = rl_math.kl_k3(logprobs, batch["ref_logprobs"])  # (n, C)
             per_token = per_token + self.beta * kl
             metrics["kl"] = rl_math.masked_mean(kl, mask).item()
+        if "rollout_logprobs" in batch:
+            per_token = self._rollout_correction(per_token, mask, old, batch["rollout_logprobs"], metrics)
+        if self.off_policy_sequence_mask_delta is not None:  # against the sampler's log-probs, else π_old's
+            keep = rl_math.off_policy_sequence_keep(logprobs, batch.get("rollout_logprobs", old), batch["advantages"],
+                                                    mask, self.off_policy_sequence_mask_delta)
+            mask = mask * keep.unsqueeze(-1).to(mask.dtype)
+            metrics["rollout/masked_sequences"] = 1 - keep.mean().item()
         loss = rl_math.aggregate_token_loss(per_token, mask, loss_type=self.loss_type,
                                             max_completion_length=self.max_completion_length,
                                             num_items=_num_items(batch))
@@ -277,6 +298,25 @@ class GRPO:
             metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
                             "entropy/min": per_completion.min().item()})
         return loss, metrics
+
+    def _rollout_correction(self, per_token, mask, policy_logprobs, rollout, metrics):
+        """The rollout engine's gap to π_old (ms-swift): its diagnostics and, with --rollout_importance_sampling_mode,
+        the importance-sampling weights on the per-token loss. Returns the per-token loss."""
+        metrics.update(rl_math.rollout_offpolicy_metrics(policy_logprobs, rollout, mask))
+        if self.rollout_importance_sampling_mode is None:
+            return per_token
+        log_ratio = policy_logprobs.detach() - rollout
+        threshold = self.rollout_importance_sampling_threshold
+        weights = rl_math.rollout_is_weights(log_ratio, mask, mode=self.rollout_importance_sampling_mode,
+                                             threshold=threshold)
+        metrics["rollout/is_weight_mean"] = rl_math.masked_mean(weights, mask).item()
+        bounded = log_ratio.float().clamp(-20, 20)
+        if self.rollout_importance_sampling_mode.startswith("token"):
+            metrics["rollout/clipped_frac"] = rl_math.masked_mean((bounded.exp() > threshold).float(), mask).item()
+        else:
+            sequence = rl_math.masked_mean(bounded, mask, dim=-1).exp()
+            metrics["rollout/clipped_frac"] = (sequence > threshold).float().mean().item()
+        return per_token * weights
 
     @torch.no_grad()
     def evaluate(self, policy, prompts: list[EncodedPrompt]) -> dict[str, float]:

@@ -213,7 +213,10 @@ def connect(policy, args, **sampling) -> ServerRollout:
         else:
             client = _vllm_client(args)
     rollout = ServerRollout(policy, client, **sampling)
-    rollout.want_logprobs = bool(getattr(args, "async_generate", False))
+    # π_old of --async_generate, and the rollout corrections' engine log-probs (gkd's arguments have neither)
+    rollout.want_logprobs = any(getattr(args, flag, None) not in (None, False) for flag in (
+        "async_generate", "rollout_importance_sampling_mode", "log_rollout_offpolicy_metrics",
+        "off_policy_sequence_mask_delta"))
     rollout.sync_weights()  # the server loaded --model from disk; a resumed or adapter-started policy differs
     return rollout
 

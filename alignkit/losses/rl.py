@@ -28,6 +28,8 @@ import torch
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
+ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+_LOG_RATIO_BOUND = 20.0  # exp(20) ≈ 4.9e8: ratios past it are numerical accidents (ms-swift's bound)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -284,6 +286,60 @@ def grpo_policy_losses(
         clipped_low=(ratio < 1 - eps_low) & (advantages < 0),
         clipped_high=(ratio > 1 + eps_high) & (advantages > 0),
     )
+
+
+def rollout_is_weights(log_ratio: torch.Tensor, mask: torch.Tensor, *, mode: str, threshold: float) -> torch.Tensor:
+    """--rollout_importance_sampling_mode: weights on the per-token loss correcting for the rollout engine's
+    sampler differing from the trained policy (ms-swift, after Yao et al.'s truncated importance sampling).
+    ``log_ratio`` = log π_θ − log π_rollout per token (N, T); ρ = exp(log_ratio), C = ``threshold``:
+
+    token_truncate: min(ρ_t, C);  token_mask: ρ_t where ρ_t ≤ C, else 0;
+    sequence_truncate: min(ρ̄, C) on every token, ρ̄ = exp(mean_t log ρ_t) (the geometric mean);
+    sequence_mask: ρ_t where ρ̄ ≤ C, else 0. Constants: no gradient flows through them."""
+    if mode not in ROLLOUT_IS_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ROLLOUT_IS_MODES)}, got {mode!r}")
+    log_ratio = log_ratio.detach().float().clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    ratio = torch.exp(log_ratio)
+    if mode == "token_truncate":
+        return ratio.clamp(max=threshold)
+    if mode == "token_mask":
+        return torch.where(ratio <= threshold, ratio, torch.zeros_like(ratio))
+    sequence = torch.exp(masked_mean(log_ratio, mask, dim=-1)).unsqueeze(-1)  # (N, 1)
+    if mode == "sequence_truncate":
+        return sequence.clamp(max=threshold).expand_as(ratio)
+    return ratio * (sequence <= threshold).to(ratio.dtype)
+
+
+def rollout_offpolicy_metrics(policy_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                              mask: torch.Tensor) -> dict[str, float]:
+    """The rollout engine's gap to the trained policy on the sampled tokens (ms-swift's names): KL(π_rollout ‖ π_θ)
+    by its direct and k3 estimators, both perplexities (mean over completions of exp(−mean log π)), their log
+    difference and ratio, and χ² = E[ρ²] − 1 per token and per sequence (ρ̄ the geometric mean)."""
+    policy_logprobs, rollout_logprobs = policy_logprobs.detach().float(), rollout_logprobs.float()
+    log_ratio = (policy_logprobs - rollout_logprobs) * mask
+    bounded = log_ratio.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    policy_mean = masked_mean(policy_logprobs, mask, dim=-1)  # (N,)
+    rollout_mean = masked_mean(rollout_logprobs, mask, dim=-1)
+    log_ppl_diff = rollout_mean - policy_mean
+    sequence = masked_mean(log_ratio, mask, dim=-1).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    return {
+        "rollout/kl": masked_mean(-log_ratio, mask).item(),
+        "rollout/k3_kl": masked_mean((torch.exp(bounded) - bounded - 1).clamp(-10, 10), mask).item(),
+        "rollout/training_ppl": torch.exp(-policy_mean).mean().item(),
+        "rollout/rollout_ppl": torch.exp(-rollout_mean).mean().item(),
+        "rollout/log_ppl_diff": log_ppl_diff.mean().item(),
+        "rollout/ppl_ratio": torch.exp(log_ppl_diff).mean().item(),
+        "rollout/chi2_token": (masked_mean(torch.exp(bounded).square(), mask) - 1).item(),
+        "rollout/chi2_seq": (torch.exp(sequence).square().mean() - 1).item(),
+    }
+
+
+def off_policy_sequence_keep(policy_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                             advantages: torch.Tensor, mask: torch.Tensor, delta: float) -> torch.Tensor:
+    """--off_policy_sequence_mask_delta δ (DeepSeek-V3.2's off-policy sequence masking): 0 for the completions whose
+    mean log(π_behaviour / π_θ) exceeds δ and whose advantage is negative, 1 for the others. (N,) float."""
+    drift = masked_mean(behaviour_logprobs.float() - policy_logprobs.detach().float(), mask, dim=-1)
+    return ~((drift > delta) & (advantages.reshape(-1) < 0)) * 1.0
 
 
 def entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: float) -> torch.Tensor:

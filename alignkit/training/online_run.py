@@ -118,6 +118,12 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
                                 batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
                                 min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+    if (args.rollout_importance_sampling_mode or args.log_rollout_offpolicy_metrics) and not hasattr(
+            generator, "want_logprobs"):
+        logger.info("--rollout_importance_sampling_mode / --log_rollout_offpolicy_metrics: the completions are sampled "
+                    "%s, which reports no log-probs of its own: no rollout gap to correct or log",
+                    "by the colocated vLLM engine" if args.use_vllm else "by the trained model itself (transformers' "
+                    "generate)")
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
                   forward_batch_size=forward_batch, frozen_reference=frozen_reference, stop_words=list(args.stop_words),
@@ -137,7 +143,11 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
                          overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
                          max_resample_times=args.max_resample_times, resample_pool=prompts,
-                         off_policy_rollouts=args.async_generate)
+                         off_policy_rollouts=args.async_generate,
+                         rollout_importance_sampling_mode=args.rollout_importance_sampling_mode,
+                         rollout_importance_sampling_threshold=args.rollout_importance_sampling_threshold,
+                         log_rollout_offpolicy_metrics=args.log_rollout_offpolicy_metrics,
+                         off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta)
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
