@@ -105,3 +105,54 @@ def test_grpo_weighs_its_loss_by_the_engines_gap(tiny_model_dir):
     assert metrics["rollout/is_weight_mean"] == pytest.approx((weights * mask).sum().item() / mask.sum().item(),
                                                               rel=1e-5)
     assert "rollout/kl" in metrics
+
+
+def test_fipo_weights_each_token_by_the_discounted_drift_after_it():
+    # γ = 2^(−1/1) = 0.5: F = [0.1 + 0.5·0.2 + 0.25·0.3, 0.2 + 0.5·0.3, 0.3] = [0.275, 0.35, 0.3]
+    log_ratio = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.0, 0.0]])
+    ratio, mask = log_ratio.exp(), torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    positive = torch.ones(2, 1)
+    unclipped = rl.FipoSettings(decay_rate=1.0, clip_range=None, safety_threshold=None)
+    weights, metrics = rl.fipo_influence(log_ratio, ratio, positive, mask, unclipped)
+    expected = torch.tensor([[math.exp(0.275), math.exp(0.35), math.exp(0.3)], [math.exp(0.4), 1.0, 1.0]])
+    torch.testing.assert_close(weights, expected)
+    assert metrics["fipo/future_kl_mean"] == pytest.approx((0.275 + 0.35 + 0.3 + 0.4) / 4)
+    # clipped to [1, 1.2] (high only), or [0.8, 1.2]
+    high_only = rl.FipoSettings(decay_rate=1.0, clip_range=0.2, safety_threshold=None)
+    torch.testing.assert_close(rl.fipo_influence(-log_ratio, ratio, positive, mask, high_only)[0][0],
+                               torch.ones(3))
+    both = rl.FipoSettings(decay_rate=1.0, clip_range=0.2, clip_high_only=False, safety_threshold=None)
+    torch.testing.assert_close(rl.fipo_influence(-log_ratio, ratio, positive, mask, both)[0][0],
+                               torch.full((3,), 0.8))  # e^-0.275, e^-0.35, e^-0.3 all below 0.8
+    # --delta: a token whose ratio exceeds it leaves the sum (dual clip): the 0.3 token here
+    weights, _ = rl.fipo_influence(log_ratio, ratio, positive, mask, unclipped, delta=math.exp(0.25))
+    torch.testing.assert_close(weights[0], torch.tensor([math.exp(0.2), math.exp(0.2), 1.0]))
+    # safety: a negative advantage with ρ above the threshold keeps its weight in [0.8, 1]
+    safe = rl.FipoSettings(decay_rate=1.0, clip_range=None, safety_threshold=1.4)
+    weights, metrics = rl.fipo_influence(log_ratio, ratio, -positive, mask, safe)
+    torch.testing.assert_close(weights[1, 0], torch.tensor(1.0))  # ρ = e^0.4 = 1.49 > 1.4: held to ≤ 1
+    torch.testing.assert_close(weights[0], expected[0])  # ρ ≤ 1.35: untouched
+    assert metrics["fipo/safety_keep_ratio"] == pytest.approx(3 / 4)
+
+
+def test_fipo_is_grpo_with_one_update_per_rollout(tiny_model_dir):
+    """With π_old the current policy the future drift is 0, every weight 1: fipo's loss is dapo's."""
+    from test_grpo_rollout_flags import tiny_grpo
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.algorithms.rollout import EncodedPrompt
+
+    def generator(ids, greedy, seeds):
+        return [[5, 2, 9], [6, 7, 2]] * (len(ids) // 2)
+
+    def reward(completions, **kwargs):
+        return [float(i % 2) for i in range(len(completions))]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = EncodedPrompt(messages=[{"role": "user", "content": "hi"}], ids=[3, 4], extras={})
+    fipo = tiny_grpo(tiny_model_dir, generator, reward, loss_type="fipo")
+    experience, _, _ = fipo.experience(model, [prompt], seeds=[1])
+    loss, metrics = fipo.loss(model, experience)
+    dapo_loss, _ = tiny_grpo(tiny_model_dir, generator, reward, loss_type="dapo").loss(model, experience)
+    torch.testing.assert_close(loss, dapo_loss)
+    assert metrics["fipo/influence_weight_mean"] == pytest.approx(1.0)

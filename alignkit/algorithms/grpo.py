@@ -78,6 +78,7 @@ class GRPO:
     rollout_importance_sampling_threshold: float = 2.0
     log_rollout_offpolicy_metrics: bool = False
     off_policy_sequence_mask_delta: float | None = None
+    fipo: rl_math.FipoSettings = field(default_factory=rl_math.FipoSettings)  # --loss_type fipo
 
     @property
     def uses_rollout_logprobs(self) -> bool:
@@ -267,6 +268,11 @@ class GRPO:
             level=self.importance_sampling_level)
         per_token = surrogate.losses  # (n, C)
         metrics = {}
+        if self.loss_type == "fipo":  # each token weighed by the policy's drift over the tokens after it
+            weights, fipo_metrics = rl_math.fipo_influence(
+                logprobs - old, surrogate.ratio, batch["advantages"].unsqueeze(-1), mask, self.fipo, delta=self.delta)
+            per_token = per_token * weights
+            metrics.update(fipo_metrics)
         if self.top_entropy_quantile < 1.0:
             keep = rl_math.entropy_mask(entropy, mask, self.top_entropy_quantile)
             per_token = per_token * keep

@@ -8,7 +8,6 @@ from alignkit.losses.rl import GRPO_LOSS_TYPES
 
 REFUSED_GRPO_LOSS_TYPES = {
     "real": "REAL's group-contrastive loss is not implemented",
-    "fipo": "FIPO's future-influence weighting is not implemented",
     "luspo": "LUSPO is not implemented",
     "vespo": "VESPO is not implemented",
 }

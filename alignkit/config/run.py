@@ -1045,6 +1045,17 @@ class RunArguments:
         False, "grpo with --vllm_mode server: sample the next step's completions on the server while this step "
         "trains; they are one step off-policy, and their π_old is the server's log-probs of them.",
         applies_to=("grpo",))
+    fipo_decay_rate: float = option(
+        32.0, "grpo --loss_type fipo: the half-life, in tokens, of a later token's drift in a token's weight.",
+        applies_to=("grpo",))
+    fipo_clip_range: float | None = option(
+        0.2, "grpo --loss_type fipo: the influence weight is clipped to [1 - r, 1 + r] (unset: not clipped).",
+        applies_to=("grpo",))
+    fipo_clip_high_only: bool = option(
+        True, "grpo --loss_type fipo: clip the influence weight to [1, 1 + r] instead.", applies_to=("grpo",))
+    fipo_safety_threshold: float | None = option(
+        4.0, "grpo --loss_type fipo: where the advantage is negative and the ratio above this, the weight stays in "
+        "[0.8, 1].", applies_to=("grpo",))
     rollout_importance_sampling_mode: str | None = option(
         None, "grpo: correct the per-token loss for the rollout engine's sampler differing from the policy, with "
         "weights from the engine's log-probs (token_truncate: min(ρ, C); token_mask: ρ where ρ ≤ C; sequence_*: "

@@ -21,11 +21,12 @@ The GRPO family follows ms-swift's GRPOTrainer (swift/rlhf_trainers/grpo_trainer
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "fipo")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
 ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
@@ -258,7 +259,7 @@ def grpo_policy_losses(
     """The GRPO family's per-token policy loss (before the KL term and the reduction), ρ from
     ``importance_log_weights``; advantages (N, 1) or (N, T):
 
-    grpo, bnpo, dr_grpo, dapo: PPO's clipped surrogate −min(ρ'A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), where
+    grpo, bnpo, dr_grpo, dapo, fipo: PPO's clipped surrogate −min(ρ'A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), where
         ρ' = min(ρ, δ) with --delta (two-sided clipping) and ρ' = ρ without;
     cispo: −sg[min(ρ, ε_high)]·A·log π (CISPO, Eq. 4: the ratio clipped from above and detached, so every
         token keeps a gradient; ε_high is an absolute bound here, as in ms-swift);
@@ -342,6 +343,51 @@ def off_policy_sequence_keep(policy_logprobs: torch.Tensor, behaviour_logprobs: 
     return ~((drift > delta) & (advantages.reshape(-1) < 0)) * 1.0
 
 
+@dataclass(frozen=True)
+class FipoSettings:
+    decay_rate: float = 32.0  # --fipo_decay_rate: the half-life, in tokens, of a later token's influence
+    clip_range: float | None = 0.2  # --fipo_clip_range
+    clip_high_only: bool = True  # --fipo_clip_high_only: clip to [1, 1 + range] instead of [1 − range, 1 + range]
+    safety_threshold: float | None = 4.0  # --fipo_safety_threshold
+
+
+def fipo_influence(log_ratio: torch.Tensor, ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   settings: FipoSettings, *, delta: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """FIPO's per-token influence weight on the clipped surrogate (ms-swift's ``--loss_type fipo``), a constant:
+
+    future KL  F_t = Σ_{s ≥ t} γ^{s−t} · log(π_θ/π_old)_s over the completion's tokens, γ = 2^(−1/decay_rate),
+               tokens whose ratio exceeds --delta left out of the sum (dual clip);
+    weight     exp(F_t) clipped to [1 − r, 1 + r] (or [1, 1 + r] with clip_high_only), r = clip_range;
+    safety     where A < 0 and ρ > safety_threshold, the weight is held to [0.8, 1].
+
+    log_ratio, ratio, mask (N, T); advantages (N, 1) or (N, T). Returns (weights (N, T), metric means)."""
+    mask = mask.bool()
+    steps = log_ratio.detach().float().masked_fill(~mask, 0.0)
+    if delta is not None:
+        steps = steps.masked_fill(ratio.detach() > delta, 0.0)
+    length = steps.shape[1]
+    gamma = 2.0 ** (-1.0 / settings.decay_rate)
+    positions = torch.arange(length, device=steps.device)
+    future = torch.zeros_like(steps)
+    for start in range(0, length, 512):  # (T × 512) blocks of the decay matrix bound the memory
+        later = positions[start : start + 512]
+        distance = later.unsqueeze(0) - positions.unsqueeze(1)  # (T, block): s − t
+        decay = torch.where(distance >= 0, gamma ** distance.clamp(min=0).float(), torch.zeros((), device=steps.device))
+        future += steps[:, start : start + 512] @ decay.t()
+    future = future.masked_fill(~mask, 0.0)
+    weights = torch.exp(future)
+    if settings.clip_range:
+        low = 1.0 if settings.clip_high_only else 1 - settings.clip_range
+        weights = weights.clamp(min=low, max=1 + settings.clip_range)
+    safe = torch.ones_like(mask)
+    if settings.safety_threshold is not None:
+        safe = ~((advantages.expand_as(ratio) < 0) & (ratio.detach() > settings.safety_threshold))
+        weights = torch.where(safe, weights, weights.clamp(min=0.8, max=1.0))
+    return weights, {"fipo/future_kl_mean": masked_mean(future, mask).item(),
+                     "fipo/influence_weight_mean": masked_mean(weights, mask).item(),
+                     "fipo/safety_keep_ratio": masked_mean(safe.float(), mask).item()}
+
+
 def entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: float) -> torch.Tensor:
     """--top_entropy_quantile q: 1 on the tokens whose entropy is at or above the (1 − q) quantile of the batch's
     completion tokens, 0 elsewhere (only those tokens carry the policy loss). (N, T) → (N, T) bool."""
@@ -358,12 +404,12 @@ def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, *, loss_type:
     bnpo:         mean over all tokens of the batch;
     dr_grpo:      sum over all tokens / (N · max_completion_length), a constant, so long answers are not
                   favoured or penalised by their length (Dr. GRPO);
-    dapo, cispo:  sum over the tokens / ``num_items``, the completion tokens of the whole optimizer step (all
+    dapo, cispo, fipo:  sum over the tokens / ``num_items``, the completion tokens of the whole optimizer step (all
                   micro-batches, divided by the processes, as TRL's num_items_in_batch): a token-level mean over
                   the step (DAPO's token-level loss). Without ``num_items``: the tokens of this batch.
     """
     mask = mask.to(losses.dtype)
-    if loss_type in ("dapo", "cispo"):
+    if loss_type in ("dapo", "cispo", "fipo"):
         normaliser = num_items if num_items is not None else mask.sum().clamp(min=1)
         return (losses * mask).sum() / normaliser
     if loss_type in ("grpo", "sapo"):

@@ -18,6 +18,7 @@ from alignkit.data.loading import load_dataset_spec, parse_columns
 from alignkit.data.rows import PromptRow, TokenizedRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
+from alignkit.losses import rl as rl_math
 from alignkit.losses.rl import GRPO_LOSS_TYPES
 from alignkit.models.load import (
     count_parameters,
@@ -147,7 +148,9 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          rollout_importance_sampling_mode=args.rollout_importance_sampling_mode,
                          rollout_importance_sampling_threshold=args.rollout_importance_sampling_threshold,
                          log_rollout_offpolicy_metrics=args.log_rollout_offpolicy_metrics,
-                         off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta)
+                         off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta,
+                         fipo=rl_math.FipoSettings(args.fipo_decay_rate, args.fipo_clip_range, args.fipo_clip_high_only,
+                                                   args.fipo_safety_threshold))
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
