@@ -8,6 +8,7 @@ they were drawn with. What is tested is alignkit's orchestration around the engi
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -74,7 +75,9 @@ SHARES = {0: ([[1, 2], [3]], [10, 11]), 1: ([[4, 5, 6]], [12])}
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a collective left waiting (a process that does not join) fails after a minute instead of hanging
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))
     result = {}
     # TP 2: both ranks share one engine; each generates the group's 3 prompts and keeps its own answers
     group = tensor_parallel_group(2)
