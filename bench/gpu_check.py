@@ -6,7 +6,9 @@
 For a ~0.5B Llama-shaped and a ~1.5B Qwen2-shaped model built from a config (random weights, the built-in
 tokenizer; nothing is downloaded), it runs through ``alignkit.training.run.run_training``: DPO with LoRA and in
 full, SFT, a GRPO step (transformers generation), DPO under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 (one process),
-DPO with Liger's kernels; and TRL's DPOTrainer (and with Liger) on the same model and rows. Each reports
+DPO with Liger's kernels; and TRL's DPOTrainer (and with Liger) on the same model and rows. Where vllm imports,
+grpo_vllm_colocate_2proc runs GRPO with --use_vllm --vllm_mode colocate on 2 processes sharing the GPU (an engine
+each, external_launcher, --vllm_gpu_memory_utilization 0.3); `--only grpo_vllm_colocate` runs it alone. Each reports
 tokens/s, MFU and peak GPU memory. A parity section checks packed == padded log-probs and gradients on the
 device. The section bodies are in ``bench/gpu_sections.py``.
 
@@ -19,6 +21,7 @@ their own. docs/performance.md says how to run it on the lent GPU and what to do
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -100,7 +103,9 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
         add("trl_dpo_lora_liger", "trl", model, liger, 50, train_type="lora", liger=True)
     for engine in ("zero2", "zero3", "fsdp2"):
         add(f"dpo_full_{engine}", "alignkit", small, engine, 60, algorithm="dpo", train_type="full", engine=engine)
-    order = [f"main:{small}", f"liger:{small}", "zero2", "zero3", "fsdp2", "flex"]
+    if not dry_run and importlib.util.find_spec("vllm") is not None:  # colocated vLLM on 2 processes, one GPU
+        add("grpo_vllm_colocate_2proc", "vllm_colocate", small, "vllm", 240)
+    order = [f"main:{small}", f"liger:{small}", "zero2", "zero3", "fsdp2", "vllm", "flex"]
     order += [g for m in rest for g in (f"main:{m}", f"liger:{m}")]
     return sorted(sections, key=lambda s: order.index(s["group"]))
 

@@ -594,6 +594,66 @@ def packing_memory(spec: dict, context: dict) -> dict:
     return {"lengths": out, "note": "peak_gib: above the model's weights; the first length includes compilation"}
 
 
+def vllm_colocate(spec: dict, context: dict) -> dict:
+    """GRPO with --use_vllm --vllm_mode colocate on 2 processes sharing the one GPU: each process starts its own
+    vLLM engine (external_launcher, --vllm_gpu_memory_utilization 0.3 each), samples its share of the step's
+    prompts and loads the LoRA-merged policy into its engine after every update (alignkit/generation/vllm.py)."""
+    import multiprocessing
+
+    grpo, data = context["workload"]["grpo"], Path(context["work"]) / "data"
+    out = Path(context["work"]) / "runs" / spec["name"].replace("/", "-")
+    rank = context["workload"]["lora_rank"]
+    arguments = dict(model=model_dir(context, spec["model"]), output_dir=str(out), train_type="lora",
+                     rlhf_type="grpo", dataset=[str(data / "prompts.jsonl")], max_steps=2, logging_steps=1,
+                     save_steps=10**6, num_generations=grpo["num_generations"],
+                     per_device_train_batch_size=grpo["prompts"] * grpo["num_generations"] // 2,
+                     max_completion_length=grpo["max_completion_length"], max_length=context["workload"]["max_length"],
+                     reward_funcs=[f"{data / 'rewards.py'}:length_reward"], learning_rate=1e-5, dataset_shuffle=False,
+                     split_dataset_ratio=0.0, dtype="bf16", report_to=["none"], lora_rank=rank, lora_alpha=2 * rank,
+                     lora_dropout=0.0, seed=42, gradient_checkpointing=False, use_vllm=True, vllm_mode="colocate",
+                     vllm_gpu_memory_utilization=0.3)
+    spawn = multiprocessing.get_context("spawn")
+    port = _free_port()
+    processes = [spawn.Process(target=_colocate_rank, args=(r, port, arguments)) for r in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=spec["budget_s"])
+    codes = [process.exitcode for process in processes]
+    if codes != [0, 0]:
+        raise RuntimeError(f"the 2 colocated processes exited with {codes} (their output is in the worker's log)")
+    records = [json.loads(line) for path in out.glob("v*/logging.jsonl") for line in path.read_text().splitlines()]
+    steps = [r for r in records if "time/rollout_s" in r]
+    if len(steps) != 2:
+        raise RuntimeError(f"expected 2 logged steps, found {len(steps)}")
+    return {"steps": len(steps), "rollout_s": [round(r["time/rollout_s"], 3) for r in steps],
+            "reward": [r.get("reward") for r in steps],
+            "completion_length": [r.get("completions/mean_length") for r in steps]}
+
+
+def _colocate_rank(rank: int, port: int, arguments: dict) -> None:
+    """One of vllm_colocate's processes. Both run on cuda:0 (LOCAL_RANK 0: vLLM and alignkit pick their device
+    by it); NCCL refuses two ranks on one GPU, so the training group is gloo, which all-reduces CUDA tensors."""
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")
+    from alignkit.config.run import RunArguments
+    from alignkit.training.run import run_training
+
+    run_training(RunArguments(**arguments), task="rlhf")
+    torch.distributed.barrier()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def prepare_and_save(spec: dict, context: dict) -> dict:
     result = prepare(spec, context)
     (Path(context["work"]) / "prepared.json").write_text(json.dumps(result))
@@ -601,4 +661,4 @@ def prepare_and_save(spec: dict, context: dict) -> dict:
 
 
 SECTIONS = {"prepare": prepare_and_save, "alignkit": alignkit_run, "trl": trl_dpo, "parity": parity,
-            "packing_memory": packing_memory}
+            "packing_memory": packing_memory, "vllm_colocate": vllm_colocate}

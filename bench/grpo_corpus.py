@@ -97,7 +97,12 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
         from alignkit.training.online_run import check_online_engine
 
         os.environ["WORLD_SIZE"] = str(nproc)
-        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm and args.vllm_mode != "server")
+        check_online_engine(args.rlhf_type, None, use_vllm=args.use_vllm and args.vllm_mode != "server",
+                            tensor_parallel_size=args.vllm_tensor_parallel_size)
+    if args.rlhf_type == "gkd" and args.use_vllm and args.vllm_mode != "server":  # what gkd_algorithm checks
+        from alignkit.generation.vllm import engine_groups
+
+        engine_groups(nproc, args.vllm_tensor_parallel_size)
     if args.rlhf_type == "grpo":
         from alignkit.training.generation_batch import generation_batch
 

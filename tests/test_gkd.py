@@ -161,10 +161,51 @@ def test_sft_alpha_adds_cross_entropy_off_the_students_samples(tiny_model_dir, t
     (["--teacher_model", "T", "--teacher_deepspeed", "zero3"],
      "--teacher_deepspeed is not supported by alignkit: a DeepSpeed engine"),
     (["--teacher_model", "T", "--deepspeed", "zero3"], "ZeRO-3 or FSDP"),
-    (["--teacher_model", "T", "--use_vllm", "true"], "--use_vllm with --rlhf_type gkd"),
+    (["--teacher_model", "T", "--use_vllm", "true"], "--use_vllm needs"),  # colocated: vllm and a GPU, missing here
+    (["--teacher_model", "T", "--use_vllm", "true", "--vllm_tensor_parallel_size", "2"],
+     "--vllm_tensor_parallel_size 2 with 1 process(es)"),
     (["--teacher_model", "T", "--teacher_model_server", "http://x"], "teacher behind an API"),
 ])
 def test_refusals_before_loading(tiny_model_dir, extra, message, tmp_path, capsys):
     assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--output_dir", str(tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # stopped before a run directory was made
+
+
+class RecordingRollout:
+    """Test double for the colocated vLLM engine (alignkit.generation.vllm.VllmRollout, which needs CUDA): it
+    records how it was built, the prompts it answers (with a fixed completion ending in the stop id) and its
+    weight syncs. What is tested is gkd's use of the engine."""
+
+    made: list = []
+
+    def __init__(self, policy, model_path, **kwargs):
+        self.policy, self.kwargs, self.calls, self.syncs, self.synced_step = policy, kwargs, [], 0, 0
+        RecordingRollout.made.append(self)
+
+    def __call__(self, prompts, *, greedy=False, seeds=None):
+        self.calls.append(prompts)
+        return [[5, 6, self.kwargs["stop_ids"][0]] for _ in prompts]
+
+    def sync_weights(self):
+        self.syncs += 1
+
+
+def test_the_student_samples_from_the_colocated_engine(tiny_model_dir, tiny_chat_model_dir, data_file, tmp_path,
+                                                       monkeypatch):
+    import alignkit.generation.vllm as vllm
+
+    monkeypatch.setattr(vllm, "check_vllm_available", lambda: None)
+    monkeypatch.setattr(vllm, "VllmRollout", RecordingRollout)
+    RecordingRollout.made.clear()
+    main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,
+          "--dataset", data_file, "--max_steps", "3", "--lmbda", "1", "--use_vllm", "true", "--vllm_mode", "colocate",
+          "--vllm_gpu_memory_utilization", "0.3", "--vllm_max_model_len", "300", "--output_dir", str(tmp_path),
+          *FLAGS])
+    (engine,) = RecordingRollout.made
+    assert {k: engine.kwargs[k] for k in ("gpu_memory_utilization", "max_model_len", "tensor_parallel_size",
+                                          "max_new_tokens")} == {"gpu_memory_utilization": 0.3, "max_model_len": 300,
+                                                                 "tensor_parallel_size": 1, "max_new_tokens": 6}
+    assert len(engine.calls) == 3 and all(len(prompts) == 2 for prompts in engine.calls)  # every step's 2 rows
+    assert engine.syncs == 2  # before steps 2 and 3: the engine held step 1's weights from the start
+    assert [r["source/student"] for r in records(tmp_path)] == [1.0, 1.0, 1.0]

@@ -72,3 +72,13 @@ def test_dry_run_writes_every_field_and_survives_a_crashed_worker(tiny_model_dir
     assert summary["vs_trl"] == round(summary["alignkit_tokens_per_s"] / summary["trl_tokens_per_s"], 3)
     for key in ("trl_liger_tokens_per_s", "vs_trl_liger"):
         assert key in summary
+
+
+def test_the_colocated_vllm_section_is_planned_where_vllm_imports(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else find_spec(name))
+    (section,) = [s for s in gpu_check.plan(list(gpu_check.MODELS), dry_run=False) if s["kind"] == "vllm_colocate"]
+    assert section["name"] == "grpo_vllm_colocate_2proc/llama-0.5b" and section["group"] == "vllm"
+    assert not [s for s in gpu_check.plan(["llama-tiny"], dry_run=True) if s["kind"] == "vllm_colocate"]

@@ -88,7 +88,9 @@ class GKD:
     top_p: float = 1.0
     student: torch.nn.Module | None = field(default=None, repr=False)  # the unwrapped student, for sampling
     layout: Layout | None = None  # given by the builder; unused: the JSD reads full logits of padded batches
-    server: object = None  # --vllm_mode server: the student samples on the rollout server (ServerRollout)
+    # --use_vllm: the student samples on vLLM, an `alignkit rollout` server (ServerRollout, --vllm_mode server)
+    # or the colocated engine (VllmRollout); both take the student's weights in sync_weights()
+    server: object = None
 
     rows: ClassVar[str] = "sft"
     loss_unit: ClassVar[str] = "examples"  # a micro-batch's loss is a mean over its own completion tokens
@@ -99,7 +101,7 @@ class GKD:
     def at_step(self, step: int) -> GKD:
         source = step_source(self.seed, step, self.lmbda, self.seq_kd)
         if source == "student" and self.server is not None and self.server.synced_step != step:
-            self.server.sync_weights()  # the server samples with the weights of the last `step` updates
+            self.server.sync_weights()  # vLLM samples with the weights of the last `step` updates
             self.server.synced_step = step
         return replace(self, source=source)
 

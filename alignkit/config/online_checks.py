@@ -45,9 +45,12 @@ def check_online_flags(args) -> None:
             raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
                                 "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
                                 "parallel)")
-    elif args.vllm_tensor_parallel_size != 1:
-        raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
-                            "runs on one GPU here; only 1")
+    elif args.vllm_tensor_parallel_size < 1:
+        raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: expected 1 or more")
+    elif args.vllm_tensor_parallel_size > 1 and args.dynamic_sample:
+        raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size} with --dynamic_sample: the "
+                            "processes sharing a colocated engine generate together, and each would resample as "
+                            "often as its own groups need; use --vllm_tensor_parallel_size 1")
     if not (args.top_k == -1 or args.top_k >= 0) or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1:
         raise AlignkitError(f"--top_k {args.top_k} / --top_p {args.top_p} / --min_p {args.min_p}: expected top_k -1 "
                             "or >= 0, top_p in (0, 1], min_p in [0, 1)")
@@ -83,10 +86,6 @@ def check_gkd_flags(args) -> None:
         raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
                             "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
                             "parallel)")
-    if (args.use_vllm or args.vllm_mode) and args.vllm_mode != "server":
-        raise AlignkitError("--use_vllm with --rlhf_type gkd: the student samples with transformers' generate, or "
-                            "on an `alignkit rollout` server with --use_vllm true --vllm_mode server; a colocated "
-                            "vLLM engine is not supported for gkd")
     if args.async_generate:
         raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
 

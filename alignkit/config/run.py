@@ -841,16 +841,14 @@ class RunArguments:
     )
     use_vllm: bool = option(
         False,
-        "ppo, grpo: sample with vLLM on the GPU, weights synced after each update (gkd: with --vllm_mode server).",
+        "ppo, grpo, gkd (the student's samples): sample with vLLM on the GPU, weights synced after each update.",
         applies_to=("ppo", "grpo", "gkd",),
     )
     vllm_gpu_memory_utilization: float = option(
         0.9,
-        "Share of GPU memory vLLM may take with --use_vllm.",
-        applies_to=(
-            "ppo",
-            "grpo",
-        ),
+        "Share of GPU memory vLLM may take with --use_vllm (each process's colocated engine: several processes on "
+        "one GPU each take this share).",
+        applies_to=("ppo", "grpo", "gkd",),
     )
     num_ppo_epochs: int = option(4, "ppo: passes over each rollout.", applies_to=("ppo",))
     kl_coef: float = option(0.05, "ppo: weight of the per-token KL penalty in the reward.", applies_to=("ppo",))
@@ -1005,36 +1003,39 @@ class RunArguments:
         "the run directory and shows one on the console")
     vllm_mode: str | None = option(
         None,
-        "ppo, grpo with --use_vllm: colocate (the vLLM engine runs in the training process; also what --use_vllm "
-        "alone means here, where ms-swift asks for a mode) or server (rollouts from an `alignkit rollout` server, "
+        "ppo, grpo, gkd with --use_vllm: colocate (a vLLM engine in every training process, or one per group of "
+        "--vllm_tensor_parallel_size processes; also what --use_vllm alone means here, where ms-swift asks for a "
+        "mode) or server (rollouts from an `alignkit rollout` server, "
         "TRL's vLLM server, through TRL's VLLMClient; weights pushed after each update).",
         choices=("colocate", "server"), applies_to=("ppo", "grpo", "gkd",))
     vllm_max_model_len: int | None = option(
-        None, "ppo, grpo with --use_vllm: vLLM's context length. Unset: the longest prompt allowed + "
-        "--max_completion_length.", applies_to=("ppo", "grpo",))
+        None, "ppo, grpo, gkd with --use_vllm: vLLM's context length. Unset: the longest prompt allowed (gkd: "
+        "--max_length) + --max_completion_length.", applies_to=("ppo", "grpo", "gkd",))
     vllm_tensor_parallel_size: int = option(
-        1, "ppo, grpo with --use_vllm: tensor parallelism of the colocated engine; only 1.",
-        applies_to=("ppo", "grpo",))
+        1, "ppo, grpo, gkd with --use_vllm: tensor parallelism of the colocated engine: each group of this many "
+        "consecutive processes shares one engine split across their GPUs (the processes must be a multiple of it).",
+        applies_to=("ppo", "grpo", "gkd",))
     vllm_enable_prefix_caching: bool = option(
-        True, "ppo, grpo with --use_vllm: vLLM's automatic prefix caching.", applies_to=("ppo", "grpo",))
+        True, "ppo, grpo, gkd with --use_vllm: vLLM's automatic prefix caching.", applies_to=("ppo", "grpo", "gkd",))
     vllm_enable_lora: bool = option(
         False, "ppo, grpo with --use_vllm: sync only the LoRA adapter into vLLM.", applies_to=("ppo", "grpo",),
         no_effect="alignkit syncs the merged LoRA weights into vLLM after each update; the samples are the same, "
         "only the sync's cost differs")
     sleep_level: int = option(
-        0, "ppo, grpo with --use_vllm: ms-swift's vLLM sleep level (0, 1, 2).", choices=(0, 1, 2),
-        applies_to=("ppo", "grpo",),
+        0, "ppo, grpo, gkd with --use_vllm: ms-swift's vLLM sleep level (0, 1, 2).", choices=(0, 1, 2),
+        applies_to=("ppo", "grpo", "gkd",),
         no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
         "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
         "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
     offload_model: bool = option(
-        False, "ppo, grpo with --use_vllm: offload the policy to CPU during generation.", applies_to=("ppo", "grpo",),
+        False, "ppo, grpo, gkd with --use_vllm: offload the policy to CPU during generation.",
+        applies_to=("ppo", "grpo", "gkd",),
         no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
         "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
         "and updates are the same, but a run that needs this to fit may run out of GPU memory"))
     offload_optimizer: bool = option(
-        False, "ppo, grpo with --use_vllm: offload optimizer states to CPU during generation.",
-        applies_to=("ppo", "grpo",),
+        False, "ppo, grpo, gkd with --use_vllm: offload optimizer states to CPU during generation.",
+        applies_to=("ppo", "grpo", "gkd",),
         no_effect=("ms-swift's GPU memory management around its colocated vLLM engine (releasing or offloading memory "
         "while the other side runs); alignkit does not release or offload memory around generation, so the samples "
         "and updates are the same, but a run that needs this to fit may run out of GPU memory"))

@@ -3,11 +3,18 @@
 - ``VllmInference``: ``alignkit infer --infer_backend vllm``, batch inference. The prompts are rendered by the
   same chat template as the transformers backend and handed to vLLM as token ids, so both backends see
   identical inputs; a LoRA adapter is applied per request (LoRARequest).
-- ``VllmRollout``: ``--use_vllm`` for ppo/grpo, an engine on the training GPU refreshed with the policy's
-  weights. Only the sampling moves to vLLM; log-probs for the loss are always recomputed by the trained
-  model, so the engine's numerics never enter the objective. After each policy update the loop calls
-  ``sync_weights``, which merges LoRA into the base weights (and unmerges after), streams every tensor to
-  the engine, and drops its prefix cache.
+- ``VllmRollout``: ``--use_vllm`` for ppo/grpo (and gkd's student), an engine on the training GPU refreshed
+  with the policy's weights. Only the sampling moves to vLLM; log-probs for the loss are always recomputed by
+  the trained model, so the engine's numerics never enter the objective. After each policy update the loop
+  calls ``sync_weights``, which merges LoRA into the base weights (and unmerges after), streams every tensor
+  to the engine, and drops its prefix cache.
+
+With several processes every process holds its own engine (TRL's and ms-swift's colocate mode: vLLM's
+``external_launcher`` backend, started inside the already launched processes). With
+--vllm_tensor_parallel_size N, N consecutive ranks share one engine split across their GPUs: each call
+gathers the group's prompts, all N generate them together, and each process keeps its own slice
+(``generate_in_group``). Per-prompt seeds travel with their prompts, so a prompt samples the same completion
+whichever process or group it lands on.
 """
 
 from __future__ import annotations
@@ -99,14 +106,67 @@ def check_vllm_available() -> None:
         )
 
 
+def engine_groups(world_size: int, size: int) -> list[list[int]]:
+    """The ranks that share one tensor-parallel engine: ``size`` consecutive ranks each (TRL's layout, and
+    vLLM's own: external_launcher splits its world into tensor-parallel groups of consecutive ranks).
+
+    >>> engine_groups(4, 2)
+    [[0, 1], [2, 3]]
+    """
+    if size < 1 or world_size % size:
+        raise AlignkitError(f"--vllm_tensor_parallel_size {size} with {world_size} process(es): each group of "
+                            f"{size} consecutive processes shares one colocated vLLM engine, so the number of "
+                            f"processes (NPROC_PER_NODE × nodes) must be a multiple of {size}")
+    return [list(range(start, start + size)) for start in range(0, world_size, size)]
+
+
+def colocated_engine_kwargs(model_path: str, *, rank: int, tensor_parallel_size: int, seed: int,
+                            gpu_memory_utilization: float, max_model_len: int,
+                            enable_prefix_caching: bool) -> dict:
+    """``vllm.LLM``'s arguments for the engine of process ``rank``. The processes of a group start it with
+    one seed (--seed + the group's number): vLLM runs the same schedule on each of them, as TRL's trainer."""
+    return {"model": model_path, "tensor_parallel_size": tensor_parallel_size,
+            "distributed_executor_backend": "external_launcher", "seed": seed + rank // tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
+            "enable_prefix_caching": enable_prefix_caching}
+
+
+def tensor_parallel_group(size: int):
+    """This process's engine group (a torch.distributed subgroup), or None when each process has its own
+    engine. Every process must call it: subgroups are made collectively."""
+    if size == 1:
+        return None
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    group, _ = torch.distributed.new_subgroups_by_enumeration(engine_groups(world, size))
+    return group
+
+
+def generate_in_group(generate, prompts: list[list[int]], seeds: list[int] | None, group) -> list[list[int]]:
+    """``generate(prompts, seeds)`` on the engine this process shares with ``group`` (None: its own): the
+    group's prompts (and seeds) are gathered in rank order, every member generates all of them (a
+    tensor-parallel engine runs the same batch on each of its GPUs), and each keeps the completions of its
+    own prompts. Members may bring different numbers of prompts, none included."""
+    if group is None:
+        return generate(prompts, seeds)
+    shares: list = [None] * torch.distributed.get_world_size(group=group)
+    torch.distributed.all_gather_object(shares, (prompts, seeds), group=group)
+    everyone = [p for share, _ in shares for p in share]
+    every_seed = None if any(s is None for _, s in shares) else [s for _, share in shares for s in share]
+    completions = generate(everyone, every_seed)
+    start = sum(len(share) for share, _ in shares[: torch.distributed.get_rank(group=group)])
+    return completions[start : start + len(prompts)]
+
+
 class VllmRollout:
     def __init__(self, policy, model_path: str, *, stop_ids: list[int], max_new_tokens: int, temperature: float,
                  gpu_memory_utilization: float, max_model_len: int, seed: int, top_p: float = 1.0, top_k: int = -1,
-                 min_p: float = 0.0, repetition_penalty: float = 1.0, enable_prefix_caching: bool = True):
+                 min_p: float = 0.0, repetition_penalty: float = 1.0, enable_prefix_caching: bool = True,
+                 tensor_parallel_size: int = 1):
         check_vllm_available()
         from vllm import LLM
 
-        # An in-process engine (as TRL's colocate mode): the weights can then be written into it directly.
+        # An in-process engine (as TRL's colocate mode): the weights can then be written into it directly. A
+        # launched process has these set already; a lone one is a world of one.
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "localhost"),
                            ("MASTER_PORT", "29533")):
             os.environ.setdefault(key, value)
@@ -114,17 +174,29 @@ class VllmRollout:
         self.stop_ids = stop_ids
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.synced_step = 0  # gkd: the optimizer steps whose weights the engine holds
         # --top_p --top_k --min_p --repetition_penalty, in vLLM's spelling (top_k -1: no limit)
         self.filters = {"top_p": top_p, "top_k": top_k if top_k > 0 else -1, "min_p": min_p,
                         "repetition_penalty": repetition_penalty}
-        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       seed=seed, distributed_executor_backend="external_launcher",
-                       enable_prefix_caching=enable_prefix_caching)
+        self.group = tensor_parallel_group(tensor_parallel_size)
+        self.llm = LLM(**colocated_engine_kwargs(
+            model_path, rank=int(os.environ["RANK"]), tensor_parallel_size=tensor_parallel_size, seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching))
         self.sync_weights()  # --adapters or a resumed checkpoint already differ from the files on disk
 
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False,
                  seeds: list[int] | None = None) -> list[list[int]]:
         """``seeds``: one per prompt, each completion drawn with its own (vLLM's per-request seed)."""
+        return generate_in_group(lambda p, s: self._generate(p, greedy=greedy, seeds=s), prompts, seeds, self.group)
+
+    def join_main(self) -> None:
+        """While the main process evaluates alone, the others of its engine group take part in its
+        generation with no prompts of their own (a tensor-parallel engine needs all its processes)."""
+        if self.group is not None and 0 in torch.distributed.get_process_group_ranks(self.group):
+            self([], greedy=True)
+
+    def _generate(self, prompts: list[list[int]], *, greedy: bool, seeds: list[int] | None) -> list[list[int]]:
         from vllm import SamplingParams
 
         def params_for(seed):
@@ -145,6 +217,8 @@ class VllmRollout:
 
     @torch.no_grad()
     def sync_weights(self) -> None:
+        """Every process writes the policy's weights into its own engine (a tensor-parallel engine's
+        ``load_weights`` keeps each GPU's slice of the whole tensors)."""
         from alignkit.generation.vllm_server import merged_weights
 
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from alignkit.algorithms.gkd import GKD
 from alignkit.algorithms.rollout import stop_token_ids
@@ -18,7 +19,14 @@ logger = logging.getLogger("alignkit")
 
 
 def gkd_algorithm(args: RunArguments, beta: float) -> GKD:
-    """The algorithm with the flags' values; the models come later (``with_models``)."""
+    """The algorithm with the flags' values; the models come later (``with_models``). The colocated vLLM
+    engine's needs (the package, a GPU, processes a multiple of --vllm_tensor_parallel_size) are checked here,
+    before any data or model loads."""
+    if args.use_vllm and args.vllm_mode != "server":
+        from alignkit.generation.vllm import check_vllm_available, engine_groups
+
+        engine_groups(int(os.environ.get("WORLD_SIZE", "1")), args.vllm_tensor_parallel_size)
+        check_vllm_available()
     return GKD(teacher=None, beta=beta, temperature=args.temperature, lmbda=args.lmbda, seq_kd=args.seq_kd,
                sft_alpha=args.sft_alpha, max_completion_length=args.max_completion_length, pad_id=0, stop_ids=[],
                seed=args.seed, offload_teacher=args.offload_teacher_model,
@@ -51,5 +59,16 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
 
         server = connect(student, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                          temperature=args.temperature, pad_id=encoder.tokenizer.pad_token_id)
+    elif args.use_vllm:  # from a colocated vLLM engine, as grpo's (one per process or tensor-parallel group)
+        from alignkit.generation.vllm import VllmRollout
+
+        context = args.vllm_max_model_len or (args.max_length or 0) + args.max_completion_length
+        server = VllmRollout(student, resolve_model_path(args.model), stop_ids=stop_ids,
+                             max_new_tokens=args.max_completion_length, temperature=args.temperature,
+                             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                             max_model_len=context,
+                             seed=args.seed, top_p=algorithm.top_p, top_k=algorithm.top_k,
+                             enable_prefix_caching=args.vllm_enable_prefix_caching,
+                             tensor_parallel_size=args.vllm_tensor_parallel_size)
     return dataclasses.replace(algorithm, teacher=teacher, student=student, pad_id=encoder.tokenizer.pad_token_id,
                                stop_ids=stop_ids, server=server)

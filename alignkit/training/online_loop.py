@@ -189,7 +189,8 @@ def train_online(
                            optimizer_steps=schedule.steps * schedule.optimizer_steps_per_step)
     runner.resume(config.resume_from_checkpoint, weights=policy, load_more=algorithm.load_trained)
     if config.resume_from_checkpoint:
-        algorithm.generator.sync_weights()
+        with runner.whole_parameters():
+            algorithm.generator.sync_weights()
     logger.info("Online schedule: %d steps of %d prompts (%d completions) per process, %d process(es), %d optimizer "
                 "steps each (mini-batches of %d, micro-batches of %d, %d update epoch(s))", schedule.steps,
                 schedule.prompts_per_step, schedule.sequences_per_step, runner.num_processes,
@@ -203,9 +204,14 @@ def train_online(
         return runner.sum_over_processes(values).to(values.device)
 
     def evaluate_held_out() -> dict[str, float]:
-        """The main process evaluates alone, on the unwrapped policy; the others wait."""
+        """The main process evaluates alone, on the unwrapped policy; the others wait (those sharing its
+        tensor-parallel vLLM engine take part in its generation)."""
         with runner.main_process_only() as main:
-            return evaluate(policy, algorithm, val_prompts, runner.accelerator) if main else {}
+            if main:
+                return evaluate(policy, algorithm, val_prompts, runner.accelerator)
+            if hasattr(algorithm.generator, "join_main"):  # the colocated vLLM engine (generation/vllm.py)
+                algorithm.generator.join_main()
+            return {}
 
     prefetching = hasattr(algorithm.generator, "prefetch") and getattr(algorithm, "off_policy_rollouts", False)
     if prefetching:
@@ -261,7 +267,8 @@ def train_online(
                     update_metrics.add(metrics)
                     if problem is not None:
                         break
-                algorithm.generator.sync_weights()
+                with runner.whole_parameters():  # ZeRO-3: each process's engine takes whole tensors
+                    algorithm.generator.sync_weights()
 
                 state.global_step += 1
                 state.batches_done_in_epoch += 1

@@ -56,7 +56,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     unset flags (``config.defaults.resolve``)."""
     name = args.rlhf_type
     start = start_run(args, name)
-    check_online_engine(name, start.engine, use_vllm=args.use_vllm and args.vllm_mode != "server")
+    check_online_engine(name, start.engine, use_vllm=args.use_vllm and args.vllm_mode != "server",
+                        tensor_parallel_size=args.vllm_tensor_parallel_size)
     start.check_engine()
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
@@ -114,7 +115,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                                   max_model_len=args.vllm_max_model_len or prompt_limit + args.max_completion_length,
                                   seed=args.seed, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                                   repetition_penalty=args.repetition_penalty,
-                                  enable_prefix_caching=args.vllm_enable_prefix_caching)
+                                  enable_prefix_caching=args.vllm_enable_prefix_caching,
+                                  tensor_parallel_size=args.vllm_tensor_parallel_size)
     else:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
                                 batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
@@ -222,16 +224,18 @@ def split_group_schedule(args: RunArguments, batch, num_prompts: int) -> Schedul
                     shared_prompts=True)
 
 
-def check_online_engine(name: str, engine, *, use_vllm: bool) -> None:
+def check_online_engine(name: str, engine, *, use_vllm: bool, tensor_parallel_size: int = 1) -> None:
     """What the online methods cannot run on, said before anything is loaded. Rollouts call ``generate`` on
-    every process, each for as many tokens as its own completions need."""
+    every process, each for as many tokens as its own completions need. ``use_vllm``: the colocated engine,
+    one per process or per group of --vllm_tensor_parallel_size processes (which must divide them)."""
     if engine is not None and engine.kind == "fsdp":
         raise AlignkitError(f"--fsdp with --rlhf_type {name}: FSDP gathers each layer's weights with collectives "
                             "inside every forward, and processes generating completions of different lengths would "
                             "wait on each other forever; use --deepspeed zero2 or zero3 (or plain data parallel)")
-    if use_vllm and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise AlignkitError(f"--use_vllm with several processes (--rlhf_type {name}): the colocated vLLM engine runs "
-                            "on one process only here; run one process with --use_vllm, or several without it")
+    if use_vllm:
+        from alignkit.generation.vllm import engine_groups
+
+        engine_groups(int(os.environ.get("WORLD_SIZE", "1")), tensor_parallel_size)
 
 
 def online_layout(args: RunArguments, policy) -> Layout:
