@@ -232,3 +232,9 @@ def test_async_rollouts_take_the_servers_logprobs_as_the_old_policys(tiny_model_
     torch.testing.assert_close(experience["old_logprobs"], torch.tensor([[-0.5, -1.5, 0.0], [-2.0, -0.25, -0.75]]))
     synchronous, _, _ = tiny_grpo(tiny_model_dir, generator, reward).experience(model, [prompt], seeds=[1])
     assert "old_logprobs" not in synchronous and "behaviour_logprobs" not in synchronous
+
+
+def test_a_teacher_for_grpo_is_refused_not_ignored(tiny_model_dir, capsys):
+    """ms-swift's grpo uses --teacher_model (on-policy distillation shaping the advantages); alignkit refuses it."""
+    assert main([*GRPO, "--model", tiny_model_dir, "--max_steps", "1", "--teacher_model", tiny_model_dir]) == 2
+    assert "--teacher_model with --rlhf_type grpo" in capsys.readouterr().err

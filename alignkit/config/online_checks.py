@@ -31,6 +31,10 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
         if args.async_generate:
             check_async_generate(args)
+        if args.teacher_model:
+            raise AlignkitError("--teacher_model with --rlhf_type grpo: ms-swift's on-policy distillation inside GRPO "
+                                "(the teacher's log-probs shaping the advantages, --teacher_kl_coef) is not supported; "
+                                "distil on-policy with --rlhf_type gkd --teacher_model")
     if args.rlhf_type not in ("ppo", "grpo", "gkd"):
         return
     if args.vllm_mode is not None and not args.use_vllm:
