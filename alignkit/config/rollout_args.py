@@ -29,7 +29,9 @@ class RolloutArguments:
     host: str = option("0.0.0.0", "Address to listen on (ms-swift's default 0.0.0.0).")
     port: int = option(8000, "Port to listen on.")
     vllm_tensor_parallel_size: int = option(1, "vLLM tensor parallelism (GPUs per model copy).")
-    vllm_data_parallel_size: int = option(1, "vLLM data parallelism (model copies).")
+    vllm_data_parallel_size: int = option(
+        1, "vLLM data parallelism (model copies). --data_parallel_size: ms-swift 3.x's name of the same flag, which "
+        "its GRPO examples still use.", aliases=("--data_parallel_size",))
     vllm_gpu_memory_utilization: float = option(0.9, "Fraction of each GPU's memory vLLM may use.")
     vllm_max_model_len: int | None = option(None, "vLLM's context length (unset: the model's).")
     vllm_enable_prefix_caching: bool = option(True, "vLLM's automatic prefix caching.")
