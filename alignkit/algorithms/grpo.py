@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.algorithms.multi_turn import RolloutInferRequest, run_multi_turn
 from alignkit.algorithms.rewards import RewardFunction, reward_arguments, score_completions
 from alignkit.algorithms.rollout import (
     EncodedPrompt,
+    Rollout,
     batched_logprobs,
     completion_logprobs,
     decode_completions,
     make_rollout,
     reference_logprobs,
     rollout_metrics,
+    trajectory_rollout,
 )
 from alignkit.losses import rl as rl_math
 from alignkit.models.packing import Layout
@@ -69,6 +72,9 @@ class GRPO:
     max_resample_times: int = 3
     resample_pool: list[EncodedPrompt] | None = None  # --dynamic_sample draws replacement prompts from these
     stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
+    scheduler: object = None  # --multi_turn_scheduler (multi_turn.MultiTurnScheduler): None for one turn
+    max_turns: int | None = None
+    chat: object = None  # multi_turn.Chat: how the scheduler's messages become tokens
 
     def trained_model(self, policy):
         return policy
@@ -87,13 +93,47 @@ class GRPO:
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
         if rows is not None:
             prompts, seeds = prompts[rows], (seeds[rows] if seeds is not None else None)
+        if self.scheduler is not None:
+            return self._sample_turns(prompts, greedy=greedy, seeds=seeds)
         ids = [p.ids for p in prompts]
-        rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
-                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
-                               stop_words=self.stop_words, tokenizer=self.tokenizer)
+        rollout = self._generate(ids, greedy=greedy, seeds=seeds)
         texts = decode_completions(self.tokenizer, rollout)
         token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
+        per_function = score_completions(self.reward_funcs, arguments)  # (N, F)
+        total = rl_math.weighted_reward(per_function, torch.tensor(self.reward_weights))  # (N,)
+        if self.missing_eos_penalty:
+            total = total - self.missing_eos_penalty * (~rollout.stopped).float()
+        return prompts, rollout, texts, per_function, total
+
+    def _generate(self, ids: list[list[int]], *, greedy: bool, seeds: list[int] | None) -> Rollout:
+        return make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
+                            stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
+                            stop_words=self.stop_words, tokenizer=self.tokenizer)
+
+    def _sample_turns(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None):
+        """``_sample`` with --multi_turn_scheduler: each completion is a trajectory of turns (``run_multi_turn``);
+        rewards see its whole conversation as ``messages`` and its last answer as ``completions`` (ms-swift's)."""
+
+        def sample(rows: list[int], contexts: list[list[int]], turn: int) -> list[tuple[list[int], bool]]:
+            # A turn's seed: the completion's, moved on per turn, so that a trajectory draws the same turns
+            # whichever others are still going.
+            turn_seeds = None if seeds is None else [(seeds[i] + 7_919 * (turn - 1)) % 2**63 for i in rows]
+            rollout = self._generate(contexts, greedy=greedy, seeds=turn_seeds)
+            return [(ids[mask.bool()].tolist(), bool(stopped))
+                    for ids, mask, stopped in zip(rollout.completion_ids, rollout.completion_mask, rollout.stopped)]
+
+        requests = [RolloutInferRequest(messages=[dict(m) for m in p.messages], data_dict=dict(p.extras))
+                    for p in prompts]
+        trajectories = run_multi_turn(self.scheduler, requests, sample, [p.ids for p in prompts], self.chat,
+                                      self.max_turns)
+        rollout = trajectory_rollout([p.ids for p in prompts], trajectories, self.tokenizer.pad_token_id)
+        texts = [self.tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajectories]
+        last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "")
+                for t in trajectories]
+        extras = [{**p.extras, "rollout_infos": t.infos} for p, t in zip(prompts, trajectories)]
+        arguments = reward_arguments([p.messages for p in prompts], last, extras, [t.ids for t in trajectories])
+        arguments["messages"] = [t.messages for t in trajectories]
         per_function = score_completions(self.reward_funcs, arguments)  # (N, F)
         total = rl_math.weighted_reward(per_function, torch.tensor(self.reward_weights))  # (N,)
         if self.missing_eos_penalty:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from alignkit.config.options import option
 from alignkit.errors import AlignkitError
 
-NO_MULTI_TURN = ("multi-turn rollouts (schedulers, gym environments) are not supported: the server generates one "
-                 "completion per prompt")
+NO_MULTI_TURN = ("the rollout server (TRL's vLLM server) generates one turn per request and runs no scheduler; "
+                 "give --multi_turn_scheduler and --max_turns to the trainer instead (`alignkit rlhf --rlhf_type grpo "
+                 "--vllm_mode server --multi_turn_scheduler NAME`), which drives the turns, each a request to this "
+                 "server; gym environments are not supported")
 
 
 def check_server_packages(what: str) -> None:
@@ -60,7 +62,9 @@ class RolloutArguments:
         None, "ms-swift: the template's length limit for the requests it encodes.",
         no_effect="the trainer sends token ids already cut to its own --max_length; the server's limit is "
         "--vllm_max_model_len")
-    multi_turn_scheduler: str | None = option(None, "ms-swift: multi-turn scheduler; refused.")
-    max_turns: int | None = option(None, "ms-swift: most turns of a multi-turn rollout; refused.")
+    multi_turn_scheduler: str | None = option(
+        None, "ms-swift: multi-turn scheduler; refused here: the trainer's --multi_turn_scheduler drives the turns.")
+    max_turns: int | None = option(
+        None, "ms-swift: most turns of a multi-turn rollout; refused here: the trainer's --max_turns.")
     use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")
     gym_env: str | None = option(None, "ms-swift: the gym environment; refused.")

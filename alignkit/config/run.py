@@ -955,6 +955,19 @@ class RunArguments:
         "training prompts, up to --max_resample_times extra generations per step.", applies_to=("grpo",))
     max_resample_times: int = option(
         3, "grpo --dynamic_sample: most extra generations per step.", applies_to=("grpo",))
+    multi_turn_scheduler: str | None = option(
+        None, "grpo: multi-turn rollouts driven by this ms-swift scheduler (math_tip_trick, or one a "
+        "--external_plugins file registers in multi_turns): after each answer its check_finished() ends the "
+        "conversation or its "
+        "step() adds the environment's turn; only the model's tokens are trained (docs/online.md).",
+        applies_to=("grpo",))
+    max_turns: int | None = option(
+        None, "grpo --multi_turn_scheduler: most model turns per trajectory. Unset: until the scheduler ends it.",
+        applies_to=("grpo",))
+    vllm_server_pass_dataset: bool = option(
+        False, "ms-swift: send each row's columns to the rollout server's multi-turn scheduler.",
+        no_effect="the scheduler runs in the trainer (--multi_turn_scheduler), which hands it each row's columns "
+        "(data_dict) itself; the rollout server only generates turns")
     overlong_filter: bool = option(
         False, "grpo (DAPO): completions cut at --max_completion_length (no stop token) carry no loss.",
         applies_to=("grpo",))
