@@ -67,8 +67,8 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: multi-turn rollouts"),
-    (["rollout", "--max_turns", "3"], "--max_turns: multi-turn rollouts"),
+    (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: the rollout server (TRL"),
+    (["rollout", "--max_turns", "3"], "give --multi_turn_scheduler and --max_turns to the trainer"),
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server"], "--vllm_mode server needs --vllm_server_host"),
 ])
 def test_refusals(monkeypatch, argv, message, capsys):
