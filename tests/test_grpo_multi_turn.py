@@ -98,11 +98,12 @@ def test_check_finished_and_max_turns_end_trajectories(encoder):
     requests, prompt_ids = start(encoder, "a", "b", "c")
     answers = {0: ["4"], 1: ["1", "2", "3", "4"], 2: ["1", "4"]}
     sample, calls = scripted(encoder, answers)
-    trajectories = run_multi_turn(TryAgain(None, 3), requests, sample, prompt_ids, chat, 3)
+    # --max_turns alone (the scheduler was given none): the driver ends trajectory 1 at turn 3.
+    trajectories = run_multi_turn(TryAgain(None, None), requests, sample, prompt_ids, chat, 3)
     # check_finished ends 0 at turn 1 and 2 at turn 2; max_turns (3) ends 1, whose 4th answer is never asked for.
     assert [t.infos["num_turns"] for t in trajectories] == [1, 3, 2]
     assert calls == [([0, 1, 2], 1), ([1, 2], 2), ([1], 3)]
-    # The scheduler's own max_turns, with the driver's unset, ends it the same way (ms-swift's default check).
+    # The scheduler's own max_turns, with --max_turns unset, ends it the same way (ms-swift's default check).
     requests, prompt_ids = start(encoder, "b")
     sample, _ = scripted(encoder, {0: answers[1]})
     (trajectory,) = run_multi_turn(TryAgain(None, 2), requests, sample, prompt_ids, chat, None)
