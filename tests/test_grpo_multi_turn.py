@@ -110,6 +110,16 @@ def test_check_finished_and_max_turns_end_trajectories(encoder):
     assert trajectory.infos["num_turns"] == 2
 
 
+def test_a_process_done_early_samples_empty_turns_while_others_go_on(encoder):
+    # ms-swift's gather_fn: the generator may gather prompts over processes, so each takes part in every turn.
+    requests, prompt_ids = start(encoder, "a")
+    sample, calls = scripted(encoder, {0: ["4"]})
+    elsewhere = iter([True, True, True, False])  # another process's trajectories need three turns
+    (trajectory,) = run_multi_turn(TryAgain(None, None), requests, sample, prompt_ids, chat_of(encoder), None,
+                                   lambda going: next(elsewhere))
+    assert calls == [([0], 1), ([], 2), ([], 3)] and trajectory.infos["num_turns"] == 1
+
+
 def test_a_turn_cut_at_the_length_limit_ends_the_trajectory(encoder):
     chat = chat_of(encoder)
     requests, prompt_ids = start(encoder, "a")

@@ -86,15 +86,16 @@ class GRPO:
         """Nothing beyond the policy is trained."""
 
     def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
-                rows: slice | None = None):
-        """``rows``: this process's slice of the completions, when groups span processes."""
+                rows: slice | None = None, sum_all=None):
+        """``rows``: this process's slice of the completions, when groups span processes; ``sum_all``: sums over
+        processes (multi-turn: every process samples a turn while any has trajectories going)."""
         prompts = [p for p in prompts for _ in range(copies)]  # the G completions of a prompt are adjacent
         if seeds is not None:  # one per completion: the prompt's seed and the copy's number
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
         if rows is not None:
             prompts, seeds = prompts[rows], (seeds[rows] if seeds is not None else None)
         if self.scheduler is not None:
-            return self._sample_turns(prompts, greedy=greedy, seeds=seeds)
+            return self._sample_turns(prompts, greedy=greedy, seeds=seeds, sum_all=sum_all)
         ids = [p.ids for p in prompts]
         rollout = self._generate(ids, greedy=greedy, seeds=seeds)
         texts = decode_completions(self.tokenizer, rollout)
@@ -111,7 +112,7 @@ class GRPO:
                             stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
                             stop_words=self.stop_words, tokenizer=self.tokenizer)
 
-    def _sample_turns(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None):
+    def _sample_turns(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None, sum_all=None):
         """``_sample`` with --multi_turn_scheduler: each completion is a trajectory of turns (``run_multi_turn``);
         rewards see its whole conversation as ``messages`` and its last answer as ``completions`` (ms-swift's)."""
 
@@ -119,14 +120,19 @@ class GRPO:
             # A turn's seed: the completion's, moved on per turn, so that a trajectory draws the same turns
             # whichever others are still going.
             turn_seeds = None if seeds is None else [(seeds[i] + 7_919 * (turn - 1)) % 2**63 for i in rows]
+            if not contexts:  # done here, going on elsewhere: the generator may gather prompts over processes
+                self.generator([], greedy=greedy, seeds=turn_seeds)
+                return []
             rollout = self._generate(contexts, greedy=greedy, seeds=turn_seeds)
             return [(ids[mask.bool()].tolist(), bool(stopped))
                     for ids, mask, stopped in zip(rollout.completion_ids, rollout.completion_mask, rollout.stopped)]
 
         requests = [RolloutInferRequest(messages=[dict(m) for m in p.messages], data_dict=dict(p.extras))
                     for p in prompts]
+        anyone = (lambda going: going) if sum_all is None else (
+            lambda going: sum_all(torch.tensor([float(going)])).item() > 0)
         trajectories = run_multi_turn(self.scheduler, requests, sample, [p.ids for p in prompts], self.chat,
-                                      self.max_turns)
+                                      self.max_turns, anyone)
         rollout = trajectory_rollout([p.ids for p in prompts], trajectories, self.tokenizer.pad_token_id)
         texts = [self.tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajectories]
         last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "")
@@ -154,7 +160,7 @@ class GRPO:
             share = len(prompts) * self.num_generations // processes
             rows = slice(rank * share, (rank + 1) * share)
         prompts, rollout, texts, per_function, total = self._sample(prompts, self.num_generations, greedy=False,
-                                                                    seeds=seeds, rows=rows)
+                                                                    seeds=seeds, rows=rows, sum_all=sum_all)
         resampled = 0
         if self.dynamic_sample:
             (prompts, rollout, texts, per_function, total), resampled = self._dynamic_sample(

@@ -214,10 +214,12 @@ class Chat:
 
 def run_multi_turn(scheduler: MultiTurnScheduler, requests: list[RolloutInferRequest],
                    sample: Callable[[list[int], list[list[int]], int], list[tuple[list[int], bool]]],
-                   prompt_ids: list[list[int]], chat: Chat, max_turns: int | None) -> list[Trajectory]:
+                   prompt_ids: list[list[int]], chat: Chat, max_turns: int | None,
+                   anyone: Callable[[bool], bool] = bool) -> list[Trajectory]:
     """Turns until every trajectory is finished. ``sample(rows, contexts, turn)`` → (the turn's token ids, cut at the
     stop token or word; stopped) per context, ``rows`` the trajectories' numbers; ``prompt_ids`` the prompts' ids,
-    which ``requests[i].messages`` render."""
+    which ``requests[i].messages`` render. ``anyone(going)``: whether any process still has trajectories going
+    (ms-swift's gather_fn): while one has, every process samples a turn, with no contexts when its own are done."""
     asyncio.run(scheduler.on_trajectory_start(requests))
     n = len(requests)
     ids, trained = [[] for _ in range(n)], [[] for _ in range(n)]
@@ -225,7 +227,7 @@ def run_multi_turn(scheduler: MultiTurnScheduler, requests: list[RolloutInferReq
     infos: list[dict] = [{} for _ in range(n)]
     done: list[Trajectory | None] = [None] * n
     pending, turn = list(range(n)), 1
-    while pending:
+    while anyone(bool(pending)):
         answers = sample(pending, [prompt_ids[i] + ids[i] for i in pending], turn)
         next_pending = []
         for i, (tokens, stopped) in zip(pending, answers):
