@@ -290,5 +290,5 @@ def _join(ids: list[int], trained: list[int], text: str, tokens: list[int], mask
     environment = chat.tokens(target[len(kept):]) if len(target) > len(kept) else []
     ids += tokens[:low] + environment
     trained += mask[:low] + [0] * len(environment)
-    return kept + chat.decode(environment)
+    return target  # what the sequence now holds, as the template writes it
 
