@@ -194,7 +194,7 @@ def test_grpo_experience_scores_the_conversation_and_trains_model_tokens(tiny_mo
     experience, metrics, samples = grpo.experience(model, [prompt], seeds=[1])
     assert seen["completions"] == ["4", "4"] and [m["role"] for m in seen["messages"][0]] == [
         "user", "assistant", "user", "assistant"]
-    assert seen["infos"][0]["num_turns"] == 2
+    assert seen["infos"][0]["num_turns"] == 2 and metrics["completions/mean_turns"] == 2
     trained = experience["completion_mask"][0].bool()
     present = experience["completion_attention_mask"][0].bool()
     assert (trained & ~present).sum() == 0 and (present & ~trained).sum() > 0

@@ -38,6 +38,7 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, C) 1 up to and including the stop token
     stopped: torch.Tensor  # (N,) bool: the completion ended with a stop token
     completion_attention_mask: torch.Tensor | None = None  # (N, C) multi-turn: every token present, trained or not
+    num_turns: torch.Tensor | None = None  # (N,) multi-turn: the model's turns in each trajectory
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -61,7 +62,8 @@ def trajectory_rollout(prompts: list[list[int]], trajectories, pad_id: int) -> R
         trained[i, : len(t.ids)] = torch.tensor(t.trained, dtype=torch.long)
         attention[i, : len(t.ids)] = 1
     stopped = torch.tensor([t.stopped for t in trajectories])
-    return Rollout(prompt_ids, prompt_mask, ids, trained, stopped, attention)
+    turns = torch.tensor([t.infos["num_turns"] for t in trajectories])
+    return Rollout(prompt_ids, prompt_mask, ids, trained, stopped, attention, turns)
 
 
 def stop_token_ids(encoder: ChatEncoder) -> list[int]:
@@ -439,4 +441,6 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
         "completions/mean_length": lengths.mean().item(),
         "completions/max_length": lengths.max().item(),
         "completions/stopped_ratio": rollout.stopped.float().mean().item(),
+        **({"completions/mean_turns": rollout.num_turns.float().mean().item()} if rollout.num_turns is not None
+           else {}),
     }
