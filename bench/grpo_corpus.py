@@ -4,7 +4,9 @@ Extracts every `swift rlhf --rlhf_type grpo|gkd` and `swift rollout` command lin
 shell scripts (default: /work/swiftex/examples), runs each through alignkit's parser, its flag checks, the
 per-method defaults and, for grpo, ms-swift's generation-batch accounting with the script's NPROC_PER_NODE
 processes, and prints how many are accepted and why the rest stop. Model and dataset paths are replaced by
-local stand-ins (no downloads happen); `$VAR` values by 4.
+local stand-ins (no downloads happen); `$VAR` values by 4; the `<...>` placeholders a user fills in
+(`--port <node1_port>`, `--vllm_server_host <node1_ip> <node2_ip>`) by a stand-in of their kind: a port flag's
+by 8000, 8001, ..., a host's by 127.0.0.1, any other by 4.
 
     python bench/grpo_corpus.py [EXAMPLES_DIR] [--list]
 """
@@ -27,7 +29,8 @@ def invocations(root: Path):
     """(file, sub-command, {flag: [values]}, processes) of each swift rlhf grpo/gkd and swift rollout line."""
     for path in sorted(root.rglob("*.sh")):
         # Continuation lines join; in commented-out commands ("# swift rollout \\ #   --model ...") their "#" goes too.
-        text = re.sub(r"\\\s*\n\s*#?", " ", path.read_text(errors="replace"))
+        # A blank line after a trailing backslash ends the command (the shell runs it, then skips the blank line).
+        text = re.sub(r"\\[ \t]*\n[ \t]*#?", " ", path.read_text(errors="replace"))
         for line in text.splitlines():
             match = re.search(r"\bswift\s+(rlhf|rollout)\b(?!`)(.*)", line)  # not prose naming `swift rollout`
             if not match:
@@ -52,6 +55,15 @@ def invocations(root: Path):
             yield str(path.relative_to(root.parent)), match.group(1), flags, nproc
 
 
+def placeholder(flag: str, index: int) -> str:
+    """A stand-in for the `<...>` value a user fills in: the flag's kind decides (port, host, else a number)."""
+    if "port" in flag:
+        return str(8000 + index)
+    if "host" in flag:
+        return "127.0.0.1"
+    return "4"
+
+
 def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     """Raises what alignkit would stop with before loading data (SystemExit from argparse included)."""
     import os
@@ -71,6 +83,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
         elif key == "external_plugins":
             values = [str(Path("/work/swiftex") / v) for v in values]
         values = ["4" if "$" in v else v for v in values]
+        values = [placeholder(key, i) if re.fullmatch(r"<\w+>", v) else v for i, v in enumerate(values)]
         argv += [f"--{key}", *values]
     parser = build_parser()
     errors = io.StringIO()

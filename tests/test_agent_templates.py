@@ -112,6 +112,31 @@ def test_react_en_writes_the_results_into_the_turn_untrained(tokenizer):
     assert pieces(tokenizer, last.encode_conversation(ROW)) == [("Paris 21, Rome 25.<|im_end|>\n", 1.0)]
 
 
+def test_react_grpo_is_react_en_under_ms_swifts_think_prompt(tokenizer):
+    # swift/agent_template/extra.py ReactGRPOAgentTemplate, written out by hand: react_en's tool line, its own
+    # head and format, react_en's calls and results.
+    encoded = ChatEncoder(tokenizer, max_length=2048, agent_template="react_grpo").encode_conversation(ROW)
+    system = ("A conversation for tool calling between User and Assistant. The user asks a question which may be "
+              "solved by calling tools, and the Assistant solves it. The assistant first thinks about the reasoning "
+              "process in the mind and then provides the user with the answer. The reasoning process should be "
+              "enclosed within <think> </think>tags and answer should follow the ReACT format(Action:xxx\nAction "
+              "Input:xxx), i.e., <think> reasoning process here </think> Action: action here\nAction Input: "
+              "parameters here\n\nAnswer the following questions as best as you can. You have access to the "
+              "following tools:\n\n"
+              "get_weather: Call this tool to interact with the get_weather API. What is the get_weather API useful "
+              "for? Weather of a city Parameters: {\"type\": \"object\", \"properties\": {\"city\": {\"type\": "
+              "\"string\"}}} Format the arguments as a JSON object.\n\nUse the following format:\n\n"
+              "<think>you should always think about what to do</think>\n"
+              "Action: the action to take, should be one of [get_weather]\nAction Input: the input to the action\n"
+              "Observation: the result of the action, given by the actual calling\n... (this Thought/Action/Action "
+              "Input/Observation can be repeated zero or more times)\nFinal Answer: the final answer to the original "
+              "input question\n\nBegin!\n")
+    react_en = ChatEncoder(tokenizer, max_length=1024, agent_template="react_en").encode_conversation(ROW)
+    turns = tokenizer.decode(react_en.input_ids).split("<|im_start|>user", 1)[1]
+    assert tokenizer.decode(encoded.input_ids) == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user{turns}"
+    assert pieces(tokenizer, encoded) == pieces(tokenizer, react_en)
+
+
 def test_react_results_after_a_joined_answer_follow_as_they_are(tokenizer):
     # ms-swift's ReAct test ("Action:" in content) looks for whole list elements once an answer's text and its
     # call are joined, so no Observation: is added and the result follows unchanged.

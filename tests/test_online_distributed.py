@@ -197,3 +197,45 @@ def test_vllm_on_several_processes_takes_an_engine_each(tiny_model_dir, monkeypa
                  "--use_vllm", "true"]) == 2
     err = capsys.readouterr().err
     assert "--use_vllm needs" in err and "several processes" not in err  # only vllm and a GPU are missing here
+
+
+UNEVEN_TURNS = '''
+from swift.rollout.multi_turn import MultiTurnScheduler, multi_turns
+
+
+class Uneven(MultiTurnScheduler):
+    """Ends after one or two turns, by the answer's tokens (turns cut at the length limit go on too): processes
+    finish their trajectories at different turns."""
+
+    def check_finished(self, infer_request, response_choice, current_turn):
+        return current_turn > sum(response_choice.token_ids) % 2
+
+    def step(self, infer_request, response_choice, current_turn):
+        infer_request.messages.append({"role": "user", "content": "More."})
+        return {"infer_request": infer_request}
+
+
+multi_turns["uneven"] = Uneven
+'''
+
+
+def test_multi_turn_on_two_processes_trains_like_one(tiny_model_dir, plugin, reward_model_dir, tmp_path):
+    """Multi-turn rollouts whose trajectories end at different turns on each process: every process takes part in
+    each turn while any goes on, and the run equals one process sampling all of it (seeds per completion)."""
+    scheduler = tmp_path / "uneven.py"
+    scheduler.write_text(UNEVEN_TURNS)
+    turns = ["--multi_turn_scheduler", "uneven", "--max_turns", "3"]
+    one = method_args("grpo", tiny_model_dir, tmp_path / "one", plugin, reward_model_dir)
+    one[one.index("--external_plugins") + 1: one.index("--external_plugins") + 2] = [str(plugin), str(scheduler)]
+    assert main([*one, *turns, "--batch_size", "2", "--gradient_accumulation_steps", "2"]) == 0
+    two = [str(tmp_path / "two") if a == str(tmp_path / "one") else a for a in one]
+    log = tmp_path / "two.log"
+    wait(launch([*two, *turns, "--batch_size", "2"], log, NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), log)
+    single, double = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["loss"] for r in double if "loss" in r] == pytest.approx([r["loss"] for r in single if "loss" in r],
+                                                                       abs=1e-4)
+    (run_dir,) = (tmp_path / "one").iterdir()
+    assert "More." in (run_dir / "completions.jsonl").read_text()  # some trajectories did take a second turn
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0, msg=key)

@@ -43,6 +43,19 @@ def test_rollout_passes_swift_flags_to_trl_vllm_serve(monkeypatch, tiny_model_di
     assert "--no-enable-prefix-caching" in command and "--enforce-eager" in command
 
 
+def test_rollout_takes_ms_swift_3_data_parallel_size(monkeypatch, tiny_model_dir):
+    # examples/train/grpo/external/grpo_7b.sh: `swift rollout --data_parallel_size 2`, ms-swift 3.x's name of
+    # --vllm_data_parallel_size (renamed in ms-swift's "Refactor vllm args", #5035).
+    from trl.scripts.vllm_serve import build_command
+
+    started = []
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args: started.append(script_args))
+    assert main(["rollout", "--model", tiny_model_dir, "--data_parallel_size", "3"]) == 0
+    command = build_command(started[0])
+    assert dict(zip(command, command[1:]))["--data-parallel-size"] == "3"
+
+
 def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
     pytest.importorskip("trl")
     if rollout_args.importlib.util.find_spec("vllm") is not None:
@@ -54,8 +67,8 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: multi-turn rollouts"),
-    (["rollout", "--max_turns", "3"], "--max_turns: multi-turn rollouts"),
+    (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: the rollout server (TRL"),
+    (["rollout", "--max_turns", "3"], "give --multi_turn_scheduler and --max_turns to the trainer"),
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server"], "--vllm_mode server needs --vllm_server_host"),
 ])
 def test_refusals(monkeypatch, argv, message, capsys):

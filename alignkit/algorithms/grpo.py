@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.algorithms.multi_turn import RolloutInferRequest, run_multi_turn
 from alignkit.algorithms.rewards import RewardFunction, reward_arguments, score_completions
 from alignkit.algorithms.rollout import (
     EncodedPrompt,
+    Rollout,
     batched_logprobs,
     behaviour_logprobs,
     completion_logprobs,
@@ -29,6 +31,7 @@ from alignkit.algorithms.rollout import (
     make_rollout,
     reference_logprobs,
     rollout_metrics,
+    trajectory_rollout,
 )
 from alignkit.errors import AlignkitError
 from alignkit.losses import rl as rl_math
@@ -71,6 +74,9 @@ class GRPO:
     max_resample_times: int = 3
     resample_pool: list[EncodedPrompt] | None = None  # --dynamic_sample draws replacement prompts from these
     stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
+    scheduler: object = None  # --multi_turn_scheduler (multi_turn.MultiTurnScheduler): None for one turn
+    max_turns: int | None = None
+    chat: object = None  # multi_turn.Chat: how the scheduler's messages become tokens
     # --async_generate: completions come one step late from a server, with its log-probs of them as π_old
     off_policy_rollouts: bool = False
     # The rollout engine's own log-probs (a server, vLLM): corrections and diagnostics of its gap to the policy
@@ -119,14 +125,15 @@ class GRPO:
         return slice(rank * share, (rank + 1) * share)
 
     def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
-                rows: slice | None = None):
-        """``rows``: this process's slice of the completions, when groups span processes."""
+                rows: slice | None = None, sum_all=None):
+        """``rows``: this process's slice of the completions, when groups span processes; ``sum_all``: sums over
+        processes (multi-turn: every process samples a turn while any has trajectories going)."""
         prompts, seeds = self._requests(prompts, copies, seeds, rows)
+        if self.scheduler is not None:
+            return self._sample_turns(prompts, greedy=greedy, seeds=seeds, sum_all=sum_all)
         ids = [p.ids for p in prompts]
         completions = self.generator(ids, greedy=greedy, seeds=seeds)
-        rollout = make_rollout(ids, completions, pad_id=self.tokenizer.pad_token_id,
-                               stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
-                               stop_words=self.stop_words, tokenizer=self.tokenizer)
+        rollout = self._rollout(ids, completions)
         engine_logprobs = getattr(completions, "logprobs", None)
         if self.off_policy_rollouts and not greedy and engine_logprobs is None:
             raise AlignkitError("--async_generate: the rollout server sent no log-probs of its samples (π_old)")
@@ -135,6 +142,48 @@ class GRPO:
         texts = decode_completions(self.tokenizer, rollout)
         token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
+        per_function = score_completions(self.reward_funcs, arguments)  # (N, F)
+        total = rl_math.weighted_reward(per_function, torch.tensor(self.reward_weights))  # (N,)
+        if self.missing_eos_penalty:
+            total = total - self.missing_eos_penalty * (~rollout.stopped).float()
+        return prompts, rollout, texts, per_function, total
+
+    def _generate(self, ids: list[list[int]], *, greedy: bool, seeds: list[int] | None) -> Rollout:
+        return self._rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds))
+
+    def _rollout(self, ids: list[list[int]], completions: list[list[int]]) -> Rollout:
+        return make_rollout(ids, completions, pad_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids,
+                            max_new_tokens=self.max_completion_length, stop_words=self.stop_words,
+                            tokenizer=self.tokenizer)
+
+    def _sample_turns(self, prompts: list[EncodedPrompt], *, greedy: bool, seeds: list[int] | None, sum_all=None):
+        """``_sample`` with --multi_turn_scheduler: each completion is a trajectory of turns (``run_multi_turn``);
+        rewards see its whole conversation as ``messages`` and its last answer as ``completions`` (ms-swift's)."""
+
+        def sample(rows: list[int], contexts: list[list[int]], turn: int) -> list[tuple[list[int], bool]]:
+            # A turn's seed: the completion's, moved on per turn, so that a trajectory draws the same turns
+            # whichever others are still going.
+            turn_seeds = None if seeds is None else [(seeds[i] + 7_919 * (turn - 1)) % 2**63 for i in rows]
+            if not contexts:  # done here, going on elsewhere: the generator may gather prompts over processes
+                self.generator([], greedy=greedy, seeds=turn_seeds)
+                return []
+            rollout = self._generate(contexts, greedy=greedy, seeds=turn_seeds)
+            return [(ids[mask.bool()].tolist(), bool(stopped))
+                    for ids, mask, stopped in zip(rollout.completion_ids, rollout.completion_mask, rollout.stopped)]
+
+        requests = [RolloutInferRequest(messages=[dict(m) for m in p.messages], data_dict=dict(p.extras))
+                    for p in prompts]
+        anyone = (lambda going: going) if sum_all is None else (
+            lambda going: sum_all(torch.tensor([float(going)])).item() > 0)
+        trajectories = run_multi_turn(self.scheduler, requests, sample, [p.ids for p in prompts], self.chat,
+                                      self.max_turns, anyone)
+        rollout = trajectory_rollout([p.ids for p in prompts], trajectories, self.tokenizer.pad_token_id)
+        texts = [self.tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajectories]
+        last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "")
+                for t in trajectories]
+        extras = [{**p.extras, "rollout_infos": t.infos} for p, t in zip(prompts, trajectories)]
+        arguments = reward_arguments([p.messages for p in prompts], last, extras, [t.ids for t in trajectories])
+        arguments["messages"] = [t.messages for t in trajectories]
         per_function = score_completions(self.reward_funcs, arguments)  # (N, F)
         total = rl_math.weighted_reward(per_function, torch.tensor(self.reward_weights))  # (N,)
         if self.missing_eos_penalty:
@@ -151,7 +200,7 @@ class GRPO:
         that each group's advantage sees all of it."""
         rows = self._rows(len(prompts), part)
         prompts, rollout, texts, per_function, total = self._sample(prompts, self.num_generations, greedy=False,
-                                                                    seeds=seeds, rows=rows)
+                                                                    seeds=seeds, rows=rows, sum_all=sum_all)
         resampled = 0
         if self.dynamic_sample:
             (prompts, rollout, texts, per_function, total), resampled = self._dynamic_sample(

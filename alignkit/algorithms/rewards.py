@@ -100,8 +100,9 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
         if isinstance(error, ImportError) and missing.startswith("swift") and is_shim_active():
             raise AlignkitError(
                 f"--external_plugins {path}: it imports {missing}, a part of ms-swift that alignkit does not stand in "
-                "for (without ms-swift, only swift.rewards / swift.plugin with ORM, AsyncORM and orms resolve); "
-                "install ms-swift, or keep the reward classes in a file of their own") from error
+                "for (without ms-swift, only swift.rewards / swift.plugin with ORM, AsyncORM and orms, and "
+                "swift.rollout(.multi_turn) with MultiTurnScheduler and multi_turns resolve); install ms-swift, or "
+                "keep the reward and scheduler classes in a file of their own") from error
         raise AlignkitError(
             f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})"
         ) from error

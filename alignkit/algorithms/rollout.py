@@ -9,6 +9,14 @@ completions right-padded to C tokens::
 A completion ends at its first stop token (the template's end-of-turn marker or the tokenizer's EOS),
 which is kept and trained: it is the model's decision to stop. ``stopped`` is False for completions cut
 at ``max_new_tokens``.
+
+A multi-turn completion (``multi_turn.py``) also holds the environment's tokens between the model's turns:
+attended to, not trained. ``completion_mask`` is then the trained tokens and ``completion_attention_mask`` the
+tokens present::
+
+    completion_ids            [c c <eot> e e e c <eot> pad]
+    completion_mask           [1 1 1     0 0 0 1 1     0  ]
+    completion_attention_mask [1 1 1     1 1 1 1 1     0  ]
 """
 
 from __future__ import annotations
@@ -29,12 +37,36 @@ class Rollout:
     completion_ids: torch.Tensor  # (N, C) right-padded
     completion_mask: torch.Tensor  # (N, C) 1 up to and including the stop token
     stopped: torch.Tensor  # (N,) bool: the completion ended with a stop token
+    completion_attention_mask: torch.Tensor | None = None  # (N, C) multi-turn: every token present, trained or not
+    num_turns: torch.Tensor | None = None  # (N,) multi-turn: the model's turns in each trajectory
     # (N, C) the sampling policy's log-probs of the completion tokens, when the generator reports them (a rollout
-    # server: --async_generate's π_old)
+    # server: --async_generate's π_old, the rollout corrections)
     behaviour_logprobs: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {key: value for key, value in self.__dict__.items() if value is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def present(experience: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, C) the completion tokens that are there (the trained ones, and a multi-turn environment's)."""
+    return experience.get("completion_attention_mask", experience["completion_mask"])
+
+
+def trajectory_rollout(prompts: list[list[int]], trajectories, pad_id: int) -> Rollout:
+    """Multi-turn trajectories (``multi_turn.Trajectory``: ids after the prompt, 1 where the model wrote them) →
+    a padded Rollout whose completion mask trains the model's tokens only."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    length = max(1, max(len(t.ids) for t in trajectories))
+    ids = torch.full((len(trajectories), length), pad_id, dtype=torch.long)  # (N, C)
+    trained = torch.zeros((len(trajectories), length), dtype=torch.long)  # (N, C)
+    attention = torch.zeros((len(trajectories), length), dtype=torch.long)  # (N, C)
+    for i, t in enumerate(trajectories):
+        ids[i, : len(t.ids)] = torch.tensor(t.ids, dtype=torch.long)
+        trained[i, : len(t.ids)] = torch.tensor(t.trained, dtype=torch.long)
+        attention[i, : len(t.ids)] = 1
+    stopped = torch.tensor([t.stopped for t in trajectories])
+    turns = torch.tensor([t.infos["num_turns"] for t in trajectories])
+    return Rollout(prompt_ids, prompt_mask, ids, trained, stopped, attention, turns)
 
 
 def stop_token_ids(encoder: ChatEncoder) -> list[int]:
@@ -261,7 +293,7 @@ def sequence_inputs(experience: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     each token at the position it was sampled at.
     """
     input_ids = torch.cat([experience["prompt_ids"], experience["completion_ids"]], dim=1)
-    attention_mask = torch.cat([experience["prompt_mask"], experience["completion_mask"]], dim=1)
+    attention_mask = torch.cat([experience["prompt_mask"], present(experience)], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return input_ids, attention_mask, position_ids
 
@@ -326,13 +358,15 @@ def padded_completion_logprobs(model, experience: dict[str, torch.Tensor], *, te
 
 def as_packable_batch(experience: dict[str, torch.Tensor]) -> Batch:
     """The rollout's sequences (prompt without its left padding, then the completion) right-padded, labelled
-    on the completion tokens only: the input ``alignkit.models.packing.pack`` lays out."""
+    on the trained completion tokens only: the input ``alignkit.models.packing.pack`` lays out."""
     sequences = []
-    for prompt, prompt_mask, completion, completion_mask in zip(
-        experience["prompt_ids"], experience["prompt_mask"], experience["completion_ids"], experience["completion_mask"]
+    for prompt, prompt_mask, completion, there, trained in zip(
+        experience["prompt_ids"], experience["prompt_mask"], experience["completion_ids"], present(experience),
+        experience["completion_mask"]
     ):
-        prompt, completion = prompt[prompt_mask.bool()].tolist(), completion[completion_mask.bool()].tolist()
-        sequences.append(Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion))
+        prompt, there = prompt[prompt_mask.bool()].tolist(), there.bool()
+        labels = torch.where(trained.bool(), completion, IGNORE_INDEX)[there].tolist()
+        sequences.append(Encoded(prompt + completion[there].tolist(), [IGNORE_INDEX] * len(prompt) + labels))
     input_ids, attention_mask, labels = pad(sequences, pad_id=0)  # padding is never read: pack drops it
     device = experience["completion_ids"].device
     return Batch(input_ids.to(device), attention_mask.to(device), labels.to(device), list(range(len(sequences))))
@@ -420,4 +454,6 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
         "completions/mean_length": lengths.mean().item(),
         "completions/max_length": lengths.max().item(),
         "completions/stopped_ratio": rollout.stopped.float().mean().item(),
+        **({"completions/mean_turns": rollout.num_turns.float().mean().item()} if rollout.num_turns is not None
+           else {}),
     }

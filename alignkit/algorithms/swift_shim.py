@@ -6,6 +6,10 @@ An ms-swift plugin file (``--external_plugins plugin.py``) starts with ``from sw
 ``ORM``, ``AsyncORM`` and ``orms`` (alignkit.algorithms.reward_funcs), so such a file loads unchanged. With
 ms-swift installed nothing is replaced: the file imports ms-swift's own, and what it registered in ms-swift's
 ``orms`` is read from there.
+
+Multi-turn scheduler plugins likewise: ``from swift.rollout.multi_turn import MultiTurnScheduler, multi_turns``
+(ms-swift 4.x; ``swift.rollout`` too) or ``from swift.plugin import MultiTurnScheduler, multi_turns`` (3.x) get
+alignkit's ``MultiTurnScheduler`` and ``multi_turns`` (alignkit.algorithms.multi_turn).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import importlib.util
 import sys
 import types
 
-from alignkit.algorithms import reward_funcs
+from alignkit.algorithms import multi_turn, reward_funcs
 
 SHIM_ATTRIBUTE = "__alignkit_shim__"
 
@@ -35,19 +39,38 @@ def swift_orms() -> dict[str, type]:
             if not getattr(cls, "__module__", "").startswith("swift.")}
 
 
+def swift_multi_turns() -> dict[str, type]:
+    """The schedulers ``--multi_turn_scheduler`` may name: alignkit's table (ms-swift's built-ins and what plugin
+    files registered through the shim), else alignkit's built-ins and what plugins registered in ms-swift's."""
+    if "swift" not in sys.modules and importlib.util.find_spec("swift") is None:
+        _install()
+    if is_shim_active():
+        return multi_turn.multi_turns
+    module = sys.modules.get("swift.rollout.multi_turn")
+    registered = getattr(module, "multi_turns", {}) if module is not None else {}
+    return {**multi_turn.multi_turns, **{name: cls for name, cls in registered.items()
+                                         if not getattr(cls, "__module__", "").startswith("swift.")}}
+
+
 def is_shim_active() -> bool:
     return bool(getattr(sys.modules.get("swift"), SHIM_ATTRIBUTE, False))
 
 
 def _install() -> None:
-    exported = {"ORM": reward_funcs.ORM, "AsyncORM": reward_funcs.AsyncORM, "orms": reward_funcs.orms}
-    package = types.ModuleType("swift", "alignkit's stand-in for ms-swift's reward plugin API")
+    rewards = {"ORM": reward_funcs.ORM, "AsyncORM": reward_funcs.AsyncORM, "orms": reward_funcs.orms}
+    schedulers = {"MultiTurnScheduler": multi_turn.MultiTurnScheduler,
+                  "RolloutScheduler": multi_turn.RolloutScheduler, "multi_turns": multi_turn.multi_turns}
+    package = types.ModuleType("swift", "alignkit's stand-in for ms-swift's plugin API (rewards, schedulers)")
     package.__path__ = []  # a package, so `import swift.rewards` looks in sys.modules
     setattr(package, SHIM_ATTRIBUTE, True)
     sys.modules["swift"] = package
-    for name in ("rewards", "plugin"):
+    for name, exported in (("rewards", rewards), ("plugin", {**rewards, **schedulers}), ("rollout", schedulers),
+                           ("rollout.multi_turn", schedulers)):
         module = types.ModuleType(f"swift.{name}")
         module.__dict__.update(exported)
         setattr(module, SHIM_ATTRIBUTE, True)
-        setattr(package, name, module)
+        if name == "rollout":
+            module.__path__ = []
+        parent, _, leaf = f"swift.{name}".rpartition(".")
+        setattr(sys.modules[parent], leaf, module)
         sys.modules[f"swift.{name}"] = module

@@ -12,6 +12,7 @@ import math
 
 from alignkit.config.defaults import RETRIEVAL_TASKS, UNSUPPORTED_TASK_TYPES
 from alignkit.config.model_checks import check_model_flags
+from alignkit.config.multi_turn_checks import check_multi_turn_flags
 from alignkit.config.online_checks import check_online_flags
 from alignkit.config.run import RunArguments
 from alignkit.data.template import parse_loss_scale
@@ -92,6 +93,7 @@ def check_run_arguments(args: RunArguments, method: str | None = None) -> None:
         raise AlignkitError("--sequence_parallel_size with --device_map: a model split across devices runs in one "
                             "process; sequence parallelism needs one process per GPU")
     check_online_flags(args)
+    check_multi_turn_flags(args)
     tuner = args.train_type
     if tuner in ("adapter", "longlora") and (method or args.rlhf_type) not in ("sft", "dpo", "cpo", "simpo", "orpo",
                                                                                 "kto"):

@@ -382,8 +382,8 @@ class DataArguments:
                              "agent weightings hermes, react, qwen, alpha_umi).")
     agent_template: str | None = option(None, "How agent rows (tools, tool calls, tool results) are written: hermes, "
                                         "react_en, react_zh, qwen_en, ..., as `alignkit sft --agent_template`.",
-                                        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh",
-                                                 "qwen_en_parallel", "qwen_zh_parallel"))
+                                        choices=("hermes", "react_en", "react_zh", "react_grpo", "qwen_en",
+                                                 "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel"))
     max_length: int = option(1024, "Maximum tokens of prompt + answer.")
     max_prompt_length: int | None = option(None, "Maximum prompt tokens.")
     model_name: list[str] = option([], "Self-cognition data: the model's name (Chinese, English).", nargs="+")

@@ -157,10 +157,11 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
     # ms-swift's GRPO features beyond alignkit's (docs/online.md says what there is instead).
-    **{name: "multi-turn GRPO (schedulers, gym environments, rollouts passed the dataset) is not supported: "
-             "alignkit samples one completion per prompt"
-       for name in ("multi_turn_scheduler", "max_turns", "completion_length_limit_scope", "use_gym_env", "gym_env",
-                    "vllm_server_pass_dataset")},
+    **{name: "gym environments (ms-swift's Env classes driving multi-turn rollouts) are not supported; multi-turn "
+             "schedulers are (--multi_turn_scheduler, docs/online.md)"
+       for name in ("use_gym_env", "gym_env")},
+    "completion_length_limit_scope": "multi-turn rollouts limit each turn to --max_completion_length (ms-swift's "
+                                     "per_round); a limit on the whole trajectory is not supported",
     **{name: "CHORD (SFT data mixed into GRPO) is not supported"
        for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
                     "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from alignkit.config.options import option
 from alignkit.errors import AlignkitError
 
-NO_MULTI_TURN = ("multi-turn rollouts (schedulers, gym environments) are not supported: the server generates one "
-                 "completion per prompt")
+NO_MULTI_TURN = ("the rollout server (TRL's vLLM server) generates one turn per request and runs no scheduler; "
+                 "give --multi_turn_scheduler and --max_turns to the trainer instead (`alignkit rlhf --rlhf_type grpo "
+                 "--vllm_mode server --multi_turn_scheduler NAME`), which drives the turns, each a request to this "
+                 "server; gym environments are not supported")
 
 
 def check_server_packages(what: str) -> None:
@@ -33,7 +35,9 @@ class RolloutArguments:
     host: str = option("0.0.0.0", "Address to listen on (ms-swift's default 0.0.0.0).")
     port: int = option(8000, "Port to listen on.")
     vllm_tensor_parallel_size: int = option(1, "vLLM tensor parallelism (GPUs per model copy).")
-    vllm_data_parallel_size: int = option(1, "vLLM data parallelism (model copies).")
+    vllm_data_parallel_size: int = option(
+        1, "vLLM data parallelism (model copies). --data_parallel_size: ms-swift 3.x's name of the same flag, which "
+        "its GRPO examples still use.", aliases=("--data_parallel_size",))
     vllm_gpu_memory_utilization: float = option(0.9, "Fraction of each GPU's memory vLLM may use.")
     vllm_max_model_len: int | None = option(None, "vLLM's context length (unset: the model's).")
     vllm_enable_prefix_caching: bool = option(True, "vLLM's automatic prefix caching.")
@@ -62,7 +66,9 @@ class RolloutArguments:
         None, "ms-swift: the template's length limit for the requests it encodes.",
         no_effect="the trainer sends token ids already cut to its own --max_length; the server's limit is "
         "--vllm_max_model_len")
-    multi_turn_scheduler: str | None = option(None, "ms-swift: multi-turn scheduler; refused.")
-    max_turns: int | None = option(None, "ms-swift: most turns of a multi-turn rollout; refused.")
+    multi_turn_scheduler: str | None = option(
+        None, "ms-swift: multi-turn scheduler; refused here: the trainer's --multi_turn_scheduler drives the turns.")
+    max_turns: int | None = option(
+        None, "ms-swift: most turns of a multi-turn rollout; refused here: the trainer's --max_turns.")
     use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")
     gym_env: str | None = option(None, "ms-swift: the gym environment; refused.")

@@ -139,13 +139,15 @@ class RunArguments:
         None, "sft: how agent rows (a tools column; tool_call and tool messages, or OpenAI tool_calls) are written "
         "as text, as ms-swift's agent templates: hermes (tools in the system prompt, <tool_call> blocks, results "
         "as a user turn of <tool_response> blocks), react_en / react_zh (a ReAct system prompt; Action / Action "
-        "Input, results after Observation: inside the assistant's turn, untrained), qwen_en / qwen_zh (+_parallel: "
+        "Input, results after Observation: inside the assistant's turn, untrained; react_grpo: react_en asking for "
+        "<think> reasoning first), qwen_en / qwen_zh (+_parallel: "
         "Qwen-Agent's ✿FUNCTION✿ / ✿ARGS✿ / ✿RESULT✿, likewise).",
-        choices=("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel"),
+        choices=("hermes", "react_en", "react_zh", "react_grpo", "qwen_en", "qwen_zh", "qwen_en_parallel",
+                 "qwen_zh_parallel"),
         applies_to=("sft",),
-        differs="alignkit has ms-swift's hermes, react_en/react_zh and qwen_en/qwen_zh (+_parallel), the templates "
-        "its agent examples train with and their kin, and no default: ms-swift picks the model template's own "
-        "(hermes for Qwen), alignkit stops at the first agent row and asks for one; the plain turns are then "
+        differs="alignkit has ms-swift's hermes, react_en/react_zh/react_grpo and qwen_en/qwen_zh (+_parallel), the "
+        "templates its agent examples train with and their kin, and no default: ms-swift picks the model template's "
+        "own (hermes for Qwen), alignkit stops at the first agent row and asks for one; the plain turns are then "
         "rendered by the model's chat template",
     )
     dataset_num_proc: int = option(1, "Processes that tokenise the data.", may_differ_on_resume=True)
@@ -738,6 +740,10 @@ class RunArguments:
     # --- ms-swift flags with no effect here, accepted so existing scripts run ---
     check_model_is_latest: bool = option(
         True, "ms-swift compatibility (no effect: alignkit never checks hubs).", may_differ_on_resume=True)
+    check_model: bool = option(
+        True, "ms-swift: compare the local model's files with its ModelScope hub copy and warn when they differ.",
+        no_effect="alignkit never contacts a hub about a model it has loaded; the weights are used as they are on "
+        "disk")
 
     # --- online RL: ppo, grpo (docs/online.md). A "step" is one rollout and the updates on it. ---
     reward_model: list[str] = option(
@@ -947,6 +953,19 @@ class RunArguments:
         "training prompts, up to --max_resample_times extra generations per step.", applies_to=("grpo",))
     max_resample_times: int = option(
         3, "grpo --dynamic_sample: most extra generations per step.", applies_to=("grpo",))
+    multi_turn_scheduler: str | None = option(
+        None, "grpo: multi-turn rollouts driven by this ms-swift scheduler (math_tip_trick, or one a "
+        "--external_plugins file registers in multi_turns): after each answer its check_finished() ends the "
+        "conversation or its "
+        "step() adds the environment's turn; only the model's tokens are trained (docs/online.md).",
+        applies_to=("grpo",))
+    max_turns: int | None = option(
+        None, "grpo --multi_turn_scheduler: most model turns per trajectory. Unset: until the scheduler ends it.",
+        applies_to=("grpo",))
+    vllm_server_pass_dataset: bool = option(
+        False, "ms-swift: send each row's columns to the rollout server's multi-turn scheduler.",
+        no_effect="the scheduler runs in the trainer (--multi_turn_scheduler), which hands it each row's columns "
+        "(data_dict) itself; the rollout server only generates turns")
     overlong_filter: bool = option(
         False, "grpo (DAPO): completions cut at --max_completion_length (no stop token) carry no loss.",
         applies_to=("grpo",))

@@ -1,7 +1,7 @@
-"""ms-swift's agent templates (``--agent_template``, swift/agent_template: hermes, react_en/zh, qwen_en/zh and their
-parallel variants): a conversation with tools, tool calls and tool results rendered into plain system/user/assistant
-turns the chat template renders, with each assistant turn split into parts that are trained (the model's own text,
-its tool calls) or not (a tool's result written into the turn).
+"""ms-swift's agent templates (``--agent_template``, swift/agent_template: hermes, react_en/zh, react_grpo, qwen_en/zh
+and their parallel variants): a conversation with tools, tool calls and tool results rendered into plain
+system/user/assistant turns the chat template renders, with each assistant turn split into parts that are trained
+(the model's own text, its tool calls) or not (a tool's result written into the turn).
 
 Rows hold ms-swift's agent format: a ``tools`` column (JSON tool definitions, OpenAI-style or bare functions)
 and messages with roles ``tool_call`` (a call as JSON ``{"name", "arguments"}``) and ``tool`` (a result);
@@ -9,7 +9,7 @@ OpenAI's assistant ``tool_calls`` field is read as ``tool_call`` messages (``fie
 ms-swift's (Template._swift_prepare_inputs, _get_system), its text byte for byte:
 
 - the tools are written into the system prompt (the row's, else --system, else the template's default);
-  hermes and qwen keep that prompt before them, react_en/react_zh replace it;
+  hermes and qwen keep that prompt before them, react_en/react_zh/react_grpo replace it;
 - consecutive ``tool_call`` messages become one assistant turn; consecutive assistant turns join;
 - ``tool`` results after an assistant turn: hermes writes them as a user turn of ``<tool_response>`` blocks;
   react (and hermes when the answer is itself written ReAct-style, ``Action:`` + ``Action Input:``) appends
@@ -42,7 +42,8 @@ from typing import Any
 from alignkit.data.rows import Message, RowSource
 from alignkit.errors import DataError
 
-AGENT_TEMPLATES = ("hermes", "react_en", "react_zh", "qwen_en", "qwen_zh", "qwen_en_parallel", "qwen_zh_parallel")
+AGENT_TEMPLATES = ("hermes", "react_en", "react_zh", "react_grpo", "qwen_en", "qwen_zh", "qwen_en_parallel",
+                   "qwen_zh_parallel")
 AGENT_ROLES = ("tool_call", "tool")
 
 
@@ -150,6 +151,24 @@ REACT_ZH = ("尽可能地回答以下问题。你可以使用以下工具:\n\n",
             "Thought: 我现在知道最后的答案\n"
             "Final Answer: 对原始输入问题的最终答案\n\n"
             "现在开始！\n")
+# ms-swift's ReactGRPOAgentTemplate (swift/agent_template/extra.py): react_en's tool lines and keywords under a
+# prompt asking for <think> reasoning first, for GRPO agent rollouts.
+REACT_GRPO = ("A conversation for tool calling between User and Assistant. The user asks a question which may be "
+              "solved by calling tools, and the Assistant solves it. The assistant first thinks about the reasoning "
+              "process in the mind and then provides the user with the answer. The reasoning process should be "
+              "enclosed within <think> </think>tags and answer should follow the ReACT format(Action:xxx\n"
+              "Action Input:xxx), i.e., <think> reasoning process here </think> Action: action here\n"
+              "Action Input: parameters here\n\n"
+              "Answer the following questions as best as you can. You have access to the following tools:\n\n",
+              REACT_EN[1],
+              "\n\nUse the following format:\n\n"
+              "<think>you should always think about what to do</think>\n"
+              "Action: the action to take, should be one of [{names}]\n"
+              "Action Input: the input to the action\n"
+              "Observation: the result of the action, given by the actual calling\n"
+              "... (this Thought/Action/Action Input/Observation can be repeated zero or more times)\n"
+              "Final Answer: the final answer to the original input question\n\n"
+              "Begin!\n")
 
 
 def react_tools(tools: list[dict], text: tuple[str, str, str], source: RowSource | None) -> str:
@@ -205,7 +224,8 @@ def tools_system(template: str, tools: list[dict], system: str | None, source: R
     if template == "hermes":
         return hermes_tools(tools, system)
     if template.startswith("react"):
-        return react_tools(tools, REACT_EN if template == "react_en" else REACT_ZH, source)
+        return react_tools(tools, {"react_en": REACT_EN, "react_zh": REACT_ZH, "react_grpo": REACT_GRPO}[template],
+                           source)
     language = "zh" if template.startswith("qwen_zh") else "en"  # the qwen templates keep the system prompt
     text = ("", QWEN_LINE[language], QWEN_TAIL[template])
     return (system or "") + QWEN_HEAD[language] + react_tools(tools, text, source)

@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.algorithms.rollout import EncodedPrompt
+from alignkit.algorithms.rollout import EncodedPrompt, present
 from alignkit.data.order import DataOrder
 from alignkit.errors import AlignkitError
 from alignkit.training.faults import fault_point
@@ -119,7 +119,7 @@ def select(experience: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str
     batch = {key: value[index] for key, value in experience.items()}
     prompt_keep = int(batch["prompt_mask"].sum(-1).max())
     completion_length = batch["completion_mask"].shape[1]
-    completion_keep = max(1, int(batch["completion_mask"].sum(-1).max()))
+    completion_keep = max(1, int(present(batch).sum(-1).max()))
     for key, value in batch.items():
         if key.startswith("prompt_"):
             batch[key] = value[:, -prompt_keep:]  # prompts are left-padded

@@ -97,6 +97,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     schedule = online_schedule(args, len(prompts), grpo)
     stop_ids = stop_token_ids(encoder)
     logger.info("Completions stop at %s", ", ".join(repr(tokenizer.decode([i])) for i in stop_ids))
+    turns = multi_turn_settings(args, encoder, stop_ids, as_ids > 0) if args.multi_turn_scheduler else {}
 
     policy, frozen_reference = load_policy(args, model_path, tokenizer,
                                            needs_reference=name == "ppo" or grpo["beta"] != 0)
@@ -145,7 +146,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          importance_sampling_level=args.importance_sampling_level,
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
                          overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
-                         max_resample_times=args.max_resample_times, resample_pool=prompts,
+                         max_resample_times=args.max_resample_times, resample_pool=prompts, **turns,
                          off_policy_rollouts=args.async_generate,
                          rollout_importance_sampling_mode=args.rollout_importance_sampling_mode,
                          rollout_importance_sampling_threshold=args.rollout_importance_sampling_threshold,
@@ -304,6 +305,33 @@ def encode_prompts(
     if dropped:
         logger.warning("Dropped %d of %d %s prompts longer than %d tokens", dropped, len(rows), split, limit)
     return encoded
+
+
+def multi_turn_settings(args: RunArguments, encoder: ChatEncoder, stop_ids: list[int], prompts_as_ids: bool) -> dict:
+    """--multi_turn_scheduler → GRPO's scheduler, --max_turns and how messages become tokens (``multi_turn.Chat``).
+    Plugin files (--external_plugins) register their schedulers when loaded."""
+    import sys
+
+    from alignkit.algorithms.multi_turn import Chat, build_scheduler
+    from alignkit.algorithms.rewards import load_plugin_file
+    from alignkit.algorithms.swift_shim import swift_multi_turns
+
+    if prompts_as_ids or not args.use_chat_template:
+        raise AlignkitError("--multi_turn_scheduler: the scheduler's turns are messages, rendered by the chat "
+                            "template; prompts given as token ids or --use_chat_template false have none")
+    for path in args.external_plugins:
+        if f"alignkit_plugin_{Path(path).stem}" not in sys.modules:  # not loaded with the reward functions
+            load_plugin_file(path)
+    tokenizer = encoder.tokenizer
+    scheduler = build_scheduler(args.multi_turn_scheduler, swift_multi_turns(), max_turns=args.max_turns,
+                                tokenizer=tokenizer)
+    chat = Chat(render=lambda messages, prompt: encoder.render(messages, generation_prompt=prompt),
+                tokens=encoder.tokens,
+                decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+                text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=set(stop_ids))
+    logger.info("Multi-turn rollouts: --multi_turn_scheduler %s, --max_turns %s", args.multi_turn_scheduler,
+                args.max_turns)
+    return {"scheduler": scheduler, "max_turns": args.max_turns, "chat": chat}
 
 
 def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
