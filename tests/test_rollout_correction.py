@@ -156,3 +156,27 @@ def test_fipo_is_grpo_with_one_update_per_rollout(tiny_model_dir):
     dapo_loss, _ = tiny_grpo(tiny_model_dir, generator, reward, loss_type="dapo").loss(model, experience)
     torch.testing.assert_close(loss, dapo_loss)
     assert metrics["fipo/influence_weight_mean"] == pytest.approx(1.0)
+
+
+def test_a_token_without_an_engine_logprob_gets_the_policys(tiny_model_dir):
+    """A stop token the engine appended without a log-prob (vLLM) has no gap: its rollout log-prob is the policy's."""
+    from test_grpo_rollout_flags import tiny_grpo
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.algorithms.rollout import EncodedPrompt, completion_logprobs
+    from alignkit.generation.vllm_server import Completions
+
+    def generator(ids, greedy, seeds):
+        out = Completions([[5, 2], [6, 7, 2]][i % 2] for i in range(len(ids)))
+        out.logprobs = [[-0.1], [-6.0, -0.5, -0.75]] * (len(ids) // 2)  # the first lacks its stop token's
+        return out
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = EncodedPrompt(messages=[{"role": "user", "content": "hi"}], ids=[3, 4], extras={})
+    grpo = tiny_grpo(tiny_model_dir, generator, lambda completions, **kw: [0.0, 1.0],
+                     log_rollout_offpolicy_metrics=True)
+    experience, _, _ = grpo.experience(model, [prompt], seeds=[1])
+    policy = completion_logprobs(model, experience, temperature=1.0)[0]
+    assert experience["rollout_logprobs"][0, 0].item() == pytest.approx(-0.1)
+    assert experience["rollout_logprobs"][0, 1].item() == pytest.approx(policy[0, 1].item(), abs=1e-5)
+    assert not torch.isnan(experience["rollout_logprobs"]).any()

@@ -87,10 +87,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     result["tp_batches"] = engine.batches
     # evaluation: rank 0 alone has prompts (greedy: no seeds); its group peer joins with none
     rollout = object.__new__(VllmRollout)  # the orchestration of __call__/join_main, around the double
-    rollout.group, engine = group, RecordingEngine()
-    rollout._generate = lambda p, greedy, seeds: engine(p, seeds)
+    rollout.group, engine, rollout.want_logprobs = group, RecordingEngine(), False
+    rollout._generate = lambda p, greedy, seeds: [(ids, None) for ids in engine(p, seeds)]  # (ids, log-probs)
     if rank == 0:
-        result["eval_mine"] = rollout([[7], [8, 9]], greedy=True)
+        result["eval_mine"] = list(rollout([[7], [8, 9]], greedy=True))
     else:
         rollout.join_main()
     result["eval_batches"] = engine.batches
@@ -137,3 +137,19 @@ def test_dynamic_sample_with_a_tensor_parallel_engine_is_refused(tiny_model_dir,
     assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--reward_funcs", "arith_accuracy",
                  "--use_vllm", "true", "--vllm_tensor_parallel_size", "2", "--dynamic_sample", "true"]) == 2
     assert "--vllm_tensor_parallel_size 2 with --dynamic_sample" in capsys.readouterr().err
+
+
+def test_engine_answers_carry_the_sampled_tokens_logprobs_when_asked():
+    from types import SimpleNamespace
+
+    from alignkit.generation.vllm import colocated_engine_kwargs, engine_answer
+
+    step = lambda token, value: {token: SimpleNamespace(logprob=value), 99: SimpleNamespace(logprob=-9.0)}  # noqa: E731
+    sample = SimpleNamespace(token_ids=[5, 6], logprobs=[step(5, -0.5), step(6, -1.25)], finish_reason="stop",
+                             stop_reason=2)
+    assert engine_answer(sample, [2], logprobs=True) == ([5, 6, 2], [-0.5, -1.25])  # the stop token appended
+    assert engine_answer(sample, [2], logprobs=False) == ([5, 6, 2], None)
+    kwargs = dict(rank=0, tensor_parallel_size=1, seed=0, gpu_memory_utilization=0.3, max_model_len=64,
+                  enable_prefix_caching=True)
+    assert colocated_engine_kwargs("m", **kwargs, logprobs=True)["logprobs_mode"] == "processed_logprobs"
+    assert "logprobs_mode" not in colocated_engine_kwargs("m", **kwargs)

@@ -208,7 +208,13 @@ class GRPO:
         device = next(policy.parameters()).device
         experience = {k: v.to(device) for k, v in rollout.as_dict().items()}
         if "behaviour_logprobs" in experience:
-            experience["rollout_logprobs"] = experience.pop("behaviour_logprobs")
+            rollout_logprobs = experience.pop("behaviour_logprobs")
+            missing = torch.isnan(rollout_logprobs)
+            if missing.any():  # tokens the engine gave no log-prob for: the policy's own, so no gap there
+                policy_now = batched_logprobs(policy, experience, temperature=self.temperature,
+                                              batch_size=self.forward_batch_size, layout=self.layout)[0]
+                rollout_logprobs = torch.where(missing, policy_now.to(rollout_logprobs.dtype), rollout_logprobs)
+            experience["rollout_logprobs"] = rollout_logprobs
         if self.off_policy_rollouts and self.rollout_importance_sampling_mode is None:
             # --async_generate: sampled by the weights one step back; the ratio is taken against them (with a
             # rollout correction instead, π_old stays the current policy and the correction weighs the gap)

@@ -116,12 +116,14 @@ def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id
 
 def behaviour_logprobs(logprobs: list[list[float]], completion_mask: torch.Tensor) -> torch.Tensor:
     """Per-completion token log-probs from a generator → (N, C) aligned with the completion tokens, 0 past each
-    completion's end (a completion cut at a stop word keeps the log-probs of the tokens it kept)."""
-    out = torch.zeros(completion_mask.shape, dtype=torch.float32)
+    completion's end (a completion cut at a stop word keeps the log-probs of the tokens it kept); a completion
+    token the engine gave no log-prob for (a stop token appended after the engine stopped) is NaN, which the
+    corrections read as no gap (rl.rollout_is_weights) and π_old takes from the policy (grpo)."""
+    out = torch.full(completion_mask.shape, float("nan"), dtype=torch.float32)
     for row, values in enumerate(logprobs):
         length = min(len(values), completion_mask.shape[1])
         out[row, :length] = torch.tensor(values[:length], dtype=torch.float32)
-    return out * completion_mask
+    return out.masked_fill(completion_mask == 0, 0.0)
 
 
 def make_rollout(prompts: list[list[int]], completions: list[list[int]], *, pad_id: int, stop_ids: list[int],

@@ -122,13 +122,16 @@ def engine_groups(world_size: int, size: int) -> list[list[int]]:
 
 def colocated_engine_kwargs(model_path: str, *, rank: int, tensor_parallel_size: int, seed: int,
                             gpu_memory_utilization: float, max_model_len: int,
-                            enable_prefix_caching: bool) -> dict:
+                            enable_prefix_caching: bool, logprobs: bool = False) -> dict:
     """``vllm.LLM``'s arguments for the engine of process ``rank``. The processes of a group start it with
-    one seed (--seed + the group's number): vLLM runs the same schedule on each of them, as TRL's trainer."""
+    one seed (--seed + the group's number): vLLM runs the same schedule on each of them, as TRL's trainer.
+    ``logprobs``: the sampled tokens' log-probs are reported after temperature (vLLM's processed_logprobs), as
+    the trainer computes its own (logits / T), for the rollout corrections."""
     return {"model": model_path, "tensor_parallel_size": tensor_parallel_size,
             "distributed_executor_backend": "external_launcher", "seed": seed + rank // tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-            "enable_prefix_caching": enable_prefix_caching}
+            "enable_prefix_caching": enable_prefix_caching,
+            **({"logprobs_mode": "processed_logprobs"} if logprobs else {})}
 
 
 def tensor_parallel_group(size: int):
@@ -157,11 +160,24 @@ def generate_in_group(generate, prompts: list[list[int]], seeds: list[int] | Non
     return completions[start : start + len(prompts)]
 
 
+def engine_answer(sample, stop_ids: list[int], *, logprobs: bool) -> tuple[list[int], list[float] | None]:
+    """One vLLM ``CompletionOutput`` → (completion ids, the sampled tokens' log-probs or None). A completion
+    stopped by a stop token must end with it (it is trained like any other token); one appended here has no
+    engine log-prob (left out: see rollout.behaviour_logprobs)."""
+    ids = list(sample.token_ids)
+    values = None
+    if logprobs and sample.logprobs is not None:  # one {token id: Logprob} per sampled token
+        values = [step[token].logprob for token, step in zip(ids, sample.logprobs)]
+    if sample.finish_reason == "stop" and (not ids or ids[-1] not in stop_ids):
+        ids.append(sample.stop_reason if isinstance(sample.stop_reason, int) else stop_ids[0])
+    return ids, values
+
+
 class VllmRollout:
     def __init__(self, policy, model_path: str, *, stop_ids: list[int], max_new_tokens: int, temperature: float,
                  gpu_memory_utilization: float, max_model_len: int, seed: int, top_p: float = 1.0, top_k: int = -1,
                  min_p: float = 0.0, repetition_penalty: float = 1.0, enable_prefix_caching: bool = True,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, logprobs: bool = False):
         check_vllm_available()
         from vllm import LLM
 
@@ -179,16 +195,24 @@ class VllmRollout:
         self.filters = {"top_p": top_p, "top_k": top_k if top_k > 0 else -1, "min_p": min_p,
                         "repetition_penalty": repetition_penalty}
         self.group = tensor_parallel_group(tensor_parallel_size)
+        self.want_logprobs = logprobs  # the rollout corrections' engine log-probs, with each completion
         self.llm = LLM(**colocated_engine_kwargs(
             model_path, rank=int(os.environ["RANK"]), tensor_parallel_size=tensor_parallel_size, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            enable_prefix_caching=enable_prefix_caching))
+            enable_prefix_caching=enable_prefix_caching, logprobs=logprobs))
         self.sync_weights()  # --adapters or a resumed checkpoint already differ from the files on disk
 
     def __call__(self, prompts: list[list[int]], *, greedy: bool = False,
                  seeds: list[int] | None = None) -> list[list[int]]:
-        """``seeds``: one per prompt, each completion drawn with its own (vLLM's per-request seed)."""
-        return generate_in_group(lambda p, s: self._generate(p, greedy=greedy, seeds=s), prompts, seeds, self.group)
+        """``seeds``: one per prompt, each completion drawn with its own (vLLM's per-request seed). With
+        ``want_logprobs`` the answer carries the sampled tokens' log-probs (``Completions.logprobs``)."""
+        from alignkit.generation.vllm_server import Completions
+
+        answers = generate_in_group(lambda p, s: self._generate(p, greedy=greedy, seeds=s), prompts, seeds,
+                                    self.group)
+        out = Completions(ids for ids, _ in answers)
+        out.logprobs = [values for _, values in answers] if self.want_logprobs else None
+        return out
 
     def join_main(self) -> None:
         """While the main process evaluates alone, the others of its engine group take part in its
@@ -196,24 +220,19 @@ class VllmRollout:
         if self.group is not None and 0 in torch.distributed.get_process_group_ranks(self.group):
             self([], greedy=True)
 
-    def _generate(self, prompts: list[list[int]], *, greedy: bool, seeds: list[int] | None) -> list[list[int]]:
+    def _generate(self, prompts: list[list[int]], *, greedy: bool,
+                  seeds: list[int] | None) -> list[tuple[list[int], list[float] | None]]:
+        """(completion ids, their log-probs or None) per prompt."""
         from vllm import SamplingParams
 
         def params_for(seed):
             return SamplingParams(n=1, temperature=0.0 if greedy else self.temperature, max_tokens=self.max_new_tokens,
-                                  stop_token_ids=self.stop_ids, seed=seed, **({} if greedy else self.filters))
+                                  stop_token_ids=self.stop_ids, seed=seed, **({} if greedy else self.filters),
+                                  **({"logprobs": 0} if self.want_logprobs else {}))
 
         params = [params_for(s) for s in seeds] if seeds is not None and not greedy else params_for(None)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
-        completions = []
-        for output in outputs:
-            sample = output.outputs[0]
-            ids = list(sample.token_ids)
-            # A completion stopped by a stop token must end with it: it is trained like any other token.
-            if sample.finish_reason == "stop" and (not ids or ids[-1] not in self.stop_ids):
-                ids.append(sample.stop_reason if isinstance(sample.stop_reason, int) else self.stop_ids[0])
-            completions.append(ids)
-        return completions
+        return [engine_answer(output.outputs[0], self.stop_ids, logprobs=self.want_logprobs) for output in outputs]
 
     @torch.no_grad()
     def sync_weights(self) -> None:

@@ -117,7 +117,10 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                                   seed=args.seed, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                                   repetition_penalty=args.repetition_penalty,
                                   enable_prefix_caching=args.vllm_enable_prefix_caching,
-                                  tensor_parallel_size=args.vllm_tensor_parallel_size)
+                                  tensor_parallel_size=args.vllm_tensor_parallel_size,
+                                  logprobs=bool(args.rollout_importance_sampling_mode
+                                                or args.log_rollout_offpolicy_metrics
+                                                or args.off_policy_sequence_mask_delta is not None))
     else:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
                                 batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
@@ -125,9 +128,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     if (args.rollout_importance_sampling_mode or args.log_rollout_offpolicy_metrics) and not hasattr(
             generator, "want_logprobs"):
         logger.info("--rollout_importance_sampling_mode / --log_rollout_offpolicy_metrics: the completions are sampled "
-                    "%s, which reports no log-probs of its own: no rollout gap to correct or log",
-                    "by the colocated vLLM engine" if args.use_vllm else "by the trained model itself (transformers' "
-                    "generate)")
+                    "by the trained model itself (transformers' generate): no rollout engine, no gap to correct or log")
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
                   forward_batch_size=forward_batch, frozen_reference=frozen_reference, stop_words=list(args.stop_words),
