@@ -17,7 +17,8 @@ A row's prompt is everything before its last trained span (ms-swift trains gkd's
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -89,6 +90,10 @@ class GKD:
     student: torch.nn.Module | None = field(default=None, repr=False)  # the unwrapped student, for sampling
     layout: Layout | None = None  # given by the builder; unused: the JSD reads full logits of padded batches
     server: object = None  # --vllm_mode server: the student samples on the rollout server (ServerRollout)
+    # Contexts in which the student's / teacher's weights are whole for generate() (ZeRO-3 gathers them, every
+    # process entering: the runner's whole_parameters, training/zero3.py); whole already otherwise.
+    whole_student: Callable[[], AbstractContextManager] = nullcontext
+    whole_teacher: Callable[[], AbstractContextManager] = nullcontext
 
     rows: ClassVar[str] = "sft"
     loss_unit: ClassVar[str] = "examples"  # a micro-batch's loss is a mean over its own completion tokens
@@ -123,7 +128,8 @@ class GKD:
         was_training = model.training
         model.eval()
         try:
-            completions = generator(prompts)
+            with self.whole_student() if model is self.student else self.whole_teacher():
+                completions = generator(prompts)
         finally:
             model.train(was_training)
         return with_completions(prompts, completions, pad_id=self.pad_id, stop_ids=self.stop_ids,

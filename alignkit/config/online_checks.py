@@ -44,10 +44,9 @@ def check_online_flags(args) -> None:
                                 "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
         if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
             raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
-        if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
-            raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
-                                "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
-                                "parallel)")
+        if _fsdp(args.fsdp):
+            raise AlignkitError("--vllm_mode server with FSDP: the weight push gathers ZeRO-3's shards with "
+                                "DeepSpeed, not FSDP's; use --deepspeed zero3 (or zero2, or plain data parallel)")
         from alignkit.config import rollout_args
 
         rollout_args.check_server_packages("--vllm_mode server")
@@ -72,16 +71,24 @@ def check_gkd_flags(args) -> None:
             raise AlignkitError(f"--{flag} {value}: expected a value in [0, 1] for --rlhf_type gkd")
     if args.sft_alpha < 0:
         raise AlignkitError(f"--sft_alpha {args.sft_alpha}: expected 0 or more")
-    if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
-        raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
-                            "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
-                            "parallel)")
+    if _fsdp(args.fsdp):
+        raise AlignkitError("--rlhf_type gkd with FSDP: the student samples with transformers' generate, which needs "
+                            "whole weights; alignkit gathers them for DeepSpeed ZeRO-3 only, so use --deepspeed zero3 "
+                            "(or zero2, or plain data parallel)")
+    if args.teacher_deepspeed and args.offload_teacher_model:
+        raise AlignkitError("--teacher_deepspeed with --offload_teacher_model: DeepSpeed places the teacher's weights "
+                            "itself; for CPU memory use --teacher_deepspeed zero3_offload without "
+                            "--offload_teacher_model")
     if (args.use_vllm or args.vllm_mode) and args.vllm_mode != "server":
         raise AlignkitError("--use_vllm with --rlhf_type gkd: the student samples with transformers' generate, or "
                             "on an `alignkit rollout` server with --use_vllm true --vllm_mode server; a colocated "
                             "vLLM engine is not supported for gkd")
     if args.async_generate:
         raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
+
+
+def _fsdp(fsdp) -> bool:
+    return fsdp not in (False, None, "", "false")
 
 
 def _zero3(deepspeed: str | None) -> bool:
