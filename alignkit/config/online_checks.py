@@ -30,6 +30,10 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--top_entropy_quantile {args.top_entropy_quantile}: expected a value in (0, 1]")
         if args.max_resample_times < 0:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
+        if args.teacher_model:
+            raise AlignkitError("--teacher_model with --rlhf_type grpo: GRPO with a teacher (ms-swift's on-policy "
+                                "distillation term, --teacher_kl_coef) is not supported; distil on the student's own "
+                                "samples with --rlhf_type gkd --lmbda 1")
         if args.async_generate:
             raise AlignkitError("--async_generate true: asynchronous generation (ms-swift's server mode, one step "
                                 "off-policy) is not supported; rollouts run between updates, with --use_vllm "

@@ -29,8 +29,9 @@ def whole_for_generation(engine):
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         for param in engine.module.parameters():
             param.ds_active_sub_modules.clear()
-        for hook in offload.forward_hooks + offload.backward_hooks:
-            hook.remove()
+        # Also the model's start-of-forward hook (TRL keeps it): it compares the recorded module order across
+        # processes, a collective, whenever that trace is incomplete.
+        offload._remove_module_hooks()
         offload.forward_hooks, offload.backward_hooks = [], []
         try:
             yield engine.module
@@ -38,7 +39,7 @@ def whole_for_generation(engine):
             # the recorded order of module calls (prefetching) no longer matches the next forward
             if not offload.param_coordinator.is_invalid_trace():
                 offload.param_coordinator._invalidate_trace()
-            offload._register_deepspeed_module(offload.module)
+            offload.setup_zero_stage3_hooks()
 
 
 def frozen_engine(model, name_or_path: str, *, processes: int, precision: str):
