@@ -107,6 +107,7 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
                           tokenizer.encode("7", add_special_tokens=False)]
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
+    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main([*GRPO, "--model", tiny_model_dir, *SERVER, "--top_k", "-1", "--top_p", "0.9", "--temperature",
                  "0.7", "--output_dir", str(tmp_path)]) == 0
@@ -149,6 +150,7 @@ def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monke
                           tokenizer.encode("7", add_special_tokens=False)]
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
+    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,
                  "--dataset", "arith-sft#4", "--lmbda", "1", "--max_steps", "3", "--per_device_train_batch_size", "2",
@@ -174,7 +176,7 @@ def test_several_processes_share_one_client_on_the_first(monkeypatch):
     import alignkit.generation.vllm_server as server
 
     sent = {0: [[1, 2]], 1: [[3], [4, 5]]}
-    monkeypatch.setattr(server, "_gather", lambda prompts, world: [sent[0], sent[1]])
+    monkeypatch.setattr(server, "_gather", lambda request, world: [(sent[0], None), (sent[1], None)])
     handed = {}
     monkeypatch.setattr(server, "_scatter", lambda answers, world: handed.setdefault(world[0], answers)[world[0]])
 
@@ -185,9 +187,9 @@ def test_several_processes_share_one_client_on_the_first(monkeypatch):
     monkeypatch.setattr(server, "_world", lambda: (0, 2))
     first = server.ServerRollout(None, Echo(), stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert first(sent[0]) == [[12]]
-    assert handed[0] == [[[12]], [[13], [15]]]
+    assert handed[0] == [([[12]], None), ([[13], [15]], None)]
     monkeypatch.setattr(server, "_world", lambda: (1, 2))
-    monkeypatch.setattr(server, "_scatter", lambda answers, world: [[[12]], [[13], [15]]][world[0]])
+    monkeypatch.setattr(server, "_scatter", lambda answers, world: [([[12]], None), ([[13], [15]], None)][world[0]])
     second = server.ServerRollout(torch.nn.Linear(2, 2), None, stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert second(sent[1]) == [[13], [15]]
     second.sync_weights()  # no client: nothing to push, and no error

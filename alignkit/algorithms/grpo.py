@@ -23,12 +23,14 @@ from alignkit.algorithms.rewards import RewardFunction, reward_arguments, score_
 from alignkit.algorithms.rollout import (
     EncodedPrompt,
     batched_logprobs,
+    behaviour_logprobs,
     completion_logprobs,
     decode_completions,
     make_rollout,
     reference_logprobs,
     rollout_metrics,
 )
+from alignkit.errors import AlignkitError
 from alignkit.losses import rl as rl_math
 from alignkit.models.packing import Layout
 
@@ -69,6 +71,19 @@ class GRPO:
     max_resample_times: int = 3
     resample_pool: list[EncodedPrompt] | None = None  # --dynamic_sample draws replacement prompts from these
     stop_words: list[str] = field(default_factory=list)  # --stop_words: strings that end a completion
+    # --async_generate: completions come one step late from a server, with its log-probs of them as π_old
+    off_policy_rollouts: bool = False
+    # The rollout engine's own log-probs (a server, vLLM): corrections and diagnostics of its gap to the policy
+    rollout_importance_sampling_mode: str | None = None
+    rollout_importance_sampling_threshold: float = 2.0
+    log_rollout_offpolicy_metrics: bool = False
+    off_policy_sequence_mask_delta: float | None = None
+    fipo: rl_math.FipoSettings = field(default_factory=rl_math.FipoSettings)  # --loss_type fipo
+
+    @property
+    def uses_rollout_logprobs(self) -> bool:
+        return (self.rollout_importance_sampling_mode is not None or self.log_rollout_offpolicy_metrics
+                or self.off_policy_sequence_mask_delta is not None)
 
     def trained_model(self, policy):
         return policy
@@ -79,18 +94,44 @@ class GRPO:
     def load_trained(self, checkpoint) -> None:
         """Nothing beyond the policy is trained."""
 
-    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
-                rows: slice | None = None):
-        """``rows``: this process's slice of the completions, when groups span processes."""
-        prompts = [p for p in prompts for _ in range(copies)]  # the G completions of a prompt are adjacent
+    @staticmethod
+    def _requests(prompts: list[EncodedPrompt], copies: int, seeds: list[int] | None, rows: slice | None):
+        """The prompt of each completion to sample (a prompt's G copies adjacent) and each one's seed."""
+        prompts = [p for p in prompts for _ in range(copies)]
         if seeds is not None:  # one per completion: the prompt's seed and the copy's number
             seeds = [(seed + 1_000_003 * copy) % 2**63 for seed in seeds for copy in range(copies)]
         if rows is not None:
             prompts, seeds = prompts[rows], (seeds[rows] if seeds is not None else None)
+        return prompts, seeds
+
+    def prefetch(self, prompts: list[EncodedPrompt], *, seeds: list[int] | None = None,
+                 part: tuple[int, int] | None = None) -> None:
+        """--async_generate: ask the generator now for what ``experience`` will sample for these prompts next."""
+        prompts, seeds = self._requests(prompts, self.num_generations, seeds, self._rows(len(prompts), part))
+        self.generator.prefetch([p.ids for p in prompts], seeds=seeds)
+
+    def _rows(self, num_prompts: int, part: tuple[int, int] | None) -> slice | None:
+        """This process's slice of the step's completions when every process gets the step's prompts."""
+        if part is None:
+            return None
+        rank, processes = part
+        share = num_prompts * self.num_generations // processes
+        return slice(rank * share, (rank + 1) * share)
+
+    def _sample(self, prompts: list[EncodedPrompt], copies: int, *, greedy: bool, seeds: list[int] | None = None,
+                rows: slice | None = None):
+        """``rows``: this process's slice of the completions, when groups span processes."""
+        prompts, seeds = self._requests(prompts, copies, seeds, rows)
         ids = [p.ids for p in prompts]
-        rollout = make_rollout(ids, self.generator(ids, greedy=greedy, seeds=seeds), pad_id=self.tokenizer.pad_token_id,
+        completions = self.generator(ids, greedy=greedy, seeds=seeds)
+        rollout = make_rollout(ids, completions, pad_id=self.tokenizer.pad_token_id,
                                stop_ids=self.stop_ids, max_new_tokens=self.max_completion_length,
                                stop_words=self.stop_words, tokenizer=self.tokenizer)
+        engine_logprobs = getattr(completions, "logprobs", None)
+        if self.off_policy_rollouts and not greedy and engine_logprobs is None:
+            raise AlignkitError("--async_generate: the rollout server sent no log-probs of its samples (π_old)")
+        if (self.off_policy_rollouts or self.uses_rollout_logprobs) and not greedy and engine_logprobs is not None:
+            rollout.behaviour_logprobs = behaviour_logprobs(engine_logprobs, rollout.completion_mask)
         texts = decode_completions(self.tokenizer, rollout)
         token_ids = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         arguments = reward_arguments([p.messages for p in prompts], texts, [p.extras for p in prompts], token_ids)
@@ -108,11 +149,7 @@ class GRPO:
         ``part``: (rank, processes) when every process gets the step's prompts and samples its slice of their
         completions (groups that span processes, as ms-swift's); rewards are then summed over the processes so
         that each group's advantage sees all of it."""
-        rows = None
-        if part is not None:
-            rank, processes = part
-            share = len(prompts) * self.num_generations // processes
-            rows = slice(rank * share, (rank + 1) * share)
+        rows = self._rows(len(prompts), part)
         prompts, rollout, texts, per_function, total = self._sample(prompts, self.num_generations, greedy=False,
                                                                     seeds=seeds, rows=rows)
         resampled = 0
@@ -121,7 +158,13 @@ class GRPO:
                 (prompts, rollout, texts, per_function, total), seeds)
         device = next(policy.parameters()).device
         experience = {k: v.to(device) for k, v in rollout.as_dict().items()}
-        if self.needs_old_logprobs or self.kl_in_reward and self.beta:
+        if "behaviour_logprobs" in experience:
+            experience["rollout_logprobs"] = experience.pop("behaviour_logprobs")
+        if self.off_policy_rollouts and self.rollout_importance_sampling_mode is None:
+            # --async_generate: sampled by the weights one step back; the ratio is taken against them (with a
+            # rollout correction instead, π_old stays the current policy and the correction weighs the gap)
+            experience["old_logprobs"] = experience["rollout_logprobs"]
+        elif self.needs_old_logprobs or self.kl_in_reward and self.beta:
             experience["old_logprobs"] = batched_logprobs(
                 policy, experience, temperature=self.temperature, batch_size=self.forward_batch_size,
                 layout=self.layout)[0]
@@ -139,7 +182,7 @@ class GRPO:
             advantages, group_std = rl_math.group_advantages(rewards, self.num_generations, scale=self.scale_rewards,
                                                              estimator=self.advantage_estimator, sum_all=sum_all)
         else:  # every process's rewards in one vector (zeros elsewhere, then summed), advantages of the whole step
-            everyone = torch.zeros(share * part[1])  # (all completions of the step,)
+            everyone = torch.zeros((rows.stop - rows.start) * part[1])  # (all completions of the step,)
             everyone[rows] = rewards
             everyone = sum_all(everyone) if sum_all is not None else everyone
             advantages, group_std = rl_math.group_advantages(everyone, self.num_generations, scale=self.scale_rewards,
@@ -225,6 +268,11 @@ class GRPO:
             level=self.importance_sampling_level)
         per_token = surrogate.losses  # (n, C)
         metrics = {}
+        if self.loss_type == "fipo":  # each token weighed by the policy's drift over the tokens after it
+            weights, fipo_metrics = rl_math.fipo_influence(
+                logprobs - old, surrogate.ratio, batch["advantages"].unsqueeze(-1), mask, self.fipo, delta=self.delta)
+            per_token = per_token * weights
+            metrics.update(fipo_metrics)
         if self.top_entropy_quantile < 1.0:
             keep = rl_math.entropy_mask(entropy, mask, self.top_entropy_quantile)
             per_token = per_token * keep
@@ -232,6 +280,13 @@ class GRPO:
             kl = rl_math.kl_k3(logprobs, batch["ref_logprobs"])  # (n, C)
             per_token = per_token + self.beta * kl
             metrics["kl"] = rl_math.masked_mean(kl, mask).item()
+        if "rollout_logprobs" in batch:
+            per_token = self._rollout_correction(per_token, mask, old, batch["rollout_logprobs"], metrics)
+        if self.off_policy_sequence_mask_delta is not None:  # against the sampler's log-probs, else π_old's
+            keep = rl_math.off_policy_sequence_keep(logprobs, batch.get("rollout_logprobs", old), batch["advantages"],
+                                                    mask, self.off_policy_sequence_mask_delta)
+            mask = mask * keep.unsqueeze(-1).to(mask.dtype)
+            metrics["rollout/masked_sequences"] = 1 - keep.mean().item()
         loss = rl_math.aggregate_token_loss(per_token, mask, loss_type=self.loss_type,
                                             max_completion_length=self.max_completion_length,
                                             num_items=_num_items(batch))
@@ -249,6 +304,25 @@ class GRPO:
             metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
                             "entropy/min": per_completion.min().item()})
         return loss, metrics
+
+    def _rollout_correction(self, per_token, mask, policy_logprobs, rollout, metrics):
+        """The rollout engine's gap to π_old (ms-swift): its diagnostics and, with --rollout_importance_sampling_mode,
+        the importance-sampling weights on the per-token loss. Returns the per-token loss."""
+        metrics.update(rl_math.rollout_offpolicy_metrics(policy_logprobs, rollout, mask))
+        if self.rollout_importance_sampling_mode is None:
+            return per_token
+        log_ratio = policy_logprobs.detach() - rollout
+        threshold = self.rollout_importance_sampling_threshold
+        weights = rl_math.rollout_is_weights(log_ratio, mask, mode=self.rollout_importance_sampling_mode,
+                                             threshold=threshold)
+        metrics["rollout/is_weight_mean"] = rl_math.masked_mean(weights, mask).item()
+        bounded = log_ratio.float().clamp(-20, 20)
+        if self.rollout_importance_sampling_mode.startswith("token"):
+            metrics["rollout/clipped_frac"] = rl_math.masked_mean((bounded.exp() > threshold).float(), mask).item()
+        else:
+            sequence = rl_math.masked_mean(bounded, mask, dim=-1).exp()
+            metrics["rollout/clipped_frac"] = (sequence > threshold).float().mean().item()
+        return per_token * weights
 
     @torch.no_grad()
     def evaluate(self, policy, prompts: list[EncodedPrompt]) -> dict[str, float]:

@@ -29,9 +29,12 @@ class Rollout:
     completion_ids: torch.Tensor  # (N, C) right-padded
     completion_mask: torch.Tensor  # (N, C) 1 up to and including the stop token
     stopped: torch.Tensor  # (N,) bool: the completion ended with a stop token
+    # (N, C) the sampling policy's log-probs of the completion tokens, when the generator reports them (a rollout
+    # server: --async_generate's π_old)
+    behaviour_logprobs: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.__dict__)
+        return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
 def stop_token_ids(encoder: ChatEncoder) -> list[int]:
@@ -77,6 +80,16 @@ def completion_tensors(completions: list[list[int]], stop_ids: list[int], pad_id
         out[i, : len(k)] = torch.tensor(k, dtype=torch.long)
         mask[i, : len(k)] = 1
     return out, mask, torch.tensor(stopped)
+
+
+def behaviour_logprobs(logprobs: list[list[float]], completion_mask: torch.Tensor) -> torch.Tensor:
+    """Per-completion token log-probs from a generator → (N, C) aligned with the completion tokens, 0 past each
+    completion's end (a completion cut at a stop word keeps the log-probs of the tokens it kept)."""
+    out = torch.zeros(completion_mask.shape, dtype=torch.float32)
+    for row, values in enumerate(logprobs):
+        length = min(len(values), completion_mask.shape[1])
+        out[row, :length] = torch.tensor(values[:length], dtype=torch.float32)
+    return out * completion_mask
 
 
 def make_rollout(prompts: list[list[int]], completions: list[list[int]], *, pad_id: int, stop_ids: list[int],

@@ -34,7 +34,34 @@ def serve_arguments(args: RolloutArguments):
         dtype=DTYPES.get(args.dtype, args.dtype), log_level=args.log_level, trust_remote_code=args.trust_remote_code)
 
 
+def check_transformers_rollout(args: RolloutArguments) -> None:
+    """What the transformers server does not have: vLLM's engine settings are logged, multi-turn is refused."""
+    for flag in ("multi_turn_scheduler", "max_turns", "use_gym_env", "gym_env"):
+        if getattr(args, flag):
+            raise AlignkitError(f"--{flag}: {NO_MULTI_TURN}")
+    if not args.model:
+        raise AlignkitError("alignkit rollout needs --model: the policy's starting weights, which the trainer then "
+                            "updates after each step")
+    vllm_only = [flag for flag in ("vllm_tensor_parallel_size", "vllm_data_parallel_size")
+                 if getattr(args, flag) != 1]
+    if vllm_only:
+        raise AlignkitError(f"{', '.join('--' + f for f in vllm_only)}: vLLM's parallelism; --infer_backend "
+                            "transformers serves one model copy on one device")
+    defaults = RolloutArguments()
+    engine_only = [f"--{flag}" for flag in ("vllm_gpu_memory_utilization", "vllm_max_model_len",
+                                            "vllm_enable_prefix_caching", "vllm_enforce_eager")
+                   if getattr(args, flag) != getattr(defaults, flag)]
+    if engine_only:
+        logger.info("%s: no effect with --infer_backend transformers (they configure vLLM's engine)",
+                    ", ".join(engine_only))
+
+
 def run_rollout(args: RolloutArguments) -> int:
+    if args.infer_backend == "transformers":
+        from alignkit.commands.rollout_server import run_transformers_rollout
+
+        check_transformers_rollout(args)
+        return run_transformers_rollout(args)
     rollout_args.check_server_packages("alignkit rollout")
     script_args = serve_arguments(args)
     from trl.scripts.vllm_serve import main

@@ -164,13 +164,7 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "CHORD (SFT data mixed into GRPO) is not supported"
        for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
                     "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},
-    **{name: "--loss_type fipo is not supported"
-       for name in ("fipo_decay_rate", "fipo_clip_range", "fipo_clip_high_only", "fipo_safety_threshold")},
     "real_tau": "--loss_type real is not supported",
-    **{name: "vLLM rollout importance-sampling correction (training/inference mismatch) is not supported: "
-             "alignkit's vLLM rollouts take their log-probs from the trained model"
-       for name in ("rollout_importance_sampling_mode", "rollout_importance_sampling_threshold",
-                    "log_rollout_offpolicy_metrics", "off_policy_sequence_mask_delta")},
     "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "
                            "other scoring as a reward function (--external_plugins)",
     "structured_outputs_regex": "guided decoding is not supported",

@@ -8,7 +8,6 @@ from alignkit.losses.rl import GRPO_LOSS_TYPES
 
 REFUSED_GRPO_LOSS_TYPES = {
     "real": "REAL's group-contrastive loss is not implemented",
-    "fipo": "FIPO's future-influence weighting is not implemented",
     "luspo": "LUSPO is not implemented",
     "vespo": "VESPO is not implemented",
 }
@@ -35,9 +34,7 @@ def check_online_flags(args) -> None:
                                 "distillation term, --teacher_kl_coef) is not supported; distil on the student's own "
                                 "samples with --rlhf_type gkd --lmbda 1")
         if args.async_generate:
-            raise AlignkitError("--async_generate true: asynchronous generation (ms-swift's server mode, one step "
-                                "off-policy) is not supported; rollouts run between updates, with --use_vllm "
-                                "--vllm_mode colocate for speed on a GPU")
+            check_async_generate(args)
     if args.rlhf_type not in ("ppo", "grpo", "gkd"):
         return
     if args.vllm_mode is not None and not args.use_vllm:
@@ -51,9 +48,6 @@ def check_online_flags(args) -> None:
         if _fsdp(args.fsdp):
             raise AlignkitError("--vllm_mode server with FSDP: the weight push gathers ZeRO-3's shards with "
                                 "DeepSpeed, not FSDP's; use --deepspeed zero3 (or zero2, or plain data parallel)")
-        from alignkit.config import rollout_args
-
-        rollout_args.check_server_packages("--vllm_mode server")
     elif args.vllm_tensor_parallel_size != 1:
         raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: the colocated vLLM engine "
                             "runs on one GPU here; only 1")
@@ -62,6 +56,19 @@ def check_online_flags(args) -> None:
                             "or >= 0, top_p in (0, 1], min_p in [0, 1)")
     if args.repetition_penalty <= 0:
         raise AlignkitError(f"--repetition_penalty {args.repetition_penalty}: expected a positive number")
+
+
+def check_async_generate(args) -> None:
+    """--async_generate (grpo): the next step's completions are sampled on a rollout server while this step trains."""
+    if not (args.use_vllm and args.vllm_mode == "server"):
+        raise AlignkitError("--async_generate true needs a rollout server (--use_vllm true --vllm_mode server, as in "
+                            "ms-swift): the next step's completions are sampled there while this step trains")
+    if getattr(args, "final_temperature", None) is not None:
+        raise AlignkitError("--async_generate with --final_temperature: the next step's completions are requested "
+                            "before its annealed temperature is known")
+    if args.dynamic_sample:
+        raise AlignkitError("--async_generate with --dynamic_sample: a resampled group would be drawn with the "
+                            "current weights next to the prefetched, one-step-old ones; use one or the other")
 
 
 def check_gkd_flags(args) -> None:

@@ -26,6 +26,10 @@ class RolloutArguments:
     model: str | None = option(None, "The model served (a local directory or hub id): the policy's starting weights.",
                                aliases=("--model_id_or_path",))
     model_revision: str | None = option(None, "Hub revision of --model.")
+    infer_backend: str = option(
+        "vllm", "vllm: TRL's vLLM server (a CUDA GPU); transformers: alignkit's own server on transformers' generate "
+        "(any device, CPU included), the samples and per-prompt seeds of in-process generation.",
+        choices=("vllm", "transformers"))
     host: str = option("0.0.0.0", "Address to listen on (ms-swift's default 0.0.0.0).")
     port: int = option(8000, "Port to listen on.")
     vllm_tensor_parallel_size: int = option(1, "vLLM tensor parallelism (GPUs per model copy).")

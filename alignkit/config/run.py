@@ -1042,8 +1042,33 @@ class RunArguments:
         None, "ppo, grpo with --use_vllm: move weights to vLLM in this many batches.", applies_to=("ppo", "grpo",),
         no_effect="alignkit writes the weights into the colocated engine tensor by tensor; the samples are the same")
     async_generate: bool = option(
-        False, "grpo: generate the next batch while training on this one (ms-swift's server mode); refused.",
+        False, "grpo with --vllm_mode server: sample the next step's completions on the server while this step "
+        "trains; they are one step off-policy, and their π_old is the server's log-probs of them.",
         applies_to=("grpo",))
+    fipo_decay_rate: float = option(
+        32.0, "grpo --loss_type fipo: the half-life, in tokens, of a later token's drift in a token's weight.",
+        applies_to=("grpo",))
+    fipo_clip_range: float | None = option(
+        0.2, "grpo --loss_type fipo: the influence weight is clipped to [1 - r, 1 + r] (unset: not clipped).",
+        applies_to=("grpo",))
+    fipo_clip_high_only: bool = option(
+        True, "grpo --loss_type fipo: clip the influence weight to [1, 1 + r] instead.", applies_to=("grpo",))
+    fipo_safety_threshold: float | None = option(
+        4.0, "grpo --loss_type fipo: where the advantage is negative and the ratio above this, the weight stays in "
+        "[0.8, 1].", applies_to=("grpo",))
+    rollout_importance_sampling_mode: str | None = option(
+        None, "grpo: correct the per-token loss for the rollout engine's sampler differing from the policy, with "
+        "weights from the engine's log-probs (token_truncate: min(ρ, C); token_mask: ρ where ρ ≤ C; sequence_*: "
+        "the same on each completion's geometric-mean ρ).",
+        choices=("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"), applies_to=("grpo",))
+    rollout_importance_sampling_threshold: float = option(
+        2.0, "grpo: C of --rollout_importance_sampling_mode.", applies_to=("grpo",))
+    log_rollout_offpolicy_metrics: bool = option(
+        False, "grpo: log the rollout engine's gap to the policy (KL, perplexities, χ²) from its log-probs.",
+        applies_to=("grpo",))
+    off_policy_sequence_mask_delta: float | None = option(
+        None, "grpo: drop from the loss the completions with a negative advantage whose mean log(π_rollout / π_θ) "
+        "exceeds δ (DeepSeek-V3.2; π_old when the engine sends no log-probs).", applies_to=("grpo",))
     vllm_server_host: list[str] = option(
         [], "ppo, grpo, gkd with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server).",
         nargs="+", applies_to=("ppo", "grpo", "gkd",))

@@ -21,13 +21,16 @@ The GRPO family follows ms-swift's GRPOTrainer (swift/rlhf_trainers/grpo_trainer
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "fipo")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
+ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+_LOG_RATIO_BOUND = 20.0  # exp(20) ≈ 4.9e8: ratios past it are numerical accidents (ms-swift's bound)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -256,7 +259,7 @@ def grpo_policy_losses(
     """The GRPO family's per-token policy loss (before the KL term and the reduction), ρ from
     ``importance_log_weights``; advantages (N, 1) or (N, T):
 
-    grpo, bnpo, dr_grpo, dapo: PPO's clipped surrogate −min(ρ'A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), where
+    grpo, bnpo, dr_grpo, dapo, fipo: PPO's clipped surrogate −min(ρ'A, clip(ρ, 1 − ε_low, 1 + ε_high)·A), where
         ρ' = min(ρ, δ) with --delta (two-sided clipping) and ρ' = ρ without;
     cispo: −sg[min(ρ, ε_high)]·A·log π (CISPO, Eq. 4: the ratio clipped from above and detached, so every
         token keeps a gradient; ε_high is an absolute bound here, as in ms-swift);
@@ -286,6 +289,105 @@ def grpo_policy_losses(
     )
 
 
+def rollout_is_weights(log_ratio: torch.Tensor, mask: torch.Tensor, *, mode: str, threshold: float) -> torch.Tensor:
+    """--rollout_importance_sampling_mode: weights on the per-token loss correcting for the rollout engine's
+    sampler differing from the trained policy (ms-swift, after Yao et al.'s truncated importance sampling).
+    ``log_ratio`` = log π_θ − log π_rollout per token (N, T); ρ = exp(log_ratio), C = ``threshold``:
+
+    token_truncate: min(ρ_t, C);  token_mask: ρ_t where ρ_t ≤ C, else 0;
+    sequence_truncate: min(ρ̄, C) on every token, ρ̄ = exp(mean_t log ρ_t) (the geometric mean);
+    sequence_mask: ρ_t where ρ̄ ≤ C, else 0. Constants: no gradient flows through them."""
+    if mode not in ROLLOUT_IS_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ROLLOUT_IS_MODES)}, got {mode!r}")
+    log_ratio = log_ratio.detach().float().clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    ratio = torch.exp(log_ratio)
+    if mode == "token_truncate":
+        return ratio.clamp(max=threshold)
+    if mode == "token_mask":
+        return torch.where(ratio <= threshold, ratio, torch.zeros_like(ratio))
+    sequence = torch.exp(masked_mean(log_ratio, mask, dim=-1)).unsqueeze(-1)  # (N, 1)
+    if mode == "sequence_truncate":
+        return sequence.clamp(max=threshold).expand_as(ratio)
+    return ratio * (sequence <= threshold).to(ratio.dtype)
+
+
+def rollout_offpolicy_metrics(policy_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                              mask: torch.Tensor) -> dict[str, float]:
+    """The rollout engine's gap to the trained policy on the sampled tokens (ms-swift's names): KL(π_rollout ‖ π_θ)
+    by its direct and k3 estimators, both perplexities (mean over completions of exp(−mean log π)), their log
+    difference and ratio, and χ² = E[ρ²] − 1 per token and per sequence (ρ̄ the geometric mean)."""
+    policy_logprobs, rollout_logprobs = policy_logprobs.detach().float(), rollout_logprobs.float()
+    log_ratio = (policy_logprobs - rollout_logprobs) * mask
+    bounded = log_ratio.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    policy_mean = masked_mean(policy_logprobs, mask, dim=-1)  # (N,)
+    rollout_mean = masked_mean(rollout_logprobs, mask, dim=-1)
+    log_ppl_diff = rollout_mean - policy_mean
+    sequence = masked_mean(log_ratio, mask, dim=-1).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
+    return {
+        "rollout/kl": masked_mean(-log_ratio, mask).item(),
+        "rollout/k3_kl": masked_mean((torch.exp(bounded) - bounded - 1).clamp(-10, 10), mask).item(),
+        "rollout/training_ppl": torch.exp(-policy_mean).mean().item(),
+        "rollout/rollout_ppl": torch.exp(-rollout_mean).mean().item(),
+        "rollout/log_ppl_diff": log_ppl_diff.mean().item(),
+        "rollout/ppl_ratio": torch.exp(log_ppl_diff).mean().item(),
+        "rollout/chi2_token": (masked_mean(torch.exp(bounded).square(), mask) - 1).item(),
+        "rollout/chi2_seq": (torch.exp(sequence).square().mean() - 1).item(),
+    }
+
+
+def off_policy_sequence_keep(policy_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                             advantages: torch.Tensor, mask: torch.Tensor, delta: float) -> torch.Tensor:
+    """--off_policy_sequence_mask_delta δ (DeepSeek-V3.2's off-policy sequence masking): 0 for the completions whose
+    mean log(π_behaviour / π_θ) exceeds δ and whose advantage is negative, 1 for the others. (N,) float."""
+    drift = masked_mean(behaviour_logprobs.float() - policy_logprobs.detach().float(), mask, dim=-1)
+    return ~((drift > delta) & (advantages.reshape(-1) < 0)) * 1.0
+
+
+@dataclass(frozen=True)
+class FipoSettings:
+    decay_rate: float = 32.0  # --fipo_decay_rate: the half-life, in tokens, of a later token's influence
+    clip_range: float | None = 0.2  # --fipo_clip_range
+    clip_high_only: bool = True  # --fipo_clip_high_only: clip to [1, 1 + range] instead of [1 − range, 1 + range]
+    safety_threshold: float | None = 4.0  # --fipo_safety_threshold
+
+
+def fipo_influence(log_ratio: torch.Tensor, ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   settings: FipoSettings, *, delta: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """FIPO's per-token influence weight on the clipped surrogate (ms-swift's ``--loss_type fipo``), a constant:
+
+    future KL  F_t = Σ_{s ≥ t} γ^{s−t} · log(π_θ/π_old)_s over the completion's tokens, γ = 2^(−1/decay_rate),
+               tokens whose ratio exceeds --delta left out of the sum (dual clip);
+    weight     exp(F_t) clipped to [1 − r, 1 + r] (or [1, 1 + r] with clip_high_only), r = clip_range;
+    safety     where A < 0 and ρ > safety_threshold, the weight is held to [0.8, 1].
+
+    log_ratio, ratio, mask (N, T); advantages (N, 1) or (N, T). Returns (weights (N, T), metric means)."""
+    mask = mask.bool()
+    steps = log_ratio.detach().float().masked_fill(~mask, 0.0)
+    if delta is not None:
+        steps = steps.masked_fill(ratio.detach() > delta, 0.0)
+    length = steps.shape[1]
+    gamma = 2.0 ** (-1.0 / settings.decay_rate)
+    positions = torch.arange(length, device=steps.device)
+    future = torch.zeros_like(steps)
+    for start in range(0, length, 512):  # (T × 512) blocks of the decay matrix bound the memory
+        later = positions[start : start + 512]
+        distance = later.unsqueeze(0) - positions.unsqueeze(1)  # (T, block): s − t
+        decay = torch.where(distance >= 0, gamma ** distance.clamp(min=0).float(), torch.zeros((), device=steps.device))
+        future += steps[:, start : start + 512] @ decay.t()
+    future = future.masked_fill(~mask, 0.0)
+    weights = torch.exp(future)
+    if settings.clip_range:
+        low = 1.0 if settings.clip_high_only else 1 - settings.clip_range
+        weights = weights.clamp(min=low, max=1 + settings.clip_range)
+    safe = torch.ones_like(mask)
+    if settings.safety_threshold is not None:
+        safe = ~((advantages.expand_as(ratio) < 0) & (ratio.detach() > settings.safety_threshold))
+        weights = torch.where(safe, weights, weights.clamp(min=0.8, max=1.0))
+    return weights, {"fipo/future_kl_mean": masked_mean(future, mask).item(),
+                     "fipo/influence_weight_mean": masked_mean(weights, mask).item(),
+                     "fipo/safety_keep_ratio": masked_mean(safe.float(), mask).item()}
+
+
 def entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: float) -> torch.Tensor:
     """--top_entropy_quantile q: 1 on the tokens whose entropy is at or above the (1 − q) quantile of the batch's
     completion tokens, 0 elsewhere (only those tokens carry the policy loss). (N, T) → (N, T) bool."""
@@ -302,12 +404,12 @@ def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, *, loss_type:
     bnpo:         mean over all tokens of the batch;
     dr_grpo:      sum over all tokens / (N · max_completion_length), a constant, so long answers are not
                   favoured or penalised by their length (Dr. GRPO);
-    dapo, cispo:  sum over the tokens / ``num_items``, the completion tokens of the whole optimizer step (all
+    dapo, cispo, fipo:  sum over the tokens / ``num_items``, the completion tokens of the whole optimizer step (all
                   micro-batches, divided by the processes, as TRL's num_items_in_batch): a token-level mean over
                   the step (DAPO's token-level loss). Without ``num_items``: the tokens of this batch.
     """
     mask = mask.to(losses.dtype)
-    if loss_type in ("dapo", "cispo"):
+    if loss_type in ("dapo", "cispo", "fipo"):
         normaliser = num_items if num_items is not None else mask.sum().clamp(min=1)
         return (losses * mask).sum() / normaliser
     if loss_type in ("grpo", "sapo"):

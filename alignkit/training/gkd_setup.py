@@ -60,7 +60,7 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
         from alignkit.generation.vllm_server import connect
 
         server = connect(student, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
-                         temperature=args.temperature)
+                         temperature=args.temperature, pad_id=encoder.tokenizer.pad_token_id)
     return dataclasses.replace(algorithm, teacher=teacher, student=student, pad_id=encoder.tokenizer.pad_token_id,
                                stop_ids=stop_ids, server=server, whole_teacher=whole_teacher)
 

@@ -207,6 +207,22 @@ def train_online(
         with runner.main_process_only() as main:
             return evaluate(policy, algorithm, val_prompts, runner.accelerator) if main else {}
 
+    prefetching = hasattr(algorithm.generator, "prefetch") and getattr(algorithm, "off_policy_rollouts", False)
+    if prefetching:
+        logger.info("--async_generate: each step trains on completions sampled with the weights before the previous "
+                    "update, requested while that update ran")
+
+    def next_step_prompts(order, steps, state, schedule) -> list[int] | None:
+        """This process's prompt indices of the step after the current one (None after the last step)."""
+        if state.global_step + 1 >= schedule.steps:
+            return None
+        following = state.batches_done_in_epoch + 1
+        upcoming = steps[following] if following < len(steps) else next(iter(step_prompts(order, state.epoch + 1)),
+                                                                         None)
+        if upcoming is None or schedule.shared_prompts:
+            return upcoming
+        return upcoming[rank * share : (rank + 1) * share]
+
     with runner.running(schedule.steps, desc=args_for_checkpoint["algorithm"]):
         while state.global_step < schedule.steps and not runner.should_stop:
             steps = step_prompts(order, state.epoch)
@@ -230,6 +246,11 @@ def train_online(
                         policy, [prompts[i] for i in mine], seeds=sampling_seeds(config.seed, state.global_step, mine),
                         sum_all=sum_all if runner.num_processes > 1 else None, **split)
                 policy.train()
+                if prefetching:  # the next step's completions are sampled while this one trains
+                    upcoming = next_step_prompts(order, steps, state, schedule)
+                    if upcoming is not None:
+                        algorithm.prefetch([prompts[i] for i in upcoming],
+                                           seeds=sampling_seeds(config.seed, state.global_step + 1, upcoming), **split)
                 runner.begin_step()
                 fault_point("micro_batch", state.global_step + 1)  # tests: a signal between rollout and update
                 rollout_seconds = time.perf_counter() - started

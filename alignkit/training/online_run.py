@@ -18,6 +18,7 @@ from alignkit.data.loading import load_dataset_spec, parse_columns
 from alignkit.data.rows import PromptRow, TokenizedRow
 from alignkit.data.template import ChatEncoder
 from alignkit.errors import AlignkitError, DataError
+from alignkit.losses import rl as rl_math
 from alignkit.losses.rl import GRPO_LOSS_TYPES
 from alignkit.models.load import (
     count_parameters,
@@ -104,7 +105,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
 
         generator = connect(policy, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                            repetition_penalty=args.repetition_penalty)
+                            repetition_penalty=args.repetition_penalty, pad_id=tokenizer.pad_token_id)
     elif args.use_vllm:
         from alignkit.generation.vllm import VllmRollout
 
@@ -118,6 +119,12 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         generator = HFGenerator(policy, tokenizer.pad_token_id, stop_ids, args.max_completion_length, args.temperature,
                                 batch_size=forward_batch, top_p=args.top_p, top_k=max(args.top_k, 0),
                                 min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+    if (args.rollout_importance_sampling_mode or args.log_rollout_offpolicy_metrics) and not hasattr(
+            generator, "want_logprobs"):
+        logger.info("--rollout_importance_sampling_mode / --log_rollout_offpolicy_metrics: the completions are sampled "
+                    "%s, which reports no log-probs of its own: no rollout gap to correct or log",
+                    "by the colocated vLLM engine" if args.use_vllm else "by the trained model itself (transformers' "
+                    "generate)")
     common = dict(generator=generator, tokenizer=tokenizer, stop_ids=stop_ids, temperature=args.temperature,
                   max_completion_length=args.max_completion_length, missing_eos_penalty=args.missing_eos_penalty,
                   forward_batch_size=forward_batch, frozen_reference=frozen_reference, stop_words=list(args.stop_words),
@@ -136,7 +143,14 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          importance_sampling_level=args.importance_sampling_level,
                          top_entropy_quantile=args.top_entropy_quantile, log_entropy=args.log_entropy,
                          overlong_filter=args.overlong_filter, dynamic_sample=args.dynamic_sample,
-                         max_resample_times=args.max_resample_times, resample_pool=prompts)
+                         max_resample_times=args.max_resample_times, resample_pool=prompts,
+                         off_policy_rollouts=args.async_generate,
+                         rollout_importance_sampling_mode=args.rollout_importance_sampling_mode,
+                         rollout_importance_sampling_threshold=args.rollout_importance_sampling_threshold,
+                         log_rollout_offpolicy_metrics=args.log_rollout_offpolicy_metrics,
+                         off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta,
+                         fipo=rl_math.FipoSettings(args.fipo_decay_rate, args.fipo_clip_range, args.fipo_clip_high_only,
+                                                   args.fipo_safety_threshold))
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
