@@ -125,16 +125,59 @@ def push_and_generate(model_dir: str, out: str) -> None:
         engine.step()
         Path(f"{out}/{kind}-{rank}.json").write_text(json.dumps({"whole_inside": whole_inside,
                                                                   "loss": loss.item()}))
+        if kind == "full":
+            push_to_a_transformers_server(engine, model_dir, out, rank)
 
 
-def test_the_push_sends_whole_weights_and_generation_runs_apart(tiny_model_dir, tmp_path):
+def push_to_a_transformers_server(engine, model_dir: str, out: str, rank: int) -> None:
+    """The trained ZeRO-3 policy pushed to an `alignkit rollout --infer_backend transformers` server (on loopback,
+    in process 0) that holds the starting weights; process 0 writes the server's samples and log-probs next to
+    those of the whole trained weights and of the starting ones, sampled in process."""
+    import threading
+    import time
+
+    import uvicorn
+    from test_rollout_transformers_server import PROMPTS, SEEDS, local
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.commands.rollout_server import create_rollout_app
+    from alignkit.generation.rollout_client import TransformersRolloutClient
+    from alignkit.generation.vllm_server import ServerRollout
+    from alignkit.training.zero3 import whole_for_generation
+
+    client = None
+    if rank == 0:
+        start = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_rollout_app(start, "tiny"), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        client = TransformersRolloutClient(f"http://127.0.0.1:{port}")
+    policy = engine.module
+    rollout = ServerRollout(policy, client, stop_ids=[1], max_new_tokens=5, temperature=0.8, pad_id=0)
+    rollout.sync_weights()  # every process gathers, process 0 sends
+    sampled = rollout(PROMPTS, seeds=SEEDS)
+    with whole_for_generation(engine):
+        whole = {k: v.clone() for k, v in policy.state_dict().items()}
+    if rank == 0:
+        trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        trained.load_state_dict(whole)
+        start = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        Path(f"{out}/server.json").write_text(json.dumps({
+            "server": [list(sampled), sampled.logprobs], "trained": local(trained, PROMPTS, SEEDS),
+            "start": local(start, PROMPTS, SEEDS)}))
+
+
+def test_the_push_sends_whole_weights_and_generation_runs_apart(tiny_chat_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     log = tmp_path / "zero3.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), __file__, tiny_model_dir, str(tmp_path)],
+             "--master_port", str(free_port()), __file__, tiny_chat_model_dir, str(tmp_path)],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"},
             stdout=sink, stderr=subprocess.STDOUT)
     wait(process, log)
@@ -147,6 +190,14 @@ def test_the_push_sends_whole_weights_and_generation_runs_apart(tiny_model_dir, 
         for rank in (0, 1):
             result = json.loads((tmp_path / f"{kind}-{rank}.json").read_text())
             assert result["whole_inside"] and torch.isfinite(torch.tensor(result["loss"])), (kind, rank)
+    # the server's next samples follow the pushed weights: the whole trained ones, not the starting ones
+    server = json.loads((tmp_path / "server.json").read_text())
+    (completions, logprobs), (trained, trained_logprobs), (_, start_logprobs) = (
+        server["server"], server["trained"], server["start"])
+    assert completions == trained
+    for got, want in zip(logprobs, trained_logprobs):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-5)
+    assert logprobs != start_logprobs
 
 
 def launch_on_cpu(argv: list[str], log: Path, *, site: Path) -> subprocess.Popen:
