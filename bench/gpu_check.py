@@ -105,6 +105,8 @@ def plan(models: list[str], dry_run: bool) -> list[dict]:
         add(f"dpo_full_{engine}", "alignkit", small, engine, 60, algorithm="dpo", train_type="full", engine=engine)
     if not dry_run and importlib.util.find_spec("vllm") is not None:  # colocated vLLM on 2 processes, one GPU
         add("grpo_vllm_colocate_2proc", "vllm_colocate", small, "vllm", 240)
+    # rollouts inside the ZeRO-3 gather with DeepSpeed's module hooks off, and training after it (training/zero3.py)
+    add("grpo_lora_zero3", "alignkit", small, "zero3", 60, algorithm="grpo", train_type="lora", engine="zero3")
     order = [f"main:{small}", f"liger:{small}", "zero2", "zero3", "fsdp2", "vllm", "flex"]
     order += [g for m in rest for g in (f"main:{m}", f"liger:{m}")]
     return sorted(sections, key=lambda s: order.index(s["group"]))

@@ -3,6 +3,7 @@ out by hand, student / teacher samples, --sft_alpha, the flag checks, and resume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -107,14 +108,25 @@ def test_samples_come_from_the_student_or_the_teacher(tiny_model_dir, tiny_chat_
     student, tokenizer = load(tiny_model_dir)
     teacher, _ = load(tiny_chat_model_dir)
     stop_ids = [tokenizer.eos_token_id]
+    entered = []
+
+    def whole(name):  # stands for the gather of that model's ZeRO-3 shards (training/zero3.py)
+        @contextlib.contextmanager
+        def gathered():
+            entered.append(name)
+            yield
+
+        return gathered
+
     # A near-zero temperature samples the most likely token: the completions are each model's greedy ones.
     gkd = GKD(teacher=teacher, beta=0.5, temperature=1e-4, lmbda=lmbda, seq_kd=seq_kd, sft_alpha=0.0,
               max_completion_length=5, pad_id=tokenizer.pad_token_id, stop_ids=stop_ids, seed=0,
-              student=student).at_step(0)
+              student=student, whole_student=whole("student"), whole_teacher=whole("teacher")).at_step(0)
     assert gkd.source == sampler
     batch = encoded_batch(tokenizer)
     prompts = split_prompts(batch)
     sampled = gkd.completions_of(batch)
+    assert entered == [sampler]  # generate() ran inside the sampler's gather only
     model = {"student": student, "teacher": teacher}[sampler]
     other = teacher if sampler == "student" else student
     differs = False
@@ -158,9 +170,9 @@ def test_sft_alpha_adds_cross_entropy_off_the_students_samples(tiny_model_dir, t
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "needs --teacher_model"),
     (["--teacher_model", "T", "--lmbda", "1.5"], "--lmbda 1.5"),
-    (["--teacher_model", "T", "--teacher_deepspeed", "zero3"],
-     "--teacher_deepspeed is not supported by alignkit: a DeepSpeed engine"),
-    (["--teacher_model", "T", "--deepspeed", "zero3"], "ZeRO-3 or FSDP"),
+    (["--teacher_model", "T", "--teacher_deepspeed", "zero3", "--offload_teacher_model", "true"],
+     "--teacher_deepspeed with --offload_teacher_model: DeepSpeed places the teacher's weights itself"),
+    (["--teacher_model", "T", "--fsdp", "true"], "--rlhf_type gkd with FSDP"),
     (["--teacher_model", "T", "--use_vllm", "true"], "--use_vllm needs"),  # colocated: vllm and a GPU, missing here
     (["--teacher_model", "T", "--use_vllm", "true", "--vllm_tensor_parallel_size", "2"],
      "--vllm_tensor_parallel_size 2 with 1 process(es)"),

@@ -24,6 +24,7 @@ def test_the_gpu_plan_covers_both_models_every_method_engine_and_peer():
             assert f"{section}/{model}" in names
     for engine in ("zero2", "zero3", "fsdp2"):
         assert f"dpo_full_{engine}/llama-0.5b" in names
+    assert "grpo_lora_zero3/llama-0.5b" in names
     assert {"packing_memory/llama-0.5b", "parity_flex/llama-0.5b"} <= names
 
 

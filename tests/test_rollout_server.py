@@ -203,6 +203,6 @@ def test_several_processes_share_one_client_on_the_first(monkeypatch):
     assert handed[0] == [([[12]], None), ([[13], [15]], None)]
     monkeypatch.setattr(server, "_world", lambda: (1, 2))
     monkeypatch.setattr(server, "_scatter", lambda answers, world: [([[12]], None), ([[13], [15]], None)][world[0]])
-    second = server.ServerRollout(None, None, stop_ids=[0], max_new_tokens=4, temperature=1.0)
+    second = server.ServerRollout(torch.nn.Linear(2, 2), None, stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert second(sent[1]) == [[13], [15]]
     second.sync_weights()  # no client: nothing to push, and no error

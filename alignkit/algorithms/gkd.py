@@ -17,7 +17,8 @@ A row's prompt is everything before its last trained span (ms-swift trains gkd's
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -91,6 +92,10 @@ class GKD:
     # --use_vllm: the student samples on vLLM, an `alignkit rollout` server (ServerRollout, --vllm_mode server)
     # or the colocated engine (VllmRollout); both take the student's weights in sync_weights()
     server: object = None
+    # Contexts in which the student's / teacher's weights are whole for generate() (ZeRO-3 gathers them, every
+    # process entering: the runner's whole_parameters, training/zero3.py); whole already otherwise.
+    whole_student: Callable[[], AbstractContextManager] = nullcontext
+    whole_teacher: Callable[[], AbstractContextManager] = nullcontext
 
     rows: ClassVar[str] = "sft"
     loss_unit: ClassVar[str] = "examples"  # a micro-batch's loss is a mean over its own completion tokens
@@ -125,7 +130,8 @@ class GKD:
         was_training = model.training
         model.eval()
         try:
-            completions = generator(prompts)
+            with self.whole_student() if model is self.student else self.whole_teacher():
+                completions = generator(prompts)
         finally:
             model.train(was_training)
         return with_completions(prompts, completions, pad_id=self.pad_id, stop_ids=self.stop_ids,

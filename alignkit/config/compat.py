@@ -171,9 +171,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "structured_outputs_regex": "guided decoding is not supported",
     "teacher_adapters": "LoRA adapters on the teacher are not supported; merge them into the teacher "
                         "(`alignkit export --merge_lora true`) and pass the merged model as --teacher_model",
-    "teacher_deepspeed": "a DeepSpeed engine for the teacher is not supported: the teacher runs as a plain frozen "
-                         "model on each process; drop the flag, or keep it on the CPU between its forwards with "
-                         "--offload_teacher_model true",
     "teacher_model_server": "a teacher behind an API (top-k log-probs from a server) is not supported; pass the "
                             "teacher's weights as --teacher_model",
     "gkd_logits_topk": "GKD over the teacher's top-k logits is not supported; alignkit's JSD reads full logits",

@@ -29,12 +29,12 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--top_entropy_quantile {args.top_entropy_quantile}: expected a value in (0, 1]")
         if args.max_resample_times < 0:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
+        if args.teacher_model:
+            raise AlignkitError("--teacher_model with --rlhf_type grpo: GRPO with a teacher (ms-swift's on-policy "
+                                "distillation term, --teacher_kl_coef) is not supported; distil on the student's own "
+                                "samples with --rlhf_type gkd --lmbda 1")
         if args.async_generate:
             check_async_generate(args)
-        if args.teacher_model:
-            raise AlignkitError("--teacher_model with --rlhf_type grpo: ms-swift's on-policy distillation inside GRPO "
-                                "(the teacher's log-probs shaping the advantages, --teacher_kl_coef) is not supported; "
-                                "distil on-policy with --rlhf_type gkd --teacher_model")
     if args.rlhf_type not in ("ppo", "grpo", "gkd"):
         return
     if args.vllm_mode is not None and not args.use_vllm:
@@ -45,10 +45,9 @@ def check_online_flags(args) -> None:
                                 "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
         if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
             raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
-        if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
-            raise AlignkitError("--vllm_mode server with ZeRO-3 or FSDP: the first process pushes the weights to the "
-                                "server and holds only its shard of them; use --deepspeed zero2 (or plain data "
-                                "parallel)")
+        if _fsdp(args.fsdp):
+            raise AlignkitError("--vllm_mode server with FSDP: the weight push gathers ZeRO-3's shards with "
+                                "DeepSpeed, not FSDP's; use --deepspeed zero3 (or zero2, or plain data parallel)")
     elif args.vllm_tensor_parallel_size < 1:
         raise AlignkitError(f"--vllm_tensor_parallel_size {args.vllm_tensor_parallel_size}: expected 1 or more")
     elif args.vllm_tensor_parallel_size > 1 and args.dynamic_sample:
@@ -86,12 +85,20 @@ def check_gkd_flags(args) -> None:
             raise AlignkitError(f"--{flag} {value}: expected a value in [0, 1] for --rlhf_type gkd")
     if args.sft_alpha < 0:
         raise AlignkitError(f"--sft_alpha {args.sft_alpha}: expected 0 or more")
-    if _zero3(args.deepspeed) or args.fsdp not in (False, None, "", "false"):
-        raise AlignkitError("--rlhf_type gkd with ZeRO-3 or FSDP: the student samples with transformers' generate, "
-                            "which needs whole weights on every process; use --deepspeed zero2 (or plain data "
-                            "parallel)")
+    if _fsdp(args.fsdp):
+        raise AlignkitError("--rlhf_type gkd with FSDP: the student samples with transformers' generate, which needs "
+                            "whole weights; alignkit gathers them for DeepSpeed ZeRO-3 only, so use --deepspeed zero3 "
+                            "(or zero2, or plain data parallel)")
+    if args.teacher_deepspeed and args.offload_teacher_model:
+        raise AlignkitError("--teacher_deepspeed with --offload_teacher_model: DeepSpeed places the teacher's weights "
+                            "itself; for CPU memory use --teacher_deepspeed zero3_offload without "
+                            "--offload_teacher_model")
     if args.async_generate:
         raise AlignkitError("--async_generate with --rlhf_type gkd is not supported (nor in ms-swift)")
+
+
+def _fsdp(fsdp) -> bool:
+    return fsdp not in (False, None, "", "false")
 
 
 def _zero3(deepspeed: str | None) -> bool:

@@ -1112,6 +1112,11 @@ class RunArguments:
         applies_to=("gkd",), may_differ_on_resume=True)
     teacher_model_revision: str | None = option(
         None, "gkd: hub revision of --teacher_model.", applies_to=("gkd",))
+    teacher_deepspeed: str | None = option(
+        None, "gkd: the DeepSpeed config the frozen teacher is prepared with (a --deepspeed preset name or JSON "
+        "file, its optimizer left out): zero3 shards the teacher's weights across the processes, zero3_offload keeps "
+        "them in CPU memory; ZeRO-0/1/2 shard only what a frozen model lacks (optimizer state, gradients), so with "
+        "them, and with zero3 on one process, the teacher stays a plain frozen model (logged).", applies_to=("gkd",))
     offload_teacher_model: bool = option(
         False, "gkd: keep the teacher on the CPU, moved to the device for its forwards only.", applies_to=("gkd",),
         may_differ_on_resume=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -22,21 +23,43 @@ logger = logging.getLogger("alignkit")
 
 def merged_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under the base model's names, LoRA merged in (unmerged again when done): what a
-    server is sent, and what ``VllmRollout.sync_weights`` writes into an in-process engine."""
+    server is sent, and what ``VllmRollout.sync_weights`` writes into an in-process engine.
+
+    Under DeepSpeed ZeRO-3 each process holds a shard of every parameter: the weights are gathered (a collective,
+    so every process must walk this generator to its end) one parameter at a time, bounding the memory to one
+    whole tensor, or all at once with LoRA, whose merge needs the whole base weights (TRL's _move_model_to_vllm).
+    A yielded tensor is whole until the next one is asked for."""
     is_peft = hasattr(policy, "merge_adapter")
-    if is_peft:
-        policy.merge_adapter()
-    try:
-        for name, param in policy.named_parameters():
-            if is_peft:
-                if "lora_" in name or "original_module" in name:
-                    continue  # merged already / replaced by modules_to_save
-                name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-                name = name.replace("modules_to_save.default.", "")
-            yield name, param.data
-    finally:
+    params = list(policy.named_parameters())
+    with _gathered([p for _, p in params] if is_peft else []):
         if is_peft:
-            policy.unmerge_adapter()
+            policy.merge_adapter()
+        try:
+            for name, param in params:
+                if is_peft:
+                    if "lora_" in name or "original_module" in name:
+                        continue  # merged already / replaced by modules_to_save
+                    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                    name = name.replace("modules_to_save.default.", "")
+                with _gathered([] if is_peft else [param]):
+                    yield name, param.data
+        finally:
+            if is_peft:
+                policy.unmerge_adapter()
+
+
+def zero3_sharded(model) -> bool:
+    """DeepSpeed ZeRO-3 has partitioned the model's parameters (it marks each with a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _gathered(params: list) -> AbstractContextManager:
+    """DeepSpeed's gather of ``params`` where ZeRO-3 partitioned them (read-only: the shards stay as they were)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
 
 
 class Completions(list):
@@ -131,9 +154,14 @@ class ServerRollout:
 
     @torch.no_grad()
     def sync_weights(self) -> None:
+        """The first process pushes; under DDP every process holds the same weights, under ZeRO-3 every process
+        takes part in gathering them."""
         if self.pending is not None:  # the prefetched request is sampled with the weights it was sent under
             self.pending[2].wait()
-        if self.client is None:  # another process pushes; under DDP every process holds the same weights
+        if self.client is None:
+            if zero3_sharded(self.policy):
+                for _ in merged_weights(self.policy):
+                    pass
             return
         if self.transformers_backend:
             self.client.push_weights(merged_weights(self.policy))

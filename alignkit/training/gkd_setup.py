@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from contextlib import nullcontext
+from functools import partial
+
+import torch
 
 from alignkit.algorithms.gkd import GKD
 from alignkit.algorithms.rollout import stop_token_ids
@@ -14,6 +18,7 @@ from alignkit.errors import AlignkitError
 from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 from alignkit.training.distributed import process_state
 from alignkit.training.model_setup import weights_dtype
+from alignkit.training.zero3 import frozen_engine, whole_for_generation
 
 logger = logging.getLogger("alignkit")
 
@@ -49,6 +54,11 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
                             f"{student.get_output_embeddings().weight.shape[0]}; they must match")
     if not args.offload_teacher_model:
         teacher.to(process_state().device)
+    whole_teacher = nullcontext
+    if args.teacher_deepspeed:
+        engine = teacher_engine(teacher, args)
+        if engine is not None:  # forwards go through the module (its hooks gather); sampling gathers it whole
+            teacher, whole_teacher = engine.module, partial(whole_for_generation, engine)
     logger.info("GKD: teacher %s (frozen%s), lmbda %s, beta %s, seq_kd %s, sft_alpha %s", path,
                 ", on the CPU between forwards" if args.offload_teacher_model else "", args.lmbda, algorithm.beta,
                 args.seq_kd, args.sft_alpha)
@@ -71,4 +81,13 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
                              enable_prefix_caching=args.vllm_enable_prefix_caching,
                              tensor_parallel_size=args.vllm_tensor_parallel_size)
     return dataclasses.replace(algorithm, teacher=teacher, student=student, pad_id=encoder.tokenizer.pad_token_id,
-                               stop_ids=stop_ids, server=server)
+                               stop_ids=stop_ids, server=server, whole_teacher=whole_teacher)
+
+
+def teacher_engine(teacher, args: RunArguments):
+    """--teacher_deepspeed: the frozen teacher as a DeepSpeed inference engine (training/zero3.py), or None
+    where DeepSpeed would change nothing (logged there)."""
+    dtype = weights_dtype(args)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return frozen_engine(teacher, args.teacher_deepspeed, processes=process_state().num_processes,
+                         precision=precision)

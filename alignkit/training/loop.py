@@ -9,6 +9,7 @@ optimizer and schedule, run directory, resume, checkpoints, metrics, stop signal
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -71,6 +72,8 @@ def train(
                             f"of {global_batch} rows, so every batch would be dropped")
     steps = total_steps(order.batches_per_epoch, config)
     model = runner.prepare(model, optimizer_steps=steps)
+    if getattr(algorithm, "draws_per_step", False):  # gkd's student samples inside the gather, as online rollouts
+        algorithm = dataclasses.replace(algorithm, whole_student=runner.whole_parameters)
     runner.resume(config.resume_from_checkpoint)
     state = runner.state
 

@@ -530,14 +530,15 @@ class Runner:
     @contextmanager
     def whole_parameters(self):
         """Generation needs every parameter whole; DeepSpeed ZeRO-3 keeps each process's shard only, so they
-        are gathered for the rollout (DeepSpeed's own context; other engines hold whole parameters)."""
+        are gathered for the rollout, every process entering (training/zero3.py; other engines hold whole
+        parameters)."""
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is None or plugin.zero_stage != 3:
             yield
             return
-        import deepspeed
+        from alignkit.training.zero3 import whole_for_generation
 
-        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+        with whole_for_generation(self.model):
             yield
 
     @contextmanager
