@@ -33,8 +33,8 @@ def invocations(root: Path):
         text = re.sub(r"\\[ \t]*\n[ \t]*#?", " ", path.read_text(errors="replace"))
         for line in text.splitlines():
             match = re.search(r"\bswift\s+(rlhf|rollout)\b(?!`)(.*)", line)  # not prose naming `swift rollout`
-            if not match:
-                continue
+            if not match or not re.match(r"\s*(--|$)", match.group(2)):
+                continue  # prose ("Run swift rollout to deploy ..."): a command's next word is a flag
             prefix = line[: match.start()]
             procs = re.search(r"NPROC_PER_NODE=(\S+)", prefix) or re.search(r"NPROC_PER_NODE=(\S+)", text)
             nproc = int(procs.group(1)) if procs and procs.group(1).isdigit() else 1
@@ -119,7 +119,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     if args.rlhf_type == "grpo":
         from alignkit.training.generation_batch import generation_batch
 
-        if args.num_generations < 2:
+        if args.num_generations < 2 and not args.teacher_model:  # as online_run's grpo checks
             raise AlignkitError("--num_generations must be at least 2")
         os.environ["WORLD_SIZE"] = str(nproc)
         generation_batch(per_device_train_batch_size=args.per_device_train_batch_size,

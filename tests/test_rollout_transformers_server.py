@@ -233,8 +233,3 @@ def test_async_rollouts_take_the_servers_logprobs_as_the_old_policys(tiny_model_
     synchronous, _, _ = tiny_grpo(tiny_model_dir, generator, reward).experience(model, [prompt], seeds=[1])
     assert "old_logprobs" not in synchronous and "behaviour_logprobs" not in synchronous
 
-
-def test_a_teacher_for_grpo_is_refused_not_ignored(tiny_model_dir, capsys):
-    """ms-swift's grpo uses --teacher_model (on-policy distillation shaping the advantages); alignkit refuses it."""
-    assert main([*GRPO, "--model", tiny_model_dir, "--max_steps", "1", "--teacher_model", tiny_model_dir]) == 2
-    assert "--teacher_model with --rlhf_type grpo: GRPO with a teacher" in capsys.readouterr().err

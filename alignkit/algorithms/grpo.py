@@ -85,6 +85,10 @@ class GRPO:
     log_rollout_offpolicy_metrics: bool = False
     off_policy_sequence_mask_delta: float | None = None
     fipo: rl_math.FipoSettings = field(default_factory=rl_math.FipoSettings)  # --loss_type fipo
+    # OPD-RL (ms-swift's grpo with --teacher_model): each token's advantage gains
+    # teacher_kl_coef · (log π_teacher − log π_old) of the sampled token
+    teacher: object = None
+    teacher_kl_coef: float = 1.0
 
     @property
     def uses_rollout_logprobs(self) -> bool:
@@ -95,7 +99,7 @@ class GRPO:
         return policy
 
     def frozen_modules(self) -> list:
-        return [self.frozen_reference] if self.frozen_reference is not None else []
+        return [m for m in (self.frozen_reference, self.teacher) if m is not None]
 
     def load_trained(self, checkpoint) -> None:
         """Nothing beyond the policy is trained."""
@@ -244,6 +248,8 @@ class GRPO:
                                                              estimator=self.advantage_estimator)
             advantages, group_std = advantages[rows], group_std[rows]
         experience["advantages"] = advantages.to(device)
+        if self.teacher is not None:
+            experience["advantages"], metrics["teacher_kl"] = self._teacher_advantages(policy, experience)
         metrics.update({
             "reward": total.mean().item(),
             "reward_std": total.std().item() if len(total) > 1 else 0.0,
@@ -318,14 +324,14 @@ class GRPO:
         # With one optimizer step per rollout π_old is the current policy: ratio 1, gradient −A·∇log π.
         old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()
         surrogate = rl_math.grpo_policy_losses(
-            logprobs, old, batch["advantages"].unsqueeze(-1), mask, loss_type=self.loss_type, eps_low=self.epsilon,
+            logprobs, old, _per_token(batch["advantages"]), mask, loss_type=self.loss_type, eps_low=self.epsilon,
             eps_high=self.epsilon_high, delta=self.delta, tau_pos=self.tau_pos, tau_neg=self.tau_neg,
             level=self.importance_sampling_level)
         per_token = surrogate.losses  # (n, C)
         metrics = {}
         if self.loss_type == "fipo":  # each token weighed by the policy's drift over the tokens after it
             weights, fipo_metrics = rl_math.fipo_influence(
-                logprobs - old, surrogate.ratio, batch["advantages"].unsqueeze(-1), mask, self.fipo, delta=self.delta)
+                logprobs - old, surrogate.ratio, _per_token(batch["advantages"]), mask, self.fipo, delta=self.delta)
             per_token = per_token * weights
             metrics.update(fipo_metrics)
         if self.top_entropy_quantile < 1.0:
@@ -338,7 +344,10 @@ class GRPO:
         if "rollout_logprobs" in batch:
             per_token = self._rollout_correction(per_token, mask, old, batch["rollout_logprobs"], metrics)
         if self.off_policy_sequence_mask_delta is not None:  # against the sampler's log-probs, else π_old's
-            keep = rl_math.off_policy_sequence_keep(logprobs, batch.get("rollout_logprobs", old), batch["advantages"],
+            advantages = batch["advantages"]
+            if advantages.ndim == 2:  # per token (a teacher's term): the completion's mean
+                advantages = rl_math.masked_mean(advantages, mask, dim=-1)
+            keep = rl_math.off_policy_sequence_keep(logprobs, batch.get("rollout_logprobs", old), advantages,
                                                     mask, self.off_policy_sequence_mask_delta)
             mask = mask * keep.unsqueeze(-1).to(mask.dtype)
             metrics["rollout/masked_sequences"] = 1 - keep.mean().item()
@@ -359,6 +368,22 @@ class GRPO:
             metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
                             "entropy/min": per_completion.min().item()})
         return loss, metrics
+
+    def _teacher_advantages(self, policy, experience) -> tuple[torch.Tensor, float]:
+        """OPD-RL's per-token advantages (ms-swift's expand_advantage_to_per_token): the completion's advantage on
+        each of its tokens plus teacher_kl_coef · (log π_teacher − log π_old) of the sampled token; and the mean
+        k3 estimate of KL(π_old ‖ π_teacher) over the tokens (ms-swift's teacher_kl metric)."""
+        mask = experience["completion_mask"].float()
+        policy_logprobs = experience.get("old_logprobs")
+        if policy_logprobs is None:
+            policy_logprobs = batched_logprobs(policy, experience, temperature=self.temperature,
+                                               batch_size=self.forward_batch_size, layout=self.layout)[0]
+        teacher_logprobs = batched_logprobs(self.teacher, experience, temperature=self.temperature,
+                                            batch_size=self.forward_batch_size)[0]  # padded: any architecture
+        gap = ((teacher_logprobs - policy_logprobs) * mask).float()
+        advantages = experience["advantages"].unsqueeze(-1) + self.teacher_kl_coef * gap
+        k3 = (torch.exp(gap) - gap - 1) * mask
+        return advantages * mask, (k3.sum() / mask.sum().clamp(min=1)).item()
 
     def _rollout_correction(self, per_token, mask, policy_logprobs, rollout, metrics):
         """The rollout engine's gap to π_old (ms-swift): its diagnostics and, with --rollout_importance_sampling_mode,
@@ -397,3 +422,8 @@ def _num_items(batch: dict[str, torch.Tensor]) -> float | None:
     if "num_items_in_batch" not in batch:
         return None
     return float(batch["num_items_in_batch"]) * float(batch["micro_share"])
+
+
+def _per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages (N,) per completion, or (N, T) per token (OPD-RL), as the losses take them: (N, 1) or (N, T)."""
+    return advantages if advantages.ndim == 2 else advantages.unsqueeze(-1)

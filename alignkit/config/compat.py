@@ -174,7 +174,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "teacher_model_server": "a teacher behind an API (top-k log-probs from a server) is not supported; pass the "
                             "teacher's weights as --teacher_model",
     "gkd_logits_topk": "GKD over the teacher's top-k logits is not supported; alignkit's JSD reads full logits",
-    "teacher_kl_coef": "GRPO's on-policy distillation term (OPD-RL) is not supported; use --rlhf_type gkd",
 }
 
 

@@ -29,10 +29,9 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--top_entropy_quantile {args.top_entropy_quantile}: expected a value in (0, 1]")
         if args.max_resample_times < 0:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
-        if args.teacher_model:
-            raise AlignkitError("--teacher_model with --rlhf_type grpo: GRPO with a teacher (ms-swift's on-policy "
-                                "distillation term, --teacher_kl_coef) is not supported; distil on the student's own "
-                                "samples with --rlhf_type gkd --lmbda 1")
+        if args.teacher_model and loss_type == "fipo":
+            raise AlignkitError("--loss_type fipo with --teacher_model: its weights read a per-completion advantage's "
+                                "sign, and a teacher makes the advantage per token (as ms-swift, refused)")
         if args.async_generate:
             check_async_generate(args)
     if args.rlhf_type not in ("ppo", "grpo", "gkd"):

@@ -1105,18 +1105,23 @@ class RunArguments:
         applies_to=("ppo", "grpo", "gkd",))
     # gkd: on-policy distillation (alignkit/algorithms/gkd.py), ms-swift's RLHFArguments/TeacherModelArguments
     teacher_model: str | None = option(
-        None, "gkd: the teacher, loaded frozen (a local directory or hub id); needs the student's tokenizer.",
-        applies_to=("gkd",))
+        None, "gkd, grpo: the teacher, loaded frozen (a local directory or hub id); needs the student's tokenizer. "
+        "grpo (ms-swift's OPD-RL): each token's advantage gains --teacher_kl_coef × (log π_teacher − log π_old).",
+        applies_to=("gkd", "grpo"))
     teacher_model_type: str | None = option(
-        None, "gkd: ms-swift's registry name of the teacher, resolved like --model_type for --teacher_model.",
-        applies_to=("gkd",), may_differ_on_resume=True)
+        None, "gkd, grpo: ms-swift's registry name of the teacher, resolved like --model_type for --teacher_model.",
+        applies_to=("gkd", "grpo"), may_differ_on_resume=True)
     teacher_model_revision: str | None = option(
-        None, "gkd: hub revision of --teacher_model.", applies_to=("gkd",))
+        None, "gkd, grpo: hub revision of --teacher_model.", applies_to=("gkd", "grpo"))
+    teacher_kl_coef: float = option(
+        1.0, "grpo with --teacher_model: the weight of the teacher's per-token log-ratio in the advantages.",
+        applies_to=("grpo",))
     teacher_deepspeed: str | None = option(
         None, "gkd: the DeepSpeed config the frozen teacher is prepared with (a --deepspeed preset name or JSON "
         "file, its optimizer left out): zero3 shards the teacher's weights across the processes, zero3_offload keeps "
         "them in CPU memory; ZeRO-0/1/2 shard only what a frozen model lacks (optimizer state, gradients), so with "
-        "them, and with zero3 on one process, the teacher stays a plain frozen model (logged).", applies_to=("gkd",))
+        "them, and with zero3 on one process, the teacher stays a plain frozen model (logged).",
+        applies_to=("gkd", "grpo"))
     offload_teacher_model: bool = option(
         False, "gkd: keep the teacher on the CPU, moved to the device for its forwards only.", applies_to=("gkd",),
         may_differ_on_resume=True)

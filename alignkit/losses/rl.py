@@ -174,6 +174,10 @@ def group_advantages(
     over the processes) makes "batch" the std over every process, as on one process.
     """
     groups = rewards.view(-1, num_generations)  # (N/G, G)
+    if num_generations == 1:  # a lone completion has nothing to compare with: advantage 0 (OPD-RL's G = 1)
+        if estimator == "rloo":
+            raise ValueError("rloo's leave-one-out baseline needs at least 2 completions per prompt")
+        return torch.zeros_like(rewards), torch.zeros_like(rewards)
     mean = groups.mean(-1).repeat_interleave(num_generations)  # (N,)
     std = groups.std(-1).repeat_interleave(num_generations)  # (N,) unbiased, as torch.std
     advantages = rewards - mean

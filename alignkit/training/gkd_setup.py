@@ -38,14 +38,16 @@ def gkd_algorithm(args: RunArguments, beta: float) -> GKD:
                generation_batch_size=args.local_rollout_forward_batch_size)
 
 
-def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
-    """``algorithm`` with the teacher loaded frozen (on the process's device, or the CPU with
-    --offload_teacher_model), the trainable student, and the template's stop ids."""
+def load_teacher(args: RunArguments, student, tokenizer):
+    """--teacher_model loaded frozen for distillation from ``student``'s samples (gkd; grpo's OPD-RL): the same
+    vocabulary and output layer as the student, on this process's device (unless --offload_teacher_model), or a
+    DeepSpeed engine with --teacher_deepspeed. Returns (teacher, the context making its weights whole for
+    generate(), its path)."""
     path = resolve_model_path(args.teacher_model)
-    student_vocab = encoder.tokenizer.get_vocab()
+    student_vocab = tokenizer.get_vocab()
     if load_tokenizer(path, args.teacher_model_revision).get_vocab() != student_vocab:
         raise AlignkitError(f"--teacher_model {args.teacher_model}: its tokenizer differs from the student's; the "
-                            "JSD compares the two models' distributions token by token, so the vocabularies must match")
+                            "two models' log-probs are compared token by token, so the vocabularies must match")
     teacher = load_causal_lm(path, args.teacher_model_revision, weights_dtype(args))
     teacher.eval().requires_grad_(False)
     if teacher.get_output_embeddings().weight.shape[0] != student.get_output_embeddings().weight.shape[0]:
@@ -59,6 +61,13 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
         engine = teacher_engine(teacher, args)
         if engine is not None:  # forwards go through the module (its hooks gather); sampling gathers it whole
             teacher, whole_teacher = engine.module, partial(whole_for_generation, engine)
+    return teacher, whole_teacher, path
+
+
+def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
+    """``algorithm`` with the teacher loaded frozen (on the process's device, or the CPU with
+    --offload_teacher_model), the trainable student, and the template's stop ids."""
+    teacher, whole_teacher, path = load_teacher(args, student, encoder.tokenizer)
     logger.info("GKD: teacher %s (frozen%s), lmbda %s, beta %s, seq_kd %s, sft_alpha %s", path,
                 ", on the CPU between forwards" if args.offload_teacher_model else "", args.lmbda, algorithm.beta,
                 args.seq_kd, args.sft_alpha)

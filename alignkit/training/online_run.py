@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -155,6 +156,13 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta,
                          fipo=rl_math.FipoSettings(args.fipo_decay_rate, args.fipo_clip_range, args.fipo_clip_high_only,
                                                    args.fipo_safety_threshold))
+        if args.teacher_model:  # OPD-RL: the teacher's per-token log-ratio joins the advantages
+            from alignkit.training.gkd_setup import load_teacher
+
+            teacher, _, teacher_path = load_teacher(args, policy, tokenizer)
+            algorithm = dataclasses.replace(algorithm, teacher=teacher, teacher_kl_coef=args.teacher_kl_coef)
+            logger.info("OPD-RL: teacher %s (frozen); each token's advantage + %g × (log π_teacher − log π_old)",
+                        teacher_path, args.teacher_kl_coef)
     else:
         algorithm = _build_ppo(args, common, tokenizer, encoder, ppo_funcs, model_path)
 
@@ -339,7 +347,7 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     """GRPO's resolved settings (defaults applied and logged), and its reward functions, checked early."""
     from alignkit.algorithms.rewards import resolve_reward_funcs
 
-    if not args.reward_funcs and not args.reward_model:
+    if not args.reward_funcs and not args.reward_model and not args.teacher_model:
         raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `arith_accuracy arith_format` "
                             "for the built-in task, `accuracy format` for math data with a solution column, or your "
                             "own functions) and/or --reward_model")
@@ -353,8 +361,14 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     if len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES:
         raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
                             f"got {' '.join(args.loss_type)}")
-    if args.num_generations < 2:
-        raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt")
+    if args.num_generations < 2 and not args.teacher_model:
+        raise AlignkitError("--num_generations must be at least 2: GRPO's advantages compare completions of a prompt "
+                            "(1 only with --teacher_model, whose per-token term is then the whole signal)")
+    if args.num_generations < 1:
+        raise AlignkitError(f"--num_generations {args.num_generations}: expected 1 or more")
+    if args.num_generations == 1 and args.advantage_estimator == "rloo":
+        raise AlignkitError("--advantage_estimator rloo needs --num_generations of at least 2 (its leave-one-out "
+                            "baseline)")
     if args.pretrain_dataset:
         raise AlignkitError("--pretrain_dataset (ptx) is for --rlhf_type ppo")
     if args.kl_reward_reduction != "sum" and not (defaults["kl_in_reward"] and defaults["beta"]):
