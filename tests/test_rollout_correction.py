@@ -180,3 +180,35 @@ def test_a_token_without_an_engine_logprob_gets_the_policys(tiny_model_dir):
     assert experience["rollout_logprobs"][0, 0].item() == pytest.approx(-0.1)
     assert experience["rollout_logprobs"][0, 1].item() == pytest.approx(policy[0, 1].item(), abs=1e-5)
     assert not torch.isnan(experience["rollout_logprobs"]).any()
+
+
+def test_real_contrasts_each_groups_scores_by_hand():
+    # scores S = mean log ratio / τ (τ = 0.5): rows [0.2, -0.4] / 0.5 → 0.4, -0.8 (group 0); 0.6, 1.0 → 1.2, 2.0
+    logprobs = torch.tensor([[0.2, 0.2], [-0.4, -0.4], [0.6, 0.6], [1.0, 1.0]])
+    old, mask = torch.zeros(4, 2), torch.ones(4, 2)
+    groups = torch.tensor([0, 0, 1, 1])
+    advantages = torch.tensor([1.0, -1.0, 0.5, 0.5])  # group 1 has no negative: it adds 0
+    loss = rl.real_loss(logprobs, old, advantages, mask, groups, tau=0.5)
+    group0 = math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-0.4))
+    assert loss.item() == pytest.approx(group0 / 2)
+    assert rl.real_loss(logprobs, old, torch.ones(4), mask, groups, tau=0.5).item() == 0.0
+
+
+def test_real_updates_keep_groups_whole_in_micro_batches(tiny_model_dir, tmp_path):
+    """--loss_type real: the update order shuffles whole groups; a 2-step run trains; a batch that splits groups
+    is refused."""
+    from alignkit.cli import main
+    from alignkit.training.online_loop import update_order
+
+    order = update_order(12, seed=5, whole_groups=3)
+    assert sorted(order.tolist()) == list(range(12)) and order.tolist() != list(range(12))
+    for start in range(0, 12, 3):  # each run of 3 is one group, in order
+        chunk = order[start : start + 3].tolist()
+        assert chunk[0] % 3 == 0 and chunk == [chunk[0], chunk[0] + 1, chunk[0] + 2]
+
+    common = ["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--dataset", "arith-prompts#8",
+              "--reward_funcs", "arith_format", "--num_generations", "2", "--max_completion_length", "4",
+              "--max_steps", "2", "--report_to", "none", "--dtype", "fp32", "--split_dataset_ratio", "0",
+              "--eval_strategy", "no", "--loss_type", "real", "--output_dir", str(tmp_path)]
+    assert main([*common, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]) == 0
+    assert main([*common, "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "2"]) == 2

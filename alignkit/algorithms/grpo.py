@@ -89,6 +89,7 @@ class GRPO:
     # teacher_kl_coef · (log π_teacher − log π_old) of the sampled token
     teacher: object = None
     teacher_kl_coef: float = 1.0
+    real_tau: float = 0.5  # --loss_type real's temperature of the scores
 
     @property
     def uses_rollout_logprobs(self) -> bool:
@@ -248,6 +249,8 @@ class GRPO:
                                                              estimator=self.advantage_estimator)
             advantages, group_std = advantages[rows], group_std[rows]
         experience["advantages"] = advantages.to(device)
+        first = 0 if rows is None else rows.start  # each completion's group, numbered over the whole step
+        experience["group"] = ((torch.arange(len(advantages)) + first) // self.num_generations).to(device)
         if self.teacher is not None:
             experience["advantages"], metrics["teacher_kl"] = self._teacher_advantages(policy, experience)
         metrics.update({
@@ -323,6 +326,8 @@ class GRPO:
             mask = mask * batch["stopped"].unsqueeze(-1).to(mask.dtype)
         # With one optimizer step per rollout π_old is the current policy: ratio 1, gradient −A·∇log π.
         old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()
+        if self.loss_type == "real":
+            return self._real_loss(logprobs, old, entropy, mask, batch)
         surrogate = rl_math.grpo_policy_losses(
             logprobs, old, _per_token(batch["advantages"]), mask, loss_type=self.loss_type, eps_low=self.epsilon,
             eps_high=self.epsilon_high, delta=self.delta, tau_pos=self.tau_pos, tau_neg=self.tau_neg,
@@ -367,6 +372,18 @@ class GRPO:
             per_completion = rl_math.masked_mean(entropy, mask, dim=-1)  # (n,)
             metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
                             "entropy/min": per_completion.min().item()})
+        return loss, metrics
+
+    def _real_loss(self, logprobs, old, entropy, mask, batch):
+        """--loss_type real: the group-contrastive loss over the micro-batch's groups (the loop keeps groups whole),
+        plus β × the token-mean k3 KL to the reference (ms-swift's)."""
+        loss = rl_math.real_loss(logprobs, old, batch["advantages"], mask, batch["group"], tau=self.real_tau)
+        metrics = {}
+        if self.beta:
+            kl = rl_math.kl_k3(logprobs, batch["ref_logprobs"])
+            loss = loss + self.beta * rl_math.masked_mean(kl, mask)
+            metrics["kl"] = rl_math.masked_mean(kl, mask).item()
+        metrics.update({"loss": loss.item(), "entropy": rl_math.masked_mean(entropy, mask).item()})
         return loss, metrics
 
     def _teacher_advantages(self, policy, experience) -> tuple[torch.Tensor, float]:

@@ -7,7 +7,6 @@ from alignkit.errors import AlignkitError
 from alignkit.losses.rl import GRPO_LOSS_TYPES
 
 REFUSED_GRPO_LOSS_TYPES = {
-    "real": "REAL's group-contrastive loss is not implemented",
     "luspo": "LUSPO is not implemented",
     "vespo": "VESPO is not implemented",
 }
@@ -29,6 +28,8 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--top_entropy_quantile {args.top_entropy_quantile}: expected a value in (0, 1]")
         if args.max_resample_times < 0:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
+        if loss_type == "real":
+            check_real(args)
         if args.teacher_model and loss_type == "fipo":
             raise AlignkitError("--loss_type fipo with --teacher_model: its weights read a per-completion advantage's "
                                 "sign, and a teacher makes the advantage per token (as ms-swift, refused)")
@@ -58,6 +59,23 @@ def check_online_flags(args) -> None:
                             "or >= 0, top_p in (0, 1], min_p in [0, 1)")
     if args.repetition_penalty <= 0:
         raise AlignkitError(f"--repetition_penalty {args.repetition_penalty}: expected a positive number")
+
+
+def check_real(args) -> None:
+    """--loss_type real compares the completions of a group within one micro-batch, so micro-batches hold whole
+    groups; its loss has no per-token term for the rollout corrections to weigh."""
+    if args.per_device_train_batch_size % args.num_generations:
+        raise AlignkitError(f"--loss_type real: --per_device_train_batch_size {args.per_device_train_batch_size} must "
+                            f"be a multiple of --num_generations {args.num_generations} (each micro-batch compares "
+                            "whole groups)")
+    if args.teacher_model:
+        raise AlignkitError("--loss_type real with --teacher_model: its group contrast reads one advantage per "
+                            "completion, a teacher makes them per token (as ms-swift, refused)")
+    corrections = [flag for flag in ("rollout_importance_sampling_mode", "off_policy_sequence_mask_delta")
+                   if getattr(args, flag) is not None]
+    if corrections:
+        raise AlignkitError(f"--{corrections[0]} with --loss_type real: its loss has no per-token term to weigh or "
+                            "mask")
 
 
 def check_async_generate(args) -> None:

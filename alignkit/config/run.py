@@ -1065,6 +1065,9 @@ class RunArguments:
         False, "grpo with --vllm_mode server: sample the next step's completions on the server while this step "
         "trains; they are one step off-policy, and their π_old is the server's log-probs of them.",
         applies_to=("grpo",))
+    real_tau: float = option(
+        0.5, "grpo --loss_type real: the temperature dividing each completion's mean token log-ratio.",
+        applies_to=("grpo",))
     fipo_decay_rate: float = option(
         32.0, "grpo --loss_type fipo: the half-life, in tokens, of a later token's drift in a token's weight.",
         applies_to=("grpo",))

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "fipo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "fipo", "real")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token")
 ROLLOUT_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
@@ -390,6 +390,31 @@ def fipo_influence(log_ratio: torch.Tensor, ratio: torch.Tensor, advantages: tor
     return weights, {"fipo/future_kl_mean": masked_mean(future, mask).item(),
                      "fipo/influence_weight_mean": masked_mean(weights, mask).item(),
                      "fipo/safety_keep_ratio": masked_mean(safe.float(), mask).item()}
+
+
+def real_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              groups: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """REAL's group-contrastive loss (ms-swift's ``--loss_type real``). Each completion's score is its mean token
+    log-ratio S = mean_t log(π_θ/π_old); within a group (``groups``: (N,) ids) the completions with a positive
+    advantage should score high and the others low:
+
+        L_group = log(1 + Σ_neg e^{S/τ}) + log(1 + Σ_pos e^{−S/τ}),
+
+    summed over the groups that have both kinds and divided by the number of groups in the batch (a group with
+    only one kind adds 0). logprobs, old_logprobs, mask (N, T); advantages (N,) → a scalar."""
+    scores = masked_mean(logprobs - old_logprobs, mask, dim=-1) / tau  # (N,)
+    total, present = scores.sum() * 0.0, 0
+    for group in torch.unique(groups):
+        rows = groups == group
+        present += 1
+        positive, negative = advantages[rows] > 0, advantages[rows] <= 0
+        if not positive.any() or not negative.any():
+            continue
+        group_scores = scores[rows]
+        zero = group_scores.new_zeros(1)
+        total = total + torch.logsumexp(torch.cat([group_scores[negative], zero]), dim=0)
+        total = total + torch.logsumexp(torch.cat([-group_scores[positive], zero]), dim=0)
+    return total / max(present, 1)
 
 
 def entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: float) -> torch.Tensor:

@@ -213,6 +213,12 @@ def train_online(
                 algorithm.generator.join_main()
             return {}
 
+    if getattr(algorithm, "loss_type", None) == "real":  # its loss compares whole groups within a micro-batch
+        size = algorithm.num_generations
+        if schedule.shared_prompts or schedule.minibatch_size % size or schedule.micro_batch_size % size:
+            raise AlignkitError(f"--loss_type real compares the {size} completions of a prompt within one micro-batch: "
+                                f"mini-batches ({schedule.minibatch_size}) and micro-batches "
+                                f"({schedule.micro_batch_size}) must hold whole groups on one process")
     prefetching = hasattr(algorithm.generator, "prefetch") and getattr(algorithm, "off_policy_rollouts", False)
     if prefetching:
         logger.info("--async_generate: each step trains on completions sampled with the weights before the previous "
@@ -297,6 +303,16 @@ def set_rollout_temperature(algorithm, temperature: float) -> None:
     algorithm.generator.temperature = temperature
 
 
+def update_order(count: int, seed: int, *, whole_groups: int = 1) -> torch.Tensor:
+    """The shuffled order of a rollout's ``count`` completions for its mini-batches; with ``whole_groups`` G > 1
+    the groups (G adjacent completions) are shuffled, each kept together and in order."""
+    generator = torch.Generator().manual_seed(seed)
+    if whole_groups == 1:
+        return torch.randperm(count, generator=generator)
+    groups = torch.randperm(count // whole_groups, generator=generator)
+    return (groups.unsqueeze(-1) * whole_groups + torch.arange(whole_groups)).flatten()
+
+
 def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, seed: int,
            row_ids: list[int]) -> tuple[dict[str, float], tuple[str, list[int]] | None]:
     """One pass over a rollout: shuffled mini-batches, one optimizer step each. Returns the mean metrics and,
@@ -306,7 +322,9 @@ def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, 
     all-reduce happens once per mini-batch, on its last micro-batch."""
     metrics = RunningMean()
     count = experience["completion_ids"].shape[0]
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    # --loss_type real compares a group's completions: its groups stay whole
+    whole = algorithm.num_generations if getattr(algorithm, "loss_type", None) == "real" else 1
+    order = update_order(count, seed, whole_groups=whole)
     for start in range(0, count, schedule.minibatch_size):
         # Sorted within the mini-batch (same gradient): a prompt's completions stay adjacent, so a micro-batch
         # holds whole groups whose prompt a shared-prefix layout runs once.

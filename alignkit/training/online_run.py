@@ -154,6 +154,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          rollout_importance_sampling_threshold=args.rollout_importance_sampling_threshold,
                          log_rollout_offpolicy_metrics=args.log_rollout_offpolicy_metrics,
                          off_policy_sequence_mask_delta=args.off_policy_sequence_mask_delta,
+                         real_tau=args.real_tau,
                          fipo=rl_math.FipoSettings(args.fipo_decay_rate, args.fipo_clip_range, args.fipo_clip_high_only,
                                                    args.fipo_safety_threshold))
         if args.teacher_model:  # OPD-RL: the teacher's per-token log-ratio joins the advantages
