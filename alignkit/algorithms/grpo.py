@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.algorithms.chord import ChordSchedule, sft_loss
 from alignkit.algorithms.multi_turn import RolloutInferRequest, run_multi_turn
 from alignkit.algorithms.rewards import RewardFunction, reward_arguments, score_completions
 from alignkit.algorithms.rollout import (
@@ -90,6 +92,10 @@ class GRPO:
     teacher: object = None
     teacher_kl_coef: float = 1.0
     real_tau: float = 0.5  # --loss_type real's temperature of the scores
+    # CHORD (--chord_sft_dataset): (1 − μ)·loss + μ·SFT loss on one batch of expert rows per micro-batch
+    chord: ChordSchedule | None = None
+    chord_batches: Iterator[dict[str, torch.Tensor]] | None = None
+    optimizer_step: int = 0  # set by the loop before each optimizer step (CHORD's μ reads it)
 
     @property
     def uses_rollout_logprobs(self) -> bool:
@@ -327,7 +333,7 @@ class GRPO:
         # With one optimizer step per rollout π_old is the current policy: ratio 1, gradient −A·∇log π.
         old = batch["old_logprobs"] if "old_logprobs" in batch else logprobs.detach()
         if self.loss_type == "real":
-            return self._real_loss(logprobs, old, entropy, mask, batch)
+            return self._with_chord(policy, *self._real_loss(logprobs, old, entropy, mask, batch))
         surrogate = rl_math.grpo_policy_losses(
             logprobs, old, _per_token(batch["advantages"]), mask, loss_type=self.loss_type, eps_low=self.epsilon,
             eps_high=self.epsilon_high, delta=self.delta, tau_pos=self.tau_pos, tau_neg=self.tau_neg,
@@ -372,7 +378,20 @@ class GRPO:
             per_completion = rl_math.masked_mean(entropy, mask, dim=-1)  # (n,)
             metrics.update({"entropy/mean": per_completion.mean().item(), "entropy/max": per_completion.max().item(),
                             "entropy/min": per_completion.min().item()})
-        return loss, metrics
+        return self._with_chord(policy, loss, metrics)
+
+    def _with_chord(self, policy, loss, metrics):
+        """CHORD: (1 − μ)·loss + μ·the SFT loss of the next expert batch (μ at this optimizer step)."""
+        if self.chord is None:
+            return loss, metrics
+        mu = self.chord.mu(self.optimizer_step)
+        metrics["chord/mu"] = mu
+        if mu <= 0:
+            return loss, metrics
+        expert = sft_loss(policy, next(self.chord_batches), phi=self.chord.phi)
+        mixed = (1 - mu) * loss + mu * expert
+        metrics.update({"chord/sft_loss": expert.item(), "chord/rl_loss": loss.item(), "loss": mixed.item()})
+        return mixed, metrics
 
     def _real_loss(self, logprobs, old, entropy, mask, batch):
         """--loss_type real: the group-contrastive loss over the micro-batch's groups (the loop keeps groups whole),

@@ -162,9 +162,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
        for name in ("use_gym_env", "gym_env")},
     "completion_length_limit_scope": "multi-turn rollouts limit each turn to --max_completion_length (ms-swift's "
                                      "per_round); a limit on the whole trajectory is not supported",
-    **{name: "CHORD (SFT data mixed into GRPO) is not supported"
-       for name in ("chord_sft_dataset", "chord_sft_per_device_train_batch_size", "chord_enable_phi_function",
-                    "chord_mu_warmup_steps", "chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")},
     "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "
                            "other scoring as a reward function (--external_plugins)",
     "structured_outputs_regex": "guided decoding is not supported",

@@ -30,6 +30,13 @@ def check_online_flags(args) -> None:
             raise AlignkitError(f"--max_resample_times {args.max_resample_times}: expected 0 or more")
         if loss_type == "real":
             check_real(args)
+        if args.chord_sft_dataset:
+            missing = [flag for flag in ("chord_mu_decay_steps", "chord_mu_peak", "chord_mu_valley")
+                       if getattr(args, flag) is None]
+            if missing:
+                raise AlignkitError(f"--chord_sft_dataset needs mu's schedule: {', '.join('--' + f for f in missing)}")
+            if args.chord_mu_decay_steps < 1 or (args.chord_mu_warmup_steps or 0) < 0:
+                raise AlignkitError("--chord_mu_decay_steps must be at least 1 and --chord_mu_warmup_steps at least 0")
         if args.teacher_model and loss_type == "fipo":
             raise AlignkitError("--loss_type fipo with --teacher_model: its weights read a per-completion advantage's "
                                 "sign, and a teacher makes the advantage per token (as ms-swift, refused)")

@@ -1065,6 +1065,22 @@ class RunArguments:
         False, "grpo with --vllm_mode server: sample the next step's completions on the server while this step "
         "trains; they are one step off-policy, and their π_old is the server's log-probs of them.",
         applies_to=("grpo",))
+    chord_sft_dataset: list[str] = option(
+        [], "grpo (CHORD): expert SFT datasets mixed into the loss, (1 - mu) x GRPO + mu x SFT, one batch per "
+        "micro-batch.", nargs="+", applies_to=("grpo",))
+    chord_sft_per_device_train_batch_size: int | None = option(
+        None, "grpo (CHORD): SFT rows per micro-batch (unset: --per_device_train_batch_size).", applies_to=("grpo",))
+    chord_enable_phi_function: bool = option(
+        False, "grpo (CHORD): weigh each SFT token's loss by p(1 - p), p the policy's probability of it.",
+        applies_to=("grpo",))
+    chord_mu_warmup_steps: int | None = option(
+        None, "grpo (CHORD): optimizer steps of mu's linear warm-up to --chord_mu_peak (unset: 0).",
+        applies_to=("grpo",))
+    chord_mu_decay_steps: int | None = option(
+        None, "grpo (CHORD): optimizer steps of mu's cosine decay from its peak to --chord_mu_valley.",
+        applies_to=("grpo",))
+    chord_mu_peak: float | None = option(None, "grpo (CHORD): mu's peak.", applies_to=("grpo",))
+    chord_mu_valley: float | None = option(None, "grpo (CHORD): mu after its decay.", applies_to=("grpo",))
     real_tau: float = option(
         0.5, "grpo --loss_type real: the temperature dividing each completion's mean token log-ratio.",
         applies_to=("grpo",))

@@ -267,9 +267,12 @@ def train_online(
                 fault_point("micro_batch", state.global_step + 1)  # tests: a signal between rollout and update
                 rollout_seconds = time.perf_counter() - started
                 update_metrics, problem = RunningMean(), None
+                per_epoch = schedule.optimizer_steps_per_step // schedule.update_epochs
                 for epoch in range(schedule.update_epochs):
                     metrics, problem = update(model, algorithm, experience, schedule, runner,
-                                              seed=config.seed + 7919 * state.global_step + epoch, row_ids=mine)
+                                              seed=config.seed + 7919 * state.global_step + epoch, row_ids=mine,
+                                              first_optimizer_step=state.global_step
+                                              * schedule.optimizer_steps_per_step + epoch * per_epoch)
                     update_metrics.add(metrics)
                     if problem is not None:
                         break
@@ -314,7 +317,7 @@ def update_order(count: int, seed: int, *, whole_groups: int = 1) -> torch.Tenso
 
 
 def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, seed: int,
-           row_ids: list[int]) -> tuple[dict[str, float], tuple[str, list[int]] | None]:
+           row_ids: list[int], first_optimizer_step: int = 0) -> tuple[dict[str, float], tuple[str, list[int]] | None]:
     """One pass over a rollout: shuffled mini-batches, one optimizer step each. Returns the mean metrics and,
     when a loss or gradient was NaN/inf on any process, what it was (the pass stops there; that update is skipped).
 
@@ -326,6 +329,8 @@ def update(model, algorithm, experience, schedule: Schedule, runner: Runner, *, 
     whole = algorithm.num_generations if getattr(algorithm, "loss_type", None) == "real" else 1
     order = update_order(count, seed, whole_groups=whole)
     for start in range(0, count, schedule.minibatch_size):
+        if hasattr(algorithm, "optimizer_step"):  # the optimizer steps taken before this one (CHORD's μ)
+            algorithm.optimizer_step = first_optimizer_step + start // schedule.minibatch_size
         # Sorted within the mini-batch (same gradient): a prompt's completions stay adjacent, so a micro-batch
         # holds whole groups whose prompt a shared-prefix layout runs once.
         minibatch = order[start : start + schedule.minibatch_size].sort().values

@@ -157,6 +157,8 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
                          real_tau=args.real_tau,
                          fipo=rl_math.FipoSettings(args.fipo_decay_rate, args.fipo_clip_range, args.fipo_clip_high_only,
                                                    args.fipo_safety_threshold))
+        if args.chord_sft_dataset:  # CHORD: expert SFT rows mixed into the loss
+            algorithm = dataclasses.replace(algorithm, **_chord(args, tokenizer, template))
         if args.teacher_model:  # OPD-RL: the teacher's per-token log-ratio joins the advantages
             from alignkit.training.gkd_setup import load_teacher
 
@@ -378,6 +380,35 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     return {"reward_funcs": funcs, "reward_weights": weights, "loss_type": loss_type, "beta": defaults["beta"],
             "num_generations": args.num_generations, "scale_rewards": defaults["scale_rewards"],
             "kl_in_reward": defaults["kl_in_reward"], "epsilon_high": defaults["epsilon_high"]}
+
+
+def _chord(args: RunArguments, tokenizer, template) -> dict:
+    """CHORD's schedule and its endless batches of --chord_sft_dataset's rows, encoded as sft encodes them (up to
+    --max_length + --max_completion_length tokens; rows that do not fit are dropped and counted)."""
+    from alignkit.algorithms.chord import ChordSchedule, sft_batches
+    from alignkit.data.template import Truncated
+
+    rows, _ = load_training_data(dataclasses.replace(args, split_dataset_ratio=0.0, val_dataset=[]),
+                                 args.chord_sft_dataset, "sft")
+    encoder = ChatEncoder(tokenizer, max_length=(args.max_length or 0) + args.max_completion_length or None,
+                          truncation_strategy="delete", system=args.system, template=template,
+                          use_chat_template=args.use_chat_template)
+    encoded, dropped = [], 0
+    for row in rows:
+        try:
+            encoded.append(encoder.encode_conversation(row))
+        except Truncated:
+            dropped += 1
+    if not encoded:
+        raise AlignkitError(f"--chord_sft_dataset: none of its {len(rows)} rows fits --max_length + "
+                            "--max_completion_length tokens")
+    batch_size = args.chord_sft_per_device_train_batch_size or args.per_device_train_batch_size
+    schedule = ChordSchedule(args.chord_mu_warmup_steps or 0, args.chord_mu_decay_steps, args.chord_mu_peak,
+                             args.chord_mu_valley, phi=args.chord_enable_phi_function)
+    logger.info("CHORD: %d expert rows (%d too long, dropped), %d per micro-batch; mu %s -> %s over %d + %d "
+                "optimizer steps%s", len(encoded), dropped, batch_size, schedule.peak, schedule.valley,
+                schedule.warmup_steps, schedule.decay_steps, ", phi-weighted" if schedule.phi else "")
+    return {"chord": schedule, "chord_batches": sft_batches(encoded, batch_size, tokenizer.pad_token_id, args.seed)}
 
 
 def _check_ppo_flags(args: RunArguments) -> list:
