@@ -142,8 +142,8 @@ def trl_loss(loss_type, *, level="token", delta=None, beta=0.04, num_items=None)
     return trl_value, mine.item()
 
 
-@pytest.mark.parametrize("loss_type", rl.GRPO_LOSS_TYPES)
-def test_every_loss_type_matches_trl(loss_type):
+@pytest.mark.parametrize("loss_type", [t for t in rl.GRPO_LOSS_TYPES if t not in ("fipo", "real")])
+def test_every_loss_type_matches_trl(loss_type):  # fipo, real: ms-swift's only, pinned to hand values elsewhere
     trl_value, ours = trl_loss(loss_type)
     assert ours == pytest.approx(trl_value, rel=1e-6)
 

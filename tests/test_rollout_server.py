@@ -70,6 +70,13 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
     (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: the rollout server (TRL"),
     (["rollout", "--max_turns", "3"], "give --multi_turn_scheduler and --max_turns to the trainer"),
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server"], "--vllm_mode server needs --vllm_server_host"),
+    ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "h1", "h2"],
+     "--vllm_server_host names 2 rollout server(s) and --vllm_server_port 1 port(s): give one port per host"),
+    ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "h1", "--vllm_server_port", "1",
+      "2"], "--vllm_server_host names 1 rollout server(s) and --vllm_server_port 2 port(s)"),
+    ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_base_url", "http://a:1", "http://b:2",
+      "--vllm_server_group_port", "51216"],
+     "--vllm_server_base_url names 2 rollout server(s) and --vllm_server_group_port 1 port(s): give one group port"),
 ])
 def test_refusals(monkeypatch, argv, message, capsys):
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
@@ -153,6 +160,43 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
     assert not torch.equal(client.pushes[2][name], client.pushes[0][name])  # the update reached the server
 
 
+def test_grpo_splits_each_request_over_two_vllm_servers_and_pushes_to_both(monkeypatch, tiny_model_dir, tmp_path):
+    """ms-swift's multi-node example (--vllm_server_host h1 h2 --vllm_server_port p1 p2): one client per server,
+    each with its own weight-sync group port (51216, 51217), each sent a contiguous half of every request and every
+    weight push."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    FakeClient.instances = []
+    FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
+                          tokenizer.encode("7", add_special_tokens=False)]
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
+    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert main([*GRPO, "--model", tiny_model_dir, "--use_vllm", "true", "--vllm_mode", "server",
+                 "--vllm_server_host", "10.0.0.7", "10.0.0.8", "--vllm_server_port", "8011", "8012",
+                 "--vllm_server_timeout", "30", "--output_dir", str(tmp_path)]) == 0
+    first, second = FakeClient.instances
+    assert first.address == (None, "10.0.0.7", 8011, 51216, 30.0)
+    assert second.address == (None, "10.0.0.8", 8012, 51217, 30.0)
+    assert [len(c["prompts"]) for c in first.calls] == [len(c["prompts"]) for c in second.calls] == [2, 2]
+    # the first server has each step's first 2 prompts (G = 2 copies of one), the second the other 2
+    assert all(c["prompts"][0] == c["prompts"][1] for c in first.calls + second.calls)
+    assert all(a["prompts"][0] != b["prompts"][0] for a, b in zip(first.calls, second.calls))
+    assert len(first.pushes) == len(second.pushes) == 3  # the start, and after each of the 2 updates
+    for a, b in zip(first.pushes, second.pushes):
+        assert set(a) == set(b) and all(b[k] is None if a[k] is None else torch.equal(a[k], b[k]) for k in a)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(second.pushes[2][name], second.pushes[0][name])
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    samples = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    # the answers joined back in prompt order: each server answers its chunk "Answer: 7", "7", ...
+    assert [s["completion"] for s in samples[:4]] == [tokenizer.decode(a + [tokenizer.eos_token_id],
+                                                                       skip_special_tokens=True)
+                                                      for a in FakeClient.answers * 2]
+
+
 def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monkeypatch, tiny_model_dir,
                                                                            tiny_chat_model_dir, tmp_path):
     from transformers import AutoTokenizer
@@ -198,11 +242,11 @@ def test_several_processes_share_one_client_on_the_first(monkeypatch):
             return {"completion_ids": [[p[-1] + 10] for p in prompts]}
 
     monkeypatch.setattr(server, "_world", lambda: (0, 2))
-    first = server.ServerRollout(None, Echo(), stop_ids=[0], max_new_tokens=4, temperature=1.0)
+    first = server.ServerRollout(None, [Echo()], stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert first(sent[0]) == [[12]]
     assert handed[0] == [([[12]], None), ([[13], [15]], None)]
     monkeypatch.setattr(server, "_world", lambda: (1, 2))
     monkeypatch.setattr(server, "_scatter", lambda answers, world: [([[12]], None), ([[13], [15]], None)][world[0]])
-    second = server.ServerRollout(torch.nn.Linear(2, 2), None, stop_ids=[0], max_new_tokens=4, temperature=1.0)
+    second = server.ServerRollout(torch.nn.Linear(2, 2), [], stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert second(sent[1]) == [[13], [15]]
     second.sync_weights()  # no client: nothing to push, and no error

@@ -1,6 +1,7 @@
 """`alignkit rollout --infer_backend transformers`: a real rollout server on loopback (uvicorn in a thread) and
 the trainer's client. It samples what in-process generation samples, follows pushed weights, and serves
---vllm_mode server and --async_generate (one step off-policy, the server's log-probs as π_old)."""
+--vllm_mode server and --async_generate (one step off-policy, the server's log-probs as π_old); several servers
+split each request and sample what one does."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import torch
 from alignkit.algorithms.rollout import HFGenerator, batched_logprobs, make_rollout
 from alignkit.cli import main
 from alignkit.commands.rollout_server import create_rollout_app
-from alignkit.generation.rollout_client import TransformersRolloutClient, server_backend
-from alignkit.generation.vllm_server import ServerRollout, merged_weights
+from alignkit.generation.rollout_client import TransformersRolloutClient, server_backend, weights_body
+from alignkit.generation.vllm_server import ServerRollout, merged_weights, split_evenly
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -75,15 +76,32 @@ def local(model, prompts, seeds, max_new_tokens=5):
     return completions, [row[: int(n)] for row, n in zip(logprobs.tolist(), rollout.completion_mask.sum(-1))]
 
 
-def rollout_for(model, base_url) -> ServerRollout:
-    return ServerRollout(model, TransformersRolloutClient(base_url), stop_ids=[1], max_new_tokens=5,
-                         temperature=0.8, pad_id=0)
+def rollout_for(model, *base_urls) -> ServerRollout:
+    return ServerRollout(model, [TransformersRolloutClient(url) for url in base_urls], stop_ids=[1],
+                         max_new_tokens=5, temperature=0.8, pad_id=0)
 
 
-def test_the_server_samples_what_the_trainer_samples_in_process(tiny, serve):
-    url = serve(copy.deepcopy(tiny))
-    assert server_backend(url, timeout=10) == "transformers"
-    completions = rollout_for(tiny, url)(PROMPTS, seeds=SEEDS)
+def test_the_split_over_servers_is_contiguous_and_covers_every_prompt_once():
+    """ms-swift's VLLMInferClient.infer: ⌈n / servers⌉ prompts each, in order; the last servers may get fewer or
+    none."""
+    assert [(s.start, s.stop) for s in split_evenly(5, 2)] == [(0, 3), (3, 5)]
+    assert [(s.start, s.stop) for s in split_evenly(8, 2)] == [(0, 4), (4, 8)]
+    assert [(s.start, s.stop) for s in split_evenly(4, 3)] == [(0, 2), (2, 4), (4, 4)]
+    assert [(s.start, s.stop) for s in split_evenly(1, 3)] == [(0, 1), (1, 1), (1, 1)]
+    assert [(s.start, s.stop) for s in split_evenly(0, 2)] == [(0, 0), (0, 0)]
+    for n in range(12):
+        for parts in range(1, 6):
+            slices = split_evenly(n, parts)
+            assert len(slices) == parts
+            assert [i for s in slices for i in range(n)[s]] == list(range(n))
+            assert all(s.stop - s.start <= -(-n // parts) for s in slices)
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_the_server_samples_what_the_trainer_samples_in_process(tiny, serve, servers):
+    urls = [serve(copy.deepcopy(tiny)) for _ in range(servers)]
+    assert all(server_backend(url, timeout=10) == "transformers" for url in urls)
+    completions = rollout_for(tiny, *urls)(PROMPTS, seeds=SEEDS)
     expected, expected_logprobs = local(tiny, PROMPTS, SEEDS)
     assert completions == expected
     assert [len(row) for row in completions.logprobs] == [len(row) for row in expected_logprobs]
@@ -91,13 +109,33 @@ def test_the_server_samples_what_the_trainer_samples_in_process(tiny, serve):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-5)
 
 
-def test_pushed_weights_are_what_the_next_samples_come_from(tiny, serve):
-    url = serve(copy.deepcopy(tiny))
+def test_several_servers_each_sample_their_share_of_the_prompts(tiny, serve, monkeypatch):
+    """3 prompts over 2 servers: the first 2 to the first, the last to the second, each with its own seeds."""
+    urls = [serve(copy.deepcopy(tiny)) for _ in range(2)]
+    sent = []
+    generate = TransformersRolloutClient.generate
+
+    def recorded(client, prompts, *, seeds, **kwargs):
+        sent.append((client.base_url, prompts, seeds))
+        return generate(client, prompts, seeds=seeds, **kwargs)
+
+    monkeypatch.setattr(TransformersRolloutClient, "generate", recorded)
+    completions = rollout_for(tiny, *urls)(PROMPTS, seeds=SEEDS)
+    assert sorted(sent) == sorted([(urls[0], PROMPTS[:2], SEEDS[:2]), (urls[1], PROMPTS[2:], SEEDS[2:])])
+    assert completions == local(tiny, PROMPTS, SEEDS)[0]
+    sent.clear()
+    assert rollout_for(tiny, *urls)(PROMPTS[:1], seeds=SEEDS[:1]) == local(tiny, PROMPTS[:1], SEEDS[:1])[0]
+    assert sent == [(urls[0], PROMPTS[:1], SEEDS[:1])]  # nothing is sent to a server with no share
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_pushed_weights_are_what_the_next_samples_come_from(tiny, serve, servers):
+    urls = [serve(copy.deepcopy(tiny)) for _ in range(servers)]
     changed = copy.deepcopy(tiny)
     with torch.no_grad():
         for param in changed.parameters():
             param.add_(torch.randn_like(param) * 0.5)
-    rollout = rollout_for(changed, url)
+    rollout = rollout_for(changed, *urls)
     before = rollout(PROMPTS, seeds=SEEDS)
     rollout.sync_weights()
     after = rollout(PROMPTS, seeds=SEEDS)
@@ -107,16 +145,19 @@ def test_pushed_weights_are_what_the_next_samples_come_from(tiny, serve):
     for got, want in zip(after.logprobs, expected_logprobs):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-5)
     assert before.logprobs != after.logprobs
+    for url in urls:  # every server got the push: each alone samples all prompts with the changed weights
+        assert rollout_for(changed, url)(PROMPTS, seeds=SEEDS) == expected
 
 
-def test_a_prefetched_request_is_sampled_with_the_weights_before_the_next_push(tiny, serve):
+@pytest.mark.parametrize("servers", [1, 2])
+def test_a_prefetched_request_is_sampled_with_the_weights_before_the_next_push(tiny, serve, servers):
     """--async_generate's lag: prefetch, then the update's push; the prefetched answer is the old weights'."""
-    url = serve(copy.deepcopy(tiny))
+    urls = [serve(copy.deepcopy(tiny)) for _ in range(servers)]
     changed = copy.deepcopy(tiny)
     with torch.no_grad():
         for param in changed.parameters():
             param.add_(torch.randn_like(param) * 0.5)
-    rollout = rollout_for(changed, url)
+    rollout = rollout_for(changed, *urls)
     rollout.prefetch(PROMPTS, seeds=SEEDS)
     rollout.sync_weights()  # waits for the prefetched request, then pushes ``changed``
     stale = rollout(PROMPTS, seeds=SEEDS)
@@ -133,8 +174,8 @@ def test_a_prefetched_request_is_sampled_with_the_weights_before_the_next_push(t
 def test_a_bad_weight_name_is_refused_by_the_server(tiny, serve):
     client = TransformersRolloutClient(serve(copy.deepcopy(tiny)))
     with pytest.raises(Exception, match="does not have"):
-        client.push_weights([("not.a.weight", torch.zeros(2))])
-    assert client.push_weights(merged_weights(tiny)) == len(list(tiny.parameters()))
+        client.push_weights(weights_body([("not.a.weight", torch.zeros(2))]))
+    assert client.push_weights(weights_body(merged_weights(tiny))) == len(list(tiny.parameters()))
 
 
 def samples_of(tmp_path) -> list[dict]:
@@ -157,10 +198,10 @@ def grpo(model_dir, out, plugin, *extra):
     return samples_of(out)
 
 
-def server_flags(url: str) -> list[str]:
-    host, port = url.removeprefix("http://").split(":")
-    return ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", host, "--vllm_server_port", port,
-            "--vllm_server_timeout", "30"]
+def server_flags(*urls: str) -> list[str]:
+    hosts, ports = zip(*(url.removeprefix("http://").split(":") for url in urls))
+    return ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", *hosts, "--vllm_server_port",
+            *ports, "--vllm_server_timeout", "30"]
 
 
 @pytest.mark.parametrize("tuner", [[], ["--train_type", "full"]], ids=["lora", "full"])
@@ -172,6 +213,25 @@ def test_grpo_through_the_server_trains_like_grpo_in_process(tiny_chat_model_dir
     assert [(s["step"], s["prompt"], s["completion"]) for s in served] == \
         [(s["step"], s["prompt"], s["completion"]) for s in in_process]
     assert len({s["step"] for s in served}) == 3
+
+
+def test_grpo_through_two_servers_samples_what_one_server_and_the_in_process_run_sample(tiny_chat_model_dir, tiny,
+                                                                                         serve, tmp_path, plugin):
+    """Each step's prompts are split over the two servers with their seeds, and both get every weight push: were
+    one left with older weights, its share of steps 2 and 3 would differ (the updates change what is sampled)."""
+    in_process = grpo(tiny_chat_model_dir, tmp_path / "local", plugin, "--max_steps", "3")
+    one = grpo(tiny_chat_model_dir, tmp_path / "one", plugin, "--max_steps", "3",
+               *server_flags(serve(copy.deepcopy(tiny))))
+    two = grpo(tiny_chat_model_dir, tmp_path / "two", plugin, "--max_steps", "3",
+               *server_flags(serve(copy.deepcopy(tiny)), serve(copy.deepcopy(tiny))))
+    frozen = grpo(tiny_chat_model_dir, tmp_path / "frozen", plugin, "--max_steps", "3", "--learning_rate", "0")
+
+    def samples(run):
+        return [(s["step"], s["prompt"], s["completion"]) for s in run]
+
+    assert samples(two) == samples(one) == samples(in_process)
+    assert len({s["step"] for s in two}) == 3
+    assert [x for x in samples(two) if x[0] == 3] != [x for x in samples(frozen) if x[0] == 3]
 
 
 def test_async_generate_trains_on_completions_one_step_late(tiny_chat_model_dir, tiny, serve, tmp_path, plugin):

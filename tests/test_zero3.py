@@ -110,7 +110,8 @@ def push_and_generate(model_dir: str, out: str) -> None:
         trained = [p for p in policy.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=policy, model_parameters=trained, config=config)
         client = Recorder() if rank == 0 else None
-        ServerRollout(policy, client, stop_ids=[0], max_new_tokens=2, temperature=1.0).sync_weights()
+        ServerRollout(policy, [client] if client is not None else [], stop_ids=[0], max_new_tokens=2,
+                      temperature=1.0).sync_weights()
         if rank == 0:
             save_file(client.pushed, f"{out}/{kind}-pushed.safetensors")
             save_file({k: v for k, v in whole.items() if k in client.pushed}, f"{out}/{kind}-whole.safetensors")
@@ -156,7 +157,8 @@ def push_to_a_transformers_server(engine, model_dir: str, out: str, rank: int) -
             time.sleep(0.05)
         client = TransformersRolloutClient(f"http://127.0.0.1:{port}")
     policy = engine.module
-    rollout = ServerRollout(policy, client, stop_ids=[1], max_new_tokens=5, temperature=0.8, pad_id=0)
+    rollout = ServerRollout(policy, [client] if client is not None else [], stop_ids=[1], max_new_tokens=5,
+                            temperature=0.8, pad_id=0)
     rollout.sync_weights()  # every process gathers, process 0 sends
     sampled = rollout(PROMPTS, seeds=SEEDS)
     with whole_for_generation(engine):
@@ -245,3 +247,7 @@ def test_gkd_under_zero3_with_a_zero3_teacher_logs_the_losses_of_data_parallel(t
 
 if __name__ == "__main__":
     push_and_generate(sys.argv[1], sys.argv[2])
+    from alignkit.training.distributed import exit_process, leave_process_group
+
+    leave_process_group()
+    exit_process(0)  # past the interpreter's teardown, where gloo's threads can abort a finished process

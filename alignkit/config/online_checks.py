@@ -50,8 +50,7 @@ def check_online_flags(args) -> None:
         if not args.vllm_server_host and not args.vllm_server_base_url:
             raise AlignkitError("--vllm_mode server needs --vllm_server_host (or --vllm_server_base_url): the "
                                 "address of an `alignkit rollout` server (as ms-swift's `swift rollout`)")
-        if max(len(args.vllm_server_host), len(args.vllm_server_base_url)) > 1:
-            raise AlignkitError("--vllm_server_host/--vllm_server_base_url: one rollout server only")
+        check_server_lists(args)
         if _fsdp(args.fsdp):
             raise AlignkitError("--vllm_mode server with FSDP: the weight push gathers ZeRO-3's shards with "
                                 "DeepSpeed, not FSDP's; use --deepspeed zero3 (or zero2, or plain data parallel)")
@@ -83,6 +82,21 @@ def check_real(args) -> None:
     if corrections:
         raise AlignkitError(f"--{corrections[0]} with --loss_type real: its loss has no per-token term to weigh or "
                             "mask")
+
+
+def check_server_lists(args) -> None:
+    """Several rollout servers (ms-swift's VLLMClient): one --vllm_server_port per --vllm_server_host (the base URLs,
+    when given, stand for both), and none or one --vllm_server_group_port per server; no value is repeated for the
+    others, as in ms-swift."""
+    servers, named = ((len(args.vllm_server_base_url), "--vllm_server_base_url") if args.vllm_server_base_url
+                      else (len(args.vllm_server_host), "--vllm_server_host"))
+    if not args.vllm_server_base_url and len(args.vllm_server_port) != servers:
+        raise AlignkitError(f"--vllm_server_host names {servers} rollout server(s) and --vllm_server_port "
+                            f"{len(args.vllm_server_port)} port(s): give one port per host, in the same order")
+    if args.vllm_server_group_port and len(args.vllm_server_group_port) != servers:
+        raise AlignkitError(f"{named} names {servers} rollout server(s) and --vllm_server_group_port "
+                            f"{len(args.vllm_server_group_port)} port(s): give one group port per server, or none "
+                            "(51216, 51217, ...)")
 
 
 def check_async_generate(args) -> None:

@@ -1109,16 +1109,18 @@ class RunArguments:
         None, "grpo: drop from the loss the completions with a negative advantage whose mean log(π_rollout / π_θ) "
         "exceeds δ (DeepSeek-V3.2; π_old when the engine sends no log-probs).", applies_to=("grpo",))
     vllm_server_host: list[str] = option(
-        [], "ppo, grpo, gkd with --vllm_mode server: the host of the `alignkit rollout` server (TRL's vLLM server).",
+        [], "ppo, grpo, gkd with --vllm_mode server: the host of each `alignkit rollout` server (TRL's vLLM "
+        "server); with several, each request's prompts are split over them.",
         nargs="+", applies_to=("ppo", "grpo", "gkd",))
     vllm_server_port: list[int] = option(
-        [8000], "ppo, grpo with --vllm_mode server: its port.", nargs="+", applies_to=("ppo", "grpo", "gkd",))
+        [8000], "ppo, grpo with --vllm_mode server: the port of each host, in order.", nargs="+",
+        applies_to=("ppo", "grpo", "gkd",))
     vllm_server_base_url: list[str] = option(
-        [], "ppo, grpo with --vllm_mode server: its URL, instead of host and port.", nargs="+",
+        [], "ppo, grpo with --vllm_mode server: each server's URL, instead of hosts and ports.", nargs="+",
         applies_to=("ppo", "grpo", "gkd",))
     vllm_server_group_port: list[int] = option(
-        [], "ppo, grpo with --vllm_mode server: the port of the weight-sync (NCCL) group (TRL's default 51216).",
-        nargs="+", applies_to=("ppo", "grpo", "gkd",))
+        [], "ppo, grpo with --vllm_mode server: the port of each vLLM server's weight-sync (NCCL) group "
+        "(default 51216, 51217, ...).", nargs="+", applies_to=("ppo", "grpo", "gkd",))
     vllm_server_timeout: float = option(
         240.0, "ppo, grpo with --vllm_mode server: seconds to wait for the server at start.",
         applies_to=("ppo", "grpo", "gkd",))

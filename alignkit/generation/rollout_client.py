@@ -61,11 +61,16 @@ class TransformersRolloutClient:
         answer = self._post("/generate/", json.dumps(request).encode(), "application/json")
         return answer["completion_ids"], answer["logprobs"] or [[] for _ in prompts]
 
-    def push_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Send every named tensor in one safetensors file; returns how many the server loaded."""
-        from safetensors.torch import save
+    def push_weights(self, body: bytes) -> int:
+        """Send a ``weights_body`` (built once, posted to each server); returns how many tensors the server loaded."""
+        return self._post("/update_weights/", body, "application/octet-stream")["updated"]
 
-        # Copies: the tensors may be views of weights changed right after (a LoRA merge is undone when the
-        # iterator ends), and serialising happens after that.
-        tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in named_tensors}
-        return self._post("/update_weights/", save(tensors), "application/octet-stream")["updated"]
+
+def weights_body(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
+    """The named tensors as one safetensors file, what a transformers rollout server's /update_weights/ takes."""
+    from safetensors.torch import save
+
+    # Copies: the tensors may be views of weights changed right after (a LoRA merge is undone when the
+    # iterator ends), and serialising happens after that.
+    tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in named_tensors}
+    return save(tensors)
