@@ -16,14 +16,19 @@ logger = logging.getLogger("alignkit")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
-def serve_arguments(args: RolloutArguments):
-    """ms-swift's rollout flags → TRL's ``vllm-serve`` ScriptArguments (what `trl vllm-serve` is given)."""
+def check_served(args: RolloutArguments) -> None:
+    """What either backend needs: a --model to start from; multi-turn schedulers run in the trainer, not here."""
     for flag in ("multi_turn_scheduler", "max_turns", "use_gym_env", "gym_env"):
         if getattr(args, flag):
             raise AlignkitError(f"--{flag}: {NO_MULTI_TURN}")
     if not args.model:
         raise AlignkitError("alignkit rollout needs --model: the policy's starting weights, which the trainer then "
                             "updates after each step")
+
+
+def serve_arguments(args: RolloutArguments):
+    """ms-swift's rollout flags → TRL's ``vllm-serve`` ScriptArguments (what `trl vllm-serve` is given)."""
+    check_served(args)
     from trl.scripts.vllm_serve import ScriptArguments
 
     return ScriptArguments(
@@ -36,12 +41,7 @@ def serve_arguments(args: RolloutArguments):
 
 def check_transformers_rollout(args: RolloutArguments) -> None:
     """What the transformers server does not have: vLLM's engine settings are logged, multi-turn is refused."""
-    for flag in ("multi_turn_scheduler", "max_turns", "use_gym_env", "gym_env"):
-        if getattr(args, flag):
-            raise AlignkitError(f"--{flag}: {NO_MULTI_TURN}")
-    if not args.model:
-        raise AlignkitError("alignkit rollout needs --model: the policy's starting weights, which the trainer then "
-                            "updates after each step")
+    check_served(args)
     vllm_only = [flag for flag in ("vllm_tensor_parallel_size", "vllm_data_parallel_size")
                  if getattr(args, flag) != 1]
     if vllm_only:
