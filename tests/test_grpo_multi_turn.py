@@ -267,3 +267,40 @@ def test_refused_combinations(tiny_model_dir, flags, message, capsys):
     flags = [tiny_model_dir if f == "TEACHER" else f for f in flags]
     assert main(["rlhf", "--model", tiny_model_dir, "--dataset", "arith-prompts#4", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_scheduler_adding_images_is_refused(encoder):
+    """ms-swift's DeepEyes scheduler crops the image and adds it for the next turn; the text-only rollout would
+    drop it, so the run stops instead of training on conversations the model never saw."""
+
+    class Crops(TryAgain):
+        def step(self, infer_request, response_choice, current_turn):
+            infer_request.images.append("crop.png")
+            return super().step(infer_request, response_choice, current_turn)
+
+    requests, prompt_ids = start(encoder, "2+2?")
+    sample, _ = scripted(encoder, {0: ["5", "4"]})
+    with pytest.raises(AlignkitError, match=r"Crops.step\(\) added images to the conversation"):
+        run_multi_turn(Crops(None, 5), requests, sample, prompt_ids, chat_of(encoder), None)
+
+
+def test_a_plugin_imports_its_neighbours_and_ms_swifts_module_paths(tmp_path):
+    """As ms-swift's import_external_file: the plugin's folder joins sys.path (treepo's plugin imports
+    tree_rollout.py beside it); swift.rewards.orm (deepeyes') and the scheduler names in swift.rewards resolve."""
+    from alignkit.algorithms.rewards import load_plugin_file
+    from alignkit.algorithms.swift_shim import swift_multi_turns
+
+    folder = tmp_path / "neighbours"
+    folder.mkdir()
+    (folder / "helper_beside_plugin.py").write_text("GREETING = 'Again?'\n")
+    (folder / "neighbour_plugin.py").write_text(
+        "from helper_beside_plugin import GREETING\n"
+        "from swift.rewards.orm import ORM, orms\n"
+        "from swift.rewards import MultiTurnScheduler, multi_turns\n\n\n"
+        "class Greets(MultiTurnScheduler):\n"
+        "    def step(self, infer_request, response_choice, current_turn):\n"
+        "        infer_request.messages.append({'role': 'user', 'content': GREETING})\n"
+        "        return {'infer_request': infer_request}\n\n\n"
+        "multi_turns['greets'] = Greets\n")
+    load_plugin_file(str(folder / "neighbour_plugin.py"))
+    assert "greets" in swift_multi_turns()

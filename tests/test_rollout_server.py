@@ -26,7 +26,7 @@ def test_rollout_passes_swift_flags_to_trl_vllm_serve(monkeypatch, tiny_model_di
 
     started = []
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
-    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args: started.append(script_args))
+    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args, extra=None: started.append(script_args))
     assert main(["rollout", "--model", tiny_model_dir, "--port", "8011", "--host", "127.0.0.1",
                  "--vllm_tensor_parallel_size", "2", "--vllm_data_parallel_size", "2",
                  "--vllm_gpu_memory_utilization", "0.5", "--vllm_max_model_len", "4096",
@@ -50,7 +50,7 @@ def test_rollout_takes_ms_swift_3_data_parallel_size(monkeypatch, tiny_model_dir
 
     started = []
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
-    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args: started.append(script_args))
+    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args, extra=None: started.append(script_args))
     assert main(["rollout", "--model", tiny_model_dir, "--data_parallel_size", "3"]) == 0
     command = build_command(started[0])
     assert dict(zip(command, command[1:]))["--data-parallel-size"] == "3"
@@ -67,8 +67,11 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["rollout", "--multi_turn_scheduler", "math_tip_trick"], "--multi_turn_scheduler: the rollout server (TRL"),
-    (["rollout", "--max_turns", "3"], "give --multi_turn_scheduler and --max_turns to the trainer"),
+    (["rollout", "--model", "m", "--use_gym_env", "true"], "--use_gym_env: gym environments (ms-swift's Env"),
+    (["rollout", "--model", "m", "--multi_turn_scheduler", "gym_scheduler"], "gym environments (--use_gym_env) are"),
+    (["rollout", "--model", "m", "--multi_turn_scheduler", "nope"], "--multi_turn_scheduler nope: unknown; known: "),
+    (["rollout", "--model", "m", "--multi_turn_scheduler", "math_tip_trick", "--max_turns", "0"],
+     "--max_turns 0: expected 1 or more"),
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server"], "--vllm_mode server needs --vllm_server_host"),
     ([*GRPO, "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "h1", "h2"],
      "--vllm_server_host names 2 rollout server(s) and --vllm_server_port 1 port(s): give one port per host"),
@@ -128,6 +131,7 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
     monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
+    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main([*GRPO, "--model", tiny_model_dir, *SERVER, "--top_k", "-1", "--top_p", "0.9", "--temperature",
                  "0.7", "--output_dir", str(tmp_path)]) == 0
@@ -173,6 +177,7 @@ def test_grpo_splits_each_request_over_two_vllm_servers_and_pushes_to_both(monke
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
     monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
+    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main([*GRPO, "--model", tiny_model_dir, "--use_vllm", "true", "--vllm_mode", "server",
                  "--vllm_server_host", "10.0.0.7", "10.0.0.8", "--vllm_server_port", "8011", "8012",
@@ -208,6 +213,7 @@ def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monke
     monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
     monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
     monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
+    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,
                  "--dataset", "arith-sft#4", "--lmbda", "1", "--max_steps", "3", "--per_device_train_batch_size", "2",

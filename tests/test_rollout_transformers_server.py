@@ -39,12 +39,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def serve():
-    """serve(model) → the base URL of a rollout server for ``model`` (stopped after the test)."""
+    """serve(model[, engine]) → the base URL of a rollout server for ``model`` (stopped after the test); ``engine``:
+    its /get_engine_type/ answer."""
     servers = []
 
-    def start(model) -> str:
+    def start(model, engine: dict | None = None) -> str:
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_rollout_app(model, "tiny"), host="127.0.0.1", port=port,
+        server = uvicorn.Server(uvicorn.Config(create_rollout_app(model, "tiny", engine), host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -293,3 +294,146 @@ def test_async_rollouts_take_the_servers_logprobs_as_the_old_policys(tiny_model_
     synchronous, _, _ = tiny_grpo(tiny_model_dir, generator, reward).experience(model, [prompt], seeds=[1])
     assert "old_logprobs" not in synchronous and "behaviour_logprobs" not in synchronous
 
+
+
+# --------------------------------------------------------------- a multi-turn scheduler given to the server
+
+
+@pytest.fixture(scope="module")
+def scheduler_plugin(tmp_path_factory):
+    """An ms-swift plugin file registering `ask_twice`, as ms-swift's examples give one to `swift rollout
+    --external_plugins ... --multi_turn_scheduler ...`: a user turn after each answer, until max_turns (also after
+    a turn cut at the length limit, so that the tiny model's unstopped answers still make several turns)."""
+    path = tmp_path_factory.mktemp("scheduler") / "ask_twice_plugin.py"
+    path.write_text("from swift.rollout.multi_turn import MultiTurnScheduler, multi_turns\n\n\n"
+                    "class AskTwice(MultiTurnScheduler):\n"
+                    "    def check_finished(self, infer_request, response_choice, current_turn):\n"
+                    "        return current_turn >= self.max_turns\n\n"
+                    "    def step(self, infer_request, response_choice, current_turn):\n"
+                    "        infer_request.messages.append({'role': 'user', 'content': 'Again?'})\n"
+                    "        return {'infer_request': infer_request}\n\n\n"
+                    "multi_turns['ask_twice'] = AskTwice\n")
+    return path
+
+
+def announcing(scheduler_plugin, *extra: str) -> dict:
+    """The /get_engine_type/ answer of `alignkit rollout --multi_turn_scheduler ask_twice --max_turns 2 ...`."""
+    from alignkit.config.rollout_args import RolloutArguments
+    from alignkit.generation.engine_info import describe
+
+    args = RolloutArguments(model="m", multi_turn_scheduler="ask_twice", max_turns=2,
+                            external_plugins=[str(scheduler_plugin), *extra])
+    return describe(args, "transformers")
+
+
+def test_a_scheduler_given_to_the_server_runs_as_if_given_to_the_trainer(tiny_chat_model_dir, tiny, serve, tmp_path,
+                                                                          plugin, scheduler_plugin):
+    """ms-swift's example pair: the scheduler on `swift rollout`, none on the trainer. The trainer adopts the one
+    the server announces: the same multi-turn trajectories, turn by turn, as the trainer given the scheduler."""
+    told = grpo(tiny_chat_model_dir, tmp_path / "told", plugin, "--max_steps", "2", "--external_plugins", str(plugin),
+                str(scheduler_plugin), "--multi_turn_scheduler", "ask_twice", "--max_turns", "2",
+                *server_flags(serve(copy.deepcopy(tiny))))
+    announced = grpo(tiny_chat_model_dir, tmp_path / "announced", plugin, "--max_steps", "2",
+                     *server_flags(serve(copy.deepcopy(tiny), announcing(scheduler_plugin))))
+    one_turn = grpo(tiny_chat_model_dir, tmp_path / "one_turn", plugin, "--max_steps", "2",
+                    *server_flags(serve(copy.deepcopy(tiny))))
+
+    def samples(run):
+        return [(s["step"], s["prompt"], s["completion"]) for s in run]
+
+    assert samples(announced) == samples(told)
+    # Two turns each, the environment's "Again?" between them; the one-turn run's first turns are the same.
+    assert all(s["completion"].count("Again?") == 1 for s in announced)
+    assert [s["completion"].split("Again?")[0][:3] for s in announced if s["step"] == 1] == \
+        [s["completion"][:3] for s in one_turn if s["step"] == 1]
+    run_dir = next(p for p in (tmp_path / "announced").iterdir() if p.is_dir())
+    resolved = json.loads((run_dir / "args.json").read_text())
+    assert resolved["multi_turn_scheduler"] == "ask_twice" and resolved["max_turns"] == 2
+
+
+def test_the_trainer_and_the_server_must_agree_on_the_scheduler(tiny_chat_model_dir, tiny, serve, tmp_path, plugin,
+                                                               scheduler_plugin, capsys):
+    url = serve(copy.deepcopy(tiny), announcing(scheduler_plugin))
+    argv = [*GRPO, "--model", tiny_chat_model_dir, "--output_dir", str(tmp_path), "--external_plugins", str(plugin),
+            "--reward_funcs", "distinct_chars", "--max_steps", "1", *server_flags(url)]
+    assert main([*argv, "--multi_turn_scheduler", "math_tip_trick"]) == 2
+    assert "--multi_turn_scheduler math_tip_trick: the rollout server" in capsys.readouterr().err
+    assert main([*argv, "--max_turns", "3"]) == 2
+    assert "--max_turns 3: the rollout server" in capsys.readouterr().err
+    assert main([*argv, "--dynamic_sample", "true"]) == 2  # the trainer's multi-turn checks, on the adopted one
+    assert "--dynamic_sample with --multi_turn_scheduler" in capsys.readouterr().err
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # stopped before a run directory was made
+
+
+def test_a_plugin_file_the_trainer_does_not_have_is_named(tiny_chat_model_dir, tiny, serve, tmp_path, plugin,
+                                                          scheduler_plugin, capsys):
+    engine = {**announcing(scheduler_plugin), "external_plugins": [str(tmp_path / "elsewhere" / "sched.py")]}
+    url = serve(copy.deepcopy(tiny), engine)
+    assert main([*GRPO, "--model", tiny_chat_model_dir, "--output_dir", str(tmp_path / "out"), "--external_plugins",
+                 str(plugin), "--reward_funcs", "distinct_chars", "--max_steps", "1", *server_flags(url)]) == 2
+    err = capsys.readouterr().err
+    assert f"--external_plugins {tmp_path / 'elsewhere' / 'sched.py'}, which this machine does not have" in err
+
+
+def test_servers_that_disagree_are_refused():
+    from alignkit.errors import AlignkitError
+    from alignkit.generation.engine_info import announced_scheduler
+
+    multi = {"enable_multi_turn": True, "multi_turn_scheduler": "s", "max_turns": 2, "external_plugins": ["/p.py"]}
+    one_turn = {"engine_type": "transformers", "enable_multi_turn": False}
+    assert announced_scheduler({"a": one_turn, "b": None}) is None  # None: a plain vLLM server
+    assert announced_scheduler({"a": multi, "b": dict(multi)}).name == "s"
+    with pytest.raises(AlignkitError, match="the rollout servers announce different multi-turn settings"):
+        announced_scheduler({"a": multi, "b": one_turn})
+    with pytest.raises(AlignkitError, match="different multi-turn settings"):
+        announced_scheduler({"a": multi, "b": {**multi, "max_turns": 3}})
+
+
+def test_the_vllm_server_announces_the_scheduler_through_its_middleware(monkeypatch, tiny_model_dir,
+                                                                         scheduler_plugin):
+    """`alignkit rollout` (vLLM) checks the scheduler, then starts `vllm serve` with alignkit's middleware, which
+    answers /get_engine_type/ as the app vLLM builds would (``app.middleware("http")(function)``)."""
+    import os
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    import alignkit.config.rollout_args as rollout_args
+    from alignkit.generation import engine_info
+
+    started = []
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args, extra=None: started.append(extra))
+    monkeypatch.delenv(engine_info.ENVIRONMENT, raising=False)
+    assert main(["rollout", "--model", tiny_model_dir, "--multi_turn_scheduler", "ask_twice", "--max_turns", "2",
+                 "--external_plugins", str(scheduler_plugin)]) == 0
+    assert started == [["--middleware", "alignkit.generation.engine_info.engine_info_middleware"]]
+    module, name = engine_info.MIDDLEWARE.rsplit(".", 1)
+    app = FastAPI()
+    app.middleware("http")(getattr(__import__(module, fromlist=[name]), name))
+    app.get("/health")(lambda: {"status": "ok"})
+    with TestClient(app) as client:
+        answer = client.post("/get_engine_type/").json()
+        assert client.get("/health").json() == {"status": "ok"}  # other routes pass through
+    assert answer == {"engine_type": "AsyncLLMEngine", "enable_multi_turn": True, "use_gym_env": False,
+                      "enable_lora": False, "multi_turn_scheduler": "ask_twice", "max_turns": 2,
+                      "external_plugins": [str(scheduler_plugin.resolve())]}
+    assert json.loads(os.environ[engine_info.ENVIRONMENT]) == answer
+    # A scheduler that calls ms-swift's engine itself is refused before any server starts.
+    own_run = scheduler_plugin.parent / "own_run.py"
+    own_run.write_text("from swift.rollout.multi_turn import MultiTurnScheduler, multi_turns\n"
+                       "class Own(MultiTurnScheduler):\n    def run(self, *a, **k):\n        pass\n"
+                       "multi_turns['own'] = Own\n")
+    assert main(["rollout", "--model", tiny_model_dir, "--multi_turn_scheduler", "own", "--external_plugins",
+                 str(own_run)]) == 2
+    assert len(started) == 1
+
+
+def test_gkd_refuses_a_server_that_runs_a_scheduler(tiny_chat_model_dir, tiny, serve, tmp_path, scheduler_plugin,
+                                                    capsys):
+    url = serve(copy.deepcopy(tiny), announcing(scheduler_plugin))
+    assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_chat_model_dir, "--teacher_model",
+                 tiny_chat_model_dir, "--dataset", "arith-sft#8", "--max_completion_length", "4", "--max_steps",
+                 "1", "--report_to", "none", "--split_dataset_ratio", "0", "--output_dir", str(tmp_path),
+                 *server_flags(url)]) == 2
+    assert "--multi_turn_scheduler with --rlhf_type gkd: multi-turn rollouts are GRPO's" in capsys.readouterr().err

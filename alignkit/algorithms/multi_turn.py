@@ -167,6 +167,18 @@ REFUSED = {
 def build_scheduler(name: str, registry: dict[str, type], *, max_turns: int | None, tokenizer) -> MultiTurnScheduler:
     """``--multi_turn_scheduler NAME`` → the scheduler, built as ms-swift builds it (``cls(infer_engine,
     max_turns, tokenizer=...)``). ``registry``: ms-swift's names and those plugin files registered."""
+    cls = scheduler_class(name, registry)
+    try:
+        return cls(None, max_turns, tokenizer=tokenizer)
+    except AlignkitError:
+        raise
+    except Exception as error:
+        raise AlignkitError(f"--multi_turn_scheduler {name}: building {cls.__name__} failed "
+                            f"({type(error).__name__}: {error})") from error
+
+
+def scheduler_class(name: str, registry: dict[str, type]) -> type:
+    """The class ``--multi_turn_scheduler NAME`` names, if alignkit's driver can run it."""
     if name in REFUSED:
         raise AlignkitError(f"--multi_turn_scheduler {name}: {REFUSED[name]}")
     if name not in registry:
@@ -179,13 +191,7 @@ def build_scheduler(name: str, registry: dict[str, type], *, max_turns: int | No
         raise AlignkitError(f"--multi_turn_scheduler {name}: {cls.__name__} overrides run(), which calls ms-swift's "
                             "inference engine itself; alignkit drives the turns and calls step() / "
                             "check_finished() (write the scheduler with those)")
-    try:
-        return cls(None, max_turns, tokenizer=tokenizer)
-    except AlignkitError:
-        raise
-    except Exception as error:
-        raise AlignkitError(f"--multi_turn_scheduler {name}: building {cls.__name__} failed "
-                            f"({type(error).__name__}: {error})") from error
+    return cls
 
 
 # ------------------------------------------------------------------------------------------- the driver
@@ -251,6 +257,10 @@ def run_multi_turn(scheduler: MultiTurnScheduler, requests: list[RolloutInferReq
                 continue
             result = scheduler.step(request, choice, turn)
             requests[i] = result["infer_request"]
+            if getattr(requests[i], "images", None):  # e.g. ms-swift's DeepEyes, which crops and adds an image
+                raise AlignkitError(f"--multi_turn_scheduler: {type(scheduler).__name__}.step() added images to the "
+                                    "conversation; alignkit's multi-turn rollouts are text only (the model would not "
+                                    "see them)")
             infos[i].update(result.get("rollout_infos") or {})
             if "response_token_ids" in result:  # ms-swift: these tokens are the turn's, with their loss mask
                 tokens = list(result["response_token_ids"])

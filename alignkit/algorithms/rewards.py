@@ -89,6 +89,10 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
     if not file.is_file():
         raise AlignkitError(f"--external_plugins {path}: no such file")
     swift_orms()  # without ms-swift installed, `swift.rewards` / `swift.plugin` resolve to alignkit's own
+    # As ms-swift's import_external_file: the file's folder joins sys.path, so its own modules beside it import.
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     module_name = f"alignkit_plugin_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(spec)

@@ -64,12 +64,15 @@ def _install() -> None:
     package.__path__ = []  # a package, so `import swift.rewards` looks in sys.modules
     setattr(package, SHIM_ATTRIBUTE, True)
     sys.modules["swift"] = package
-    for name, exported in (("rewards", rewards), ("plugin", {**rewards, **schedulers}), ("rollout", schedulers),
+    # swift.rewards also exports the scheduler names (ms-swift's treepo plugin imports them from there), and
+    # swift.rewards.orm is where ORM and orms are defined (deepeyes' plugin imports them from there).
+    for name, exported in (("rewards", {**rewards, **schedulers}), ("rewards.orm", rewards),
+                           ("plugin", {**rewards, **schedulers}), ("rollout", schedulers),
                            ("rollout.multi_turn", schedulers)):
         module = types.ModuleType(f"swift.{name}")
         module.__dict__.update(exported)
         setattr(module, SHIM_ATTRIBUTE, True)
-        if name == "rollout":
+        if name in ("rollout", "rewards"):
             module.__path__ = []
         parent, _, leaf = f"swift.{name}".rpartition(".")
         setattr(sys.modules[parent], leaf, module)

@@ -5,11 +5,14 @@ translates ms-swift's flags into its arguments."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from alignkit.config import rollout_args
-from alignkit.config.rollout_args import NO_MULTI_TURN, RolloutArguments
+from alignkit.config.rollout_args import NO_GYM, RolloutArguments
 from alignkit.errors import AlignkitError
+from alignkit.generation import engine_info
 
 logger = logging.getLogger("alignkit")
 
@@ -17,13 +20,39 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def check_served(args: RolloutArguments) -> None:
-    """What either backend needs: a --model to start from; multi-turn schedulers run in the trainer, not here."""
-    for flag in ("multi_turn_scheduler", "max_turns", "use_gym_env", "gym_env"):
+    """What either backend needs: a --model to start from; a multi-turn scheduler alignkit's trainer can run (it
+    is announced at /get_engine_type/ and the trainer drives the turns); no gym environments."""
+    for flag in ("use_gym_env", "gym_env"):
         if getattr(args, flag):
-            raise AlignkitError(f"--{flag}: {NO_MULTI_TURN}")
+            raise AlignkitError(f"--{flag}: {NO_GYM}")
     if not args.model:
         raise AlignkitError("alignkit rollout needs --model: the policy's starting weights, which the trainer then "
                             "updates after each step")
+    if args.max_turns is not None and args.max_turns < 1:
+        raise AlignkitError(f"--max_turns {args.max_turns}: expected 1 or more")
+    if args.multi_turn_scheduler:
+        check_scheduler(args)
+        logger.info("--multi_turn_scheduler %s, --max_turns %s: announced at %s; the trainer drives the turns (as "
+                    "ms-swift's server does here), each a request to this server", args.multi_turn_scheduler,
+                    args.max_turns, engine_info.ROUTE)
+    else:
+        for flag, why in (("max_turns", "it limits a multi-turn scheduler's turns"),
+                          ("external_plugins", "the server loads plugins for a multi-turn scheduler; reward "
+                           "plugins are the trainer's (its own --external_plugins)")):
+            if getattr(args, flag):
+                logger.info("--%s without --multi_turn_scheduler: no effect (%s)", flag, why)
+
+
+def check_scheduler(args: RolloutArguments) -> None:
+    """Load the plugin files and check the scheduler they (or ms-swift's built-ins) register, as the trainer will
+    on reading the announcement: a mistake stops the server, not the training run."""
+    from alignkit.algorithms.multi_turn import scheduler_class
+    from alignkit.algorithms.rewards import load_plugin_file
+    from alignkit.algorithms.swift_shim import swift_multi_turns
+
+    for path in args.external_plugins:
+        load_plugin_file(path)
+    scheduler_class(args.multi_turn_scheduler, swift_multi_turns())
 
 
 def serve_arguments(args: RolloutArguments):
@@ -40,7 +69,7 @@ def serve_arguments(args: RolloutArguments):
 
 
 def check_transformers_rollout(args: RolloutArguments) -> None:
-    """What the transformers server does not have: vLLM's engine settings are logged, multi-turn is refused."""
+    """What the transformers server does not have: vLLM's parallelism is refused, its engine settings logged."""
     check_served(args)
     vllm_only = [flag for flag in ("vllm_tensor_parallel_size", "vllm_data_parallel_size")
                  if getattr(args, flag) != 1]
@@ -67,5 +96,7 @@ def run_rollout(args: RolloutArguments) -> int:
     from trl.scripts.vllm_serve import main
 
     logger.info("Starting TRL's vLLM server for %s on %s:%d", args.model, args.host, args.port)
-    main(script_args)  # replaces this process with `vllm serve` (TRL's vllm-serve does so)
+    # vLLM's server answers /get_engine_type/ through alignkit's middleware, from the environment it inherits.
+    os.environ[engine_info.ENVIRONMENT] = json.dumps(engine_info.describe(args, "AsyncLLMEngine"))
+    main(script_args, ["--middleware", engine_info.MIDDLEWARE])  # replaces this process with `vllm serve`
     return 0

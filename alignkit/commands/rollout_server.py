@@ -14,6 +14,7 @@ in-process; with each completion come the server's log-probs of its tokens, the 
     GET  /health/           {"status": "ok", "backend": "transformers", "model": ...}
     POST /generate/         token-id prompts, seeds, sampling → completion ids and their log-probs
     POST /update_weights/   a safetensors file of named tensors (the trainer's merged policy) → loaded
+    POST /get_engine_type/  ms-swift's route: the multi-turn scheduler the trainer should drive, if any
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from safetensors.torch import load as load_safetensors
 
 from alignkit.errors import AlignkitError
+from alignkit.generation import engine_info
 
 logger = logging.getLogger("alignkit")
 
@@ -76,9 +78,10 @@ def load_weights(model, tensors: dict[str, torch.Tensor]) -> int:
     return len(tensors)
 
 
-def create_rollout_app(model, served_name: str):
+def create_rollout_app(model, served_name: str, engine: dict | None = None):
     """The FastAPI app. One lock orders generations and weight updates: a completion is drawn from one version of
-    the weights, and a push waits for the generation in progress."""
+    the weights, and a push waits for the generation in progress. ``engine``: the /get_engine_type/ answer
+    (alignkit/generation/engine_info.py; None: one turn per request, no scheduler)."""
     app = FastAPI(title="alignkit rollout (transformers)")
     lock = threading.Lock()
     model.eval()
@@ -90,6 +93,11 @@ def create_rollout_app(model, served_name: str):
     @app.get("/health/")
     def health():
         return {"status": "ok", "backend": BACKEND, "model": served_name}
+
+    @app.api_route(engine_info.ROUTE, methods=["GET", "POST"])
+    def engine_type():
+        return engine or {"engine_type": BACKEND, "enable_multi_turn": False, "use_gym_env": False,
+                          "enable_lora": False}
 
     @app.post("/generate/")
     def generate_endpoint(request: dict):  # sync endpoint: FastAPI runs it in its thread pool
@@ -125,7 +133,7 @@ def run_transformers_rollout(args) -> int:
                            trust_remote_code=args.trust_remote_code)
     if torch.cuda.is_available():
         model.to("cuda")
-    app = create_rollout_app(model, args.model)
+    app = create_rollout_app(model, args.model, engine_info.describe(args, BACKEND))
     logger.info("Rollout server (transformers) for %s on http://%s:%d", args.model, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from alignkit.config.options import option
 from alignkit.errors import AlignkitError
 
-NO_MULTI_TURN = ("the rollout server (TRL's vLLM server) generates one turn per request and runs no scheduler; "
-                 "give --multi_turn_scheduler and --max_turns to the trainer instead (`alignkit rlhf --rlhf_type grpo "
-                 "--vllm_mode server --multi_turn_scheduler NAME`), which drives the turns, each a request to this "
-                 "server; gym environments are not supported")
+NO_GYM = ("gym environments (ms-swift's Env classes driving multi-turn rollouts) are not supported; a multi-turn "
+          "scheduler (--multi_turn_scheduler with --external_plugins) is")
 
 
 def check_server_packages(what: str) -> None:
@@ -56,9 +54,8 @@ class RolloutArguments:
         no_effect="the trainer sends the merged weights after each update; the samples are the same, only the "
         "sync's size differs")
     external_plugins: list[str] = option(
-        [], "ms-swift: plugin files for the rollout server (multi-turn schedulers, gym environments).", nargs="+",
-        no_effect="the server generates one completion per prompt and runs no plugins; reward plugins are loaded by "
-        "the trainer (its own --external_plugins)")
+        [], "ms-swift: plugin files for the server's multi-turn scheduler (--multi_turn_scheduler); the trainer loads "
+        "them too (it drives the turns). Reward plugins are the trainer's own --external_plugins.", nargs="+")
     enable_thinking: bool | None = option(
         None, "ms-swift: the chat template's thinking switch.",
         no_effect="the trainer renders the prompts (its own --enable_thinking) and sends token ids")
@@ -67,8 +64,11 @@ class RolloutArguments:
         no_effect="the trainer sends token ids already cut to its own --max_length; the server's limit is "
         "--vllm_max_model_len")
     multi_turn_scheduler: str | None = option(
-        None, "ms-swift: multi-turn scheduler; refused here: the trainer's --multi_turn_scheduler drives the turns.")
+        None, "ms-swift: the multi-turn scheduler of the rollouts (a built-in, or registered by --external_plugins). "
+        "Announced at /get_engine_type/: a trainer without one of its own adopts it and drives the turns, each "
+        "sampled here.")
     max_turns: int | None = option(
-        None, "ms-swift: most turns of a multi-turn rollout; refused here: the trainer's --max_turns.")
+        None, "ms-swift: most model turns of a multi-turn rollout (with --multi_turn_scheduler; the trainer adopts "
+        "it).")
     use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")
     gym_env: str | None = option(None, "ms-swift: the gym environment; refused.")

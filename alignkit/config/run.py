@@ -964,8 +964,8 @@ class RunArguments:
         applies_to=("grpo",))
     vllm_server_pass_dataset: bool = option(
         False, "ms-swift: send each row's columns to the rollout server's multi-turn scheduler.",
-        no_effect="the scheduler runs in the trainer (--multi_turn_scheduler), which hands it each row's columns "
-        "(data_dict) itself; the rollout server only generates turns")
+        no_effect="the trainer drives the multi-turn scheduler (its own --multi_turn_scheduler or the one the "
+        "rollout server announces) and hands it each row's columns (data_dict) itself; the server samples turns")
     overlong_filter: bool = option(
         False, "grpo (DAPO): completions cut at --max_completion_length (no stop token) carry no loss.",
         applies_to=("grpo",))

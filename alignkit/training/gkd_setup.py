@@ -74,8 +74,10 @@ def with_models(algorithm: GKD, args: RunArguments, student, encoder) -> GKD:
     stop_ids = stop_token_ids(encoder)
     server = None
     if args.vllm_mode == "server":  # the student's samples come from an `alignkit rollout` server
+        from alignkit.generation.engine_info import with_server_scheduler
         from alignkit.generation.vllm_server import connect
 
+        with_server_scheduler(args)  # a server running a multi-turn scheduler is refused (multi-turn is grpo's)
         server = connect(student, args, stop_ids=stop_ids, max_new_tokens=args.max_completion_length,
                          temperature=args.temperature, pad_id=encoder.tokenizer.pad_token_id)
     elif args.use_vllm:  # from a colocated vLLM engine, as grpo's (one per process or tensor-parallel group)

@@ -60,6 +60,10 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     check_online_engine(name, start.engine, use_vllm=args.use_vllm and args.vllm_mode != "server",
                         tensor_parallel_size=args.vllm_tensor_parallel_size)
     start.check_engine()
+    if name == "grpo" and args.use_vllm and args.vllm_mode == "server":
+        from alignkit.generation.engine_info import with_server_scheduler
+
+        args = with_server_scheduler(args)  # ms-swift's examples give the multi-turn scheduler to the server
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
     annealing = temperature_annealing(args)
