@@ -20,15 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import uuid
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from alignkit.commands.adapter_names import parse_adapters  # noqa: F401  (re-exported; used below)
 from alignkit.commands.openai_api import (
@@ -39,8 +36,7 @@ from alignkit.commands.openai_api import (
     TextPart,
     chat_logprobs,
     completion_logprobs,
-    describe_validation,
-    error_response,
+    guard_openai_app,
     usage,
 )
 from alignkit.config.commands import DeployArguments
@@ -222,31 +218,7 @@ def create_app(server: Server, *, api_key: str | None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi_with_served_models
-
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(401, "Incorrect API key provided", code="invalid_api_key")
-        return await call_next(request)
-
-    @app.exception_handler(RequestError)
-    async def on_request_error(request: Request, error: RequestError):
-        return JSONResponse({"error": error.body}, status_code=error.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, error: RequestValidationError):
-        return error_response(400, describe_validation(error.errors()))
-
-    @app.exception_handler(HTTPException)
-    async def on_http_error(request: Request, error: HTTPException):
-        return error_response(error.status_code, str(error.detail))
-
-    @app.exception_handler(Exception)
-    async def on_internal_error(request: Request, error: Exception):
-        logger.exception("internal error on %s", request.url.path)
-        return error_response(500, f"internal server error ({type(error).__name__})", type="server_error")
+    guard_openai_app(app, api_key)
 
     @app.get("/v1/models")
     async def list_models():

@@ -3,12 +3,15 @@ name), the error body, and the answer's pieces (usage, log-probs) in OpenAI's sh
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignkit.generation.batch_engine import Finished, TokenLogprob
+
+logger = logging.getLogger("alignkit")
 
 
 class TextPart(BaseModel):
@@ -109,6 +112,41 @@ class RequestError(Exception):
 def error_response(status: int, message: str, **fields) -> JSONResponse:
     body = {"message": message, "type": "invalid_request_error", "param": None, "code": None, **fields}
     return JSONResponse({"error": body}, status_code=status)
+
+
+def guard_openai_app(app, api_key: str | None) -> None:
+    """What every OpenAI-style app of alignkit answers alike: a wrong or missing ``Bearer`` key (when one is set)
+    is 401, and every error, ours, pydantic's, starlette's or an unexpected one, is OpenAI's error body."""
+    import secrets
+
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "Incorrect API key provided", code="invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, error: RequestError):
+        return JSONResponse({"error": error.body}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError):
+        return error_response(400, describe_validation(error.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, error: HTTPException):
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request: Request, error: Exception):
+        logger.exception("internal error on %s", request.url.path)
+        return error_response(500, f"internal server error ({type(error).__name__})", type="server_error")
 
 
 def describe_validation(errors: list[dict]) -> str:

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 
-from alignkit.commands.openai_api import ChatCompletionRequest, RequestError, describe_validation, error_response
+from alignkit.commands.openai_api import ChatCompletionRequest, RequestError, guard_openai_app
 from alignkit.config.commands import DeployArguments
 from alignkit.errors import AlignkitError
 from alignkit.models.process_reward import is_process_reward_model
@@ -67,31 +63,7 @@ def create_score_app(score, served_name: str, *, api_key: str | None) -> FastAPI
     """``score(conversation) -> float | list[float]`` behind ms-swift's reward-server API."""
     app = FastAPI(title="alignkit scores", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     lock = threading.Lock()  # one forward at a time: the model is not shared between threads
-
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(401, "Incorrect API key provided", code="invalid_api_key")
-        return await call_next(request)
-
-    @app.exception_handler(RequestError)
-    async def on_request_error(request: Request, error: RequestError):
-        return JSONResponse({"error": error.body}, status_code=error.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, error: RequestValidationError):
-        return error_response(400, describe_validation(error.errors()))
-
-    @app.exception_handler(HTTPException)
-    async def on_http_error(request: Request, error: HTTPException):
-        return error_response(error.status_code, str(error.detail))
-
-    @app.exception_handler(Exception)
-    async def on_internal_error(request: Request, error: Exception):
-        logger.exception("internal error on %s", request.url.path)
-        return error_response(500, f"internal server error ({type(error).__name__})", type="server_error")
+    guard_openai_app(app, api_key)
 
     @app.get("/v1/models")
     async def list_models():
