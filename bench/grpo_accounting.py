@@ -3,7 +3,8 @@ and lengths and trained on them with one optimizer step, by the run's own record
 
 Two records per run: what the framework says it is configured to do (``GrpoConfigured``: TRL's resolved trainer
 arguments, alignkit's schedule) and what the shared reward function (bench/peers/grpo_reward.py) saw at every
-call, which is one line per generation: how many completions, each one's prompt and its length in tokens.
+call, which is one line per generation: how many completions, each one's prompt and its length in tokens (and its
+reward, which bench/grpo_run.py reports on and this check does not read).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ lengths, sampling, loss and optimizer, interleaved (A B, A B, ...) so that the m
 The workload: the built-in SmolLM2-135M-Instruct, the built-in arithmetic prompts in dataset order (no shuffle),
 ``--prompts_per_step`` prompts × ``--num_generations`` completions per step, sampled at temperature 1.0 (top_p 1,
 top_k 0) up to ``--max_completion_length`` tokens, scored by bench/peers/grpo_reward.py (the same Python function
-in both), group-scaled advantages, loss_type dapo (TRL's default), beta 0 (TRL's default: no reference model),
+in both: ``--reward arith_partial``, partial credit for the last number's distance to the solution, whose scores
+differ within a group; ``--reward arith``, the task's 0/1 accuracy, which stays 0 on the base model), group-scaled
+advantages, loss_type dapo (TRL's default), beta 0 (TRL's default: no reference model),
 epsilon 0.2, one optimizer step per generation (fused AdamW, no weight decay, clipping at 1.0, cosine), LoRA r 8
 on all linear layers without dropout (or full), float32, gradient checkpointing off for both (TRL's GRPOConfig
 turns it on by default).
@@ -18,7 +20,9 @@ anything unequal stops the benchmark before a ratio is printed.
 
 Reported per framework: s/step (median of steps 3..N per run, then the median over rounds, with the rounds'
 range), the share of it that is the rollout, completions/s, generated tokens/s (the completions' own mean tokens
-per step over the same steps) and peak RSS of the process tree (wait4's ru_maxrss, the largest over rounds).
+per step over the same steps) and peak RSS of the process tree (wait4's ru_maxrss, the largest over rounds); and,
+from the reward function's record of every step of every round, the mean reward and the share of groups whose G
+rewards differ (the groups with a nonzero advantage).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from run import run_measured  # noqa: E402
 WORK = ROOT / "bench" / "work" / "grpo"
 REWARD = ROOT / "bench" / "peers" / "grpo_reward.py"
 LEARNING_RATE = {"lora": 5e-4, "full": 1e-5}
+# --reward → the function of bench/peers/grpo_reward.py that both frameworks are given.
+REWARDS = {"arith_partial": "arith_partial_reward", "arith": "arith_reward"}
+REWARD_TEXT = {"arith_partial": "1.0 for 'Answer: <solution>', else 0.5 / (1 + |last number - solution|), 0 without "
+                                "a number",
+               "arith": "built-in arithmetic accuracy, 1.0 for 'Answer: <solution>', else 0.0"}
 FRAMEWORKS = ["alignkit", "trl"]
 WARMUP_STEPS = 2
 
@@ -67,7 +76,7 @@ def alignkit_cmd(args, model: str, data: Path, out: Path) -> list[str]:
     completions = args.prompts_per_step * args.num_generations
     return [
         sys.executable, "-m", "alignkit", "rlhf", "--rlhf_type", "grpo", "--model", model, "--dataset", str(data),
-        "--dataset_shuffle", "false", "--reward_funcs", f"{REWARD}:arith_reward",
+        "--dataset_shuffle", "false", "--reward_funcs", f"{REWARD}:{REWARDS[args.reward]}",
         "--num_generations", str(args.num_generations), "--per_device_train_batch_size", str(completions),
         "--gradient_accumulation_steps", "1", "--max_completion_length", str(args.max_completion_length),
         "--temperature", "1.0", "--top_p", "1.0", "--top_k", "0", "--repetition_penalty", "1.0",
@@ -88,7 +97,7 @@ def trl_cmd(args, model: str, data: Path, out: Path, result: Path) -> list[str]:
         "--train_file", str(data), "--train_type", args.train_type, "--output_dir", str(out), "--result", str(result),
         "--steps", str(args.steps), "--per_device_train_batch_size", str(args.prompts_per_step * args.num_generations),
         "--num_generations", str(args.num_generations), "--max_completion_length", str(args.max_completion_length),
-        "--lora_rank", "8", "--learning_rate", str(LEARNING_RATE[args.train_type]),
+        "--lora_rank", "8", "--learning_rate", str(LEARNING_RATE[args.train_type]), "--reward", REWARDS[args.reward],
     ]
 
 
@@ -102,7 +111,17 @@ def alignkit_result(run_dir: Path) -> dict:
         "rollout_seconds": [r["time/rollout_s"] for r in train],
         "losses": [r["loss"] for r in train],
         "rewards": [r["reward"] for r in train],
+        "frac_reward_zero_std": [r["frac_reward_zero_std"] for r in train],
     }
+
+
+def reward_signal(calls: list[dict]) -> dict:
+    """From the reward function's record: the mean reward, and how many groups (a step's completions of one prompt)
+    there were and how many of them had rewards that differ, i.e. a nonzero advantage."""
+    groups = [[r for p, r in zip(c["prompts"], c["rewards"]) if p == prompt]
+              for c in calls for prompt in set(c["prompts"])]
+    return {"mean_reward": statistics.mean(r for c in calls for r in c["rewards"]),
+            "groups": len(groups), "groups_with_signal": sum(len(set(g)) > 1 for g in groups)}
 
 
 def run_one(framework: str, args, model: str, data: Path, work: GrpoWork, round_index: int) -> dict:
@@ -142,11 +161,15 @@ def run_one(framework: str, args, model: str, data: Path, work: GrpoWork, round_
         "mean_completion_tokens": statistics.mean(x for c in calls[timed] for x in c["lengths"]),
         "peak_rss_gib": peak,
         "wall_s": round(wall, 1),
-        "mean_reward": statistics.mean(raw["rewards"]) if raw["rewards"] else None,
         "steps_timed": len(raw["step_seconds"][timed]),
+        **reward_signal(calls),
+        # The framework's own metric, as a cross-check of the record's groups_with_signal.
+        "logged_frac_reward_zero_std": statistics.mean(raw["frac_reward_zero_std"]),
     }
     print(f"[bench] grpo {args.train_type} round {round_index} {framework}: s/step {s_per_step:.2f}, rollout "
-          f"{summary['rollout_share']:.0%}, {work.completions_per_step} completions/step verified",
+          f"{summary['rollout_share']:.0%}, {work.completions_per_step} completions/step verified, mean reward "
+          f"{summary['mean_reward']:.3f}, {summary['groups_with_signal']} of {summary['groups']} groups with reward "
+          "spread",
           file=sys.stderr, flush=True)
     return summary
 
@@ -155,6 +178,7 @@ def summarise(runs: list[dict], completions_per_step: int) -> dict:
     per_round = [r["s_per_step"] for r in runs]
     s_per_step = statistics.median(per_round)
     tokens = statistics.mean(r["tokens_per_step"] for r in runs)
+    spread, groups = sum(r["groups_with_signal"] for r in runs), sum(r["groups"] for r in runs)
     return {
         "s_per_step": round(s_per_step, 3),
         "s_per_step_rounds": [round(x, 3) for x in per_round],
@@ -165,7 +189,12 @@ def summarise(runs: list[dict], completions_per_step: int) -> dict:
         "mean_completion_tokens": round(statistics.mean(r["mean_completion_tokens"] for r in runs), 1),
         "rollout_share_of_step": round(statistics.median(r["rollout_share"] for r in runs), 3),
         "peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs), 2),
-        "mean_reward": runs[-1]["mean_reward"],
+        # Over every step of every round (the warm-up steps too), from the shared reward function's record.
+        "mean_reward": round(statistics.mean(r["mean_reward"] for r in runs), 4),
+        "mean_reward_rounds": [round(r["mean_reward"], 4) for r in runs],
+        "groups_with_reward_spread": round(spread / groups, 3),
+        "groups_with_reward_spread_count": [spread, groups],
+        "logged_frac_reward_zero_std": round(statistics.mean(r["logged_frac_reward_zero_std"] for r in runs), 3),
         "steps_timed": runs[-1]["steps_timed"],
         "completions_per_step_verified": completions_per_step,
         "wall_s_rounds": [r["wall_s"] for r in runs],
@@ -176,18 +205,20 @@ def table(report: dict) -> str:
     """The README's Markdown table of a report."""
     results, rounds = report["results"], report["workload"]["rounds"]
     lines = [f"| {report['workload']['setting']} | s/step, median of {rounds} rounds [range] | rollout share | "
-             "completions/s | generated tokens/s (mean tokens) | peak RSS GiB |", "|---|---|---|---|---|---|"]
+             "completions/s | generated tokens/s (mean tokens) | peak RSS GiB | mean reward | "
+             "groups with reward spread |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"alignkit": "alignkit", "trl": "TRL 1.16 `GRPOTrainer`"}
     for fw, r in results.items():
         low, high = r["s_per_step_spread"]
         lines.append(f"| {names.get(fw, fw)} | {r['s_per_step']:.2f} [{low:.2f}–{high:.2f}] | "
                      f"{r['rollout_share_of_step']:.0%} | {r['completions_per_s']:.2f} | "
                      f"{r['generated_tokens_per_s']:.0f} ({r['mean_completion_tokens']:.1f}) | "
-                     f"{r['peak_rss_gib']:.2f} |")
+                     f"{r['peak_rss_gib']:.2f} | {r['mean_reward']:.3f} | {r['groups_with_reward_spread']:.0%} |")
     for name, ratio in report["ratios_completions_per_s"].items():
         low, high = ratio["per_round_range"]
         lines.append(f"| {name} (completions/s, ratio of medians [per-round range]) | "
-                     f"{ratio['ratio_of_medians']:.2f}× [{low:.2f}–{high:.2f}] | | | | |")
+                     f"{ratio['ratio_of_medians']:.2f}× [{low:.2f}–{high:.2f}] | | | | | | |")
     return "\n".join(lines)
 
 
@@ -200,6 +231,9 @@ def main() -> None:
     parser.add_argument("--prompts_per_step", type=int, default=2)
     parser.add_argument("--num_generations", type=int, default=4)
     parser.add_argument("--max_completion_length", type=int, default=32)
+    parser.add_argument("--reward", default="arith_partial", choices=REWARDS,
+                        help="the shared reward: arith_partial (partial credit, scores differ within a group) or "
+                             "arith (0/1 accuracy, 0 on the base model); see bench/peers/grpo_reward.py")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads of every run (default: torch's)")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -236,7 +270,7 @@ def main() -> None:
             "completions_per_step": work.completions_per_step, "max_completion_length": args.max_completion_length,
             "completions_per_step_verified": "every step, from the shared reward function's record and each "
                                              "framework's resolved batch (bench/grpo_accounting.py)",
-            "reward": "bench/peers/grpo_reward.py:arith_reward (built-in arithmetic accuracy)",
+            "reward": f"bench/peers/grpo_reward.py:{REWARDS[args.reward]} ({REWARD_TEXT[args.reward]})",
             "sampling": "temperature 1.0, top_p 1.0, top_k 0, repetition_penalty 1.0",
             "loss": "loss_type dapo, beta 0 (no reference model), epsilon 0.2, scale_rewards group, 1 iteration",
             "optimizer": f"adamw_torch_fused, lr {LEARNING_RATE[args.train_type]:g}, cosine, no warm-up, no weight "

@@ -1,6 +1,7 @@
-"""The GRPO benchmark's fair-work check (bench/grpo_accounting.py) and its shared reward (bench/peers/grpo_reward.py):
+"""The GRPO benchmark's fair-work check (bench/grpo_accounting.py) and its shared rewards (bench/peers/grpo_reward.py):
 a run is compared only when every step sampled the benchmark's prompts, G completions of each, within the length
-limit, and trained them in one optimizer step; anything else is refused with what differs.
+limit, and trained them in one optimizer step; anything else is refused with what differs. The rewards give the
+values their docstring documents, and the record of the rewards says which groups had a nonzero advantage.
 
 The alignkit side is a real 2-step run on the tiny model with the benchmark's reward file; the TRL side is the
 record bench/peers/trl_grpo.py writes (its environment, bench/.venvs, is not built in CI).
@@ -28,7 +29,8 @@ from grpo_accounting import (  # noqa: E402
     read_reward_log,
     verify_grpo,
 )
-from grpo_reward import arith_reward  # noqa: E402
+from grpo_reward import arith_partial_reward, arith_reward  # noqa: E402
+from grpo_run import reward_signal  # noqa: E402
 
 WORK = GrpoWork(prompts=[["What is 1 + 2?", "What is 5 - 3?"], ["What is 7 + 1?", "What is 9 - 4?"]],
                 num_generations=2, max_completion_length=8)
@@ -90,9 +92,51 @@ def test_the_reward_scores_both_frameworks_completions_alike_and_records_the_cal
                                completion_ids=[[5, 6, 7, 8]])
     assert (as_text, as_messages) == ([1.0, 0.0, 0.0], [1.0])
     assert read_reward_log(log) == [
-        {"completions": 3, "prompts": ["What is 1 + 2?"] * 3, "lengths": [2, 1, 3]},
-        {"completions": 1, "prompts": ["What is 1 + 2?"], "lengths": [4]},
+        {"completions": 3, "prompts": ["What is 1 + 2?"] * 3, "lengths": [2, 1, 3], "rewards": [1.0, 0.0, 0.0]},
+        {"completions": 1, "prompts": ["What is 1 + 2?"], "lengths": [4], "rewards": [1.0]},
     ]
+
+
+# The table of bench/peers/grpo_reward.py's docstring (solution 60), and what the "last number" is.
+PARTIAL = [
+    ("Answer: 60", 1.0),  # the asked-for form, correct
+    ("22 + 38 = 60", 0.5),  # the solution, not in the asked-for form
+    ("22 + 38 = 61.5", 0.5 / 2.5),
+    ("Answer: 59", 0.5 / 2),  # wrong in the asked-for form: credit for the distance only
+    ("22 + 38 = 79", 0.5 / 20),
+    ("I cannot say.", 0.0),  # no number
+    ("It is 60, not 98-38", 0.5 / 23),  # the last number, 38: the "-" of "98-38" is the operator
+    ("It is -60", 0.5 / 121),
+]
+
+
+def test_the_partial_reward_gives_its_documented_values_and_records_them(tmp_path, monkeypatch):
+    log = tmp_path / "rewards.jsonl"
+    monkeypatch.setenv("BENCH_REWARD_LOG", str(log))
+    texts, expected = zip(*PARTIAL)
+    prompt = [{"role": "user", "content": "What is 22 + 38?"}]
+    got = arith_partial_reward(list(texts), solution=["60"] * len(texts), prompts=[prompt] * len(texts),
+                               response_token_ids=[[1]] * len(texts))
+    assert got == pytest.approx(list(expected), abs=1e-12)
+    as_messages = arith_partial_reward([[{"role": "assistant", "content": "Answer:60"}]], solution=["60"],
+                                       prompts=[prompt], completion_ids=[[5, 6]])
+    assert as_messages == [1.0]
+    # One record per call, with the rewards (the benchmark passes one function, so a step is one record).
+    records = read_reward_log(log)
+    assert [r["completions"] for r in records] == [len(texts), 1]
+    assert records[0]["rewards"] == got and records[1]["rewards"] == [1.0]
+
+
+def test_the_reward_record_says_which_groups_had_a_nonzero_advantage():
+    # Two steps of 2 prompts × 2 completions; a group is a step's completions of one prompt, in any order.
+    calls = [{"prompts": ["a", "b", "a", "b"], "rewards": [0.5, 0.1, 0.25, 0.1]},
+             {"prompts": ["c", "c", "d", "d"], "rewards": [0.0, 0.0, 1.0, 0.0]}]
+    assert reward_signal(calls) == {"mean_reward": pytest.approx(1.95 / 8), "groups": 4, "groups_with_signal": 2}
+    # The 0/1 accuracy on completions the base model writes: no signal anywhere; the partial credit has it.
+    texts, solutions = ["The answer is 30.", "55 + 48 equals 24.", "80 + 73 = 157", "62 + 71 = 159"], ["55"] * 4
+    for reward, signal in ((arith_reward, 0), (arith_partial_reward, 1)):
+        rewards = reward(texts, solution=solutions, prompts=["p"] * 4)
+        assert reward_signal([{"prompts": ["p"] * 4, "rewards": rewards}])["groups_with_signal"] == signal
 
 
 def test_alignkit_run_is_read_back_from_its_log_args_and_reward_record(tiny_model_dir, tmp_path, monkeypatch, caplog):

@@ -1,8 +1,8 @@
 """TRL 1.16 GRPOTrainer on the GRPO benchmark workload (runs in bench/.venvs/trl). Writes a JSON summary.
 
-The reward is bench/peers/grpo_reward.py's arith_reward, the function alignkit is given too. Each step's rollout
-(TRL's ``_generate_and_score_completions``: sampling, old log-probs when needed, rewards, advantages) is timed apart
-from the whole optimizer step, to say what dominates.
+The reward is the function of bench/peers/grpo_reward.py named by ``--reward``, the one alignkit is given too. Each
+step's rollout (TRL's ``_generate_and_score_completions``: sampling, old log-probs when needed, rewards, advantages)
+is timed apart from the whole optimizer step, to say what dominates.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ def main() -> None:
     for name in ("steps", "per_device_train_batch_size", "num_generations", "max_completion_length", "lora_rank"):
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--learning_rate", type=float, required=True)
+    parser.add_argument("--reward", required=True, help="a function of bench/peers/grpo_reward.py")
     args = parser.parse_args()
 
+    import grpo_reward
     from datasets import load_dataset
-    from grpo_reward import arith_reward
     from peft import LoraConfig
     from step_timer import StepTimer
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,7 +53,8 @@ def main() -> None:
     peft_config = (LoraConfig(r=args.lora_rank, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                               task_type="CAUSAL_LM") if args.train_type == "lora" else None)
     timer = StepTimer()
-    trainer = GRPOTrainer(model=model, reward_funcs=[arith_reward], args=config, train_dataset=data,
+    reward = getattr(grpo_reward, args.reward)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=data,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
     rollout_seconds: list[float] = []
     generate_and_score = trainer._generate_and_score_completions
@@ -71,6 +73,7 @@ def main() -> None:
         "rollout_seconds": rollout_seconds,
         "losses": [r["loss"] for r in history if "loss" in r],
         "rewards": [r["reward"] for r in history if "reward" in r],
+        "frac_reward_zero_std": [r["frac_reward_zero_std"] for r in history if "frac_reward_zero_std" in r],
         "accounting": {
             "optimizer_steps": len([r for r in history if "loss" in r]),
             "completions_per_optimizer_step": trainer.args.per_device_train_batch_size
