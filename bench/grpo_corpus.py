@@ -39,7 +39,7 @@ def invocations(root: Path):
             procs = re.search(r"NPROC_PER_NODE=(\S+)", prefix) or re.search(r"NPROC_PER_NODE=(\S+)", text)
             nproc = int(procs.group(1)) if procs and procs.group(1).isdigit() else 1
             try:
-                words = shlex.split(re.split(r"\s#|\s&&\s|\s\|\s|\s&\s*$", match.group(2))[0])
+                words = shlex.split(re.split(r"\s#|\s&&\s|\s\|\s|\s&\s*$|\s\d?>", match.group(2))[0])
             except ValueError:
                 continue
             flags: dict[str, list[str]] = {}
@@ -116,6 +116,10 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
         from alignkit.generation.vllm import engine_groups
 
         engine_groups(nproc, args.vllm_tensor_parallel_size)
+    if args.rlhf_type == "grpo" and args.multi_turn_scheduler:  # as run_online: plugins, scheduler, environment
+        from alignkit.algorithms.scheduler_plugins import check_scheduler
+
+        check_scheduler(args.multi_turn_scheduler, args.external_plugins, args.gym_env)
     if args.rlhf_type == "grpo":
         from alignkit.training.generation_batch import generation_batch
 

@@ -51,7 +51,7 @@ def invocations(root: Path):
             procs = re.search(r"NPROC_PER_NODE=(\S+)", prefix) or re.search(r"NPROC_PER_NODE=(\S+)", text)
             nproc = int(procs.group(1)) if procs and procs.group(1).isdigit() else 1
             try:
-                words = shlex.split(re.split(r"\s#|\s&&\s|\s\|\s|\s&\s*$", match.group(2))[0])
+                words = shlex.split(re.split(r"\s#|\s&&\s|\s\|\s|\s&\s*$|\s\d?>", match.group(2))[0])
             except ValueError:
                 continue
             flags: dict[str, list[str]] = {}

@@ -4,6 +4,7 @@ trajectory, an ms-swift plugin file loading unchanged, and a short GRPO run with
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -261,7 +262,7 @@ def test_ms_swift_3_plugin_path_and_refusals(tmp_path, encoder):
     (["--rlhf_type", "grpo", "--multi_turn_scheduler", "math_tip_trick", "--dynamic_sample", "true"],
      "--dynamic_sample with --multi_turn_scheduler"),
     (["--rlhf_type", "grpo", "--max_turns", "0"], "--max_turns 0: expected 1 or more"),
-    (["--rlhf_type", "grpo", "--use_gym_env", "true"], "gym environments"),
+    (["--rlhf_type", "grpo", "--use_gym_env", "true"], "a gym environment is driven by a multi-turn scheduler"),
 ])
 def test_refused_combinations(tiny_model_dir, flags, message, capsys):
     flags = [tiny_model_dir if f == "TEACHER" else f for f in flags]
@@ -304,3 +305,143 @@ def test_a_plugin_imports_its_neighbours_and_ms_swifts_module_paths(tmp_path):
         "multi_turns['greets'] = Greets\n")
     load_plugin_file(str(folder / "neighbour_plugin.py"))
     assert "greets" in swift_multi_turns()
+
+
+# ------------------------------------------------------------------------- gym environments (--use_gym_env)
+
+GYM_PLUGIN = '''
+from swift.infer_engine.protocol import RolloutInferRequest
+from swift.rollout.gym_env import Env, envs
+from swift.template import Messages
+from swift.utils import get_logger
+
+CLOSED = []
+
+
+class Countdown(Env):
+    """Observation "Count from N."; step k rewards k (1, then 2, ...); done after two steps."""
+
+    async def reset(self, config: RolloutInferRequest):
+        self.steps = 0
+        return f"Count from {config.data_dict['solution']}.", {}, "You count."
+
+    async def step(self, action: Messages):
+        self.steps += 1
+        return f"Go on ({self.steps}).", float(self.steps), self.steps >= 2, {}
+
+    async def close(self):
+        CLOSED.append(self.steps)
+
+
+envs["countdown"] = Countdown
+'''
+
+
+@pytest.fixture
+def countdown(tmp_path):
+    from alignkit.algorithms.rewards import load_plugin_file
+
+    path = tmp_path / "countdown_env.py"
+    path.write_text(GYM_PLUGIN)
+    load_plugin_file(str(path))
+    return path
+
+
+def test_a_gym_environment_starts_the_conversation_and_scores_each_step(encoder, countdown):
+    """gym_scheduler (ms-swift's GYMScheduler): reset's system message and observation replace the row's messages
+    (and so the prompt's tokens), each answer is a step, the next observation the next user turn, done ends the
+    trajectory; total_reward sums the steps' rewards and --use_gym_env's column reads it."""
+    import sys
+
+    from alignkit.algorithms.multi_turn import GYMScheduler, gym_reward
+
+    chat = chat_of(encoder)
+    requests, prompt_ids = start(encoder, "2+2?", "3+3?")
+    for number, request in enumerate(requests):
+        request.uuid = f"t{number}"
+    sample, calls = scripted(encoder, {0: ["3", "2", "1"], 1: ["x", "y", "z"]})
+    trajectories = run_multi_turn(GYMScheduler(None, 5, gym_env="countdown"), requests, sample, prompt_ids, chat,
+                                  None)
+    first = trajectories[0]
+    start_messages = [{"role": "system", "content": "You count."}, {"role": "user", "content": "Count from 4."}]
+    assert first.messages[:2] == start_messages
+    assert first.prompt_ids == encoder.tokens(encoder.render(start_messages, generation_prompt=True))
+    assert calls[0][0] == [0, 1] and len(calls) == 2  # two steps, then done
+    assert [m["content"] for m in first.messages[2:]] == ["3", "Go on (1).", "2"]
+    assert first.infos == {"total_reward": 3.0, "step_rewards": [1.0, 2.0], "gym_done": True, "num_turns": 2}
+    assert sys.modules["alignkit_plugin_countdown_env"].CLOSED[-2:] == [2, 2]  # every environment closed
+    assert gym_reward(["", ""], [t.infos for t in trajectories]) == [3.0, 3.0]
+    with pytest.raises(AlignkitError, match="carry no total_reward"):
+        gym_reward([""], [{"num_turns": 1}])
+
+
+def test_grpo_trains_on_the_gym_reward_alone(tmp_path, tiny_model_dir, countdown):
+    """ms-swift's --use_gym_env without --reward_funcs: the environments' total rewards are the only reward
+    ('gym_reward'); the samples' prompts are the environments' observations."""
+    out = tmp_path / "out"
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--external_plugins",
+                 str(countdown), "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_steps", "1",
+                 "--multi_turn_scheduler", "gym_scheduler", "--gym_env", "countdown", "--max_turns", "3",
+                 "--log_completions", "true", "--eval_strategy", "no", "--output_dir", str(out)]) == 0
+    run_dir = run_dir_of(out)
+    (train,) = [r for r in records(run_dir) if "loss" in r]
+    assert train["rewards/gym_reward/mean"] == 3.0 and train["reward"] == 3.0
+    samples = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert samples and all(s["prompt"].startswith("Count from ") and s["gym_reward"] == 3.0 for s in samples)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--gym_env", "countdown"], "a gym environment is driven by a multi-turn scheduler; add --multi_turn_scheduler"),
+    (["--use_gym_env", "true", "--multi_turn_scheduler", "gym_scheduler", "--gym_env", "nope"],
+     "--gym_env nope: no such environment; known: math_env, countdown"),
+    (["--use_gym_env", "true", "--multi_turn_scheduler", "openenv_scheduler"], "OpenEnv environments"),
+    (["--use_gym_env", "true", "--multi_turn_scheduler", "gym_scheduler", "--reward_funcs", "arith_format",
+      "--reward_weights", "1"], "--reward_weights has 1 values for 2 rewards (--reward_funcs, then --reward_model, "
+                                "then gym_reward)"),
+])
+def test_gym_refusals(tmp_path, tiny_model_dir, countdown, flags, message, capsys):
+    assert main(["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--external_plugins",
+                 str(countdown), "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_steps", "1",
+                 "--output_dir", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_trainer_adopts_the_servers_gym_environment(monkeypatch, countdown):
+    """`swift rollout --multi_turn_scheduler gym_scheduler --gym_env frozen_lake` and a trainer without either:
+    the trainer takes the scheduler, the environment and use_gym_env (unless it set its own)."""
+    from alignkit.config.rollout_args import RolloutArguments
+    from alignkit.config.run import RunArguments
+    from alignkit.generation import engine_info
+
+    served = RolloutArguments(model="m", multi_turn_scheduler="gym_scheduler", gym_env="countdown", max_turns=4,
+                              external_plugins=[str(countdown)])
+    answer = engine_info.describe(served, "AsyncLLMEngine")
+    assert answer["use_gym_env"] is True and answer["gym_env"] == "countdown"
+    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)
+    monkeypatch.setattr(engine_info, "fetch_engine_info", lambda url: answer)
+    server = {"rlhf_type": "grpo", "use_vllm": True, "vllm_mode": "server", "vllm_server_host": ["127.0.0.1"]}
+    adopted = engine_info.with_server_scheduler(RunArguments(**server))
+    assert (adopted.multi_turn_scheduler, adopted.gym_env, adopted.use_gym_env, adopted.max_turns) == (
+        "gym_scheduler", "countdown", True, 4)
+    own = engine_info.with_server_scheduler(RunArguments(**server, use_gym_env=False))
+    assert own.use_gym_env is False and own.gym_env == "countdown"  # the trainer's explicit value stands
+    with pytest.raises(AlignkitError, match="--gym_env other: the rollout server"):
+        engine_info.with_server_scheduler(RunArguments(**server, gym_env="other"))
+
+
+def test_math_env_ends_on_a_correct_answer_and_tips_otherwise():
+    """ms-swift's built-in `math_env`: the row's problem is the observation; a verified answer ends the episode with
+    reward 1, a wrong one gets the tip as the next observation and reward 0."""
+    import asyncio
+
+    pytest.importorskip("math_verify")
+    from alignkit.algorithms.multi_turn import RolloutInferRequest, SimpleMathEnv
+
+    env = SimpleMathEnv({})
+    row = RolloutInferRequest(messages=[], data_dict={"problem": "What is 2+2?", "solution": "$4$"})
+    observation, _, system = asyncio.run(env.reset(row))
+    assert observation == "What is 2+2?" and "<answer>" in system
+    tip, reward, done, _ = asyncio.run(env.step([{"role": "assistant", "content": "<answer>5</answer>"}]))
+    assert (tip, reward, done) == (SimpleMathEnv.tips_prompt, 0.0, False)
+    _, reward, done, info = asyncio.run(env.step([{"role": "assistant", "content": "<answer>4</answer>"}]))
+    assert (reward, done, info["stop_reason"]) == (1.0, True, "Correct")

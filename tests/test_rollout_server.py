@@ -67,8 +67,10 @@ def test_rollout_without_vllm_is_a_clear_error(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["rollout", "--model", "m", "--use_gym_env", "true"], "--use_gym_env: gym environments (ms-swift's Env"),
-    (["rollout", "--model", "m", "--multi_turn_scheduler", "gym_scheduler"], "gym environments (--use_gym_env) are"),
+    (["rollout", "--model", "m", "--use_gym_env", "true"], "--use_gym_env: a gym environment is driven by a multi"),
+    (["rollout", "--model", "m", "--multi_turn_scheduler", "openenv_scheduler"], "OpenEnv environments (a server"),
+    (["rollout", "--model", "m", "--multi_turn_scheduler", "gym_scheduler", "--gym_env", "nope"],
+     "--gym_env nope: no such environment; known: math_env"),
     (["rollout", "--model", "m", "--multi_turn_scheduler", "nope"], "--multi_turn_scheduler nope: unknown; known: "),
     (["rollout", "--model", "m", "--multi_turn_scheduler", "math_tip_trick", "--max_turns", "0"],
      "--max_turns 0: expected 1 or more"),

@@ -416,7 +416,7 @@ def test_the_vllm_server_announces_the_scheduler_through_its_middleware(monkeypa
         answer = client.post("/get_engine_type/").json()
         assert client.get("/health").json() == {"status": "ok"}  # other routes pass through
     assert answer == {"engine_type": "AsyncLLMEngine", "enable_multi_turn": True, "use_gym_env": False,
-                      "enable_lora": False, "multi_turn_scheduler": "ask_twice", "max_turns": 2,
+                      "enable_lora": False, "multi_turn_scheduler": "ask_twice", "max_turns": 2, "gym_env": None,
                       "external_plugins": [str(scheduler_plugin.resolve())]}
     assert json.loads(os.environ[engine_info.ENVIRONMENT]) == answer
     # A scheduler that calls ms-swift's engine itself is refused before any server starts.

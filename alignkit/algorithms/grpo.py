@@ -13,8 +13,10 @@ sequence-level ratio with --importance_sampling_level) plus β·KL(π ‖ π_ref
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -182,12 +184,17 @@ class GRPO:
             return [(ids[mask.bool()].tolist(), bool(stopped))
                     for ids, mask, stopped in zip(rollout.completion_ids, rollout.completion_mask, rollout.stopped)]
 
-        requests = [RolloutInferRequest(messages=[dict(m) for m in p.messages], data_dict=dict(p.extras))
-                    for p in prompts]
+        requests = [RolloutInferRequest(messages=[dict(m) for m in p.messages], data_dict=dict(p.extras),
+                                        uuid=uuid.uuid4().hex) for p in prompts]
         anyone = (lambda going: going) if sum_all is None else (
             lambda going: sum_all(torch.tensor([float(going)])).item() > 0)
         trajectories = run_multi_turn(self.scheduler, requests, sample, [p.ids for p in prompts], self.chat,
                                       self.max_turns, anyone)
+        # A gym environment's reset replaced the row's prompt: the trajectory starts from its observation.
+        prompts = [p if t.prompt_ids is None else dataclasses.replace(
+            p, ids=t.prompt_ids, messages=t.messages[:next((k for k, m in enumerate(t.messages)
+                                                            if m["role"] == "assistant"), len(t.messages))])
+            for p, t in zip(prompts, trajectories)]
         rollout = trajectory_rollout([p.ids for p in prompts], trajectories, self.tokenizer.pad_token_id)
         texts = [self.tokenizer.decode(t.ids, skip_special_tokens=True) for t in trajectories]
         last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "")

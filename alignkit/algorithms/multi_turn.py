@@ -27,6 +27,9 @@ A plugin file written for ms-swift (``from swift.rollout.multi_turn import Multi
 from __future__ import annotations
 
 import asyncio
+import copy
+import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,29 +150,173 @@ class MathTipsScheduler(MultiTurnScheduler):
         return {"infer_request": infer_request}
 
 
+# ------------------------------------------------------------------------------ gym environments (--use_gym_env)
+
+
+class Env(ABC):
+    """ms-swift's gym ``Env`` (swift/rollout/gym_env.py): one per trajectory, built from the row's ``env_config``.
+    ``reset(request)`` → (first observation, info, system message): the conversation starts from these instead of
+    the row's messages; ``step(messages)`` → (next observation, reward, done, info) after each of the model's turns."""
+
+    def __init__(self, env_config):
+        self.env_config = env_config
+
+    @abstractmethod
+    async def reset(self, config: RolloutInferRequest) -> tuple[str, dict[str, Any], str]: ...
+
+    @abstractmethod
+    async def step(self, action: list[dict]) -> tuple[str, float, bool, dict[str, Any]]: ...
+
+    @abstractmethod
+    async def close(self): ...
+
+
+class SimpleMathEnv(Env):
+    """``math_env`` (ms-swift's SimpleMathEnv): the row's ``problem`` is the observation; an answer the math
+    verifier (--reward_funcs accuracy's) finds equal to ``solution`` ends the episode with reward 1, else the tip
+    below is the next observation. ms-swift also ends an episode whose conversation reaches 2,048 tokens of
+    Qwen2.5's tokenizer (fetched from ModelScope; without it, no limit): here --max_turns and --max_length bound it."""
+
+    tips_prompt = "The answer is not correct, It seems You made a mistake, you need to recheck very carefully."
+    system_prompt = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "
+                     "it. The assistant first thinks about the reasoning process in the mind and then provides the "
+                     "user with the answer. The reasoning process and answer are enclosed within <think> </think> "
+                     "and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think>"
+                     "<answer> answer here </answer>")
+
+    def __init__(self, env_config):
+        super().__init__(env_config)
+        from alignkit.algorithms.reward_funcs import MathAccuracy
+
+        self.accuracy = MathAccuracy()
+        self.solution = ""
+
+    async def reset(self, config: RolloutInferRequest):
+        self.solution = config.data_dict["solution"]
+        return config.data_dict["problem"], {}, self.system_prompt
+
+    async def step(self, action: list[dict]):
+        correct = self.accuracy([action[-1]["content"]], [self.solution])[0] == 1
+        reward = 1.0 if correct else 0.0
+        return self.tips_prompt, reward, correct, {"math_reward": reward, **({"stop_reason": "Correct"} if correct
+                                                                             else {})}
+
+    async def close(self):
+        pass
+
+
+# ms-swift's built-in environments; plugin files register theirs (``envs['name'] = MyEnv``).
+envs: dict[str, type] = {"math_env": SimpleMathEnv}
+
+
+def registered_envs() -> dict[str, type]:
+    """alignkit's environments and those plugin files registered (in ms-swift's table, where ms-swift is installed)."""
+    module = sys.modules.get("swift.rollout.gym_env")
+    theirs = getattr(module, "envs", None)
+    if theirs is None or theirs is envs:
+        return envs
+    return {**envs, **{name: cls for name, cls in theirs.items()
+                       if not getattr(cls, "__module__", "").startswith("swift.")}}
+
+
+def gym_reward(completions: list[str], rollout_infos: list[dict], **kwargs) -> list[float]:
+    """--use_gym_env's reward column: each trajectory's summed environment rewards (ms-swift's total_reward)."""
+    if any("total_reward" not in (infos or {}) for infos in rollout_infos):
+        raise AlignkitError("--use_gym_env: the scheduler's rollout_infos carry no total_reward; a gym environment's "
+                            "reward comes from gym_scheduler (or a scheduler built on it)")
+    return [float(infos["total_reward"]) for infos in rollout_infos]
+
+
+class GYMScheduler(MultiTurnScheduler):
+    """``gym_scheduler`` (ms-swift's GYMScheduler): each trajectory gets an environment (the row's
+    ``env_config['name']``, else --gym_env); its reset observation (and system message) is the conversation's start,
+    each answer is a step, the next observation the next user turn, ``done`` ends it. ``rollout_infos`` carries
+    ``total_reward`` (summed step rewards, --use_gym_env's reward), ``step_rewards`` and ``gym_done``."""
+
+    def __init__(self, infer_engine=None, max_turns: int | None = None, *args, **kwargs):
+        super().__init__(infer_engine, max_turns, *args, **kwargs)
+        self.gym_env_name = kwargs.get("gym_env")
+        self._envs: dict[str, Env] = {}
+        self._rewards: dict[str, list[float]] = {}
+        self._next: dict[str, str | None] = {}
+
+    def _create_env(self, env_config: dict) -> Env:
+        name = env_config.get("name", self.gym_env_name)
+        known = registered_envs()
+        if name not in known:
+            raise AlignkitError(f"--gym_env {name}: no such environment; known: {', '.join(known) or 'none'} "
+                                "(a plugin file registers one: envs['name'] = MyEnv)")
+        return known[name](env_config)
+
+    async def _close(self, uuid: str) -> None:
+        env = self._envs.pop(uuid, None)
+        self._rewards.pop(uuid, None)
+        self._next.pop(uuid, None)
+        if env is not None:
+            await env.close()
+
+    async def on_trajectory_start(self, requests: list[RolloutInferRequest]) -> None:
+        async def start(request: RolloutInferRequest) -> None:
+            await self._close(request.uuid)
+            env = self._create_env(dict((request.data_dict or {}).get("env_config") or {}))
+            observation, _info, system = await env.reset(request)
+            request.messages = [*([{"role": "system", "content": system}] if system else []),
+                                {"role": "user", "content": observation}]
+            self._envs[request.uuid], self._rewards[request.uuid], self._next[request.uuid] = env, [], None
+
+        await asyncio.gather(*(start(r) for r in requests))
+
+    async def on_turn_end(self, infer_request, response_choice, current_turn) -> dict[str, Any]:
+        env = self._envs.get(infer_request.uuid)
+        if env is None:
+            return {"done": True, "rollout_infos": {}}
+        observation, reward, done, _info = await env.step(copy.deepcopy(infer_request.messages))
+        rewards = self._rewards[infer_request.uuid]
+        rewards.append(float(reward))
+        self._next[infer_request.uuid] = None if done else observation
+        infos = {"total_reward": sum(rewards), "step_rewards": list(rewards), "gym_done": bool(done)}
+        if done:
+            await self._close(infer_request.uuid)
+        return {"done": bool(done), "rollout_infos": infos}
+
+    def step(self, infer_request, response_choice, current_turn) -> dict:
+        observation = self._next.pop(infer_request.uuid, None)
+        if observation is not None:
+            infer_request.messages.append({"role": "user", "content": observation})
+        return {"infer_request": infer_request}
+
+
+class OpenEnvScheduler(GYMScheduler):
+    """ms-swift's OpenEnvScheduler (environments behind an OpenEnv server): here so that plugin files built on it
+    import; a scheduler of this kind is refused by name (``REFUSED``)."""
+
+
 class ThinkingModelTipsScheduler(MultiTurnScheduler):
     """``thinking_tips_scheduler``: ms-swift's scheduler returns one training sample per turn (its ``run`` is its
     own), which alignkit's one-sequence-per-trajectory rollout does not take; refused when named."""
 
 
 # ms-swift's built-ins (swift/rollout/multi_turn.py): plugin files register theirs here (the shim hands them
-# this table). The gym schedulers need ms-swift's environments and are refused by --use_gym_env's check.
-multi_turns: dict[str, type] = {"math_tip_trick": MathTipsScheduler,
+# this table).
+multi_turns: dict[str, type] = {"math_tip_trick": MathTipsScheduler, "gym_scheduler": GYMScheduler,
+                                "openenv_scheduler": OpenEnvScheduler,
                                 "thinking_tips_scheduler": ThinkingModelTipsScheduler}
 REFUSED = {
     "thinking_tips_scheduler": "it trains each turn as a sample of its own (ms-swift's run() returning several "
                                "outputs per trajectory); alignkit trains one sequence per trajectory",
-    "gym_scheduler": "gym environments (--use_gym_env) are not supported",
-    "openenv_scheduler": "gym environments (--use_gym_env) are not supported",
+    "openenv_scheduler": "OpenEnv environments (a server driven over WebSocket, ms-swift's OpenEnvWrapper) are not "
+                         "supported; gym environments registered in a plugin file (envs['name'] = MyEnv) with "
+                         "gym_scheduler are",
 }
 
 
-def build_scheduler(name: str, registry: dict[str, type], *, max_turns: int | None, tokenizer) -> MultiTurnScheduler:
+def build_scheduler(name: str, registry: dict[str, type], *, max_turns: int | None, tokenizer,
+                    gym_env: str | None = None) -> MultiTurnScheduler:
     """``--multi_turn_scheduler NAME`` → the scheduler, built as ms-swift builds it (``cls(infer_engine,
-    max_turns, tokenizer=...)``). ``registry``: ms-swift's names and those plugin files registered."""
+    max_turns, tokenizer=..., gym_env=...)``). ``registry``: ms-swift's names and those plugin files registered."""
     cls = scheduler_class(name, registry)
     try:
-        return cls(None, max_turns, tokenizer=tokenizer)
+        return cls(None, max_turns, tokenizer=tokenizer, **({"gym_env": gym_env} if gym_env is not None else {}))
     except AlignkitError:
         raise
     except Exception as error:
@@ -181,6 +328,8 @@ def scheduler_class(name: str, registry: dict[str, type]) -> type:
     """The class ``--multi_turn_scheduler NAME`` names, if alignkit's driver can run it."""
     if name in REFUSED:
         raise AlignkitError(f"--multi_turn_scheduler {name}: {REFUSED[name]}")
+    if name in registry and issubclass(registry[name], OpenEnvScheduler):
+        raise AlignkitError(f"--multi_turn_scheduler {name}: {REFUSED['openenv_scheduler']}")
     if name not in registry:
         raise AlignkitError(f"--multi_turn_scheduler {name}: unknown; known: {', '.join(registry)}. A scheduler of "
                             "your own: register it in a file passed to --external_plugins "
@@ -204,6 +353,7 @@ class Trajectory:
     messages: list[dict]  # the conversation at its end
     stopped: bool  # the last turn ended with a stop token or word
     infos: dict  # rollout_infos: num_turns and what the scheduler added
+    prompt_ids: list[int] | None = None  # the prompt, where the scheduler replaced the row's (a gym reset)
 
 
 @dataclass
@@ -226,7 +376,12 @@ def run_multi_turn(scheduler: MultiTurnScheduler, requests: list[RolloutInferReq
     stop token or word; stopped) per context, ``rows`` the trajectories' numbers; ``prompt_ids`` the prompts' ids,
     which ``requests[i].messages`` render. ``anyone(going)``: whether any process still has trajectories going
     (ms-swift's gather_fn): while one has, every process samples a turn, with no contexts when its own are done."""
+    before = [copy.deepcopy(r.messages) for r in requests]
     asyncio.run(scheduler.on_trajectory_start(requests))
+    # A gym environment's reset replaces the row's messages: those prompts are rendered anew.
+    started = [None if r.messages == old else chat.tokens(chat.render(r.messages, True))
+               for r, old in zip(requests, before)]
+    prompt_ids = [ids if new is None else new for ids, new in zip(prompt_ids, started)]
     n = len(requests)
     ids, trained = [[] for _ in range(n)], [[] for _ in range(n)]
     text = [chat.render(r.messages, True) for r in requests]  # what prompt + ids hold, as text
@@ -253,7 +408,8 @@ def run_multi_turn(scheduler: MultiTurnScheduler, requests: list[RolloutInferReq
             if finished:
                 ids[i] += tokens
                 trained[i] += [1] * len(tokens)
-                done[i] = Trajectory(ids[i], trained[i], request.messages, stopped, {**infos[i], "num_turns": turn})
+                done[i] = Trajectory(ids[i], trained[i], request.messages, stopped, {**infos[i], "num_turns": turn},
+                                     started[i])
                 continue
             result = scheduler.step(request, choice, turn)
             requests[i] = result["infer_request"]

@@ -104,9 +104,11 @@ def load_plugin_file(path: str) -> dict[str, Callable]:
         if isinstance(error, ImportError) and missing.startswith("swift") and is_shim_active():
             raise AlignkitError(
                 f"--external_plugins {path}: it imports {missing}, a part of ms-swift that alignkit does not stand in "
-                "for (without ms-swift, only swift.rewards / swift.plugin with ORM, AsyncORM and orms, and "
-                "swift.rollout(.multi_turn) with MultiTurnScheduler and multi_turns resolve); install ms-swift, or "
-                "keep the reward and scheduler classes in a file of their own") from error
+                "for (without ms-swift it stands in for the plugin API only: swift.rewards(.orm) and swift.plugin "
+                "with ORM, AsyncORM and orms; swift.rollout(.multi_turn, .gym_env) with the scheduler classes, Env, "
+                "multi_turns and envs; swift.infer_engine.protocol's request types; swift.template's Messages; "
+                "swift.utils' get_logger); install ms-swift, or keep the reward, scheduler and environment classes "
+                "in a file of their own") from error
         raise AlignkitError(
             f"--external_plugins {path}: importing it failed ({type(error).__name__}: {error})"
         ) from error

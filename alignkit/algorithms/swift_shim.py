@@ -15,6 +15,7 @@ alignkit's ``MultiTurnScheduler`` and ``multi_turns`` (alignkit.algorithms.multi
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import types
 
@@ -59,7 +60,13 @@ def is_shim_active() -> bool:
 def _install() -> None:
     rewards = {"ORM": reward_funcs.ORM, "AsyncORM": reward_funcs.AsyncORM, "orms": reward_funcs.orms}
     schedulers = {"MultiTurnScheduler": multi_turn.MultiTurnScheduler,
-                  "RolloutScheduler": multi_turn.RolloutScheduler, "multi_turns": multi_turn.multi_turns}
+                  "RolloutScheduler": multi_turn.RolloutScheduler, "GYMScheduler": multi_turn.GYMScheduler,
+                  "OpenEnvScheduler": multi_turn.OpenEnvScheduler, "multi_turns": multi_turn.multi_turns}
+    gym = {"Env": multi_turn.Env, "envs": multi_turn.envs}
+    # The protocol types, logger and Messages alias that ms-swift's plugin files import beside the classes above.
+    protocol = {"RolloutInferRequest": multi_turn.RolloutInferRequest, "ChatMessage": multi_turn.ChatMessage,
+                "ChatCompletionResponseChoice": multi_turn.ChatCompletionResponseChoice}
+    utils = {"get_logger": lambda *args, **kwargs: logging.getLogger("alignkit.plugin")}
     package = types.ModuleType("swift", "alignkit's stand-in for ms-swift's plugin API (rewards, schedulers)")
     package.__path__ = []  # a package, so `import swift.rewards` looks in sys.modules
     setattr(package, SHIM_ATTRIBUTE, True)
@@ -67,12 +74,14 @@ def _install() -> None:
     # swift.rewards also exports the scheduler names (ms-swift's treepo plugin imports them from there), and
     # swift.rewards.orm is where ORM and orms are defined (deepeyes' plugin imports them from there).
     for name, exported in (("rewards", {**rewards, **schedulers}), ("rewards.orm", rewards),
-                           ("plugin", {**rewards, **schedulers}), ("rollout", schedulers),
-                           ("rollout.multi_turn", schedulers)):
+                           ("plugin", {**rewards, **schedulers}), ("rollout", {**schedulers, **gym}),
+                           ("rollout.multi_turn", schedulers), ("rollout.gym_env", gym), ("infer_engine", {}),
+                           ("infer_engine.protocol", protocol), ("template", {"Messages": list[dict]}),
+                           ("utils", utils)):
         module = types.ModuleType(f"swift.{name}")
         module.__dict__.update(exported)
         setattr(module, SHIM_ATTRIBUTE, True)
-        if name in ("rollout", "rewards"):
+        if name in ("rollout", "rewards", "infer_engine"):
             module.__path__ = []
         parent, _, leaf = f"swift.{name}".rpartition(".")
         setattr(sys.modules[parent], leaf, module)

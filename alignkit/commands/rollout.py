@@ -9,6 +9,7 @@ import json
 import logging
 import os
 
+from alignkit.algorithms.scheduler_plugins import check_scheduler
 from alignkit.config import rollout_args
 from alignkit.config.rollout_args import NO_GYM, RolloutArguments
 from alignkit.errors import AlignkitError
@@ -22,37 +23,25 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 def check_served(args: RolloutArguments) -> None:
     """What either backend needs: a --model to start from; a multi-turn scheduler alignkit's trainer can run (it
     is announced at /get_engine_type/ and the trainer drives the turns); no gym environments."""
-    for flag in ("use_gym_env", "gym_env"):
-        if getattr(args, flag):
-            raise AlignkitError(f"--{flag}: {NO_GYM}")
+    gym = [flag for flag in ("use_gym_env", "gym_env") if getattr(args, flag)]
+    if gym and not args.multi_turn_scheduler:
+        raise AlignkitError(f"--{gym[0]}: {NO_GYM}")
     if not args.model:
         raise AlignkitError("alignkit rollout needs --model: the policy's starting weights, which the trainer then "
                             "updates after each step")
     if args.max_turns is not None and args.max_turns < 1:
         raise AlignkitError(f"--max_turns {args.max_turns}: expected 1 or more")
     if args.multi_turn_scheduler:
-        check_scheduler(args)
-        logger.info("--multi_turn_scheduler %s, --max_turns %s: announced at %s; the trainer drives the turns (as "
-                    "ms-swift's server does here), each a request to this server", args.multi_turn_scheduler,
-                    args.max_turns, engine_info.ROUTE)
+        check_scheduler(args.multi_turn_scheduler, args.external_plugins, args.gym_env)
+        logger.info("--multi_turn_scheduler %s, --max_turns %s%s: announced at %s; the trainer drives the turns "
+                    "(as ms-swift's server does here), each a request to this server", args.multi_turn_scheduler,
+                    args.max_turns, f", --gym_env {args.gym_env}" if args.gym_env else "", engine_info.ROUTE)
     else:
         for flag, why in (("max_turns", "it limits a multi-turn scheduler's turns"),
                           ("external_plugins", "the server loads plugins for a multi-turn scheduler; reward "
                            "plugins are the trainer's (its own --external_plugins)")):
             if getattr(args, flag):
                 logger.info("--%s without --multi_turn_scheduler: no effect (%s)", flag, why)
-
-
-def check_scheduler(args: RolloutArguments) -> None:
-    """Load the plugin files and check the scheduler they (or ms-swift's built-ins) register, as the trainer will
-    on reading the announcement: a mistake stops the server, not the training run."""
-    from alignkit.algorithms.multi_turn import scheduler_class
-    from alignkit.algorithms.rewards import load_plugin_file
-    from alignkit.algorithms.swift_shim import swift_multi_turns
-
-    for path in args.external_plugins:
-        load_plugin_file(path)
-    scheduler_class(args.multi_turn_scheduler, swift_multi_turns())
 
 
 def serve_arguments(args: RolloutArguments):

@@ -157,9 +157,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     **{name: "Ray is not supported; launch with torchrun, accelerate or NPROC_PER_NODE (docs/distributed.md)"
        for name in ("use_ray", "ray_exp_name", "device_groups")},
     # ms-swift's GRPO features beyond alignkit's (docs/online.md says what there is instead).
-    **{name: "gym environments (ms-swift's Env classes driving multi-turn rollouts) are not supported; multi-turn "
-             "schedulers are (--multi_turn_scheduler, docs/online.md)"
-       for name in ("use_gym_env", "gym_env")},
     "completion_length_limit_scope": "multi-turn rollouts limit each turn to --max_completion_length (ms-swift's "
                                      "per_round); a limit on the whole trajectory is not supported",
     "reward_model_plugin": "reward model plugins are not supported: --reward_model scores with its own head; write "

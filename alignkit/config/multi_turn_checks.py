@@ -9,6 +9,9 @@ def check_multi_turn_flags(args) -> None:
     """Raises AlignkitError for what a multi-turn GRPO run cannot do, before anything loads."""
     if args.max_turns is not None and args.max_turns < 1:
         raise AlignkitError(f"--max_turns {args.max_turns}: expected 1 or more")
+    if uses_gym(args) and not args.multi_turn_scheduler:
+        raise AlignkitError("--use_gym_env / --gym_env: a gym environment is driven by a multi-turn scheduler; add "
+                            "--multi_turn_scheduler gym_scheduler (or a scheduler a plugin file builds on it)")
     if not args.multi_turn_scheduler:
         return
     if args.rlhf_type != "grpo":
@@ -24,3 +27,8 @@ def check_multi_turn_flags(args) -> None:
         raise AlignkitError(f"--{engine_logprobs[0]} with --multi_turn_scheduler: it reads the rollout engine's "
                             "log-probs of one completion per prompt, and a trajectory's turns are sampled apart, "
                             "with the environment's tokens between them; drop one of the two")
+
+
+def uses_gym(args) -> bool:
+    """--use_gym_env as ms-swift resolves it: unset, it is on when --gym_env names an environment."""
+    return bool(args.use_gym_env if args.use_gym_env is not None else args.gym_env)

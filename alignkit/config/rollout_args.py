@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from alignkit.config.options import option
 from alignkit.errors import AlignkitError
 
-NO_GYM = ("gym environments (ms-swift's Env classes driving multi-turn rollouts) are not supported; a multi-turn "
-          "scheduler (--multi_turn_scheduler with --external_plugins) is")
+NO_GYM = ("a gym environment is driven by a multi-turn scheduler: add --multi_turn_scheduler gym_scheduler (or a "
+          "scheduler a plugin file builds on it)")
 
 
 def check_server_packages(what: str) -> None:
@@ -70,5 +70,9 @@ class RolloutArguments:
     max_turns: int | None = option(
         None, "ms-swift: most model turns of a multi-turn rollout (with --multi_turn_scheduler; the trainer adopts "
         "it).")
-    use_gym_env: bool | None = option(None, "ms-swift: gym environments; refused.")
-    gym_env: str | None = option(None, "ms-swift: the gym environment; refused.")
+    use_gym_env: bool | None = option(
+        None, "ms-swift: the environments' total_reward is a reward (with --multi_turn_scheduler gym_scheduler); "
+        "announced, and a trainer that does not set its own --use_gym_env adopts it. Unset: on with --gym_env.")
+    gym_env: str | None = option(
+        None, "ms-swift: the gym environment of rows without env_config.name (math_env, or one --external_plugins "
+        "registers); announced to the trainer, which runs the environments.")

@@ -962,6 +962,14 @@ class RunArguments:
     max_turns: int | None = option(
         None, "grpo --multi_turn_scheduler: most model turns per trajectory. Unset: until the scheduler ends it.",
         applies_to=("grpo",))
+    use_gym_env: bool | None = option(
+        None, "grpo with --multi_turn_scheduler gym_scheduler: each trajectory's environment's summed step rewards "
+        "(rollout_infos total_reward) are a reward column, 'gym_reward', after --reward_funcs and --reward_model "
+        "(--reward_weights counts it); with none of those, the only reward. Unset: on when --gym_env is given (or "
+        "the rollout server announces it).", applies_to=("grpo",))
+    gym_env: str | None = option(
+        None, "grpo --use_gym_env: the environment of rows without env_config.name (math_env, or one a "
+        "--external_plugins file registers in envs).", applies_to=("grpo",))
     vllm_server_pass_dataset: bool = option(
         False, "ms-swift: send each row's columns to the rollout server's multi-turn scheduler.",
         no_effect="the trainer drives the multi-turn scheduler (its own --multi_turn_scheduler or the one the "

@@ -39,11 +39,12 @@ MIDDLEWARE = f"{__name__}.engine_info_middleware"
 
 def describe(args, engine_type: str) -> dict:
     """The /get_engine_type/ answer of a server started with ``args`` (RolloutArguments)."""
-    return {"engine_type": engine_type, "enable_multi_turn": bool(args.multi_turn_scheduler), "use_gym_env": False,
+    multi_turn = bool(args.multi_turn_scheduler)
+    gym = multi_turn and bool(args.use_gym_env if args.use_gym_env is not None else args.gym_env)
+    return {"engine_type": engine_type, "enable_multi_turn": multi_turn, "use_gym_env": gym,
             "enable_lora": False, "multi_turn_scheduler": args.multi_turn_scheduler,
-            "max_turns": args.max_turns if args.multi_turn_scheduler else None,
-            "external_plugins": [str(Path(p).resolve()) for p in args.external_plugins]
-            if args.multi_turn_scheduler else []}
+            "max_turns": args.max_turns if multi_turn else None, "gym_env": args.gym_env if multi_turn else None,
+            "external_plugins": [str(Path(p).resolve()) for p in args.external_plugins] if multi_turn else []}
 
 
 async def engine_info_middleware(request, call_next):
@@ -77,13 +78,16 @@ class ServerScheduler:
     name: str
     max_turns: int | None
     plugins: tuple[str, ...]
+    use_gym_env: bool = False
+    gym_env: str | None = None
 
 
 def announced_scheduler(answers: dict[str, dict | None]) -> ServerScheduler | None:
     """The scheduler the servers announce (``answers``: base URL → its /get_engine_type/ answer), or None; servers
     that disagree stop the run (ms-swift assumes them alike and reads the first)."""
-    announced = {url: ServerScheduler(a["multi_turn_scheduler"], a.get("max_turns"), tuple(a.get("external_plugins")
-                                                                                           or ()))
+    announced = {url: ServerScheduler(a["multi_turn_scheduler"], a.get("max_turns"),
+                                      tuple(a.get("external_plugins") or ()), bool(a.get("use_gym_env")),
+                                      a.get("gym_env"))
                  for url, a in answers.items() if a and a.get("enable_multi_turn") and a.get("multi_turn_scheduler")}
     if not announced:
         return None
@@ -129,11 +133,20 @@ def with_server_scheduler(args):
         raise AlignkitError(f"the rollout server ({servers}) runs --multi_turn_scheduler {scheduler.name} with "
                             f"--external_plugins {' '.join(missing)}, which this machine does not have; the trainer "
                             "drives the turns and needs the scheduler's file: pass a copy with --external_plugins")
+    if args.gym_env and scheduler.gym_env and args.gym_env != scheduler.gym_env:
+        raise AlignkitError(f"--gym_env {args.gym_env}: the rollout server ({servers}) runs --gym_env "
+                            f"{scheduler.gym_env}; give the same one to both, or to the server alone")
+    # As ms-swift's trainer: the server's use_gym_env unless the trainer set its own.
     adopted = dataclasses.replace(args, multi_turn_scheduler=scheduler.name,
                                   max_turns=args.max_turns if args.max_turns is not None else scheduler.max_turns,
-                                  external_plugins=[*args.external_plugins, *extra])
+                                  external_plugins=[*args.external_plugins, *extra],
+                                  gym_env=args.gym_env or scheduler.gym_env,
+                                  use_gym_env=args.use_gym_env if args.use_gym_env is not None else
+                                  scheduler.use_gym_env)
     check_multi_turn_flags(adopted)
-    logger.info("--multi_turn_scheduler %s, --max_turns %s: announced by the rollout server (%s), as ms-swift's "
+    logger.info("--multi_turn_scheduler %s, --max_turns %s%s: announced by the rollout server (%s), as ms-swift's "
                 "server runs it; alignkit's trainer drives the turns (plugins: %s), each turn sampled by the server",
-                adopted.multi_turn_scheduler, adopted.max_turns, servers, ", ".join(scheduler.plugins) or "none")
+                adopted.multi_turn_scheduler, adopted.max_turns,
+                f", --gym_env {adopted.gym_env}, --use_gym_env {adopted.use_gym_env}" if adopted.gym_env or
+                adopted.use_gym_env else "", servers, ", ".join(scheduler.plugins) or "none")
     return adopted

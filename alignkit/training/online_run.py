@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from alignkit.algorithms.rollout import EncodedPrompt, HFGenerator, stop_token_ids
+from alignkit.config.multi_turn_checks import uses_gym
 from alignkit.config.run import RunArguments
 from alignkit.data.cache import encode_dataset
 from alignkit.data.chat_templates import resolve_template
@@ -64,6 +65,10 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
         from alignkit.generation.engine_info import with_server_scheduler
 
         args = with_server_scheduler(args)  # ms-swift's examples give the multi-turn scheduler to the server
+    if name == "grpo" and args.multi_turn_scheduler:  # plugins, scheduler and environment: before data loads
+        from alignkit.algorithms.scheduler_plugins import check_scheduler
+
+        check_scheduler(args.multi_turn_scheduler, args.external_plugins, args.gym_env)
     # Flags, plugins and data first: a mistake should stop the run before minutes go into loading models.
     grpo = _grpo_settings(args, defaults) if name == "grpo" else None
     annealing = temperature_annealing(args)
@@ -141,7 +146,7 @@ def run_online(args: RunArguments, defaults: dict) -> Path:
     if grpo:
         from alignkit.algorithms.grpo import GRPO
 
-        algorithm = GRPO(**common, reward_funcs=grpo["reward_funcs"] + _reward_model_funcs(args),
+        algorithm = GRPO(**common, reward_funcs=grpo["reward_funcs"] + _reward_model_funcs(args) + _gym_reward(args),
                          reward_weights=grpo["reward_weights"], num_generations=grpo["num_generations"],
                          beta=grpo["beta"], epsilon=args.epsilon, epsilon_high=grpo["epsilon_high"],
                          loss_type=grpo["loss_type"], scale_rewards=grpo["scale_rewards"],
@@ -326,27 +331,23 @@ def encode_prompts(
 def multi_turn_settings(args: RunArguments, encoder: ChatEncoder, stop_ids: list[int], prompts_as_ids: bool) -> dict:
     """--multi_turn_scheduler → GRPO's scheduler, --max_turns and how messages become tokens (``multi_turn.Chat``).
     Plugin files (--external_plugins) register their schedulers when loaded."""
-    import sys
-
     from alignkit.algorithms.multi_turn import Chat, build_scheduler
-    from alignkit.algorithms.rewards import load_plugin_file
+    from alignkit.algorithms.scheduler_plugins import check_scheduler
     from alignkit.algorithms.swift_shim import swift_multi_turns
 
     if prompts_as_ids or not args.use_chat_template:
         raise AlignkitError("--multi_turn_scheduler: the scheduler's turns are messages, rendered by the chat "
                             "template; prompts given as token ids or --use_chat_template false have none")
-    for path in args.external_plugins:
-        if f"alignkit_plugin_{Path(path).stem}" not in sys.modules:  # not loaded with the reward functions
-            load_plugin_file(path)
+    check_scheduler(args.multi_turn_scheduler, args.external_plugins, args.gym_env)
     tokenizer = encoder.tokenizer
     scheduler = build_scheduler(args.multi_turn_scheduler, swift_multi_turns(), max_turns=args.max_turns,
-                                tokenizer=tokenizer)
+                                tokenizer=tokenizer, gym_env=args.gym_env)
     chat = Chat(render=lambda messages, prompt: encoder.render(messages, generation_prompt=prompt),
                 tokens=encoder.tokens,
                 decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
                 text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop_ids=set(stop_ids))
-    logger.info("Multi-turn rollouts: --multi_turn_scheduler %s, --max_turns %s", args.multi_turn_scheduler,
-                args.max_turns)
+    logger.info("Multi-turn rollouts: --multi_turn_scheduler %s, --max_turns %s%s", args.multi_turn_scheduler,
+                args.max_turns, f", --gym_env {args.gym_env}" if args.gym_env else "")
     return {"scheduler": scheduler, "max_turns": args.max_turns, "chat": chat}
 
 
@@ -354,16 +355,17 @@ def _grpo_settings(args: RunArguments, defaults: dict) -> dict:
     """GRPO's resolved settings (defaults applied and logged), and its reward functions, checked early."""
     from alignkit.algorithms.rewards import resolve_reward_funcs
 
-    if not args.reward_funcs and not args.reward_model and not args.teacher_model:
+    gym = uses_gym(args)
+    if not args.reward_funcs and not args.reward_model and not args.teacher_model and not gym:
         raise AlignkitError("--rlhf_type grpo needs rewards: --reward_funcs (e.g. `arith_accuracy arith_format` "
                             "for the built-in task, `accuracy format` for math data with a solution column, or your "
-                            "own functions) and/or --reward_model")
+                            "own functions), --reward_model and/or a gym environment's (--use_gym_env)")
     funcs = resolve_reward_funcs(args.reward_funcs, args.external_plugins, args)
-    count = len(funcs) + len(args.reward_model)
+    count = len(funcs) + len(args.reward_model) + gym
     weights = list(args.reward_weights) or [1.0] * count
     if len(weights) != count:
         raise AlignkitError(f"--reward_weights has {len(weights)} values for {count} rewards "
-                            f"(--reward_funcs, then --reward_model)")
+                            f"(--reward_funcs, then --reward_model{', then gym_reward' if gym else ''})")
     loss_type = defaults["loss_type"][0]
     if len(args.loss_type) > 1 or loss_type not in GRPO_LOSS_TYPES:
         raise AlignkitError(f"--rlhf_type grpo takes one --loss_type of {', '.join(GRPO_LOSS_TYPES)}, "
@@ -435,6 +437,14 @@ def _check_ppo_flags(args: RunArguments) -> list:
     if not 0 <= args.ptx_coef <= 1:
         raise AlignkitError(f"--ptx_coef must be in [0, 1], got {args.ptx_coef}")
     return funcs
+
+
+def _gym_reward(args: RunArguments) -> list:
+    """--use_gym_env: the environments' total rewards, the last reward column (ms-swift's 'gym_reward')."""
+    from alignkit.algorithms.multi_turn import gym_reward
+    from alignkit.algorithms.rewards import RewardFunction
+
+    return [RewardFunction.wrap("gym_reward", gym_reward)] if uses_gym(args) else []
 
 
 def _reward_model_funcs(args: RunArguments) -> list:
