@@ -258,3 +258,18 @@ def test_several_processes_share_one_client_on_the_first(monkeypatch):
     second = server.ServerRollout(torch.nn.Linear(2, 2), [], stop_ids=[0], max_new_tokens=4, temperature=1.0)
     assert second(sent[1]) == [[13], [15]]
     second.sync_weights()  # no client: nothing to push, and no error
+
+
+def test_rollout_serves_the_built_in_model_by_its_name(monkeypatch, tmp_path):
+    """`--model smollm2-135m-instruct` means the built-in model on `alignkit rollout` as on every other command."""
+    loaded, served = [], []
+    monkeypatch.setattr("alignkit.models.load.builtin_model_dir", lambda: tmp_path / "builtin")
+    monkeypatch.setattr("alignkit.models.load.load_causal_lm", lambda path, *a, **k: loaded.append(path) or
+                        torch.nn.Linear(1, 1))
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    assert main(["rollout", "--infer_backend", "transformers", "--model", "smollm2-135m-instruct"]) == 0
+    assert loaded == [str(tmp_path / "builtin")]
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.scripts.vllm_serve.main", lambda script_args, extra=None: served.append(script_args))
+    assert main(["rollout", "--model", "smollm2-135m-instruct"]) == 0
+    assert served[0].model == str(tmp_path / "builtin")

@@ -49,8 +49,10 @@ def serve_arguments(args: RolloutArguments):
     check_served(args)
     from trl.scripts.vllm_serve import ScriptArguments
 
+    from alignkit.models.load import resolve_model_path
+
     return ScriptArguments(
-        model=args.model, revision=args.model_revision, host=args.host, port=args.port,
+        model=resolve_model_path(args.model), revision=args.model_revision, host=args.host, port=args.port,
         tensor_parallel_size=args.vllm_tensor_parallel_size, data_parallel_size=args.vllm_data_parallel_size,
         gpu_memory_utilization=args.vllm_gpu_memory_utilization, max_model_len=args.vllm_max_model_len,
         enable_prefix_caching=args.vllm_enable_prefix_caching, enforce_eager=args.vllm_enforce_eager,

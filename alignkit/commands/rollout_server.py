@@ -125,11 +125,11 @@ def run_transformers_rollout(args) -> int:
     """Load --model and serve it until interrupted."""
     import uvicorn
 
-    from alignkit.models.load import load_causal_lm
+    from alignkit.models.load import load_causal_lm, resolve_model_path
 
     dtypes = {"auto": torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
               "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    model = load_causal_lm(args.model, args.model_revision, dtypes[args.dtype],
+    model = load_causal_lm(resolve_model_path(args.model), args.model_revision, dtypes[args.dtype],
                            trust_remote_code=args.trust_remote_code)
     if torch.cuda.is_available():
         model.to("cuda")
