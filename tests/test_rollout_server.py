@@ -122,6 +122,16 @@ class FakeClient:
         self.pushes[-1]["<reset>"] = None
 
 
+def fake_vllm_server(monkeypatch) -> None:
+    """TRL's vLLM server as the trainer sees it, with FakeClient as its client: a server that is not alignkit's
+    (no /health/ backend) and announces no multi-turn scheduler (no /get_engine_type/), on GPU 0."""
+    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
+    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
+    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)
+    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
 def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monkeypatch, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,11 +140,7 @@ def test_grpo_samples_from_the_server_and_pushes_weights_after_each_update(monke
     FakeClient.instances = []
     FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
                           tokenizer.encode("7", add_special_tokens=False)]
-    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
-    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
-    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
-    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    fake_vllm_server(monkeypatch)
     assert main([*GRPO, "--model", tiny_model_dir, *SERVER, "--top_k", "-1", "--top_p", "0.9", "--temperature",
                  "0.7", "--output_dir", str(tmp_path)]) == 0
     (client,) = FakeClient.instances
@@ -176,11 +182,7 @@ def test_grpo_splits_each_request_over_two_vllm_servers_and_pushes_to_both(monke
     FakeClient.instances = []
     FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
                           tokenizer.encode("7", add_special_tokens=False)]
-    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
-    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
-    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
-    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    fake_vllm_server(monkeypatch)
     assert main([*GRPO, "--model", tiny_model_dir, "--use_vllm", "true", "--vllm_mode", "server",
                  "--vllm_server_host", "10.0.0.7", "10.0.0.8", "--vllm_server_port", "8011", "8012",
                  "--vllm_server_timeout", "30", "--output_dir", str(tmp_path)]) == 0
@@ -212,11 +214,7 @@ def test_gkd_student_samples_from_the_server_with_the_weights_of_each_step(monke
     FakeClient.instances = []
     FakeClient.answers = [tokenizer.encode("Answer: 7", add_special_tokens=False),
                           tokenizer.encode("7", add_special_tokens=False)]
-    monkeypatch.setattr(rollout_args, "check_server_packages", lambda what: None)
-    monkeypatch.setattr("trl.generation.vllm_client.VLLMClient", FakeClient)
-    monkeypatch.setattr("alignkit.generation.rollout_client.server_backend", lambda url, timeout: None)  # vLLM's
-    monkeypatch.setattr("alignkit.generation.engine_info.fetch_engine_info", lambda url: None)  # no middleware
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    fake_vllm_server(monkeypatch)
     assert main(["rlhf", "--rlhf_type", "gkd", "--model", tiny_model_dir, "--teacher_model", tiny_chat_model_dir,
                  "--dataset", "arith-sft#4", "--lmbda", "1", "--max_steps", "3", "--per_device_train_batch_size", "2",
                  "--max_completion_length", "6", "--report_to", "none", "--dtype", "fp32", "--learning_rate", "1e-1",
