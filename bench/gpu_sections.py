@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import random
 import statistics
 import time
@@ -54,6 +55,7 @@ def run_guarded(spec: dict, context: dict, *, deadline: float | None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    kernels_before = hub_kernels_state()
     try:
         result = {"status": "ok", **SECTIONS[spec["kind"]](spec, context)}
     except BaseException as error:  # noqa: BLE001 - a section's failure is a result, the next section runs
@@ -64,7 +66,22 @@ def run_guarded(spec: dict, context: dict, *, deadline: float | None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     result["seconds"] = round(time.time() - started, 2)
+    # transformers swaps layers for Hub kernels in training mode on a GPU unless USE_HUB_KERNELS says no (alignkit
+    # says no offline): recorded per section, one suspect of the LoRA gap (alignkit 0.885 s/step, TRL 0.32,
+    # both 0.31 with Liger's own layers on the first H200 run).
+    result["hub_kernels"] = {"before": kernels_before, "after": hub_kernels_state()}
     return result
+
+
+def hub_kernels_state() -> dict:
+    """$USE_HUB_KERNELS and whether transformers would use Hub kernels now."""
+    try:
+        from transformers.integrations.hub_kernels import _kernels_enabled
+
+        enabled = bool(_kernels_enabled())
+    except ImportError:
+        enabled = None
+    return {"USE_HUB_KERNELS": os.environ.get("USE_HUB_KERNELS"), "enabled": enabled}
 
 
 # ------------------------------------------------------------------------------------------------ preparing

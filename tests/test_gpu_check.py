@@ -54,6 +54,8 @@ def test_dry_run_writes_every_field_and_survives_a_crashed_worker(tiny_model_dir
         for key in TRAINING:
             assert key in result, (name, key)
         assert result["tokens_per_s"] > 0 and result["mfu"] is None  # no peak FLOP/s known for a CPU
+        # Offline (the check sets HF_HUB_OFFLINE), alignkit has turned transformers' Hub kernels off by then.
+        assert result["hub_kernels"]["after"] == {"USE_HUB_KERNELS": "NO", "enabled": False}, result["hub_kernels"]
     grpo = sections["grpo_lora/llama-tiny"]
     assert grpo["status"] == "ok", grpo  # ran in a fresh worker after the crash
     for key in ("rollout_s", "update_s", "generated_tokens_per_s", "tokens_per_s", "mfu", "peak_memory_gib"):
