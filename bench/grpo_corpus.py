@@ -20,6 +20,7 @@ import logging
 import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 logging.disable(logging.CRITICAL)
@@ -64,6 +65,15 @@ def placeholder(flag: str, index: int) -> str:
     return "4"
 
 
+def model_stand_in() -> Path:
+    """A local model directory in place of the hub ids (what --model resolves to, checked before any server or
+    run starts); nothing loads its weights before the checks end."""
+    path = Path(tempfile.gettempdir()) / "alignkit-corpus-model"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text('{"model_type": "llama"}\n')
+    return path
+
+
 def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     """Raises what alignkit would stop with before loading data (SystemExit from argparse included)."""
     import os
@@ -77,7 +87,7 @@ def check(command: str, flags: dict[str, list[str]], nproc: int) -> None:
     argv = [command]
     for key, values in flags.items():
         if key in ("model", "teacher_model"):
-            values = ["/tmp/tiny-model"]
+            values = [str(model_stand_in())]
         elif key in ("dataset", "val_dataset"):
             values = ["/tmp/local.jsonl"]
         elif key == "external_plugins":

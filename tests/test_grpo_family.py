@@ -181,13 +181,54 @@ def test_generation_batch_counts_as_ms_swift():
     assert not batch(per_device_train_batch_size=4, num_processes=2).split_groups
 
 
+def test_an_optimizer_step_may_span_generations():
+    """ms-swift's sudoku example: generation_batch_size 4 on 4 processes × 1 per device (steps_per_generation 1) with
+    gradient_accumulation_steps 4: each optimizer step takes 4 generations, all from the same weights, sampled here
+    as one step of 4 generations' prompts."""
+    spanning = batch(per_device_train_batch_size=1, num_processes=4, num_generations=4, generation_batch_size=4,
+                     gradient_accumulation_steps=4, max_steps=5)
+    whole = batch(per_device_train_batch_size=1, num_processes=4, num_generations=4, steps_per_generation=4,
+                  gradient_accumulation_steps=4, max_steps=5)
+    assert spanning.generations_per_step == 4 and whole.generations_per_step == 1
+    assert {**vars(spanning), "generations_per_step": 1} == vars(whole)
+    assert (spanning.optimizer_steps_per_generation, spanning.rollout_steps, spanning.global_prompts) == (1, 5, 4)
+    assert batch(steps_per_generation=2, gradient_accumulation_steps=4).generations_per_step == 2
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(per_device_train_batch_size=3), "= 3 completions cannot hold whole groups of --num_generations 4"),
     (dict(generation_batch_size=6), "--generation_batch_size 6 must be a multiple of"),
     (dict(steps_per_generation=2, generation_batch_size=4), "must equal --per_device_train_batch_size × processes"),
     (dict(steps_per_generation=3, gradient_accumulation_steps=2, num_generations=2),
-     "must be a multiple of --gradient_accumulation_steps 2"),
+     "must be a multiple of --gradient_accumulation_steps 2, or divide it"),
+    (dict(steps_per_generation=1, gradient_accumulation_steps=4, num_iterations=2),
+     "an optimizer step spanning generations that are each reused is not supported"),
 ])
 def test_generation_batch_errors(settings, message):
     with pytest.raises(AlignkitError, match=message.replace("(", r"\(").replace(")", r"\)")):
         batch(**settings)
+
+
+def test_a_run_whose_steps_span_generations_trains_like_one_generation_per_step(tmp_path, tiny_model_dir, capsys):
+    """--steps_per_generation 1 with --gradient_accumulation_steps 2: each optimizer step's two generations come
+    from the same weights, so the run is the one with --steps_per_generation 2, step for step; what is computed
+    over one generation (batch-scaled rewards) is refused instead of computed over two."""
+    from test_online_cli import COMMON, PLUGIN, records, run_dir_of
+
+    from alignkit.cli import main
+
+    plugin = tmp_path / "rewards.py"
+    plugin.write_text(PLUGIN)
+    flags = ["rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, *COMMON, "--external_plugins", str(plugin),
+             "--reward_funcs", "length_reward", "--num_generations", "2", "--per_device_train_batch_size", "2",
+             "--gradient_accumulation_steps", "2", "--max_steps", "2", "--eval_strategy", "no"]
+    logged = {}
+    for steps in ("1", "2"):
+        assert main([*flags, "--steps_per_generation", steps, "--output_dir", str(tmp_path / steps)]) == 0
+        logged[steps] = [(r["loss"], r["reward"]) for r in records(run_dir_of(tmp_path / steps)) if "loss" in r]
+    assert len(logged["1"]) == 2 and logged["1"] == logged["2"]
+    capsys.readouterr()
+    assert main([*flags, "--steps_per_generation", "1", "--scale_rewards", "batch", "--output_dir",
+                 str(tmp_path / "batch")]) == 2
+    assert "--scale_rewards batch with --steps_per_generation below --gradient_accumulation_steps" in \
+        capsys.readouterr().err

@@ -206,6 +206,14 @@ def online_schedule(args: RunArguments, num_prompts: int, grpo: dict | None):
             num_processes=int(os.environ.get("WORLD_SIZE", "1")), num_generations=grpo["num_generations"],
             steps_per_generation=args.steps_per_generation, generation_batch_size=args.generation_batch_size,
             num_iterations=args.num_iterations, max_steps=args.max_steps)
+        if batch.generations_per_step > 1:  # what is computed over one generation would span several here
+            whole_batch = [flag for flag, on in (("--scale_rewards batch", grpo["scale_rewards"] == "batch"),
+                                                 ("--dynamic_sample", args.dynamic_sample)) if on]
+            if whole_batch:
+                raise AlignkitError(f"{whole_batch[0]} with --steps_per_generation below "
+                                    "--gradient_accumulation_steps: it is computed over each generation, and here an "
+                                    "optimizer step's generations are sampled as one; set --steps_per_generation to "
+                                    "a multiple of --gradient_accumulation_steps")
         if batch.split_groups:
             return split_group_schedule(args, batch, num_prompts)
     elif grpo and (args.steps_per_generation is not None or args.generation_batch_size is not None):
