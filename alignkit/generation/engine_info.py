@@ -101,8 +101,10 @@ def announced_scheduler(answers: dict[str, dict | None]) -> ServerScheduler | No
 def with_server_scheduler(args):
     """``args`` (a trainer's, ``--vllm_mode server``) with the multi-turn scheduler its rollout servers announce,
     as ms-swift's trainer takes it from ``get_engine_type``: waits for each server (--vllm_server_timeout), asks
-    it, and, where the servers run a scheduler, sets --multi_turn_scheduler / --max_turns and loads the server's
-    plugin files. A trainer that names a different scheduler, or plugin files this machine does not have, stops."""
+    it, and, where the servers run a scheduler, sets --multi_turn_scheduler / --max_turns / --gym_env (and
+    --use_gym_env unless the trainer set it) and adds the server's plugin files to --external_plugins (loaded with
+    the scheduler's checks). A trainer that names a different scheduler, or plugin files this machine does not
+    have, stops."""
     import dataclasses
 
     from alignkit.config.multi_turn_checks import check_multi_turn_flags
