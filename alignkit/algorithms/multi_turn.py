@@ -219,6 +219,15 @@ def registered_envs() -> dict[str, type]:
                        if not getattr(cls, "__module__", "").startswith("swift.")}}
 
 
+def env_class(name: str | None) -> type:
+    """The environment registered as ``name`` (--gym_env, or a row's env_config.name)."""
+    known = registered_envs()
+    if name not in known:
+        raise AlignkitError(f"--gym_env {name}: no such environment; known: {', '.join(known) or 'none'} (a plugin "
+                            "file registers one: envs['name'] = MyEnv)")
+    return known[name]
+
+
 def gym_reward(completions: list[str], rollout_infos: list[dict], **kwargs) -> list[float]:
     """--use_gym_env's reward column: each trajectory's summed environment rewards (ms-swift's total_reward)."""
     if any("total_reward" not in (infos or {}) for infos in rollout_infos):
@@ -241,12 +250,7 @@ class GYMScheduler(MultiTurnScheduler):
         self._next: dict[str, str | None] = {}
 
     def _create_env(self, env_config: dict) -> Env:
-        name = env_config.get("name", self.gym_env_name)
-        known = registered_envs()
-        if name not in known:
-            raise AlignkitError(f"--gym_env {name}: no such environment; known: {', '.join(known) or 'none'} "
-                                "(a plugin file registers one: envs['name'] = MyEnv)")
-        return known[name](env_config)
+        return env_class(env_config.get("name", self.gym_env_name))(env_config)
 
     async def _close(self, uuid: str) -> None:
         env = self._envs.pop(uuid, None)

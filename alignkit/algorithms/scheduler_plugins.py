@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alignkit.algorithms.multi_turn import registered_envs, scheduler_class
+from alignkit.algorithms.multi_turn import env_class, scheduler_class
 from alignkit.algorithms.rewards import load_plugin_file
 from alignkit.algorithms.swift_shim import swift_multi_turns
-from alignkit.errors import AlignkitError
 
 
 def check_scheduler(name: str, plugin_files: list[str], gym_env: str | None = None) -> None:
@@ -19,6 +18,5 @@ def check_scheduler(name: str, plugin_files: list[str], gym_env: str | None = No
         if f"alignkit_plugin_{Path(path).stem}" not in sys.modules:
             load_plugin_file(path)
     scheduler_class(name, swift_multi_turns())
-    if gym_env and gym_env not in registered_envs():
-        raise AlignkitError(f"--gym_env {gym_env}: no such environment; known: {', '.join(registered_envs())} (a "
-                            "plugin file registers one: envs['name'] = MyEnv)")
+    if gym_env:
+        env_class(gym_env)

@@ -338,15 +338,13 @@ def encode_prompts(
 
 def multi_turn_settings(args: RunArguments, encoder: ChatEncoder, stop_ids: list[int], prompts_as_ids: bool) -> dict:
     """--multi_turn_scheduler → GRPO's scheduler, --max_turns and how messages become tokens (``multi_turn.Chat``).
-    Plugin files (--external_plugins) register their schedulers when loaded."""
+    The plugin files that register schedulers and environments were loaded and checked by run_online."""
     from alignkit.algorithms.multi_turn import Chat, build_scheduler
-    from alignkit.algorithms.scheduler_plugins import check_scheduler
     from alignkit.algorithms.swift_shim import swift_multi_turns
 
     if prompts_as_ids or not args.use_chat_template:
         raise AlignkitError("--multi_turn_scheduler: the scheduler's turns are messages, rendered by the chat "
                             "template; prompts given as token ids or --use_chat_template false have none")
-    check_scheduler(args.multi_turn_scheduler, args.external_plugins, args.gym_env)
     tokenizer = encoder.tokenizer
     scheduler = build_scheduler(args.multi_turn_scheduler, swift_multi_turns(), max_turns=args.max_turns,
                                 tokenizer=tokenizer, gym_env=args.gym_env)
